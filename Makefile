@@ -1,0 +1,56 @@
+# One venv at the repo root; every target goes through it. `make setup` is idempotent: pip runs only
+# when requirements.txt changed, and the extension rebuilds only when csrc/ or setup.py changed.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SITE = $(VENV)/lib/python3.11/site-packages
+CUDA_HOME ?= /usr/local/cuda-13.0
+TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+EXT_SRC := setup.py $(shell find csrc -type f 2>/dev/null)
+DEMO_DIR ?= data/synthetic
+DEMO_OUT ?= outputs/demo
+
+.PHONY: setup test test-fast lint format demo bench clean
+
+setup: $(VENV)/.ext-stamp
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.reqs-stamp: requirements.txt | $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+# CI compiles and links the CUDA kernels even without a GPU, so a broken .cu fails the build.
+$(VENV)/.ext-stamp: $(VENV)/.reqs-stamp $(EXT_SRC)
+	CUDA_HOME=$(CUDA_HOME) CPATH="$(CURDIR)/$(SITE)/nvidia/cu13/include$${CPATH:+:$$CPATH}" \
+	TORCH_CUDA_ARCH_LIST="$(TORCH_CUDA_ARCH_LIST)" MAX_JOBS=2 \
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+demo: setup
+	$(PY) -m clipbert.demo --data $(DEMO_DIR) --out $(DEMO_OUT)
+
+bench: setup
+	$(PY) benchmarks/bench_ops.py
+
+clean:
+	rm -rf build *.egg-info clipbert/*.so .torch_extensions

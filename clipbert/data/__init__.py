@@ -1,0 +1,1 @@
+"""Data: synthetic benchmark, sparse clip sampling, decoding backends and task datasets."""

@@ -1,0 +1,97 @@
+"""Builds the `clipbert` package and its kernels.
+
+clipbert._C     C++ op schemas + CPU kernels (always built).
+clipbert._cuda  CUDA kernels (built when torch has CUDA and nvcc is found; CLIPBERT_CUDA=auto|0|1).
+TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0;9.0").
+"""
+
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources(*patterns):
+    return sorted(os.path.relpath(p, ROOT) for pat in patterns for p in glob.glob(os.path.join(ROOT, pat)))
+
+
+def _want_cuda(cuda_home):
+    flag = os.environ.get("CLIPBERT_CUDA", "auto").lower()
+    if flag not in ("auto", "0", "1"):
+        raise ValueError(f"CLIPBERT_CUDA must be auto, 0 or 1, got {flag!r}")
+    if flag == "0":
+        return False
+    import torch
+
+    available = torch.version.cuda is not None and cuda_home is not None
+    if flag == "1" and not available:
+        raise RuntimeError("CLIPBERT_CUDA=1 but no CUDA torch or no nvcc (set CUDA_HOME)")
+    return available
+
+
+def _extensions():
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+
+    cxx = ["-O3", "-std=c++17"]
+    include = [os.path.join(ROOT, "csrc")]
+    exts = []
+    cpu_src = _sources("csrc/ops/*.cpp", "csrc/ops/cpu/*.cpp")
+    if cpu_src:
+        exts.append(
+            CppExtension(
+                "clipbert._C",
+                cpu_src,
+                include_dirs=include,
+                extra_compile_args={"cxx": cxx + ["-fopenmp"]},
+                extra_link_args=["-fopenmp"],
+            )
+        )
+    cuda_src = _sources("csrc/ops/cuda/*.cu", "csrc/ops/cuda/*.cpp")
+    if cuda_src and _want_cuda(CUDA_HOME):
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        exts.append(
+            CUDAExtension(
+                "clipbert._cuda",
+                cuda_src,
+                include_dirs=include,
+                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            )
+        )
+    return exts
+
+
+def _cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+setup(
+    name="clipbert",
+    version="0.1.0",
+    description="ClipBERT: video-and-language learning via sparse sampling, with fused kernels and DeepSpeed",
+    packages=find_packages(include=["clipbert", "clipbert.*", "dali_pipelines", "dali_pipelines.*"]),
+    package_data={"clipbert": ["assets/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "transformers>=4.40",
+        "deepspeed>=0.14",
+        "h5py>=3.8",
+        "av>=12",
+        "numpy>=1.24",
+        "pillow>=9",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "dali": ["nvidia-dali-cuda130>=1.40"],
+        "triton": ["triton>=3.0"],
+        "plots": ["matplotlib>=3.6", "tensorboard>=2.12"],
+    },
+    ext_modules=_extensions(),
+    cmdclass=_cmdclass(),
+    zip_safe=False,
+)
