@@ -20,4 +20,5 @@ def build_tokenizer(path: str | os.PathLike | None = None) -> BertTokenizerFast:
         return BertTokenizerFast.from_pretrained(str(path), local_files_only=True)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer: no vocab file or checkpoint directory at {path}")
-    return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+    # transformers 5 takes `vocab` (a path or dict); `vocab_file` is silently ignored there.
+    return BertTokenizerFast(vocab=str(path), do_lower_case=True)
