@@ -1,6 +1,9 @@
 # One venv at the repo root; every target goes through it. `make setup` is idempotent: pip runs only
 # when requirements.txt changed, and the extension rebuilds only when csrc/ or setup.py changed.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# This machine's pip config lists local indexes that do not exist; drop pip's warning per missing package.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 VENV := .venv
 PY := $(VENV)/bin/python
 SITE = $(VENV)/lib/python3.11/site-packages
@@ -19,17 +22,17 @@ setup: $(VENV)/.ext-stamp
 
 $(PY):
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip $(QUIET_PIP)
 
 $(VENV)/.reqs-stamp: requirements.txt | $(PY)
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt $(QUIET_PIP)
 	touch $@
 
 # CI compiles and links the CUDA kernels even without a GPU, so a broken .cu fails the build.
 $(VENV)/.ext-stamp: $(VENV)/.reqs-stamp $(EXT_SRC)
 	CUDA_HOME=$(CUDA_HOME) CPATH="$(CURDIR)/$(SITE)/nvidia/cu13/include$${CPATH:+:$$CPATH}" \
 	TORCH_CUDA_ARCH_LIST="$(TORCH_CUDA_ARCH_LIST)" MAX_JOBS=2 \
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e . $(QUIET_PIP)
 	touch $@
 
 test: setup
