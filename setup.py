@@ -34,7 +34,7 @@ def _want_cuda(cuda_home):
 def _extensions():
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3", "-std=c++20"]  # torch >= 2.10 headers need C++20
     include = [os.path.join(ROOT, "csrc")]
     exts = []
     cpu_src = _sources("csrc/ops/*.cpp", "csrc/ops/cpu/*.cpp")
@@ -56,7 +56,7 @@ def _extensions():
                 "clipbert._cuda",
                 cuda_src,
                 include_dirs=include,
-                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--use_fast_math"]},
             )
         )
     return exts

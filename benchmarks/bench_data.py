@@ -1,0 +1,254 @@
+"""Data-loading benchmark: frames/s delivered at L x L (default 448) by each backend.
+
+Each sample is 4 clips x 2 frames of a random (rand-sampled) 1 s clip, resized, normalized and padded, as the
+trainer receives it (on the GPU with --device cuda). Backends: PyAV with k DataLoader workers, the HDF5
+frame store (CPU JPEG decoding with k workers, or DALI), DALI on video (CPU: VP9; GPU: H.264 on NVDEC) with
+its tuning options (parallel pipelines, ascending frame order, short-GOP low-resolution copies).
+
+    python benchmarks/bench_data.py --device cpu --num-videos 4 --seconds 4 --batches 6
+    python benchmarks/bench_data.py --device cuda            # 16 H.264 videos, 320x240, 30 fps, 10 s, GOP 30
+
+Prints a table and writes benchmarks/results/data_<device>_<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clipbert.data.build_frame_store import build_frame_store  # noqa: E402
+from clipbert.data.config import DataConfig  # noqa: E402
+from clipbert.data.datasets import build_dataset  # noqa: E402
+from clipbert.data.loader import build_loader  # noqa: E402
+from clipbert.data.painted import write_painted_video  # noqa: E402
+from clipbert.data.preprocess import IMAGENET_RGB  # noqa: E402
+from clipbert.data.tokenizer import build_tokenizer  # noqa: E402
+from clipbert.data.transcode import transcode  # noqa: E402
+
+CLIPS, FRAMES = 4, 2
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--size", type=int, default=448, help="L")
+    p.add_argument("--videos", help="folder of H.264 videos to use instead of generated ones")
+    p.add_argument("--num-videos", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--gop", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=20, help="timed batches per variant (after 2 warm-up)")
+    p.add_argument("--workers", default=None, help="comma list of DataLoader workers for PyAV / frame store")
+    p.add_argument("--dali-pipelines", default=None, help="comma list of parallel DALI pipelines")
+    p.add_argument("--dali-threads", type=int, default=None)
+    p.add_argument("--store-fps", type=float, default=2.0)
+    p.add_argument("--only", default="", help="comma list of variant name prefixes to run")
+    p.add_argument(
+        "--out", default=None, help="JSON path (default benchmarks/results/data_<device>_<date>.json)"
+    )
+    return p.parse_args(argv)
+
+
+def make_videos(args, root: Path) -> dict[str, Path]:
+    """H.264 (and VP9 for DALI on CPU) videos plus a short-GOP copy, each repeated under distinct ids."""
+    sets = {name: root / name for name in ("h264", "vp9", "h264_gop4")}
+    for folder in sets.values():
+        folder.mkdir()
+    frames = int(args.seconds * args.fps)
+    repeats = max(1, math.ceil((args.batches + 3) * args.batch_size / args.num_videos))
+    sources = sorted(Path(args.videos).iterdir()) if args.videos else []
+    for v in range(args.num_videos):
+        size = dict(height=args.height, width=args.width, fps=args.fps, gop=args.gop)
+        h264 = (
+            sources[v]
+            if sources
+            else Path(write_painted_video(root / f"src{v}", frames, codec="h264", **size))
+        )
+        gop4 = Path(transcode(h264, root, max_side=args.size, gop=4))
+        vp9 = (
+            None
+            if args.device == "cuda"
+            else Path(write_painted_video(root / f"vp9_{v}", frames, codec="vp9", **size))
+        )
+        for r in range(repeats):  # distinct ids -> distinct random clips; links cost no disk
+            for name, src in (("h264", h264), ("h264_gop4", gop4), ("vp9", vp9)):
+                if src is not None:
+                    os.link(src, sets[name] / f"v{v:02d}_{r:02d}{src.suffix}")
+    ids = sorted(p.stem for p in sets["h264"].iterdir())
+    ann = root / "annotations"
+    ann.mkdir()
+    with open(ann / "msrvtt_ret_val.jsonl", "w") as f:
+        f.writelines(json.dumps({"caption": "a video", "clip_name": i}) + "\n" for i in ids)
+    return sets
+
+
+def variants(args, sets, store):
+    cpu = args.device == "cpu"
+    workers = [int(w) for w in (args.workers or ("0,2" if cpu else "4,8,16")).split(",")]
+    pipes = [int(p) for p in (args.dali_pipelines or ("1,2" if cpu else "1,2,4")).split(",")]
+    threads = args.dali_threads or (2 if cpu else 4)
+    dali_workers = min(2, max(workers))  # the DataLoader side of DALI only probes files and samples indices
+    for k in workers:
+        yield (
+            f"pyav h264 gop{args.gop} workers={k}",
+            dict(backend="pyav", video_dir=sets["h264"], num_workers=k),
+        )
+    k = max(workers)
+    yield f"pyav h264 gop4 workers={k}", dict(backend="pyav", video_dir=sets["h264_gop4"], num_workers=k)
+    for k in workers:
+        yield (
+            f"frame_store cpu-jpeg workers={k}",
+            dict(backend="frame_store", frame_store=store, num_workers=k),
+        )
+    if cpu:
+        for p in pipes:
+            yield (
+                f"dali-cpu vp9 pipelines={p}",
+                dict(
+                    backend="dali",
+                    video_dir=sets["vp9"],
+                    num_workers=dali_workers,
+                    dali_pipelines=p,
+                    dali_threads=threads,
+                ),
+            )
+    else:
+        for p, order in itertools.product(pipes, ("none", "frames")):
+            yield (
+                f"dali-gpu h264 gop{args.gop} pipelines={p} order={order}",
+                dict(
+                    backend="dali",
+                    video_dir=sets["h264"],
+                    num_workers=dali_workers,
+                    dali_pipelines=p,
+                    dali_order=order,
+                ),
+            )
+        for p in pipes:
+            yield (
+                f"dali-gpu h264 gop4 pipelines={p}",
+                dict(backend="dali", video_dir=sets["h264_gop4"], num_workers=dali_workers, dali_pipelines=p),
+            )
+    for p in pipes:
+        yield (
+            f"dali-{'cpu' if cpu else 'gpu'} frame_store pipelines={p}",
+            dict(
+                backend="frame_store",
+                frame_store=store,
+                frame_store_reader="dali",
+                num_workers=max(workers),
+                dali_pipelines=p,
+                dali_threads=threads,
+            ),
+        )
+
+
+def measure(args, root: Path, overrides: dict) -> dict:
+    cfg = DataConfig(
+        ann_dir=str(root / "annotations"),
+        image_size=args.size,
+        num_test_clips=CLIPS,
+        frames_per_clip=FRAMES,
+        test_sampling="rand",
+        frame_cache_size=0,  # every sample is decoded: no help from repeated videos
+        **{k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()},
+    )
+    data = build_dataset("msrvtt_ret", "val", cfg, build_tokenizer(), IMAGENET_RGB)
+    loader = build_loader(data.videos, cfg, args.batch_size, False, rank=0, world_size=1, device=args.device)
+
+    def batches():
+        for epoch in itertools.count():
+            loader.sampler.set_epoch(epoch)
+            yield from loader
+
+    stream = batches()
+    for _ in range(2):  # warm-up: worker start, pipeline build, first seeks
+        frames = next(stream)["frames"].to(args.device)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    start, delivered = time.perf_counter(), 0
+    for _ in range(args.batches):
+        frames = next(stream)["frames"].to(args.device, non_blocking=True)  # [B, N, T, 3, L, L]
+        delivered += frames.shape[0] * frames.shape[1] * frames.shape[2]
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"frames_per_s": delivered / seconds, "frames": delivered, "seconds": seconds}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        sets = make_videos(args, root)
+        store = root / "frames.h5"
+        workers = max(1, min(os.cpu_count() or 1, 16))
+        build_frame_store(sets["h264"], store, fps=args.store_fps, workers=workers, progress=False)
+        print(f"prepared {len(list(sets['h264'].iterdir()))} video ids in {time.perf_counter() - t0:.1f} s")
+        only = [o for o in args.only.split(",") if o]
+        for name, overrides in variants(args, sets, store):
+            if only and not any(name.startswith(o) for o in only):
+                continue
+            row = {"variant": name, **{k: v for k, v in overrides.items() if not isinstance(v, Path)}}
+            try:
+                row.update(measure(args, root, overrides))
+            except Exception as err:  # one failing backend must not hide the others
+                row["error"] = f"{type(err).__name__}: {err}"
+                traceback.print_exc()
+            results.append(row)
+            fps = f"{row['frames_per_s']:10.1f}" if "frames_per_s" in row else "     error"
+            print(f"{name:<48} {fps} frames/s", flush=True)
+    report = {
+        "benchmark": "data",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"device": args.device, "cpus": os.cpu_count(), "platform": platform.platform()},
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "setup": {k: v for k, v in vars(args).items() if k not in ("out", "only")}
+        | {"clips": CLIPS, "frames": FRAMES},
+        "results": results,
+    }
+    print_table(report)
+    out = Path(
+        args.out or REPO / "benchmarks" / "results" / f"data_{args.device}_{dt.date.today().isoformat()}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
+
+
+def print_table(report):
+    setup = report["setup"]
+    print(
+        f"\nframes/s at L={setup['size']}, {setup['clips']} clips x {setup['frames']} frames per sample, "
+        f"batch {setup['batch_size']}, {report['machine']['cpus']} CPUs, device {report['gpu'] or 'cpu'}"
+    )
+    print(f"| {'variant':<48} | {'frames/s':>10} |\n|{'-' * 50}|{'-' * 12}|")
+    for row in report["results"]:
+        value = f"{row['frames_per_s']:10.1f}" if "frames_per_s" in row else f"{'error':>10}"
+        print(f"| {row['variant']:<48} | {value} |")
+
+
+if __name__ == "__main__":
+    main()

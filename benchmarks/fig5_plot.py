@@ -1,0 +1,58 @@
+"""The 4-panel figure laid out like the paper's Figure 5, from the benchmark's JSON rows.
+
+(a) max batch vs Ntrain (T=1)   (b) fwd+bwd time vs Ntrain (T=1, batch 8)
+(c) max batch vs T (Ntrain=1)   (d) fwd+bwd time vs T (Ntrain=1, batch 8)
+Both paths are drawn; the paper's two stated points (32 GB V100) are marked on (a).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on the benchmark machines
+import matplotlib.pyplot as plt  # noqa: E402
+
+PAPER_POINTS = {"n_train": [2, 16], "max_batch": [190, 16]}  # paper Sec. 4.2, NVIDIA V100 32 GB
+STYLE = {"eager": dict(color="tab:blue", marker="o"), "optimized": dict(color="tab:red", marker="s")}
+PANELS = (
+    ("a", "n_train", "max_batch", "Ntrain (T=1)", "max batch size"),
+    ("b", "n_train", "median_ms", "Ntrain (T=1, batch 8)", "fwd+bwd time (ms)"),
+    ("c", "frames_per_clip", "max_batch", "T (Ntrain=1)", "max batch size"),
+    ("d", "frames_per_clip", "median_ms", "T (Ntrain=1, batch 8)", "fwd+bwd time (ms)"),
+)
+
+
+def _series(rows: list[dict], panel: str, path: str, x_key: str, y_key: str) -> tuple[list, list]:
+    pts = sorted(
+        (r[x_key], r["batch"] if y_key == "max_batch" else r[y_key])
+        for r in rows
+        if r["panel"] == panel and r["path"] == path and not r.get("error") and (y_key == "max_batch" or r[y_key])
+    )
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_figure5(rows: list[dict], title: str, out_png: str, mem_cap_gib: float) -> None:
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    for ax, (panel, x_key, y_key, xlabel, ylabel) in zip(axes, PANELS):
+        for path, style in STYLE.items():
+            xs, ys = _series(rows, panel, path, x_key, y_key)
+            if xs:
+                ax.plot(xs, ys, label=path, **style)
+                for x, y in zip(xs, ys):
+                    ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 5), fontsize=7,
+                                ha="center", color=style["color"])
+        if panel == "a":
+            ax.scatter(PAPER_POINTS["n_train"], PAPER_POINTS["max_batch"], marker="*", s=140, color="black",
+                       zorder=5, label="paper (V100 32 GB)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 2, 4, 8, 16], labels=["1", "2", "4", "8", "16"])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        cap = f", cap {mem_cap_gib:g} GiB" if y_key == "max_batch" else ""
+        ax.set_title(f"({panel}){cap}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,143 @@
+"""Markdown summary of a Figure-5 run: both paths per point, speedups, MFU, the targets, the profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Issue 7's targets, meaningful for the base preset under a 32 GiB cap on the GPU test machine.
+TARGET_SPEEDUP = 3.0  # optimized / eager frames/s at Ntrain=16, T=1, batch 8
+TARGET_MFU = 0.35
+TARGET_MAX_BATCH = {16: 48, 2: 380}  # Ntrain -> largest batch, T=1
+PAPER_MAX_BATCH = {2: 190, 16: 16}
+
+
+def _rows(result: dict, panel: str, path: str) -> dict[tuple[int, int], dict]:
+    return {(r["n_train"], r["frames_per_clip"]): r for r in result["rows"] if r["panel"] == panel and r["path"] == path}
+
+
+def _fmt(x, spec: str = ".1f", none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
+def _time_table(result: dict, panel: str, key: str) -> list[str]:
+    eager, opt = _rows(result, panel, "eager"), _rows(result, panel, "optimized")
+    if not eager and not opt:
+        return []
+    label = "Ntrain" if key == "n_train" else "T"
+    lines = [f"| {label} | eager ms | optimized ms | speedup | eager frames/s | optimized frames/s | "
+             "eager MFU | optimized MFU | eager peak GiB | optimized peak GiB |", "|" + "---|" * 10]
+    for pt in sorted(set(eager) | set(opt)):
+        e, o = eager.get(pt, {}), opt.get(pt, {})
+        speed = o["frames_per_s"] / e["frames_per_s"] if e.get("frames_per_s") and o.get("frames_per_s") else None
+        x = pt[0] if key == "n_train" else pt[1]
+        lines.append(
+            f"| {x} | {_fmt(e.get('median_ms'))} | {_fmt(o.get('median_ms'))} | {_fmt(speed, '.2f')}x | "
+            f"{_fmt(e.get('frames_per_s'), '.0f')} | {_fmt(o.get('frames_per_s'), '.0f')} | "
+            f"{_fmt(e.get('mfu'), '.1%')} | {_fmt(o.get('mfu'), '.1%')} | {_fmt(e.get('peak_gib'), '.2f')} | "
+            f"{_fmt(o.get('peak_gib'), '.2f')} |"
+        )
+    return lines
+
+
+def _batch_cell(r: dict) -> str:
+    if not r:
+        return "-"
+    if r.get("error"):
+        return "error"
+    return f"{r['batch']}{'' if r.get('max_batch_exact') else ' (lower bound)'}"
+
+
+def _size_table(result: dict, panel: str, key: str) -> list[str]:
+    eager, opt = _rows(result, panel, "eager"), _rows(result, panel, "optimized")
+    if not eager and not opt:
+        return []
+    label = "Ntrain" if key == "n_train" else "T"
+    lines = [f"| {label} | eager max batch | optimized max batch | ratio | eager GiB/sample | optimized GiB/sample |",
+             "|" + "---|" * 6]
+    for pt in sorted(set(eager) | set(opt)):
+        e, o = eager.get(pt, {}), opt.get(pt, {})
+        ratio = o["batch"] / e["batch"] if e.get("batch") and o.get("batch") else None
+        x = pt[0] if key == "n_train" else pt[1]
+        lines.append(f"| {x} | {_batch_cell(e)} | {_batch_cell(o)} | {_fmt(ratio, '.2f')} | "
+                     f"{_fmt(e.get('bytes_per_sample_gib'), '.3f')} | {_fmt(o.get('bytes_per_sample_gib'), '.3f')} |")
+    return lines
+
+
+def _targets(result: dict) -> list[str]:
+    full_size = result["config"].get("hidden_size") == 768 and result["config"].get("image_size") == 448
+    scope = "" if full_size and result["mem_cap_gib"] == 32 else " (not the base preset at L=448 under 32 GiB: indicative only)"
+    lines = [f"## Targets{scope}", ""]
+    b_e, b_o = _rows(result, "b", "eager").get((16, 1), {}), _rows(result, "b", "optimized").get((16, 1), {})
+    if b_e.get("frames_per_s") and b_o.get("frames_per_s"):
+        speed = b_o["frames_per_s"] / b_e["frames_per_s"]
+        lines.append(f"- speed at Ntrain=16, T=1, batch {result['time_batch']}: {speed:.2f}x eager "
+                     f"(target >= {TARGET_SPEEDUP:g}x): {'met' if speed >= TARGET_SPEEDUP else 'NOT met'}")
+    if b_o.get("mfu") is not None:
+        lines.append(f"- optimized MFU at Ntrain=16: {b_o['mfu']:.1%} of bf16 peak {result['peak_bf16_tflops']} TFLOP/s "
+                     f"(target >= {TARGET_MFU:.0%}): {'met' if b_o['mfu'] >= TARGET_MFU else 'NOT met'}")
+    a_o = _rows(result, "a", "optimized")
+    for n, target in TARGET_MAX_BATCH.items():
+        r = a_o.get((n, 1))
+        if r and not r.get("error"):
+            lines.append(f"- max batch at Ntrain={n}: {r['batch']} (paper V100: {PAPER_MAX_BATCH[n]}; target >= {target}): "
+                         f"{'met' if r['batch'] >= target else 'NOT met'}")
+    return lines if len(lines) > 2 else []
+
+
+def _ablation(result: dict) -> list[str]:
+    rows = [r for r in result["rows"] if r["panel"] == "ablation"]
+    if not rows:
+        return []
+    base = rows[0].get("frames_per_s")
+    lines = ["## Each optimization step (Ntrain=16, T=1, batch 8)", "",
+             "| step | ms | frames/s | vs eager | MFU | peak GiB |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        rel = r["frames_per_s"] / base if base and r.get("frames_per_s") else None
+        cell = r["error"] if r.get("error") else _fmt(r.get("median_ms"))
+        lines.append(f"| {r['path']} | {cell} | {_fmt(r.get('frames_per_s'), '.0f')} | {_fmt(rel, '.2f')}x | "
+                     f"{_fmt(r.get('mfu'), '.1%')} | {_fmt(r.get('peak_gib'), '.2f')} |")
+    return lines
+
+
+def _profile(result: dict) -> list[str]:
+    prof = result.get("profile")
+    if not prof:
+        return []
+    lines = [f"## Where the time goes (optimized path, Ntrain={prof['n_clips']}, batch {prof['batch']})", "",
+             "| part | ms | share of the step |", "|---|---|---|"]
+    step = prof["parts_ms"].get("full_step") or 0
+    for part, ms in prof["parts_ms"].items():
+        lines.append(f"| {part} | {ms:.1f} | {_fmt(ms / step if step else None, '.0%')} |")
+    if prof.get("table_file"):
+        lines.append(f"\ntorch.profiler table: `{Path(prof['table_file']).name}`")
+    return lines
+
+
+def write_summary(result: dict, path: str) -> None:
+    cfg = result["config"]
+    lines = [
+        f"# ClipBERT Figure 5 on {result['device']} ({result['date_utc']})",
+        "",
+        f"Model: {cfg['backbone_style']} ResNet {tuple(cfg['backbone_layers'])} (FrozenBN, freeze_at={cfg['freeze_at']}) "
+        f"+ BERT {cfg['num_layers']}x{cfg['hidden_size']}, L={cfg['image_size']}, text length {cfg['max_text_len']}, "
+        f"1 text per video. Memory cap {result['mem_cap_gib']:g} GiB ({result['memory_accounting']}). "
+        f"torch {result['torch']}. Wall time {result['wall_s']:.0f} s.",
+        "",
+    ]
+    for title, fn, panel, key in (
+        ("(a) largest batch vs Ntrain, T=1", _size_table, "a", "n_train"),
+        ("(b) forward+backward time vs Ntrain, T=1", _time_table, "b", "n_train"),
+        ("(c) largest batch vs T, Ntrain=1", _size_table, "c", "frames_per_clip"),
+        ("(d) forward+backward time vs T, Ntrain=1", _time_table, "d", "frames_per_clip"),
+    ):
+        table = fn(result, panel, key)
+        if table:
+            lines += [f"## {title}", ""] + table + [""]
+    for section in (_targets(result), _ablation(result), _profile(result)):
+        if section:
+            lines += section + [""]
+    errors = [f"- ({r['panel']}) {r['path']} Ntrain={r['n_train']} T={r['frames_per_clip']}: {r['error']}"
+              for r in result["rows"] if r.get("error")]
+    if errors:
+        lines += ["## Errors", ""] + errors + [""]
+    Path(path).write_text("\n".join(lines))

@@ -1,0 +1,233 @@
+"""Figure 5 of the ClipBERT paper, for the eager and the optimized training path in one run.
+
+  (a) largest batch vs Ntrain in {1,2,4,8,16}, T=1      (b) fwd+bwd time vs Ntrain, T=1, batch 8
+  (c) largest batch vs T in {1,2,4,8,16}, Ntrain=1      (d) fwd+bwd time vs T, Ntrain=1, batch 8
+
+Base preset: MSRA ResNet-50 (FrozenBN, stem+res2 frozen) + BERT-base, L=448, text length 32, one text per
+video (ITM head, LSE clip aggregation + NLL). The largest batch is found by probing real training steps
+(forward, backward, AdamW) under --mem-cap-gib, enforced on CUDA by the allocator's per-process memory
+fraction; on the CPU by a byte budget against the live-tensor peak (see clipbert/perf/memory.py).
+
+  python benchmarks/memory_vs_ntrain.py --device cuda --time-budget-s 300        # the GPU run
+  python benchmarks/memory_vs_ntrain.py --device cpu --small                     # tiny preset, seconds
+
+Writes <out-dir>/<tag>.{json,csv,md,png} (tag: fig5_<device>[_small]) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fig5_plot import plot_figure5  # noqa: E402
+from fig5_summary import write_summary  # noqa: E402
+
+from clipbert.models import ClipBertConfig  # noqa: E402
+from clipbert.perf import apply_memory_cap, device_peak  # noqa: E402
+from clipbert.perf.measure import Point, measure_max_batch, measure_time  # noqa: E402
+from clipbert.perf.paths import EAGER, OPTIMIZED_MEMORY, OPTIMIZED_SPEED, PathOptions, ablation_ladder  # noqa: E402
+
+GIB = 2**30
+CSV_KEYS = [
+    "panel", "path", "n_train", "frames_per_clip", "batch", "max_batch_exact", "first_failure", "median_ms",
+    "p10_ms", "p90_ms", "frames_per_s", "peak_gib", "bytes_per_sample_gib", "model_tflop_per_step", "mfu",
+    "flops_source", "error",
+]  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--small", action="store_true", help="tiny preset, L=96, few points: a CPU smoke run")
+    p.add_argument("--preset", default="base")
+    p.add_argument("--image-size", type=int, default=None, help="L (default: the preset's; 96 with --small)")
+    p.add_argument("--panels", default="abcd", help="subset of 'abcd'")
+    p.add_argument("--paths", nargs="+", default=["eager", "optimized"], choices=["eager", "optimized"])
+    p.add_argument("--ntrain", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--frames", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--time-batch", type=int, default=8)
+    p.add_argument("--mem-cap-gib", type=float, default=None, help="default 32 (the paper's V100); 0.5 with --small")
+    p.add_argument("--max-batch-limit", type=int, default=2048)
+    p.add_argument("--max-probes", type=int, default=14)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--time-budget-s", type=float, default=None, help="whole run; searches stop early past it")
+    p.add_argument("--no-compile", action="store_true", help="optimized path without torch.compile")
+    p.add_argument("--compile-mode", default=None)
+    p.add_argument("--cnn-chunk-clips", type=int, default=32, help="clips per CNN micro-batch (memory path)")
+    p.add_argument("--ablation", action="store_true", help="also time each optimization step at Ntrain=16")
+    p.add_argument("--profile", action="store_true", help="also write the CNN/transformer/data/optimizer profile")
+    p.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 peak used for MFU")
+    p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--tag", default=None, help="file name stem (default fig5_<device>[_small])")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    if args.small:
+        args.preset = "tiny"
+        args.image_size = args.image_size or 96
+        if args.mem_cap_gib is None:
+            args.mem_cap_gib = 0.5
+    args.mem_cap_gib = 32.0 if args.mem_cap_gib is None else args.mem_cap_gib
+    if set(args.panels) - set("abcd"):
+        p.error(f"--panels takes letters from 'abcd', got {args.panels!r}")
+    return args
+
+
+def bench_config(args) -> ClipBertConfig:
+    """Both paths' model: the original backbone's frozen setup (FrozenBN, stem+res2 frozen, MSRA style)."""
+    overrides = dict(backbone_style="msra", frozen_bn=True, freeze_at=2, pretrain_heads=False, max_text_len=32)
+    if args.image_size:
+        overrides["image_size"] = args.image_size
+    return ClipBertConfig.from_preset(args.preset, **overrides)
+
+
+def path_options(args) -> tuple[dict[str, PathOptions], dict[str, PathOptions]]:
+    """(options for the time panels, options for the memory panels) per path name."""
+    speed = OPTIMIZED_SPEED
+    if args.no_compile:
+        speed = dataclasses.replace(speed, compile="none")
+    elif args.compile_mode:
+        speed = dataclasses.replace(speed, compile_mode=args.compile_mode)
+    memory = dataclasses.replace(OPTIMIZED_MEMORY, cnn_chunk_clips=args.cnn_chunk_clips)
+    timed = {"eager": EAGER, "optimized": speed}
+    sized = {"eager": EAGER, "optimized": memory}
+    return {k: timed[k] for k in args.paths}, {k: sized[k] for k in args.paths}
+
+
+class Budget:
+    """Splits --time-budget-s between phases; time a phase leaves unused passes to the next."""
+
+    def __init__(self, total: float | None):
+        self.start = time.monotonic()
+        self.total = total
+
+    def deadline(self, share_of_rest: float) -> float | None:
+        if self.total is None:
+            return None
+        rest = self.total - (time.monotonic() - self.start)
+        return time.monotonic() + max(0.0, rest) * share_of_rest
+
+    def left(self) -> float | None:
+        return None if self.total is None else self.total - (time.monotonic() - self.start)
+
+
+def _log(point: Point) -> None:
+    value = f"max batch {point.batch}" if point.panel in "ac" else f"{point.median_ms or float('nan'):.1f} ms"
+    extra = f" error: {point.error}" if point.error else ""
+    print(f"  ({point.panel}) {point.path:<24} Ntrain={point.n_train:<3} T={point.frames_per_clip:<3} {value}"
+          f"{'' if point.peak_gib is None else f', peak {point.peak_gib:.2f} GiB'}{extra}", flush=True)
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    cfg = bench_config(args)
+    cap = int(args.mem_cap_gib * GIB)
+    fraction = apply_memory_cap(cap, device)
+    peak = device_peak(device, args.peak_tflops)
+    timed, sized = path_options(args)
+    budget = Budget(args.time_budget_s)
+    rows: list[Point] = []
+    time_points = [("b", n, 1) for n in args.ntrain if "b" in args.panels]
+    time_points += [("d", 1, t) for t in args.frames if "d" in args.panels]
+    size_points = [("a", n, 1) for n in args.ntrain if "a" in args.panels]
+    size_points += [("c", 1, t) for t in args.frames if "c" in args.panels]
+
+    # Time panels first: they carry the speed target and cost a fixed, small amount of time.
+    for i, (panel, n, t) in enumerate(time_points):
+        for name, options in timed.items():
+            left = budget.left()
+            per_point = None if left is None else max(2.0, 0.4 * left / max(1, len(time_points) - i))
+            rows.append(measure_time(cfg, options, device, peak, panel=panel, n_clips=n, frames=t,
+                                     batch=args.time_batch, warmup=args.warmup, steps=args.steps,
+                                     max_seconds=per_point))
+            _log(rows[-1])
+    if args.ablation:
+        for options in ablation_ladder(compile_cnn=not args.no_compile):
+            point = measure_time(cfg, options, device, peak, panel="ablation", n_clips=max(args.ntrain), frames=1,
+                                 batch=args.time_batch, warmup=args.warmup, steps=args.steps)
+            rows.append(point)
+            _log(point)
+    for i, (panel, n, t) in enumerate(size_points):
+        for name, options in sized.items():
+            share = 1.0 / max(1, (len(size_points) - i) * len(sized) - list(sized).index(name))
+            deadline = budget.deadline(share * (0.8 if args.profile else 1.0))
+            rows.append(measure_max_batch(cfg, options, device, panel=panel, n_clips=n, frames=t, cap_bytes=cap,
+                                          limit=args.max_batch_limit, deadline=deadline, max_probes=args.max_probes))
+            _log(rows[-1])
+    profile = None
+    if args.profile:
+        from clipbert.perf.profile import profile_breakdown
+
+        profile = profile_breakdown(cfg, timed.get("optimized", EAGER), device, n_clips=max(args.ntrain),
+                                    batch=args.time_batch, out_dir=args.out_dir, tag=args.tag)
+    return {
+        "benchmark": "ClipBERT Figure 5: memory and time vs Ntrain and T",
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": peak.name,
+        "peak_bf16_tflops": None if peak.bf16_flops is None else peak.bf16_flops / 1e12,
+        "peak_source": peak.source,
+        "mem_cap_gib": args.mem_cap_gib,
+        "memory_fraction": fraction,
+        "memory_accounting": "torch.cuda allocator (per-process fraction)" if device.type == "cuda"
+        else "live-tensor bytes counted by a TorchDispatchMode, checked against the cap after each step",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host_cpus": os.cpu_count(),
+        "config": cfg.to_dict(),
+        "paths": {"time_panels": {k: v.to_dict() for k, v in timed.items()},
+                  "memory_panels": {k: v.to_dict() for k, v in sized.items()}},
+        "time_batch": args.time_batch,
+        "texts_per_video": 1,
+        "argv": sys.argv[1:],
+        "wall_s": time.monotonic() - budget.start,
+        "rows": [r.to_dict() for r in rows],
+        "profile": profile,
+    }
+
+
+def write_outputs(result: dict, args) -> dict[str, str]:
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or f"fig5_{torch.device(args.device).type}{'_small' if args.small else ''}"
+    files = {ext: str(out_dir / f"{tag}.{ext}") for ext in ("json", "csv", "md", "png")}
+    Path(files["json"]).write_text(json.dumps(result, indent=1) + "\n")
+    with open(files["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_KEYS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result["rows"])
+    write_summary(result, files["md"])
+    if args.no_plot:
+        del files["png"]
+    else:
+        title = f"ClipBERT Figure 5 on {result['device']} ({result['date_utc'][:10]}), L={result['config']['image_size']}"
+        plot_figure5(result["rows"], title, files["png"], args.mem_cap_gib)
+    return files
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.tag is None:
+        args.tag = f"fig5_{torch.device(args.device).type}{'_small' if args.small else ''}"
+    result = run(args)
+    files = write_outputs(result, args)
+    print(Path(files["md"]).read_text())
+    print("wrote " + ", ".join(files.values()))
+    errors = [r for r in result["rows"] if r["error"]]
+    return 1 if errors and len(errors) == len(result["rows"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Build the frame store: `python -m clipbert.data.build_frame_store --videos DIR --fps F --out frames.h5`.
+
+Videos are decoded in parallel worker processes; the main process writes, shows progress, and skips videos
+that a previous (interrupted) run finished, so re-running resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .decoders.base import VideoDecodeError
+from .decoders.pyav import PyAVDecoder
+from .frame_store import VERSION, encode_frames, stored_source_indices
+from .preprocess import resize_frames
+
+log = logging.getLogger(__name__)
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif")
+
+
+def _encode_video(job: tuple[str, float, int, int]) -> tuple[str, dict | None, str | None]:
+    """Worker: decode one video at the store fps and JPEG-encode its frames."""
+    path, fps, max_side, quality = job
+    decoder = PyAVDecoder()
+    try:
+        info = decoder.probe(path)
+        source_index = stored_source_indices(info.num_frames, info.fps, fps)
+        frames = decoder.decode(path, source_index[None, :])[0]  # [F, H, W, 3]
+    except VideoDecodeError as err:
+        return path, None, str(err)
+    if max_side and max(frames.shape[1:3]) > max_side:
+        frames = resize_frames(frames, max_side).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    entry = {
+        "jpeg": encode_frames(frames, quality),
+        "times": np.arange(len(source_index)) / fps,
+        "source_index": source_index,
+        "source_fps": info.fps,
+        "source_num_frames": info.num_frames,
+        "height": frames.shape[1],
+        "width": frames.shape[2],
+    }
+    return path, entry, None
+
+
+def _write_entry(h5: h5py.File, video_id: str, entry: dict, fps: float) -> None:
+    group = h5.require_group("videos").create_group(video_id)
+    jpeg = group.create_dataset("jpeg", (len(entry["jpeg"]),), dtype=h5py.vlen_dtype(np.uint8))
+    for i, data in enumerate(entry["jpeg"]):
+        jpeg[i] = data
+    group.create_dataset("times", data=entry["times"])
+    group.create_dataset("source_index", data=entry["source_index"])
+    group.attrs.update(fps=fps, source_fps=entry["source_fps"], source_num_frames=entry["source_num_frames"])
+    group.attrs.update(height=entry["height"], width=entry["width"])
+    group.attrs["complete"] = True  # last: a group without it is rewritten on resume
+    h5.flush()
+
+
+def list_videos(video_dir: str | os.PathLike) -> list[Path]:
+    root = Path(video_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"video folder not found: {root}")
+    return sorted(p for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def build_frame_store(
+    video_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    fps: float = 2.0,
+    workers: int = 2,
+    max_side: int = 0,
+    quality: int = 90,
+    progress: bool = True,
+) -> dict[str, list[str]]:
+    """Build or resume a store; returns {"written": ids, "skipped": ids, "failed": ids}."""
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    videos = list_videos(video_dir)
+    result = {"written": [], "skipped": [], "failed": []}
+    with h5py.File(out, "a") as h5:
+        if "fps" in h5.attrs and float(h5.attrs["fps"]) != fps:
+            raise ValueError(f"{out} was built at fps={h5.attrs['fps']}, not {fps}: use another --out")
+        h5.attrs.update(fps=fps, version=VERSION)
+        done = h5.require_group("videos")
+        jobs = []
+        for path in videos:
+            group = done.get(path.stem)
+            if group is not None and group.attrs.get("complete", False):
+                result["skipped"].append(path.stem)
+                continue
+            if group is not None:  # interrupted mid-write
+                del done[path.stem]
+            jobs.append((str(path), fps, max_side, quality))
+        # workers=0 encodes in this process (tests, debugging); spawn avoids forking a process holding HDF5.
+        pool = mp.get_context("spawn").Pool(workers) if workers > 0 else None
+        results = pool.imap_unordered(_encode_video, jobs) if pool else map(_encode_video, jobs)
+        try:
+            for path, entry, error in tqdm(results, total=len(jobs), disable=not progress):
+                video_id = Path(path).stem
+                if entry is None:
+                    log.warning("frame store: skipping %s", error)
+                    result["failed"].append(video_id)
+                    continue
+                _write_entry(h5, video_id, entry, fps)
+                result["written"].append(video_id)
+        finally:
+            if pool is not None:
+                pool.terminate()
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", required=True, help="folder of videos")
+    parser.add_argument("--fps", type=float, default=2.0, help="stored frames per second")
+    parser.add_argument("--out", required=True, help="HDF5 file to create or resume")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--max-side", type=int, default=0, help="downscale frames so the longer side fits")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    result = build_frame_store(args.videos, args.out, args.fps, args.workers, args.max_side, args.quality)
+    print({key: len(ids) for key, ids in result.items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Validated data configuration: unknown keys and bad values raise ValueError naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+TASKS = (
+    "msrvtt_ret",
+    "didemo_ret",
+    "anet_ret",
+    "msrvtt_qa",
+    "tgif_frameqa",
+    "tgif_action",
+    "tgif_transition",
+    "msrvtt_mc",
+    "pretrain",
+)
+SPLITS = ("train", "val", "test")
+BACKENDS = ("pyav", "dali", "frame_store")
+STRATEGIES = ("rand", "uniform", "middle")
+
+# Paragraphs (didemo/anet) join several sentences, so they get longer budgets than single captions.
+DEFAULT_MAX_TEXT_LEN = {
+    "msrvtt_ret": 50,
+    "didemo_ret": 120,
+    "anet_ret": 150,
+    "msrvtt_qa": 40,
+    "tgif_frameqa": 40,
+    "tgif_action": 60,
+    "tgif_transition": 60,
+    "msrvtt_mc": 50,
+    "pretrain": 50,
+}
+
+
+@dataclass
+class DataConfig:
+    ann_dir: str = ""  # folder with the *.jsonl annotation files (DIR/annotations of the synthetic layout)
+    video_dir: str = ""  # folder with <video_id>.{mp4|webm|avi|...}
+    image_root: str = ""  # base folder of pretrain "file" entries; "" = parent of ann_dir
+    backend: str = "pyav"  # pyav | dali | frame_store
+    frame_store: str = ""  # path to frames.h5 (backend frame_store)
+    frame_store_reader: str = "cpu"  # cpu: workers decode JPEGs | dali: workers read bytes, DALI decodes
+    image_size: int = 448  # L: longer side after resize, then zero-padded to L x L
+    num_clips: int = 1  # Ntrain clips per video in training
+    num_test_clips: int = 4  # Ntest clips per video in evaluation
+    frames_per_clip: int = 1  # T
+    clip_seconds: float = 1.0  # length of one clip
+    train_sampling: str = "rand"  # rand | uniform | middle
+    test_sampling: str = "uniform"
+    max_text_len: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_TEXT_LEN))
+    itm_neg_size: int = 1  # negative captions per video in retrieval training (M = 1 + itm_neg_size)
+    mlm_prob: float = 0.15  # pretrain: fraction of tokens masked
+    itm_neg_prob: float = 0.5  # pretrain: probability that the caption is swapped for a random one
+    num_workers: int = 2  # DataLoader worker processes
+    prefetch_factor: int = 2  # batches prefetched per worker
+    seed: int = 42  # sampling randomness = f(seed, epoch, index)
+    max_bad_retries: int = 8  # replacement tries after a bad video before giving up with an error
+    frame_cache_size: int = 8  # decoded videos kept per worker, so texts sharing a video decode it once
+    dali_threads: int = 4  # CPU threads per DALI pipeline
+    dali_pipelines: int = 1  # parallel DALI decoder pipelines (each has its own decoder instance)
+    dali_order: str = "frames"  # none | frames: decode a sample's frames in ascending order, restore after
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_text_len, int):
+            self.max_text_len = {task: self.max_text_len for task in TASKS}
+        else:
+            self.max_text_len = {**DEFAULT_MAX_TEXT_LEN, **dict(self.max_text_len)}
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("train_sampling", self.train_sampling, STRATEGIES)
+        _check_choice("test_sampling", self.test_sampling, STRATEGIES)
+        _check_choice("dali_order", self.dali_order, ("none", "frames"))
+        _check_choice("frame_store_reader", self.frame_store_reader, ("cpu", "dali"))
+        for task, length in self.max_text_len.items():
+            _check_choice("max_text_len key", task, TASKS)
+            if not isinstance(length, int) or length < 3:
+                raise ValueError(f"max_text_len[{task!r}] must be an int >= 3, got {length!r}")
+        for key in ("image_size", "num_clips", "num_test_clips", "frames_per_clip", "prefetch_factor"):
+            _check_positive_int(key, getattr(self, key))
+        for key in ("itm_neg_size", "num_workers", "max_bad_retries", "frame_cache_size", "seed"):
+            _check_nonnegative_int(key, getattr(self, key))
+        for key in ("dali_threads", "dali_pipelines"):
+            _check_positive_int(key, getattr(self, key))
+        if not self.clip_seconds > 0:
+            raise ValueError(f"clip_seconds must be > 0, got {self.clip_seconds!r}")
+        for key in ("mlm_prob", "itm_neg_prob"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {value!r}")
+        if self.backend == "frame_store" and not self.frame_store:
+            raise ValueError("frame_store must name an HDF5 file when backend is 'frame_store'")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataConfig:
+        """Build from a JSON section; an unknown key raises ValueError listing the allowed keys."""
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in allowed:
+                raise ValueError(f"unknown data config key {key!r}; allowed: {', '.join(allowed)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_positive_int(key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{key} must be a positive int, got {value!r}")
+
+
+def _check_nonnegative_int(key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} must be a non-negative int, got {value!r}")

@@ -1,0 +1,272 @@
+"""Datasets of every paper task, reading the synthetic benchmark's (= the real datasets') annotation formats.
+
+Items are fetched by `(epoch, index)` keys (the samplers of `loader.py` yield them), so all randomness is a
+pure function of (seed, epoch, index) whatever the number of workers: text choices use `rng_for(seed, epoch,
+index)`, clip sampling uses `(seed, epoch, video)` so that texts sharing a video share (and decode once) its
+frames. A bad video replaces the example by the next one (bounded retries) and is reported in `bad_videos`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .annotations import read_json, read_jsonl
+from .collate import pad_token_lists
+from .config import SPLITS, TASKS, DataConfig
+from .decoders import VideoDecodeError
+from .preprocess import Normalization
+from .sampling import rng_for
+from .text import mask_tokens, tokenize
+from .video_source import VideoSource, load_image
+
+RET_TASKS = ("msrvtt_ret", "didemo_ret", "anet_ret")
+QA_TASKS = ("msrvtt_qa", "tgif_frameqa")
+MC_TASKS = ("tgif_action", "tgif_transition", "msrvtt_mc")
+REQUIRED_KEYS = {
+    "msrvtt_ret": ("caption", "clip_name"),
+    "didemo_ret": ("clip_name", "sentences"),
+    "anet_ret": ("clip_name", "sentences"),
+    "msrvtt_qa": ("question", "answer", "video_id"),
+    "tgif_frameqa": ("question", "answer", "gif_name"),
+    "tgif_action": ("question", "options", "answer", "gif_name"),
+    "tgif_transition": ("question", "options", "answer", "gif_name"),
+    "msrvtt_mc": ("clip_name", "options", "answer"),
+    "pretrain": ("image_id", "caption", "file"),
+}
+
+
+def split_key(key) -> tuple[int, int]:
+    """An item key is an index or an (epoch, index) pair; a bare index means epoch 0."""
+    return (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (0, int(key))
+
+
+class TaskDataset(Dataset):
+    """Shared machinery: annotations, tokenizer, frames, bad-video replacement."""
+
+    task: str = ""
+
+    def __init__(self, task: str, split: str, cfg: DataConfig, tokenizer, norm: Normalization):
+        self.task, self.split, self.cfg, self.tokenizer, self.norm = task, split, cfg, tokenizer, norm
+        self.train = split == "train"
+        self.max_len = cfg.max_text_len[task]
+        self.ann_path = Path(cfg.ann_dir) / f"{task}_{split}.jsonl"
+        self.examples = read_jsonl(self.ann_path, REQUIRED_KEYS[task])
+        if not self.examples:
+            raise ValueError(f"{self.ann_path}: no examples")
+        self.source = VideoSource(cfg, norm, self.train) if task != "pretrain" else None
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = split_key(key)
+        bad = []
+        for attempt in range(self.cfg.max_bad_retries + 1):
+            current = (index + attempt) % len(self)
+            try:
+                item = self.load(current, epoch)
+            except VideoDecodeError as err:
+                bad.append(f"{err.key}: {err.reason}")
+                continue
+            item["index"], item["bad_videos"] = current, bad
+            return item
+        raise RuntimeError(
+            f"{self.task}/{self.split}: examples {index}..{current} all have bad videos "
+            f"(max_bad_retries={self.cfg.max_bad_retries}): {'; '.join(bad)}"
+        )
+
+    def load(self, index: int, epoch: int) -> dict:
+        raise NotImplementedError
+
+    def visual(self, video_id: str, epoch: int) -> dict:
+        """Frames [N, T, 3, L, L], or with the DALI backend the file and indices DALI will decode."""
+        indices = self.source.indices(video_id, epoch)
+        if self.cfg.backend == "frame_store" and self.cfg.frame_store_reader == "dali":
+            info = self.source.info(video_id)
+            jpegs = self.source.decoder.store.read_jpegs(video_id, indices.ravel())
+            return {
+                "video_id": video_id,
+                "jpegs": jpegs,
+                "frame_indices": indices,
+                "video_hw": (info.height, info.width),
+            }
+        if self.cfg.backend == "dali":
+            info = self.source.info(video_id)
+            return {
+                "video_id": video_id,
+                "video_path": self.source.key(video_id),
+                "frame_indices": indices,
+                "video_hw": (info.height, info.width),
+                "video_codec": info.codec,
+            }
+        return {"video_id": video_id, "frames": self.source.frames(video_id, indices)}
+
+
+class RetrievalTrainDataset(TaskDataset):
+    """One item per video: its positive text (column 0) and itm_neg_size texts of other videos."""
+
+    def __init__(self, task, split, cfg, tokenizer, norm):
+        super().__init__(task, split, cfg, tokenizer, norm)
+        self.videos = group_texts(task, self.examples)  # [(video_id, [texts])]
+        if len(self.videos) < 2 and cfg.itm_neg_size:
+            raise ValueError(f"{self.ann_path}: negatives need at least 2 videos, got {len(self.videos)}")
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def load(self, index: int, epoch: int) -> dict:
+        rng = rng_for(self.cfg.seed, epoch, index)
+        video_id, texts = self.videos[index]
+        chosen = [texts[rng.integers(len(texts))]]
+        for _ in range(self.cfg.itm_neg_size):
+            other = (index + 1 + rng.integers(len(self.videos) - 1)) % len(self.videos)  # never `index`
+            other_texts = self.videos[other][1]
+            chosen.append(other_texts[rng.integers(len(other_texts))])
+        item = self.visual(video_id, epoch)
+        item["input_ids"] = tokenize(self.tokenizer, chosen, self.max_len)
+        item["labels"] = [1] + [0] * self.cfg.itm_neg_size
+        return item
+
+
+class VideoOnlyDataset(TaskDataset):
+    """Retrieval evaluation videos: one item per distinct video, Ntest clips, no text."""
+
+    def __init__(self, task, split, cfg, tokenizer, norm, video_ids: list[str]):
+        super().__init__(task, split, cfg, tokenizer, norm)
+        self.video_ids = video_ids
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def load(self, index: int, epoch: int) -> dict:
+        return self.visual(self.video_ids[index], epoch)
+
+
+@dataclass
+class RetrievalEvalData:
+    """Everything to score every text against every video."""
+
+    videos: VideoOnlyDataset  # item i = video_ids[i]
+    video_ids: list[str]
+    input_ids: torch.Tensor  # int64 [Ntext, Lt]
+    attention_mask: torch.Tensor  # int64 [Ntext, Lt]
+    text_to_video: torch.Tensor  # int64 [Ntext]: index into video_ids of each text's true video
+
+
+def build_retrieval_eval(task, split, cfg, tokenizer, norm) -> RetrievalEvalData:
+    base = TaskDataset(task, split, cfg, tokenizer, norm)
+    groups = group_texts(task, base.examples)
+    video_ids = [video_id for video_id, _ in groups]
+    texts, owner = [], []
+    for video_index, (_, video_texts) in enumerate(groups):
+        texts += video_texts
+        owner += [video_index] * len(video_texts)
+    ids, mask = pad_token_lists(tokenize(tokenizer, texts, cfg.max_text_len[task]), tokenizer.pad_token_id)
+    videos = VideoOnlyDataset(task, split, cfg, tokenizer, norm, video_ids)
+    return RetrievalEvalData(videos, video_ids, ids, mask, torch.tensor(owner, dtype=torch.int64))
+
+
+class QADataset(TaskDataset):
+    """Open-ended QA: one question per item; label = ans2label[answer], -100 for unknown answers."""
+
+    def __init__(self, task, split, cfg, tokenizer, norm):
+        super().__init__(task, split, cfg, tokenizer, norm)
+        self.ans2label = read_json(Path(cfg.ann_dir) / f"{task}_ans2label.json")
+        self.video_key = "video_id" if task == "msrvtt_qa" else "gif_name"
+
+    def load(self, index: int, epoch: int) -> dict:
+        example = self.examples[index]
+        item = self.visual(str(example[self.video_key]), epoch)
+        item["input_ids"] = tokenize(self.tokenizer, [example["question"]], self.max_len)
+        item["labels"] = int(self.ans2label.get(example["answer"], -100))
+        item["answer_type"] = str(example.get("answer_type", "unknown"))
+        return item
+
+
+class MultipleChoiceDataset(TaskDataset):
+    """M option texts per video (question + option for TGIF, the caption alone for MSRVTT-MC)."""
+
+    def __init__(self, task, split, cfg, tokenizer, norm):
+        super().__init__(task, split, cfg, tokenizer, norm)
+        for line_no, example in enumerate(self.examples, start=1):
+            if not 0 <= int(example["answer"]) < len(example["options"]):
+                raise ValueError(
+                    f"{self.ann_path}:{line_no}: answer {example['answer']} is not an option index"
+                )
+
+    def load(self, index: int, epoch: int) -> dict:
+        example = self.examples[index]
+        video_id = str(example["clip_name" if self.task == "msrvtt_mc" else "gif_name"])
+        options = [str(option) for option in example["options"]]
+        questions = None if self.task == "msrvtt_mc" else [example["question"]] * len(options)
+        item = self.visual(video_id, epoch)
+        if questions is None:
+            item["input_ids"] = tokenize(self.tokenizer, options, self.max_len)
+        else:
+            item["input_ids"] = tokenize(self.tokenizer, questions, self.max_len, pairs=options)
+        item["labels"] = int(example["answer"])
+        return item
+
+
+class PretrainDataset(TaskDataset):
+    """Image-caption pairs as one-frame clips, with MLM masking and ITM negatives (probability itm_neg_prob).
+
+    MLM labels are kept only for matching pairs (a swapped caption does not describe the image).
+    """
+
+    def __init__(self, task, split, cfg, tokenizer, norm):
+        super().__init__(task, split, cfg, tokenizer, norm)
+        self.image_root = Path(cfg.image_root) if cfg.image_root else Path(cfg.ann_dir).parent
+
+    def load(self, index: int, epoch: int) -> dict:
+        rng = rng_for(self.cfg.seed, epoch, index)
+        example = self.examples[index]
+        caption, match = example["caption"], 1
+        if len(self) > 1 and rng.random() < self.cfg.itm_neg_prob:
+            other = (index + 1 + rng.integers(len(self) - 1)) % len(self)
+            caption, match = self.examples[other]["caption"], 0
+        ids = tokenize(self.tokenizer, [caption], self.max_len)[0]
+        masked, mlm_labels = mask_tokens(ids, self.tokenizer, rng, self.cfg.mlm_prob)
+        if not match:
+            masked, mlm_labels = ids, [-100] * len(ids)
+        return {
+            "frames": load_image(self.image_root / example["file"], self.cfg.image_size, self.norm),
+            "video_id": str(example["image_id"]),
+            "input_ids": [masked],
+            "mlm_labels": [mlm_labels],
+            "itm_labels": match,
+        }
+
+
+def group_texts(task: str, examples: list[dict]) -> list[tuple[str, list[str]]]:
+    """[(video_id, texts)] in first-seen order; didemo/anet sentences are joined into one paragraph."""
+    groups: dict[str, list[str]] = {}
+    for example in examples:
+        video_id = str(example["clip_name"])
+        if task == "msrvtt_ret":
+            text = str(example["caption"])
+        else:
+            text = " ".join(str(s).strip() for s in example["sentences"])
+        groups.setdefault(video_id, []).append(text)
+    return list(groups.items())
+
+
+def build_dataset(task: str, split: str, data_cfg: DataConfig, tokenizer, model_norm: Normalization):
+    """The dataset of a task and split; retrieval val/test gives a RetrievalEvalData instead."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if task in RET_TASKS:
+        if split == "train":
+            return RetrievalTrainDataset(task, split, data_cfg, tokenizer, model_norm)
+        return build_retrieval_eval(task, split, data_cfg, tokenizer, model_norm)
+    if task in QA_TASKS:
+        return QADataset(task, split, data_cfg, tokenizer, model_norm)
+    if task in MC_TASKS:
+        return MultipleChoiceDataset(task, split, data_cfg, tokenizer, model_norm)
+    return PretrainDataset(task, split, data_cfg, tokenizer, model_norm)

@@ -1,0 +1,120 @@
+"""Exact CPU decoding with PyAV: seek to the key frame before each wanted frame and decode forward.
+
+Frames are identified by their presentation time (index = round(pts * time_base * fps)), so the result is
+exact for constant-frame-rate videos whatever the GOP, B-frames or container.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import av
+import numpy as np
+
+from .base import VideoDecodeError, VideoInfo, check_indices
+
+# Decoding forward is cheaper than a seek (which restarts at a key frame) when the gap is small.
+SEEK_GAP_FRAMES = 16
+
+
+class PyAVDecoder:
+    def __init__(self, probe_cache_size: int = 4096):
+        self._infos: OrderedDict[str, VideoInfo] = OrderedDict()
+        self._cache_size = probe_cache_size
+
+    def probe(self, key: str) -> VideoInfo:
+        info = self._infos.get(key)
+        if info is None:
+            with _open(key) as container:
+                info = _probe(key, container)
+            self._infos[key] = info
+            while len(self._infos) > self._cache_size:
+                self._infos.popitem(last=False)
+        return info
+
+    def decode(self, key: str, indices: np.ndarray) -> np.ndarray:
+        info = self.probe(key)
+        indices = check_indices(key, indices, info.num_frames)
+        with _open(key) as container:
+            frames = _decode_wanted(key, container, sorted(set(indices.ravel().tolist())), info.fps)
+        return np.stack([frames[i] for i in indices.ravel()]).reshape(
+            *indices.shape, *frames[indices[0, 0]].shape
+        )
+
+
+def _open(key: str):
+    if not os.path.isfile(key):
+        raise VideoDecodeError(key, "missing file")
+    if os.path.getsize(key) == 0:
+        raise VideoDecodeError(key, "empty file")
+    try:
+        container = av.open(key)
+    except (av.FFmpegError, ValueError, OSError) as err:
+        raise VideoDecodeError(key, f"cannot open container ({err})") from err
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError(key, "no video stream")
+    return container
+
+
+def _probe(key: str, container) -> VideoInfo:
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate or rate <= 0:
+        raise VideoDecodeError(key, "unknown frame rate")
+    num_frames = stream.frames
+    if num_frames <= 0:  # webm and some others do not store a count: count the packets (no decoding)
+        try:
+            num_frames = sum(1 for p in container.demux(stream) if p.size > 0 and p.pts is not None)
+        except av.FFmpegError as err:
+            raise VideoDecodeError(key, f"cannot demux ({err})") from err
+    if num_frames <= 0:
+        raise VideoDecodeError(key, "no frames")
+    ctx = stream.codec_context
+    return VideoInfo(int(num_frames), float(rate), int(ctx.height), int(ctx.width), str(ctx.name))
+
+
+def _decode_wanted(key: str, container, wanted: list[int], fps: float) -> dict[int, np.ndarray]:
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    time_base = float(stream.time_base)
+    start = stream.start_time or 0
+    wanted_set, frames = set(wanted), {}
+    position, frame_iter = None, None  # index of the last decoded frame; the running decoder
+    try:
+        for target in wanted:
+            if target in frames:
+                continue
+            if position is None or target <= position or target - position > SEEK_GAP_FRAMES:
+                pts = start + int(target / fps / time_base)
+                container.seek(pts, stream=stream, backward=True, any_frame=False)
+                frame_iter = container.decode(stream)
+            position = _decode_until(frame_iter, target, wanted_set, frames, start, time_base, fps)
+            if target not in frames and (position is None or position < target):
+                raise VideoDecodeError(
+                    key, f"frame {target} missing: stream ends at frame {position} (truncated?)"
+                )
+            if target not in frames:  # the seek landed past the target: decode from the start instead
+                container.seek(start, stream=stream, backward=True, any_frame=False)
+                frame_iter = container.decode(stream)
+                position = _decode_until(frame_iter, target, wanted_set, frames, start, time_base, fps)
+                if target not in frames:
+                    raise VideoDecodeError(key, f"frame {target} not found by its timestamp")
+    except av.FFmpegError as err:
+        raise VideoDecodeError(key, f"decoding failed ({err})") from err
+    return frames
+
+
+def _decode_until(frame_iter, target, wanted_set, frames, start, time_base, fps) -> int | None:
+    """Decode forward until frame `target` is passed; keep every wanted frame; return the last index."""
+    position = None
+    for frame in frame_iter:
+        if frame.pts is None:
+            continue
+        position = int(round((frame.pts - start) * time_base * fps))
+        if position in wanted_set and position not in frames:
+            frames[position] = frame.to_ndarray(format="rgb24")
+        if position >= target:
+            break
+    return position

@@ -1,0 +1,95 @@
+"""DataLoader with rank sharding, set_epoch, mid-epoch resume, and exactly-once evaluation."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .collate import Collator
+from .config import DataConfig
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else RANK / WORLD_SIZE, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ShardedSampler(Sampler):
+    """Yields (epoch, index) keys of this rank's shard.
+
+    Training: a permutation seeded by (seed, epoch), padded by wrapping so every rank gets the same count,
+    then strided by rank (as DistributedSampler). Evaluation: range(len) strided by rank without padding, so
+    every example is visited exactly once across ranks. `set_epoch(epoch, batches_consumed)` resumes
+    mid-epoch: the first `batches_consumed * batch_size` keys of the shard are skipped, for that epoch only.
+    """
+
+    def __init__(self, size: int, batch_size: int, train: bool, seed: int = 0, rank=None, world_size=None):
+        if rank is None or world_size is None:
+            rank, world_size = dist_rank_world()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.size, self.batch_size, self.train, self.seed = size, batch_size, train, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, batches_consumed: int = 0) -> None:
+        self.epoch, self.skip = int(epoch), int(batches_consumed) * self.batch_size
+
+    def shard(self) -> list[int]:
+        if not self.train:
+            return list(range(self.rank, self.size, self.world_size))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        total = math.ceil(self.size / self.world_size) * self.world_size
+        order += (order * math.ceil(total / max(1, self.size)))[: total - self.size]
+        return order[self.rank : total : self.world_size]
+
+    def __iter__(self):
+        return iter([(self.epoch, index) for index in self.shard()[self.skip :]])
+
+    def __len__(self) -> int:
+        return max(0, len(self.shard()) - self.skip)
+
+
+def build_loader(
+    dataset,
+    data_cfg: DataConfig,
+    batch_size: int,
+    train: bool,
+    rank: int | None = None,
+    world_size: int | None = None,
+    device: str = "cpu",
+):
+    """A DataLoader over `dataset` (a task dataset or RetrievalEvalData.videos).
+
+    `loader.sampler.set_epoch(epoch, batches_consumed)` before each epoch. Training drops the last
+    incomplete batch. With backend "dali" (or a frame store read by DALI) returns a loader of the same
+    interface whose frames DALI decodes on `device` ("cuda[:k]" or "cpu").
+    """
+    sampler = ShardedSampler(len(dataset), batch_size, train, data_cfg.seed, rank, world_size)
+    workers = data_cfg.num_workers
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=Collator(getattr(dataset.tokenizer, "pad_token_id", 0) or 0),
+        num_workers=workers,
+        prefetch_factor=data_cfg.prefetch_factor if workers else None,
+        persistent_workers=workers > 0,
+        pin_memory=device.startswith("cuda") and data_cfg.backend != "dali",
+        drop_last=train,
+    )
+    if data_cfg.backend == "dali":
+        from dali_pipelines.loader import DaliLoader
+
+        return DaliLoader(loader, dataset, data_cfg, device=device)
+    if data_cfg.backend == "frame_store" and data_cfg.frame_store_reader == "dali":
+        from dali_pipelines.loader import DaliFrameStoreLoader
+
+        return DaliFrameStoreLoader(loader, dataset, data_cfg, device=device)
+    return loader

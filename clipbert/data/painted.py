@@ -1,0 +1,76 @@
+"""Test videos with each frame's index painted in as a bar code of big blocks, readable despite codec loss.
+
+Used by the tests and the data benchmark; `write_painted_video` needs only PyAV.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+
+GRID_ROWS, GRID_COLS = 3, 4  # 12 bits: indices up to 4095
+CODECS = {  # codec name -> (PyAV encoder, container suffix, pixel format)
+    "h264": ("libx264", ".mp4", "yuv420p"),
+    "vp9": ("libvpx-vp9", ".webm", "yuv420p"),
+    "mjpeg": ("mjpeg", ".avi", "yuvj420p"),
+}
+
+
+def paint_index(index: int, height: int, width: int) -> np.ndarray:
+    """uint8 [H, W, 3]: bit k of `index` is block k of a 3 x 4 grid (white = 1), on a coloured ramp."""
+    frame = np.zeros((height, width, 3), dtype=np.uint8)
+    frame[..., 2] = np.linspace(0, 90, width, dtype=np.uint8)[None, :]  # a blue ramp keeps resizes honest
+    for bit in range(GRID_ROWS * GRID_COLS):
+        if (index >> bit) & 1:
+            r, c = divmod(bit, GRID_COLS)
+            rows = slice(r * height // GRID_ROWS, (r + 1) * height // GRID_ROWS)
+            cols = slice(c * width // GRID_COLS, (c + 1) * width // GRID_COLS)
+            frame[rows, cols, :2] = 255
+    return frame
+
+
+def read_index(frame: np.ndarray) -> int:
+    """The index painted into an RGB uint8 [H, W, 3] frame (reads the centre of each block)."""
+    height, width = frame.shape[:2]
+    value = 0
+    for bit in range(GRID_ROWS * GRID_COLS):
+        r, c = divmod(bit, GRID_COLS)
+        y = int((r + 0.5) * height / GRID_ROWS)
+        x = int((c + 0.5) * width / GRID_COLS)
+        if frame[y, x, 0] > 127:
+            value |= 1 << bit
+    return value
+
+
+def write_painted_video(
+    path: str | os.PathLike,
+    num_frames: int,
+    fps: int = 10,
+    height: int = 48,
+    width: int = 64,
+    codec: str = "h264",
+    gop: int = 12,
+) -> str:
+    """Encode frames 0..num_frames-1 with their index painted in; returns the path (suffix by codec)."""
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
+    encoder, suffix, pix_fmt = CODECS[codec]
+    path = os.fspath(path)
+    if not path.endswith(suffix):
+        path += suffix
+    with av.open(path, "w") as container:
+        stream = container.add_stream(encoder, rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.codec_context.gop_size = gop
+        if codec == "h264":
+            stream.options = {"crf": "18", "preset": "ultrafast", "bf": "2"}
+        elif codec == "vp9":
+            stream.options = {"crf": "20", "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        for index in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(paint_index(index, height, width), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

@@ -1,0 +1,29 @@
+"""Tokenization without padding (the collate pads to the batch) and BERT MLM masking."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def tokenize(tokenizer, texts: list[str], max_len: int, pairs: list[str] | None = None) -> list[list[int]]:
+    """Token ids with [CLS]/[SEP], truncated to max_len; `pairs` gives a second segment per text."""
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_len, padding=False)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+def mask_tokens(
+    ids: list[int], tokenizer, rng: np.random.Generator, prob: float = 0.15
+) -> tuple[list[int], list[int]]:
+    """BERT masking: each ordinary token is picked with `prob`; a picked token becomes [MASK] (80%), a
+    random token (10%) or stays (10%). Returns (masked ids, labels with -100 where not picked)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    special = np.isin(ids, tokenizer.all_special_ids)
+    picked = (rng.random(len(ids)) < prob) & ~special
+    labels = np.where(picked, ids, -100)
+    action = rng.random(len(ids))
+    masked = ids.copy()
+    masked[picked & (action < 0.8)] = tokenizer.mask_token_id
+    random_tokens = rng.integers(0, tokenizer.vocab_size, size=len(ids))
+    swap = picked & (action >= 0.8) & (action < 0.9)
+    masked[swap] = random_tokens[swap]
+    return masked.tolist(), labels.tolist()

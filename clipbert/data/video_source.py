@@ -1,0 +1,94 @@
+"""Where a dataset gets its frames: resolve a video id, sample clip indices, decode, pre-process, cache."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+from .config import DataConfig
+from .decoders import VideoDecodeError, VideoInfo, build_decoder
+from .preprocess import Normalization, preprocess_frames
+from .sampling import sample_frame_indices
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif")
+
+
+def frame_rng(seed: int, epoch: int, video_id: str) -> np.random.Generator:
+    """Clip sampling depends on (seed, epoch, video), so texts sharing a video share its frames."""
+    return np.random.default_rng([int(seed), int(epoch), zlib.crc32(video_id.encode()), 1])
+
+
+class VideoSource:
+    def __init__(self, cfg: DataConfig, norm: Normalization, train: bool):
+        self.cfg, self.norm, self.train = cfg, norm, train
+        self.decoder = build_decoder(cfg.backend, cfg.frame_store)
+        self.num_clips = cfg.num_clips if train else cfg.num_test_clips
+        self.strategy = cfg.train_sampling if train else cfg.test_sampling
+        self._paths: dict[str, str] | None = None  # video id -> file, scanned once
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def key(self, video_id: str) -> str:
+        """The decoder's key: the file path for video backends, the id itself for the frame store."""
+        if self.cfg.backend == "frame_store":
+            return video_id
+        if self._paths is None:
+            root = Path(self.cfg.video_dir)
+            if not root.is_dir():
+                raise FileNotFoundError(f"video_dir not found: {root}")
+            self._paths = {p.stem: str(p) for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES}
+        return self._paths.get(video_id, str(Path(self.cfg.video_dir) / f"{video_id}.mp4"))
+
+    def info(self, video_id: str) -> VideoInfo:
+        return self.decoder.probe(self.key(video_id))
+
+    def indices(self, video_id: str, epoch: int) -> np.ndarray:
+        """int64 [N, T] frame indices of this video in this epoch; raises VideoDecodeError if unreadable."""
+        info = self.info(video_id)
+        num_clips = 1 if self.strategy == "middle" else self.num_clips
+        rng = frame_rng(self.cfg.seed, epoch, video_id)
+        return sample_frame_indices(
+            info.num_frames,
+            info.fps,
+            num_clips,
+            self.cfg.frames_per_clip,
+            self.cfg.clip_seconds,
+            self.strategy,
+            rng,
+        )
+
+    def frames(self, video_id: str, indices: np.ndarray) -> torch.Tensor:
+        """float32 [N, T, 3, L, L] pre-processed frames; decoded once per (video, indices) while cached."""
+        cache_key = (video_id, indices.tobytes())
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            self._cache.move_to_end(cache_key)
+            return cached
+        raw = self.decoder.decode(self.key(video_id), indices)  # uint8 [N, T, H, W, 3]
+        n, t = indices.shape
+        size = self.cfg.image_size
+        frames = preprocess_frames(raw.reshape(n * t, *raw.shape[2:]), size, self.norm).view(
+            n, t, 3, size, size
+        )
+        if self.cfg.frame_cache_size:
+            self._cache[cache_key] = frames
+            while len(self._cache) > self.cfg.frame_cache_size:
+                self._cache.popitem(last=False)
+        return frames
+
+
+def load_image(path: str | os.PathLike, size: int, norm: Normalization) -> torch.Tensor:
+    """An image as one clip of one frame: float32 [1, 1, 3, L, L]; raises VideoDecodeError if unreadable."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "missing file")
+    try:
+        image = decode_image(path, mode=ImageReadMode.RGB)  # [3, H, W]
+    except (RuntimeError, ValueError) as err:
+        raise VideoDecodeError(path, f"undecodable image ({err})") from err
+    return preprocess_frames(image.permute(1, 2, 0)[None], size, norm).view(1, 1, 3, size, size)

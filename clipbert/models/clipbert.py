@@ -1,0 +1,267 @@
+"""ClipBERT (paper Sec. 3, Fig. 2): CNN grid features per clip, fused with the text in one BERT encoder.
+
+Per clip: ResNet (stride 32) -> grid encoder (3x3 conv, 2x2 max-pool, ReLU) -> temporal fusion over T ->
+2D position + visual type embeddings, LayerNorm -> Lv visual tokens. Per (text, clip) pair: the sequence
+[CLS] text [SEP] + visual tokens goes through BERT; BERT's pooler output feeds the task head. score()
+returns per-clip logits [B, M, N, K]; the trainer aggregates clips (clipbert.ops.clip_aggregate).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, BertPooler
+
+from clipbert.models.config import ClipBertConfig
+from clipbert.models.embeddings import VisualEmbeddings
+from clipbert.models.grid_encoder import GridEncoder
+from clipbert.models.heads import ClassifierHead, PretrainingHeads
+from clipbert.models.resnet import ResNetBackbone
+from clipbert.models.temporal import TemporalFusion
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "clipbert_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class VisualTokens:
+    tokens: torch.Tensor  # [B, N, Lv, H] after 2D position + type embeddings and LayerNorm
+
+
+class VisualEncoder(nn.Module):
+    """frames [B*N, T, 3, L, L] -> clip grids [B*N, H, h, w] (the original's `cnn`)."""
+
+    def __init__(self, cfg: ClipBertConfig):
+        super().__init__()
+        self.backbone = ResNetBackbone(
+            layers=cfg.backbone_layers,
+            width=cfg.backbone_width,
+            style=cfg.backbone_style,
+            frozen_bn=cfg.frozen_bn,
+            freeze_at=cfg.freeze_at,
+            checkpoint_stages=cfg.checkpoint_cnn,
+        )
+        self.grid_encoder = GridEncoder(self.backbone.out_channels, cfg.hidden_size)
+        self.temporal = TemporalFusion(cfg.temporal_fusion, cfg.hidden_size)
+        self.channels_last = cfg.channels_last
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        clips, t = frames.shape[:2]
+        x = frames.reshape(clips * t, *frames.shape[2:])  # [B*N*T, 3, L, L]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        grid = self.grid_encoder(self.backbone(x))  # [B*N*T, H, h, w]
+        grid = grid.reshape(clips, t, *grid.shape[1:])  # [B*N, T, H, h, w]
+        return self.temporal(grid)  # [B*N, H, h, w]
+
+
+class ClipBert(nn.Module):
+    def __init__(self, cfg: ClipBertConfig):
+        super().__init__()
+        self.config = cfg
+        bert_cfg = cfg.bert_config()
+        self.cnn = VisualEncoder(cfg)
+        self.visual_embeddings = VisualEmbeddings(
+            cfg.hidden_size,
+            cfg.max_grid_row,
+            cfg.max_grid_col,
+            cfg.layer_norm_eps,
+            cfg.hidden_dropout,
+            cfg.pixel_random_sampling_size,
+        )
+        self.embeddings = BertEmbeddings(bert_cfg)
+        self.encoder = BertEncoder(bert_cfg)
+        self.pooler = BertPooler(bert_cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.classifier = ClassifierHead(cfg.hidden_size, cfg.num_classes)
+        self.cls = PretrainingHeads(bert_cfg, self.embeddings.word_embeddings) if cfg.pretrain_heads else None
+        for module in (self.visual_embeddings, self.embeddings, self.encoder, self.pooler, self.classifier):
+            module.apply(self._init_bert_weights)
+        if self.cls is not None:
+            self.cls.apply(self._init_bert_weights)
+            nn.init.zeros_(self.cls.predictions.bias)
+
+    def _init_bert_weights(self, module: nn.Module) -> None:
+        # BERT's init: N(0, 0.02) weights, zero biases, unit LayerNorm.
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ visual side
+    def encode_visual(self, frames: torch.Tensor) -> VisualTokens:
+        """frames [B, N, T, 3, L, L] (normalized per cfg.pixel_mean/std, cfg.channel_order) -> tokens."""
+        self._check_frames(frames)
+        b, n = frames.shape[:2]
+        grid = self.cnn(frames.reshape(b * n, *frames.shape[2:]))  # [B*N, H, h, w]
+        tokens = self.visual_embeddings(grid)  # [B*N, Lv, H]
+        return VisualTokens(tokens.reshape(b, n, *tokens.shape[1:]))
+
+    def _check_frames(self, frames: torch.Tensor) -> None:
+        expected = f"[B, N, T, 3, L, L] (e.g. L={self.config.image_size})"
+        shape = tuple(frames.shape)
+        if frames.dim() != 6 or shape[3] != 3 or shape[4] != shape[5]:
+            raise ValueError(f"frames must have shape {expected}, got {shape}")
+        if min(shape[:3]) < 1 or shape[4] < 64:
+            raise ValueError(f"frames must have shape {expected} with B, N, T >= 1 and L >= 64, got {shape}")
+        if not frames.is_floating_point():
+            raise ValueError(f"frames must be a normalized float tensor, got dtype {frames.dtype}")
+
+    # ------------------------------------------------------------------ fusion
+    def score(
+        self, visual: VisualTokens, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """visual.tokens [B, N, Lv, H], input_ids/attention_mask [B, M, Lt] -> logits [B, M, N, K].
+
+        Every (text m, clip n) pair of a video is one BERT sequence; the clip's visual tokens are computed
+        once (encode_visual) and broadcast over the M texts.
+        """
+        self._check_text(visual, input_ids, attention_mask)
+        pooled, _ = self._fuse(visual.tokens, input_ids, attention_mask)  # [B*M*N, H]
+        logits = self.classifier(self.dropout(pooled))  # [B*M*N, K]
+        b, m = input_ids.shape[:2]
+        return logits.view(b, m, visual.tokens.shape[1], -1)
+
+    def forward(
+        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.score(self.encode_visual(frames), input_ids, attention_mask)
+
+    def _check_text(
+        self, visual: VisualTokens, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> None:
+        limit = self.config.max_text_len
+        if input_ids.dim() != 3 or input_ids.shape[-1] > limit:
+            raise ValueError(
+                f"input_ids must have shape [B, M, Lt] with Lt <= {limit}, got {tuple(input_ids.shape)}"
+            )
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        tokens = visual.tokens
+        if (
+            tokens.dim() != 4
+            or tokens.shape[0] != input_ids.shape[0]
+            or tokens.shape[-1] != self.config.hidden_size
+        ):
+            raise ValueError(
+                f"visual.tokens must have shape [B={input_ids.shape[0]}, N, Lv, H={self.config.hidden_size}],"
+                f" got {tuple(tokens.shape)}"
+            )
+
+    def _fuse(
+        self, visual: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """visual [B, N, Lv, H], ids/mask [B, M, Lt] -> pooled [B*M*N, H], sequence [B*M*N, Lt+Lv, H]."""
+        b, n, lv, h = visual.shape
+        m, lt = input_ids.shape[1:]
+        text = self.embeddings(input_ids=input_ids.reshape(b * m, lt)).view(b, m, 1, lt, h)
+        text = text.expand(b, m, n, lt, h)
+        vis = visual.unsqueeze(1).expand(b, m, n, lv, h)
+        seq = torch.cat([text, vis.to(text.dtype)], dim=3).reshape(b * m * n, lt + lv, h)
+        text_mask = attention_mask.reshape(b, m, 1, lt).expand(b, m, n, lt).reshape(b * m * n, lt)
+        mask = torch.cat([text_mask.bool(), text_mask.new_ones(b * m * n, lv, dtype=torch.bool)], dim=1)
+        hidden = self._encode(seq, mask)  # [B*M*N, S, H]
+        return self.pooler(hidden), hidden
+
+    def _encode(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """BERT layers over [S_batch, S, H] with key mask [S_batch, S] (True = attend)."""
+        if self.encoder.config._attn_implementation == "sdpa":
+            attn_mask = mask[:, None, None, :]  # [Sb, 1, 1, S] bool, broadcast over heads and queries
+        else:  # eager attention adds the mask
+            attn_mask = (~mask[:, None, None, :]).to(hidden.dtype) * torch.finfo(hidden.dtype).min
+        use_ckpt = self.config.checkpoint_transformer and self.training and torch.is_grad_enabled()
+        for layer in self.encoder.layer:
+            if use_ckpt:
+                hidden = checkpoint(layer, hidden, attn_mask, use_reentrant=False)
+            else:
+                hidden = layer(hidden, attn_mask)
+        return hidden
+
+    # ------------------------------------------------------------------ pre-training
+    def pretrain_forward(
+        self,
+        frames: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mlm_labels: torch.Tensor,
+        itm_labels: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """frames [B, 1, 1, 3, L, L], ids/mask/mlm_labels [B, 1, Lt] (-100 = ignore), itm_labels [B].
+
+        MLM (BERT cls.predictions, tied) on the text positions only, ITM (cls.seq_relationship) on the pooled
+        output; loss = mlm_loss + itm_loss, each a mean over its valid targets.
+        """
+        if self.cls is None:
+            raise ValueError("pretrain_forward needs pretrain_heads=True in ClipBertConfig")
+        if frames.dim() != 6 or frames.shape[1] != 1 or input_ids.dim() != 3 or input_ids.shape[1] != 1:
+            raise ValueError(
+                "pretrain_forward expects frames [B, 1, T, 3, L, L] and input_ids [B, 1, Lt], "
+                f"got {tuple(frames.shape)} and {tuple(input_ids.shape)}"
+            )
+        if mlm_labels.shape != input_ids.shape or itm_labels.shape != input_ids.shape[:1]:
+            raise ValueError(
+                f"mlm_labels must be {tuple(input_ids.shape)} and itm_labels [{input_ids.shape[0]}], "
+                f"got {tuple(mlm_labels.shape)} and {tuple(itm_labels.shape)}"
+            )
+        visual = self.encode_visual(frames)
+        self._check_text(visual, input_ids, attention_mask)
+        pooled, hidden = self._fuse(visual.tokens, input_ids, attention_mask)
+        lt = input_ids.shape[-1]
+        mlm_logits = self.cls.predictions(hidden[:, :lt])  # [B, Lt, vocab]: text part only
+        itm_logits = self.cls.seq_relationship(pooled)  # [B, 2]
+        labels = mlm_labels.reshape(-1, lt)
+        if (labels != -100).any():
+            mlm_loss = F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        else:  # no masked token in the batch: a zero that still depends on the graph
+            mlm_loss = mlm_logits.float().sum() * 0.0
+        itm_loss = F.cross_entropy(itm_logits.float(), itm_labels)
+        return dict(
+            loss=mlm_loss + itm_loss,
+            mlm_loss=mlm_loss,
+            itm_loss=itm_loss,
+            mlm_logits=mlm_logits,
+            itm_logits=itm_logits,
+        )
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes clipbert_config.json and model.safetensors (tied MLM weights stored once)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save(directory / CONFIG_NAME)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "clipbert": "1"})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides) -> ClipBert:
+        """Builds the model from clipbert_config.json (+ overrides) and loads model.safetensors strictly."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(
+                    f"{directory / name} not found (expected a ClipBert.save_pretrained dir)"
+                )
+        values = json.loads((directory / CONFIG_NAME).read_text())
+        model = cls(ClipBertConfig.from_dict({**values, **overrides}))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
+        return model

@@ -1,0 +1,251 @@
+"""ClipBertConfig: one validated dataclass for the whole model, with the `tiny` and `base` presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HEADS = ("itm", "mc", "qa")
+BACKBONE_STYLES = ("torchvision", "msra")
+TEMPORAL_FUSIONS = ("mean", "conv3d", "conv2plus1d")
+CHANNEL_ORDERS = ("RGB", "BGR")
+HIDDEN_ACTS = ("gelu", "relu", "gelu_new")
+
+# Pixel values are on the 0..255 scale for both styles: (x - mean) / std per channel, in channel_order.
+# torchvision: ImageNet RGB statistics (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) times 255.
+TORCHVISION_PIXEL_MEAN = (123.675, 116.28, 103.53)
+TORCHVISION_PIXEL_STD = (58.395, 57.12, 57.375)
+# MSRA / detectron2 / grid-feat: caffe normalization in BGR order, std 1. The original release subtracts
+# (123.675, 116.28, 103.53) from RGB pixels (std 1), then flips to BGR inside the model; this model takes
+# frames already in channel_order, so the same numbers appear here in BGR order.
+MSRA_PIXEL_MEAN = (103.53, 116.28, 123.675)
+MSRA_PIXEL_STD = (1.0, 1.0, 1.0)
+
+
+@dataclass
+class ClipBertConfig:
+    # --- task head ---
+    head: str = "itm"  # "itm" (K=2, index 1 = match) | "mc" (K=1 per option) | "qa" (K=num_answers)
+    num_answers: int = 0  # size of the open-ended QA answer vocabulary; must be > 0 when head == "qa"
+    pretrain_heads: bool = True  # build BERT's cls.predictions (MLM, tied) + cls.seq_relationship (ITM)
+
+    # --- vision backbone (ResNet conv1..conv5, stride 32) ---
+    backbone_style: str = "msra"  # "msra": stride in the 1x1 conv (detectron2); "torchvision": in the 3x3
+    backbone_layers: tuple[int, ...] = (3, 4, 6, 3)  # bottleneck blocks per stage res2..res5 (R-50)
+    backbone_width: int = 64  # stem channels = res2 bottleneck width; doubles per stage, expansion 4
+    frozen_bn: bool = True  # every BatchNorm is a FrozenBatchNorm2d (affine with fixed statistics)
+    freeze_at: int = 2  # detectron2 FREEZE_AT: 0 none, 1 stem, 2 stem+res2, ..., 5 stem+res2..res5
+    channels_last: bool = False  # run the CNN in torch.channels_last memory format
+    checkpoint_cnn: bool = False  # activation checkpointing per trainable CNN stage (with trainable BatchNorm
+    #   the recompute updates running statistics a second time; use frozen_bn=True for exact statistics)
+
+    # --- clip / visual tokens ---
+    image_size: int = 448  # L: frames are [.., 3, L, L]; L=448 gives a 7x7 grid of visual tokens
+    frames_per_clip: int = 1  # T the data pipeline samples per clip (the model accepts any T >= 1)
+    temporal_fusion: str = "mean"  # how the T frame grids of a clip become one (Table 2 of the paper)
+    max_grid_row: int = 100  # rows of the 2D row position table (original: max_grid_row_position_embeddings)
+    max_grid_col: int = 100  # columns of the 2D column position table
+    pixel_random_sampling_size: int = 0  # keep this many random visual tokens in train mode; 0 = keep all
+    pixel_mean: tuple[float, ...] | None = None  # per channel, 0..255 scale, in channel_order; None = style's
+    pixel_std: tuple[float, ...] | None = None  # per channel; None = the style's default
+    channel_order: str | None = None  # "RGB" | "BGR" order of the 3 input channels; None = style's
+
+    # --- text + fusion transformer (BERT) ---
+    vocab_size: int = 30522  # bundled uncased WordPiece vocabulary
+    hidden_size: int = 768  # H
+    num_layers: int = 12  # BERT layers
+    num_heads: int = 12  # attention heads (hidden_size must divide evenly)
+    intermediate_size: int = 3072  # FFN width
+    hidden_act: str = "gelu"  # FFN and MLM-transform activation
+    max_position_embeddings: int = 512  # text position table size
+    type_vocab_size: int = 2  # BERT token type table size
+    max_text_len: int = 32  # longest accepted Lt, [CLS]/[SEP] included (the trainer sets it per task)
+    hidden_dropout: float = 0.1  # dropout after embeddings, attention output, FFN and before the head
+    attention_dropout: float = 0.1  # dropout on attention probabilities
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02  # std of the normal init of linear/embedding weights
+    checkpoint_transformer: bool = False  # activation checkpointing per BERT layer
+
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (ignored by the model)
+
+    def __post_init__(self) -> None:
+        self.backbone_layers = tuple(int(x) for x in self.backbone_layers)
+        _check_choice("head", self.head, HEADS)
+        _check_choice("backbone_style", self.backbone_style, BACKBONE_STYLES)
+        _check_choice("temporal_fusion", self.temporal_fusion, TEMPORAL_FUSIONS)
+        _check_choice("hidden_act", self.hidden_act, HIDDEN_ACTS)
+        self._fill_normalization()
+        _check_choice("channel_order", self.channel_order, CHANNEL_ORDERS)
+        self._check_numbers()
+
+    def _fill_normalization(self) -> None:
+        msra = self.backbone_style == "msra"
+        if self.pixel_mean is None:
+            self.pixel_mean = MSRA_PIXEL_MEAN if msra else TORCHVISION_PIXEL_MEAN
+        if self.pixel_std is None:
+            self.pixel_std = MSRA_PIXEL_STD if msra else TORCHVISION_PIXEL_STD
+        if self.channel_order is None:
+            self.channel_order = "BGR" if msra else "RGB"
+        self.pixel_mean = tuple(float(x) for x in self.pixel_mean)
+        self.pixel_std = tuple(float(x) for x in self.pixel_std)
+        for key in ("pixel_mean", "pixel_std"):
+            value = getattr(self, key)
+            if len(value) != 3:
+                raise ValueError(f"{key} must have 3 values (one per channel), got {value}")
+        if min(self.pixel_std) <= 0:
+            raise ValueError(f"pixel_std must be > 0, got {self.pixel_std}")
+
+    def _check_numbers(self) -> None:
+        if len(self.backbone_layers) != 4 or min(self.backbone_layers) < 1:
+            raise ValueError(
+                f"backbone_layers must be 4 positive ints (res2..res5), got {self.backbone_layers}"
+            )
+        positive = (
+            ["backbone_width", "image_size", "frames_per_clip", "max_grid_row", "max_grid_col", "vocab_size"]
+            + ["hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"]
+            + ["type_vocab_size", "max_text_len"]
+        )
+        for key in positive:
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.freeze_at <= 5:
+            raise ValueError(
+                f"freeze_at must be in 0..5 (0 none, 1 stem, k stem+res2..res{{k}}), got {self.freeze_at}"
+            )
+        if self.image_size < 64:
+            raise ValueError(
+                f"image_size must be >= 64 (stride 32 then a 2x2 max-pool), got {self.image_size}"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
+            )
+        if self.head == "qa" and self.num_answers < 1:
+            raise ValueError(f"num_answers must be >= 1 when head == 'qa', got {self.num_answers}")
+        if self.pixel_random_sampling_size < 0:
+            raise ValueError(
+                f"pixel_random_sampling_size must be >= 0, got {self.pixel_random_sampling_size}"
+            )
+        if self.max_text_len > self.max_position_embeddings:
+            raise ValueError(
+                f"max_text_len {self.max_text_len} exceeds "
+                f"max_position_embeddings {self.max_position_embeddings}"
+            )
+        for key in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+
+    # --- derived sizes ---
+    @property
+    def num_classes(self) -> int:
+        """K of score(): 2 for itm, 1 for mc, num_answers for qa."""
+        return {"itm": 2, "mc": 1, "qa": self.num_answers}[self.head]
+
+    @property
+    def backbone_out_channels(self) -> int:
+        return self.backbone_width * 8 * 4  # res5 bottleneck width x expansion
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the visual token grid for an L x L frame: stride-32 CNN, then a 2x2 max-pool."""
+        return _conv_out(self.image_size) // 2
+
+    # --- (de)serialization ---
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["backbone_layers"] = list(self.backbone_layers)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ClipBertConfig:
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in allowed:
+                raise ValueError(f"unknown ClipBertConfig key {key!r}; allowed keys: {', '.join(allowed)}")
+        return cls(**values)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ClipBertConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; allowed presets: {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClipBertConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def bert_config(self):
+        """The transformers.BertConfig of the fusion encoder (SDPA attention)."""
+        from transformers import BertConfig
+
+        bert = BertConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            hidden_act=self.hidden_act,
+            hidden_dropout_prob=self.hidden_dropout,
+            attention_probs_dropout_prob=self.attention_dropout,
+            max_position_embeddings=self.max_position_embeddings,
+            type_vocab_size=self.type_vocab_size,
+            layer_norm_eps=self.layer_norm_eps,
+            initializer_range=self.initializer_range,
+        )
+        bert._attn_implementation = "sdpa"
+        return bert
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _conv_out(size: int) -> int:
+    """Spatial size after the ResNet's stride-32 path (stem conv, max-pool, three stride-2 stages)."""
+    size = (size + 2 * 3 - 7) // 2 + 1  # 7x7 stride-2 stem conv, padding 3
+    size = (size + 2 * 1 - 3) // 2 + 1  # 3x3 stride-2 max-pool, padding 1
+    for _ in range(3):  # res3, res4, res5 halve it (1x1 stride-2 shortcut)
+        size = (size - 1) // 2 + 1
+    return size
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's model: detectron2 MSRA ResNet-50 (FrozenBN, FREEZE_AT=2, BGR caffe input) + BERT-base.
+    "base": dict(
+        backbone_style="msra",
+        backbone_layers=(3, 4, 6, 3),
+        backbone_width=64,
+        frozen_bn=True,
+        freeze_at=2,
+        image_size=448,
+        frames_per_clip=1,
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
+        max_text_len=32,
+    ),
+    # CPU-sized: one bottleneck per stage, width 16 (2048/4 = 512 output channels), trainable BatchNorm
+    # because the demo trains it from scratch; 192 px gives a 3x3 grid of visual tokens.
+    "tiny": dict(
+        backbone_style="torchvision",
+        backbone_layers=(1, 1, 1, 1),
+        backbone_width=16,
+        frozen_bn=False,
+        freeze_at=0,
+        image_size=192,
+        frames_per_clip=1,
+        hidden_size=128,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=512,
+        max_text_len=32,
+    ),
+}

@@ -1,0 +1,53 @@
+"""Task heads on BERT's pooled output, and BERT's pre-training heads (MLM tied to words, ITM)."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
+
+
+def _register_external_for_zero3(module: nn.Module, parameter: nn.Parameter) -> None:
+    """ZeRO-3 partitions parameters per owning module; one used by another module's forward must be
+    registered there. Only when the trainer has imported deepspeed (importing it here would be slow)."""
+    deepspeed = sys.modules.get("deepspeed")
+    if deepspeed is not None:
+        deepspeed.zero.register_external_parameter(module, parameter)
+
+
+class ClassifierHead(nn.Sequential):
+    """Linear(H, 2H), ReLU, Linear(2H, K); names classifier.0 / classifier.2 match the original."""
+
+    def __init__(self, hidden_size: int, num_classes: int):
+        super().__init__(
+            nn.Linear(hidden_size, hidden_size * 2),
+            nn.ReLU(),
+            nn.Linear(hidden_size * 2, num_classes),
+        )
+
+
+class MLMHead(nn.Module):
+    """BERT cls.predictions: transform (dense, act, LayerNorm) then the word-embedding matrix + bias."""
+
+    def __init__(self, bert_config, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(bert_config)
+        self.bias = nn.Parameter(torch.zeros(bert_config.vocab_size))
+        # A plain attribute (not a registered module), so the tied matrix is stored once, under embeddings.
+        self.__dict__["word_embeddings"] = word_embeddings
+        _register_external_for_zero3(self, word_embeddings.weight)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [.., H] -> [.., vocab]
+        return F.linear(self.transform(hidden), self.word_embeddings.weight, self.bias)
+
+
+class PretrainingHeads(nn.Module):
+    """BERT cls: predictions (MLM on text tokens) and seq_relationship (ITM, 2-way, on the pooled output)."""
+
+    def __init__(self, bert_config, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.predictions = MLMHead(bert_config, word_embeddings)
+        self.seq_relationship = nn.Linear(bert_config.hidden_size, 2)

@@ -1,0 +1,291 @@
+"""Weight loading: Hugging Face BERT dirs, torchvision / detectron2 ResNets, original ClipBERT checkpoints.
+
+Every loader returns a LoadReport (loaded, missing, unexpected, ignored keys) and logs what did not land.
+Shapes must match exactly; a mismatch raises ValueError naming the key and both shapes.
+
+Original ClipBERT checkpoint names (jayleicn/ClipBERT, src/modeling/{e2e_model,grid_feat,modeling}.py):
+  cnn.feature.backbone.{stem,res2..res5}.*      detectron2 ResNet-50 (build_model(...).backbone)
+  cnn.feature.{proposal_generator,roi_heads}.*  detector heads ClipBERT never runs (ignored)
+  cnn.feature.pixel_{mean,std}                  detectron2 normalization buffers (ignored; see config)
+  cnn.grid_encoder.0.weight                     3x3 conv 2048 -> H, no bias
+  transformer.bert.embeddings.*                 BERT word/position/type embeddings + LayerNorm
+  transformer.bert.visual_embeddings.*          row/col position, token type (1, H), LayerNorm;
+                                                its `position_embeddings` table is unused (ignored)
+  transformer.bert.encoder.*, .bert.pooler.*    BERT encoder and pooler
+  transformer.classifier.{0,2}.*                fine-tuned task head MLP
+  transformer.cls.predictions.*, .cls.seq_relationship.*   pre-training heads (decoder tied: ignored)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clipbert.models.config import ClipBertConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)  # target names that received a tensor
+    missing: list[str] = field(default_factory=list)  # target names in scope that received nothing
+    unexpected: list[str] = field(default_factory=list)  # source names with no place in the model
+    ignored: list[str] = field(default_factory=list)  # source names deliberately dropped (unused/tied)
+
+    def log(self, what: str) -> None:
+        logger.info("%s: loaded %d tensors", what, len(self.loaded))
+        if self.missing:
+            logger.warning("%s: %d missing keys: %s", what, len(self.missing), self.missing)
+        if self.unexpected:
+            logger.warning("%s: %d unexpected keys: %s", what, len(self.unexpected), self.unexpected)
+        if self.ignored:
+            logger.info("%s: %d ignored keys: %s", what, len(self.ignored), self.ignored)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
+    """A state dict from a mapping, a .safetensors file, a torch file, or a HF-style directory.
+
+    Unwraps {"model": ...} / {"state_dict": ...} containers (detectron2, trainers) and numpy values.
+    """
+    if isinstance(source, Mapping):
+        state = source
+    else:
+        path = Path(source)
+        if path.is_dir():
+            candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
+            found = [p for p in candidates if p.is_file()]
+            if not found:
+                raise FileNotFoundError(f"{path} holds neither model.safetensors nor pytorch_model.bin")
+            path = found[0]
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    return {k: torch.as_tensor(v) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _rename_legacy_norm(key: str) -> str:
+    # TF-converted BERT checkpoints name LayerNorm parameters gamma/beta.
+    return re.sub(
+        r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
+    )
+
+
+def assign(
+    model: nn.Module, mapped: dict[str, torch.Tensor], scope: tuple[str, ...], report: LoadReport
+) -> LoadReport:
+    """Copy `mapped` (model-named tensors) into `model`; names under `scope` that got nothing are missing."""
+    target = model.state_dict()
+    with torch.no_grad():
+        for key, value in mapped.items():
+            if key not in target:
+                report.unexpected.append(key)
+                continue
+            if tuple(target[key].shape) != tuple(value.shape):
+                raise ValueError(
+                    f"shape mismatch for {key}: model has {tuple(target[key].shape)}, "
+                    f"checkpoint {tuple(value.shape)}"
+                )
+            target[key].copy_(value)
+            report.loaded.append(key)
+    loaded = set(report.loaded)
+    report.missing.extend(
+        k for k in target if k.startswith(scope) and k not in loaded and not k.endswith("num_batches_tracked")
+    )
+    return report
+
+
+# ------------------------------------------------------------------------------------------------- BERT
+def config_from_hf_bert(directory: str | Path, preset: str = "base", **overrides) -> ClipBertConfig:
+    """A ClipBertConfig whose transformer sizes match the HF BERT checkpoint in `directory`."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (expected a Hugging Face BERT checkpoint directory)")
+    hf = json.loads(path.read_text())
+    sizes = dict(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        hidden_act=hf.get("hidden_act", "gelu"),
+        max_position_embeddings=hf.get("max_position_embeddings", 512),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+    )
+    return ClipBertConfig.from_preset(preset, **{**sizes, **overrides})
+
+
+def load_hf_bert(model: nn.Module, source: str | Path | Mapping) -> LoadReport:
+    """Load a Hugging Face BERT checkpoint (dir, file or state dict) into embeddings, encoder, pooler
+    (and BERT's cls pre-training heads when the checkpoint has them and the model was built with them)."""
+    state = _strip_prefix(read_state_dict(source), "module.")
+    report = LoadReport()
+    mapped: dict[str, torch.Tensor] = {}
+    has_cls = getattr(model, "cls", None) is not None
+    for key, value in state.items():
+        name = _rename_legacy_norm(key.removeprefix("bert."))
+        if name.endswith("position_ids") or name.startswith("cls.predictions.decoder."):
+            report.ignored.append(key)  # buffer / tied to word embeddings
+        elif name.startswith(("embeddings.", "encoder.", "pooler.")) or (has_cls and name.startswith("cls.")):
+            mapped[name] = value
+        else:
+            report.unexpected.append(key)
+    scope = ("embeddings.", "encoder.", "pooler.")
+    if has_cls and any(k.startswith("cls.") for k in mapped):
+        scope += ("cls.",)
+    assign(model, mapped, scope, report)
+    report.log(f"BERT weights from {source if not isinstance(source, Mapping) else 'state dict'}")
+    return report
+
+
+# ----------------------------------------------------------------------------------------------- ResNet
+_D2_NORM = re.compile(r"^(res[2-5]\.\d+)\.(conv[123]|shortcut)\.norm\.(.+)$")
+_D2_CONV = re.compile(r"^(res[2-5]\.\d+)\.(conv[123]|shortcut)\.weight$")
+
+
+def detectron2_to_torchvision(key: str) -> str | None:
+    """Map one detectron2 ResNet name (stem.conv1.*, resK.i.{conv1..3,shortcut}[.norm].*) to ours."""
+    if key == "stem.conv1.weight":
+        return "conv1.weight"
+    if key.startswith("stem.conv1.norm."):
+        return "bn1." + key.removeprefix("stem.conv1.norm.")
+    for pattern, is_norm in ((_D2_NORM, True), (_D2_CONV, False)):
+        match = pattern.match(key)
+        if match is None:
+            continue
+        block, conv = match.group(1), match.group(2)
+        stage, index = block.split(".")
+        layer = f"layer{int(stage[3]) - 1}.{index}"
+        if conv == "shortcut":
+            return f"{layer}.downsample.{1 if is_norm else 0}." + (match.group(3) if is_norm else "weight")
+        return f"{layer}.{conv.replace('conv', 'bn') if is_norm else conv}." + (
+            match.group(3) if is_norm else "weight"
+        )
+    return None
+
+
+def _detect_resnet_format(state: dict[str, torch.Tensor]) -> str:
+    if any(k.endswith("stem.conv1.weight") for k in state):
+        return "detectron2"
+    if "conv1.weight" in state or any(k.startswith("layer1.") for k in state):
+        return "torchvision"
+    raise ValueError(
+        "unrecognized ResNet checkpoint: expected torchvision names (conv1.weight, layer1.0.conv1.weight) or "
+        f"detectron2 names (stem.conv1.weight, res2.0.conv1.weight); first keys: {list(state)[:5]}"
+    )
+
+
+def load_resnet(model: nn.Module, source: str | Path | Mapping, prefix: str = "cnn.backbone.") -> LoadReport:
+    """Load a torchvision or detectron2/grid-feat ResNet state dict into `model` (a ClipBert: prefix
+    'cnn.backbone.'; a bare ResNetBackbone: prefix ''). detectron2 names may carry 'backbone.bottom_up.' or
+    'backbone.' prefixes; the fc layer and detector heads are ignored."""
+    state = _strip_prefix(read_state_dict(source), "module.")
+    report = LoadReport()
+    mapped: dict[str, torch.Tensor] = {}
+    if _detect_resnet_format(state) == "torchvision":
+        for key, value in state.items():
+            if key.startswith("fc."):
+                report.ignored.append(key)  # ImageNet classifier
+            else:
+                mapped[prefix + key] = value
+    else:
+        for key, value in state.items():
+            name = key.removeprefix("backbone.").removeprefix("bottom_up.")
+            target = detectron2_to_torchvision(name)
+            if target is not None:
+                mapped[prefix + target] = value
+            elif key.startswith(("proposal_generator.", "roi_heads.", "pixel_", "backbone.fpn")):
+                report.ignored.append(key)  # detector parts ClipBERT never runs
+            else:
+                report.unexpected.append(key)
+    assign(model, mapped, (prefix,), report)
+    report.log("ResNet weights")
+    return report
+
+
+# ------------------------------------------------------------------------------------ original ClipBERT
+_ORIGINAL_IGNORED = (
+    "cnn.feature.proposal_generator.",
+    "cnn.feature.roi_heads.",
+    "cnn.feature.pixel_mean",
+    "cnn.feature.pixel_std",
+    "transformer.bert.visual_embeddings.position_embeddings.",
+    "transformer.cls.predictions.decoder.",
+)
+
+
+def convert_original_key(key: str) -> str | None:
+    """Our name for one original ClipBERT parameter name; None when it has no counterpart."""
+    key = _rename_legacy_norm(key.removeprefix("module."))
+    if key.startswith("cnn.feature.backbone."):
+        target = detectron2_to_torchvision(key.removeprefix("cnn.feature.backbone."))
+        return None if target is None else "cnn.backbone." + target
+    if key.startswith("cnn.grid_encoder."):
+        return key
+    for old, new in (
+        ("transformer.bert.visual_embeddings.", "visual_embeddings."),
+        ("transformer.bert.embeddings.", "embeddings."),
+        ("transformer.bert.encoder.", "encoder."),
+        ("transformer.bert.pooler.", "pooler."),
+        ("transformer.classifier.", "classifier."),
+        ("transformer.cls.", "cls."),
+    ):
+        if key.startswith(old):
+            return new + key.removeprefix(old)
+    return None
+
+
+def convert_original_state_dict(state: Mapping) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Rename an original ClipBERT state dict to ours; the report lists ignored and unexpected keys."""
+    report = LoadReport()
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in read_state_dict(state).items():
+        bare = key.removeprefix("module.")
+        if bare.startswith(_ORIGINAL_IGNORED) or bare.endswith("position_ids"):
+            report.ignored.append(key)
+            continue
+        name = convert_original_key(bare)
+        if name is None:
+            report.unexpected.append(key)
+        else:
+            mapped[name] = value
+    return mapped, report
+
+
+def load_original_clipbert(model: nn.Module, source: str | Path | Mapping) -> LoadReport:
+    """Load clipbert_image_text_pretrained.pt or a fine-tuned original checkpoint into a ClipBert.
+
+    Missing keys are reported for the whole model except the temporal conv variants (new here) and the
+    heads the checkpoint does not have: a pretrained checkpoint has no classifier, a fine-tuned one no cls.
+    """
+    mapped, report = convert_original_state_dict(read_state_dict(source))
+    scope = ["cnn.backbone.", "cnn.grid_encoder.", "visual_embeddings.", "embeddings.", "encoder.", "pooler."]
+    for head in ("classifier.", "cls."):
+        if any(k.startswith(head) for k in mapped):
+            scope.append(head)
+    assign(model, mapped, tuple(scope), report)
+    report.log("original ClipBERT checkpoint")
+    return report

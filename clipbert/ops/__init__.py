@@ -1,0 +1,36 @@
+"""Fused clip ops: LogSumExp clip aggregation (+ fused NLL) and temporal mean-pooling.
+
+Backends: compiled CUDA (clipbert._cuda) and C++ (clipbert._C) kernels, Triton kernels and pure-PyTorch
+references; see `set_backend`. Autograd and fake kernels are registered in `_registry`.
+"""
+
+from clipbert.ops import _backend, _registry
+from clipbert.ops._backend import BACKENDS, get_backend, native_available, set_backend
+from clipbert.ops.lse import clip_aggregate, lse_aggregate, lse_aggregate_nll
+from clipbert.ops.reference import (
+    clip_aggregate_reference,
+    lse_aggregate_nll_reference,
+    lse_aggregate_reference,
+    temporal_mean_reference,
+)
+from clipbert.ops.temporal import temporal_mean
+
+# clipbert._C defines the clipbert:: ops (the CUDA kernels, loaded lazily, join the same ops), so fakes and
+# autograd are registered once here for every device.
+if _backend.native_available("cpu"):
+    _registry.register("clipbert")
+
+__all__ = [
+    "BACKENDS",
+    "clip_aggregate",
+    "clip_aggregate_reference",
+    "get_backend",
+    "lse_aggregate",
+    "lse_aggregate_nll",
+    "lse_aggregate_nll_reference",
+    "lse_aggregate_reference",
+    "native_available",
+    "set_backend",
+    "temporal_mean",
+    "temporal_mean_reference",
+]

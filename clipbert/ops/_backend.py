@@ -1,0 +1,92 @@
+"""Backend selection for the clip ops: which implementation runs for a given tensor.
+
+Backends: "cuda" (compiled CUDA kernels, clipbert._cuda), "cpu" (compiled C++ kernels, clipbert._C),
+"triton" (clipbert/ops/triton; on CPU tensors only under TRITON_INTERPRET=1) and "reference" (pure PyTorch).
+"auto" picks the compiled kernel for the tensor's device and falls back to the reference, with one warning,
+when that kernel was not built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
+
+_selected = {"name": "auto"}
+_native: dict[str, object] = {}  # "cpu" / "cuda" -> loaded module, or the ImportError text
+_warned: set[str] = set()
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide backend: "auto" | "cuda" | "triton" | "cpu" | "reference"."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _selected["name"] = name
+
+
+def get_backend() -> str:
+    return _selected["name"]
+
+
+def _load(kind: str) -> bool:
+    """Import clipbert._C (kind "cpu") or clipbert._cuda (kind "cuda") once; True when it loaded."""
+    if kind not in _native:
+        # _cuda registers kernels for ops that _C defines, and is only imported where a GPU exists.
+        if kind == "cuda" and (not torch.cuda.is_available() or not _load("cpu")):
+            _native[kind] = "no CUDA device" if not torch.cuda.is_available() else "clipbert._C missing"
+            return False
+        try:
+            _native[kind] = importlib.import_module("clipbert._C" if kind == "cpu" else "clipbert._cuda")
+        except ImportError as err:
+            _native[kind] = f"{type(err).__name__}: {err}"
+    return not isinstance(_native[kind], str)
+
+
+def native_available(kind: str) -> bool:
+    """Whether the compiled kernels for "cpu" or "cuda" are built and loadable here."""
+    return _load(kind)
+
+
+def triton_available(device: torch.device) -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def resolve(backend: str | None, device: torch.device) -> str:
+    """The concrete backend ("cuda" | "cpu" | "triton" | "reference") to run on tensors of `device`."""
+    name = get_backend() if backend is None else backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        kind = device.type if device.type in ("cpu", "cuda") else None
+        if kind is not None and _load(kind):
+            return kind
+        _warn_once(
+            f"auto-{device.type}",
+            f"clipbert.ops: no compiled kernel for {device.type} tensors "
+            f"({_native.get(kind, 'unsupported device')}); using the PyTorch reference",
+        )
+        return "reference"
+    if name in ("cpu", "cuda"):
+        if device.type != name:
+            raise RuntimeError(f"clipbert.ops backend {name!r} needs {name} tensors, got a tensor on {device}")
+        if not _load(name):
+            raise RuntimeError(f"clipbert.ops backend {name!r} is not available: {_native[name]}")
+    if name == "triton" and not triton_available(device):
+        raise RuntimeError(
+            f"clipbert.ops backend 'triton' is not available for {device} tensors: needs triton installed, "
+            "and TRITON_INTERPRET=1 set before triton is imported for CPU tensors"
+        )
+    return name

@@ -1,0 +1,99 @@
+"""Clip-score aggregation (paper Sec. 3, Eq. 5-6, Table 3): public wrappers over the backends."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clipbert.ops import _backend
+from clipbert.ops._registry import REDUCTIONS
+from clipbert.ops.reference import (
+    acc_dtype,
+    lse_aggregate_nll_reference,
+    lse_aggregate_reference,
+)
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MODES = ("lse", "mean", "max")
+
+
+def _check_logits(logits: torch.Tensor, op: str) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{op}: logits must be a Tensor [B, N, K], got {type(logits).__name__}")
+    if logits.dim() != 3 or logits.shape[1] == 0 or logits.shape[2] == 0:
+        raise ValueError(f"{op}: logits must be [B, N, K] with N, K > 0, got {list(logits.shape)}")
+    if logits.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{op}: logits must be float32/float16/bfloat16/float64, got {logits.dtype}")
+
+
+def _check_target(target: torch.Tensor, logits: torch.Tensor, op: str) -> None:
+    B, _, K = logits.shape
+    if not isinstance(target, torch.Tensor) or target.dtype != torch.int64:
+        raise ValueError(f"{op}: target must be an int64 Tensor [B] = [{B}], got {getattr(target, 'dtype', target)}")
+    if target.shape != (B,):
+        raise ValueError(f"{op}: target must be [B] = [{B}], got {list(target.shape)}")
+    if target.device != logits.device:
+        raise ValueError(f"{op}: target must be on {logits.device}, got {target.device}")
+    # Range check only on CPU: on CUDA it would synchronize; the CUDA kernel asserts instead.
+    if target.device.type == "cpu" and B > 0 and not torch.compiler.is_compiling():
+        bad = (target < 0) | (target >= K)
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{op}: target[{b}] = {int(target[b])} is outside [0, K) = [0, {K})")
+
+
+def _ops(name: str):
+    if name == "triton":
+        from clipbert.ops import _triton_ops  # noqa: F401  (registers torch.ops.clipbert_triton)
+
+        return torch.ops.clipbert_triton
+    return torch.ops.clipbert
+
+
+def lse_aggregate(logits: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """LogSumExp clip aggregation (log of paper Eq. 5).
+
+    logits: [B, N_clips, K] float32/float16/bfloat16/float64.
+    Returns [B, K] float32 (float64 for float64 input) log-probabilities:
+    out[b, k] = logsumexp_n logits[b, n, k] - logsumexp_{n, k'} logits[b, n, k'].
+    """
+    _check_logits(logits, "lse_aggregate")
+    name = _backend.resolve(backend, logits.device)
+    if name == "reference":
+        return lse_aggregate_reference(logits)
+    return _ops(name).lse_aggregate(logits)[0]
+
+
+def lse_aggregate_nll(
+    logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean", *, backend: str | None = None
+) -> torch.Tensor:
+    """Fused LSE aggregation + negative log-likelihood (paper Eq. 6), the training hot path.
+
+    logits: [B, N_clips, K]; target: [B] int64 in [0, K); reduction: "mean" | "sum" | "none".
+    Returns float32 (float64 for float64 logits): [] for mean/sum, [B] for none.
+    """
+    _check_logits(logits, "lse_aggregate_nll")
+    _check_target(target, logits, "lse_aggregate_nll")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"lse_aggregate_nll: reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
+    name = _backend.resolve(backend, logits.device)
+    if name == "reference":
+        return lse_aggregate_nll_reference(logits, target, reduction)
+    return _ops(name).lse_aggregate_nll(logits, target, REDUCTIONS[reduction])[0]
+
+
+def clip_aggregate(logits: torch.Tensor, mode: str = "lse", *, backend: str | None = None) -> torch.Tensor:
+    """Aggregate per-clip scores into video log-probabilities (paper Table 3).
+
+    logits: [B, N_clips, K]; mode: "lse" (Eq. 5, fused kernel), "mean" or "max" (pool logits over clips,
+    then log-softmax; composed from PyTorch ops). Returns [B, K] float32 (float64 for float64 input).
+    """
+    if mode not in MODES:
+        raise ValueError(f"clip_aggregate: mode must be one of {MODES}, got {mode!r}")
+    if mode == "lse":
+        return lse_aggregate(logits, backend=backend)
+    _check_logits(logits, "clip_aggregate")
+    _backend.resolve(backend, logits.device)  # an unavailable explicit backend still raises
+    x = logits.to(acc_dtype(logits.dtype))
+    pooled = x.mean(dim=1) if mode == "mean" else x.amax(dim=1)
+    return F.log_softmax(pooled, dim=-1)

@@ -1,0 +1,158 @@
+"""Measurements of one benchmark point: the largest batch under the cap, and the step time at a batch.
+
+Both build a fresh model per call (the same seed, so the same weights for every path) and drop it after,
+so one path's cached memory never shrinks another's budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from clipbert.perf.devices import DevicePeak, mfu
+from clipbert.perf.flops_count import StepFlops, step_flops
+from clipbert.perf.memory import PeakMemoryMeter, is_oom, release_memory
+from clipbert.perf.paths import PathOptions, TrainStep, build_train_step, make_batch
+from clipbert.perf.search import BatchSearchResult, Probe, find_max_batch
+from clipbert.perf.timing import time_steps
+
+GIB = 2**30
+
+
+@dataclasses.dataclass
+class Point:
+    """One row of the results: a (path, Ntrain, T) point of one panel."""
+
+    panel: str  # "a" | "b" | "c" | "d" | "ablation"
+    path: str  # "eager" | "optimized" | an ablation step name
+    n_train: int
+    frames_per_clip: int
+    batch: int  # the timed batch (b, d, ablation) or the largest batch found (a, c)
+    max_batch_exact: bool | None = None
+    first_failure: int | None = None
+    median_ms: float | None = None
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+    frames_per_s: float | None = None
+    peak_gib: float | None = None
+    bytes_per_sample_gib: float | None = None
+    model_tflop_per_step: float | None = None
+    mfu: float | None = None
+    flops_source: str | None = None
+    options: dict | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+    probes: list[dict] | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def _probe_fn(step: TrainStep, cfg, n_clips: int, frames: int, cap_bytes: int):
+    device = step.device
+
+    def probe(b: int) -> Probe:
+        began = time.monotonic()
+        peak, error = None, None
+        try:
+            with PeakMemoryMeter(device, resident=step.resident_tensors()) as meter:
+                batch = make_batch(cfg, b, n_clips, frames, device, seed=b)
+                step.train_step(batch)
+                del batch
+            peak = meter.peak_bytes
+        except Exception as exc:  # only out-of-memory is an answer; anything else is a bug to surface
+            if not is_oom(exc):
+                raise
+            error = _short(exc)
+        step.optimizer.zero_grad(set_to_none=True)
+        release_memory(device)
+        # On CUDA the allocator enforces the cap; on the CPU the measured peak is checked against it.
+        fits = peak is not None and (device.type == "cuda" or peak <= cap_bytes)
+        return Probe(b, fits, peak, time.monotonic() - began, error)
+
+    return probe
+
+
+def measure_max_batch(cfg, options: PathOptions, device, *, panel: str, n_clips: int, frames: int,
+                      cap_bytes: int, limit: int, deadline: float | None, max_probes: int = 14) -> Point:
+    """Panel a/c point: the largest batch whose training step (forward, backward, AdamW) fits the cap."""
+    point = Point(panel, options.name, n_clips, frames, 0, options=options.to_dict())
+    step = None
+    try:
+        step = build_train_step(cfg, options, device)
+        point.notes += step.notes
+        result: BatchSearchResult = find_max_batch(
+            _probe_fn(step, cfg, n_clips, frames, cap_bytes), cap_bytes, limit=limit, deadline=deadline,
+            max_probes=max_probes,
+        )
+        point.batch = result.max_batch
+        point.max_batch_exact = result.exact
+        point.first_failure = result.first_failure
+        point.probes = [dataclasses.asdict(p) for p in result.probes]
+        fitting = [p for p in result.probes if p.fits and p.batch == result.max_batch]
+        if fitting:
+            point.peak_gib = fitting[-1].peak_bytes / GIB
+        if result.bytes_per_sample is not None:
+            point.bytes_per_sample_gib = result.bytes_per_sample / GIB
+        if not result.exact:
+            point.notes.append("search stopped by its probe or time budget: max_batch is a lower bound")
+    except Exception as exc:  # one failing point must not lose the rest of the run
+        point.error = _short(exc)
+    finally:
+        del step
+        release_memory(torch.device(device))
+    return point
+
+
+_FLOPS_CACHE: dict[tuple, StepFlops] = {}
+
+
+def _flops_per_sample(step: TrainStep, cfg, n_clips: int, frames: int) -> StepFlops:
+    key = (id(cfg), cfg.image_size, cfg.hidden_size, n_clips, frames)
+    if key not in _FLOPS_CACHE:
+        one = make_batch(cfg, 1, n_clips, frames, step.device)
+        _FLOPS_CACHE[key] = step_flops(step.model, cfg, one, n_clips, frames)
+    return _FLOPS_CACHE[key]
+
+
+def measure_time(cfg, options: PathOptions, device, peak: DevicePeak, *, panel: str, n_clips: int, frames: int,
+                 batch: int, warmup: int, steps: int, max_seconds: float | None = None) -> Point:
+    """Panel b/d point: median forward+backward time at `batch`, its frames/s, peak memory and MFU."""
+    point = Point(panel, options.name, n_clips, frames, batch, options=options.to_dict())
+    step = None
+    try:
+        device = torch.device(device)
+        step = build_train_step(cfg, options, device, optimizer=False)
+        point.notes += step.notes
+        data = make_batch(cfg, batch, n_clips, frames, device)
+
+        def run() -> None:
+            step.model.zero_grad(set_to_none=True)
+            step.forward_backward(data)
+
+        run()  # the first call compiles, when the options compile; its memory is not the step's
+        with PeakMemoryMeter(device, resident=step.resident_tensors()) as meter:
+            run()
+        point.peak_gib = meter.peak_bytes / GIB
+        timing = time_steps(run, device, warmup=max(0, warmup - 2), steps=steps, max_seconds=max_seconds)
+        point.median_ms, point.p10_ms, point.p90_ms = (1e3 * timing.median_s, 1e3 * timing.p10_s, 1e3 * timing.p90_s)
+        point.frames_per_s = data.num_frames / timing.median_s
+        flops = _flops_per_sample(step, cfg, n_clips, frames)
+        point.model_tflop_per_step = flops.step * batch / 1e12
+        point.flops_source = flops.source
+        point.mfu = mfu(flops.step * batch, timing.median_s, peak)
+    except Exception as exc:
+        if is_oom(exc):
+            point.error = "out of memory at the timed batch: " + _short(exc)
+        else:
+            point.error = _short(exc)
+    finally:
+        del step
+        release_memory(torch.device(device))
+    return point

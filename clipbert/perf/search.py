@@ -1,0 +1,117 @@
+"""Largest batch that fits a memory cap, found by probing real training steps.
+
+A probe runs one step at batch `b` and reports whether it fit (no out-of-memory under the cap, or on
+the CPU a measured peak within the budget) and its peak bytes. Peak memory is close to affine in the
+batch (weights and optimizer state + per-sample activations), so after two fitting probes the search
+predicts the answer from a line through the measured peaks, brackets it with a probe on each side and
+finishes with bisection. The answer always comes from probes that ran; the line only saves probes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+
+@dataclasses.dataclass
+class Probe:
+    batch: int
+    fits: bool
+    peak_bytes: int | None  # None when the step ran out of memory before finishing
+    seconds: float
+    error: str | None = None  # the out-of-memory message, shortened
+
+
+@dataclasses.dataclass
+class BatchSearchResult:
+    max_batch: int  # largest batch that fit (0: not even `start` fit)
+    first_failure: int | None  # smallest batch that did not fit; None when `limit` fit
+    exact: bool  # True when first_failure == max_batch + 1 (or max_batch == limit)
+    predicted: int | None  # the line's prediction, for the record
+    bytes_per_sample: float | None  # slope of the line through the fitting probes' peaks
+    probes: list[Probe]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _fit_line(probes: list[Probe]) -> tuple[float, float] | None:
+    """Least-squares (intercept, slope) of peak bytes against batch over fitting probes."""
+    pts = [(p.batch, p.peak_bytes) for p in probes if p.fits and p.peak_bytes is not None]
+    if len({b for b, _ in pts}) < 2:
+        return None
+    n = len(pts)
+    mb = sum(b for b, _ in pts) / n
+    mp = sum(p for _, p in pts) / n
+    var = sum((b - mb) ** 2 for b, _ in pts)
+    slope = sum((b - mb) * (p - mp) for b, p in pts) / var
+    return mp - slope * mb, slope
+
+
+def find_max_batch(
+    probe: Callable[[int], Probe],
+    cap_bytes: int,
+    *,
+    start: int = 1,
+    limit: int = 4096,
+    max_probes: int = 14,
+    deadline: float | None = None,
+) -> BatchSearchResult:
+    """Largest batch in [start, limit] for which `probe` fits; stops early at `max_probes` or at the
+    `time.monotonic()` `deadline`, and then says so with `exact=False`."""
+    if not 1 <= start <= limit:
+        raise ValueError(f"need 1 <= start <= limit, got start={start} limit={limit}")
+    probes: list[Probe] = []
+    lo, hi = 0, None  # lo: largest batch known to fit; hi: smallest known not to fit
+    predicted = None
+
+    def run(b: int) -> bool:
+        nonlocal lo, hi
+        p = probe(b)
+        probes.append(p)
+        if p.fits:
+            lo = max(lo, b)
+        else:
+            hi = b if hi is None else min(hi, b)
+        return p.fits
+
+    def out_of_budget() -> bool:
+        return len(probes) >= max_probes or (deadline is not None and time.monotonic() > deadline)
+
+    if run(start) and start < limit:
+        run(min(limit, 2 * start))
+    while not out_of_budget():
+        if hi is not None and hi - lo <= 1:
+            break
+        if hi is None and lo == limit:
+            break
+        line = _fit_line(probes)
+        if hi is None:
+            # Grow: jump to the line's prediction (a little past it, to bracket from above) or double.
+            guess = 2 * lo
+            if line is not None and line[1] > 0:
+                predicted = int((cap_bytes - line[0]) / line[1])
+                guess = max(lo + 1, math.ceil(predicted * 1.02))
+            run(min(limit, guess))
+        elif lo == 0:
+            break  # `start` itself does not fit
+        else:
+            mid = (lo + hi) // 2
+            if line is not None and line[1] > 0 and len(probes) <= 4:
+                # One informed step inside the bracket before plain bisection.
+                predicted = int((cap_bytes - line[0]) / line[1])
+                if lo < predicted < hi - 1:
+                    mid = predicted
+            run(mid)
+    line = _fit_line(probes)
+    exact = (hi is not None and hi - lo <= 1) or (hi is None and lo == limit) or (lo == 0 and hi == start)
+    return BatchSearchResult(
+        max_batch=lo,
+        first_failure=hi,
+        exact=exact,
+        predicted=predicted,
+        bytes_per_sample=None if line is None else line[1],
+        probes=probes,
+    )

@@ -1,0 +1,1 @@
+"""Training and evaluation with DeepSpeed (issue 6): config, engine, tasks, loop, checkpoints, metrics."""

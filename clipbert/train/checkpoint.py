@@ -1,0 +1,197 @@
+"""Checkpoints: DeepSpeed engine state + trainer position + every RNG state; resume; SIGTERM; weights.
+
+Layout: <output_dir>/checkpoints/step_<N>/ (DeepSpeed's files, `trainer_state.json`, `rng_rank<r>.pt`)
+and DeepSpeed's `latest` file naming the newest complete tag. A tag is never rewritten: a new checkpoint
+gets a new directory and `latest` moves only after every rank has written, so an interrupted save or a
+bad state can never replace the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from clipbert.train.logging import get_logger, is_rank0, rank
+
+LATEST = "latest"
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Each rank gets its own stream (dropout differs across data-parallel ranks, as it should)."""
+    seed = seed + rank()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save(engine, output_dir: str | Path, trainer_state: dict, keep: int) -> Path:
+    """Write a new checkpoint tag for trainer_state['step'], then prune to the newest `keep`."""
+    root = checkpoint_root(output_dir)
+    tag = tag_for(trainer_state["step"])
+    tag_dir = root / tag
+    if (root / LATEST).is_file() and (root / LATEST).read_text().strip() == tag:
+        get_logger().info("checkpoint %s already exists; not rewriting it", tag_dir)
+        return tag_dir
+    # RNG files first; DeepSpeed writes `latest` at the end of save_checkpoint, after its barrier.
+    tag_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(), tag_dir / f"rng_rank{rank()}.pt")
+    if is_rank0():
+        (tag_dir / STATE_FILE).write_text(json.dumps(trainer_state, indent=1, sort_keys=True))
+    if dist.is_initialized():
+        dist.barrier()
+    engine.save_checkpoint(str(root), tag=tag, client_state={"trainer_state": trainer_state}, save_latest=True)
+    if is_rank0():
+        _prune(root, keep)
+    if dist.is_initialized():
+        dist.barrier()
+    get_logger().info("saved checkpoint %s", tag_dir)
+    return tag_dir
+
+
+def _prune(root: Path, keep: int) -> None:
+    tags = sorted(p for p in root.glob("step_*") if p.is_dir())
+    latest = (root / LATEST).read_text().strip() if (root / LATEST).exists() else None
+    for old in tags[:-keep]:
+        if old.name != latest:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def find_resume(resume: str, output_dir: str | Path) -> tuple[Path, str] | None:
+    """(checkpoint root, tag) to resume from: '' = none, 'auto' = newest in output_dir, or a path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        root = checkpoint_root(output_dir)
+        if not (root / LATEST).is_file():
+            get_logger().info("train.resume=auto: no checkpoint in %s, starting fresh", root)
+            return None
+        return root, (root / LATEST).read_text().strip()
+    return locate(resume, key="train.resume")
+
+
+def locate(path: str | Path, key: str) -> tuple[Path, str]:
+    """A checkpoint given as a tag dir, a checkpoints/ dir with `latest`, or an output_dir."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path.parent, path.name
+    for root in (path, checkpoint_root(path)):
+        if (root / LATEST).is_file():
+            return root, (root / LATEST).read_text().strip()
+    raise FileNotFoundError(f"{key}={str(path)!r}: no trainer checkpoint there (no {STATE_FILE} or {LATEST} file)")
+
+
+def load(engine, root: Path, tag: str) -> dict:
+    """Restore engine + optimizer + scheduler + this rank's RNG; returns the trainer state."""
+    load_path, client = engine.load_checkpoint(str(root), tag=tag)
+    if load_path is None:
+        raise FileNotFoundError(f"DeepSpeed could not load checkpoint {root / tag}")
+    rng_file = root / tag / f"rng_rank{rank()}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        get_logger().warning("%s missing (resumed with a different world size?): RNG not restored", rng_file)
+    get_logger().info("resumed from %s", root / tag)
+    return client["trainer_state"]
+
+
+def is_pretrained_dir(path: str | Path) -> bool:
+    from clipbert.models.clipbert import CONFIG_NAME, WEIGHTS_NAME
+
+    return (Path(path) / CONFIG_NAME).is_file() and (Path(path) / WEIGHTS_NAME).is_file()
+
+
+def load_pretrained_weights(model: torch.nn.Module, path: str | Path, key: str) -> None:
+    """Weights of a ClipBert.save_pretrained dir into `model` (before the engine exists)."""
+    from safetensors.torch import load_file
+
+    from clipbert.models.clipbert import WEIGHTS_NAME
+
+    state = load_file(str(Path(path) / WEIGHTS_NAME))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{key}={str(path)!r}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
+    get_logger().info("loaded weights from %s", path)
+
+
+def load_module_only(engine, path: str | Path, key: str) -> None:
+    """Weights only (no optimizer/scheduler/position) from a trainer checkpoint, for any ZeRO stage."""
+    root, tag = locate(path, key)
+    load_path, _ = engine.load_checkpoint(
+        str(root), tag=tag, load_module_only=True, load_optimizer_states=False, load_lr_scheduler_states=False
+    )
+    if load_path is None:
+        raise FileNotFoundError(f"{key}={str(path)!r}: DeepSpeed could not load {root / tag}")
+    get_logger().info("loaded weights from checkpoint %s", root / tag)
+
+
+def export_pretrained(engine, directory: str | Path) -> None:
+    """ClipBert.save_pretrained of the engine's module (ZeRO-3 parameters are gathered first)."""
+    module = engine.module
+    if engine.zero_optimization_partition_weights():
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            if is_rank0():
+                module.save_pretrained(directory)
+    elif is_rank0():
+        module.save_pretrained(directory)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+class StopSignal:
+    """SIGTERM/SIGINT set a flag; the loop checks it between steps, saves a checkpoint and exits."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.requested = True
+        get_logger().warning("received %s: will checkpoint and exit after this step", signal.Signals(signum).name)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

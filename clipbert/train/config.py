@@ -1,0 +1,314 @@
+"""The training config: one JSON file with sections task, model, data, train, eval and deepspeed.
+
+Each section is a validated dataclass (data: the data pipeline's `DataConfig`; model: a preset name plus
+`ClipBertConfig` overrides; deepspeed: DeepSpeed's own JSON, checked for the keys this trainer fills in).
+Every error names the full key (`train.lr`) and, for choices, the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+SECTIONS = ("task", "model", "data", "train", "eval", "deepspeed")
+TASK_KINDS = {
+    "msrvtt_ret": "retrieval",
+    "didemo_ret": "retrieval",
+    "anet_ret": "retrieval",
+    "msrvtt_qa": "qa",
+    "tgif_frameqa": "qa",
+    "tgif_action": "mc",
+    "tgif_transition": "mc",
+    "msrvtt_mc": "mc_itm",  # MC scored by a retrieval (itm) model: pick the best-matching caption
+    "pretrain": "pretrain",
+}
+# The model head each task kind trains or evaluates.
+HEAD_OF_KIND = {"retrieval": "itm", "qa": "qa", "mc": "mc", "mc_itm": "itm", "pretrain": "itm"}
+AGGREGATIONS = ("lse", "mean", "max")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message names the full key."""
+
+
+def _choice(key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def _number(key: str, value: Any, *, kind=float, low=None, high=None, low_open=False) -> None:
+    ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        raise ConfigError(f"{key} must be {'an int' if kind is int else 'a number'}, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(f"{key} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{key} must be <= {high}, got {value!r}")
+
+
+@dataclass
+class TaskConfig:
+    name: str = "msrvtt_ret"  # one of TASK_KINDS
+    aggregation: str = "lse"  # clip score aggregation G, in training and evaluation (paper Table 3)
+
+    def __post_init__(self) -> None:
+        _choice("task.name", self.name, tuple(TASK_KINDS))
+        _choice("task.aggregation", self.aggregation, AGGREGATIONS)
+
+    @property
+    def kind(self) -> str:
+        return TASK_KINDS[self.name]
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "outputs/run"  # checkpoints, metrics.jsonl, config.json, TensorBoard, plots
+    seed: int = 42  # python/numpy/torch seeds (the data sampler has its own data.seed)
+    device: str = "auto"  # auto: cuda when available, else cpu
+    epochs: int = 20
+    max_steps: int = 0  # optimizer steps in total (sets the schedule); 0 = epochs x steps per epoch
+    stop_after_steps: int = 0  # stop (and checkpoint) after this step, schedule unchanged; 0 = off
+    batch_size: int = 16  # videos per micro batch per process (DeepSpeed train_micro_batch_size_per_gpu)
+    grad_accum: int = 1  # micro batches per optimizer step
+    lr: float = 5e-5  # transformer (and heads) learning rate
+    cnn_lr: float = 5e-5  # CNN backbone + grid encoder learning rate
+    weight_decay: float = 1e-3  # transformer; never applied to biases and LayerNorm weights
+    cnn_weight_decay: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then linear decay to 0
+    grad_clip: float = 5.0  # global grad-norm clip (DeepSpeed gradient_clipping); 0 = off
+    init_checkpoint: str = ""  # weights to start from: a save_pretrained dir or a trainer checkpoint dir
+    resume: str = ""  # "" = fresh, "auto" = newest checkpoint in output_dir, or a checkpoint dir
+    save_every: int = 0  # optimizer steps between checkpoints; 0 = end of every epoch
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk (older ones are deleted)
+    max_bad_steps: int = 5  # consecutive NaN/Inf losses before the run stops
+    log_every: int = 10  # optimizer steps between log lines / TensorBoard scalars
+    eval_every: int = 0  # optimizer steps between evaluations; 0 = end of every epoch; -1 = never
+    peak_tflops: float | None = None  # device peak for MFU when the table has none (e.g. a CPU)
+    tensorboard: bool = True
+    plot: bool = True  # write training_curves.png at the end
+    progress_bar: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        _choice("train.device", self.device, DEVICES)
+        for key in ("seed", "max_steps", "stop_after_steps", "save_every"):
+            _number(f"train.{key}", getattr(self, key), kind=int, low=0)
+        for key in ("epochs", "batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps", "log_every"):
+            _number(f"train.{key}", getattr(self, key), kind=int, low=1)
+        _number("train.eval_every", self.eval_every, kind=int, low=-1)
+        for key in ("lr", "cnn_lr", "eps"):
+            _number(f"train.{key}", getattr(self, key), low=0, low_open=key == "eps")
+        for key in ("weight_decay", "cnn_weight_decay", "grad_clip"):
+            _number(f"train.{key}", getattr(self, key), low=0)
+        _number("train.warmup_ratio", self.warmup_ratio, low=0, high=1)
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise ConfigError(f"train.betas must be two numbers [beta1, beta2], got {self.betas!r}")
+        for i, beta in enumerate(self.betas):
+            _number(f"train.betas[{i}]", beta, low=0, high=1)
+        self.betas = [float(b) for b in self.betas]
+        if self.peak_tflops is not None:
+            _number("train.peak_tflops", self.peak_tflops, low=0, low_open=True)
+        if not self.output_dir:
+            raise ConfigError("train.output_dir must not be empty")
+
+
+@dataclass
+class EvalConfig:
+    only: bool = False  # evaluate eval.checkpoint on eval.test_split and exit
+    checkpoint: str = ""  # weights to evaluate (trainer checkpoint dir or save_pretrained dir)
+    split: str = "val"  # split evaluated during training
+    test_split: str = "test"  # split evaluated at the end of training and by eval.only
+    batch_size: int = 8  # videos per evaluation batch
+    text_batch: int = 64  # retrieval: texts scored per chunk against the visual tokens of a video chunk
+    video_batch: int = 4  # retrieval: videos per scoring chunk (their visual tokens are reused)
+    final_eval: bool = True  # evaluate test_split after training
+
+    def __post_init__(self) -> None:
+        for key in ("split", "test_split"):
+            _choice(f"eval.{key}", getattr(self, key), ("train", "val", "test"))
+        for key in ("batch_size", "text_batch", "video_batch"):
+            _number(f"eval.{key}", getattr(self, key), kind=int, low=1)
+        if self.only and not self.checkpoint:
+            raise ConfigError("eval.only=true needs eval.checkpoint (a checkpoint or save_pretrained dir)")
+
+
+@dataclass
+class ModelSection:
+    preset: str = "base"  # ClipBertConfig preset
+    overrides: dict[str, Any] = field(default_factory=dict)  # any ClipBertConfig field
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelSection:
+        values = dict(values)
+        return cls(preset=values.pop("preset", "base"), overrides=values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, **self.overrides}
+
+
+@dataclass
+class Config:
+    task: TaskConfig
+    model: ModelSection
+    data: Any  # clipbert.data.config.DataConfig
+    train: TrainConfig
+    eval: EvalConfig
+    deepspeed: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.data.to_dict() if hasattr(self.data, "to_dict") else dataclasses.asdict(self.data)
+        return {
+            "task": dataclasses.asdict(self.task),
+            "model": self.model.to_dict(),
+            "data": data,
+            "train": dataclasses.asdict(self.train),
+            "eval": dataclasses.asdict(self.eval),
+            "deepspeed": self.deepspeed,
+        }
+
+    def model_config(self, **extra: Any):
+        """The ClipBertConfig: preset + overrides, with the head, image size, T and text length of the task."""
+        from clipbert.models.config import ClipBertConfig
+
+        derived = {
+            "head": HEAD_OF_KIND[self.task.kind],
+            "image_size": self.data.image_size,
+            "frames_per_clip": self.data.frames_per_clip,
+            "max_text_len": self.data.max_text_len[self.task.name],
+        }
+        if self.task.kind == "qa" and "num_answers" not in {**self.model.overrides, **extra}:
+            extra = {**extra, "num_answers": 1}  # placeholder for validation; the trainer passes ans2label's size
+        for key, value in derived.items():
+            given = self.model.overrides.get(key, value)
+            if given != value:
+                raise ConfigError(
+                    f"model.{key}={given!r} disagrees with the task/data setting {value!r}; drop model.{key}"
+                )
+        try:
+            return ClipBertConfig.from_preset(self.model.preset, **{**self.model.overrides, **derived, **extra})
+        except ValueError as err:
+            raise ConfigError(f"model: {err}") from err
+
+
+def _build_section(name: str, cls, values: dict[str, Any]):
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in allowed:
+            raise ConfigError(f"unknown key {name}.{key}; allowed keys in [{name}]: {', '.join(allowed)}")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{name}: {err}") from err
+
+
+def _build_data(values: dict[str, Any]):
+    from clipbert.data.config import DataConfig
+
+    try:
+        return DataConfig.from_dict(values)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"data.{err}" if str(err).split()[0] in values else f"data: {err}") from err
+
+
+def check_deepspeed(ds: dict[str, Any]) -> None:
+    """The engine section: ZeRO stage 0..3 and at most one of bf16/fp16."""
+    if not isinstance(ds, dict):
+        raise ConfigError(f"deepspeed must be a JSON object, got {type(ds).__name__}")
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    _choice("deepspeed.zero_optimization.stage", stage, (0, 1, 2, 3))
+    enabled = [k for k in ("bf16", "fp16") if ds.get(k, {}).get("enabled", False)]
+    if len(enabled) > 1:
+        raise ConfigError("deepspeed.bf16.enabled and deepspeed.fp16.enabled are both true; pick one")
+    optimizer = ds.get("optimizer", {"type": "AdamW"})
+    _choice("deepspeed.optimizer.type", optimizer.get("type"), ("AdamW", "Adam", "adamw", "adam"))
+    # The trainer owns these (train.*): a conflicting copy in the engine section would be ambiguous.
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+        if key in ds:
+            raise ConfigError(f"deepspeed.{key} is set from train.* (batch_size, grad_accum, grad_clip); drop it")
+    for key in ("lr", "betas", "eps", "weight_decay"):
+        if key in optimizer.get("params", {}):
+            raise ConfigError(f"deepspeed.optimizer.params.{key} is set from train.*; drop it")
+    if "scheduler" in ds:
+        raise ConfigError("deepspeed.scheduler: the trainer builds the warm-up/decay schedule; drop it")
+
+
+def precision(ds: dict[str, Any]) -> str:
+    for key in ("bf16", "fp16"):
+        if ds.get(key, {}).get("enabled", False):
+            return key
+    return "fp32"
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values: JSON where it parses (numbers, true/false/null, lists, objects), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `section.key[.sub...]=value` to the raw JSON dict, in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects section.key=value, got {assignment!r}")
+    path, text = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    if len(keys) < 2 or keys[0] not in SECTIONS:
+        raise ConfigError(f"--set key {path!r} must start with a section: {', '.join(SECTIONS)}")
+    node = raw.setdefault(keys[0], {})
+    for key in keys[1:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {path}: {key} is not an object")
+    node[keys[-1]] = parse_value(text)
+
+
+def resolve_path(name: str | Path) -> Path:
+    """A config path; a bare name (`ds_msrvtt.json`, or `ds_msrvtt`) is looked up in configs/."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.json"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"config {name!r} not found (also looked in {CONFIG_DIR})")
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    for key in raw:
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown section {key!r}; allowed sections: {', '.join(SECTIONS)}")
+    ds = dict(raw.get("deepspeed", {}))
+    check_deepspeed(ds)
+    model = raw.get("model", {})
+    if not isinstance(model, dict):
+        raise ConfigError("model must be an object {preset, overrides...}")
+    cfg = Config(
+        task=_build_section("task", TaskConfig, raw.get("task", {})),
+        model=ModelSection.from_dict(model),
+        data=_build_data(raw.get("data", {})),
+        train=_build_section("train", TrainConfig, raw.get("train", {})),
+        eval=_build_section("eval", EvalConfig, raw.get("eval", {})),
+        deepspeed=ds,
+    )
+    cfg.model_config()  # validates the model section now rather than after the data is loaded
+    return cfg
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = resolve_path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from err
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return from_dict(raw)

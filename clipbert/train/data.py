@@ -1,0 +1,55 @@
+"""The trainer's view of the data pipeline (issue 5): datasets and loaders for a task and split.
+
+`TaskData` is the seam the tests replace with an in-memory stand-in: `train()` and `eval(split)` return
+(dataset, loader), and `num_answers()` sizes the QA head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RETRIEVAL_EVAL_SPLITS = ("val", "test")
+
+
+class TaskData:
+    """Datasets and loaders of clipbert.data for cfg.task.name; loaders shard by the distributed rank."""
+
+    def __init__(self, cfg, model_cfg, device):
+        from clipbert.data.preprocess import normalization_for
+        from clipbert.data.tokenizer import build_tokenizer
+
+        self.cfg, self.device = cfg, device
+        self.tokenizer = build_tokenizer()
+        self.norm = normalization_for(model_cfg)
+        self._cache = {}
+
+    def _dataset(self, split: str):
+        from clipbert.data.datasets import build_dataset
+
+        if split not in self._cache:
+            self._cache[split] = build_dataset(self.cfg.task.name, split, self.cfg.data, self.tokenizer, self.norm)
+        return self._cache[split]
+
+    def has_split(self, split: str) -> bool:
+        return (Path(self.cfg.data.ann_dir) / f"{self.cfg.task.name}_{split}.jsonl").is_file()
+
+    def train(self):
+        from clipbert.data.loader import build_loader
+
+        dataset = self._dataset("train")
+        return dataset, build_loader(dataset, self.cfg.data, self.cfg.train.batch_size, True, device=str(self.device))
+
+    def eval(self, split: str):
+        """(dataset, loader); for retrieval the dataset is a RetrievalEvalData and the loader runs its videos."""
+        from clipbert.data.loader import build_loader
+
+        dataset = self._dataset(split)
+        videos = dataset.videos if self.cfg.task.kind == "retrieval" else dataset
+        return dataset, build_loader(videos, self.cfg.data, self.cfg.eval.batch_size, False, device=str(self.device))
+
+    def num_answers(self) -> int:
+        """Answer vocabulary size of an open-ended QA task (its ans2label file)."""
+        from clipbert.data.annotations import read_json
+
+        path = Path(self.cfg.data.ann_dir) / f"{self.cfg.task.name}_ans2label.json"
+        return len(read_json(path))

@@ -1,0 +1,132 @@
+"""Process setup and the DeepSpeed engine: distributed init, parameter groups, the LR schedule.
+
+AdamW with betas (0.9, 0.98); the CNN and the transformer get their own learning rate and weight decay;
+biases and LayerNorm weights get no decay (as the original ClipBERT). The schedule is a 10% linear
+warm-up then a linear decay to 0, applied per group, so each group keeps its own peak LR.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+CNN_PREFIX = "cnn."  # ClipBert.cnn: backbone + grid encoder + temporal fusion
+
+
+def setup_environment() -> None:
+    """Env defaults that must be set before DeepSpeed builds or loads any extension."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but no CUDA device is visible")
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed(device: torch.device) -> None:
+    """gloo on CPU, nccl on GPU. A plain `python train.py` becomes a world of one."""
+    import deepspeed
+
+    if "RANK" not in os.environ:  # not under deepspeed/torchrun: avoid DeepSpeed's MPI discovery
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def param_groups(model: nn.Module, train_cfg) -> list[dict]:
+    """Four groups: {cnn, transformer} x {decay, no decay}; frozen parameters are left out."""
+    no_decay_ids = set()
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    groups = {
+        (cnn, decay): {
+            "params": [],
+            "names": [],
+            "lr": train_cfg.cnn_lr if cnn else train_cfg.lr,
+            "weight_decay": (train_cfg.cnn_weight_decay if cnn else train_cfg.weight_decay) if decay else 0.0,
+            "group": f"{'cnn' if cnn else 'transformer'}{'' if decay else '_no_decay'}",
+        }
+        for cnn in (True, False)
+        for decay in (True, False)
+    }
+    seen = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:  # tied weights appear once
+            continue
+        seen.add(id(param))
+        decay = not (name.endswith(".bias") or name == "bias" or id(param) in no_decay_ids)
+        group = groups[(name.startswith(CNN_PREFIX), decay)]
+        group["params"].append(param)
+        group["names"].append(name)
+    return [g for g in groups.values() if g["params"]]
+
+
+def warmup_linear_decay(step: int, total_steps: int, warmup_ratio: float) -> float:
+    """LR multiplier at optimizer step `step` (0-based): linear 0 -> 1 over the warm-up, then 1 -> 0."""
+    warmup = int(total_steps * warmup_ratio)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+
+def build_scheduler(optimizer, total_steps: int, warmup_ratio: float):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_linear_decay(step, total_steps, warmup_ratio)
+    )
+
+
+def deepspeed_config(cfg, device: torch.device) -> dict:
+    """The engine section with the trainer-owned keys filled in from train.*."""
+    ds = copy.deepcopy(cfg.deepspeed)
+    t = cfg.train
+    ds["train_micro_batch_size_per_gpu"] = t.batch_size
+    ds["gradient_accumulation_steps"] = t.grad_accum
+    ds["gradient_clipping"] = t.grad_clip
+    ds.setdefault("steps_per_print", 10**9)  # the trainer logs; keep DeepSpeed's own prints quiet
+    ds.setdefault("wall_clock_breakdown", False)
+    optimizer = ds.setdefault("optimizer", {"type": "AdamW"})
+    params = optimizer.setdefault("params", {})
+    params.update(lr=t.lr, betas=list(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    params.setdefault("adam_w_mode", True)
+    if device.type == "cpu":  # DeepSpeed's fused/CPU Adam kernels need a compiler + CUDA; torch's is exact
+        params["torch_adam"] = True
+    return ds
+
+
+def build_engine(cfg, model: nn.Module, total_steps: int, device: torch.device):
+    """deepspeed.initialize with our param groups and schedule -> (engine, optimizer, scheduler)."""
+    import deepspeed
+
+    groups = param_groups(model, cfg.train)
+    for group in groups:
+        group.pop("names")
+    ds = deepspeed_config(cfg, device)
+    model.to(device)
+    # The scheduler needs the optimizer, which DeepSpeed builds: pass a factory (callable) for it.
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=groups,
+        config=ds,
+        lr_scheduler=lambda opt: build_scheduler(opt, total_steps, cfg.train.warmup_ratio),
+    )
+    return engine, optimizer, scheduler

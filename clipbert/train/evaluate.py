@@ -1,0 +1,171 @@
+"""Evaluation with Ntest clips per video (data.num_test_clips, sampled uniformly), aggregated with task.aggregation.
+
+Retrieval: the full text x video score matrix. Each rank encodes the visual tokens of its shard of videos
+once, scores every text against them in (video_batch x text_batch) chunks, and the columns are gathered.
+QA / MC / pre-training: per-example predictions, gathered from every rank and deduplicated by example
+index, so each example counts exactly once whatever the world size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+from clipbert.train import metrics as M
+from clipbert.train.logging import get_logger, is_rank0
+from clipbert.train.tasks import clip_aggregate, predict, pretrain_eval, to_device
+
+
+def all_gather_objects(obj) -> list:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _max_over_ranks(value: int) -> int:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def balanced(loader, balance: bool):
+    """Yields (batch, real). With `balance` (ZeRO-3, whose forward is a collective) every rank runs the same
+    number of forwards: a rank with a shorter shard repeats its last batch as a discarded `real=False` one."""
+    count = _max_over_ranks(len(loader)) if balance else None
+    last, seen = None, 0
+    for batch in loader:
+        last, seen = batch, seen + 1
+        yield batch, True
+    while count is not None and seen < count and last is not None:
+        seen += 1
+        yield last, False
+
+
+def _visual_tokens(model, loader, device, dtype, balance) -> tuple[list[int], torch.Tensor | None]:
+    """(video indices of this rank's shard, their visual tokens [V_local, N, Lv, H] on `device`)."""
+    indices, tokens = [], []
+    for batch, real in balanced(loader, balance):
+        batch = to_device(batch, device, dtype)
+        visual = model.encode_visual(batch["frames"]).tokens
+        if real:
+            tokens.append(visual)
+            indices += batch["index"].tolist()
+    return indices, (torch.cat(tokens) if tokens else None)
+
+
+@torch.no_grad()
+def retrieval_scores(model, tokens, input_ids, attention_mask, aggregation, video_batch, text_batch):
+    """tokens [V, N, Lv, H], ids/mask [Q, Lt] -> log p(match) [Q, V] (float32, CPU)."""
+    from clipbert.models import VisualTokens
+
+    device = tokens.device
+    q, v = input_ids.shape[0], tokens.shape[0]
+    out = torch.empty(q, v)
+    for v0 in range(0, v, video_batch):
+        vis = tokens[v0 : v0 + video_batch]  # [vb, N, Lv, H], reused for every text chunk
+        vb, n = vis.shape[:2]
+        for q0 in range(0, q, text_batch):
+            ids = input_ids[q0 : q0 + text_batch].to(device)  # [tb, Lt]
+            mask = attention_mask[q0 : q0 + text_batch].to(device)
+            tb = ids.shape[0]
+            ids, mask = ids.expand(vb, tb, -1), mask.expand(vb, tb, -1)  # same texts for every video
+            scores = model.score(VisualTokens(vis), ids, mask)  # [vb, tb, N, 2]
+            match = clip_aggregate(scores.reshape(vb * tb, n, -1), aggregation)[:, 1]  # log p(match)
+            out[q0 : q0 + tb, v0 : v0 + vb] = match.view(vb, tb).t().float().cpu()
+    return out
+
+
+def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance) -> dict:
+    indices, tokens = _visual_tokens(model, loader, device, dtype, balance)
+    local = torch.empty(len(data.text_to_video), 0)
+    if balance and tokens is not None:  # same number of scoring forwards on every rank (ZeRO-3)
+        pad = _max_over_ranks(len(tokens)) - len(tokens)
+        tokens = torch.cat([tokens, tokens[:1].expand(pad, *tokens.shape[1:])])
+    if tokens is not None:
+        local = retrieval_scores(
+            model,
+            tokens,
+            data.input_ids,
+            data.attention_mask,
+            cfg.task.aggregation,
+            cfg.eval.video_batch,
+            cfg.eval.text_batch,
+        )[:, : len(indices)]  # drop the ZeRO-3 padding columns
+    columns = {}
+    for rank_indices, rank_scores in all_gather_objects((indices, local)):
+        for j, video in enumerate(rank_indices):
+            columns.setdefault(video, rank_scores[:, j])
+    num_videos = len(data.video_ids)
+    if sorted(columns) != list(range(num_videos)):
+        raise RuntimeError(f"retrieval eval scored {len(columns)} of {num_videos} videos")
+    scores = torch.stack([columns[i] for i in range(num_videos)], dim=1)  # [Q, V]
+    out = M.retrieval_metrics(scores, data.text_to_video)
+    out.update(num_texts=scores.shape[0], num_videos=num_videos)
+    return out
+
+
+def evaluate_examples(model_fn: Callable, loader, device, dtype, balance) -> list[dict]:
+    """Per-example records of this rank, gathered from all ranks and deduplicated by index."""
+    records = []
+    for batch, real in balanced(loader, balance):
+        types = batch.get("answer_types")
+        index = batch["index"].tolist()
+        out = model_fn(to_device(batch, device, dtype))
+        if not real:
+            continue
+        for i, example in enumerate(index):
+            record = {"index": example, **{k: v[i].item() for k, v in out.items()}}
+            if types is not None:
+                record["answer_type"] = types[i]
+            records.append(record)
+    gathered = [r for part in all_gather_objects(records) for r in part]
+    return M.dedupe_by_index(gathered)
+
+
+def summarize(kind: str, records: list[dict]) -> dict:
+    if kind == "pretrain":
+        correct = sum(r["mlm_correct"] for r in records)
+        total = sum(r["mlm_total"] for r in records)
+        itm = M.accuracy(
+            torch.tensor([r["itm_pred"] for r in records]), torch.tensor([r["itm_label"] for r in records])
+        )
+        return {"mlm_acc": 100.0 * correct / max(1, total), "itm_acc": itm["acc"], "num_examples": len(records)}
+    pred = torch.tensor([r["pred"] for r in records])
+    label = torch.tensor([r["label"] for r in records])
+    types = [r["answer_type"] for r in records] if kind == "qa" else None
+    return {**M.accuracy(pred, label, types), "num_examples": len(records)}
+
+
+def evaluate(engine, cfg, eval_data, split: str, device, dtype) -> dict:
+    """Metrics of the task on `split`; eval_data is (dataset, loader) from the trainer's data builder."""
+    dataset, loader = eval_data
+    model = engine.module
+    was_training = model.training
+    model.eval()
+    start = time.time()
+    kind = cfg.task.kind
+    balance = engine.zero_optimization_partition_weights()
+    try:
+        with torch.no_grad():
+            if kind == "retrieval":
+                out = evaluate_retrieval(model, dataset, loader, cfg, device, dtype, balance)
+            else:
+                if kind == "pretrain":
+                    fn = lambda b: pretrain_eval(model, b)  # noqa: E731
+                else:
+                    fn = lambda b: predict(model, b, kind, cfg.task.aggregation)  # noqa: E731
+                out = summarize(kind, evaluate_examples(fn, loader, device, dtype, balance))
+    finally:
+        model.train(was_training)
+    out["eval_seconds"] = time.time() - start
+    if is_rank0():
+        shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items())
+        get_logger().info("eval %s: %s", split, shown)
+    return out

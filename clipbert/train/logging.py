@@ -1,0 +1,100 @@
+"""One rank-aware logger for the trainer: rank 0 logs, the others stay quiet; `warn_once` per message.
+
+`RunLog` writes what a run records on disk: TensorBoard scalars and <output_dir>/metrics.jsonl (one JSON
+object per evaluation, with the step and every metric).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+_LOGGER_NAME = "clipbert.train"
+_warned: set[str] = set()
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def is_rank0() -> bool:
+    return rank() == 0
+
+
+class _RankFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return is_rank0() or record.levelno >= logging.ERROR  # errors from any rank must be seen
+
+
+def get_logger() -> logging.Logger:
+    logger = logging.getLogger(_LOGGER_NAME)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
+        handler.addFilter(_RankFilter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        get_logger().warning(message)
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/Inf
+    return value
+
+
+class RunLog:
+    """TensorBoard scalars (rank 0, optional) and the metrics.jsonl evaluation record."""
+
+    def __init__(self, output_dir: str | Path, tensorboard: bool = True):
+        self.dir = Path(output_dir)
+        self.enabled = is_rank0()
+        self.tb = None
+        if self.enabled:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+                except ImportError:
+                    warn_once("tensorboard is not installed; no TensorBoard scalars will be written")
+
+    def scalars(self, step: int, values: dict, prefix: str = "train") -> None:
+        if self.tb is None:
+            return
+        for key, value in values.items():
+            value = _jsonable(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tb.add_scalar(f"{prefix}/{key}", value, step)
+
+    def evaluation(self, step: int, split: str, metrics: dict) -> None:
+        """Append one line to metrics.jsonl and mirror the numbers to TensorBoard."""
+        if not self.enabled:
+            return
+        record = {"step": step, "split": split, **{k: _jsonable(v) for k, v in metrics.items()}}
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.scalars(step, metrics, prefix=split)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None

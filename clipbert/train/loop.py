@@ -1,0 +1,276 @@
+"""The training loop: micro batches through the DeepSpeed engine, NaN guard, logging, eval, checkpoints.
+
+Position bookkeeping (`TrainerState`) is what makes a resumed run identical to an uninterrupted one: the
+epoch, the micro batches already consumed in it (the sampler skips them), and the optimizer step; the RNG
+states travel in the checkpoint (checkpoint.py). Creating a DataLoader iterator draws from the global
+torch RNG (worker seeds), so it runs under `fork_rng` and never shifts the dropout stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from clipbert.train import checkpoint as ckpt
+from clipbert.train.evaluate import evaluate
+from clipbert.train.logging import get_logger, is_rank0
+from clipbert.train.perf import Throughput
+from clipbert.train.tasks import to_device, training_loss
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row."""
+
+
+@dataclasses.dataclass
+class TrainerState:
+    epoch: int = 0
+    step: int = 0  # optimizer steps done
+    micro_in_epoch: int = 0  # micro batches consumed in `epoch` (including skipped ones)
+    bad_total: int = 0  # micro batches skipped for a NaN/Inf loss, whole run
+    bad_streak: int = 0  # ... in a row, up to now
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _sampler(loader):
+    sampler = getattr(loader, "sampler", None) or getattr(getattr(loader, "loader", None), "sampler", None)
+    if sampler is None or not hasattr(sampler, "set_epoch"):
+        raise TypeError(f"the train loader {type(loader).__name__} has no sampler with set_epoch(epoch, consumed)")
+    return sampler
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _sum_over_ranks(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+class Trainer:
+    def __init__(self, cfg, engine, data, model_cfg, device, dtype, runlog, total_steps: int):
+        self.cfg, self.engine, self.data, self.device, self.dtype = cfg, engine, data, device, dtype
+        self.runlog, self.total_steps = runlog, total_steps
+        self.train_set, self.train_loader = data.train()
+        self.state = TrainerState()
+        self.throughput = Throughput(model_cfg, device, _world(), cfg.train.peak_tflops)
+        self.out = Path(cfg.train.output_dir)
+        self.log = get_logger()
+        self.last_saved_step = -1
+        self.last_perf: dict = {}
+        self._eval_data = {}
+        try:
+            from clipbert.data.bad_input import BadInputTracker
+
+            self.tracker = BadInputTracker(self.log)
+        except ImportError:  # pragma: no cover - the data package always ships it
+            self.tracker = None
+
+    # ------------------------------------------------------------------ helpers
+    def eval_data(self, split: str):
+        if split not in self._eval_data:
+            self._eval_data[split] = self.data.eval(split)
+        return self._eval_data[split]
+
+    def run_eval(self, split: str) -> dict:
+        with torch.random.fork_rng(devices=[]):  # eval loader iterators must not move the training RNG
+            metrics = evaluate(self.engine, self.cfg, self.eval_data(split), split, self.device, self.dtype)
+        self.runlog.evaluation(self.state.step, split, metrics)
+        self.throughput.reset()
+        return metrics
+
+    def save(self) -> None:
+        if self.state.bad_streak:  # never replace the last good checkpoint with a state after a bad step
+            self.log.warning("not checkpointing at step %d: the last loss was not finite", self.state.step)
+            return
+        if self.state.step == self.last_saved_step:
+            return
+        ckpt.save(self.engine, self.out, self.state.to_dict(), self.cfg.train.keep_checkpoints)
+        self.last_saved_step = self.state.step
+        self.throughput.reset()
+
+    def resume(self, root: Path, tag: str) -> None:
+        self.state = TrainerState(**ckpt.load(self.engine, root, tag))
+        self.last_saved_step = self.state.step
+
+    def _lrs(self) -> dict:
+        groups = self.engine.optimizer.param_groups
+        out = {}
+        for group in groups:  # the first group of each kind (decay / no-decay share the LR)
+            name = "cnn_lr" if group.get("group", "").startswith("cnn") else "lr"
+            out.setdefault(name, group["lr"])
+        return out
+
+    def _write_step(self, record: dict) -> None:
+        if is_rank0():
+            with open(self.out / "steps.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, stop_signal) -> str:
+        """Train until total_steps (or a stop); returns why it stopped: done | stop_after_steps | signal."""
+        cfg, t = self.cfg, self.cfg.train
+        bar = self._progress_bar()
+        window = {"loss": 0.0, "good": 0, "bad": 0}
+        self.throughput.reset()
+        reason = "done"
+        try:
+            while self.state.step < self.total_steps and self.state.epoch < t.epochs + self._extra_epochs():
+                reason = self._epoch(stop_signal, bar, window)
+                if reason != "continue":
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        reason = "done" if reason == "continue" else reason
+        self.save()  # a no-op when this step is already saved or the last loss was bad
+        return reason
+
+    def _extra_epochs(self) -> int:
+        # max_steps may ask for more steps than `epochs` gives: run as many epochs as that takes
+        return 10**9 if self.cfg.train.max_steps else 0
+
+    def _progress_bar(self):
+        if not (is_rank0() and self.cfg.train.progress_bar):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.state.step, desc=self.cfg.task.name, dynamic_ncols=True)
+
+    def _epoch(self, stop_signal, bar, window) -> str:
+        t = self.cfg.train
+        sampler = _sampler(self.train_loader)
+        sampler.set_epoch(self.state.epoch, self.state.micro_in_epoch)
+        epoch_batches = self.state.micro_in_epoch + len(self.train_loader)
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(self.train_loader)
+        for batch in batches:
+            if self.tracker is not None:
+                self.tracker.update(batch)
+            stop = self._micro_step(batch, stop_signal, bar, window)
+            # finishing on the epoch's last batch still runs the end-of-epoch eval and checkpoint
+            if stop and not (stop == "done" and self.state.micro_in_epoch == epoch_batches):
+                return stop
+        self.state.epoch += 1
+        self.state.micro_in_epoch = 0
+        if self.tracker is not None:
+            self.tracker.summary(self.state.epoch - 1)
+        if t.eval_every == 0:
+            self.run_eval(self.cfg.eval.split)
+        if t.save_every == 0:
+            self.save()
+        return "done" if self.state.step >= self.total_steps else "continue"
+
+    def _micro_step(self, batch: dict, stop_signal, bar, window) -> str | None:
+        t = self.cfg.train
+        engine = self.engine
+        batch = to_device(batch, self.device, self.dtype)
+        boundary = engine.is_gradient_accumulation_boundary()
+        loss, extra = training_loss(engine, batch, self.cfg.task.kind, self.cfg.task.aggregation)
+        value = loss.detach().float()
+        finite = bool(torch.isfinite(value).item())
+        # One collective per micro batch: every rank skips together and stops together.
+        bad, stop, loss_sum, good = _sum_over_ranks(
+            [0.0 if finite else 1.0, float(stop_signal.requested), value.item() if finite else 0.0, float(finite)],
+            self.device,
+        )
+        self.state.micro_in_epoch += 1
+        if bad:
+            self._skip_bad(window)
+            del loss
+            if stop and boundary:
+                return "signal"
+            return None
+        engine.backward(loss)
+        engine.step()
+        self.state.bad_streak = 0
+        self.throughput.add(batch)
+        window["loss"] += loss_sum / good
+        window["good"] += 1
+        if not boundary:
+            return None
+        self.state.step += 1
+        self._after_step(window, extra, bar)
+        if self.state.step >= self.total_steps:
+            return "done"
+        if t.stop_after_steps and self.state.step >= t.stop_after_steps:
+            self.log.info("train.stop_after_steps=%d reached: checkpointing and stopping", t.stop_after_steps)
+            return "stop_after_steps"
+        if stop:
+            return "signal"
+        return None
+
+    def _skip_bad(self, window) -> None:
+        t = self.cfg.train
+        self.state.bad_total += 1
+        self.state.bad_streak += 1
+        window["bad"] += 1
+        self.log.warning(
+            "non-finite loss at step %d (epoch %d, micro batch %d): skipped (%d in a row, %d in total)",
+            self.state.step,
+            self.state.epoch,
+            self.state.micro_in_epoch,
+            self.state.bad_streak,
+            self.state.bad_total,
+        )
+        if self.state.bad_streak >= t.max_bad_steps:
+            raise TrainingDiverged(
+                f"{self.state.bad_streak} non-finite losses in a row (train.max_bad_steps={t.max_bad_steps}) at "
+                f"step {self.state.step}; stopping. The last good checkpoint is left untouched in "
+                f"{ckpt.checkpoint_root(self.out)}. Lower train.lr, enable train.grad_clip, or check the data."
+            )
+
+    def _after_step(self, window, extra: dict, bar) -> None:
+        t = self.cfg.train
+        step = self.state.step
+        loss = window["loss"] / max(1, window["good"])
+        lrs = self._lrs()
+        record = {"step": step, "epoch": self.state.epoch, "loss": loss, "skipped": window["bad"], **lrs, **extra}
+        self._write_step(record)
+        window.update(loss=0.0, good=0, bad=0)
+        if bar is not None:
+            bar.update(1)
+        if step % t.log_every == 0 or step == self.total_steps:
+            perf = self.throughput.snapshot()
+            self.last_perf = perf
+            self.runlog.scalars(step, {**record, **perf})
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs.get('lr', 0):.2e}", fps=f"{perf['frames_per_s']:.1f}")
+            else:
+                mfu = perf["mfu"]
+                self.log.info(
+                    "step %d/%d loss %.4f lr %.3g frames/s %.1f MFU %s",
+                    step,
+                    self.total_steps,
+                    loss,
+                    lrs.get("lr", 0.0),
+                    perf["frames_per_s"],
+                    "n/a" if mfu is None else f"{100 * mfu:.1f}%",
+                )
+        if t.eval_every > 0 and step % t.eval_every == 0:
+            self.run_eval(self.cfg.eval.split)
+        if t.save_every > 0 and step % t.save_every == 0:
+            self.save()
+
+
+def steps_per_epoch(num_batches: int, grad_accum: int) -> int:
+    return max(1, math.ceil(num_batches / grad_accum))
+
+
+def total_training_steps(train_cfg, num_batches: int) -> int:
+    return train_cfg.max_steps or train_cfg.epochs * steps_per_epoch(num_batches, train_cfg.grad_accum)
+
+
+def elapsed(start: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(time.time() - start))

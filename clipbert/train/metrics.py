@@ -1,0 +1,87 @@
+"""Evaluation metrics: retrieval recall / ranks in both directions, QA accuracy per answer type, MC accuracy.
+
+Ranks are 1-based and pessimistic on ties (a true item tied with k others ranks k+1), so a model that
+scores everything alike gets chance-level numbers, never perfect ones.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+RECALL_AT = (1, 5, 10)
+
+
+def _rank_summary(ranks: torch.Tensor, prefix: str) -> dict[str, float]:
+    ranks = ranks.double()
+    out = {f"{prefix}_r{k}": 100.0 * (ranks <= k).double().mean().item() for k in RECALL_AT}
+    # torch.median returns the lower middle value on even counts; the usual median averages the two
+    out[f"{prefix}_medr"] = float(ranks.quantile(0.5).item())
+    out[f"{prefix}_meanr"] = float(ranks.mean().item())
+    return out
+
+
+def retrieval_metrics(scores: torch.Tensor, text_to_video: torch.Tensor) -> dict[str, float]:
+    """scores [Q texts, V videos] (higher = better match); text_to_video [Q]: the column of each text's video.
+
+    text-to-video: the rank of a text's video among all V videos. video-to-text: for each video that has
+    texts, the best rank of its own texts among all Q texts. Returns t2v_r1/r5/r10/medr/meanr, v2t_*
+    and rsum (sum of the six recalls).
+    """
+    if scores.dim() != 2 or text_to_video.shape != scores.shape[:1]:
+        raise ValueError(
+            f"scores must be [Q, V] and text_to_video [Q]; got {tuple(scores.shape)} and {tuple(text_to_video.shape)}"
+        )
+    scores = scores.double()
+    rows = torch.arange(scores.shape[0])
+    true = scores[rows, text_to_video]  # [Q]
+    t2v_ranks = (scores >= true[:, None]).sum(1)  # [Q], includes the true video itself
+    # v2t: compare each text score against the whole column of its video
+    text_rank_in_column = (scores.t()[text_to_video] >= true[:, None]).sum(1)  # [Q]
+    best = torch.full((scores.shape[1],), scores.shape[0] + 1, dtype=torch.long)
+    best.scatter_reduce_(0, text_to_video, text_rank_in_column, reduce="amin")
+    v2t_ranks = best[torch.unique(text_to_video)]
+    out = {**_rank_summary(t2v_ranks, "t2v"), **_rank_summary(v2t_ranks, "v2t")}
+    out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("t2v", "v2t") for k in RECALL_AT)
+    return out
+
+
+def accuracy(pred: torch.Tensor, label: torch.Tensor, types: list[str] | None = None) -> dict[str, float]:
+    """Accuracy in percent, and per answer type (`acc_<type>`) when types are given.
+
+    Labels of -100 (answers outside the answer vocabulary) count as wrong, as in the original evaluation.
+    """
+    if pred.shape != label.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and label {tuple(label.shape)} must have the same shape")
+    if pred.numel() == 0:
+        raise ValueError("accuracy of an empty evaluation set")
+    hits = (pred == label) & (label != -100)
+    out = {"acc": 100.0 * hits.double().mean().item()}
+    if types is not None:
+        if len(types) != len(pred):
+            raise ValueError(f"{len(types)} answer types for {len(pred)} predictions")
+        by_type = defaultdict(list)
+        for hit, kind in zip(hits.tolist(), types):
+            by_type[kind].append(hit)
+        for kind, values in sorted(by_type.items()):
+            out[f"acc_{kind}"] = 100.0 * sum(values) / len(values)
+    return out
+
+
+def dedupe_by_index(records: list[dict]) -> list[dict]:
+    """Keep one record per example `index` (distributed samplers pad shards with repeats), sorted by index."""
+    unique = {}
+    for record in records:
+        unique.setdefault(int(record["index"]), record)
+    return [unique[i] for i in sorted(unique)]
+
+
+def format_table(metrics: dict, title: str = "") -> str:
+    """A two-column text table of the metrics (floats to 2 decimals)."""
+    rows = [(k, f"{v:.2f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()]
+    width = max([len(k) for k, _ in rows] + [6])
+    lines = [title] if title else []
+    lines += [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 10}"]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""`train.py`'s body: parse arguments, build config, model, data and engine, then train or evaluate.
+
+    deepspeed train.py --config ds_msrvtt.json [--set section.key=value ...]
+    python train.py --config ds_synthetic.json            # one process, no launcher
+    torchrun --nproc_per_node 2 train.py --config ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from clipbert.train import checkpoint as ckpt
+from clipbert.train import config as C
+from clipbert.train.engine import build_engine, init_distributed, pick_device, setup_environment
+from clipbert.train.logging import RunLog, get_logger, is_rank0
+from clipbert.train.loop import Trainer, TrainingDiverged, total_training_steps
+from clipbert.train.metrics import format_table
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    import deepspeed
+
+    parser = argparse.ArgumentParser(description="Train or evaluate ClipBERT with DeepSpeed.")
+    parser.add_argument("--config", required=True, help="a JSON config, or a bare name looked up in configs/")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (JSON-parsed when possible); repeatable",
+    )
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the launcher")
+    deepspeed.add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    if getattr(args, "deepspeed_config", None):
+        parser.error("--deepspeed_config is not used: put the engine settings in the config's deepspeed section")
+    return args
+
+
+def build_model(cfg, model_cfg):
+    from clipbert.models import ClipBert
+
+    model = ClipBert(model_cfg)
+    init = cfg.eval.checkpoint if cfg.eval.only else cfg.train.init_checkpoint
+    key = "eval.checkpoint" if cfg.eval.only else "train.init_checkpoint"
+    if init and ckpt.is_pretrained_dir(init):
+        ckpt.load_pretrained_weights(model, init, key)
+    return model, (init if init and not ckpt.is_pretrained_dir(init) else ""), key
+
+
+def resolved_model_config(cfg, data):
+    extra = {"num_answers": data.num_answers()} if cfg.task.kind == "qa" else {}
+    return cfg.model_config(**extra)
+
+
+def write_resolved_config(cfg, model_cfg, out: Path) -> None:
+    if is_rank0():
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = {**cfg.to_dict(), "resolved_model": model_cfg.to_dict()}
+        (out / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+
+
+def run(cfg, device: torch.device, data_factory=None) -> dict:
+    """Train (or evaluate, with eval.only) as configured; returns a summary dict (rank 0's view)."""
+    from clipbert.train.data import TaskData
+
+    log = get_logger()
+    start = time.time()
+    ckpt.seed_everything(cfg.train.seed)
+    if cfg.task.kind == "mc_itm" and not cfg.eval.only:
+        raise C.ConfigError(
+            f"task.name={cfg.task.name} is evaluated with a retrieval checkpoint: set eval.only=true and "
+            "eval.checkpoint (train it as task.name=msrvtt_ret)"
+        )
+    data = (data_factory or TaskData)(cfg, cfg.model_config(), device)
+    model_cfg = resolved_model_config(cfg, data)
+    out = Path(cfg.train.output_dir)
+    write_resolved_config(cfg, model_cfg, out)
+    model, engine_init, init_key = build_model(cfg, model_cfg)
+    dtype = DTYPES[C.precision(cfg.deepspeed)]
+    runlog = RunLog(out, cfg.train.tensorboard)
+    try:
+        if cfg.eval.only:
+            engine, _, _ = build_engine(cfg, model, 1, device)
+            if engine_init:
+                ckpt.load_module_only(engine, engine_init, init_key)
+            return {"metrics": _final_eval(cfg, engine, data, runlog, device, dtype, step=0)}
+        return _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, dtype, start)
+    finally:
+        runlog.close()
+
+
+def _final_eval(cfg, engine, data, runlog, device, dtype, step: int) -> dict | None:
+    from clipbert.train.evaluate import evaluate
+
+    split = cfg.eval.test_split
+    if not data.has_split(split):
+        get_logger().warning("no %s split for %s: skipping the final evaluation", split, cfg.task.name)
+        return None
+    metrics = evaluate(engine, cfg, data.eval(split), split, device, dtype)
+    runlog.evaluation(step, split, metrics)
+    if is_rank0():
+        print(format_table(metrics, f"{cfg.task.name} / {split} (step {step})"), flush=True)
+    return metrics
+
+
+def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, dtype, start) -> dict:
+    log = get_logger()
+    _, train_loader = data.train()
+    total = total_training_steps(cfg.train, len(train_loader))
+    engine, _, _ = build_engine(cfg, model, total, device)
+    if engine_init:
+        ckpt.load_module_only(engine, engine_init, init_key)
+    trainer = Trainer(cfg, engine, data, model_cfg, device, dtype, runlog, total)
+    resume = ckpt.find_resume(cfg.train.resume, cfg.train.output_dir)
+    if resume:
+        trainer.resume(*resume)
+    log.info(
+        "task %s: %d optimizer steps (%d micro batches/epoch/rank, accumulation %d), world %d, %s, ZeRO-%d",
+        cfg.task.name,
+        total,
+        len(train_loader),
+        cfg.train.grad_accum,
+        dist.get_world_size() if dist.is_initialized() else 1,
+        C.precision(cfg.deepspeed),
+        engine.zero_optimization_stage(),
+    )
+    with ckpt.StopSignal() as stop:
+        reason = trainer.fit(stop)
+    summary = {"reason": reason, "step": trainer.state.step, "bad_steps": trainer.state.bad_total}
+    if reason == "done":
+        ckpt.export_pretrained(engine, Path(cfg.train.output_dir) / "model")
+        if cfg.eval.final_eval:
+            summary["metrics"] = _final_eval(cfg, engine, data, runlog, device, dtype, trainer.state.step)
+    summary["perf"] = _write_perf(cfg, trainer, engine, model_cfg, start)
+    if is_rank0() and cfg.train.plot:
+        from clipbert.train.plot import plot_curves
+
+        plot_curves(cfg.train.output_dir)
+    return summary
+
+
+def _write_perf(cfg, trainer, engine, model_cfg, start: float) -> dict:
+    perf = {
+        "task": cfg.task.name,
+        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        "precision": C.precision(cfg.deepspeed),
+        "zero_stage": engine.zero_optimization_stage(),
+        "micro_batch": cfg.train.batch_size,
+        "grad_accum": cfg.train.grad_accum,
+        "num_clips": cfg.data.num_clips,
+        "frames_per_clip": cfg.data.frames_per_clip,
+        "image_size": cfg.data.image_size,
+        "hidden_size": model_cfg.hidden_size,
+        "steps": trainer.state.step,
+        "wall_s": time.time() - start,
+        **trainer.throughput.describe(),
+        **(trainer.last_perf or trainer.throughput.snapshot()),
+    }
+    if is_rank0():
+        (Path(cfg.train.output_dir) / "perf.json").write_text(json.dumps(perf, indent=2) + "\n")
+    return perf
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_environment()
+    args = parse_args(argv)
+    log = get_logger()
+    try:
+        cfg = C.load(args.config, args.set)
+    except (C.ConfigError, FileNotFoundError) as err:
+        log.error("config error: %s", err)
+        return 2
+    device = pick_device(cfg.train.device)
+    init_distributed(device)
+    try:
+        run(cfg, device)
+    except TrainingDiverged as err:
+        log.error("%s", err)
+        return 3
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

@@ -1,0 +1,103 @@
+"""Per-task forward passes: the training loss and the evaluation predictions of every task kind.
+
+Clip scores come from `model.score` as [B, M, N, K] (M texts per video, N clips); they are aggregated
+over the N clips with the task's function G (paper Eq. 5: LogSumExp) through clipbert.ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clipbert.train.logging import warn_once
+
+try:  # the fused ops (issue 2); the pure-PyTorch formulas below are the same math
+    from clipbert.ops import clip_aggregate as _ops_clip_aggregate
+    from clipbert.ops import lse_aggregate_nll as _ops_lse_aggregate_nll
+except ImportError:  # pragma: no cover - only while the ops package is absent
+    _ops_clip_aggregate = _ops_lse_aggregate_nll = None
+
+TENSOR_KEYS = ("frames", "input_ids", "attention_mask", "labels", "mlm_labels", "itm_labels", "index")
+
+
+def clip_aggregate(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """logits [B, N, K] -> float32 log-probs [B, K], aggregated over the N clips."""
+    if _ops_clip_aggregate is not None:
+        return _ops_clip_aggregate(logits, mode=mode)
+    warn_once("clipbert.ops is not importable; aggregating clip scores with plain PyTorch")
+    x = logits.float()
+    fused = {"lse": lambda: x.logsumexp(1), "mean": lambda: x.mean(1), "max": lambda: x.amax(1)}[mode]()
+    return F.log_softmax(fused, dim=-1)
+
+
+def aggregate_nll(logits: torch.Tensor, target: torch.Tensor, mode: str) -> torch.Tensor:
+    """Mean NLL of the clip-aggregated prediction; logits [B, N, K], target [B] int64."""
+    if mode == "lse" and _ops_lse_aggregate_nll is not None:
+        return _ops_lse_aggregate_nll(logits, target)
+    return F.nll_loss(clip_aggregate(logits, mode), target)
+
+
+def to_device(batch: dict, device: torch.device, float_dtype: torch.dtype) -> dict:
+    """Move the tensors of a batch; frames take the engine's compute dtype (bf16/fp16 params)."""
+    out = dict(batch)
+    for key in TENSOR_KEYS:
+        if key in out and isinstance(out[key], torch.Tensor):
+            value = out[key].to(device, non_blocking=True)
+            out[key] = value.to(float_dtype) if value.is_floating_point() else value
+    return out
+
+
+def training_loss(model, batch: dict, kind: str, aggregation: str) -> tuple[torch.Tensor, dict]:
+    """Scalar loss of one micro batch, and extra float logs (e.g. the MLM/ITM parts of pre-training)."""
+    if kind == "pretrain":
+        out = getattr(model, "module", model).pretrain_forward(  # DeepSpeed engine -> the ClipBert module
+            batch["frames"], batch["input_ids"], batch["attention_mask"], batch["mlm_labels"], batch["itm_labels"]
+        )
+        return out["loss"], {"mlm_loss": out["mlm_loss"].item(), "itm_loss": out["itm_loss"].item()}
+    scores = model(batch["frames"], batch["input_ids"], batch["attention_mask"])  # [B, M, N, K]
+    b, m, n, k = scores.shape
+    labels = batch["labels"]
+    if kind == "retrieval":  # 2-way matching of every (video, caption) pair; column 0 is the true caption
+        return aggregate_nll(scores.reshape(b * m, n, k), labels.reshape(b * m), aggregation), {}
+    if kind == "mc":  # one score per option: the M options become the classes
+        return aggregate_nll(scores[..., 0].transpose(1, 2), labels, aggregation), {}
+    if kind == "qa":
+        keep = labels != -100  # answers outside ans2label cannot be predicted: no gradient from them
+        if not keep.any():
+            return scores.float().sum() * 0.0, {}  # keeps every rank's backward in the graph
+        return aggregate_nll(scores[keep, 0], labels[keep], aggregation), {}
+    raise ValueError(f"task kind {kind!r} cannot be trained (msrvtt_mc is evaluated with a retrieval model)")
+
+
+@torch.no_grad()
+def predict(model, batch: dict, kind: str, aggregation: str) -> dict:
+    """Per-example predictions of a QA / MC batch (retrieval has its own score-matrix path)."""
+    scores = model(batch["frames"], batch["input_ids"], batch["attention_mask"])  # [B, M, N, K]
+    b, m, n, k = scores.shape
+    if kind == "qa":
+        pred = clip_aggregate(scores[:, 0], aggregation).argmax(-1)  # [B]
+    elif kind == "mc":
+        pred = clip_aggregate(scores[..., 0].transpose(1, 2), aggregation).argmax(-1)
+    elif kind == "mc_itm":  # rank the options by the retrieval model's log p(match)
+        match = clip_aggregate(scores.reshape(b * m, n, k), aggregation)[:, 1].view(b, m)
+        pred = match.argmax(-1)
+    else:
+        raise ValueError(f"predict() handles qa, mc and mc_itm, not {kind!r}")
+    return {"pred": pred.cpu(), "label": batch["labels"].cpu()}
+
+
+@torch.no_grad()
+def pretrain_eval(model, batch: dict) -> dict:
+    """Masked-token and image-text-matching accuracy counts of one pre-training batch."""
+    out = model.pretrain_forward(
+        batch["frames"], batch["input_ids"], batch["attention_mask"], batch["mlm_labels"], batch["itm_labels"]
+    )
+    mlm_labels = batch["mlm_labels"].reshape(out["mlm_logits"].shape[:-1])
+    masked = mlm_labels != -100
+    mlm_hits = (out["mlm_logits"].argmax(-1) == mlm_labels) & masked
+    return {
+        "itm_pred": out["itm_logits"].argmax(-1).cpu(),
+        "itm_label": batch["itm_labels"].cpu(),
+        "mlm_correct": mlm_hits.sum(-1).cpu(),  # [B]
+        "mlm_total": masked.sum(-1).cpu(),  # [B]
+    }

@@ -1,0 +1,110 @@
+// Device helpers shared by the CUDA kernels: 128-bit vector loads, fp32 conversions and warp/block
+// reductions of sums and of (max, sum-of-exp) pairs for an online logsumexp.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cstdint>
+
+namespace clipbert::cuda {
+
+constexpr int kWarp = 32;
+
+// VEC elements moved as one 128-bit (or narrower) memory transaction.
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Vec {
+  T v[VEC];
+};
+
+template <typename T>
+constexpr int vec_width() {
+  return 16 / static_cast<int>(sizeof(T));
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t neg_inf() {
+  return -INFINITY;
+}
+
+// Online logsumexp state: m = running max, s = sum of exp(v - m).
+template <typename acc_t>
+struct Lse {
+  acc_t m, s;
+  __device__ __forceinline__ void add(acc_t v) {
+    if (v > m) {
+      s = s * exp(m - v) + acc_t(1);  // exp(-inf) = 0 when this is the first finite value
+      m = v;
+    } else if (v > neg_inf<acc_t>()) {
+      s += exp(v - m);
+    }
+  }
+  __device__ __forceinline__ void merge(acc_t m2, acc_t s2) {
+    if (m2 == neg_inf<acc_t>()) return;
+    if (m == neg_inf<acc_t>()) {
+      m = m2, s = s2;
+      return;
+    }
+    const acc_t mn = max(m, m2);
+    s = s * exp(m - mn) + s2 * exp(m2 - mn);
+    m = mn;
+  }
+  __device__ __forceinline__ acc_t value() const { return m + log(s); }  // -inf when empty
+};
+
+template <typename acc_t>
+__device__ __forceinline__ Lse<acc_t> lse_init() {
+  return {neg_inf<acc_t>(), acc_t(0)};
+}
+
+template <typename acc_t, int WIDTH>
+__device__ __forceinline__ Lse<acc_t> warp_reduce_lse(Lse<acc_t> a) {
+#pragma unroll
+  for (int off = WIDTH / 2; off > 0; off /= 2) {
+    const acc_t m2 = __shfl_xor_sync(0xffffffffu, a.m, off);
+    const acc_t s2 = __shfl_xor_sync(0xffffffffu, a.s, off);
+    a.merge(m2, s2);
+  }
+  return a;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_reduce_sum(acc_t v) {
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Reduces over GROUP consecutive threads (a warp, or a whole block when GROUP == blockDim.x). Every thread
+// of the group gets the result. `smem` must hold 2 * (GROUP / 32) values; only used when GROUP > 32.
+template <typename acc_t, int GROUP>
+__device__ __forceinline__ Lse<acc_t> group_reduce_lse(Lse<acc_t> a, acc_t* smem) {
+  a = warp_reduce_lse<acc_t, kWarp>(a);
+  if constexpr (GROUP > kWarp) {
+    const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+    __syncthreads();  // smem may still be read by a previous reduction
+    if (lane == 0) smem[2 * warp] = a.m, smem[2 * warp + 1] = a.s;
+    __syncthreads();
+    a = lse_init<acc_t>();
+    for (int w = 0; w < GROUP / kWarp; ++w) a.merge(smem[2 * w], smem[2 * w + 1]);
+  }
+  return a;
+}
+
+template <typename acc_t, int GROUP>
+__device__ __forceinline__ acc_t group_reduce_sum(acc_t v, acc_t* smem) {
+  v = warp_reduce_sum(v);
+  if constexpr (GROUP > kWarp) {
+    const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+    __syncthreads();
+    if (lane == 0) smem[warp] = v;
+    __syncthreads();
+    v = 0;
+    for (int w = 0; w < GROUP / kWarp; ++w) v += smem[w];
+  }
+  return v;
+}
+
+}  // namespace clipbert::cuda

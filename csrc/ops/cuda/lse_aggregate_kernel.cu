@@ -1,0 +1,359 @@
+// CUDA kernels for lse_aggregate / lse_aggregate_nll and their backwards.
+//
+// Layout: logits [B, N, K] contiguous, one "group" of threads per row b. GROUP = 32 (one warp per row,
+// several rows per block) for short rows, GROUP = 256 (one block per row) for long rows. All math is fp32
+// (fp64 for double inputs) with an online max/sum logsumexp, so every element is read once per kernel.
+// The NLL forward at small B runs as a single block that also reduces the batch (one launch, no atomics,
+// deterministic); at large B each row writes its loss and at::sum/at::mean reduce the [B] vector.
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <type_traits>
+
+#include "ops/checks.h"
+#include "ops/cuda/common.cuh"
+
+namespace clipbert::cuda {
+namespace {
+
+constexpr int kBlock = 256;
+constexpr int64_t kSingleBlockElems = 1 << 16;  // NLL fwd: below this many logits, one block does it all
+
+template <typename scalar_t, int GROUP>
+__global__ void lse_aggregate_fwd_kernel(const scalar_t* __restrict__ x, at::opmath_type<scalar_t>* __restrict__ out,
+                                         at::opmath_type<scalar_t>* __restrict__ lse_all, int64_t B, int64_t N,
+                                         int64_t K) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t smem[2 * kBlock / kWarp];
+  const int rows_per_block = blockDim.x / GROUP, gid = threadIdx.x / GROUP, lane = threadIdx.x % GROUP;
+  for (int64_t row = int64_t(blockIdx.x) * rows_per_block + gid; row < B; row += int64_t(gridDim.x) * rows_per_block) {
+    const scalar_t* xr = x + row * N * K;
+    acc_t* o = out + row * K;
+    Lse<acc_t> total = lse_init<acc_t>();
+    for (int64_t k = lane; k < K; k += GROUP) {
+      Lse<acc_t> col = lse_init<acc_t>();
+      for (int64_t n = 0; n < N; ++n) col.add(static_cast<acc_t>(xr[n * K + k]));  // coalesced across lanes
+      const acc_t v = col.value();
+      o[k] = v;  // lse over n; re-read below by this same thread
+      total.merge(v, acc_t(1));
+    }
+    total = group_reduce_lse<acc_t, GROUP>(total, smem);
+    const acc_t la = total.value();
+    for (int64_t k = lane; k < K; k += GROUP) o[k] -= la;
+    if (lane == 0) lse_all[row] = la;
+  }
+}
+
+// grad[b,n,j] = g[b,j] exp(x - lse_all - out[j]) - (sum_k g[b,k]) exp(x - lse_all)
+template <typename scalar_t, int GROUP>
+__global__ void lse_aggregate_bwd_kernel(const at::opmath_type<scalar_t>* __restrict__ g,
+                                         const scalar_t* __restrict__ x,
+                                         const at::opmath_type<scalar_t>* __restrict__ out,
+                                         const at::opmath_type<scalar_t>* __restrict__ lse_all,
+                                         scalar_t* __restrict__ gx, int64_t B, int64_t N, int64_t K) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t smem[kBlock / kWarp];
+  const int rows_per_block = blockDim.x / GROUP, gid = threadIdx.x / GROUP, lane = threadIdx.x % GROUP;
+  for (int64_t row = int64_t(blockIdx.x) * rows_per_block + gid; row < B; row += int64_t(gridDim.x) * rows_per_block) {
+    const acc_t* gr = g + row * K;
+    const acc_t* o = out + row * K;
+    acc_t g_sum = 0;
+    for (int64_t k = lane; k < K; k += GROUP) g_sum += gr[k];
+    g_sum = group_reduce_sum<acc_t, GROUP>(g_sum, smem);
+    const acc_t la = lse_all[row];
+    const scalar_t* xr = x + row * N * K;
+    scalar_t* gxr = gx + row * N * K;
+    for (int64_t i = lane; i < N * K; i += GROUP) {
+      const int64_t k = i % K;
+      const acc_t t = static_cast<acc_t>(xr[i]) - la;
+      gxr[i] = static_cast<scalar_t>(gr[k] * exp(t - o[k]) - g_sum * exp(t));
+    }
+  }
+}
+
+// Per row: stats = (lse over the whole row, lse over n of the target column); loss = difference.
+// reduce_in_block (grid of one block): the block also sums the row losses and writes loss[0] * scale.
+template <typename scalar_t, int GROUP, int VEC>
+__global__ void nll_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
+                               at::opmath_type<scalar_t>* __restrict__ loss,
+                               at::opmath_type<scalar_t>* __restrict__ stats, int64_t B, int64_t N, int64_t K,
+                               bool reduce_in_block, at::opmath_type<scalar_t> scale) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t smem[2 * 1024 / kWarp];
+  __shared__ acc_t loss_smem[1024 / kWarp];
+  const int rows_per_block = blockDim.x / GROUP, gid = threadIdx.x / GROUP, lane = threadIdx.x % GROUP;
+  const int64_t row_elems = N * K;
+  acc_t loss_sum = 0;
+  for (int64_t row = int64_t(blockIdx.x) * rows_per_block + gid; row < B; row += int64_t(gridDim.x) * rows_per_block) {
+    const scalar_t* xr = x + row * row_elems;
+    Lse<acc_t> all = lse_init<acc_t>();
+    for (int64_t i = lane; i < row_elems / VEC; i += GROUP) {
+      const Vec<scalar_t, VEC> v = reinterpret_cast<const Vec<scalar_t, VEC>*>(xr)[i];  // 128-bit load
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) all.add(static_cast<acc_t>(v.v[j]));
+    }
+    const int64_t t = target[row];
+    CUDA_KERNEL_ASSERT(t >= 0 && t < K && "lse_aggregate_nll: target out of [0, K)");
+    Lse<acc_t> tl = lse_init<acc_t>();
+    for (int64_t n = lane; n < N; n += GROUP) tl.add(static_cast<acc_t>(xr[n * K + t]));
+    all = group_reduce_lse<acc_t, GROUP>(all, smem);
+    tl = group_reduce_lse<acc_t, GROUP>(tl, smem);
+    if (lane == 0) {
+      const acc_t la = all.value(), lt = tl.value();
+      stats[2 * row] = la;
+      stats[2 * row + 1] = lt;
+      if (reduce_in_block)
+        loss_sum += la - lt;
+      else
+        loss[row] = la - lt;
+    }
+  }
+  if (reduce_in_block) {
+    if (lane == 0) loss_smem[gid] = loss_sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      acc_t s = 0;
+      for (int w = 0; w < rows_per_block; ++w) s += loss_smem[w];  // fixed order: deterministic
+      loss[0] = s * scale;
+    }
+  }
+}
+
+// grad[b,n,j] = w_b (exp(x - lse_all) - [j == t_b] exp(x - lse_t)); grid.y walks rows, grid.x the row.
+template <typename scalar_t, int VEC>
+__global__ void nll_bwd_kernel(const at::opmath_type<scalar_t>* __restrict__ g, const scalar_t* __restrict__ x,
+                               const int64_t* __restrict__ target, const at::opmath_type<scalar_t>* __restrict__ stats,
+                               scalar_t* __restrict__ gx, int64_t B, int row_elems, int K, bool per_row_grad,
+                               at::opmath_type<scalar_t> scale) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<scalar_t, VEC>;
+  for (int64_t row = blockIdx.y; row < B; row += gridDim.y) {
+    const acc_t w = (per_row_grad ? g[row] : g[0]) * scale;
+    const acc_t la = stats[2 * row], lt = stats[2 * row + 1];
+    const int t = static_cast<int>(target[row]);
+    const V* xr = reinterpret_cast<const V*>(x + row * row_elems);
+    V* gr = reinterpret_cast<V*>(gx + row * row_elems);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < row_elems / VEC; i += gridDim.x * blockDim.x) {
+      const V v = xr[i];
+      V r;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const acc_t xv = static_cast<acc_t>(v.v[j]);
+        acc_t p = exp(xv - la);
+        if ((i * VEC + j) % K == t) p -= exp(xv - lt);
+        r.v[j] = static_cast<scalar_t>(w * p);
+      }
+      gr[i] = r;
+    }
+  }
+}
+
+void check_logits(const at::Tensor& logits, const char* op) {
+  TORCH_CHECK(logits.is_cuda(), op, ": logits must be a CUDA tensor here, got ", logits.device());
+  TORCH_CHECK(is_kernel_float(logits), op, ": logits must be float32/float16/bfloat16/float64, got ",
+              logits.scalar_type());
+  TORCH_CHECK(logits.dim() == 3, op, ": logits must be [B, N, K], got ", shape_str(logits));
+  TORCH_CHECK(logits.size(1) > 0 && logits.size(2) > 0, op,
+              ": logits must be [B, N, K] with N > 0 clips and K > 0 classes, got ", shape_str(logits));
+  TORCH_CHECK(logits.size(1) * logits.size(2) < (int64_t(1) << 31), op, ": N * K must be < 2^31, got ",
+              shape_str(logits));
+}
+
+void check_aux(const at::Tensor& t, const at::Tensor& logits, at::ScalarType dtype, const char* op, const char* name,
+               at::IntArrayRef shape) {
+  TORCH_CHECK(t.device() == logits.device(), op, ": ", name, " must be on ", logits.device(), ", got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", shape_str(t));
+}
+
+void check_target(const at::Tensor& target, const at::Tensor& logits, const char* op) {
+  const int64_t B = logits.size(0);
+  TORCH_CHECK(target.device() == logits.device(), op, ": target must be on ", logits.device(), ", got ",
+              target.device());
+  TORCH_CHECK(target.scalar_type() == at::kLong, op, ": target must be int64, got ", target.scalar_type());
+  TORCH_CHECK(target.dim() == 1 && target.size(0) == B, op, ": target must be [B] = [", B, "], got ",
+              shape_str(target));
+}
+
+void check_reduction(int64_t reduction, const char* op) {
+  TORCH_CHECK(reduction >= 0 && reduction <= 2, op, ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
+              reduction);
+}
+
+int group_for(int64_t row_len) { return row_len <= 64 ? kWarp : kBlock; }
+
+int64_t grid_for(int64_t rows, int rows_per_block) {
+  return std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block, int64_t(1) << 30);
+}
+
+std::tuple<at::Tensor, at::Tensor> lse_aggregate_cuda(const at::Tensor& logits_in) {
+  check_logits(logits_in, "lse_aggregate");
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous();
+  const int64_t B = logits.size(0), N = logits.size(1), K = logits.size(2);
+  const auto acc = at::toOpMathType(logits.scalar_type());
+  auto out = at::empty({B, K}, logits.options().dtype(acc));
+  auto lse_all = at::empty({B}, logits.options().dtype(acc));
+  if (logits.numel() == 0) return {out, lse_all};
+  const int group = group_for(K);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_aggregate_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const dim3 grid(grid_for(B, kBlock / group));
+    auto args = std::make_tuple(logits.const_data_ptr<scalar_t>(), out.data_ptr<acc_t>(), lse_all.data_ptr<acc_t>());
+    if (group == kWarp)
+      lse_aggregate_fwd_kernel<scalar_t, kWarp><<<grid, kBlock, 0, stream>>>(
+          std::get<0>(args), std::get<1>(args), std::get<2>(args), B, N, K);
+    else
+      lse_aggregate_fwd_kernel<scalar_t, kBlock><<<grid, kBlock, 0, stream>>>(
+          std::get<0>(args), std::get<1>(args), std::get<2>(args), B, N, K);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, lse_all};
+}
+
+at::Tensor lse_aggregate_backward_cuda(const at::Tensor& grad_in, const at::Tensor& logits_in,
+                                       const at::Tensor& out_in, const at::Tensor& lse_all_in) {
+  const char* op = "_lse_aggregate_backward";
+  check_logits(logits_in, op);
+  const int64_t B = logits_in.size(0), N = logits_in.size(1), K = logits_in.size(2);
+  const auto acc = at::toOpMathType(logits_in.scalar_type());
+  check_aux(grad_in, logits_in, acc, op, "grad_out", {B, K});
+  check_aux(out_in, logits_in, acc, op, "out", {B, K});
+  check_aux(lse_all_in, logits_in, acc, op, "lse_all", {B});
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous(), grad = grad_in.contiguous(), out = out_in.contiguous(),
+                   lse_all = lse_all_in.contiguous();
+  auto grad_x = at::empty_like(logits, at::MemoryFormat::Contiguous);
+  if (logits.numel() == 0) return grad_x;
+  const int group = group_for(N * K);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_aggregate_bwd_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const dim3 grid(grid_for(B, kBlock / group));
+    const acc_t* g = grad.const_data_ptr<acc_t>();
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    const acc_t* o = out.const_data_ptr<acc_t>();
+    const acc_t* l = lse_all.const_data_ptr<acc_t>();
+    scalar_t* gx = grad_x.data_ptr<scalar_t>();
+    if (group == kWarp)
+      lse_aggregate_bwd_kernel<scalar_t, kWarp><<<grid, kBlock, 0, stream>>>(g, x, o, l, gx, B, N, K);
+    else
+      lse_aggregate_bwd_kernel<scalar_t, kBlock><<<grid, kBlock, 0, stream>>>(g, x, o, l, gx, B, N, K);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_x;
+}
+
+std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_cuda(const at::Tensor& logits_in, const at::Tensor& target_in,
+                                                          int64_t reduction) {
+  const char* op = "lse_aggregate_nll";
+  check_logits(logits_in, op);
+  check_target(target_in, logits_in, op);
+  check_reduction(reduction, op);
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
+  const int64_t B = logits.size(0), N = logits.size(1), K = logits.size(2), row_elems = N * K;
+  auto stats = at::empty({B, 2}, logits.options().dtype(at::toOpMathType(logits.scalar_type())));
+  const auto acc_opts = stats.options();
+  if (B == 0) {
+    if (reduction == 0) return {at::empty({0}, acc_opts), stats};
+    return {at::full({}, reduction == 1 ? NAN : 0.f, acc_opts), stats};
+  }
+  // One block for the whole batch when small: the launch then also produces the reduced loss.
+  const bool single = reduction != 0 && B * row_elems <= kSingleBlockElems;
+  const int group = single ? kWarp : group_for(row_elems);
+  const int threads = single ? 1024 : kBlock;
+  const dim3 grid(single ? 1 : grid_for(B, threads / group));
+  auto loss = single ? at::empty({}, acc_opts) : at::empty({B}, acc_opts);
+  const double scale = reduction == 1 ? 1.0 / static_cast<double>(B) : 1.0;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_aggregate_nll_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int VEC = vec_width<scalar_t>();
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    const int64_t* t = target.const_data_ptr<int64_t>();
+    acc_t* l = loss.data_ptr<acc_t>();
+    acc_t* st = stats.data_ptr<acc_t>();
+    const bool vec = row_elems % VEC == 0 && aligned16(x);
+    auto launch = [&](auto group_c, auto vec_c) {
+      nll_fwd_kernel<scalar_t, decltype(group_c)::value, decltype(vec_c)::value>
+          <<<grid, threads, 0, stream>>>(x, t, l, st, B, N, K, single, static_cast<acc_t>(scale));
+    };
+    using Warp = std::integral_constant<int, kWarp>;
+    using Block = std::integral_constant<int, kBlock>;
+    using Wide = std::integral_constant<int, VEC>;
+    using Narrow = std::integral_constant<int, 1>;
+    if (group == kWarp && vec)
+      launch(Warp{}, Wide{});
+    else if (group == kWarp)
+      launch(Warp{}, Narrow{});
+    else if (vec)
+      launch(Block{}, Wide{});
+    else
+      launch(Block{}, Narrow{});
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  if (single || reduction == 0) return {loss, stats};
+  return {reduction == 1 ? loss.mean() : loss.sum(), stats};
+}
+
+at::Tensor lse_aggregate_nll_backward_cuda(const at::Tensor& grad_in, const at::Tensor& logits_in,
+                                           const at::Tensor& target_in, const at::Tensor& stats_in,
+                                           int64_t reduction) {
+  const char* op = "_lse_aggregate_nll_backward";
+  check_logits(logits_in, op);
+  check_target(target_in, logits_in, op);
+  check_reduction(reduction, op);
+  const int64_t B = logits_in.size(0), N = logits_in.size(1), K = logits_in.size(2);
+  const auto acc = at::toOpMathType(logits_in.scalar_type());
+  if (reduction == 0)
+    check_aux(grad_in, logits_in, acc, op, "grad_loss", {B});
+  else
+    check_aux(grad_in, logits_in, acc, op, "grad_loss", {});
+  check_aux(stats_in, logits_in, acc, op, "stats", {B, 2});
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous(), target = target_in.contiguous(), grad = grad_in.contiguous(),
+                   stats = stats_in.contiguous();
+  auto grad_x = at::empty_like(logits, at::MemoryFormat::Contiguous);
+  if (logits.numel() == 0) return grad_x;
+  const int row_elems = static_cast<int>(N * K);
+  const double scale = reduction == 1 ? 1.0 / static_cast<double>(B) : 1.0;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_aggregate_nll_bwd_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int VEC = vec_width<scalar_t>();
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    scalar_t* gx = grad_x.data_ptr<scalar_t>();
+    const bool vec = row_elems % VEC == 0 && aligned16(x) && aligned16(gx);
+    const int64_t n_vec = vec ? row_elems / VEC : row_elems;
+    const int threads = static_cast<int>(std::min<int64_t>(kBlock, (n_vec + kWarp - 1) / kWarp * kWarp));
+    const dim3 grid(static_cast<unsigned>((n_vec + threads - 1) / threads), static_cast<unsigned>(std::min<int64_t>(B, 65535)));
+    auto args = std::make_tuple(grad.const_data_ptr<acc_t>(), x, target.const_data_ptr<int64_t>(),
+                                stats.const_data_ptr<acc_t>(), gx);
+    if (vec)
+      nll_bwd_kernel<scalar_t, VEC><<<grid, threads, 0, stream>>>(std::get<0>(args), std::get<1>(args),
+                                                                  std::get<2>(args), std::get<3>(args),
+                                                                  std::get<4>(args), B, row_elems, static_cast<int>(K),
+                                                                  reduction == 0, static_cast<acc_t>(scale));
+    else
+      nll_bwd_kernel<scalar_t, 1><<<grid, threads, 0, stream>>>(std::get<0>(args), std::get<1>(args),
+                                                                std::get<2>(args), std::get<3>(args),
+                                                                std::get<4>(args), B, row_elems, static_cast<int>(K),
+                                                                reduction == 0, static_cast<acc_t>(scale));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_x;
+}
+
+}  // namespace
+}  // namespace clipbert::cuda
+
+TORCH_LIBRARY_IMPL(clipbert, CUDA, m) {
+  m.impl("lse_aggregate", &clipbert::cuda::lse_aggregate_cuda);
+  m.impl("_lse_aggregate_backward", &clipbert::cuda::lse_aggregate_backward_cuda);
+  m.impl("lse_aggregate_nll", &clipbert::cuda::lse_aggregate_nll_cuda);
+  m.impl("_lse_aggregate_nll_backward", &clipbert::cuda::lse_aggregate_nll_backward_cuda);
+}

@@ -1,0 +1,59 @@
+"""Shared DALI plumbing: build a feed_input pipeline, run several in parallel, copy outputs to PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def build_pipeline(graph, max_batch_size, num_threads, device, device_id, prefetch_queue_depth=1):
+    from nvidia.dali import Pipeline
+
+    pipe = Pipeline(
+        batch_size=max_batch_size,
+        num_threads=num_threads,
+        device_id=device_id if device == "gpu" else None,  # None: a CPU-only pipeline
+        prefetch_queue_depth=prefetch_queue_depth,
+        exec_pipelined=False,  # fed per batch with feed_input: nothing to run ahead
+        exec_async=False,
+    )
+    with pipe:
+        output = graph()
+        pipe.set_outputs(output.gpu() if device == "gpu" else output)
+    pipe.build()
+    return pipe
+
+
+def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+    """A uniform DALI TensorList -> a torch tensor (copy through nvidia.dali.plugin.pytorch.feed_ndarray)."""
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+    dense = tensor_list.as_tensor()
+    out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=device)
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    feed_ndarray(dense, out, cuda_stream=stream)
+    return out
+
+
+def run_pipelines(pipes, inputs: dict[str, list], device: torch.device) -> torch.Tensor:
+    """Split a batch over the pipelines (contiguous chunks), run them concurrently, concatenate."""
+    batch = len(next(iter(inputs.values())))
+    chunk = -(-batch // len(pipes))
+    started = []
+    for p, pipe in enumerate(pipes):
+        lo, hi = p * chunk, min(batch, (p + 1) * chunk)
+        if lo >= hi:
+            break
+        for name, values in inputs.items():
+            pipe.feed_input(name, values[lo:hi])
+        pipe.schedule_run()  # returns at once; the pipelines decode in parallel
+        started.append(pipe)
+    outs = []
+    for pipe in started:
+        (tensor_list,) = pipe.outputs()
+        outs.append(to_torch(tensor_list, device))
+    return torch.cat(outs)
+
+
+def read_bytes(path: str) -> np.ndarray:
+    return np.fromfile(path, dtype=np.uint8)

@@ -1,0 +1,169 @@
+"""DALI-backed loader: the torch DataLoader's workers sample indices and tokenize; DALI decodes the frames.
+
+A file DALI cannot decode (bad file, or H.264 on the CPU decoder) kills the pipeline run, so the pipelines
+are rebuilt, the offending sample is found by decoding the batch's samples one by one, and from then on that
+file is decoded with PyAV. A file PyAV cannot decode either is dropped from the batch; both are reported in
+`bad_videos` so that the trainer's BadInputTracker counts them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from clipbert.data.decoders import VideoDecodeError
+from clipbert.data.decoders.pyav import PyAVDecoder
+from clipbert.data.preprocess import preprocess_frames
+
+from .common import read_bytes
+from .frame_store import DaliJpegDecoder
+from .video import DaliVideoDecoder
+
+CPU_UNSUPPORTED = ("h264", "hevc", "av1", "mpeg4")  # DALI's CPU video decoder reads VP8, VP9, MJPEG only
+
+
+class DaliLoader:
+    def __init__(self, loader, dataset, cfg, device: str = "cuda"):
+        self.loader, self.sampler, self.cfg = loader, loader.sampler, cfg
+        self.norm = dataset.norm
+        torch_device = torch.device(device)
+        self.dali_device = "gpu" if torch_device.type == "cuda" else "cpu"
+        self.device = torch_device
+        self.decoder = DaliVideoDecoder(
+            cfg.image_size,
+            self.norm,
+            loader.batch_size,
+            self.dali_device,
+            cfg.dali_pipelines,
+            cfg.dali_threads,
+            cfg.dali_order,
+            torch_device.index or 0,
+        )
+        self.pyav = PyAVDecoder()
+        self.use_pyav: set[str] = set()  # files DALI failed on
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self.add_frames(batch)
+
+    def add_frames(self, batch: dict) -> dict:
+        paths, indices = batch.pop("video_paths"), batch.pop("frame_indices").numpy()
+        hw, codecs = batch.pop("video_hw"), batch.pop("video_codecs")
+        b, n, t = indices.shape
+        size = self.cfg.image_size
+        frames = torch.zeros(b, n, t, 3, size, size, device=self.device)
+        for i, codec in enumerate(codecs):
+            if self.dali_device == "cpu" and codec in CPU_UNSUPPORTED and paths[i] not in self.use_pyav:
+                self.use_pyav.add(paths[i])
+                batch["bad_videos"].append(f"{paths[i]}: codec {codec} unreadable by DALI on CPU; used PyAV")
+        rows = [i for i in range(b) if paths[i] not in self.use_pyav]
+        self._dali_rows(rows, paths, indices, hw, frames, batch["bad_videos"])
+        dropped = []
+        for i in range(b):
+            if paths[i] in self.use_pyav:
+                try:
+                    raw = self.pyav.decode(paths[i], indices[i])  # uint8 [N, T, H, W, 3]
+                except VideoDecodeError as err:
+                    batch["bad_videos"].append(f"{err.key}: {err.reason}; sample dropped")
+                    dropped.append(i)
+                    continue
+                flat = preprocess_frames(raw.reshape(n * t, *raw.shape[2:]), size, self.norm)
+                frames[i] = flat.view(n, t, 3, size, size).to(self.device)
+        batch["frames"] = frames
+        return drop_rows(batch, dropped) if dropped else batch
+
+    def _dali_rows(self, rows, paths, indices, hw, frames, bad) -> None:
+        if not rows:
+            return
+        try:
+            frames[rows] = self._decode(rows, paths, indices, hw)
+            return
+        except RuntimeError:
+            self.decoder.rebuild()
+        for i in rows:  # find the offender(s) one sample at a time
+            try:
+                frames[i] = self._decode([i], paths, indices, hw)[0]
+            except RuntimeError as err:
+                self.decoder.rebuild()
+                self.use_pyav.add(paths[i])
+                reason = str(err).strip().splitlines()[-1][:200]
+                bad.append(f"{paths[i]}: DALI could not decode ({reason}); trying PyAV")
+
+    def _decode(self, rows, paths, indices, hw) -> torch.Tensor:
+        encoded = [read_bytes(paths[i]) for i in rows]
+        return self.decoder.decode(encoded, indices[rows], [hw[i] for i in rows]).to(self.device)
+
+
+class DaliFrameStoreLoader:
+    """Workers read the frame store's JPEG bytes; DALI decodes them in batches (nvJPEG on the GPU).
+
+    A corrupt entry is found by decoding the batch's videos one by one and dropped from the batch.
+    """
+
+    def __init__(self, loader, dataset, cfg, device: str = "cuda"):
+        self.loader, self.sampler, self.cfg = loader, loader.sampler, cfg
+        torch_device = torch.device(device)
+        self.device = torch_device
+        frames = loader.batch_size * max(cfg.num_clips, cfg.num_test_clips) * cfg.frames_per_clip
+        dali_device = "gpu" if torch_device.type == "cuda" else "cpu"
+        self.decoder = DaliJpegDecoder(
+            cfg.image_size,
+            dataset.norm,
+            frames,
+            dali_device,
+            cfg.dali_pipelines,
+            cfg.dali_threads,
+            torch_device.index or 0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self.add_frames(batch)
+
+    def add_frames(self, batch: dict) -> dict:
+        jpegs, hw = batch.pop("jpegs"), batch.pop("video_hw")
+        shape = tuple(batch.pop("frame_indices").shape)
+        try:
+            batch["frames"] = self.decoder.decode(jpegs, shape, hw)
+            return batch
+        except RuntimeError:
+            self.decoder.rebuild()
+        frames, dropped = [], []
+        for i in range(shape[0]):
+            try:
+                frames.append(self.decoder.decode([jpegs[i]], (1, *shape[1:]), [hw[i]]))
+            except RuntimeError:
+                self.decoder.rebuild()
+                batch["bad_videos"].append(
+                    f"{batch['video_ids'][i]}: corrupt frame store entry; sample dropped"
+                )
+                dropped.append(i)
+        kept = drop_rows(batch, dropped)
+        kept["frames"] = (
+            torch.cat(frames)
+            if frames
+            else torch.zeros(0, *shape[1:], 3, self.cfg.image_size, self.cfg.image_size)
+        )
+        return kept
+
+
+def drop_rows(batch: dict, dropped: list[int]) -> dict:
+    """The batch without the given rows (tensors and per-sample lists alike)."""
+    b = len(batch["index"])
+    keep = [i for i in range(b) if i not in set(dropped)]
+    out = {}
+    for key, value in batch.items():
+        if key == "bad_videos":
+            out[key] = value
+        elif isinstance(value, torch.Tensor) and value.shape[:1] == (b,):
+            out[key] = value[torch.tensor(keep, dtype=torch.long, device=value.device)]
+        elif isinstance(value, list) and len(value) == b:
+            out[key] = [value[i] for i in keep]
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,127 @@
+"""DALI video decoding: encoded bytes + the sampler's frame indices in, normalized [B, N, T, 3, L, L] out.
+
+The pipeline reads each sample's encoded file and frame indices through `fn.external_source`, decodes the
+frames with `fn.decoders.video(frames=...)` (device "mixed" = NVDEC on the GPU; "cpu" reads VP8/VP9/MJPEG
+only, not H.264), resizes the longer side to L, normalizes and zero-pads right/bottom to L x L with
+`fn.crop_mirror_normalize`, and hands the batch to PyTorch with `nvidia.dali.plugin.pytorch.feed_ndarray`.
+
+Throughput options (measured on the GPU by benchmarks/bench_data.py):
+- `num_pipelines`: parallel pipelines, each with its own decoder instance, fed disjoint parts of a batch.
+- `order="frames"`: a sample's frames are decoded in ascending order (the decoder never seeks backwards),
+  then put back in the sampler's order.
+- low-resolution decoding: see `clipbert.data.transcode` (short-GOP, downscaled copies of the videos).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clipbert.data.preprocess import Normalization, resized_hw
+
+from .common import build_pipeline, run_pipelines
+
+
+def video_pipeline(
+    max_batch_size: int,
+    size: int,
+    norm: Normalization,
+    device: str = "gpu",
+    num_threads: int = 4,
+    device_id: int = 0,
+    prefetch_queue_depth: int = 1,
+):
+    """A DALI pipeline fed by `feed_input` with names "encoded", "frames", "resize_x", "resize_y"."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    def graph():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+        resize_x = fn.external_source(name="resize_x", dtype=types.FLOAT, ndim=0)
+        resize_y = fn.external_source(name="resize_y", dtype=types.FLOAT, ndim=0)
+        decoder_device = "mixed" if device == "gpu" else "cpu"
+        video = fn.decoders.video(encoded, frames=frames, device=decoder_device)  # [F, H, W, 3] uint8 RGB
+        return resize_normalize_pad(fn, types, video, resize_x, resize_y, size, norm, sequence=True)
+
+    return build_pipeline(graph, max_batch_size, num_threads, device, device_id, prefetch_queue_depth)
+
+
+def resize_normalize_pad(fn, types, images, resize_x, resize_y, size, norm, sequence: bool):
+    """uint8 [F, H, W, 3] (sequence) or [H, W, 3] -> float [F, 3, L, L] or [3, L, L], as preprocess.py."""
+    # Resize to the target computed in Python (same rounding as clipbert.data.preprocess), round to uint8.
+    images = fn.resize(
+        images, resize_x=resize_x, resize_y=resize_y, interp_type=types.INTERP_LINEAR, antialias=True
+    )
+    # Channels stay RGB here; for a BGR model the statistics are given in RGB order and the channels are
+    # flipped in PyTorch afterwards, which is the same as flipping first and normalizing in BGR order.
+    mean, std = (norm.mean[::-1], norm.std[::-1]) if norm.channel_order == "BGR" else (norm.mean, norm.std)
+    return fn.crop_mirror_normalize(
+        images,
+        crop_h=size,
+        crop_w=size,
+        crop_pos_x=0.0,
+        crop_pos_y=0.0,
+        out_of_bounds_policy="pad",  # pads right/bottom with 0 in the normalized output
+        fill_values=0.0,
+        mean=list(mean),
+        std=list(std),
+        dtype=types.FLOAT,
+        output_layout="FCHW" if sequence else "CHW",
+    )
+
+
+class DaliVideoDecoder:
+    """Decodes a batch of (file, indices [N, T]) on `num_pipelines` DALI pipelines."""
+
+    def __init__(
+        self,
+        size: int,
+        norm: Normalization,
+        max_batch_size: int,
+        device: str = "gpu",
+        num_pipelines: int = 1,
+        num_threads: int = 4,
+        order: str = "frames",
+        device_id: int = 0,
+    ):
+        if device not in ("gpu", "cpu"):
+            raise ValueError(f"device must be gpu or cpu, got {device!r}")
+        if order not in ("none", "frames"):
+            raise ValueError(f"order must be none or frames, got {order!r}")
+        self.size, self.norm, self.device, self.order = size, norm, device, order
+        self.torch_device = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
+        self._args = (-(-max_batch_size // num_pipelines), size, norm, device, num_threads, device_id)
+        self.num_pipelines = num_pipelines
+        self.pipes = []
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """New pipelines: a DALI pipeline is unusable after it raised (e.g. on an undecodable file)."""
+        self.pipes = [video_pipeline(*self._args) for _ in range(self.num_pipelines)]
+
+    def decode(
+        self, encoded: list[np.ndarray], indices: np.ndarray, hw: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """encoded: B byte arrays; indices int [B, N, T]; hw: source (height, width) of each video.
+
+        Returns float32 [B, N, T, 3, L, L] on the pipeline's device.
+        """
+        b, n, t = indices.shape
+        flat = indices.reshape(b, n * t).astype(np.int32)
+        order = np.argsort(flat, axis=1, kind="stable") if self.order == "frames" else None
+        wanted = np.take_along_axis(flat, order, axis=1) if order is not None else flat
+        targets = [resized_hw(h, w, self.size) for h, w in hw]
+        inputs = {
+            "encoded": encoded,
+            "frames": list(wanted),
+            "resize_x": [np.float32(w) for _, w in targets],
+            "resize_y": [np.float32(h) for h, _ in targets],
+        }
+        out = run_pipelines(self.pipes, inputs, self.torch_device)  # [B, N*T, 3, L, L]
+        if order is not None:  # back to the sampler's order
+            inverse = torch.from_numpy(np.argsort(order, axis=1)).to(out.device)
+            out = torch.stack([out[i, inverse[i]] for i in range(b)])
+        if self.norm.channel_order == "BGR":
+            out = out.flip(2)
+        return out.view(b, n, t, 3, self.size, self.size)

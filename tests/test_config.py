@@ -1,0 +1,122 @@
+"""The training config: shipped configs load, bad keys and values fail naming the full key, --set parsing."""
+
+import json
+
+import pytest
+
+from clipbert.train import config as C
+
+SHIPPED = sorted(p.stem for p in C.CONFIG_DIR.glob("ds_*.json"))
+
+
+def test_every_paper_config_is_shipped():
+    expected = {
+        "ds_msrvtt",
+        "ds_didemo",
+        "ds_anet",
+        "ds_tgif_action",
+        "ds_tgif_transition",
+        "ds_tgif_frameqa",
+        "ds_msrvtt_qa",
+        "ds_msrvtt_mc",
+        "ds_synthetic",
+    }
+    assert expected <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_load(name):
+    cfg = C.load(f"{name}.json")  # a bare name is looked up in configs/
+    assert cfg.model_config().image_size == cfg.data.image_size
+    json.dumps(cfg.to_dict())  # the resolved config is JSON-serializable (written to output_dir/config.json)
+
+
+def test_msrvtt_config_matches_the_paper():
+    cfg = C.load("ds_msrvtt")
+    assert (cfg.data.image_size, cfg.data.num_clips, cfg.data.frames_per_clip) == (448, 8, 2)
+    assert (cfg.data.num_test_clips, cfg.task.aggregation) == (16, "lse")
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size, cfg.train.betas) == (5e-5, 20, 16, [0.9, 0.98])
+    assert C.precision(cfg.deepspeed) == "bf16"
+    assert cfg.model_config().hidden_size == 768
+
+
+@pytest.mark.parametrize(
+    "name, epochs, batch, accum, lr",
+    [
+        ("ds_didemo", 20, 8, 4, 5e-5),
+        ("ds_anet", 80, 16, 2, 5e-5),
+        ("ds_tgif_action", 55, 32, 1, 1e-4),
+        ("ds_tgif_transition", 15, 32, 1, 1e-4),
+        ("ds_tgif_frameqa", 15, 32, 1, 1e-4),
+        ("ds_msrvtt_qa", 10, 16, 1, 5e-5),
+    ],
+)
+def test_paper_tables_10_and_11(name, epochs, batch, accum, lr):
+    t = C.load(name).train
+    assert (t.epochs, t.batch_size, t.grad_accum, t.lr) == (epochs, batch, accum, lr)
+
+
+def test_unknown_key_names_the_full_key_and_the_allowed_ones():
+    with pytest.raises(C.ConfigError, match=r"train\.lr_cnn.*allowed keys.*cnn_lr"):
+        C.load("ds_synthetic", ["train.lr_cnn=1e-4"])
+    with pytest.raises(C.ConfigError, match=r"unknown section 'optim'"):
+        C.from_dict({"optim": {}})
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("task.aggregation=avg", r"task\.aggregation must be one of lse, mean, max"),
+        ("task.name=msrvtt", r"task\.name must be one of .*msrvtt_ret"),
+        ("train.lr=-1", r"train\.lr must be >= 0"),
+        ("train.batch_size=0", r"train\.batch_size must be >= 1"),
+        ("train.batch_size=2.5", r"train\.batch_size must be an int"),
+        ("train.betas=[0.9]", r"train\.betas must be two numbers"),
+        ("train.device=tpu", r"train\.device must be one of auto, cpu, cuda"),
+        ("eval.split=dev", r"eval\.split must be one of train, val, test"),
+        ("deepspeed.zero_optimization.stage=4", r"deepspeed\.zero_optimization\.stage must be one of 0, 1, 2, 3"),
+        ("deepspeed.fp16.enabled=true", r"bf16\.enabled and deepspeed\.fp16\.enabled are both true"),
+        ("deepspeed.train_micro_batch_size_per_gpu=4", r"deepspeed\.train_micro_batch_size_per_gpu is set from"),
+        ("data.backend=opencv", r"backend must be one of pyav, dali, frame_store"),
+        ("data.num_frames=3", r"unknown data config key 'num_frames'"),
+        ("model.head=qa", r"model\.head='qa' disagrees"),
+        ("model.hidden_size=100", r"model: hidden_size 100 must be divisible"),
+    ],
+)
+def test_bad_values_fail_at_start_up(override, pattern):
+    with pytest.raises(C.ConfigError, match=pattern):
+        C.load("ds_msrvtt", [override, "deepspeed.bf16.enabled=true"] if "fp16" in override else [override])
+
+
+def test_set_values_are_json_where_possible():
+    cfg = C.load(
+        "ds_synthetic",
+        ["train.max_steps=7", "train.resume=auto", "train.plot=false", "train.betas=[0.8, 0.9]", "model.freeze_at=1"],
+    )
+    assert cfg.train.max_steps == 7 and cfg.train.resume == "auto" and cfg.train.plot is False
+    assert cfg.train.betas == [0.8, 0.9]
+    assert cfg.model_config().freeze_at == 1
+    assert C.parse_value("1e-4") == 1e-4 and C.parse_value("outputs/x") == "outputs/x"
+
+
+def test_set_needs_a_section_and_a_value():
+    with pytest.raises(C.ConfigError, match="must start with a section"):
+        C.load("ds_synthetic", ["lr=1"])
+    with pytest.raises(C.ConfigError, match="expects section.key=value"):
+        C.load("ds_synthetic", ["train.lr"])
+
+
+def test_missing_config_file():
+    with pytest.raises(FileNotFoundError, match="no_such_config"):
+        C.load("no_such_config.json")
+
+
+def test_eval_only_needs_a_checkpoint():
+    with pytest.raises(C.ConfigError, match=r"eval\.only=true needs eval\.checkpoint"):
+        C.load("ds_synthetic", ["eval.only=true"])
+
+
+def test_the_model_head_follows_the_task():
+    assert C.load("ds_msrvtt_mc").model_config().head == "itm"  # scored by the retrieval model
+    assert C.load("ds_tgif_action").model_config().head == "mc"
+    assert C.load("ds_msrvtt_qa").model_config(num_answers=11).num_classes == 11

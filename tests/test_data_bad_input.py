@@ -1,0 +1,135 @@
+"""Bad input: missing, empty, truncated, undecodable videos and corrupt store entries are replaced, counted
+once, and summarized; a malformed annotation line names its file and line."""
+
+import json
+import logging
+
+import h5py
+import numpy as np
+import pytest
+
+from clipbert.data.annotations import AnnotationError, read_jsonl
+from clipbert.data.bad_input import BadInputTracker
+from clipbert.data.build_frame_store import build_frame_store
+from clipbert.data.config import DataConfig
+from clipbert.data.datasets import build_dataset
+from clipbert.data.loader import build_loader
+from clipbert.data.painted import write_painted_video
+from clipbert.data.preprocess import IMAGENET_RGB
+from clipbert.data.tokenizer import build_tokenizer
+
+GOOD = ["good0", "good1", "good2"]
+BAD = ["missing", "empty", "truncated", "garbage"]
+ORDER = ["good0", "missing", "empty", "good1", "truncated", "garbage", "good2"]  # example order
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    videos, anns = root / "videos", root / "annotations"
+    videos.mkdir()
+    anns.mkdir()
+    for name in GOOD:
+        write_painted_video(videos / name, 30, codec="h264")
+    (videos / "empty.mp4").write_bytes(b"")
+    full = open(write_painted_video(root / "full", 60, codec="mjpeg"), "rb").read()
+    (videos / "truncated.avi").write_bytes(full[: len(full) // 2])  # header promises 60 frames
+    (videos / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    with open(anns / "msrvtt_qa_val.jsonl", "w") as f:
+        for name in ORDER:
+            f.write(json.dumps({"question": f"what is in {name}", "answer": "shape", "video_id": name}) + "\n")
+    (anns / "msrvtt_qa_ans2label.json").write_text(json.dumps({"shape": 0}))
+    return root
+
+
+def make_cfg(root, **overrides):
+    values = dict(ann_dir=str(root / "annotations"), video_dir=str(root / "videos"), image_size=16)
+    values.update(num_test_clips=2, frames_per_clip=2, num_workers=0)
+    values.update(overrides)
+    return DataConfig(**values)
+
+
+def dataset(root, **overrides):
+    return build_dataset("msrvtt_qa", "val", make_cfg(root, **overrides), build_tokenizer(), IMAGENET_RGB)
+
+
+def test_each_bad_video_is_replaced_by_the_next_good_example(data):
+    ds = dataset(data)
+    expected = {1: (3, ["missing", "empty"]), 2: (3, ["empty"]), 4: (6, ["truncated", "garbage"])}
+    for index, (replacement, bad) in expected.items():
+        item = ds[(0, index)]
+        assert item["index"] == replacement and item["video_id"] == ORDER[replacement]
+        assert [entry.split(": ")[0].rsplit("/", 1)[-1].split(".")[0] for entry in item["bad_videos"]] == bad
+    assert ds[(0, 0)]["bad_videos"] == []
+    reasons = " ".join(ds[(0, 1)]["bad_videos"] + ds[(0, 4)]["bad_videos"])
+    for reason in ("missing file", "empty file", "decoding failed", "cannot open container"):
+        assert reason in reasons
+
+
+def test_everything_bad_is_a_clear_error_not_a_loop(data):
+    ds = dataset(data, max_bad_retries=1)
+    with pytest.raises(RuntimeError, match="max_bad_retries=1"):
+        ds[(0, 1)]  # missing, then empty
+
+
+def test_tracker_counts_across_worker_processes_and_warns_once(data, caplog):
+    cfg = make_cfg(data, num_workers=2)
+    ds = build_dataset("msrvtt_qa", "val", cfg, build_tokenizer(), IMAGENET_RGB)
+    loader = build_loader(ds, cfg, 2, False, rank=0, world_size=1)
+    tracker = BadInputTracker()
+    summaries = []
+    with caplog.at_level(logging.WARNING, logger="clipbert.data.bad_input"):
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)
+            for batch in loader:
+                tracker.update(batch)
+            summaries.append(tracker.summary(epoch))
+    # each bad file is reached from itself and from the examples before it: missing 1, empty 2, ...
+    assert summaries[0]["files"] == {
+        str(data / "videos" / "missing.mp4"): 1,
+        str(data / "videos" / "empty.mp4"): 2,
+        str(data / "videos" / "truncated.avi"): 1,
+        str(data / "videos" / "garbage.mp4"): 2,
+    }
+    assert summaries[1]["replacements"] == summaries[0]["replacements"] == 6
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("bad input")]
+    assert len(warnings) == 4  # once per file, not once per replacement or per epoch
+    assert sum("epoch 1: 4 bad file(s), 6 sample(s) replaced" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_corrupt_frame_store_entry_counts_as_bad_video(data, tmp_path):
+    store = tmp_path / "frames.h5"
+    build_frame_store(data / "videos", store, fps=5.0, workers=0, progress=False)
+    with h5py.File(store, "a") as h5:
+        jpeg = h5["videos/good1/jpeg"]
+        for i in range(len(jpeg)):
+            jpeg[i] = np.frombuffer(b"\xff\xd8\xff\xe0broken", dtype=np.uint8)
+    ds = dataset(data, backend="frame_store", frame_store=str(store))
+    item = ds[(0, 3)]  # good1 is corrupt now -> truncated/garbage are absent from the store -> good2
+    assert item["video_id"] == "good2"
+    assert item["bad_videos"][0].startswith("good1: corrupt frame store entry")
+    assert [e.split(":")[0] for e in item["bad_videos"]] == ["good1", "truncated", "garbage"]
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"caption": "a", "clip_name": "v"}', '{"caption": "b", "clip_name": '], r"msrvtt_ret_train\.jsonl:2: malformed"),
+        (['{"caption": "a", "clip_name": "v"}', "", '["list"]'], r"msrvtt_ret_train\.jsonl:3: expected a JSON object"),
+        (['{"caption": "a"}'], r"msrvtt_ret_train\.jsonl:1: missing key\(s\) clip_name"),
+    ],
+)
+def test_malformed_annotation_line_names_file_and_line(tmp_path, lines, message):
+    path = tmp_path / "msrvtt_ret_train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AnnotationError, match=message):
+        read_jsonl(path, ("caption", "clip_name"))
+    cfg = DataConfig(ann_dir=str(tmp_path), video_dir=str(tmp_path))
+    with pytest.raises(AnnotationError, match=message):
+        build_dataset("msrvtt_ret", "train", cfg, build_tokenizer(), IMAGENET_RGB)
+
+
+def test_missing_annotation_file_is_named(tmp_path):
+    cfg = DataConfig(ann_dir=str(tmp_path), video_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="msrvtt_mc_train.jsonl"):
+        build_dataset("msrvtt_mc", "train", cfg, build_tokenizer(), IMAGENET_RGB)

@@ -1,0 +1,210 @@
+"""Every task dataset on the synthetic benchmark, and the DataLoader's sharding, resume and determinism."""
+
+import numpy as np
+import pytest
+import torch
+
+from clipbert.data.config import DataConfig
+from clipbert.data.datasets import RetrievalEvalData, build_dataset
+from clipbert.data.loader import ShardedSampler, build_loader
+from clipbert.data.preprocess import IMAGENET_RGB
+from clipbert.data.tokenizer import build_tokenizer
+
+L = 24  # tiny frames keep the CPU tests fast
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    synthetic = pytest.importorskip("clipbert.data.synthetic", reason="synthetic benchmark (issue 3) not landed")
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(out, 12, 0, size="tiny", workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+def make_cfg(bench, **overrides):
+    values = dict(
+        ann_dir=str(bench / "annotations"),
+        video_dir=str(bench / "videos"),
+        image_size=L,
+        num_clips=2,
+        num_test_clips=3,
+        frames_per_clip=2,
+        num_workers=0,
+        itm_neg_size=2,
+        seed=3,
+    )
+    values.update(overrides)
+    return DataConfig(**values)
+
+
+def first_batch(dataset, cfg, batch_size=2, train=True):
+    loader = build_loader(dataset, cfg, batch_size, train, rank=0, world_size=1)
+    loader.sampler.set_epoch(1)
+    return next(iter(loader))
+
+
+def check_common(batch, b, n, m=None):
+    assert batch["frames"].shape == (b, n, 2, 3, L, L) and batch["frames"].dtype == torch.float32
+    assert batch["index"].shape == (b,) and len(batch["video_ids"]) == b and batch["bad_videos"] == []
+    if m is not None:
+        assert batch["input_ids"].shape[:2] == (b, m) and batch["input_ids"].dtype == torch.int64
+        assert batch["attention_mask"].shape == batch["input_ids"].shape
+        assert (batch["input_ids"][..., 0] == 101).all()  # [CLS] first
+        assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()  # padding is [PAD]
+
+
+@pytest.mark.parametrize("task", ["msrvtt_ret", "didemo_ret", "anet_ret"])
+def test_retrieval_train_has_one_positive_and_negatives(bench, tokenizer, task):
+    cfg = make_cfg(bench)
+    dataset = build_dataset(task, "train", cfg, tokenizer, IMAGENET_RGB)
+    batch = first_batch(dataset, cfg)
+    check_common(batch, 2, 2, m=3)
+    np.testing.assert_array_equal(batch["labels"], [[1, 0, 0], [1, 0, 0]])
+    item = dataset[(1, 4)]
+    video_id, texts = dataset.videos[4]
+    positive = tokenizer.decode(item["input_ids"][0], skip_special_tokens=True)
+    assert positive in [tokenizer.decode(tokenizer(t)["input_ids"], skip_special_tokens=True) for t in texts]
+    negatives = {tokenizer.decode(ids, skip_special_tokens=True) for ids in item["input_ids"][1:]}
+    own = {tokenizer.decode(tokenizer(t)["input_ids"], skip_special_tokens=True) for t in texts}
+    assert not negatives & own or len({v for v, _ in dataset.videos}) < 2
+
+
+@pytest.mark.parametrize("task", ["msrvtt_ret", "didemo_ret"])
+def test_retrieval_eval_gives_videos_and_all_texts(bench, tokenizer, task):
+    cfg = make_cfg(bench)
+    data = build_dataset(task, "test", cfg, tokenizer, IMAGENET_RGB)
+    assert isinstance(data, RetrievalEvalData)
+    assert data.input_ids.shape[0] == data.text_to_video.shape[0] == data.attention_mask.shape[0]
+    assert int(data.text_to_video.max()) == len(data.video_ids) - 1
+    batch = first_batch(data.videos, cfg, train=False)
+    check_common(batch, 2, 3)
+    assert batch["video_ids"] == data.video_ids[:2]
+    if task == "didemo_ret":  # one paragraph per video: the sentences joined
+        assert len(data.video_ids) == data.input_ids.shape[0]
+
+
+@pytest.mark.parametrize("task", ["msrvtt_qa", "tgif_frameqa"])
+def test_qa_labels_come_from_ans2label(bench, tokenizer, task):
+    cfg = make_cfg(bench)
+    dataset = build_dataset(task, "train", cfg, tokenizer, IMAGENET_RGB)
+    batch = first_batch(dataset, cfg, batch_size=3)
+    check_common(batch, 3, 2, m=1)
+    assert batch["labels"].shape == (3,) and len(batch["answer_types"]) == 3
+    for row, index in enumerate(batch["index"].tolist()):
+        answer = dataset.examples[index]["answer"]
+        assert batch["labels"][row] == dataset.ans2label.get(answer, -100)
+    dataset.ans2label = {}  # unknown answers get -100
+    assert dataset[(0, 0)]["labels"] == -100
+
+
+@pytest.mark.parametrize("task", ["tgif_action", "tgif_transition", "msrvtt_mc"])
+def test_multiple_choice_has_five_options(bench, tokenizer, task):
+    cfg = make_cfg(bench)
+    dataset = build_dataset(task, "test", cfg, tokenizer, IMAGENET_RGB)
+    batch = first_batch(dataset, cfg, train=False)
+    check_common(batch, 2, 3, m=5)
+    for row, index in enumerate(batch["index"].tolist()):
+        assert batch["labels"][row] == dataset.examples[index]["answer"]
+
+
+def test_pretrain_masks_tokens_and_swaps_captions(bench, tokenizer):
+    cfg = make_cfg(bench, mlm_prob=0.5)
+    dataset = build_dataset("pretrain", "train", cfg, tokenizer, IMAGENET_RGB)
+    batch = first_batch(dataset, cfg, batch_size=4)
+    assert batch["frames"].shape == (4, 1, 1, 3, L, L)
+    assert batch["mlm_labels"].shape == batch["input_ids"].shape == (4, 1, batch["input_ids"].shape[-1])
+    items = [dataset[(e, i)] for e in range(4) for i in range(len(dataset))]
+    itm = np.array([item["itm_labels"] for item in items])
+    assert 0.25 < itm.mean() < 0.75  # p = 0.5 over 72 draws
+    for item in items:
+        labels, ids = np.array(item["mlm_labels"][0]), np.array(item["input_ids"][0])
+        if item["itm_labels"] == 0:
+            assert (labels == -100).all()
+        assert labels[0] == -100 and labels[-1] == -100  # [CLS] and [SEP] are never masked
+    picked = np.concatenate([np.array(it["mlm_labels"][0]) != -100 for it in items if it["itm_labels"]])
+    assert 0.3 < picked.mean() < 0.7
+    masked = np.concatenate(
+        [np.array(it["input_ids"][0])[np.array(it["mlm_labels"][0]) != -100] for it in items if it["itm_labels"]]
+    )
+    assert (masked == tokenizer.mask_token_id).mean() > 0.6  # 80% [MASK]
+
+
+def test_samples_are_a_pure_function_of_seed_epoch_index(bench, tokenizer):
+    cfg = make_cfg(bench)
+    dataset = build_dataset("msrvtt_ret", "train", cfg, tokenizer, IMAGENET_RGB)
+    again = build_dataset("msrvtt_ret", "train", cfg, tokenizer, IMAGENET_RGB)
+    a, b, c = dataset[(2, 5)], again[(2, 5)], dataset[(3, 5)]
+    assert a["input_ids"] == b["input_ids"] and torch.equal(a["frames"], b["frames"])
+    assert a["input_ids"] != c["input_ids"] or not torch.equal(a["frames"], c["frames"])
+
+
+def test_workers_do_not_change_the_batches(bench, tokenizer):
+    batches = []
+    for workers in (0, 2):
+        cfg = make_cfg(bench, num_workers=workers)
+        dataset = build_dataset("tgif_action", "train", cfg, tokenizer, IMAGENET_RGB)
+        loader = build_loader(dataset, cfg, 3, True, rank=0, world_size=1)
+        loader.sampler.set_epoch(2)
+        batches.append(list(loader))
+    for x, y in zip(*batches, strict=True):
+        assert torch.equal(x["index"], y["index"]) and torch.equal(x["frames"], y["frames"])
+
+
+def test_resume_mid_epoch_reproduces_the_remaining_batches(bench, tokenizer):
+    cfg = make_cfg(bench)
+    dataset = build_dataset("msrvtt_qa", "train", cfg, tokenizer, IMAGENET_RGB)
+    loader = build_loader(dataset, cfg, 4, True, rank=0, world_size=1)
+    loader.sampler.set_epoch(5)
+    full = [b["index"] for b in loader]
+    loader.sampler.set_epoch(5, batches_consumed=3)
+    resumed = list(loader)
+    assert len(resumed) == len(full) - 3
+    for x, y in zip(full[3:], resumed, strict=True):
+        assert torch.equal(x, y["index"])
+    loader.sampler.set_epoch(6)
+    assert len(list(loader)) == len(full)  # the skip applies to one epoch only
+
+
+@pytest.mark.parametrize("size, world", [(10, 3), (7, 2), (2, 4)])
+def test_sampler_shards_train_and_visits_eval_examples_once(size, world):
+    train = [ShardedSampler(size, 2, True, seed=1, rank=r, world_size=world) for r in range(world)]
+    for s in train:
+        s.set_epoch(4)
+    shards = [[i for _, i in s] for s in train]
+    assert len({len(s) for s in shards}) == 1  # equal counts so ranks step together
+    assert set().union(*map(set, shards)) == set(range(size))
+    evals = [[i for _, i in ShardedSampler(size, 2, False, rank=r, world_size=world)] for r in range(world)]
+    assert sorted(sum(evals, [])) == list(range(size))  # exactly once, no padding duplicates
+    again = ShardedSampler(size, 2, True, seed=1, rank=0, world_size=world)
+    again.set_epoch(5)
+    assert [i for _, i in again] != shards[0] or size <= 2
+
+
+def test_frame_store_backend_gives_the_same_batch_layout(bench, tokenizer, tmp_path):
+    from clipbert.data.build_frame_store import build_frame_store
+
+    store = tmp_path / "frames.h5"
+    build_frame_store(bench / "videos", store, fps=4.0, workers=0, progress=False)
+    cfg = make_cfg(bench, backend="frame_store", frame_store=str(store))
+    dataset = build_dataset("msrvtt_qa", "val", cfg, tokenizer, IMAGENET_RGB)
+    batch = first_batch(dataset, cfg, train=False)
+    check_common(batch, 2, 3, m=1)
+
+
+def test_text_budget_truncates(bench, tokenizer):
+    cfg = make_cfg(bench, max_text_len={"anet_ret": 5})
+    data = build_dataset("anet_ret", "val", cfg, tokenizer, IMAGENET_RGB)
+    assert data.input_ids.shape[1] == 5 and (data.input_ids[:, -1] == 102).all()  # ends with [SEP]
+
+
+def test_unknown_task_or_split(bench, tokenizer):
+    cfg = make_cfg(bench)
+    with pytest.raises(ValueError, match="task must be one of"):
+        build_dataset("msvd_qa", "train", cfg, tokenizer, IMAGENET_RGB)
+    with pytest.raises(ValueError, match="split must be one of"):
+        build_dataset("msrvtt_qa", "dev", cfg, tokenizer, IMAGENET_RGB)

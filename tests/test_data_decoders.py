@@ -1,0 +1,148 @@
+"""PyAV decoding returns exactly the requested frames; pre-processing matches a float64 reference."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipbert.data.decoders import VideoDecodeError, build_decoder
+from clipbert.data.painted import paint_index, read_index, write_painted_video
+from clipbert.data.preprocess import (
+    CAFFE_BGR,
+    IMAGENET_RGB,
+    Normalization,
+    normalization_for,
+    preprocess_frames,
+    resized_hw,
+)
+
+
+@pytest.fixture(scope="module")
+def painted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("painted")
+    return {
+        codec: write_painted_video(root / f"v_{codec}", 75, fps=10, codec=codec)
+        for codec in ("h264", "vp9", "mjpeg")
+    }
+
+
+def read_indices(frames: np.ndarray) -> np.ndarray:
+    return np.array([[read_index(f) for f in clip] for clip in frames])
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9", "mjpeg"])
+def test_pyav_returns_exactly_the_requested_frames(painted, codec):
+    decoder = build_decoder("pyav")
+    info = decoder.probe(painted[codec])
+    assert (info.num_frames, info.fps) == (75, 10.0)
+    rng = np.random.default_rng(0)
+    cases = [
+        np.array([[0, 74]]),
+        np.array([[74, 0], [3, 3]]),
+        np.array([[40, 41, 42]]),
+    ]  # edges, backwards, run
+    cases += [rng.integers(0, 75, size=(3, 2)) for _ in range(6)]
+    for indices in cases:
+        frames = decoder.decode(painted[codec], indices)
+        assert frames.shape == (*indices.shape, 48, 64, 3) and frames.dtype == np.uint8
+        np.testing.assert_array_equal(read_indices(frames), indices)
+
+
+def test_pyav_pixels_are_close_to_the_painted_frames(painted):
+    frames = build_decoder("pyav").decode(painted["mjpeg"], np.array([[5, 9]]))
+    for frame, index in zip(frames[0], (5, 9)):
+        assert np.abs(frame.astype(int) - paint_index(index, 48, 64)).mean() < 6  # codec loss only
+
+
+def test_pyav_rejects_out_of_range_indices(painted):
+    with pytest.raises(ValueError, match=r"outside 0\.\.74"):
+        build_decoder("pyav").decode(painted["h264"], np.array([[0, 75]]))
+
+
+def test_pyav_missing_file_is_a_decode_error(tmp_path):
+    with pytest.raises(VideoDecodeError, match="missing file"):
+        build_decoder("pyav").probe(str(tmp_path / "nope.mp4"))
+
+
+def reference_preprocess(frames: np.ndarray, size: int, norm: Normalization) -> np.ndarray:
+    """float64 reference of resize (antialiased bilinear, rounded) -> normalize -> zero-pad."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).double()
+    h, w = resized_hw(frames.shape[1], frames.shape[2], size)
+    x = (
+        F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        .round()
+        .clamp(0, 255)
+    )
+    x = x.numpy()
+    if norm.channel_order == "BGR":
+        x = x[:, ::-1]
+    x = (x - np.array(norm.mean).reshape(1, 3, 1, 1)) / np.array(norm.std).reshape(1, 3, 1, 1)
+    out = np.zeros((len(frames), 3, size, size))
+    out[:, :, :h, :w] = x
+    return out
+
+
+@pytest.mark.parametrize("norm", [IMAGENET_RGB, CAFFE_BGR])
+@pytest.mark.parametrize("shape, size", [((2, 21, 37, 3), 29), ((1, 40, 24, 3), 40), ((3, 17, 17, 3), 23)])
+def test_preprocess_matches_float64_reference(norm, shape, size):
+    frames = np.random.default_rng(1).integers(0, 256, size=shape, dtype=np.uint8)
+    got = preprocess_frames(frames, size, norm)
+    assert got.shape == (shape[0], 3, size, size) and got.dtype == torch.float32
+    want = reference_preprocess(frames, size, norm)
+    grey_levels = np.abs(got.double().numpy() - want) * np.array(norm.std).reshape(1, 3, 1, 1)
+    # torch's uint8 resampling uses fixed-point weights: at most one grey level off the float64 result.
+    assert grey_levels.max() <= 1.0 + 1e-4
+    assert grey_levels.mean() < 0.2
+    h, w = resized_hw(shape[1], shape[2], size)
+    assert (got[:, :, h:, :] == 0).all() and (got[:, :, :, w:] == 0).all()  # zero-padded right and bottom
+
+
+def test_preprocess_without_resize_is_exact():
+    frames = np.random.default_rng(2).integers(0, 256, size=(2, 9, 13, 3), dtype=np.uint8)
+    got = preprocess_frames(frames, 13, CAFFE_BGR).double().numpy()
+    np.testing.assert_allclose(got, reference_preprocess(frames, 13, CAFFE_BGR), rtol=1e-6, atol=1e-5)
+
+
+def test_normalization_for_reads_the_model_config():
+    cfg = types.SimpleNamespace(pixel_mean=(1.0, 2.0, 3.0), pixel_std=(4.0, 5.0, 6.0), channel_order="BGR")
+    assert normalization_for(cfg) == Normalization((1.0, 2.0, 3.0), (4.0, 5.0, 6.0), "BGR")
+    with pytest.raises(ValueError, match="pixel_std"):
+        normalization_for(types.SimpleNamespace(pixel_mean=(1, 2, 3), pixel_std=None, channel_order="RGB"))
+    with pytest.raises(ValueError, match="channel_order"):
+        Normalization((0, 0, 0), (1, 1, 1), "GBR")
+
+
+def test_normalization_for_model_presets():
+    config = pytest.importorskip("clipbert.models.config", reason="model config (issue 4) not landed yet")
+    for style, want in (("torchvision", IMAGENET_RGB), ("msra", CAFFE_BGR)):
+        try:
+            cfg = config.ClipBertConfig.from_preset("tiny", backbone_style=style)
+        except (TypeError, ValueError) as err:
+            pytest.skip(f"ClipBertConfig has no backbone_style={style!r} override: {err}")
+        assert normalization_for(cfg) == want
+
+
+def test_transcoded_copy_keeps_frame_indices_and_downscales(painted, tmp_path):
+    from clipbert.data.transcode import transcode
+
+    copy = transcode(painted["vp9"], tmp_path, max_side=32, gop=4)
+    decoder = build_decoder("pyav")
+    info = decoder.probe(copy)
+    assert (info.num_frames, info.fps, info.codec, info.width, info.height) == (75, 10.0, "h264", 32, 24)
+    indices = np.array([[0, 13], [74, 40]])
+    np.testing.assert_array_equal(read_indices(decoder.decode(copy, indices)), indices)
+
+
+def test_collate_rejects_items_with_different_text_counts():
+    from clipbert.data.collate import Collator
+
+    item = dict(index=0, video_id="v", bad_videos=[], frames=torch.zeros(1, 1, 3, 2, 2))
+    with pytest.raises(ValueError, match=r"different numbers of texts M: \[1, 2\]"):
+        Collator()([dict(item, input_ids=[[101, 102]]), dict(item, input_ids=[[101, 102], [101, 7, 102]])])
+    batch = Collator()(
+        [dict(item, input_ids=[[101, 102]], labels=1), dict(item, input_ids=[[101, 5, 102]], labels=0)]
+    )
+    assert batch["input_ids"].tolist() == [[[101, 102, 0]], [[101, 5, 102]]]
+    assert batch["attention_mask"].tolist() == [[[1, 1, 0]], [[1, 1, 1]]]

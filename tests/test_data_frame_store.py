@@ -1,0 +1,90 @@
+"""The HDF5 frame store: built at a chosen fps, resumable, frames equal the decoded ones within JPEG loss."""
+
+import h5py
+import numpy as np
+import pytest
+
+from clipbert.data import build_frame_store as bfs
+from clipbert.data.decoders import VideoDecodeError, build_decoder
+from clipbert.data.frame_store import stored_source_indices
+from clipbert.data.painted import read_index, write_painted_video
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fs_videos")
+    write_painted_video(root / "a", 60, fps=10, codec="h264")
+    write_painted_video(root / "b", 33, fps=10, codec="vp9")
+    (root / "broken.mp4").write_bytes(b"not a video" * 8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(video_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fs") / "frames.h5"
+    result = bfs.build_frame_store(video_dir, out, fps=5.0, workers=0, progress=False)
+    assert sorted(result["written"]) == ["a", "b"] and result["failed"] == ["broken"]
+    return out
+
+
+def test_stored_source_indices():
+    np.testing.assert_array_equal(stored_source_indices(300, 30.0, 2.0), np.arange(20) * 15)
+    np.testing.assert_array_equal(
+        stored_source_indices(33, 10.0, 5.0), [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32]
+    )
+    np.testing.assert_array_equal(stored_source_indices(3, 10.0, 30.0), [0, 0, 1, 1, 1, 2, 2, 2, 2])
+
+
+def test_store_holds_fps_times_and_counts(store):
+    decoder = build_decoder("frame_store", str(store))
+    info = decoder.probe("a")
+    assert (info.num_frames, info.fps) == (30, 5.0)
+    with h5py.File(store) as h5:
+        group = h5["videos/b"]
+        assert group.attrs["source_fps"] == 10.0 and group.attrs["source_num_frames"] == 33
+        np.testing.assert_allclose(group["times"][:], np.arange(17) / 5.0)
+        np.testing.assert_array_equal(group["source_index"][:], np.arange(17) * 2)
+
+
+@pytest.mark.parametrize("video", ["a", "b"])
+def test_store_frames_match_decoded_frames_within_jpeg_tolerance(store, video_dir, video):
+    store_decoder, video_decoder = build_decoder("frame_store", str(store)), build_decoder("pyav")
+    path = str(next(video_dir.glob(f"{video}.*")))
+    indices = np.array([[0, 3], [7, 16]])
+    stored = store_decoder.decode(video, indices).astype(np.int16)
+    decoded = video_decoder.decode(path, indices * 2).astype(np.int16)  # 5 fps store of a 10 fps video
+    assert stored.shape == decoded.shape
+    diff = np.abs(stored - decoded)
+    assert diff.mean() < 3.0 and np.percentile(diff, 99) < 40, (diff.mean(), diff.max())
+    np.testing.assert_array_equal([[read_index(f) for f in clip] for clip in stored], indices * 2)
+
+
+def test_build_resumes_and_rewrites_an_interrupted_entry(store, video_dir, tmp_path):
+    out = tmp_path / "resume.h5"
+    out.write_bytes(store.read_bytes())
+    with h5py.File(out, "a") as h5:  # as if the build had stopped while writing "b"
+        del h5["videos/b"]
+        h5.create_group("videos/b").create_dataset("jpeg", data=np.zeros(3))
+    result = bfs.build_frame_store(video_dir, out, fps=5.0, workers=0, progress=False)
+    assert result["skipped"] == ["a"] and result["written"] == ["b"]
+    assert build_decoder("frame_store", str(out)).probe("b").num_frames == 17
+    with pytest.raises(ValueError, match="fps=5.0, not 2.0"):
+        bfs.build_frame_store(video_dir, out, fps=2.0, workers=0, progress=False)
+
+
+def test_command_line_builds_a_store(video_dir, tmp_path, capsys):
+    bfs.main(["--videos", str(video_dir), "--fps", "2", "--out", str(tmp_path / "cli.h5"), "--workers", "0"])
+    assert "'written': 2" in capsys.readouterr().out
+    assert build_decoder("frame_store", str(tmp_path / "cli.h5")).probe("a").num_frames == 12
+
+
+def test_corrupt_or_absent_entry_is_a_decode_error(store, tmp_path):
+    out = tmp_path / "corrupt.h5"
+    out.write_bytes(store.read_bytes())
+    with h5py.File(out, "a") as h5:
+        h5["videos/a/jpeg"][4] = np.frombuffer(b"\xff\xd8garbage", dtype=np.uint8)
+    decoder = build_decoder("frame_store", str(out))
+    with pytest.raises(VideoDecodeError, match="corrupt frame store entry"):
+        decoder.decode("a", np.array([[3, 4]]))
+    with pytest.raises(VideoDecodeError, match="not in frame store"):
+        decoder.probe("broken")

@@ -1,0 +1,78 @@
+"""Evaluation metrics against hand-computed cases."""
+
+import pytest
+import torch
+
+from clipbert.train.metrics import accuracy, dedupe_by_index, format_table, retrieval_metrics
+
+
+def test_retrieval_hand_computed():
+    # 4 texts x 3 videos; texts 0,1 -> video 0, text 2 -> video 1, text 3 -> video 2
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.2],  # text 0: video 0 rank 1
+            [0.3, 0.8, 0.5],  # text 1: video 0 rank 3
+            [0.7, 0.6, 0.1],  # text 2: video 1 rank 2
+            [0.2, 0.4, 0.3],  # text 3: video 2 rank 2
+        ]
+    )
+    owner = torch.tensor([0, 0, 1, 2])
+    m = retrieval_metrics(scores, owner)
+    # t2v ranks 1, 3, 2, 2
+    assert m["t2v_r1"] == pytest.approx(25.0)
+    assert m["t2v_r5"] == pytest.approx(100.0)
+    assert m["t2v_medr"] == pytest.approx(2.0)
+    assert m["t2v_meanr"] == pytest.approx(2.0)
+    # v2t: video 0 column [.9,.3,.7,.2]: text 0 ranks 1 -> best 1; video 1 column [.1,.8,.6,.4]: text 2
+    # ranks 2; video 2 column [.2,.5,.1,.3]: text 3 ranks 2
+    assert m["v2t_r1"] == pytest.approx(100.0 / 3)
+    assert m["v2t_medr"] == pytest.approx(2.0)
+    assert m["v2t_meanr"] == pytest.approx(5.0 / 3)
+    assert m["rsum"] == pytest.approx(25 + 100 + 100 + 100 / 3 + 100 + 100)
+
+
+def test_ties_rank_pessimistically():
+    m = retrieval_metrics(torch.zeros(4, 4), torch.arange(4))  # a constant model: every video tied
+    assert m["t2v_r1"] == 0.0 and m["t2v_medr"] == 4.0 and m["v2t_meanr"] == 4.0
+
+
+def test_perfect_diagonal_and_recall_at_10():
+    q = 12
+    scores = torch.eye(q) + 0.01 * torch.randn(q, q)
+    m = retrieval_metrics(scores, torch.arange(q))
+    assert m["t2v_r1"] == 100.0 and m["v2t_r1"] == 100.0 and m["t2v_medr"] == 1.0
+    # reverse: the true video is always the worst -> rank 12
+    m = retrieval_metrics(-torch.eye(q), torch.arange(q))
+    assert m["t2v_r10"] == 0.0 and m["t2v_meanr"] == 12.0
+
+
+def test_retrieval_shape_errors():
+    with pytest.raises(ValueError, match=r"scores must be \[Q, V\]"):
+        retrieval_metrics(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))
+
+
+def test_accuracy_per_answer_type_and_unknown_answers():
+    pred = torch.tensor([1, 2, 3, 0, 5])
+    label = torch.tensor([1, 2, 0, -100, 5])
+    out = accuracy(pred, label, ["what", "what", "who", "who", "how"])
+    assert out["acc"] == pytest.approx(60.0)
+    assert out["acc_what"] == 100.0 and out["acc_who"] == 0.0 and out["acc_how"] == 100.0
+    # -100 never counts as correct, even against a -100 prediction
+    assert accuracy(torch.tensor([-100]), torch.tensor([-100]))["acc"] == 0.0
+
+
+def test_accuracy_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        accuracy(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(ValueError, match="empty"):
+        accuracy(torch.zeros(0), torch.zeros(0))
+
+
+def test_dedupe_keeps_one_record_per_index():
+    records = [{"index": 2, "pred": 1}, {"index": 0, "pred": 3}, {"index": 2, "pred": 1}, {"index": 1, "pred": 0}]
+    assert [r["index"] for r in dedupe_by_index(records)] == [0, 1, 2]
+
+
+def test_format_table():
+    text = format_table({"t2v_r1": 12.345, "num_videos": 50}, "demo")
+    assert "12.35" in text and "num_videos" in text and text.startswith("demo")

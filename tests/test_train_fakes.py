@@ -1,0 +1,138 @@
+"""In-memory stand-ins for the data pipeline (a helper module of the trainer tests; it holds no tests itself).
+
+They keep the trainer tests fast (no video decoding) and let a test inject NaN frames or a SIGTERM at a
+chosen example. Items are pure functions of (epoch, index), like the real datasets.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import SimpleNamespace
+
+import torch
+
+from clipbert.data.config import DataConfig
+from clipbert.data.loader import build_loader
+from clipbert.train import config as C
+
+L = 64  # smallest image side the model accepts: one visual token per clip
+VOCAB = 200  # token ids drawn below this (the tiny preset has the full 30522 vocabulary)
+
+
+def _gen(*key: int) -> torch.Generator:
+    seed = 0
+    for k in key:
+        seed = seed * 1_000_003 + k
+    return torch.Generator().manual_seed(seed)
+
+
+class FakeSet(torch.utils.data.Dataset):
+    """kind: retrieval | qa | mc | mc_itm | video (retrieval eval videos)."""
+
+    tokenizer = None  # build_loader pads with token 0
+
+    def __init__(self, kind, size, n_clips, m_texts=2, num_answers=5, nan_epoch=None, nan_indices=(), sigterm_at=None):
+        self.kind, self.size, self.n, self.m = kind, size, n_clips, m_texts
+        self.num_answers = num_answers
+        self.nan_epoch, self.nan_indices, self.sigterm_at = nan_epoch, set(nan_indices), sigterm_at
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        if self.sigterm_at is not None and (epoch, index) == self.sigterm_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        g = _gen(epoch, index)
+        frames = torch.randn(self.n, 1, 3, L, L, generator=_gen(index)) + 0.1 * index  # [N, T, 3, L, L]
+        if index in self.nan_indices or (self.nan_epoch is not None and epoch >= self.nan_epoch):
+            frames[:] = float("nan")
+        item = {"index": index, "video_id": f"v{index}", "bad_videos": [], "frames": frames}
+        if self.kind == "video":
+            return item
+        m = 1 if self.kind == "qa" else self.m
+        lengths = torch.randint(3, 7, (m,), generator=g).tolist()
+        item["input_ids"] = [[101] + torch.randint(1000, 1000 + VOCAB, (n,), generator=g).tolist() for n in lengths]
+        if self.kind == "retrieval":
+            item["labels"] = [1] + [0] * (m - 1)
+        elif self.kind == "qa":
+            item["labels"] = -100 if index % 4 == 3 else index % self.num_answers
+            item["answer_type"] = ["what", "who"][index % 2]
+        else:
+            item["labels"] = index % m
+        return item
+
+
+class FakeData:
+    """The `TaskData` interface (clipbert/train/data.py) over FakeSet."""
+
+    def __init__(self, cfg, model_cfg, device, *, train_size=8, eval_size=5, **fault):
+        self.cfg, self.train_size, self.eval_size, self.fault = cfg, train_size, eval_size, fault
+
+    def _loader(self, dataset, batch_size, train):
+        return build_loader(dataset, self.cfg.data, batch_size, train)
+
+    def train(self):
+        kind = self.cfg.task.kind
+        ds = FakeSet(kind, self.train_size, self.cfg.data.num_clips, **self.fault)
+        return ds, self._loader(ds, self.cfg.train.batch_size, True)
+
+    def has_split(self, split):
+        return True
+
+    def num_answers(self):
+        return 5
+
+    def eval(self, split):
+        kind, n = self.cfg.task.kind, self.cfg.data.num_test_clips
+        if kind != "retrieval":
+            ds = FakeSet(kind, self.eval_size, n, m_texts=3)
+            return ds, self._loader(ds, self.cfg.eval.batch_size, False)
+        videos = FakeSet("video", self.eval_size, n)
+        owner = torch.arange(self.eval_size).repeat_interleave(2)  # two texts per video
+        g = _gen(7, self.eval_size)
+        ids = torch.randint(1000, 1000 + VOCAB, (len(owner), 5), generator=g)
+        data = SimpleNamespace(
+            videos=videos,
+            video_ids=[f"v{i}" for i in range(self.eval_size)],
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            text_to_video=owner,
+        )
+        return data, self._loader(videos, self.cfg.eval.batch_size, False)
+
+
+def fake_factory(**kwargs):
+    return lambda cfg, model_cfg, device: FakeData(cfg, model_cfg, device, **kwargs)
+
+
+def make_config(output_dir, task="msrvtt_ret", train=None, eval=None, deepspeed=None, data=None):
+    """A tiny CPU config: tiny preset at L=64, 2 clips x 1 frame, fp32, ZeRO-0."""
+    raw = {
+        "task": {"name": task},
+        "model": {"preset": "tiny", "backbone_layers": [1, 1, 1, 1], "num_layers": 1},
+        "data": {"image_size": L, "num_clips": 2, "num_test_clips": 3, "frames_per_clip": 1, "num_workers": 0,
+                 **(data or {})},
+        "train": {
+            "output_dir": str(output_dir),
+            "device": "cpu",
+            "epochs": 2,
+            "batch_size": 2,
+            "grad_accum": 1,
+            "lr": 1e-3,
+            "cnn_lr": 1e-3,
+            "log_every": 1,
+            "progress_bar": False,
+            "tensorboard": False,
+            "plot": False,
+            **(train or {}),
+        },
+        "eval": {"batch_size": 2, "video_batch": 2, "text_batch": 4, **(eval or {})},
+        "deepspeed": {"zero_optimization": {"stage": 0}, **(deepspeed or {})},
+    }
+    return C.from_dict(raw)
+
+
+def data_config(**kw) -> DataConfig:
+    return DataConfig(num_workers=0, **kw)

