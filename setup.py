@@ -32,10 +32,12 @@ def _want_cuda(cuda_home):
 
 
 def _extensions():
-    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension, library_paths
 
     cxx = ["-O3", "-std=c++20"]  # torch >= 2.10 headers need C++20
     include = [os.path.join(ROOT, "csrc")]
+    # rpath to torch's libs, so `import clipbert._C` works even before `import torch`.
+    rpath = [f"-Wl,-rpath,{p}" for p in library_paths()]
     exts = []
     cpu_src = _sources("csrc/ops/*.cpp", "csrc/ops/cpu/*.cpp")
     if cpu_src:
@@ -45,7 +47,7 @@ def _extensions():
                 cpu_src,
                 include_dirs=include,
                 extra_compile_args={"cxx": cxx + ["-fopenmp"]},
-                extra_link_args=["-fopenmp"],
+                extra_link_args=["-fopenmp", *rpath],
             )
         )
     cuda_src = _sources("csrc/ops/cuda/*.cu", "csrc/ops/cuda/*.cpp")
@@ -57,6 +59,7 @@ def _extensions():
                 cuda_src,
                 include_dirs=include,
                 extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--use_fast_math"]},
+                extra_link_args=rpath,
             )
         )
     return exts

@@ -75,6 +75,7 @@ def make_videos(args, root: Path) -> dict[str, Path]:
     frames = int(args.seconds * args.fps)
     repeats = max(1, math.ceil((args.batches + 3) * args.batch_size / args.num_videos))
     sources = sorted(Path(args.videos).iterdir()) if args.videos else []
+    (root / "gop4_src").mkdir()
     for v in range(args.num_videos):
         size = dict(height=args.height, width=args.width, fps=args.fps, gop=args.gop)
         h264 = (
@@ -82,7 +83,7 @@ def make_videos(args, root: Path) -> dict[str, Path]:
             if sources
             else Path(write_painted_video(root / f"src{v}", frames, codec="h264", **size))
         )
-        gop4 = Path(transcode(h264, root, max_side=args.size, gop=4))
+        gop4 = Path(transcode(h264, root / "gop4_src", max_side=args.size, gop=4))
         vp9 = (
             None
             if args.device == "cuda"

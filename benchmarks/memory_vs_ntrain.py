@@ -74,6 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--tag", default=None, help="file name stem (default fig5_<device>[_small])")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared, busy host)")
     args = p.parse_args(argv)
     if args.small:
         args.preset = "tiny"
@@ -219,6 +220,8 @@ def write_outputs(result: dict, args) -> dict[str, str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.tag is None:
         args.tag = f"fig5_{torch.device(args.device).type}{'_small' if args.small else ''}"
     result = run(args)

@@ -14,8 +14,9 @@ def build_pipeline(graph, max_batch_size, num_threads, device, device_id, prefet
         num_threads=num_threads,
         device_id=device_id if device == "gpu" else None,  # None: a CPU-only pipeline
         prefetch_queue_depth=prefetch_queue_depth,
-        exec_pipelined=False,  # fed per batch with feed_input: nothing to run ahead
-        exec_async=False,
+        # Asynchronous execution: schedule_run() returns at once, so several pipelines decode in parallel.
+        exec_pipelined=True,
+        exec_async=True,
     )
     with pipe:
         output = graph()
@@ -35,8 +36,9 @@ def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     return out
 
 
-def run_pipelines(pipes, inputs: dict[str, list], device: torch.device) -> torch.Tensor:
-    """Split a batch over the pipelines (contiguous chunks), run them concurrently, concatenate."""
+def start_pipelines(pipes, inputs: dict[str, list]) -> list:
+    """Split a batch over the pipelines (contiguous chunks), feed and schedule each; returns the started
+    ones. The pipelines then decode concurrently; `collect_outputs` waits and concatenates."""
     batch = len(next(iter(inputs.values())))
     chunk = -(-batch // len(pipes))
     started = []
@@ -48,6 +50,11 @@ def run_pipelines(pipes, inputs: dict[str, list], device: torch.device) -> torch
             pipe.feed_input(name, values[lo:hi])
         pipe.schedule_run()  # returns at once; the pipelines decode in parallel
         started.append(pipe)
+    return started
+
+
+def collect_outputs(started, device: torch.device) -> torch.Tensor:
+    """Wait for the started pipelines and concatenate their outputs in order."""
     outs = []
     for pipe in started:
         (tensor_list,) = pipe.outputs()

@@ -11,7 +11,7 @@ import torch
 
 from clipbert.data.preprocess import Normalization, resized_hw
 
-from .common import build_pipeline, run_pipelines
+from .common import build_pipeline, collect_outputs, start_pipelines
 from .video import resize_normalize_pad
 
 
@@ -48,7 +48,14 @@ class DaliJpegDecoder:
         self.pipes = [jpeg_pipeline(*self._args) for _ in range(self.num_pipelines)]
 
     def decode(self, jpegs: list[list[np.ndarray]], shape: tuple[int, int, int], hw) -> torch.Tensor:
-        """jpegs: B lists of N*T encoded frames; shape: (B, N, T); hw: (height, width) of each video."""
+        """jpegs: B lists of N*T encoded frames; shape: (B, N, T); hw: (height, width) of each video.
+
+        Returns float32 [B, N, T, 3, L, L] on the pipeline's device.
+        """
+        return self.collect(self.submit(jpegs, shape, hw))
+
+    def submit(self, jpegs: list[list[np.ndarray]], shape: tuple[int, int, int], hw) -> dict:
+        """Start decoding (returns at once); `collect` waits for the result."""
         b, n, t = shape
         targets = [resized_hw(h, w, self.size) for h, w in hw for _ in range(n * t)]
         inputs = {
@@ -56,7 +63,11 @@ class DaliJpegDecoder:
             "resize_x": [np.float32(w) for _, w in targets],
             "resize_y": [np.float32(h) for h, _ in targets],
         }
-        out = run_pipelines(self.pipes, inputs, self.torch_device)  # [B*N*T, 3, L, L]
+        return {"started": start_pipelines(self.pipes, inputs), "shape": (b, n, t)}
+
+    def collect(self, job: dict) -> torch.Tensor:
+        b, n, t = job["shape"]
+        out = collect_outputs(job["started"], self.torch_device)  # [B*N*T, 3, L, L]
         if self.norm.channel_order == "BGR":
             out = out.flip(1)
         return out.view(b, n, t, 3, self.size, self.size)

@@ -21,7 +21,33 @@ from .video import DaliVideoDecoder
 CPU_UNSUPPORTED = ("h264", "hevc", "av1", "mpeg4")  # DALI's CPU video decoder reads VP8, VP9, MJPEG only
 
 
-class DaliLoader:
+class _OverlappedLoader:
+    """Iterates the torch DataLoader and keeps one batch decoding in DALI while the caller trains on the
+    previous one: finish(k), submit(k + 1), yield k."""
+
+    loader = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        pending = None
+        for batch in self.loader:
+            done = self.finish(pending) if pending is not None else None
+            pending = self.submit(batch)
+            if done is not None:
+                yield done
+        if pending is not None:
+            yield self.finish(pending)
+
+    def submit(self, batch: dict) -> dict:
+        raise NotImplementedError
+
+    def finish(self, job: dict) -> dict:
+        raise NotImplementedError
+
+
+class DaliLoader(_OverlappedLoader):
     def __init__(self, loader, dataset, cfg, device: str = "cuda"):
         self.loader, self.sampler, self.cfg = loader, loader.sampler, cfg
         self.norm = dataset.norm
@@ -41,25 +67,28 @@ class DaliLoader:
         self.pyav = PyAVDecoder()
         self.use_pyav: set[str] = set()  # files DALI failed on
 
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            yield self.add_frames(batch)
-
-    def add_frames(self, batch: dict) -> dict:
+    def submit(self, batch: dict) -> dict:
         paths, indices = batch.pop("video_paths"), batch.pop("frame_indices").numpy()
         hw, codecs = batch.pop("video_hw"), batch.pop("video_codecs")
-        b, n, t = indices.shape
-        size = self.cfg.image_size
-        frames = torch.zeros(b, n, t, 3, size, size, device=self.device)
         for i, codec in enumerate(codecs):
             if self.dali_device == "cpu" and codec in CPU_UNSUPPORTED and paths[i] not in self.use_pyav:
                 self.use_pyav.add(paths[i])
                 batch["bad_videos"].append(f"{paths[i]}: codec {codec} unreadable by DALI on CPU; used PyAV")
-        rows = [i for i in range(b) if paths[i] not in self.use_pyav]
-        self._dali_rows(rows, paths, indices, hw, frames, batch["bad_videos"])
+        job = {"batch": batch, "paths": paths, "indices": indices, "hw": hw, "dali": None}
+        job["rows"] = [i for i in range(len(paths)) if paths[i] not in self.use_pyav]
+        if job["rows"]:
+            try:
+                job["dali"] = self._submit(job["rows"], job)
+            except RuntimeError:
+                self.decoder.rebuild()  # finish() isolates the offender
+        return job
+
+    def finish(self, job: dict) -> dict:
+        batch, paths, indices = job["batch"], job["paths"], job["indices"]
+        b, n, t = indices.shape
+        size = self.cfg.image_size
+        frames = torch.zeros(b, n, t, 3, size, size, device=self.device)
+        self._collect_rows(job, frames, batch["bad_videos"])
         dropped = []
         for i in range(b):
             if paths[i] in self.use_pyav:
@@ -74,29 +103,31 @@ class DaliLoader:
         batch["frames"] = frames
         return drop_rows(batch, dropped) if dropped else batch
 
-    def _dali_rows(self, rows, paths, indices, hw, frames, bad) -> None:
+    def _collect_rows(self, job, frames, bad) -> None:
+        rows = job["rows"]
         if not rows:
             return
-        try:
-            frames[rows] = self._decode(rows, paths, indices, hw)
-            return
-        except RuntimeError:
-            self.decoder.rebuild()
+        if job["dali"] is not None:
+            try:
+                frames[rows] = self.decoder.collect(job["dali"]).to(self.device)
+                return
+            except RuntimeError:
+                self.decoder.rebuild()
         for i in rows:  # find the offender(s) one sample at a time
             try:
-                frames[i] = self._decode([i], paths, indices, hw)[0]
+                frames[i] = self.decoder.collect(self._submit([i], job))[0].to(self.device)
             except RuntimeError as err:
                 self.decoder.rebuild()
-                self.use_pyav.add(paths[i])
+                self.use_pyav.add(job["paths"][i])
                 reason = str(err).strip().splitlines()[-1][:200]
-                bad.append(f"{paths[i]}: DALI could not decode ({reason}); trying PyAV")
+                bad.append(f"{job['paths'][i]}: DALI could not decode ({reason}); trying PyAV")
 
-    def _decode(self, rows, paths, indices, hw) -> torch.Tensor:
-        encoded = [read_bytes(paths[i]) for i in rows]
-        return self.decoder.decode(encoded, indices[rows], [hw[i] for i in rows]).to(self.device)
+    def _submit(self, rows, job) -> dict:
+        encoded = [read_bytes(job["paths"][i]) for i in rows]
+        return self.decoder.submit(encoded, job["indices"][rows], [job["hw"][i] for i in rows])
 
 
-class DaliFrameStoreLoader:
+class DaliFrameStoreLoader(_OverlappedLoader):
     """Workers read the frame store's JPEG bytes; DALI decodes them in batches (nvJPEG on the GPU).
 
     A corrupt entry is found by decoding the batch's videos one by one and dropped from the batch.
@@ -118,21 +149,23 @@ class DaliFrameStoreLoader:
             torch_device.index or 0,
         )
 
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            yield self.add_frames(batch)
-
-    def add_frames(self, batch: dict) -> dict:
-        jpegs, hw = batch.pop("jpegs"), batch.pop("video_hw")
-        shape = tuple(batch.pop("frame_indices").shape)
+    def submit(self, batch: dict) -> dict:
+        job = {"batch": batch, "jpegs": batch.pop("jpegs"), "hw": batch.pop("video_hw"), "dali": None}
+        job["shape"] = tuple(batch.pop("frame_indices").shape)
         try:
-            batch["frames"] = self.decoder.decode(jpegs, shape, hw)
-            return batch
+            job["dali"] = self.decoder.submit(job["jpegs"], job["shape"], job["hw"])
         except RuntimeError:
             self.decoder.rebuild()
+        return job
+
+    def finish(self, job: dict) -> dict:
+        batch, jpegs, shape, hw = job["batch"], job["jpegs"], job["shape"], job["hw"]
+        if job["dali"] is not None:
+            try:
+                batch["frames"] = self.decoder.collect(job["dali"])
+                return batch
+            except RuntimeError:
+                self.decoder.rebuild()
         frames, dropped = [], []
         for i in range(shape[0]):
             try:
@@ -144,11 +177,8 @@ class DaliFrameStoreLoader:
                 )
                 dropped.append(i)
         kept = drop_rows(batch, dropped)
-        kept["frames"] = (
-            torch.cat(frames)
-            if frames
-            else torch.zeros(0, *shape[1:], 3, self.cfg.image_size, self.cfg.image_size)
-        )
+        size = self.cfg.image_size
+        kept["frames"] = torch.cat(frames) if frames else torch.zeros(0, *shape[1:], 3, size, size)
         return kept
 
 

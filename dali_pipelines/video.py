@@ -19,7 +19,7 @@ import torch
 
 from clipbert.data.preprocess import Normalization, resized_hw
 
-from .common import build_pipeline, run_pipelines
+from .common import build_pipeline, collect_outputs, start_pipelines
 
 
 def video_pipeline(
@@ -107,6 +107,10 @@ class DaliVideoDecoder:
 
         Returns float32 [B, N, T, 3, L, L] on the pipeline's device.
         """
+        return self.collect(self.submit(encoded, indices, hw))
+
+    def submit(self, encoded: list[np.ndarray], indices: np.ndarray, hw: list[tuple[int, int]]) -> dict:
+        """Start decoding (returns at once); `collect` waits for the result."""
         b, n, t = indices.shape
         flat = indices.reshape(b, n * t).astype(np.int32)
         order = np.argsort(flat, axis=1, kind="stable") if self.order == "frames" else None
@@ -118,7 +122,11 @@ class DaliVideoDecoder:
             "resize_x": [np.float32(w) for _, w in targets],
             "resize_y": [np.float32(h) for h, _ in targets],
         }
-        out = run_pipelines(self.pipes, inputs, self.torch_device)  # [B, N*T, 3, L, L]
+        return {"started": start_pipelines(self.pipes, inputs), "order": order, "shape": (b, n, t)}
+
+    def collect(self, job: dict) -> torch.Tensor:
+        (b, n, t), order = job["shape"], job["order"]
+        out = collect_outputs(job["started"], self.torch_device)  # [B, N*T, 3, L, L]
         if order is not None:  # back to the sampler's order
             inverse = torch.from_numpy(np.argsort(order, axis=1)).to(out.device)
             out = torch.stack([out[i, inverse[i]] for i in range(b)])

@@ -3,6 +3,7 @@ once, and summarized; a malformed annotation line names its file and line."""
 
 import json
 import logging
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -32,12 +33,16 @@ def data(tmp_path_factory):
     for name in GOOD:
         write_painted_video(videos / name, 30, codec="h264")
     (videos / "empty.mp4").write_bytes(b"")
-    full = open(write_painted_video(root / "full", 60, codec="mjpeg"), "rb").read()
+    full = Path(write_painted_video(root / "full", 60, codec="mjpeg")).read_bytes()
     (videos / "truncated.avi").write_bytes(full[: len(full) // 2])  # header promises 60 frames
-    (videos / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    (videos / "garbage.mp4").write_bytes(
+        np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    )
     with open(anns / "msrvtt_qa_val.jsonl", "w") as f:
         for name in ORDER:
-            f.write(json.dumps({"question": f"what is in {name}", "answer": "shape", "video_id": name}) + "\n")
+            f.write(
+                json.dumps({"question": f"what is in {name}", "answer": "shape", "video_id": name}) + "\n"
+            )
     (anns / "msrvtt_qa_ans2label.json").write_text(json.dumps({"shape": 0}))
     return root
 
@@ -114,8 +119,14 @@ def test_corrupt_frame_store_entry_counts_as_bad_video(data, tmp_path):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (['{"caption": "a", "clip_name": "v"}', '{"caption": "b", "clip_name": '], r"msrvtt_ret_train\.jsonl:2: malformed"),
-        (['{"caption": "a", "clip_name": "v"}', "", '["list"]'], r"msrvtt_ret_train\.jsonl:3: expected a JSON object"),
+        (
+            ['{"caption": "a", "clip_name": "v"}', '{"caption": "b", "clip_name": '],
+            r"msrvtt_ret_train\.jsonl:2: malformed",
+        ),
+        (
+            ['{"caption": "a", "clip_name": "v"}', "", '["list"]'],
+            r"msrvtt_ret_train\.jsonl:3: expected a JSON object",
+        ),
         (['{"caption": "a"}'], r"msrvtt_ret_train\.jsonl:1: missing key\(s\) clip_name"),
     ],
 )

@@ -1,6 +1,8 @@
 """DALI pipelines on the CPU (device="cpu"): VP9 frames match PyAV within codec tolerance; H.264 and broken
 files fall back or drop; the frame-store JPEG pipeline matches the CPU reader. GPU variants: needs_cuda."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -49,14 +51,18 @@ def test_dali_cpu_decodes_exactly_the_requested_vp9_frames(vp9, pipelines):
     got = np.array([[[read_index(f[:48]) for f in clip] for clip in sample] for sample in rgb])
     np.testing.assert_array_equal(got, indices)
     assert (out[..., 48:, :] == 0).all()  # zero padding at the bottom
-    diff = (out - pyav_reference(vp9, indices, 64, IMAGENET_RGB)) * torch.tensor(IMAGENET_RGB.std).view(3, 1, 1)
+    diff = (out - pyav_reference(vp9, indices, 64, IMAGENET_RGB)) * torch.tensor(IMAGENET_RGB.std).view(
+        3, 1, 1
+    )
     assert diff.abs().mean() < 1.0  # grey levels: the same libvpx decode, same frames
 
 
 @pytest.mark.parametrize("norm", [IMAGENET_RGB, CAFFE_BGR])
 def test_dali_resize_normalize_pad_matches_the_cpu_path(vp9, norm):
     indices = np.array([[[12, 20]]])
-    out = DaliVideoDecoder(40, norm, 1, device="cpu", order="none").decode([read_bytes(vp9)], indices, [(48, 64)])
+    out = DaliVideoDecoder(40, norm, 1, device="cpu", order="none").decode(
+        [read_bytes(vp9)], indices, [(48, 64)]
+    )
     ref = pyav_reference(vp9, indices, 40, norm)
     diff = (out - ref) * torch.tensor(norm.std).view(3, 1, 1)
     assert diff.abs().mean() < 2.0 and (diff.abs() > 40).float().mean() < 0.01  # interpolation differences
@@ -65,7 +71,9 @@ def test_dali_resize_normalize_pad_matches_the_cpu_path(vp9, norm):
 
 @pytest.fixture(scope="module")
 def vp9_bench(tmp_path_factory):
-    synthetic = pytest.importorskip("clipbert.data.synthetic", reason="synthetic benchmark (issue 3) not landed")
+    synthetic = pytest.importorskip(
+        "clipbert.data.synthetic", reason="synthetic benchmark (issue 3) not landed"
+    )
     out = tmp_path_factory.mktemp("vp9_bench")
     synthetic.generate(out, 12, 1, codec="vp9", size="tiny", workers=1)
     return out
@@ -105,7 +113,7 @@ def test_dali_cpu_falls_back_to_pyav_for_h264_and_drops_undecodable(tmp_path):
     anns.mkdir()
     write_painted_video(videos / "a", 30, codec="vp9")
     write_painted_video(videos / "b", 30, codec="h264")
-    full = open(write_painted_video(tmp_path / "full", 60, codec="mjpeg"), "rb").read()
+    full = Path(write_painted_video(tmp_path / "full", 60, codec="mjpeg")).read_bytes()
     (videos / "c.avi").write_bytes(full[: len(full) // 2])  # opens, then fails mid-stream
     with open(anns / "msrvtt_qa_val.jsonl", "w") as f:
         for name in "abc":

@@ -15,7 +15,9 @@ L = 24  # tiny frames keep the CPU tests fast
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    synthetic = pytest.importorskip("clipbert.data.synthetic", reason="synthetic benchmark (issue 3) not landed")
+    synthetic = pytest.importorskip(
+        "clipbert.data.synthetic", reason="synthetic benchmark (issue 3) not landed"
+    )
     out = tmp_path_factory.mktemp("synthetic")
     synthetic.generate(out, 12, 0, size="tiny", workers=1)
     return out
@@ -122,14 +124,18 @@ def test_pretrain_masks_tokens_and_swaps_captions(bench, tokenizer):
     itm = np.array([item["itm_labels"] for item in items])
     assert 0.25 < itm.mean() < 0.75  # p = 0.5 over 72 draws
     for item in items:
-        labels, ids = np.array(item["mlm_labels"][0]), np.array(item["input_ids"][0])
+        labels = np.array(item["mlm_labels"][0])
         if item["itm_labels"] == 0:
             assert (labels == -100).all()
         assert labels[0] == -100 and labels[-1] == -100  # [CLS] and [SEP] are never masked
     picked = np.concatenate([np.array(it["mlm_labels"][0]) != -100 for it in items if it["itm_labels"]])
     assert 0.3 < picked.mean() < 0.7
     masked = np.concatenate(
-        [np.array(it["input_ids"][0])[np.array(it["mlm_labels"][0]) != -100] for it in items if it["itm_labels"]]
+        [
+            np.array(it["input_ids"][0])[np.array(it["mlm_labels"][0]) != -100]
+            for it in items
+            if it["itm_labels"]
+        ]
     )
     assert (masked == tokenizer.mask_token_id).mean() > 0.6  # 80% [MASK]
 
@@ -208,3 +214,16 @@ def test_unknown_task_or_split(bench, tokenizer):
         build_dataset("msvd_qa", "train", cfg, tokenizer, IMAGENET_RGB)
     with pytest.raises(ValueError, match="split must be one of"):
         build_dataset("msrvtt_qa", "dev", cfg, tokenizer, IMAGENET_RGB)
+
+
+def test_texts_sharing_a_video_decode_it_once(bench, tokenizer):
+    cfg = make_cfg(bench)
+    dataset = build_dataset("msrvtt_qa", "test", cfg, tokenizer, IMAGENET_RGB)
+    calls = []
+    decode = dataset.source.decoder.decode
+    dataset.source.decoder.decode = lambda key, indices: calls.append(key) or decode(key, indices)
+    loader = build_loader(dataset, cfg, 4, False, rank=0, world_size=1)
+    batches = list(loader)
+    videos = [v for b in batches for v in b["video_ids"]]
+    assert len(videos) == len(dataset) > len(set(videos))  # several questions per video
+    assert sorted(calls) == sorted({dataset.source.key(v) for v in videos})  # one decode per video

@@ -138,7 +138,7 @@ def test_transcoded_copy_keeps_frame_indices_and_downscales(painted, tmp_path):
 def test_collate_rejects_items_with_different_text_counts():
     from clipbert.data.collate import Collator
 
-    item = dict(index=0, video_id="v", bad_videos=[], frames=torch.zeros(1, 1, 3, 2, 2))
+    item = dict(index=0, video_id="v", bad_videos=[], frames=torch.zeros(1, 1, 3, 2, 2), frames_hw=(2, 2))
     with pytest.raises(ValueError, match=r"different numbers of texts M: \[1, 2\]"):
         Collator()([dict(item, input_ids=[[101, 102]]), dict(item, input_ids=[[101, 102], [101, 7, 102]])])
     batch = Collator()(
@@ -146,3 +146,22 @@ def test_collate_rejects_items_with_different_text_counts():
     )
     assert batch["input_ids"].tolist() == [[[101, 102, 0]], [[101, 5, 102]]]
     assert batch["attention_mask"].tolist() == [[[1, 1, 0]], [[1, 1, 1]]]
+
+
+def test_normalize_padded_zeroes_each_samples_own_padding():
+    from clipbert.data.preprocess import normalize_padded, resize_pad
+
+    rng = np.random.default_rng(3)
+    shapes = [(2, 30, 20, 3), (2, 12, 31, 3)]  # portrait and landscape: different padding per sample
+    padded, hws, refs = [], [], []
+    for shape in shapes:
+        frames = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        x, hw = resize_pad(frames, 25)
+        assert x.dtype == torch.uint8 and x.shape == (2, 3, 25, 25)
+        padded.append(x)
+        hws.append(hw)
+        refs.append(reference_preprocess(frames, 25, CAFFE_BGR))
+    batch = normalize_padded(torch.stack(padded), torch.tensor(hws), CAFFE_BGR)  # [B=2, F=2, 3, 25, 25]
+    assert hws == [(25, 17), (10, 25)]
+    assert np.abs(batch.double().numpy() - np.stack(refs)).max() <= 1.0 + 1e-4  # CAFFE std 1: grey levels
+    assert (batch[0, ..., 17:] == 0).all() and (batch[1, ..., 10:, :] == 0).all()

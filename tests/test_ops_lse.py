@@ -126,8 +126,8 @@ def test_gradcheck_float64(backend, seed):
     x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, 4, (2,))
     assert torch.autograd.gradcheck(lambda v: ops.lse_aggregate(v, backend=backend), (x,))
-    for reduction in ("mean", "none"):
-        assert torch.autograd.gradcheck(lambda v: ops.lse_aggregate_nll(v, t, reduction, backend=backend), (x,))
+    assert torch.autograd.gradcheck(lambda v: ops.lse_aggregate_nll(v, t, "mean", backend=backend), (x,))
+    assert torch.autograd.gradcheck(lambda v: ops.lse_aggregate_nll(v, t, "none", backend=backend), (x,))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

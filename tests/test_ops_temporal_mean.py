@@ -80,4 +80,6 @@ def test_gradcheck_float64(backend, seed):
     torch.manual_seed(seed)
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: ops.temporal_mean(v, backend=backend), (x,))
-    assert torch.autograd.gradcheck(lambda v: ops.temporal_mean(v, backend=backend), (x[:, ::2].detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda v: ops.temporal_mean(v, backend=backend), (x[:, ::2].detach().requires_grad_(),)
+    )

@@ -14,6 +14,7 @@ import pytest
 from clipbert.data.synthetic import PALETTE, color_at, fully_visible, generate, object_by_id, positions
 from clipbert.data.synthetic.__main__ import main as cli_main
 from clipbert.data.synthetic.encode import rgb_to_yuv420
+from clipbert.data.synthetic.render import render_frames
 from clipbert.data.synthetic.scene import SIZE_PRESETS, build_scene, sample_attributes
 from clipbert.data.synthetic.text import TEMPLATE_WORDS, full_caption
 
@@ -456,3 +457,29 @@ def test_yuv420_conversion_matches_float64_bt601(full_range):
         format="rgb24"
     )
     assert np.abs(back.astype(int) - flat_rgb[0]).max() <= 3
+
+
+def test_decoded_video_matches_rgb_render(bench):
+    """The encoder input (painted in YUV) and the RGB renderer (stills, tests) show the same picture."""
+    for scene in list(scenes(bench).values())[:4]:
+        frames, _ = decode_all(bench / scene["file"])
+        picks = np.array([0, scene["num_frames"] // 2, scene["num_frames"] - 1])
+        rendered = render_frames(scene, picks).astype(np.float64)  # [3, H, W, 3]
+        err = np.abs(frames[picks].astype(np.float64) - rendered)
+        assert err.mean() < 3.5, (scene["video_id"], err.mean())
+        assert np.percentile(err, 95) < 10, (scene["video_id"], np.percentile(err, 95))
+
+
+def test_regenerating_in_place_leaves_one_benchmark(tmp_path):
+    generate(tmp_path, num_videos=5, seed=0, codec="mjpeg", size="tiny", workers=1)
+    (tmp_path / "videos" / "notes.txt").write_text("not ours")
+    generate(tmp_path, num_videos=3, seed=0, codec="h264", size="tiny", workers=1)
+    videos = sorted(p.name for p in (tmp_path / "videos").iterdir())
+    assert videos == ["notes.txt", "video0000.mp4", "video0001.mp4", "video0002.mp4"]
+    assert len(list((tmp_path / "ground_truth").iterdir())) == 3
+    kept = {
+        r["file"]
+        for s in ("train", "val")
+        for r in read_jsonl(tmp_path / "annotations" / f"pretrain_{s}.jsonl")
+    }
+    assert {f"images/{p.name}" for p in (tmp_path / "images").iterdir()} == kept

@@ -12,8 +12,7 @@ from types import SimpleNamespace
 
 import torch
 
-from clipbert.data.config import DataConfig
-from clipbert.data.loader import build_loader
+from clipbert.data.loader import ShardedSampler
 from clipbert.train import config as C
 
 L = 64  # smallest image side the model accepts: one visual token per clip
@@ -29,8 +28,6 @@ def _gen(*key: int) -> torch.Generator:
 
 class FakeSet(torch.utils.data.Dataset):
     """kind: retrieval | qa | mc | mc_itm | video (retrieval eval videos)."""
-
-    tokenizer = None  # build_loader pads with token 0
 
     def __init__(self, kind, size, n_clips, m_texts=2, num_answers=5, nan_epoch=None, nan_indices=(), sigterm_at=None):
         self.kind, self.size, self.n, self.m = kind, size, n_clips, m_texts
@@ -64,6 +61,27 @@ class FakeSet(torch.utils.data.Dataset):
         return item
 
 
+def collate(items: list[dict]) -> dict:
+    """Items -> the batch of docs/ARCHITECTURE.md (texts right-padded with 0)."""
+    batch = {
+        "index": torch.tensor([it["index"] for it in items]),
+        "video_ids": [it["video_id"] for it in items],
+        "bad_videos": [],
+        "frames": torch.stack([it["frames"] for it in items]),  # [B, N, T, 3, L, L]
+    }
+    if "input_ids" in items[0]:
+        rows = [row for it in items for row in it["input_ids"]]
+        ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.int64)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = torch.tensor(row)
+        batch["input_ids"] = ids.view(len(items), -1, ids.shape[-1])  # [B, M, Lt]
+        batch["attention_mask"] = (batch["input_ids"] != 0).long()
+        batch["labels"] = torch.tensor([it["labels"] for it in items])
+    if "answer_type" in items[0]:
+        batch["answer_types"] = [it["answer_type"] for it in items]
+    return batch
+
+
 class FakeData:
     """The `TaskData` interface (clipbert/train/data.py) over FakeSet."""
 
@@ -71,7 +89,11 @@ class FakeData:
         self.cfg, self.train_size, self.eval_size, self.fault = cfg, train_size, eval_size, fault
 
     def _loader(self, dataset, batch_size, train):
-        return build_loader(dataset, self.cfg.data, batch_size, train)
+        # the real loader's sampler (rank sharding, set_epoch with mid-epoch resume) and collate
+        sampler = ShardedSampler(len(dataset), batch_size, train, self.cfg.data.seed)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, drop_last=train
+        )
 
     def train(self):
         kind = self.cfg.task.kind
@@ -132,7 +154,3 @@ def make_config(output_dir, task="msrvtt_ret", train=None, eval=None, deepspeed=
         "deepspeed": {"zero_optimization": {"stage": 0}, **(deepspeed or {})},
     }
     return C.from_dict(raw)
-
-
-def data_config(**kw) -> DataConfig:
-    return DataConfig(num_workers=0, **kw)

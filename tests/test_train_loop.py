@@ -17,7 +17,10 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module", autouse=True)
 def _process_group():
     init_distributed(CPU)  # a world of one, as `python train.py`
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny shapes: intra-op threads only contend on the shared 2-core machine
     yield
+    torch.set_num_threads(threads)
 
 
 def _steps(out):

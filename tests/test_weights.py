@@ -71,6 +71,50 @@ def test_load_detectron2_resnet_every_parameter_lands():
     torch.testing.assert_close(state["bn1.bias"], source["backbone.bottom_up.stem.conv1.norm.bias"])
 
 
+def detectron2_reference_forward(sd: dict, x: torch.Tensor, layers) -> torch.Tensor:
+    """detectron2 MSRA ResNet (STRIDE_IN_1X1, FrozenBN eps 1e-5, no res5 dilation) from its own names."""
+    F = torch.nn.functional
+
+    def conv_norm(x, name, stride=1, padding=0):
+        x = F.conv2d(x, sd[name + ".weight"], stride=stride, padding=padding)
+        scale = sd[name + ".norm.weight"] / (sd[name + ".norm.running_var"] + 1e-5).sqrt()
+        shift = sd[name + ".norm.bias"] - sd[name + ".norm.running_mean"] * scale
+        return x * scale[:, None, None] + shift[:, None, None]
+
+    x = F.max_pool2d(F.relu(conv_norm(x, "stem.conv1", 2, 3)), 3, 2, 1)
+    for i, blocks in enumerate(layers):
+        for b in range(blocks):
+            stride, name = (2 if b == 0 and i > 0 else 1), f"res{i + 2}.{b}"
+            shortcut = conv_norm(x, name + ".shortcut", stride) if b == 0 else x
+            y = F.relu(conv_norm(x, name + ".conv1", stride))  # the stride sits in the 1x1
+            y = F.relu(conv_norm(y, name + ".conv2", 1, 1))
+            x = F.relu(conv_norm(y, name + ".conv3") + shortcut)
+    return x
+
+
+def test_detectron2_weights_reproduce_msra_forward_float64(caplog):
+    layers = (2, 1, 1, 1)
+    source = {}
+    for key, shape in detectron2_names(layers, 8).items():
+        source[key] = (
+            torch.rand(shape, dtype=torch.float64) + 0.5
+            if key.endswith("running_var")
+            else (0.2 * torch.randn(shape, dtype=torch.float64))
+        )
+    ours = ResNetBackbone(layers=layers, width=8, style="msra", frozen_bn=True, freeze_at=2).double().eval()
+    assert load_resnet(ours, source, prefix="").missing == []
+    x = torch.randn(2, 3, 67, 61, dtype=torch.float64)  # odd sizes: the stride placement changes shapes
+    expected = detectron2_reference_forward(source, x, layers)
+    out = ours(x)
+    assert out.shape == expected.shape == (2, 256, 3, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    torchvision_style = ResNetBackbone(layers=layers, width=8, style="torchvision", frozen_bn=True).double()
+    with caplog.at_level("WARNING", logger="clipbert.models.weights"):
+        load_resnet(torchvision_style, source, prefix="")
+    assert "backbone_style='msra'" in caplog.text
+    assert (torchvision_style.eval()(x) - expected).abs().max() > 1e-3  # the styles really differ
+
+
 def test_load_torchvision_resnet50_matches_torchvision_float64():
     """torchvision style + a torchvision state dict reproduces torchvision's ResNet-50 features."""
     import torchvision
@@ -242,3 +286,25 @@ def test_pretrained_original_into_finetune_model_reports_missing_head():
     del source["transformer.bert.pooler.dense.weight"]
     report = load_original_clipbert(model, source)
     assert report.missing == ["pooler.dense.weight"]
+
+
+def test_convert_cli_writes_a_loadable_directory(tmp_path, capsys):
+    from clipbert.models.weights import main
+
+    cfg = ClipBertConfig.from_preset("tiny", backbone_style="msra", frozen_bn=True, freeze_at=2)
+    source = original_state_dict(cfg, "pretrain")
+    torch.save(source, tmp_path / "clipbert_image_text_pretrained.pt")
+    status = main(
+        [str(tmp_path / "clipbert_image_text_pretrained.pt"), str(tmp_path / "out"), "--preset", "tiny"]
+    )
+    assert "missing 0, unexpected 0" in capsys.readouterr().out and status == 0
+    model = ClipBert.from_pretrained(tmp_path / "out")
+    assert (model.config.backbone_style, model.config.channel_order, model.config.freeze_at) == (
+        "msra",
+        "BGR",
+        2,
+    )
+    torch.testing.assert_close(
+        model.state_dict()["encoder.layer.0.attention.self.key.weight"],
+        source["transformer.bert.encoder.layer.0.attention.self.key.weight"],
+    )

@@ -29,8 +29,11 @@ class Collator:
             "video_ids": [item["video_id"] for item in items],
             "bad_videos": [name for item in items for name in item["bad_videos"]],
         }
-        if "frames" in items[0]:
+        if "frames" in items[0]:  # uint8, normalized on the loader's device
             batch["frames"] = torch.stack([item["frames"] for item in items])  # [B, N, T, 3, L, L]
+            batch["frames_hw"] = torch.tensor(
+                [item["frames_hw"] for item in items], dtype=torch.int64
+            )  # [B, 2]
         if "frame_indices" in items[0]:  # DALI decodes these later, in the loader
             batch["frame_indices"] = torch.from_numpy(np.stack([item["frame_indices"] for item in items]))
             batch["video_hw"] = [tuple(item["video_hw"]) for item in items]

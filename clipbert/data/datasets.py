@@ -83,7 +83,7 @@ class TaskDataset(Dataset):
         raise NotImplementedError
 
     def visual(self, video_id: str, epoch: int) -> dict:
-        """Frames [N, T, 3, L, L], or with the DALI backend the file and indices DALI will decode."""
+        """uint8 frames [N, T, 3, L, L] (padded) and their content size, or what DALI will decode."""
         indices = self.source.indices(video_id, epoch)
         if self.cfg.backend == "frame_store" and self.cfg.frame_store_reader == "dali":
             info = self.source.info(video_id)
@@ -103,7 +103,8 @@ class TaskDataset(Dataset):
                 "video_hw": (info.height, info.width),
                 "video_codec": info.codec,
             }
-        return {"video_id": video_id, "frames": self.source.frames(video_id, indices)}
+        frames, hw = self.source.frames(video_id, indices)
+        return {"video_id": video_id, "frames": frames, "frames_hw": hw}
 
 
 class RetrievalTrainDataset(TaskDataset):
@@ -233,8 +234,10 @@ class PretrainDataset(TaskDataset):
         masked, mlm_labels = mask_tokens(ids, self.tokenizer, rng, self.cfg.mlm_prob)
         if not match:
             masked, mlm_labels = ids, [-100] * len(ids)
+        frames, hw = load_image(self.image_root / example["file"], self.cfg.image_size)
         return {
-            "frames": load_image(self.image_root / example["file"], self.cfg.image_size, self.norm),
+            "frames": frames,
+            "frames_hw": hw,
             "video_id": str(example["image_id"]),
             "input_ids": [masked],
             "mlm_labels": [mlm_labels],

@@ -10,6 +10,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from .collate import Collator
 from .config import DataConfig
+from .datasets import PretrainDataset
+from .preprocess import Normalization, normalize_padded
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -84,7 +86,7 @@ def build_loader(
         pin_memory=device.startswith("cuda") and data_cfg.backend != "dali",
         drop_last=train,
     )
-    if data_cfg.backend == "dali":
+    if data_cfg.backend == "dali" and not isinstance(dataset, PretrainDataset):
         from dali_pipelines.loader import DaliLoader
 
         return DaliLoader(loader, dataset, data_cfg, device=device)
@@ -92,4 +94,28 @@ def build_loader(
         from dali_pipelines.loader import DaliFrameStoreLoader
 
         return DaliFrameStoreLoader(loader, dataset, data_cfg, device=device)
-    return loader
+    return NormalizingLoader(loader, dataset.norm, device)
+
+
+class NormalizingLoader:
+    """Wraps the DataLoader: workers ship uint8 padded frames, normalized here on `device` (4x less
+    inter-process and host-to-device traffic than float32; on the GPU the normalization is free)."""
+
+    def __init__(self, loader: DataLoader, norm: Normalization, device: str = "cpu"):
+        self.loader, self.sampler, self.norm = loader, loader.sampler, norm
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield finish_frames(batch, self.norm, self.device)
+
+
+def finish_frames(batch: dict, norm: Normalization, device: torch.device) -> dict:
+    """uint8 frames [B, N, T, 3, L, L] + frames_hw [B, 2] -> normalized float32 frames on `device`."""
+    hw = batch.pop("frames_hw")
+    frames = batch["frames"].to(device, non_blocking=True)
+    batch["frames"] = normalize_padded(frames, hw.to(device), norm)
+    return batch

@@ -70,16 +70,32 @@ def resize_frames(frames: torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
     return x.float()
 
 
-def normalize_pad(x: torch.Tensor, size: int, norm: Normalization) -> torch.Tensor:
-    """float [F, 3, h, w] RGB 0..255 -> float32 [F, 3, size, size] normalized, zero-padded right/bottom."""
+def resize_pad(frames: torch.Tensor | np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """uint8 [F, H, W, 3] RGB -> (uint8 [F, 3, L, L] resized and zero-padded, content (h, w)).
+
+    Workers ship this uint8 tensor (4x less than float32); `normalize_padded` finishes on the target device.
+    """
+    x = resize_frames(frames, size).to(torch.uint8)  # [F, 3, h, w]
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, size - w, 0, size - h)), (h, w)
+
+
+def normalize_padded(frames: torch.Tensor, hw, norm: Normalization) -> torch.Tensor:
+    """uint8 [B, ..., 3, L, L] RGB padded frames -> float32 normalized in the model's channel order, with the
+    padding (outside each sample's content `hw`, int [B, 2] or one (h, w)) set to exactly 0."""
+    x = frames.float()
     if norm.channel_order == "BGR":
-        x = x.flip(1)
-    mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(norm.std, dtype=torch.float32).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    return F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))
+        x = x.flip(-3)
+    mean = torch.tensor(norm.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std = torch.tensor(norm.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    x.sub_(mean).div_(std)
+    hw = torch.as_tensor(hw, device=x.device).view(-1, 2)  # [B, 2] or [1, 2]
+    ar = torch.arange(x.shape[-1], device=x.device)
+    mask = (ar.view(1, -1, 1) < hw[:, 0].view(-1, 1, 1)) & (ar.view(1, 1, -1) < hw[:, 1].view(-1, 1, 1))
+    return x.mul_(mask.view(len(hw), *([1] * (x.ndim - 3)), *mask.shape[-2:]))
 
 
 def preprocess_frames(frames: torch.Tensor | np.ndarray, size: int, norm: Normalization) -> torch.Tensor:
     """uint8 [F, H, W, 3] RGB -> float32 [F, 3, L, L]: resize longer side to L, normalize, zero-pad."""
-    return normalize_pad(resize_frames(frames, size), size, norm)
+    padded, hw = resize_pad(frames, size)
+    return normalize_padded(padded, hw, norm)

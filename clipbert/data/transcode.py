@@ -26,6 +26,8 @@ def transcode(src: str | os.PathLike, dst_dir: str | os.PathLike, max_side: int 
     """Write `dst_dir/<stem>.mp4` (H.264, every frame kept); returns its path."""
     encoder, suffix, options = ENCODERS["h264"]
     dst = str(Path(dst_dir) / (Path(src).stem + suffix))
+    if Path(dst).resolve() == Path(src).resolve():
+        raise ValueError(f"transcode would overwrite its source {src}: choose another output folder")
     with av.open(str(src)) as source, av.open(dst, "w") as out:
         in_stream = source.streams.video[0]
         rate = in_stream.average_rate or in_stream.guessed_rate

@@ -13,7 +13,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from .config import DataConfig
 from .decoders import VideoDecodeError, VideoInfo, build_decoder
-from .preprocess import Normalization, preprocess_frames
+from .preprocess import Normalization, resize_pad
 from .sampling import sample_frame_indices
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif")
@@ -62,8 +62,9 @@ class VideoSource:
             rng,
         )
 
-    def frames(self, video_id: str, indices: np.ndarray) -> torch.Tensor:
-        """float32 [N, T, 3, L, L] pre-processed frames; decoded once per (video, indices) while cached."""
+    def frames(self, video_id: str, indices: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """uint8 [N, T, 3, L, L] resized, zero-padded frames and their content (h, w); decoded once per
+        (video, indices) while cached. Normalization happens on the loader's device (loader.py)."""
         cache_key = (video_id, indices.tobytes())
         cached = self._cache.get(cache_key)
         if cached is not None:
@@ -72,18 +73,17 @@ class VideoSource:
         raw = self.decoder.decode(self.key(video_id), indices)  # uint8 [N, T, H, W, 3]
         n, t = indices.shape
         size = self.cfg.image_size
-        frames = preprocess_frames(raw.reshape(n * t, *raw.shape[2:]), size, self.norm).view(
-            n, t, 3, size, size
-        )
+        padded, hw = resize_pad(raw.reshape(n * t, *raw.shape[2:]), size)
+        result = (padded.view(n, t, 3, size, size), hw)
         if self.cfg.frame_cache_size:
-            self._cache[cache_key] = frames
+            self._cache[cache_key] = result
             while len(self._cache) > self.cfg.frame_cache_size:
                 self._cache.popitem(last=False)
-        return frames
+        return result
 
 
-def load_image(path: str | os.PathLike, size: int, norm: Normalization) -> torch.Tensor:
-    """An image as one clip of one frame: float32 [1, 1, 3, L, L]; raises VideoDecodeError if unreadable."""
+def load_image(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An image as one clip of one frame: uint8 [1, 1, 3, L, L] padded and its content (h, w)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "missing file")
@@ -91,4 +91,5 @@ def load_image(path: str | os.PathLike, size: int, norm: Normalization) -> torch
         image = decode_image(path, mode=ImageReadMode.RGB)  # [3, H, W]
     except (RuntimeError, ValueError) as err:
         raise VideoDecodeError(path, f"undecodable image ({err})") from err
-    return preprocess_frames(image.permute(1, 2, 0)[None], size, norm).view(1, 1, 3, size, size)
+    padded, hw = resize_pad(image.permute(1, 2, 0)[None], size)
+    return padded.view(1, 1, 3, size, size), hw

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,6 @@ class ClipBertConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02  # std of the normal init of linear/embedding weights
     checkpoint_transformer: bool = False  # activation checkpointing per BERT layer
-
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (ignored by the model)
 
     def __post_init__(self) -> None:
         self.backbone_layers = tuple(int(x) for x in self.backbone_layers)

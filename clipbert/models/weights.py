@@ -198,6 +198,18 @@ def _detect_resnet_format(state: dict[str, torch.Tensor]) -> str:
     )
 
 
+def _warn_if_not_msra(model: nn.Module) -> None:
+    from clipbert.models.resnet import ResNetBackbone
+
+    for module in model.modules():
+        if isinstance(module, ResNetBackbone) and module.style != "msra":
+            logger.warning(
+                "detectron2/original weights are MSRA style (stride in the 1x1 conv) but the backbone is "
+                "%r style: outputs will differ from the original; build it with backbone_style='msra'",
+                module.style,
+            )
+
+
 def load_resnet(model: nn.Module, source: str | Path | Mapping, prefix: str = "cnn.backbone.") -> LoadReport:
     """Load a torchvision or detectron2/grid-feat ResNet state dict into `model` (a ClipBert: prefix
     'cnn.backbone.'; a bare ResNetBackbone: prefix ''). detectron2 names may carry 'backbone.bottom_up.' or
@@ -212,6 +224,7 @@ def load_resnet(model: nn.Module, source: str | Path | Mapping, prefix: str = "c
             else:
                 mapped[prefix + key] = value
     else:
+        _warn_if_not_msra(model)
         for key, value in state.items():
             name = key.removeprefix("backbone.").removeprefix("bottom_up.")
             target = detectron2_to_torchvision(name)
@@ -281,6 +294,7 @@ def load_original_clipbert(model: nn.Module, source: str | Path | Mapping) -> Lo
     Missing keys are reported for the whole model except the temporal conv variants (new here) and the
     heads the checkpoint does not have: a pretrained checkpoint has no classifier, a fine-tuned one no cls.
     """
+    _warn_if_not_msra(model)
     mapped, report = convert_original_state_dict(read_state_dict(source))
     scope = ["cnn.backbone.", "cnn.grid_encoder.", "visual_embeddings.", "embeddings.", "encoder.", "pooler."]
     for head in ("classifier.", "cls."):
@@ -289,3 +303,57 @@ def load_original_clipbert(model: nn.Module, source: str | Path | Mapping) -> Lo
     assign(model, mapped, tuple(scope), report)
     report.log("original ClipBERT checkpoint")
     return report
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def convert_original_checkpoint(source: str | Path, out_dir: str | Path, cfg: ClipBertConfig) -> LoadReport:
+    """Original ClipBERT checkpoint -> a ClipBert.save_pretrained directory (config + safetensors)."""
+    from clipbert.models.clipbert import ClipBert
+
+    model = ClipBert(cfg)
+    report = load_original_clipbert(model, source)
+    model.save_pretrained(out_dir)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m clipbert.models.weights",
+        description="Convert an original ClipBERT checkpoint (e.g. clipbert_image_text_pretrained.pt) into a "
+        "ClipBert.save_pretrained directory.",
+    )
+    parser.add_argument("checkpoint", help="original .pt file (torch.save of the e2e ClipBert state dict)")
+    parser.add_argument("out_dir", help="output directory (clipbert_config.json + model.safetensors)")
+    parser.add_argument("--preset", default="base", help="ClipBertConfig preset (default: base)")
+    parser.add_argument("--head", default="itm", help="itm | mc | qa")
+    parser.add_argument("--num-answers", type=int, default=0, help="QA answer vocabulary size (head qa)")
+    parser.add_argument(
+        "--no-pretrain-heads", action="store_true", help="drop cls.* (fine-tuned checkpoints)"
+    )
+    args = parser.parse_args(argv)
+    cfg = ClipBertConfig.from_preset(
+        args.preset,
+        head=args.head,
+        num_answers=args.num_answers,
+        pretrain_heads=not args.no_pretrain_heads,
+        # the original's backbone: detectron2 MSRA ResNet, FrozenBN, FREEZE_AT=2, BGR caffe input
+        backbone_style="msra",
+        frozen_bn=True,
+        freeze_at=2,
+        pixel_mean=None,
+        pixel_std=None,
+        channel_order=None,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    report = convert_original_checkpoint(args.checkpoint, args.out_dir, cfg)
+    print(
+        f"loaded {len(report.loaded)}, missing {len(report.missing)}, unexpected {len(report.unexpected)}, "
+        f"ignored {len(report.ignored)} -> {args.out_dir}"
+    )
+    return 0 if not report.missing and not report.unexpected else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -81,7 +81,9 @@ def resolve(backend: str | None, device: torch.device) -> str:
         return "reference"
     if name in ("cpu", "cuda"):
         if device.type != name:
-            raise RuntimeError(f"clipbert.ops backend {name!r} needs {name} tensors, got a tensor on {device}")
+            raise RuntimeError(
+                f"clipbert.ops backend {name!r} needs {name} tensors, got a tensor on {device}"
+            )
         if not _load(name):
             raise RuntimeError(f"clipbert.ops backend {name!r} is not available: {_native[name]}")
     if name == "triton" and not triton_available(device):

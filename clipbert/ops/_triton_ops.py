@@ -26,7 +26,9 @@ def _lse_aggregate_backward(
 
 
 @torch.library.custom_op("clipbert_triton::lse_aggregate_nll", mutates_args=())
-def lse_aggregate_nll(logits: torch.Tensor, target: torch.Tensor, reduction: int) -> tuple[torch.Tensor, torch.Tensor]:
+def lse_aggregate_nll(
+    logits: torch.Tensor, target: torch.Tensor, reduction: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     from clipbert.ops.triton.lse_aggregate import lse_aggregate_nll_fwd
 
     return lse_aggregate_nll_fwd(logits, target, reduction)

@@ -29,7 +29,9 @@ def _check_logits(logits: torch.Tensor, op: str) -> None:
 def _check_target(target: torch.Tensor, logits: torch.Tensor, op: str) -> None:
     B, _, K = logits.shape
     if not isinstance(target, torch.Tensor) or target.dtype != torch.int64:
-        raise ValueError(f"{op}: target must be an int64 Tensor [B] = [{B}], got {getattr(target, 'dtype', target)}")
+        raise ValueError(
+            f"{op}: target must be an int64 Tensor [B] = [{B}], got {getattr(target, 'dtype', target)}"
+        )
     if target.shape != (B,):
         raise ValueError(f"{op}: target must be [B] = [{B}], got {list(target.shape)}")
     if target.device != logits.device:
@@ -75,7 +77,9 @@ def lse_aggregate_nll(
     _check_logits(logits, "lse_aggregate_nll")
     _check_target(target, logits, "lse_aggregate_nll")
     if reduction not in REDUCTIONS:
-        raise ValueError(f"lse_aggregate_nll: reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
+        raise ValueError(
+            f"lse_aggregate_nll: reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}"
+        )
     name = _backend.resolve(backend, logits.device)
     if name == "reference":
         return lse_aggregate_nll_reference(logits, target, reduction)

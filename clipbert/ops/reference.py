@@ -13,7 +13,8 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def lse_aggregate_reference(logits: torch.Tensor) -> torch.Tensor:
-    """logits [B, N, K] -> [B, K]: log of paper Eq. 5, logsumexp over clips minus logsumexp over (clips, classes)."""
+    """logits [B, N, K] -> [B, K]: log of paper Eq. 5, i.e. logsumexp over clips minus logsumexp over
+    (clips, classes)."""
     x = logits.to(acc_dtype(logits.dtype))
     return torch.logsumexp(x, dim=1) - torch.logsumexp(x.flatten(1), dim=1, keepdim=True)
 

@@ -41,7 +41,9 @@ class TrainerState:
 
 
 def _sampler(loader):
-    sampler = getattr(loader, "sampler", None) or getattr(getattr(loader, "loader", None), "sampler", None)
+    sampler = getattr(loader, "sampler", None)
+    if sampler is None:  # the DALI loader wraps a DataLoader
+        sampler = getattr(getattr(loader, "loader", None), "sampler", None)
     if sampler is None or not hasattr(sampler, "set_epoch"):
         raise TypeError(f"the train loader {type(loader).__name__} has no sampler with set_epoch(epoch, consumed)")
     return sampler

@@ -20,7 +20,7 @@ CODECS: dict[str, dict] = {
         "encoder": "libvpx-vp9",
         "pix_fmt": "yuv420p",
         # realtime + cpu-used 8 keeps VP9 within the generation budget; crf mode needs b=0.
-        "options": {"deadline": "realtime", "cpu-used": "8", "crf": "24", "b": "0"},
+        "options": {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "crf": "24", "b": "0"},
     },
     "mjpeg": {"ext": "avi", "encoder": "mjpeg", "pix_fmt": "yuvj420p", "options": {"q:v": "3"}},
 }
@@ -34,8 +34,8 @@ _FULL = ((77, 150, 29, 0), (-43, -85, 128), (128, -107, -21))
 def rgb_to_yuv420(chunk: np.ndarray, full_range: bool) -> np.ndarray:
     """uint8 RGB [f, H, W, 3] (even H, W) -> planar YUV 4:2:0 as PyAV wants it, [f, H * 3 / 2, W] uint8.
 
-    Integer BT.601, so the bytes are the same on every machine. Converting a whole chunk here is about
-    twice as fast as PyAV's per-frame swscale call, which was most of the encoding time.
+    Integer BT.601, so the bytes are the same on every machine. The renderer converts only each video's
+    static background this way and paints the flat-coloured objects into the planes directly.
     """
     (yr, yg, yb, y_offset), cb, cr = _FULL if full_range else _LIMITED
     f, h, w, _ = chunk.shape
@@ -53,6 +53,20 @@ def rgb_to_yuv420(chunk: np.ndarray, full_range: bool) -> np.ndarray:
     return out.reshape(f, h * 3 // 2, w)
 
 
+def rgb_to_ycbcr(rgb: np.ndarray, full_range: bool) -> np.ndarray:
+    """uint8 RGB colours [n, 3] -> Y, Cb, Cr [n, 3] uint8 with the same integer BT.601 as `rgb_to_yuv420`."""
+    (yr, yg, yb, y_offset), cb, cr = _FULL if full_range else _LIMITED
+    x = rgb.astype(np.int32)
+    y = ((yr * x[:, 0] + yg * x[:, 1] + yb * x[:, 2] + 128) >> 8) + y_offset
+    cols = [y] + [((k[0] * x[:, 0] + k[1] * x[:, 1] + k[2] * x[:, 2] + 128) >> 8) + 128 for k in (cb, cr)]
+    return np.clip(np.stack(cols, axis=1), 0, 255).astype(np.uint8)
+
+
+def pix_fmt(codec: str) -> str:
+    """Encoder input format; "yuvj420p" (MJPEG) is full range, "yuv420p" limited."""
+    return CODECS[codec]["pix_fmt"]
+
+
 def video_extension(codec: str) -> str:
     if codec not in CODECS:
         raise ValueError(f"codec {codec!r} not one of {sorted(CODECS)}")
@@ -60,7 +74,9 @@ def video_extension(codec: str) -> str:
 
 
 def write_video(path: str | Path, chunks: Iterable[np.ndarray], fps: int, codec: str) -> int:
-    """Encode uint8 RGB frame chunks [f, H, W, 3] (even H and W) to `path`; return the frame count.
+    """Encode planar YUV 4:2:0 chunks [f, H * 3 / 2, W] uint8 (see `pix_fmt` / `rgb_to_yuv420`) to `path`.
+
+    Returns the number of frames written. H and W must be even.
 
     One encoder thread and the `bitexact` flags keep the output bytes a pure function of the frames
     (no encoder-version or timestamp metadata, no thread-order dependence).
@@ -77,14 +93,17 @@ def write_video(path: str | Path, chunks: Iterable[np.ndarray], fps: int, codec:
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for chunk in chunks:
             if count == 0:
-                height, width = chunk.shape[1:3]
-                if height % 2 or width % 2:
+                height, width = chunk.shape[1] * 2 // 3, chunk.shape[2]
+                if height % 2 or width % 2 or chunk.shape[1] % 3:
                     raise ValueError(
                         f"{path}: frame size {width}x{height} must be even for {spec['pix_fmt']}"
                     )
                 stream.width, stream.height = width, height
-            for frame in rgb_to_yuv420(chunk, full_range=spec["pix_fmt"] == "yuvj420p"):
-                packets = stream.encode(av.VideoFrame.from_ndarray(frame, format=spec["pix_fmt"]))
+            chunk = np.ascontiguousarray(chunk)
+            for frame in chunk:
+                # Wraps the numpy memory without a copy; the chunk stays alive and unmodified while the
+                # encoder may still hold the frame (lookahead).
+                packets = stream.encode(av.VideoFrame.from_numpy_buffer(frame, format=spec["pix_fmt"]))
                 container.mux(packets)
                 count += 1
         container.mux(stream.encode())

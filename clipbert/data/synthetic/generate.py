@@ -93,6 +93,7 @@ def generate(
     ]
     results = _run_jobs(jobs, workers, progress)
 
+    _remove_stale(out, results)
     scenes = {s: [r["scene"] for r in results if r["scene"]["split"] == s] for s in annotations.SPLITS}
     images = {s: [im for r in results for im in r["images"] if im["split"] == s] for s in ("train", "val")}
     counts = annotations.write_all(out, scenes, images, seed)
@@ -109,6 +110,18 @@ def generate(
     }
     dump_json(out / "meta.json", meta)
     return meta
+
+
+def _remove_stale(out: Path, results: list[dict]) -> None:
+    """Delete videos, images and ground truth left in `out` by an earlier run with other arguments, so the
+    directory holds exactly one benchmark (files of other names are left alone)."""
+    kept = {r["scene"]["file"] for r in results} | {im["file"] for r in results for im in r["images"]}
+    kept |= {f"ground_truth/{r['scene']['video_id']}.json" for r in results}
+    patterns = {"videos": "video*.*", "images": "video*_*.jpg", "ground_truth": "video*.json"}
+    for sub, pattern in patterns.items():
+        for path in sorted((out / sub).glob(pattern)):
+            if f"{sub}/{path.name}" not in kept:
+                path.unlink()
 
 
 def _run_jobs(jobs: list[dict], workers: int, progress: bool) -> list[dict]:

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .encode import rgb_to_ycbcr, rgb_to_yuv420
 from .scene import colors_rgb, positions
 
 CHUNK = 64  # frames rendered at once: bounds the [chunk, H, W, 3] frame buffer
@@ -54,7 +55,7 @@ def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarr
 
 
 def render_frames(scene: dict, frame_indices: np.ndarray, bg: np.ndarray | None = None) -> np.ndarray:
-    """Render the frames `frame_indices` [F] of `scene` -> [F, H, W, 3] uint8.
+    """Render the frames `frame_indices` [F] of `scene` -> RGB [F, H, W, 3] uint8.
 
     Static distractors are part of `bg` (see `painted_background`); the moving objects are painted in
     order second, main, so the main object is never occluded.
@@ -62,11 +63,37 @@ def render_frames(scene: dict, frame_indices: np.ndarray, bg: np.ndarray | None 
     bg = painted_background(scene) if bg is None else bg
     times = np.asarray(frame_indices, dtype=np.float64) / scene["fps"]  # [F]
     frames = np.repeat(bg[None], len(times), axis=0)  # [F, H, W, 3]
-    for role in ("second", "main"):
-        for obj in scene["objects"]:
-            if obj["role"] == role:
-                _paint(frames, scene, obj, times)
+    for obj in _moving_objects(scene):
+        _paint(frames, scene, obj, times, 1.0, colors_rgb(obj, times))
     return frames
+
+
+def render_yuv420(scene: dict, frame_indices: np.ndarray, bg_planes, full_range: bool) -> np.ndarray:
+    """Render straight into planar YUV 4:2:0 -> [F, H * 3 / 2, W] uint8 (the encoder's input layout).
+
+    Only the static background goes through `rgb_to_yuv420`; the flat-coloured moving objects are painted
+    into the Y plane at full and into the U, V planes at half resolution (each chroma sample takes the
+    colour at its 2x2 block centre). Per-frame colour conversion would cost more than the encoding.
+    """
+    bg_y, bg_uv = bg_planes  # [H, W], [H/2, W/2, 2]
+    times = np.asarray(frame_indices, dtype=np.float64) / scene["fps"]  # [F]
+    plane_y = np.repeat(bg_y[None, :, :, None], len(times), axis=0)  # [F, H, W, 1]
+    plane_uv = np.repeat(bg_uv[None], len(times), axis=0)  # [F, H/2, W/2, 2]
+    for obj in _moving_objects(scene):
+        ycc = rgb_to_ycbcr(colors_rgb(obj, times), full_range)  # [F, 3]
+        _paint(plane_y, scene, obj, times, 1.0, ycc[:, :1])
+        _paint(plane_uv, scene, obj, times, 0.5, ycc[:, 1:])
+    f, h, w = len(times), scene["height"], scene["width"]
+    out = np.empty((f, h * w * 3 // 2), dtype=np.uint8)  # Y plane, then U, then V, each row-major
+    out[:, : h * w] = plane_y.reshape(f, -1)
+    out[:, h * w : h * w * 5 // 4] = plane_uv[..., 0].reshape(f, -1)
+    out[:, h * w * 5 // 4 :] = plane_uv[..., 1].reshape(f, -1)
+    return out.reshape(f, h * 3 // 2, w)
+
+
+def _moving_objects(scene: dict) -> list[dict]:
+    order = {"second": 0, "main": 1}  # painted last = on top
+    return sorted((o for o in scene["objects"] if o["role"] in order), key=lambda o: order[o["role"]])
 
 
 def painted_background(scene: dict) -> np.ndarray:
@@ -74,34 +101,57 @@ def painted_background(scene: dict) -> np.ndarray:
     img = background(scene)[None].copy()  # [1, H, W, 3]
     for obj in scene["objects"]:
         if obj["role"] == "distractor":
-            _paint(img, scene, obj, np.zeros(1))
+            _paint(img, scene, obj, np.zeros(1), 1.0, colors_rgb(obj, np.zeros(1)))
     return img[0]
 
 
-def _paint(frames: np.ndarray, scene: dict, obj: dict, times: np.ndarray) -> None:
-    """Paint `obj` into `frames` [F, H, W, 3] at `times` [F], touching only its bounding box per frame."""
+def background_yuv420(scene: dict, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Painted background as planes: Y [H, W] and interleaved chroma [H/2, W/2, 2], uint8."""
+    h, w = scene["height"], scene["width"]
+    flat = rgb_to_yuv420(painted_background(scene)[None], full_range).reshape(-1)
+    y = flat[: h * w].reshape(h, w)
+    u = flat[h * w : h * w * 5 // 4].reshape(h // 2, w // 2)
+    v = flat[h * w * 5 // 4 :].reshape(h // 2, w // 2)
+    return y, np.stack([u, v], axis=-1)
+
+
+def _paint(
+    frames: np.ndarray, scene: dict, obj: dict, times: np.ndarray, scale: float, values: np.ndarray
+) -> None:
+    """Paint `obj` into `frames` [F, h, w, C] at `times` [F] with `values` [F, C], only inside its box.
+
+    `scale` maps scene pixels to this plane's pixels (0.5 for subsampled chroma).
+    """
     cx, cy, present = positions(obj, scene, times)  # [F] each
     idx = np.flatnonzero(present)
     if len(idx) == 0:
         return
-    r = obj["radius"]
+    cx, cy, r = cx[idx] * scale, cy[idx] * scale, obj["radius"] * scale
+    height, width = frames.shape[1:3]
     box = int(math.ceil(2 * r)) + 3  # box side covering the shape wherever its centre falls
     steps = np.arange(box)
-    x0 = np.floor(cx[idx] - r).astype(np.int64) - 1  # [f] box corner
-    y0 = np.floor(cy[idx] - r).astype(np.int64) - 1
-    xs = x0[:, None] + steps  # [f, box] pixel columns
-    ys = y0[:, None] + steps  # [f, box] pixel rows
-    dx = (xs + 0.5 - cx[idx, None])[:, None, :]  # [f, 1, box] offsets of pixel centres
-    dy = (ys + 0.5 - cy[idx, None])[:, :, None]  # [f, box, 1]
-    inside_x = ((xs >= 0) & (xs < scene["width"]))[:, None, :]
-    inside_y = ((ys >= 0) & (ys < scene["height"]))[:, :, None]
+    xs = (np.floor(cx - r).astype(np.int64) - 1)[:, None] + steps  # [f, box] pixel columns
+    ys = (np.floor(cy - r).astype(np.int64) - 1)[:, None] + steps  # [f, box] pixel rows
+    dx = (xs + 0.5 - cx[:, None])[:, None, :]  # [f, 1, box] offsets of pixel centres
+    dy = (ys + 0.5 - cy[:, None])[:, :, None]  # [f, box, 1]
+    inside_x = ((xs >= 0) & (xs < width))[:, None, :]
+    inside_y = ((ys >= 0) & (ys < height))[:, :, None]
     mask = shape_mask(obj["shape"], dx, dy, r) & inside_x & inside_y  # [f, box, box]
     f, i, j = np.nonzero(mask)
-    frames[idx[f], ys[f, i], xs[f, j]] = colors_rgb(obj, times[idx])[f]
+    frames[idx[f], ys[f, i], xs[f, j]] = values[idx][f]
 
 
 def iter_video(scene: dict, chunk: int = CHUNK):
-    """Yield the frames of the whole video in chunks of [<=chunk, H, W, 3] uint8."""
+    """Yield the frames of the whole video in RGB chunks [<=chunk, H, W, 3] uint8."""
     bg = painted_background(scene)
     for start in range(0, scene["num_frames"], chunk):
         yield render_frames(scene, np.arange(start, min(start + chunk, scene["num_frames"])), bg)
+
+
+def iter_video_yuv420(scene: dict, full_range: bool, chunk: int = CHUNK):
+    """Yield the whole video as planar YUV 4:2:0 chunks [<=chunk, H * 3 / 2, W] uint8."""
+    planes = background_yuv420(scene, full_range)
+    for start in range(0, scene["num_frames"], chunk):
+        yield render_yuv420(
+            scene, np.arange(start, min(start + chunk, scene["num_frames"])), planes, full_range
+        )

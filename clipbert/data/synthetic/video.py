@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .encode import video_extension, write_video
-from .render import iter_video, render_frames
+from .encode import pix_fmt, video_extension, write_video
+from .render import iter_video_yuv420, render_frames
 from .scene import build_scene, color_at, fully_visible, object_by_id
 
 IMAGES_PER_VIDEO = 2
@@ -32,7 +32,8 @@ def make_video(job: dict) -> dict:
     scene = build_scene(rng, job["video_id"], job["attributes"], job["size"], job["codec"])
     scene["file"] = f"videos/{job['video_id']}.{video_extension(job['codec'])}"
     scene["split"] = job["split"]
-    written = write_video(out / scene["file"], iter_video(scene), scene["fps"], job["codec"])
+    chunks = iter_video_yuv420(scene, full_range=pix_fmt(job["codec"]) == "yuvj420p")
+    written = write_video(out / scene["file"], chunks, scene["fps"], job["codec"])
     if written != scene["num_frames"]:
         raise RuntimeError(f"{scene['file']}: wrote {written} frames, scene declares {scene['num_frames']}")
     images = []

@@ -55,7 +55,17 @@ def _lse_fwd_kernel(
 
 @triton.jit
 def _lse_bwd_kernel(
-    g_ptr, x_ptr, out_ptr, lse_ptr, gx_ptr, N, K, stride_b, stride_n, stride_k, ACC: tl.constexpr,
+    g_ptr,
+    x_ptr,
+    out_ptr,
+    lse_ptr,
+    gx_ptr,
+    N,
+    K,
+    stride_b,
+    stride_n,
+    stride_k,
+    ACC: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     # grad[b,n,j] = g[b,j] exp(x - lse_all - out[j]) - (sum_k g[b,k]) exp(x - lse_all)
@@ -75,7 +85,16 @@ def _lse_bwd_kernel(
 
 @triton.jit
 def _nll_fwd_kernel(
-    x_ptr, t_ptr, loss_ptr, stats_ptr, N, K, stride_b, stride_n, stride_k, ACC: tl.constexpr,
+    x_ptr,
+    t_ptr,
+    loss_ptr,
+    stats_ptr,
+    N,
+    K,
+    stride_b,
+    stride_n,
+    stride_k,
+    ACC: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     row = tl.program_id(0)
@@ -91,7 +110,17 @@ def _nll_fwd_kernel(
 
 @triton.jit
 def _nll_bwd_kernel(
-    w_ptr, x_ptr, t_ptr, stats_ptr, gx_ptr, N, K, stride_b, stride_n, stride_k, ACC: tl.constexpr,
+    w_ptr,
+    x_ptr,
+    t_ptr,
+    stats_ptr,
+    gx_ptr,
+    N,
+    K,
+    stride_b,
+    stride_n,
+    stride_k,
+    ACC: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     # grad[b,n,j] = w_b (exp(x - lse_all) - [j == t_b] exp(x - lse_t))
@@ -129,7 +158,14 @@ def lse_aggregate_fwd(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     lse_all = logits.new_empty((B,), dtype=acc)
     if B > 0:
         _lse_fwd_kernel[(B,)](
-            logits, out, lse_all, N, K, *logits.stride(), ACC=_tl_acc(logits), BLOCK_K=triton.next_power_of_2(K)
+            logits,
+            out,
+            lse_all,
+            N,
+            K,
+            *logits.stride(),
+            ACC=_tl_acc(logits),
+            BLOCK_K=triton.next_power_of_2(K),
         )
     return out, lse_all
 
@@ -141,8 +177,16 @@ def lse_aggregate_bwd(grad_out, logits, out, lse_all) -> torch.Tensor:
     grad_x = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     if B > 0:
         _lse_bwd_kernel[(B,)](
-            grad_out, logits, out, lse_all.contiguous(), grad_x, N, K, *logits.stride(),
-            ACC=_tl_acc(logits), BLOCK_K=triton.next_power_of_2(K),
+            grad_out,
+            logits,
+            out,
+            lse_all.contiguous(),
+            grad_x,
+            N,
+            K,
+            *logits.stride(),
+            ACC=_tl_acc(logits),
+            BLOCK_K=triton.next_power_of_2(K),
         )
     return grad_x
 
@@ -157,8 +201,15 @@ def lse_aggregate_nll_fwd(logits, target, reduction: int) -> tuple[torch.Tensor,
     stats = logits.new_empty((B, 2), dtype=acc)
     if B > 0:
         _nll_fwd_kernel[(B,)](
-            logits, target.contiguous(), row_loss, stats, N, K, *logits.stride(),
-            ACC=_tl_acc(logits), BLOCK_K=triton.next_power_of_2(K),
+            logits,
+            target.contiguous(),
+            row_loss,
+            stats,
+            N,
+            K,
+            *logits.stride(),
+            ACC=_tl_acc(logits),
+            BLOCK_K=triton.next_power_of_2(K),
         )
     loss = row_loss if reduction == 0 else (row_loss.mean() if reduction == 1 else row_loss.sum())
     return loss, stats
@@ -172,7 +223,15 @@ def lse_aggregate_nll_bwd(grad_loss, logits, target, stats, reduction: int) -> t
     grad_x = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     if B > 0:
         _nll_bwd_kernel[(B,)](
-            weight.contiguous(), logits, target.contiguous(), stats.contiguous(), grad_x, N, K, *logits.stride(),
-            ACC=_tl_acc(logits), BLOCK_K=triton.next_power_of_2(K),
+            weight.contiguous(),
+            logits,
+            target.contiguous(),
+            stats.contiguous(),
+            grad_x,
+            N,
+            K,
+            *logits.stride(),
+            ACC=_tl_acc(logits),
+            BLOCK_K=triton.next_power_of_2(K),
         )
     return grad_x

@@ -59,7 +59,9 @@ def temporal_mean_fwd(x: torch.Tensor) -> torch.Tensor:
     R = out[0].numel() if B > 0 else 0
     if out.numel() > 0:
         grid = (B, triton.cdiv(R, BLOCK))
-        _temporal_mean_fwd_kernel[grid](x, out, T, R, x.stride(0), x.stride(1), ACC=_tl_acc(x.dtype), BLOCK=BLOCK)
+        _temporal_mean_fwd_kernel[grid](
+            x, out, T, R, x.stride(0), x.stride(1), ACC=_tl_acc(x.dtype), BLOCK=BLOCK
+        )
     return out
 
 
@@ -71,5 +73,7 @@ def temporal_mean_bwd(grad: torch.Tensor, T: int) -> torch.Tensor:
     if grad_x.numel() > 0:
         B = grad.shape[0]
         R = grad.numel() // B
-        _temporal_mean_bwd_kernel[(B * T, triton.cdiv(R, BLOCK))](grad, grad_x, T, R, ACC=_tl_acc(grad.dtype), BLOCK=BLOCK)
+        _temporal_mean_bwd_kernel[(B * T, triton.cdiv(R, BLOCK))](
+            grad, grad_x, T, R, ACC=_tl_acc(grad.dtype), BLOCK=BLOCK
+        )
     return grad_x

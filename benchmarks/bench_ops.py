@@ -1,0 +1,280 @@
+"""Benchmark of the fused clip ops against eager PyTorch.
+
+Per op, shape and backend: time per call, effective GB/s (compulsory bytes: inputs read once, outputs
+written once), % of the device-to-device copy bandwidth measured in the same run, and the speedup over
+eager PyTorch as the original ClipBERT code writes it (x.mean(1); torch.logsumexp over clips, then
+log_softmax / cross_entropy). Prints a table, checks the issue's targets and writes JSON.
+
+    python benchmarks/bench_ops.py --device cpu
+    python benchmarks/bench_ops.py --device cuda --out benchmarks/results/ops_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clipbert import ops  # noqa: E402
+
+BF16 = torch.bfloat16
+F32 = torch.float32
+# (shape, dtype) per op and device. GPU shapes are the issue's; CPU shapes are smaller versions.
+SHAPES = {
+    "cuda": {
+        "temporal_mean": [
+            ((128, 2, 2048, 14, 14), BF16),
+            ((64, 8, 2048, 14, 14), BF16),
+            ((128, 2, 768, 7, 7), BF16),
+        ],
+        "lse": [((128, 16, 2), BF16), ((128, 16, 1540), BF16), ((4096, 16, 1540), BF16)],
+    },
+    "cpu": {
+        "temporal_mean": [
+            ((16, 2, 256, 14, 14), F32),
+            ((16, 2, 256, 14, 14), BF16),
+            ((8, 8, 128, 7, 7), F32),
+        ],
+        "lse": [((128, 16, 2), F32), ((128, 16, 1540), F32), ((512, 16, 154), BF16)],
+    },
+}
+# GPU targets from the issue: (op, shape, pass) -> ("copy_pct", minimum) or ("speedup", minimum).
+GPU_TARGETS = {
+    ("temporal_mean", (128, 2, 2048, 14, 14), "fwd"): ("copy_pct", 85.0),
+    ("lse_aggregate_nll", (128, 16, 2), "fwd+bwd"): ("speedup", 20.0),
+    ("lse_aggregate_nll", (4096, 16, 1540), "fwd+bwd"): ("copy_pct", 80.0),
+}
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn, device: str, reps: int, trials: int = 5) -> float:
+    """Median over trials of the mean seconds per call of `fn` (calls issued back to back)."""
+    for _ in range(max(2, reps // 5)):
+        fn()
+    _sync(device)
+    samples = []
+    for _ in range(trials):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3 / reps)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            samples.append((time.perf_counter() - t0) / reps)
+    return statistics.median(samples)
+
+
+def copy_bandwidth(device: str) -> float:
+    """Device-to-device copy bandwidth in GB/s (bytes read + bytes written)."""
+    n = (1 << 30) if device == "cuda" else (64 << 20)
+    src = torch.empty(n, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    t = time_call(lambda: dst.copy_(src), device, reps=20 if device == "cuda" else 10)
+    return 2 * n / t / 1e9
+
+
+def _es(dtype):
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def eager_lse(x):
+    return torch.log_softmax(torch.logsumexp(x.float(), dim=1), dim=-1)
+
+
+def eager_nll(x, t):
+    return F.cross_entropy(torch.logsumexp(x.float(), dim=1), t)
+
+
+def cases(device: str):
+    """Yields (op, shape, pass, dtype, bytes, {impl: fn}) with impl "eager" or a backend name."""
+    backends = ["cuda", "triton"] if device == "cuda" else ["cpu", "reference"]
+    backends = [b for b in backends if _usable(b, device)]
+    for shape, dtype in SHAPES[device]["temporal_mean"]:
+        x = torch.randn(shape, device=device).to(dtype)
+        nbytes = x.numel() * _es(dtype) * (1 + 1 / shape[1])
+        fns = {"eager": lambda x=x: x.mean(1)}
+        fns.update({b: (lambda x=x, b=b: ops.temporal_mean(x, backend=b)) for b in backends})
+        yield "temporal_mean", shape, "fwd", dtype, nbytes, fns
+    for shape, dtype in SHAPES[device]["lse"]:
+        yield from lse_cases(shape, dtype, device, backends)
+
+
+def lse_cases(shape, dtype, device: str, backends: list[str]):
+    B, _, K = shape
+    x = torch.randn(shape, device=device).to(dtype)
+    xg = x.clone().requires_grad_()
+    t = torch.randint(0, K, (B,), device=device)
+    g = torch.randn(B, K, device=device)
+    x_bytes = x.numel() * _es(dtype)
+
+    def lse_fwd(b):
+        return lambda: ops.lse_aggregate(x, backend=b)
+
+    def lse_fwd_bwd(b):
+        return lambda: torch.autograd.grad(ops.lse_aggregate(xg, backend=b), xg, g)
+
+    def nll_fwd(b):
+        return lambda: ops.lse_aggregate_nll(x, t, backend=b)
+
+    def nll_fwd_bwd(b):
+        return lambda: torch.autograd.grad(ops.lse_aggregate_nll(xg, t, backend=b), xg)
+
+    eager = {
+        lse_fwd: lambda: eager_lse(x),
+        lse_fwd_bwd: lambda: torch.autograd.grad(eager_lse(xg), xg, g),
+        nll_fwd: lambda: eager_nll(x, t),
+        nll_fwd_bwd: lambda: torch.autograd.grad(eager_nll(xg, t), xg),
+    }
+    specs = [
+        ("lse_aggregate", "fwd", x_bytes + B * K * 4, lse_fwd),
+        ("lse_aggregate", "fwd+bwd", 3 * x_bytes + 3 * B * K * 4, lse_fwd_bwd),
+        ("lse_aggregate_nll", "fwd", x_bytes + B * 8, nll_fwd),
+        ("lse_aggregate_nll", "fwd+bwd", 3 * x_bytes + 2 * B * 8, nll_fwd_bwd),
+    ]
+    for op, kind, nbytes, make in specs:
+        yield op, shape, kind, dtype, nbytes, {"eager": eager[make], **{b: make(b) for b in backends}}
+
+
+def _usable(backend: str, device: str) -> bool:
+    try:
+        ops._backend.resolve(backend, torch.device(device))
+        return True
+    except RuntimeError as err:
+        print(f"skipping backend {backend}: {err}")
+        return False
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def run(device: str, reps: int) -> dict:
+    copy_gbps = copy_bandwidth(device)
+    print(f"{device_name(device)} | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    print(f"device-to-device copy bandwidth: {copy_gbps:.1f} GB/s\n")
+    header = f"{'op':18} {'shape':24} {'pass':8} {'impl':10} {'time_us':>10} {'GB/s':>8} {'%copy':>6}"
+    header += f" {'vs eager':>9}"
+    print(header + "\n" + "-" * len(header))
+    rows = []
+    for op, shape, kind, dtype, nbytes, fns in cases(device):
+        eager_t = None
+        for impl, fn in fns.items():
+            t = time_call(fn, device, reps)
+            eager_t = t if impl == "eager" else eager_t
+            gbps = nbytes / t / 1e9
+            row = dict(
+                op=op,
+                shape=list(shape),
+                dtype=str(dtype).replace("torch.", ""),
+                pass_=kind,
+                impl=impl,
+                time_us=t * 1e6,
+                gbps=gbps,
+                copy_pct=100 * gbps / copy_gbps,
+                speedup=eager_t / t,
+            )
+            rows.append(row)
+            print(
+                f"{op:18} {str(tuple(shape)):24} {kind:8} {impl:10} {t * 1e6:10.1f} {gbps:8.1f} "
+                f"{row['copy_pct']:6.1f} {row['speedup']:8.2f}x"
+            )
+    return dict(
+        device=device,
+        device_name=device_name(device),
+        torch=torch.__version__,
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        threads=torch.get_num_threads(),
+        copy_gbps=copy_gbps,
+        results=rows,
+    )
+
+
+def check_targets(report: dict) -> list[dict]:
+    """GPU: the issue's targets. CPU: the C++ kernels are at least as fast as eager at every case."""
+    checks = []
+    if report["device"] == "cuda":
+        for (op, shape, kind), (metric, minimum) in GPU_TARGETS.items():
+            for r in report["results"]:
+                if (r["op"], tuple(r["shape"]), r["pass_"], r["impl"]) == (op, shape, kind, "cuda"):
+                    checks.append(
+                        dict(
+                            target=f"{op} {shape} {kind} {metric} >= {minimum}",
+                            value=r[metric],
+                            met=r[metric] >= minimum,
+                        )
+                    )
+    else:
+        for r in report["results"]:
+            if r["impl"] == "cpu":
+                checks.append(
+                    dict(
+                        target=f"{r['op']} {tuple(r['shape'])} {r['pass_']} cpu/eager speedup >= 1",
+                        value=r["speedup"],
+                        met=r["speedup"] >= 1.0,
+                    )
+                )
+    print()
+    for c in checks:
+        print(f"{'MET    ' if c['met'] else 'NOT MET'} {c['target']}: {c['value']:.2f}")
+    return checks
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument(
+        "--reps", type=int, default=None, help="calls per timing trial (default 100 cuda, 10 cpu)"
+    )
+    parser.add_argument(
+        "--out", type=pathlib.Path, default=None, help="JSON path (default benchmarks/results/...)"
+    )
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    torch.manual_seed(0)
+    report = run(args.device, args.reps or (100 if args.device == "cuda" else 10))
+    report["targets"] = check_targets(report)
+    if args.out is None:
+        tag = "cpu" if args.device == "cpu" else report["device_name"].split()[-1].lower()
+        args.out = ROOT / "benchmarks" / "results" / f"ops_{tag}_{datetime.date.today().isoformat()}.json"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {os.path.relpath(args.out)}")
+    return 0 if all(c["met"] for c in report["targets"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
