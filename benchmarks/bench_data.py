@@ -145,6 +145,17 @@ def variants(args, sets, store):
             )
         for p in pipes:
             yield (
+                f"dali-gpu h264 gop{args.gop} pipelines={p} no-index",
+                dict(
+                    backend="dali",
+                    video_dir=sets["h264"],
+                    num_workers=dali_workers,
+                    dali_pipelines=p,
+                    dali_build_index=False,
+                ),
+            )
+        for p in pipes:
+            yield (
                 f"dali-gpu h264 gop4 pipelines={p}",
                 dict(backend="dali", video_dir=sets["h264_gop4"], num_workers=dali_workers, dali_pipelines=p),
             )

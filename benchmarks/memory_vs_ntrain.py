@@ -41,6 +41,8 @@ from clipbert.perf.measure import Point, measure_max_batch, measure_time  # noqa
 from clipbert.perf.paths import EAGER, OPTIMIZED_MEMORY, OPTIMIZED_SPEED, PathOptions, ablation_ladder  # noqa: E402
 
 GIB = 2**30
+SMALL_CAP_GIB = 0.0625  # --small: about twice the tiny model's weights, grads and AdamW state
+SMALL_VOCAB = 2048  # --small: a short vocabulary keeps the embedding from dominating the tiny model
 CSV_KEYS = [
     "panel", "path", "n_train", "frames_per_clip", "batch", "max_batch_exact", "first_failure", "median_ms",
     "p10_ms", "p90_ms", "frames_per_s", "peak_gib", "bytes_per_sample_gib", "model_tflop_per_step", "mfu",
@@ -51,15 +53,15 @@ CSV_KEYS = [
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--small", action="store_true", help="tiny preset, L=96, few points: a CPU smoke run")
+    p.add_argument("--small", action="store_true", help="tiny preset, L=64, 2k vocabulary, small cap: a CPU smoke run")
     p.add_argument("--preset", default="base")
-    p.add_argument("--image-size", type=int, default=None, help="L (default: the preset's; 96 with --small)")
+    p.add_argument("--image-size", type=int, default=None, help="L (default: the preset's; 64 with --small)")
     p.add_argument("--panels", default="abcd", help="subset of 'abcd'")
     p.add_argument("--paths", nargs="+", default=["eager", "optimized"], choices=["eager", "optimized"])
     p.add_argument("--ntrain", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--frames", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--time-batch", type=int, default=8)
-    p.add_argument("--mem-cap-gib", type=float, default=None, help="default 32 (the paper's V100); 0.5 with --small")
+    p.add_argument("--mem-cap-gib", type=float, default=None, help="default 32 (the paper's V100); 0.0625 with --small")
     p.add_argument("--max-batch-limit", type=int, default=2048)
     p.add_argument("--max-probes", type=int, default=14)
     p.add_argument("--warmup", type=int, default=3)
@@ -78,9 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.small:
         args.preset = "tiny"
-        args.image_size = args.image_size or 96
+        args.image_size = args.image_size or 64
         if args.mem_cap_gib is None:
-            args.mem_cap_gib = 0.5
+            args.mem_cap_gib = SMALL_CAP_GIB
     args.mem_cap_gib = 32.0 if args.mem_cap_gib is None else args.mem_cap_gib
     if set(args.panels) - set("abcd"):
         p.error(f"--panels takes letters from 'abcd', got {args.panels!r}")
@@ -92,6 +94,8 @@ def bench_config(args) -> ClipBertConfig:
     overrides = dict(backbone_style="msra", frozen_bn=True, freeze_at=2, pretrain_heads=False, max_text_len=32)
     if args.image_size:
         overrides["image_size"] = args.image_size
+    if args.small:
+        overrides["vocab_size"] = SMALL_VOCAB
     return ClipBertConfig.from_preset(args.preset, **overrides)
 
 

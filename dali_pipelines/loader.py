@@ -63,6 +63,7 @@ class DaliLoader(_OverlappedLoader):
             cfg.dali_threads,
             cfg.dali_order,
             torch_device.index or 0,
+            cfg.dali_build_index,
         )
         self.pyav = PyAVDecoder()
         self.use_pyav: set[str] = set()  # files DALI failed on

@@ -30,8 +30,13 @@ def video_pipeline(
     num_threads: int = 4,
     device_id: int = 0,
     prefetch_queue_depth: int = 1,
+    build_index: bool = True,
 ):
-    """A DALI pipeline fed by `feed_input` with names "encoded", "frames", "resize_x", "resize_y"."""
+    """A DALI pipeline fed by `feed_input` with names "encoded", "frames", "resize_x", "resize_y".
+
+    `build_index=False` skips the per-sample scan of the whole file that makes seeks exact and fast; with
+    short videos and few clips the scan can cost more than it saves (measured by bench_data.py).
+    """
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
 
@@ -41,7 +46,8 @@ def video_pipeline(
         resize_x = fn.external_source(name="resize_x", dtype=types.FLOAT, ndim=0)
         resize_y = fn.external_source(name="resize_y", dtype=types.FLOAT, ndim=0)
         decoder_device = "mixed" if device == "gpu" else "cpu"
-        video = fn.decoders.video(encoded, frames=frames, device=decoder_device)  # [F, H, W, 3] uint8 RGB
+        # [F, H, W, 3] uint8 RGB
+        video = fn.decoders.video(encoded, frames=frames, device=decoder_device, build_index=build_index)
         return resize_normalize_pad(fn, types, video, resize_x, resize_y, size, norm, sequence=True)
 
     return build_pipeline(graph, max_batch_size, num_threads, device, device_id, prefetch_queue_depth)
@@ -84,6 +90,7 @@ class DaliVideoDecoder:
         num_threads: int = 4,
         order: str = "frames",
         device_id: int = 0,
+        build_index: bool = True,
     ):
         if device not in ("gpu", "cpu"):
             raise ValueError(f"device must be gpu or cpu, got {device!r}")
@@ -91,7 +98,8 @@ class DaliVideoDecoder:
             raise ValueError(f"order must be none or frames, got {order!r}")
         self.size, self.norm, self.device, self.order = size, norm, device, order
         self.torch_device = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
-        self._args = (-(-max_batch_size // num_pipelines), size, norm, device, num_threads, device_id)
+        per_pipe = -(-max_batch_size // num_pipelines)
+        self._args = (per_pipe, size, norm, device, num_threads, device_id, 1, build_index)
         self.num_pipelines = num_pipelines
         self.pipes = []
         self.rebuild()

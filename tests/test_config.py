@@ -35,7 +35,12 @@ def test_msrvtt_config_matches_the_paper():
     cfg = C.load("ds_msrvtt")
     assert (cfg.data.image_size, cfg.data.num_clips, cfg.data.frames_per_clip) == (448, 8, 2)
     assert (cfg.data.num_test_clips, cfg.task.aggregation) == (16, "lse")
-    assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size, cfg.train.betas) == (5e-5, 20, 16, [0.9, 0.98])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size, cfg.train.betas) == (
+        5e-5,
+        20,
+        16,
+        [0.9, 0.98],
+    )
     assert C.precision(cfg.deepspeed) == "bf16"
     assert cfg.model_config().hidden_size == 768
 
@@ -74,9 +79,15 @@ def test_unknown_key_names_the_full_key_and_the_allowed_ones():
         ("train.betas=[0.9]", r"train\.betas must be two numbers"),
         ("train.device=tpu", r"train\.device must be one of auto, cpu, cuda"),
         ("eval.split=dev", r"eval\.split must be one of train, val, test"),
-        ("deepspeed.zero_optimization.stage=4", r"deepspeed\.zero_optimization\.stage must be one of 0, 1, 2, 3"),
+        (
+            "deepspeed.zero_optimization.stage=4",
+            r"deepspeed\.zero_optimization\.stage must be one of 0, 1, 2, 3",
+        ),
         ("deepspeed.fp16.enabled=true", r"bf16\.enabled and deepspeed\.fp16\.enabled are both true"),
-        ("deepspeed.train_micro_batch_size_per_gpu=4", r"deepspeed\.train_micro_batch_size_per_gpu is set from"),
+        (
+            "deepspeed.train_micro_batch_size_per_gpu=4",
+            r"deepspeed\.train_micro_batch_size_per_gpu is set from",
+        ),
         ("data.backend=opencv", r"backend must be one of pyav, dali, frame_store"),
         ("data.num_frames=3", r"unknown data config key 'num_frames'"),
         ("model.head=qa", r"model\.head='qa' disagrees"),
@@ -91,7 +102,13 @@ def test_bad_values_fail_at_start_up(override, pattern):
 def test_set_values_are_json_where_possible():
     cfg = C.load(
         "ds_synthetic",
-        ["train.max_steps=7", "train.resume=auto", "train.plot=false", "train.betas=[0.8, 0.9]", "model.freeze_at=1"],
+        [
+            "train.max_steps=7",
+            "train.resume=auto",
+            "train.plot=false",
+            "train.betas=[0.8, 0.9]",
+            "model.freeze_at=1",
+        ],
     )
     assert cfg.train.max_steps == 7 and cfg.train.resume == "auto" and cfg.train.plot is False
     assert cfg.train.betas == [0.8, 0.9]

@@ -41,10 +41,12 @@ def pyav_reference(path, indices, size, norm) -> torch.Tensor:
     return flat.view(*indices.shape, 3, size, size)
 
 
-@pytest.mark.parametrize("pipelines", [1, 2])
-def test_dali_cpu_decodes_exactly_the_requested_vp9_frames(vp9, pipelines):
+@pytest.mark.parametrize("pipelines, build_index", [(1, True), (2, False)])
+def test_dali_cpu_decodes_exactly_the_requested_vp9_frames(vp9, pipelines, build_index):
     indices = np.array([[[30, 31], [2, 3]], [[59, 0], [10, 5]], [[7, 8], [9, 10]]])  # [B=3, N=2, T=2]
-    decoder = DaliVideoDecoder(64, IMAGENET_RGB, 3, device="cpu", num_pipelines=pipelines)
+    decoder = DaliVideoDecoder(
+        64, IMAGENET_RGB, 3, device="cpu", num_pipelines=pipelines, build_index=build_index
+    )
     out = decoder.decode([read_bytes(vp9)] * 3, indices, [(48, 64)] * 3)
     assert out.shape == (3, 2, 2, 3, 64, 64) and out.dtype == torch.float32
     rgb = denormalize(out, IMAGENET_RGB).round().clamp(0, 255).to(torch.uint8).numpy()
@@ -163,3 +165,52 @@ def test_dali_gpu_matches_cpu(vp9):
     assert gpu.is_cuda
     diff = (gpu.cpu() - cpu) * torch.tensor(IMAGENET_RGB.std).view(3, 1, 1)
     assert diff.abs().mean() < 2.0
+
+
+@pytest.fixture(scope="module")
+def h264_bench(tmp_path_factory):
+    synthetic = pytest.importorskip(
+        "clipbert.data.synthetic", reason="synthetic benchmark (issue 3) not landed"
+    )
+    out = tmp_path_factory.mktemp("h264_bench")
+    synthetic.generate(out, 12, 1, codec="h264", size="tiny", workers=1)
+    return out
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("order", ["none", "frames"])
+def test_dali_gpu_loader_on_h264_matches_pyav(h264_bench, order):
+    def batches(**overrides):
+        cfg = cfg_for(h264_bench, **overrides)
+        dataset = build_dataset("tgif_action", "train", cfg, build_tokenizer(), IMAGENET_RGB)
+        loader = build_loader(dataset, cfg, 3, True, rank=0, world_size=1, device="cuda")
+        loader.sampler.set_epoch(1)
+        return list(loader)
+
+    dali = batches(backend="dali", dali_pipelines=2, dali_order=order)
+    pyav = batches(backend="pyav")
+    assert len(dali) == len(pyav) > 0
+    for x, y in zip(dali, pyav, strict=True):
+        assert x["frames"].is_cuda and x["bad_videos"] == []
+        diff = (x["frames"] - y["frames"].to(x["frames"].device)).cpu() * torch.tensor(IMAGENET_RGB.std).view(
+            3, 1, 1
+        )
+        assert diff.abs().mean() < 2.0  # NVDEC vs libavcodec H.264 and resize rounding
+
+
+@pytest.mark.needs_cuda
+def test_dali_gpu_frame_store_matches_cpu_reader(h264_bench, tmp_path):
+    from clipbert.data.build_frame_store import build_frame_store
+
+    store = tmp_path / "frames.h5"
+    build_frame_store(h264_bench / "videos", store, fps=4.0, workers=0, progress=False)
+    out = {}
+    for reader in ("dali", "cpu"):
+        cfg = cfg_for(h264_bench, backend="frame_store", frame_store=str(store), frame_store_reader=reader)
+        dataset = build_dataset("msrvtt_qa", "test", cfg, build_tokenizer(), IMAGENET_RGB)
+        loader = build_loader(dataset, cfg, 3, False, rank=0, world_size=1, device="cuda")
+        out[reader] = list(loader)
+    for x, y in zip(out["dali"], out["cpu"], strict=True):
+        assert x["frames"].is_cuda
+        diff = (x["frames"] - y["frames"]).cpu() * torch.tensor(IMAGENET_RGB.std).view(3, 1, 1)
+        assert diff.abs().mean() < 2.0  # nvJPEG vs libjpeg-turbo

@@ -165,3 +165,15 @@ def test_normalize_padded_zeroes_each_samples_own_padding():
     assert hws == [(25, 17), (10, 25)]
     assert np.abs(batch.double().numpy() - np.stack(refs)).max() <= 1.0 + 1e-4  # CAFFE std 1: grey levels
     assert (batch[0, ..., 17:] == 0).all() and (batch[1, ..., 10:, :] == 0).all()
+
+
+def test_frames_missing_at_the_end_repeat_the_last_frame_within_tolerance(painted):
+    from clipbert.data.decoders.base import VideoInfo
+
+    decoder = build_decoder("pyav")
+    decoder._infos[painted["h264"]] = VideoInfo(80, 10.0, 48, 64, "h264")  # the header over-counts by 5
+    np.testing.assert_array_equal(
+        read_indices(decoder.decode(painted["h264"], np.array([[70, 76]]))), [[70, 74]]
+    )
+    with pytest.raises(VideoDecodeError, match="frame 77 missing: stream ends at frame 74"):
+        decoder.decode(painted["h264"], np.array([[10, 77]]))

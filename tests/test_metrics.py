@@ -69,7 +69,12 @@ def test_accuracy_errors():
 
 
 def test_dedupe_keeps_one_record_per_index():
-    records = [{"index": 2, "pred": 1}, {"index": 0, "pred": 3}, {"index": 2, "pred": 1}, {"index": 1, "pred": 0}]
+    records = [
+        {"index": 2, "pred": 1},
+        {"index": 0, "pred": 3},
+        {"index": 2, "pred": 1},
+        {"index": 1, "pred": 0},
+    ]
     assert [r["index"] for r in dedupe_by_index(records)] == [0, 1, 2]
 
 

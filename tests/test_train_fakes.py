@@ -29,7 +29,9 @@ def _gen(*key: int) -> torch.Generator:
 class FakeSet(torch.utils.data.Dataset):
     """kind: retrieval | qa | mc | mc_itm | video (retrieval eval videos)."""
 
-    def __init__(self, kind, size, n_clips, m_texts=2, num_answers=5, nan_epoch=None, nan_indices=(), sigterm_at=None):
+    def __init__(
+        self, kind, size, n_clips, m_texts=2, num_answers=5, nan_epoch=None, nan_indices=(), sigterm_at=None
+    ):
         self.kind, self.size, self.n, self.m = kind, size, n_clips, m_texts
         self.num_answers = num_answers
         self.nan_epoch, self.nan_indices, self.sigterm_at = nan_epoch, set(nan_indices), sigterm_at
@@ -50,7 +52,9 @@ class FakeSet(torch.utils.data.Dataset):
             return item
         m = 1 if self.kind == "qa" else self.m
         lengths = torch.randint(3, 7, (m,), generator=g).tolist()
-        item["input_ids"] = [[101] + torch.randint(1000, 1000 + VOCAB, (n,), generator=g).tolist() for n in lengths]
+        item["input_ids"] = [
+            [101] + torch.randint(1000, 1000 + VOCAB, (n,), generator=g).tolist() for n in lengths
+        ]
         if self.kind == "retrieval":
             item["labels"] = [1] + [0] * (m - 1)
         elif self.kind == "qa":
@@ -134,8 +138,14 @@ def make_config(output_dir, task="msrvtt_ret", train=None, eval=None, deepspeed=
     raw = {
         "task": {"name": task},
         "model": {"preset": "tiny", "backbone_layers": [1, 1, 1, 1], "num_layers": 1},
-        "data": {"image_size": L, "num_clips": 2, "num_test_clips": 3, "frames_per_clip": 1, "num_workers": 0,
-                 **(data or {})},
+        "data": {
+            "image_size": L,
+            "num_clips": 2,
+            "num_test_clips": 3,
+            "frames_per_clip": 1,
+            "num_workers": 0,
+            **(data or {}),
+        },
         "train": {
             "output_dir": str(output_dir),
             "device": "cpu",

@@ -53,7 +53,13 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
         summary["metrics"], second["metrics"]
     )
     # run outputs
-    for name in ("config.json", "metrics.jsonl", "perf.json", "training_curves.png", "model/clipbert_config.json"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "perf.json",
+        "training_curves.png",
+        "model/clipbert_config.json",
+    ):
         assert (full / name).is_file(), name
     evals = _metrics(full)
     assert [e["split"] for e in evals] == ["val", "val", "val", "test"]
@@ -82,7 +88,9 @@ def test_eval_only_from_checkpoint_and_export_agree(tmp_path):
 def test_single_nan_batches_are_skipped_and_counted(tmp_path):
     out = tmp_path / "nan"
     # example 3 has NaN frames: one micro batch per epoch is skipped
-    summary = run(make_config(out, train={"epochs": 2, "max_bad_steps": 2}), CPU, fake_factory(nan_indices={3}))
+    summary = run(
+        make_config(out, train={"epochs": 2, "max_bad_steps": 2}), CPU, fake_factory(nan_indices={3})
+    )
     assert summary["reason"] == "done" and summary["bad_steps"] == 2
     steps = _steps(out)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
@@ -108,7 +116,9 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
     assert summary["reason"] == "signal"
     tag = (ckpt.checkpoint_root(out) / "latest").read_text().strip()
     assert tag == ckpt.tag_for(summary["step"]) and 1 <= summary["step"] < 8
-    resumed = run(make_config(out, train={"epochs": 2, "eval_every": -1, "resume": "auto"}), CPU, fake_factory())
+    resumed = run(
+        make_config(out, train={"epochs": 2, "eval_every": -1, "resume": "auto"}), CPU, fake_factory()
+    )
     assert resumed["reason"] == "done" and resumed["step"] == 8
 
 
@@ -118,7 +128,9 @@ def test_qa_mc_train_and_eval(tmp_path, task):
     if task == "msrvtt_mc":  # evaluated with a retrieval model (here: freshly trained for one step)
         run(make_config(tmp_path / "ret", train={"max_steps": 1, "eval_every": -1}), CPU, fake_factory())
         extra = {"eval": {"only": True, "checkpoint": str(tmp_path / "ret" / "model")}}
-    summary = run(make_config(tmp_path / task, task=task, train={"max_steps": 2}, **extra), CPU, fake_factory())
+    summary = run(
+        make_config(tmp_path / task, task=task, train={"max_steps": 2}, **extra), CPU, fake_factory()
+    )
     metrics = summary["metrics"]
     assert metrics["num_examples"] == 5 and 0.0 <= metrics["acc"] <= 100.0
     if task == "msrvtt_qa":

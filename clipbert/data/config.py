@@ -62,6 +62,7 @@ class DataConfig:
     dali_threads: int = 4  # CPU threads per DALI pipeline
     dali_pipelines: int = 1  # parallel DALI decoder pipelines (each has its own decoder instance)
     dali_order: str = "frames"  # none | frames: decode a sample's frames in ascending order, restore after
+    dali_build_index: bool = True  # let fn.decoders.video index each file (exact, fast seeks; costs a scan)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_text_len, int):

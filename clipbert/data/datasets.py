@@ -47,8 +47,6 @@ def split_key(key) -> tuple[int, int]:
 class TaskDataset(Dataset):
     """Shared machinery: annotations, tokenizer, frames, bad-video replacement."""
 
-    task: str = ""
-
     def __init__(self, task: str, split: str, cfg: DataConfig, tokenizer, norm: Normalization):
         self.task, self.split, self.cfg, self.tokenizer, self.norm = task, split, cfg, tokenizer, norm
         self.train = split == "train"

@@ -44,7 +44,11 @@ def device_name(device: torch.device | str) -> str:
 
 def device_peak(device: torch.device | str, override_tflops: float | None = None) -> DevicePeak:
     """Peak dense bf16 FLOP/s of `device`; `override_tflops` wins (e.g. for a CPU or an unlisted card)."""
-    name = device_name(device)
+    return peak_for_name(device_name(device), override_tflops)
+
+
+def peak_for_name(name: str, override_tflops: float | None = None) -> DevicePeak:
+    """Peak dense bf16 FLOP/s for a device name as torch.cuda.get_device_name reports it."""
     if override_tflops is not None:
         if override_tflops <= 0:
             raise ValueError(f"peak TFLOPS override must be positive, got {override_tflops}")

@@ -38,16 +38,17 @@ class BatchSearchResult:
 
 
 def _fit_line(probes: list[Probe]) -> tuple[float, float] | None:
-    """Least-squares (intercept, slope) of peak bytes against batch over fitting probes."""
-    pts = [(p.batch, p.peak_bytes) for p in probes if p.fits and p.peak_bytes is not None]
-    if len({b for b, _ in pts}) < 2:
+    """(intercept, slope) of peak bytes against batch through the two largest fitting probes.
+
+    The largest ones: at small batches fixed costs (weights, allocator rounding) hide the per-sample
+    slope, and the answer lies beyond the largest fitting probe anyway.
+    """
+    pts = sorted({p.batch: p.peak_bytes for p in probes if p.fits and p.peak_bytes is not None}.items())
+    if len(pts) < 2:
         return None
-    n = len(pts)
-    mb = sum(b for b, _ in pts) / n
-    mp = sum(p for _, p in pts) / n
-    var = sum((b - mb) ** 2 for b, _ in pts)
-    slope = sum((b - mb) * (p - mp) for b, p in pts) / var
-    return mp - slope * mb, slope
+    (b0, m0), (b1, m1) = pts[-2], pts[-1]
+    slope = (m1 - m0) / (b1 - b0)
+    return m1 - slope * b1, slope
 
 
 def find_max_batch(
@@ -82,31 +83,26 @@ def find_max_batch(
 
     if run(start) and start < limit:
         run(min(limit, 2 * start))
+    informed = True  # inside the bracket, line-informed guesses alternate with bisection steps
     while not out_of_budget():
-        if hi is not None and hi - lo <= 1:
-            break
-        if hi is None and lo == limit:
+        if (hi is not None and hi - lo <= 1) or (hi is None and lo == limit) or lo == 0:
             break
         line = _fit_line(probes)
+        if line is not None and line[1] > 0:
+            predicted = int((cap_bytes - line[0]) / line[1])
+        usable = line is not None and line[1] > 0
         if hi is None:
-            # Grow: jump to the line's prediction (a little past it, to bracket from above) or double.
-            guess = 2 * lo
-            if line is not None and line[1] > 0:
-                predicted = int((cap_bytes - line[0]) / line[1])
-                guess = max(lo + 1, math.ceil(predicted * 1.02))
-            run(min(limit, guess))
-        elif lo == 0:
-            break  # `start` itself does not fit
+            # Grow: to the line's prediction (a little past it, to bracket from above), at most 8x per probe.
+            guess = min(8 * lo, max(lo + 1, math.ceil(predicted * 1.02))) if usable else 2 * lo
+        elif informed and usable:
+            guess = min(hi - 1, max(lo + 1, predicted))
+            informed = False
         else:
-            mid = (lo + hi) // 2
-            if line is not None and line[1] > 0 and len(probes) <= 4:
-                # One informed step inside the bracket before plain bisection.
-                predicted = int((cap_bytes - line[0]) / line[1])
-                if lo < predicted < hi - 1:
-                    mid = predicted
-            run(mid)
+            guess = (lo + hi) // 2
+            informed = True
+        run(min(limit, guess))
     line = _fit_line(probes)
-    exact = (hi is not None and hi - lo <= 1) or (hi is None and lo == limit) or (lo == 0 and hi == start)
+    exact = (hi is not None and hi - lo <= 1) or (hi is None and lo == limit)
     return BatchSearchResult(
         max_batch=lo,
         first_failure=hi,

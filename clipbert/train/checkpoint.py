@@ -74,7 +74,9 @@ def save(engine, output_dir: str | Path, trainer_state: dict, keep: int) -> Path
         (tag_dir / STATE_FILE).write_text(json.dumps(trainer_state, indent=1, sort_keys=True))
     if dist.is_initialized():
         dist.barrier()
-    engine.save_checkpoint(str(root), tag=tag, client_state={"trainer_state": trainer_state}, save_latest=True)
+    engine.save_checkpoint(
+        str(root), tag=tag, client_state={"trainer_state": trainer_state}, save_latest=True
+    )
     if is_rank0():
         _prune(root, keep)
     if dist.is_initialized():
@@ -112,7 +114,9 @@ def locate(path: str | Path, key: str) -> tuple[Path, str]:
     for root in (path, checkpoint_root(path)):
         if (root / LATEST).is_file():
             return root, (root / LATEST).read_text().strip()
-    raise FileNotFoundError(f"{key}={str(path)!r}: no trainer checkpoint there (no {STATE_FILE} or {LATEST} file)")
+    raise FileNotFoundError(
+        f"{key}={str(path)!r}: no trainer checkpoint there (no {STATE_FILE} or {LATEST} file)"
+    )
 
 
 def load(engine, root: Path, tag: str) -> dict:
@@ -190,7 +194,9 @@ class StopSignal:
         if self.requested and signum == signal.SIGINT:  # a second Ctrl-C means now
             raise KeyboardInterrupt
         self.requested = True
-        get_logger().warning("received %s: will checkpoint and exit after this step", signal.Signals(signum).name)
+        get_logger().warning(
+            "received %s: will checkpoint and exit after this step", signal.Signals(signum).name
+        )
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():

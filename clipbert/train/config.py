@@ -173,7 +173,7 @@ class Config:
         }
 
     def model_config(self, **extra: Any):
-        """The ClipBertConfig: preset + overrides, with the head, image size, T and text length of the task."""
+        """The ClipBertConfig: preset + overrides + the task's head, image size, T and text length."""
         from clipbert.models.config import ClipBertConfig
 
         derived = {
@@ -183,7 +183,10 @@ class Config:
             "max_text_len": self.data.max_text_len[self.task.name],
         }
         if self.task.kind == "qa" and "num_answers" not in {**self.model.overrides, **extra}:
-            extra = {**extra, "num_answers": 1}  # placeholder for validation; the trainer passes ans2label's size
+            extra = {
+                **extra,
+                "num_answers": 1,
+            }  # placeholder for validation; the trainer passes ans2label's size
         for key, value in derived.items():
             given = self.model.overrides.get(key, value)
             if given != value:
@@ -191,7 +194,9 @@ class Config:
                     f"model.{key}={given!r} disagrees with the task/data setting {value!r}; drop model.{key}"
                 )
         try:
-            return ClipBertConfig.from_preset(self.model.preset, **{**self.model.overrides, **derived, **extra})
+            return ClipBertConfig.from_preset(
+                self.model.preset, **{**self.model.overrides, **derived, **extra}
+            )
         except ValueError as err:
             raise ConfigError(f"model: {err}") from err
 
@@ -232,7 +237,9 @@ def check_deepspeed(ds: dict[str, Any]) -> None:
     # The trainer owns these (train.*): a conflicting copy in the engine section would be ambiguous.
     for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
         if key in ds:
-            raise ConfigError(f"deepspeed.{key} is set from train.* (batch_size, grad_accum, grad_clip); drop it")
+            raise ConfigError(
+                f"deepspeed.{key} is set from train.* (batch_size, grad_accum, grad_clip); drop it"
+            )
     for key in ("lr", "betas", "eps", "weight_decay"):
         if key in optimizer.get("params", {}):
             raise ConfigError(f"deepspeed.optimizer.params.{key} is set from train.*; drop it")

@@ -27,7 +27,9 @@ class TaskData:
         from clipbert.data.datasets import build_dataset
 
         if split not in self._cache:
-            self._cache[split] = build_dataset(self.cfg.task.name, split, self.cfg.data, self.tokenizer, self.norm)
+            self._cache[split] = build_dataset(
+                self.cfg.task.name, split, self.cfg.data, self.tokenizer, self.norm
+            )
         return self._cache[split]
 
     def has_split(self, split: str) -> bool:
@@ -37,15 +39,19 @@ class TaskData:
         from clipbert.data.loader import build_loader
 
         dataset = self._dataset("train")
-        return dataset, build_loader(dataset, self.cfg.data, self.cfg.train.batch_size, True, device=str(self.device))
+        return dataset, build_loader(
+            dataset, self.cfg.data, self.cfg.train.batch_size, True, device=str(self.device)
+        )
 
     def eval(self, split: str):
-        """(dataset, loader); for retrieval the dataset is a RetrievalEvalData and the loader runs its videos."""
+        """(dataset, loader); retrieval gives a RetrievalEvalData and a loader over its videos."""
         from clipbert.data.loader import build_loader
 
         dataset = self._dataset(split)
         videos = dataset.videos if self.cfg.task.kind == "retrieval" else dataset
-        return dataset, build_loader(videos, self.cfg.data, self.cfg.eval.batch_size, False, device=str(self.device))
+        return dataset, build_loader(
+            videos, self.cfg.data, self.cfg.eval.batch_size, False, device=str(self.device)
+        )
 
     def num_answers(self) -> int:
         """Answer vocabulary size of an open-ended QA task (its ans2label file)."""

@@ -1,4 +1,4 @@
-"""Evaluation with Ntest clips per video (data.num_test_clips, sampled uniformly), aggregated with task.aggregation.
+"""Evaluation with Ntest uniformly spaced clips per video (data.num_test_clips), aggregated as in training.
 
 Retrieval: the full text x video score matrix. Each rank encodes the visual tokens of its shard of videos
 once, scores every text against them in (video_batch x text_batch) chunks, and the columns are gathered.
@@ -136,7 +136,11 @@ def summarize(kind: str, records: list[dict]) -> dict:
         itm = M.accuracy(
             torch.tensor([r["itm_pred"] for r in records]), torch.tensor([r["itm_label"] for r in records])
         )
-        return {"mlm_acc": 100.0 * correct / max(1, total), "itm_acc": itm["acc"], "num_examples": len(records)}
+        return {
+            "mlm_acc": 100.0 * correct / max(1, total),
+            "itm_acc": itm["acc"],
+            "num_examples": len(records),
+        }
     pred = torch.tensor([r["pred"] for r in records])
     label = torch.tensor([r["label"] for r in records])
     types = [r["answer_type"] for r in records] if kind == "qa" else None

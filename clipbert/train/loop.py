@@ -45,7 +45,9 @@ def _sampler(loader):
     if sampler is None:  # the DALI loader wraps a DataLoader
         sampler = getattr(getattr(loader, "loader", None), "sampler", None)
     if sampler is None or not hasattr(sampler, "set_epoch"):
-        raise TypeError(f"the train loader {type(loader).__name__} has no sampler with set_epoch(epoch, consumed)")
+        raise TypeError(
+            f"the train loader {type(loader).__name__} has no sampler with set_epoch(epoch, consumed)"
+        )
     return sampler
 
 
@@ -122,7 +124,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_signal) -> str:
         """Train until total_steps (or a stop); returns why it stopped: done | stop_after_steps | signal."""
-        cfg, t = self.cfg, self.cfg.train
+        t = self.cfg.train
         bar = self._progress_bar()
         window = {"loss": 0.0, "good": 0, "bad": 0}
         self.throughput.reset()
@@ -148,7 +150,9 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.total_steps, initial=self.state.step, desc=self.cfg.task.name, dynamic_ncols=True)
+        return tqdm(
+            total=self.total_steps, initial=self.state.step, desc=self.cfg.task.name, dynamic_ncols=True
+        )
 
     def _epoch(self, stop_signal, bar, window) -> str:
         t = self.cfg.train
@@ -184,7 +188,12 @@ class Trainer:
         finite = bool(torch.isfinite(value).item())
         # One collective per micro batch: every rank skips together and stops together.
         bad, stop, loss_sum, good = _sum_over_ranks(
-            [0.0 if finite else 1.0, float(stop_signal.requested), value.item() if finite else 0.0, float(finite)],
+            [
+                0.0 if finite else 1.0,
+                float(stop_signal.requested),
+                value.item() if finite else 0.0,
+                float(finite),
+            ],
             self.device,
         )
         self.state.micro_in_epoch += 1
@@ -228,9 +237,10 @@ class Trainer:
         )
         if self.state.bad_streak >= t.max_bad_steps:
             raise TrainingDiverged(
-                f"{self.state.bad_streak} non-finite losses in a row (train.max_bad_steps={t.max_bad_steps}) at "
-                f"step {self.state.step}; stopping. The last good checkpoint is left untouched in "
-                f"{ckpt.checkpoint_root(self.out)}. Lower train.lr, enable train.grad_clip, or check the data."
+                f"{self.state.bad_streak} non-finite losses in a row (train.max_bad_steps={t.max_bad_steps}) "
+                f"at step {self.state.step}; stopping. The last good checkpoint is left untouched in "
+                f"{ckpt.checkpoint_root(self.out)}. Lower train.lr, enable train.grad_clip, or check the "
+                "data."
             )
 
     def _after_step(self, window, extra: dict, bar) -> None:
@@ -238,7 +248,14 @@ class Trainer:
         step = self.state.step
         loss = window["loss"] / max(1, window["good"])
         lrs = self._lrs()
-        record = {"step": step, "epoch": self.state.epoch, "loss": loss, "skipped": window["bad"], **lrs, **extra}
+        record = {
+            "step": step,
+            "epoch": self.state.epoch,
+            "loss": loss,
+            "skipped": window["bad"],
+            **lrs,
+            **extra,
+        }
         self._write_step(record)
         window.update(loss=0.0, good=0, bad=0)
         if bar is not None:
@@ -248,7 +265,9 @@ class Trainer:
             self.last_perf = perf
             self.runlog.scalars(step, {**record, **perf})
             if bar is not None:
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs.get('lr', 0):.2e}", fps=f"{perf['frames_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{loss:.4f}", lr=f"{lrs.get('lr', 0):.2e}", fps=f"{perf['frames_per_s']:.1f}"
+                )
             else:
                 mfu = perf["mfu"]
                 self.log.info(

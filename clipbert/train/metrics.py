@@ -31,7 +31,8 @@ def retrieval_metrics(scores: torch.Tensor, text_to_video: torch.Tensor) -> dict
     """
     if scores.dim() != 2 or text_to_video.shape != scores.shape[:1]:
         raise ValueError(
-            f"scores must be [Q, V] and text_to_video [Q]; got {tuple(scores.shape)} and {tuple(text_to_video.shape)}"
+            f"scores must be [Q, V] and text_to_video [Q]; "
+            f"got {tuple(scores.shape)} and {tuple(text_to_video.shape)}"
         )
     scores = scores.double()
     rows = torch.arange(scores.shape[0])

@@ -68,7 +68,11 @@ class Throughput:
         }
 
     def describe(self) -> dict:
-        return {"device": self.peak.name, "peak_tflops": _tflops(self.peak.bf16_flops), "peak_source": self.peak.source}
+        return {
+            "device": self.peak.name,
+            "peak_tflops": _tflops(self.peak.bf16_flops),
+            "peak_source": self.peak.source,
+        }
 
 
 def _tflops(flops: float | None) -> float | None:

@@ -1,4 +1,4 @@
-"""Training curves (loss per step, evaluation metrics per step) as one PNG, from steps.jsonl and metrics.jsonl."""
+"""Training curves (loss and evaluation metrics per step) as one PNG, from steps.jsonl and metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def plot_curves(output_dir: str | Path) -> Path | None:
         for key in rows[0]:
             if key in SKIP_KEYS or not isinstance(rows[0][key], (int, float)) or "meanr" in key:
                 continue
-            ax_eval.plot([r["step"] for r in rows], [r.get(key) for r in rows], marker="o", label=f"{split}/{key}")
+            ax_eval.plot(
+                [r["step"] for r in rows], [r.get(key) for r in rows], marker="o", label=f"{split}/{key}"
+            )
     ax_eval.set(xlabel="optimizer step", title="evaluation")
     if evals:
         ax_eval.legend(fontsize=7, ncol=2)

@@ -1,8 +1,8 @@
 """`train.py`'s body: parse arguments, build config, model, data and engine, then train or evaluate.
 
-    deepspeed train.py --config ds_msrvtt.json [--set section.key=value ...]
-    python train.py --config ds_synthetic.json            # one process, no launcher
-    torchrun --nproc_per_node 2 train.py --config ...
+deepspeed train.py --config ds_msrvtt.json [--set section.key=value ...]
+python train.py --config ds_synthetic.json            # one process, no launcher
+torchrun --nproc_per_node 2 train.py --config ...
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     deepspeed.add_config_arguments(parser)
     args = parser.parse_args(argv)
     if getattr(args, "deepspeed_config", None):
-        parser.error("--deepspeed_config is not used: put the engine settings in the config's deepspeed section")
+        parser.error(
+            "--deepspeed_config is not used: put the engine settings in the config's deepspeed section"
+        )
     return args
 
 
@@ -72,7 +74,6 @@ def run(cfg, device: torch.device, data_factory=None) -> dict:
     """Train (or evaluate, with eval.only) as configured; returns a summary dict (rank 0's view)."""
     from clipbert.train.data import TaskData
 
-    log = get_logger()
     start = time.time()
     ckpt.seed_everything(cfg.train.seed)
     if cfg.task.kind == "mc_itm" and not cfg.eval.only:

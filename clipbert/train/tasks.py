@@ -51,7 +51,11 @@ def training_loss(model, batch: dict, kind: str, aggregation: str) -> tuple[torc
     """Scalar loss of one micro batch, and extra float logs (e.g. the MLM/ITM parts of pre-training)."""
     if kind == "pretrain":
         out = getattr(model, "module", model).pretrain_forward(  # DeepSpeed engine -> the ClipBert module
-            batch["frames"], batch["input_ids"], batch["attention_mask"], batch["mlm_labels"], batch["itm_labels"]
+            batch["frames"],
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["mlm_labels"],
+            batch["itm_labels"],
         )
         return out["loss"], {"mlm_loss": out["mlm_loss"].item(), "itm_loss": out["itm_loss"].item()}
     scores = model(batch["frames"], batch["input_ids"], batch["attention_mask"])  # [B, M, N, K]

@@ -16,6 +16,9 @@ from .base import VideoDecodeError, VideoInfo, check_indices
 
 # Decoding forward is cheaper than a seek (which restarts at a key frame) when the gap is small.
 SEEK_GAP_FRAMES = 16
+# Container frame counts can exceed the decodable frames by a frame or two (edit lists, a short last
+# packet); the last decoded frame stands in for those instead of failing the whole video.
+EDGE_TOLERANCE_FRAMES = 2
 
 
 class PyAVDecoder:
@@ -81,7 +84,7 @@ def _decode_wanted(key: str, container, wanted: list[int], fps: float) -> dict[i
     time_base = float(stream.time_base)
     start = stream.start_time or 0
     wanted_set, frames = set(wanted), {}
-    position, frame_iter = None, None  # index of the last decoded frame; the running decoder
+    position, last_frame, frame_iter = None, None, None  # last decoded index and frame; the decoder
     try:
         for target in wanted:
             if target in frames:
@@ -90,31 +93,41 @@ def _decode_wanted(key: str, container, wanted: list[int], fps: float) -> dict[i
                 pts = start + int(target / fps / time_base)
                 container.seek(pts, stream=stream, backward=True, any_frame=False)
                 frame_iter = container.decode(stream)
-            position = _decode_until(frame_iter, target, wanted_set, frames, start, time_base, fps)
-            if target not in frames and (position is None or position < target):
-                raise VideoDecodeError(
-                    key, f"frame {target} missing: stream ends at frame {position} (truncated?)"
-                )
-            if target not in frames:  # the seek landed past the target: decode from the start instead
-                container.seek(start, stream=stream, backward=True, any_frame=False)
-                frame_iter = container.decode(stream)
-                position = _decode_until(frame_iter, target, wanted_set, frames, start, time_base, fps)
-                if target not in frames:
-                    raise VideoDecodeError(key, f"frame {target} not found by its timestamp")
+            decoded = _decode_until(frame_iter, target, wanted_set, frames, start, time_base, fps)
+            if decoded[0] is not None:
+                position, last_frame = decoded
+            if target in frames:
+                continue
+            if position is None or position < target:  # the stream ended first
+                if last_frame is None or target - position > EDGE_TOLERANCE_FRAMES:
+                    raise VideoDecodeError(key, f"frame {target} missing: stream ends at frame {position}")
+                frames[target] = last_frame.to_ndarray(format="rgb24")
+                continue
+            # the seek landed past the target: decode from the start instead
+            container.seek(start, stream=stream, backward=True, any_frame=False)
+            frame_iter = container.decode(stream)
+            position, last_frame = _decode_until(
+                frame_iter, target, wanted_set, frames, start, time_base, fps
+            )
+            if target not in frames:
+                raise VideoDecodeError(key, f"frame {target} not found by its timestamp")
     except av.FFmpegError as err:
         raise VideoDecodeError(key, f"decoding failed ({err})") from err
     return frames
 
 
-def _decode_until(frame_iter, target, wanted_set, frames, start, time_base, fps) -> int | None:
-    """Decode forward until frame `target` is passed; keep every wanted frame; return the last index."""
-    position = None
+def _decode_until(frame_iter, target, wanted_set, frames, start, time_base, fps):
+    """Decode forward until frame `target` is reached; keep every wanted frame.
+
+    Returns (index, frame) of the last decoded frame, (None, None) if the stream had no more frames.
+    """
+    position, last = None, None
     for frame in frame_iter:
         if frame.pts is None:
             continue
-        position = int(round((frame.pts - start) * time_base * fps))
+        position, last = int(round((frame.pts - start) * time_base * fps)), frame
         if position in wanted_set and position not in frames:
             frames[position] = frame.to_ndarray(format="rgb24")
         if position >= target:
             break
-    return position
+    return position, last

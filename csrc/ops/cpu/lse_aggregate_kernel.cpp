@@ -70,7 +70,7 @@ void column_lse(const scalar_t* x, int64_t N, int64_t K, acc_t* m, acc_t* s) {
   for (int64_t k = 0; k < K; ++k) m[k] += std::log(s[k]);
 }
 
-// logsumexp of n values at stride `stride` (stride 1: a flat row).
+// logsumexp of n values at stride `stride`: used for the target column (n = N, small).
 template <typename acc_t, typename scalar_t>
 acc_t strided_lse(const scalar_t* v, int64_t n, int64_t stride) {
   acc_t m = neg_inf<acc_t>();
@@ -81,6 +81,32 @@ acc_t strided_lse(const scalar_t* v, int64_t n, int64_t stride) {
   m = safe_shift(m);
   acc_t s = 0;
   for (int64_t i = 0; i < n; ++i) s += fast_exp(static_cast<acc_t>(v[i * stride]) - m);
+  return m + std::log(s);
+}
+
+// logsumexp of a contiguous row. kLanes independent partial max/sum lanes: the compiler vectorizes
+// lane-wise updates, whereas a single running sum is a serial chain (no reassociation without fast-math).
+template <typename acc_t, typename scalar_t>
+acc_t contiguous_lse(const scalar_t* v, int64_t n) {
+  constexpr int kLanes = 16;
+  const int64_t n_main = n - n % kLanes;
+  acc_t lane[kLanes];
+  std::fill(lane, lane + kLanes, neg_inf<acc_t>());
+  for (int64_t i = 0; i < n_main; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const acc_t x = static_cast<acc_t>(v[i + j]);
+      lane[j] = x > lane[j] ? x : lane[j];
+    }
+  acc_t m = neg_inf<acc_t>();
+  for (int j = 0; j < kLanes; ++j) m = lane[j] > m ? lane[j] : m;
+  for (int64_t i = n_main; i < n; ++i) m = static_cast<acc_t>(v[i]) > m ? static_cast<acc_t>(v[i]) : m;
+  m = safe_shift(m);
+  std::fill(lane, lane + kLanes, acc_t(0));
+  for (int64_t i = 0; i < n_main; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lane[j] += fast_exp(static_cast<acc_t>(v[i + j]) - m);
+  acc_t s = 0;
+  for (int j = 0; j < kLanes; ++j) s += lane[j];
+  for (int64_t i = n_main; i < n; ++i) s += fast_exp(static_cast<acc_t>(v[i]) - m);
   return m + std::log(s);
 }
 
@@ -102,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_cpu(const at::Tensor& logits_in
       for (int64_t b = begin; b < end; ++b) {
         column_lse(x + b * N * K, N, K, m.data(), s.data());
         // lse over (n, k) = lse over k of the per-column lse.
-        const acc_t total = strided_lse<acc_t>(m.data(), K, 1);
+        const acc_t total = contiguous_lse<acc_t>(m.data(), K);
         for (int64_t k = 0; k < K; ++k) o[b * K + k] = m[k] - total;
         l[b] = total;
       }
@@ -172,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_cpu(const at::Tensor& logit
       at::parallel_for(0, B, rows_per_task(N * K), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           const scalar_t* xb = x + b * N * K;
-          const acc_t lse_all = strided_lse<acc_t>(xb, N * K, 1);
+          const acc_t lse_all = contiguous_lse<acc_t>(xb, N * K);
           const acc_t lse_t = strided_lse<acc_t>(xb + t[b], N, K);
           st[2 * b] = lse_all;
           st[2 * b + 1] = lse_t;

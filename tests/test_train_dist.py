@@ -1,0 +1,132 @@
+"""Two CPU processes (gloo) train a few steps of every task kind on the real data pipeline, then evaluate.
+
+One `torchrun --nproc_per_node 2` launch runs all task kinds in turn (one process group, to keep the
+start-up cost once): retrieval (ZeRO-2), open-ended QA (ZeRO-3), multiple choice, pre-training, and
+MSRVTT-MC evaluated with the retrieval model. Evaluation must count every example exactly once.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = [  # (task, ZeRO stage)
+    ("msrvtt_ret", 2),
+    ("msrvtt_qa", 3),
+    ("tgif_action", 1),
+    ("pretrain", 0),
+]
+
+
+def _config(task, stage, data_dir, out):
+    from clipbert.train import config as C
+
+    return C.from_dict(
+        {
+            "task": {"name": task},
+            "model": {"preset": "tiny", "backbone_layers": [1, 1, 1, 1], "num_layers": 1},
+            "data": {
+                "ann_dir": f"{data_dir}/annotations",
+                "video_dir": f"{data_dir}/videos",
+                "image_size": 64,
+                "num_clips": 2,
+                "num_test_clips": 2,
+                "num_workers": 0,
+            },
+            "train": {
+                "output_dir": str(out / task),
+                "device": "cpu",
+                "max_steps": 2,
+                "batch_size": 2,
+                "log_every": 1,
+                "eval_every": -1,
+                "progress_bar": False,
+                "tensorboard": False,
+                "plot": False,
+            },
+            "eval": {"batch_size": 2, "test_split": "val" if task == "pretrain" else "test"},
+            "deepspeed": {"zero_optimization": {"stage": stage}},
+        }
+    )
+
+
+def worker(data_dir: str, out: str) -> None:
+    """Runs in each of the two processes."""
+    import torch
+
+    from clipbert.train.engine import init_distributed
+    from clipbert.train.logging import is_rank0
+    from clipbert.train.run import run
+
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    init_distributed(device)
+    out = Path(out)
+    results = {}
+    for task, stage in RUNS:
+        results[task] = run(_config(task, stage, data_dir, out), device)
+    cfg = _config("msrvtt_mc", 2, data_dir, out)
+    cfg.eval.only, cfg.eval.checkpoint = True, str(out / "msrvtt_ret" / "model")
+    results["msrvtt_mc"] = run(cfg, device)
+    if is_rank0():
+        (out / "results.json").write_text(json.dumps(results, default=str))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from clipbert.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("synthetic")
+    meta = generate(out, num_videos=12, seed=0, size="tiny", workers=1)
+    return out, meta
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_training_of_every_task_kind(synthetic, tmp_path):
+    data_dir, meta = synthetic
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # set by earlier in-process tests; torchrun sets its own
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        __file__,
+        str(data_dir),
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    counts = meta["counts"]
+    for task, _ in RUNS:
+        assert results[task]["reason"] == "done" and results[task]["step"] == 2, task
+        steps = [json.loads(x) for x in (tmp_path / task / "steps.jsonl").read_text().splitlines()]
+        assert [s["step"] for s in steps] == [1, 2] and all(s["loss"] > 0 for s in steps), task
+        assert results[task]["perf"]["world_size"] == 2
+    ret = results["msrvtt_ret"]["metrics"]
+    test_videos = counts["msrvtt_ret"]["test"]  # one caption per test video in the synthetic benchmark
+    assert ret["num_videos"] == test_videos and ret["num_texts"] >= test_videos
+    assert results["msrvtt_qa"]["metrics"]["num_examples"] == counts["msrvtt_qa"]["test"]
+    assert results["tgif_action"]["metrics"]["num_examples"] == counts["tgif_action"]["test"]
+    assert results["msrvtt_mc"]["metrics"]["num_examples"] == counts["msrvtt_mc"]["test"]
+    assert results["pretrain"]["metrics"]["num_examples"] == counts["pretrain"]["val"]
+    assert 0.0 <= results["pretrain"]["metrics"]["mlm_acc"] <= 100.0
+
+
+if __name__ == "__main__":  # the torchrun worker
+    worker(sys.argv[1], sys.argv[2])

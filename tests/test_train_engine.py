@@ -1,0 +1,148 @@
+"""Engine pieces: parameter groups, the LR schedule through DeepSpeed, and the task losses vs float64."""
+
+import pytest
+import torch
+from test_train_fakes import make_config
+from torch import nn
+
+from clipbert.models import ClipBert
+from clipbert.train.engine import (
+    build_engine,
+    deepspeed_config,
+    init_distributed,
+    param_groups,
+    warmup_linear_decay,
+)
+from clipbert.train.tasks import predict, training_loss
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    init_distributed(CPU)
+    return make_config(
+        tmp_path_factory.mktemp("engine"),
+        train={"lr": 1e-3, "cnn_lr": 2e-3, "weight_decay": 0.01, "cnn_weight_decay": 0.05},
+    )
+
+
+def test_param_groups_split_cnn_transformer_and_decay(cfg):
+    model = ClipBert(cfg.model_config(freeze_at=1))
+    groups = {g["group"]: g for g in param_groups(model, cfg.train)}
+    assert set(groups) == {"cnn", "cnn_no_decay", "transformer", "transformer_no_decay"}
+    assert (groups["cnn"]["lr"], groups["cnn"]["weight_decay"]) == (2e-3, 0.05)
+    assert (groups["transformer"]["lr"], groups["transformer"]["weight_decay"]) == (1e-3, 0.01)
+    assert (
+        groups["cnn_no_decay"]["weight_decay"] == 0.0
+        and groups["transformer_no_decay"]["weight_decay"] == 0.0
+    )
+    assert all(n.startswith("cnn.") for n in groups["cnn"]["names"] + groups["cnn_no_decay"]["names"])
+    assert not any(n.startswith("cnn.") for n in groups["transformer"]["names"])
+    no_decay = groups["transformer_no_decay"]["names"]
+    assert all(n.endswith(".bias") or "LayerNorm" in n or "layer_norm" in n.lower() for n in no_decay)
+    assert any("LayerNorm.weight" in n for n in no_decay)
+    assert not any(n.endswith(".bias") for n in groups["transformer"]["names"] + groups["cnn"]["names"])
+    # frozen stem (freeze_at=1) is left out; every trainable parameter is in exactly one group
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert len(grouped) == len(set(grouped)) == len(trainable) and set(grouped) == trainable
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(n not in g["names"] for g in groups.values() for n in frozen)
+
+
+def test_warmup_then_linear_decay_to_zero():
+    total, ratio = 20, 0.1  # 2 warm-up steps
+    lrs = [warmup_linear_decay(s, total, ratio) for s in range(total)]
+    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert lrs[-1] == pytest.approx(1 / 18)
+    assert warmup_linear_decay(total, total, ratio) == 0.0
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+def test_engine_keeps_per_group_lrs_and_schedules_them(cfg):
+    model = ClipBert(cfg.model_config())
+    engine, optimizer, scheduler = build_engine(cfg, model, total_steps=10, device=CPU)
+    lrs = {g["group"]: g["lr"] for g in optimizer.param_groups}
+    # step 0 of 10 with 10% warm-up (1 step): multiplier 1/2
+    assert lrs["cnn"] == pytest.approx(1e-3) and lrs["transformer"] == pytest.approx(5e-4)
+    assert tuple(optimizer.param_groups[0]["betas"]) == (0.9, 0.98)
+    assert engine.gradient_clipping() == cfg.train.grad_clip
+
+
+def test_deepspeed_section_gets_the_train_settings(cfg):
+    ds = deepspeed_config(cfg, CPU)
+    assert ds["train_micro_batch_size_per_gpu"] == cfg.train.batch_size
+    assert ds["gradient_accumulation_steps"] == cfg.train.grad_accum
+    assert ds["optimizer"]["params"]["torch_adam"] is True  # CPU: torch's AdamW, no compiled kernels
+    assert ds["optimizer"]["params"]["betas"] == [0.9, 0.98]
+
+
+class FixedScores(nn.Module):
+    """A stand-in model whose score() returns the given per-clip logits [B, M, N, K]."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = scores
+
+    def forward(self, frames, input_ids, attention_mask):
+        return self.scores
+
+
+def _lse_nll64(logits, target):
+    """float64 reference of paper Eq. 5-6: logits [B, N, K] -> mean NLL of the LSE-aggregated prediction."""
+    logp = torch.log_softmax(logits.double().logsumexp(1), -1)
+    return -logp[torch.arange(len(target)), target].mean()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_task_losses_match_float64_references(seed):
+    g = torch.Generator().manual_seed(seed)
+    b, m, n = 3, 4, 5
+    batch = {"frames": None, "input_ids": None, "attention_mask": None}
+    # retrieval: [B, M, N, 2], column 0 matches
+    scores = torch.randn(b, m, n, 2, generator=g)
+    labels = torch.tensor([[1, 0, 0, 0]] * b)
+    loss, _ = training_loss(FixedScores(scores), {**batch, "labels": labels}, "retrieval", "lse")
+    ref = _lse_nll64(scores.reshape(b * m, n, 2), labels.reshape(-1))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    # multiple choice: [B, M options, N, 1]
+    scores = torch.randn(b, m, n, 1, generator=g)
+    labels = torch.tensor([2, 0, 3])
+    loss, _ = training_loss(FixedScores(scores), {**batch, "labels": labels}, "mc", "lse")
+    assert loss.item() == pytest.approx(_lse_nll64(scores[..., 0].transpose(1, 2), labels).item(), rel=1e-5)
+    # open-ended QA: [B, 1, N, K]; -100 labels are left out
+    scores = torch.randn(b, 1, n, 7, generator=g)
+    labels = torch.tensor([6, -100, 1])
+    loss, _ = training_loss(FixedScores(scores), {**batch, "labels": labels}, "qa", "lse")
+    keep = labels != -100
+    assert loss.item() == pytest.approx(_lse_nll64(scores[keep, 0], labels[keep]).item(), rel=1e-5)
+    # mean aggregation: log_softmax of the clip-mean logits
+    scores = torch.randn(b, 1, n, 7, generator=g)
+    labels = torch.tensor([0, 3, 6])
+    loss, _ = training_loss(FixedScores(scores), {**batch, "labels": labels}, "qa", "mean")
+    ref = -torch.log_softmax(scores[:, 0].double().mean(1), -1)[torch.arange(b), labels].mean()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_qa_batch_without_known_answers_gives_a_zero_loss_in_the_graph():
+    scores = torch.randn(2, 1, 3, 4, requires_grad=True)
+    batch = {"frames": None, "input_ids": None, "attention_mask": None, "labels": torch.tensor([-100, -100])}
+    loss, _ = training_loss(FixedScores(scores), batch, "qa", "lse")
+    loss.backward()
+    assert loss.item() == 0.0 and scores.grad is not None
+
+
+def test_msrvtt_mc_prediction_ranks_options_by_match_probability():
+    scores = torch.zeros(2, 5, 3, 2)
+    scores[0, 3, :, 1] = 4.0  # video 0: option 3 matches best
+    scores[1, 1, 0, 1] = 9.0  # video 1: option 1, through a single clip (LSE picks it up)
+    batch = {"frames": None, "input_ids": None, "attention_mask": None, "labels": torch.tensor([3, 0])}
+    out = predict(FixedScores(scores), batch, "mc_itm", "lse")
+    assert out["pred"].tolist() == [3, 1]
+
+
+def test_training_an_evaluation_only_task_fails():
+    batch = {"frames": None, "input_ids": None, "attention_mask": None, "labels": torch.tensor([0])}
+    with pytest.raises(ValueError, match="msrvtt_mc is evaluated with a retrieval model"):
+        training_loss(FixedScores(torch.zeros(1, 5, 1, 2)), batch, "mc_itm", "lse")
