@@ -53,7 +53,8 @@ demo: setup
 	$(PY) -m clipbert.demo --data $(DEMO_DIR) --out $(DEMO_OUT)
 
 bench: setup
-	$(PY) benchmarks/bench_ops.py
+	$(PY) benchmarks/bench_ops.py --device cpu
+	$(PY) benchmarks/bench_data.py --device cpu
 
 clean:
 	rm -rf build *.egg-info clipbert/*.so .torch_extensions
