@@ -46,7 +46,9 @@ def _extensions():
                 "clipbert._C",
                 cpu_src,
                 include_dirs=include,
-                extra_compile_args={"cxx": cxx + ["-fopenmp"]},
+                # -fno-trapping-math lets GCC if-convert the clamps/maxes of the exp loops and vectorize them
+                # (5x on CPU); results are unchanged, it only assumes FP exceptions are not trapped.
+                extra_compile_args={"cxx": cxx + ["-fopenmp", "-fno-trapping-math", "-fno-math-errno"]},
                 extra_link_args=["-fopenmp", *rpath],
             )
         )

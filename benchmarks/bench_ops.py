@@ -63,27 +63,34 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_call(fn, device: str, reps: int, trials: int = 5) -> float:
-    """Median over trials of the mean seconds per call of `fn` (calls issued back to back)."""
-    for _ in range(max(2, reps // 5)):
+def _time_once(fn, device: str, reps: int) -> float:
+    """Mean seconds per call over `reps` back-to-back calls."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / reps
+    t0 = time.perf_counter()
+    for _ in range(reps):
         fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def time_calls(fns: dict, device: str, reps: int, trials: int = 7) -> dict:
+    """Median over trials of the seconds per call of each fn. Trials interleave the fns, so that load from
+    other processes on a shared machine hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(max(2, reps // 5)):
+            fn()
     _sync(device)
-    samples = []
+    samples = {name: [] for name in fns}
     for _ in range(trials):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(reps):
-                fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3 / reps)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            samples.append((time.perf_counter() - t0) / reps)
-    return statistics.median(samples)
+        for name, fn in fns.items():
+            samples[name].append(_time_once(fn, device, reps))
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def copy_bandwidth(device: str) -> float:
@@ -91,7 +98,7 @@ def copy_bandwidth(device: str) -> float:
     n = (1 << 30) if device == "cuda" else (64 << 20)
     src = torch.empty(n, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
-    t = time_call(lambda: dst.copy_(src), device, reps=20 if device == "cuda" else 10)
+    t = time_calls({"copy": lambda: dst.copy_(src)}, device, reps=20 if device == "cuda" else 10)["copy"]
     return 2 * n / t / 1e9
 
 
@@ -188,10 +195,9 @@ def run(device: str, reps: int) -> dict:
     print(header + "\n" + "-" * len(header))
     rows = []
     for op, shape, kind, dtype, nbytes, fns in cases(device):
-        eager_t = None
-        for impl, fn in fns.items():
-            t = time_call(fn, device, reps)
-            eager_t = t if impl == "eager" else eager_t
+        times = time_calls(fns, device, reps)
+        eager_t = times["eager"]
+        for impl, t in times.items():
             gbps = nbytes / t / 1e9
             row = dict(
                 op=op,

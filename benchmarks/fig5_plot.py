@@ -26,7 +26,10 @@ def _series(rows: list[dict], panel: str, path: str, x_key: str, y_key: str) -> 
     pts = sorted(
         (r[x_key], r["batch"] if y_key == "max_batch" else r[y_key])
         for r in rows
-        if r["panel"] == panel and r["path"] == path and not r.get("error") and (y_key == "max_batch" or r[y_key])
+        if r["panel"] == panel
+        and r["path"] == path
+        and not r.get("error")
+        and (y_key == "max_batch" or r[y_key])
     )
     return [p[0] for p in pts], [p[1] for p in pts]
 
@@ -39,11 +42,25 @@ def plot_figure5(rows: list[dict], title: str, out_png: str, mem_cap_gib: float)
             if xs:
                 ax.plot(xs, ys, label=path, **style)
                 for x, y in zip(xs, ys):
-                    ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 5), fontsize=7,
-                                ha="center", color=style["color"])
+                    ax.annotate(
+                        f"{y:.0f}",
+                        (x, y),
+                        textcoords="offset points",
+                        xytext=(0, 5),
+                        fontsize=7,
+                        ha="center",
+                        color=style["color"],
+                    )
         if panel == "a":
-            ax.scatter(PAPER_POINTS["n_train"], PAPER_POINTS["max_batch"], marker="*", s=140, color="black",
-                       zorder=5, label="paper (V100 32 GB)")
+            ax.scatter(
+                PAPER_POINTS["n_train"],
+                PAPER_POINTS["max_batch"],
+                marker="*",
+                s=140,
+                color="black",
+                zorder=5,
+                label="paper (V100 32 GB)",
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks([1, 2, 4, 8, 16], labels=["1", "2", "4", "8", "16"])
         ax.set_xlabel(xlabel)
@@ -51,7 +68,8 @@ def plot_figure5(rows: list[dict], title: str, out_png: str, mem_cap_gib: float)
         cap = f", cap {mem_cap_gib:g} GiB" if y_key == "max_batch" else ""
         ax.set_title(f"({panel}){cap}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)

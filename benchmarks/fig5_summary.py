@@ -12,7 +12,11 @@ PAPER_MAX_BATCH = {2: 190, 16: 16}
 
 
 def _rows(result: dict, panel: str, path: str) -> dict[tuple[int, int], dict]:
-    return {(r["n_train"], r["frames_per_clip"]): r for r in result["rows"] if r["panel"] == panel and r["path"] == path}
+    return {
+        (r["n_train"], r["frames_per_clip"]): r
+        for r in result["rows"]
+        if r["panel"] == panel and r["path"] == path
+    }
 
 
 def _fmt(x, spec: str = ".1f", none: str = "-") -> str:
@@ -24,11 +28,16 @@ def _time_table(result: dict, panel: str, key: str) -> list[str]:
     if not eager and not opt:
         return []
     label = "Ntrain" if key == "n_train" else "T"
-    lines = [f"| {label} | eager ms | optimized ms | speedup | eager frames/s | optimized frames/s | "
-             "eager MFU | optimized MFU | eager peak GiB | optimized peak GiB |", "|" + "---|" * 10]
+    lines = [
+        f"| {label} | eager ms | optimized ms | speedup | eager frames/s | optimized frames/s | "
+        "eager MFU | optimized MFU | eager peak GiB | optimized peak GiB |",
+        "|" + "---|" * 10,
+    ]
     for pt in sorted(set(eager) | set(opt)):
         e, o = eager.get(pt, {}), opt.get(pt, {})
-        speed = o["frames_per_s"] / e["frames_per_s"] if e.get("frames_per_s") and o.get("frames_per_s") else None
+        speed = (
+            o["frames_per_s"] / e["frames_per_s"] if e.get("frames_per_s") and o.get("frames_per_s") else None
+        )
         x = pt[0] if key == "n_train" else pt[1]
         lines.append(
             f"| {x} | {_fmt(e.get('median_ms'))} | {_fmt(o.get('median_ms'))} | {_fmt(speed, '.2f')}x | "
@@ -52,35 +61,52 @@ def _size_table(result: dict, panel: str, key: str) -> list[str]:
     if not eager and not opt:
         return []
     label = "Ntrain" if key == "n_train" else "T"
-    lines = [f"| {label} | eager max batch | optimized max batch | ratio | eager GiB/sample | optimized GiB/sample |",
-             "|" + "---|" * 6]
+    lines = [
+        f"| {label} | eager max batch | optimized max batch | ratio | eager GiB/sample | "
+        "optimized GiB/sample |",
+        "|" + "---|" * 6,
+    ]
     for pt in sorted(set(eager) | set(opt)):
         e, o = eager.get(pt, {}), opt.get(pt, {})
         ratio = o["batch"] / e["batch"] if e.get("batch") and o.get("batch") else None
         x = pt[0] if key == "n_train" else pt[1]
-        lines.append(f"| {x} | {_batch_cell(e)} | {_batch_cell(o)} | {_fmt(ratio, '.2f')} | "
-                     f"{_fmt(e.get('bytes_per_sample_gib'), '.3f')} | {_fmt(o.get('bytes_per_sample_gib'), '.3f')} |")
+        lines.append(
+            f"| {x} | {_batch_cell(e)} | {_batch_cell(o)} | {_fmt(ratio, '.2f')} | "
+            f"{_fmt(e.get('bytes_per_sample_gib'), '.3f')} | {_fmt(o.get('bytes_per_sample_gib'), '.3f')} |"
+        )
     return lines
 
 
 def _targets(result: dict) -> list[str]:
     full_size = result["config"].get("hidden_size") == 768 and result["config"].get("image_size") == 448
-    scope = "" if full_size and result["mem_cap_gib"] == 32 else " (not the base preset at L=448 under 32 GiB: indicative only)"
+    scope = (
+        ""
+        if full_size and result["mem_cap_gib"] == 32
+        else " (not the base preset at L=448 under 32 GiB: indicative only)"
+    )
     lines = [f"## Targets{scope}", ""]
     b_e, b_o = _rows(result, "b", "eager").get((16, 1), {}), _rows(result, "b", "optimized").get((16, 1), {})
     if b_e.get("frames_per_s") and b_o.get("frames_per_s"):
         speed = b_o["frames_per_s"] / b_e["frames_per_s"]
-        lines.append(f"- speed at Ntrain=16, T=1, batch {result['time_batch']}: {speed:.2f}x eager "
-                     f"(target >= {TARGET_SPEEDUP:g}x): {'met' if speed >= TARGET_SPEEDUP else 'NOT met'}")
+        lines.append(
+            f"- speed at Ntrain=16, T=1, batch {result['time_batch']}: {speed:.2f}x eager "
+            f"(target >= {TARGET_SPEEDUP:g}x): {'met' if speed >= TARGET_SPEEDUP else 'NOT met'}"
+        )
     if b_o.get("mfu") is not None:
-        lines.append(f"- optimized MFU at Ntrain=16: {b_o['mfu']:.1%} of bf16 peak {result['peak_bf16_tflops']} TFLOP/s "
-                     f"(target >= {TARGET_MFU:.0%}): {'met' if b_o['mfu'] >= TARGET_MFU else 'NOT met'}")
+        lines.append(
+            f"- optimized MFU at Ntrain=16: {b_o['mfu']:.1%} of bf16 peak "
+            f"{result['peak_bf16_tflops']} TFLOP/s "
+            f"(target >= {TARGET_MFU:.0%}): {'met' if b_o['mfu'] >= TARGET_MFU else 'NOT met'}"
+        )
     a_o = _rows(result, "a", "optimized")
     for n, target in TARGET_MAX_BATCH.items():
         r = a_o.get((n, 1))
         if r and not r.get("error"):
-            lines.append(f"- max batch at Ntrain={n}: {r['batch']} (paper V100: {PAPER_MAX_BATCH[n]}; target >= {target}): "
-                         f"{'met' if r['batch'] >= target else 'NOT met'}")
+            lines.append(
+                f"- max batch at Ntrain={n}: {r['batch']} (paper V100: {PAPER_MAX_BATCH[n]}; "
+                f"target >= {target}): "
+                f"{'met' if r['batch'] >= target else 'NOT met'}"
+            )
     return lines if len(lines) > 2 else []
 
 
@@ -89,13 +115,19 @@ def _ablation(result: dict) -> list[str]:
     if not rows:
         return []
     base = rows[0].get("frames_per_s")
-    lines = ["## Each optimization step (Ntrain=16, T=1, batch 8)", "",
-             "| step | ms | frames/s | vs eager | MFU | peak GiB |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"## Each optimization step (Ntrain={rows[0]['n_train']}, T=1, batch {rows[0]['batch']})",
+        "",
+        "| step | ms | frames/s | vs eager | MFU | peak GiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         rel = r["frames_per_s"] / base if base and r.get("frames_per_s") else None
         cell = r["error"] if r.get("error") else _fmt(r.get("median_ms"))
-        lines.append(f"| {r['path']} | {cell} | {_fmt(r.get('frames_per_s'), '.0f')} | {_fmt(rel, '.2f')}x | "
-                     f"{_fmt(r.get('mfu'), '.1%')} | {_fmt(r.get('peak_gib'), '.2f')} |")
+        lines.append(
+            f"| {r['path']} | {cell} | {_fmt(r.get('frames_per_s'), '.0f')} | {_fmt(rel, '.2f')}x | "
+            f"{_fmt(r.get('mfu'), '.1%')} | {_fmt(r.get('peak_gib'), '.2f')} |"
+        )
     return lines
 
 
@@ -103,8 +135,12 @@ def _profile(result: dict) -> list[str]:
     prof = result.get("profile")
     if not prof:
         return []
-    lines = [f"## Where the time goes (optimized path, Ntrain={prof['n_clips']}, batch {prof['batch']})", "",
-             "| part | ms | share of the step |", "|---|---|---|"]
+    lines = [
+        f"## Where the time goes (optimized path, Ntrain={prof['n_clips']}, batch {prof['batch']})",
+        "",
+        "| part | ms | share of the step |",
+        "|---|---|---|",
+    ]
     step = prof["parts_ms"].get("full_step") or 0
     for part, ms in prof["parts_ms"].items():
         lines.append(f"| {part} | {ms:.1f} | {_fmt(ms / step if step else None, '.0%')} |")
@@ -118,8 +154,9 @@ def write_summary(result: dict, path: str) -> None:
     lines = [
         f"# ClipBERT Figure 5 on {result['device']} ({result['date_utc']})",
         "",
-        f"Model: {cfg['backbone_style']} ResNet {tuple(cfg['backbone_layers'])} (FrozenBN, freeze_at={cfg['freeze_at']}) "
-        f"+ BERT {cfg['num_layers']}x{cfg['hidden_size']}, L={cfg['image_size']}, text length {cfg['max_text_len']}, "
+        f"Model: {cfg['backbone_style']} ResNet {tuple(cfg['backbone_layers'])} "
+        f"(FrozenBN, freeze_at={cfg['freeze_at']}) + BERT {cfg['num_layers']}x{cfg['hidden_size']}, "
+        f"L={cfg['image_size']}, text length {cfg['max_text_len']}, "
         f"1 text per video. Memory cap {result['mem_cap_gib']:g} GiB ({result['memory_accounting']}). "
         f"torch {result['torch']}. Wall time {result['wall_s']:.0f} s.",
         "",
@@ -136,8 +173,11 @@ def write_summary(result: dict, path: str) -> None:
     for section in (_targets(result), _ablation(result), _profile(result)):
         if section:
             lines += section + [""]
-    errors = [f"- ({r['panel']}) {r['path']} Ntrain={r['n_train']} T={r['frames_per_clip']}: {r['error']}"
-              for r in result["rows"] if r.get("error")]
+    errors = [
+        f"- ({r['panel']}) {r['path']} Ntrain={r['n_train']} T={r['frames_per_clip']}: {r['error']}"
+        for r in result["rows"]
+        if r.get("error")
+    ]
     if errors:
         lines += ["## Errors", ""] + errors + [""]
     Path(path).write_text("\n".join(lines))

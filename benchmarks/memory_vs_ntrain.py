@@ -38,7 +38,15 @@ from fig5_summary import write_summary  # noqa: E402
 from clipbert.models import ClipBertConfig  # noqa: E402
 from clipbert.perf import apply_memory_cap, device_peak  # noqa: E402
 from clipbert.perf.measure import Point, measure_max_batch, measure_time  # noqa: E402
-from clipbert.perf.paths import EAGER, OPTIMIZED_MEMORY, OPTIMIZED_SPEED, PathOptions, ablation_ladder  # noqa: E402
+from clipbert.perf.memory import release_memory  # noqa: E402
+from clipbert.perf.paths import (  # noqa: E402
+    EAGER,
+    OPTIMIZED_MEMORY,
+    OPTIMIZED_SPEED,
+    PathOptions,
+    ablation_ladder,
+    build_train_step,
+)
 
 GIB = 2**30
 SMALL_CAP_GIB = 0.0625  # --small: about twice the tiny model's weights, grads and AdamW state
@@ -53,7 +61,9 @@ CSV_KEYS = [
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--small", action="store_true", help="tiny preset, L=64, 2k vocabulary, small cap: a CPU smoke run")
+    p.add_argument(
+        "--small", action="store_true", help="tiny preset, L=64, 2k vocabulary, small cap: a CPU smoke run"
+    )
     p.add_argument("--preset", default="base")
     p.add_argument("--image-size", type=int, default=None, help="L (default: the preset's; 64 with --small)")
     p.add_argument("--panels", default="abcd", help="subset of 'abcd'")
@@ -61,7 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ntrain", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--frames", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--time-batch", type=int, default=8)
-    p.add_argument("--mem-cap-gib", type=float, default=None, help="default 32 (the paper's V100); 0.0625 with --small")
+    p.add_argument(
+        "--mem-cap-gib", type=float, default=None, help="default 32 (the paper's V100); 0.0625 with --small"
+    )
     p.add_argument("--max-batch-limit", type=int, default=2048)
     p.add_argument("--max-probes", type=int, default=14)
     p.add_argument("--warmup", type=int, default=3)
@@ -71,7 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-mode", default=None)
     p.add_argument("--cnn-chunk-clips", type=int, default=32, help="clips per CNN micro-batch (memory path)")
     p.add_argument("--ablation", action="store_true", help="also time each optimization step at Ntrain=16")
-    p.add_argument("--profile", action="store_true", help="also write the CNN/transformer/data/optimizer profile")
+    p.add_argument(
+        "--profile", action="store_true", help="also write the CNN/transformer/data/optimizer profile"
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 peak used for MFU")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--tag", default=None, help="file name stem (default fig5_<device>[_small])")
@@ -91,7 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def bench_config(args) -> ClipBertConfig:
     """Both paths' model: the original backbone's frozen setup (FrozenBN, stem+res2 frozen, MSRA style)."""
-    overrides = dict(backbone_style="msra", frozen_bn=True, freeze_at=2, pretrain_heads=False, max_text_len=32)
+    overrides = dict(
+        backbone_style="msra", frozen_bn=True, freeze_at=2, pretrain_heads=False, max_text_len=32
+    )
     if args.image_size:
         overrides["image_size"] = args.image_size
     if args.small:
@@ -132,8 +148,31 @@ class Budget:
 def _log(point: Point) -> None:
     value = f"max batch {point.batch}" if point.panel in "ac" else f"{point.median_ms or float('nan'):.1f} ms"
     extra = f" error: {point.error}" if point.error else ""
-    print(f"  ({point.panel}) {point.path:<24} Ntrain={point.n_train:<3} T={point.frames_per_clip:<3} {value}"
-          f"{'' if point.peak_gib is None else f', peak {point.peak_gib:.2f} GiB'}{extra}", flush=True)
+    print(
+        f"  ({point.panel}) {point.path:<24} Ntrain={point.n_train:<3} T={point.frames_per_clip:<3} {value}"
+        f"{'' if point.peak_gib is None else f', peak {point.peak_gib:.2f} GiB'}{extra}",
+        flush=True,
+    )
+
+
+def _build(cfg, options: PathOptions, device, rows: list[Point], optimizer: bool = True):
+    """The path's TrainStep, or None after recording why it could not be built."""
+    try:
+        return build_train_step(cfg, options, device, optimizer=optimizer)
+    except Exception as exc:  # e.g. out of memory for the weights: the other paths still run
+        rows.append(
+            Point(
+                "build",
+                options.name,
+                0,
+                0,
+                0,
+                options=options.to_dict(),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        )
+        print(f"  building {options.name} failed: {exc}", flush=True)
+        return None
 
 
 def run(args) -> dict:
@@ -150,34 +189,94 @@ def run(args) -> dict:
     size_points = [("a", n, 1) for n in args.ntrain if "a" in args.panels]
     size_points += [("c", 1, t) for t in args.frames if "c" in args.panels]
 
-    # Time panels first: they carry the speed target and cost a fixed, small amount of time.
-    for i, (panel, n, t) in enumerate(time_points):
-        for name, options in timed.items():
+    # One model per path serves all its points (one torch.compile); the time panels go first, since they
+    # carry the speed target and cost a small, fixed time; the searches share what the budget has left.
+    searches_left = len(size_points) * len(sized)
+    for name in timed:
+        step = _build(cfg, timed[name], device, rows)
+        if step is None:
+            continue
+        for i, (panel, n, t) in enumerate(time_points):
             left = budget.left()
-            per_point = None if left is None else max(2.0, 0.4 * left / max(1, len(time_points) - i))
-            rows.append(measure_time(cfg, options, device, peak, panel=panel, n_clips=n, frames=t,
-                                     batch=args.time_batch, warmup=args.warmup, steps=args.steps,
-                                     max_seconds=per_point))
+            per_point = None if left is None else max(2.0, 0.2 * left / max(1, len(time_points) - i))
+            rows.append(
+                measure_time(
+                    step,
+                    cfg,
+                    peak,
+                    panel=panel,
+                    n_clips=n,
+                    frames=t,
+                    batch=args.time_batch,
+                    warmup=args.warmup,
+                    steps=args.steps,
+                    max_seconds=per_point,
+                )
+            )
             _log(rows[-1])
+        if sized[name] != timed[name]:
+            del step
+            release_memory(device)
+            step = _build(cfg, sized[name], device, rows) if size_points else None
+            if step is None:
+                continue
+        for panel, n, t in size_points:
+            deadline = budget.deadline((0.85 if args.ablation or args.profile else 1.0) / searches_left)
+            searches_left -= 1
+            rows.append(
+                measure_max_batch(
+                    step,
+                    cfg,
+                    panel=panel,
+                    n_clips=n,
+                    frames=t,
+                    cap_bytes=cap,
+                    limit=args.max_batch_limit,
+                    deadline=deadline,
+                    max_probes=args.max_probes,
+                )
+            )
+            _log(rows[-1])
+        del step
+        release_memory(device)
     if args.ablation:
         for options in ablation_ladder(compile_cnn=not args.no_compile):
-            point = measure_time(cfg, options, device, peak, panel="ablation", n_clips=max(args.ntrain), frames=1,
-                                 batch=args.time_batch, warmup=args.warmup, steps=args.steps)
-            rows.append(point)
-            _log(point)
-    for i, (panel, n, t) in enumerate(size_points):
-        for name, options in sized.items():
-            share = 1.0 / max(1, (len(size_points) - i) * len(sized) - list(sized).index(name))
-            deadline = budget.deadline(share * (0.8 if args.profile else 1.0))
-            rows.append(measure_max_batch(cfg, options, device, panel=panel, n_clips=n, frames=t, cap_bytes=cap,
-                                          limit=args.max_batch_limit, deadline=deadline, max_probes=args.max_probes))
+            left = budget.left()
+            if left is not None and left < 20:
+                print(f"  ablation step {options.name} skipped: time budget spent", flush=True)
+                continue
+            step = _build(cfg, options, device, rows, optimizer=False)
+            if step is None:
+                continue
+            rows.append(
+                measure_time(
+                    step,
+                    cfg,
+                    peak,
+                    panel="ablation",
+                    n_clips=max(args.ntrain),
+                    frames=1,
+                    batch=args.time_batch,
+                    warmup=args.warmup,
+                    steps=args.steps,
+                )
+            )
             _log(rows[-1])
+            del step
+            release_memory(device)
     profile = None
     if args.profile:
         from clipbert.perf.profile import profile_breakdown
 
-        profile = profile_breakdown(cfg, timed.get("optimized", EAGER), device, n_clips=max(args.ntrain),
-                                    batch=args.time_batch, out_dir=args.out_dir, tag=args.tag)
+        profile = profile_breakdown(
+            cfg,
+            timed.get("optimized", EAGER),
+            device,
+            n_clips=max(args.ntrain),
+            batch=args.time_batch,
+            out_dir=args.out_dir,
+            tag=args.tag,
+        )
     return {
         "benchmark": "ClipBERT Figure 5: memory and time vs Ntrain and T",
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -186,14 +285,17 @@ def run(args) -> dict:
         "peak_source": peak.source,
         "mem_cap_gib": args.mem_cap_gib,
         "memory_fraction": fraction,
-        "memory_accounting": "torch.cuda allocator (per-process fraction)" if device.type == "cuda"
+        "memory_accounting": "torch.cuda allocator (per-process fraction)"
+        if device.type == "cuda"
         else "live-tensor bytes counted by a TorchDispatchMode, checked against the cap after each step",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "host_cpus": os.cpu_count(),
         "config": cfg.to_dict(),
-        "paths": {"time_panels": {k: v.to_dict() for k, v in timed.items()},
-                  "memory_panels": {k: v.to_dict() for k, v in sized.items()}},
+        "paths": {
+            "time_panels": {k: v.to_dict() for k, v in timed.items()},
+            "memory_panels": {k: v.to_dict() for k, v in sized.items()},
+        },
         "time_batch": args.time_batch,
         "texts_per_video": 1,
         "argv": sys.argv[1:],
@@ -217,7 +319,8 @@ def write_outputs(result: dict, args) -> dict[str, str]:
     if args.no_plot:
         del files["png"]
     else:
-        title = f"ClipBERT Figure 5 on {result['device']} ({result['date_utc'][:10]}), L={result['config']['image_size']}"
+        date, size = result["date_utc"][:10], result["config"]["image_size"]
+        title = f"ClipBERT Figure 5 on {result['device']} ({date}), L={size}"
         plot_figure5(result["rows"], title, files["png"], args.mem_cap_gib)
     return files
 

@@ -88,7 +88,9 @@ def _model_forward_flops(cfg, n_clips: int, frames_per_clip: int, texts: int) ->
     return None if value is None else float(value)
 
 
-def step_flops(model: torch.nn.Module, cfg, batch_one, n_clips: int, frames_per_clip: int, texts: int = 1) -> StepFlops:
+def step_flops(
+    model: torch.nn.Module, cfg, batch_one, n_clips: int, frames_per_clip: int, texts: int = 1
+) -> StepFlops:
     """Model FLOPs per sample for the benchmark's step; `batch_one` is a Batch of one video."""
 
     def run() -> None:

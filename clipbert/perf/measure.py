@@ -1,7 +1,7 @@
 """Measurements of one benchmark point: the largest batch under the cap, and the step time at a batch.
 
-Both build a fresh model per call (the same seed, so the same weights for every path) and drop it after,
-so one path's cached memory never shrinks another's budget.
+Both take a built TrainStep, so one model (and one torch.compile) serves every point of a path; the caller
+drops it before building the next path, so one path's memory never shrinks another's budget.
 """
 
 from __future__ import annotations
@@ -9,12 +9,10 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import torch
-
 from clipbert.perf.devices import DevicePeak, mfu
 from clipbert.perf.flops_count import StepFlops, step_flops
 from clipbert.perf.memory import PeakMemoryMeter, is_oom, release_memory
-from clipbert.perf.paths import PathOptions, TrainStep, build_train_step, make_batch
+from clipbert.perf.paths import TrainStep, make_batch
 from clipbert.perf.search import BatchSearchResult, Probe, find_max_batch
 from clipbert.perf.timing import time_steps
 
@@ -79,16 +77,27 @@ def _probe_fn(step: TrainStep, cfg, n_clips: int, frames: int, cap_bytes: int):
     return probe
 
 
-def measure_max_batch(cfg, options: PathOptions, device, *, panel: str, n_clips: int, frames: int,
-                      cap_bytes: int, limit: int, deadline: float | None, max_probes: int = 14) -> Point:
+def measure_max_batch(
+    step: TrainStep,
+    cfg,
+    *,
+    panel: str,
+    n_clips: int,
+    frames: int,
+    cap_bytes: int,
+    limit: int,
+    deadline: float | None,
+    max_probes: int = 14,
+) -> Point:
     """Panel a/c point: the largest batch whose training step (forward, backward, AdamW) fits the cap."""
-    point = Point(panel, options.name, n_clips, frames, 0, options=options.to_dict())
-    step = None
+    options = step.options
+    point = Point(panel, options.name, n_clips, frames, 0, options=options.to_dict(), notes=list(step.notes))
     try:
-        step = build_train_step(cfg, options, device)
-        point.notes += step.notes
         result: BatchSearchResult = find_max_batch(
-            _probe_fn(step, cfg, n_clips, frames, cap_bytes), cap_bytes, limit=limit, deadline=deadline,
+            _probe_fn(step, cfg, n_clips, frames, cap_bytes),
+            cap_bytes,
+            limit=limit,
+            deadline=deadline,
             max_probes=max_probes,
         )
         point.batch = result.max_batch
@@ -105,8 +114,8 @@ def measure_max_batch(cfg, options: PathOptions, device, *, panel: str, n_clips:
     except Exception as exc:  # one failing point must not lose the rest of the run
         point.error = _short(exc)
     finally:
-        del step
-        release_memory(torch.device(device))
+        step.optimizer.zero_grad(set_to_none=True)
+        release_memory(step.device)
     return point
 
 
@@ -121,15 +130,27 @@ def _flops_per_sample(step: TrainStep, cfg, n_clips: int, frames: int) -> StepFl
     return _FLOPS_CACHE[key]
 
 
-def measure_time(cfg, options: PathOptions, device, peak: DevicePeak, *, panel: str, n_clips: int, frames: int,
-                 batch: int, warmup: int, steps: int, max_seconds: float | None = None) -> Point:
+def measure_time(
+    step: TrainStep,
+    cfg,
+    peak: DevicePeak,
+    *,
+    panel: str,
+    n_clips: int,
+    frames: int,
+    batch: int,
+    warmup: int,
+    steps: int,
+    max_seconds: float | None = None,
+) -> Point:
     """Panel b/d point: median forward+backward time at `batch`, its frames/s, peak memory and MFU."""
-    point = Point(panel, options.name, n_clips, frames, batch, options=options.to_dict())
-    step = None
+    options = step.options
+    point = Point(
+        panel, options.name, n_clips, frames, batch, options=options.to_dict(), notes=list(step.notes)
+    )
+    device = step.device
+    data = None
     try:
-        device = torch.device(device)
-        step = build_train_step(cfg, options, device, optimizer=False)
-        point.notes += step.notes
         data = make_batch(cfg, batch, n_clips, frames, device)
 
         def run() -> None:
@@ -141,18 +162,20 @@ def measure_time(cfg, options: PathOptions, device, peak: DevicePeak, *, panel: 
             run()
         point.peak_gib = meter.peak_bytes / GIB
         timing = time_steps(run, device, warmup=max(0, warmup - 2), steps=steps, max_seconds=max_seconds)
-        point.median_ms, point.p10_ms, point.p90_ms = (1e3 * timing.median_s, 1e3 * timing.p10_s, 1e3 * timing.p90_s)
+        point.median_ms, point.p10_ms, point.p90_ms = (
+            1e3 * timing.median_s,
+            1e3 * timing.p10_s,
+            1e3 * timing.p90_s,
+        )
         point.frames_per_s = data.num_frames / timing.median_s
         flops = _flops_per_sample(step, cfg, n_clips, frames)
         point.model_tflop_per_step = flops.step * batch / 1e12
         point.flops_source = flops.source
         point.mfu = mfu(flops.step * batch, timing.median_s, peak)
     except Exception as exc:
-        if is_oom(exc):
-            point.error = "out of memory at the timed batch: " + _short(exc)
-        else:
-            point.error = _short(exc)
+        point.error = ("out of memory at the timed batch: " if is_oom(exc) else "") + _short(exc)
     finally:
-        del step
-        release_memory(torch.device(device))
+        data = None  # noqa: F841 - drop the batch before the next point allocates
+        step.model.zero_grad(set_to_none=True)
+        release_memory(device)
     return point

@@ -39,7 +39,9 @@ def apply_memory_cap(cap_bytes: int, device: torch.device) -> float | None:
         return None
     total = torch.cuda.get_device_properties(device).total_memory
     if cap_bytes > total:
-        raise ValueError(f"mem cap {cap_bytes / 2**30:.1f} GiB exceeds {device} memory {total / 2**30:.1f} GiB")
+        raise ValueError(
+            f"mem cap {cap_bytes / 2**30:.1f} GiB exceeds {device} memory {total / 2**30:.1f} GiB"
+        )
     fraction = cap_bytes / total
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     return fraction

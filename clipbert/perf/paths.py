@@ -58,7 +58,9 @@ class PathOptions:
 
 EAGER = PathOptions("eager")
 # For speed at batch 8 (memory is not the limit there, so no recomputation).
-OPTIMIZED_SPEED = PathOptions("optimized", channels_last=True, fused_ops=True, bf16_frozen=True, compile="cnn")
+OPTIMIZED_SPEED = PathOptions(
+    "optimized", channels_last=True, fused_ops=True, bf16_frozen=True, compile="cnn"
+)
 # For the largest batch: everything that lowers peak memory, checkpointing included.
 OPTIMIZED_MEMORY = PathOptions(
     "optimized",
@@ -85,7 +87,9 @@ def ablation_ladder(compile_cnn: bool = True) -> list[PathOptions]:
     steps += [
         dataclasses.replace(base, name="+ckpt_stage", checkpoint_cnn="stage"),
         dataclasses.replace(base, name="+ckpt_chunk", checkpoint_cnn="chunk"),
-        dataclasses.replace(base, name="+ckpt_chunk+ckpt_bert", checkpoint_cnn="chunk", checkpoint_transformer=True),
+        dataclasses.replace(
+            base, name="+ckpt_chunk+ckpt_bert", checkpoint_cnn="chunk", checkpoint_transformer=True
+        ),
     ]
     return steps
 
@@ -103,8 +107,9 @@ class Batch:
         return b * n * t
 
 
-def make_batch(cfg, batch: int, n_clips: int, frames_per_clip: int, device, *, texts: int = 1,
-               seed: int = 0) -> Batch:
+def make_batch(
+    cfg, batch: int, n_clips: int, frames_per_clip: int, device, *, texts: int = 1, seed: int = 0
+) -> Batch:
     """Random inputs of the benchmark's shapes: text length cfg.max_text_len, `[CLS] words [SEP]`."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     L, Lt = cfg.image_size, cfg.max_text_len
@@ -190,6 +195,9 @@ class TrainStep:
         if o.compile == "none":
             return
         kwargs = {} if o.compile_mode is None else {"mode": o.compile_mode}
+        # A fresh model per path: forget graphs guarded on the previous model, so they neither pile up
+        # towards dynamo's recompile limit (past it, dynamo silently runs eager) nor get reused.
+        torch._dynamo.reset()
         if o.compile == "cnn":
             self._encode = torch.compile(self.model.encode_visual, **kwargs)
         else:
@@ -216,7 +224,8 @@ class TrainStep:
         # Each chunk's checkpoint keeps only a view of the input batch (no copy): the cast and layout
         # change happen inside, so they are redone in backward instead of held.
         parts = [
-            checkpoint(self._encode_cast, chunk, use_reentrant=False) for chunk in clips.split(o.cnn_chunk_clips)
+            checkpoint(self._encode_cast, chunk, use_reentrant=False)
+            for chunk in clips.split(o.cnn_chunk_clips)
         ]
         return _concat_visual(parts, b, n)
 
@@ -291,7 +300,9 @@ def path_config(cfg, options: PathOptions):
     )
 
 
-def build_train_step(cfg, options: PathOptions, device, *, seed: int = 0, optimizer: bool = True) -> TrainStep:
+def build_train_step(
+    cfg, options: PathOptions, device, *, seed: int = 0, optimizer: bool = True
+) -> TrainStep:
     """A fresh ClipBert for `options`; the same `seed` gives every path the same initial weights."""
     from clipbert.models import ClipBert
 

@@ -76,8 +76,18 @@ def _part_timings(step, cfg, data: Batch, raw: torch.Tensor, warmup: int, steps:
     return ms, full
 
 
-def profile_breakdown(cfg, options: PathOptions, device, *, n_clips: int, batch: int, out_dir: str,
-                      tag: str | None, warmup: int = 3, steps: int = 8) -> dict:
+def profile_breakdown(
+    cfg,
+    options: PathOptions,
+    device,
+    *,
+    n_clips: int,
+    batch: int,
+    out_dir: str,
+    tag: str | None,
+    warmup: int = 3,
+    steps: int = 8,
+) -> dict:
     """Isolated part timings and a torch.profiler table of full steps; returns the JSON-able record."""
     device = torch.device(device)
     step = build_train_step(cfg, options, device)
@@ -97,15 +107,28 @@ def profile_breakdown(cfg, options: PathOptions, device, *, n_clips: int, batch:
         table_file.parent.mkdir(parents=True, exist_ok=True)
         table_file.write_text(table + "\n")
         ranges = {}
-        names = ("data", "cnn_forward", "transformer_forward", "clip_aggregation_loss", "backward", "optimizer")
+        names = (
+            "data",
+            "cnn_forward",
+            "transformer_forward",
+            "clip_aggregation_loss",
+            "backward",
+            "optimizer",
+        )
         for evt in prof.key_averages():
             if evt.key in names:
                 ranges[evt.key] = {
                     "cpu_ms_per_step": evt.cpu_time_total / 1e3 / 2,
                     "device_ms_per_step": getattr(evt, "device_time_total", 0.0) / 1e3 / 2,
                 }
-        return {"options": options.to_dict(), "n_clips": n_clips, "batch": batch, "parts_ms": parts,
-                "profiler_ranges": ranges, "table_file": str(table_file)}
+        return {
+            "options": options.to_dict(),
+            "n_clips": n_clips,
+            "batch": batch,
+            "parts_ms": parts,
+            "profiler_ranges": ranges,
+            "table_file": str(table_file),
+        }
     finally:
         del step
         release_memory(device)

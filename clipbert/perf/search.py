@@ -83,23 +83,28 @@ def find_max_batch(
 
     if run(start) and start < limit:
         run(min(limit, 2 * start))
-    informed = True  # inside the bracket, line-informed guesses alternate with bisection steps
+    # Inside the bracket: a guess from the line, then its neighbour across the bracket edge (when the line
+    # is right up to rounding that settles it), then a bisection step; repeat. Bisection every third probe
+    # keeps the worst case logarithmic even when memory is not affine.
+    phase = 0
     while not out_of_budget():
         if (hi is not None and hi - lo <= 1) or (hi is None and lo == limit) or lo == 0:
             break
         line = _fit_line(probes)
-        if line is not None and line[1] > 0:
-            predicted = int((cap_bytes - line[0]) / line[1])
         usable = line is not None and line[1] > 0
+        if usable:
+            predicted = int((cap_bytes - line[0]) / line[1])
         if hi is None:
-            # Grow: to the line's prediction (a little past it, to bracket from above), at most 8x per probe.
-            guess = min(8 * lo, max(lo + 1, math.ceil(predicted * 1.02))) if usable else 2 * lo
-        elif informed and usable:
+            # Grow: to the line's prediction (a little past it, to bracket from above), at most 32x per probe.
+            guess = min(32 * lo, max(lo + 1, math.ceil(predicted * 1.02))) if usable else 2 * lo
+        elif phase == 0 and usable:
             guess = min(hi - 1, max(lo + 1, predicted))
-            informed = False
+        elif phase == 1 and usable:
+            guess = lo + 1 if probes[-1].fits else hi - 1
         else:
             guess = (lo + hi) // 2
-            informed = True
+        if hi is not None:
+            phase = (phase + 1) % 3
         run(min(limit, guess))
     line = _fit_line(probes)
     exact = (hi is not None and hi - lo <= 1) or (hi is None and lo == limit)

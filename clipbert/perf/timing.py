@@ -33,8 +33,14 @@ def _quantile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def time_steps(step: Callable[[], object], device: torch.device, *, warmup: int = 3, steps: int = 10,
-               max_seconds: float | None = None) -> TimingResult:
+def time_steps(
+    step: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup: int = 3,
+    steps: int = 10,
+    max_seconds: float | None = None,
+) -> TimingResult:
     """Median seconds per call of `step`; stops early (with at least 3 timed steps) past `max_seconds`."""
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps} warmup={warmup}")

@@ -1,0 +1,234 @@
+"""The Figure-5 harness without the model: batch search, memory accounting, timing, FLOPs, MFU, outputs."""
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipbert.perf.devices import mfu, peak_for_name
+from clipbert.perf.flops_count import StepFlops, counted_forward_flops
+from clipbert.perf.memory import LiveTensorBytes, PeakMemoryMeter, is_oom
+from clipbert.perf.search import Probe, find_max_batch
+from clipbert.perf.timing import time_steps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def _affine_probe(base: int, per_sample: int, cap: int, calls: list):
+    def probe(b: int) -> Probe:
+        calls.append(b)
+        peak = base + per_sample * b
+        return Probe(b, peak <= cap, peak, 0.0)
+
+    return probe
+
+
+@pytest.mark.parametrize(
+    "base,per_sample,cap",
+    [(100, 7, 1000), (5_000, 1, 6_001), (10, 1000, 999_999), (0, 3, 2), (1 << 30, 12345, 2 << 30)],
+)
+def test_search_finds_exact_answer_of_affine_memory(base, per_sample, cap):
+    calls = []
+    res = find_max_batch(_affine_probe(base, per_sample, cap, calls), cap, limit=100_000)
+    truth = max(0, (cap - base) // per_sample)
+    assert res.max_batch == truth
+    assert res.exact
+    assert len(calls) <= 8  # the line makes it a handful of probes, not a bisection from 1..limit
+    if truth:
+        assert res.bytes_per_sample == pytest.approx(per_sample)
+
+
+def test_search_exact_on_convex_memory_and_counts_only_real_probes():
+    # Peak grows faster than linearly: the line overshoots, bisection must still land exactly.
+    cap = 50_000
+
+    def probe(b):
+        peak = 1000 + 10 * b + b * b // 3
+        return Probe(b, peak <= cap, peak, 0.0)
+
+    res = find_max_batch(probe, cap, limit=10_000, max_probes=30)
+    truth = max(b for b in range(1, 10_000) if 1000 + 10 * b + b * b // 3 <= cap)
+    assert (res.max_batch, res.first_failure, res.exact) == (truth, truth + 1, True)
+    assert all(p.fits == (p.batch <= truth) for p in res.probes)
+
+
+def test_search_oom_probes_without_peak_and_limits():
+    # CUDA-style: a failing probe has no peak (the step raised out-of-memory).
+    def probe(b):
+        fits = b <= 37
+        return Probe(b, fits, 1000 + 50 * b if fits else None, 0.0, None if fits else "OutOfMemoryError")
+
+    assert find_max_batch(probe, 1000 + 50 * 37, limit=1000).max_batch == 37
+    top = find_max_batch(probe, 10**9, limit=20)
+    assert (top.max_batch, top.first_failure, top.exact) == (20, None, True)
+    none = find_max_batch(lambda b: Probe(b, False, None, 0.0), 10, limit=50)
+    assert (none.max_batch, none.first_failure, none.exact) == (0, 1, True)
+    with pytest.raises(ValueError, match="start"):
+        find_max_batch(probe, 10, start=0)
+
+
+def test_search_budget_gives_a_lower_bound():
+    calls = []
+    res = find_max_batch(_affine_probe(0, 1, 10**6, calls), 10**6, limit=10**7, max_probes=3)
+    assert len(calls) == 3 and not res.exact
+    assert 0 < res.max_batch <= 10**6
+    past = find_max_batch(_affine_probe(0, 1, 10**6, []), 10**6, deadline=time.monotonic() - 1)
+    assert not past.exact and len(past.probes) == 2  # start and 2*start always run
+
+
+def test_live_tensor_bytes_counts_storages_once_and_frees():
+    with PeakMemoryMeter("cpu") as meter:
+        x = torch.empty(1000, dtype=torch.float32)  # 4000 B
+        y = x * 2  # 8000 live
+        v = y.view(10, 100).t()  # a view: no new storage
+        v.mul_(3)  # in place: no new storage
+        del x  # 4000 live
+        z = torch.empty(250, dtype=torch.float64)  # 6000 live
+        del y, v, z
+        w = torch.empty(3000, dtype=torch.uint8)  # 3000 live, peak stays 8000
+        del w
+    assert meter.peak_bytes == 8000
+
+
+def test_live_tensor_bytes_sees_backward_and_resident():
+    lin = torch.nn.Linear(64, 32, bias=False)
+    x = torch.randn(16, 64)
+    with LiveTensorBytes(resident=[lin.weight]) as mode:
+        assert mode.live == 64 * 32 * 4
+        lin(x).square().sum().backward()
+    # weight + its gradient, at least; the saved output [16, 32] and square live during backward
+    assert mode.peak >= 2 * 64 * 32 * 4 + 16 * 32 * 4
+    assert mode.peak < 2 * 64 * 32 * 4 + 16 * 64 * 4 * 4
+
+
+def test_is_oom():
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not is_oom(RuntimeError("shape mismatch"))
+
+
+def test_time_steps_median_and_budget():
+    calls = []
+
+    def step():
+        calls.append(1)
+        time.sleep(0.01)
+
+    res = time_steps(step, torch.device("cpu"), warmup=2, steps=5)
+    assert len(calls) == 7 and res.steps == 5
+    assert 0.009 < res.median_s < 0.05 and res.p10_s <= res.median_s <= res.p90_s
+    short = time_steps(lambda: time.sleep(0.02), torch.device("cpu"), warmup=0, steps=100, max_seconds=0.05)
+    assert 3 <= short.steps < 100
+    with pytest.raises(ValueError, match="steps"):
+        time_steps(step, torch.device("cpu"), steps=0)
+
+
+@pytest.mark.parametrize(
+    "name,tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.4),
+        ("Tesla V100-SXM2-32GB", 125.0),
+    ],
+)
+def test_peak_table(name, tflops):
+    peak = peak_for_name(name)
+    assert peak.bf16_flops == pytest.approx(tflops * 1e12) and peak.source == "table"
+
+
+def test_mfu_arithmetic_and_unknown_device():
+    h100 = peak_for_name("NVIDIA H100 80GB HBM3")
+    assert mfu(989.4e12 * 0.5, 1.0, h100) == pytest.approx(0.5)
+    assert mfu(1e12, 1.0, peak_for_name("cpu")) is None
+    assert mfu(2e12, 1.0, peak_for_name("cpu", override_tflops=4.0)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="seconds"):
+        mfu(1.0, 0.0, h100)
+
+
+def test_flops_split_frozen_and_step_convention():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.ReLU(), torch.nn.Linear(40, 8))
+    model[0].requires_grad_(False)
+    x = torch.randn(5, 24)
+    total, frozen = counted_forward_flops(model, lambda: model(x))
+    assert frozen == 2 * 5 * 24 * 40
+    assert total == frozen + 2 * 5 * 40 * 8
+    flops = StepFlops(total, frozen, "FlopCounterMode", total)
+    assert flops.step == 3 * (total - frozen) + frozen
+
+
+def _fake_result(tmp_path):
+    rows = []
+    for path, ms, batch in (("eager", 200.0, 16), ("optimized", 60.0, 50)):
+        for n in (2, 16):
+            rows.append(
+                dict(
+                    panel="b",
+                    path=path,
+                    n_train=n,
+                    frames_per_clip=1,
+                    batch=8,
+                    median_ms=ms * n / 16,
+                    frames_per_s=8 * n / (ms * n / 16e3),
+                    mfu=0.1 if path == "eager" else 0.4,
+                    peak_gib=10.0,
+                    error=None,
+                )
+            )
+            rows.append(
+                dict(
+                    panel="a",
+                    path=path,
+                    n_train=n,
+                    frames_per_clip=1,
+                    batch=batch * 16 // n,
+                    max_batch_exact=True,
+                    bytes_per_sample_gib=0.5,
+                    error=None,
+                )
+            )
+    cfg = dict(
+        backbone_style="msra",
+        backbone_layers=[3, 4, 6, 3],
+        freeze_at=2,
+        num_layers=12,
+        hidden_size=768,
+        image_size=448,
+        max_text_len=32,
+    )
+    return dict(
+        device="NVIDIA H200",
+        date_utc="2026-11-26T00:00:00",
+        mem_cap_gib=32,
+        memory_accounting="cuda",
+        torch="2.11",
+        wall_s=1.0,
+        config=cfg,
+        rows=rows,
+        time_batch=8,
+        peak_bf16_tflops=989.4,
+        profile=None,
+    )
+
+
+def test_summary_and_plot_files(tmp_path):
+    from fig5_plot import plot_figure5
+    from fig5_summary import write_summary
+
+    result = _fake_result(tmp_path)
+    md = tmp_path / "s.md"
+    write_summary(result, str(md))
+    text = md.read_text()
+    assert "3.33x" in text  # 200 ms / 60 ms at Ntrain=16
+    assert "speed at Ntrain=16" in text and "met" in text
+    assert "max batch at Ntrain=16: 50" in text and "max batch at Ntrain=2: 400" in text
+    png = tmp_path / "f.png"
+    plot_figure5(result["rows"], "test", str(png), 32)
+    assert png.stat().st_size > 10_000
+    json.dumps(result)  # the record stays JSON-able
+    assert math.isfinite(result["rows"][0]["frames_per_s"])

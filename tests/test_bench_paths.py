@@ -1,0 +1,185 @@
+"""The eager and optimized training paths compute the same function, and the Figure-5 script runs on CPU."""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+models = pytest.importorskip("clipbert.models", reason="the model package (issue 4) has not landed")
+
+from clipbert.perf.measure import measure_max_batch, measure_time  # noqa: E402
+from clipbert.perf.memory import PeakMemoryMeter  # noqa: E402
+from clipbert.perf.paths import EAGER, PathOptions, build_train_step, make_batch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The CPU is shared: one intra-op thread avoids oversubscription stalls.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _cfg(**kw):
+    base = dict(
+        image_size=64,
+        vocab_size=2048,
+        backbone_style="msra",
+        frozen_bn=True,
+        freeze_at=2,
+        pretrain_heads=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    return models.ClipBertConfig.from_preset("tiny", **{**base, **kw})
+
+
+def _grads(step) -> torch.Tensor:
+    return torch.cat([p.grad.double().flatten() for p in step.model.parameters() if p.grad is not None])
+
+
+def _reference(cfg, batch):
+    """Eager path in float64: the ground truth both fp32 paths are measured against."""
+    step = build_train_step(cfg, PathOptions("ref", precision="fp32"), "cpu", optimizer=False)
+    step.model.double()
+    b64 = dataclasses.replace(batch, frames=batch.frames.double())
+    loss = step.forward_backward(b64)
+    return loss, _grads(step)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        PathOptions("eager32", precision="fp32"),
+        PathOptions("cl", channels_last=True, precision="fp32"),
+        PathOptions("fused", fused_ops=True, precision="fp32"),
+        PathOptions(
+            "chunk", checkpoint_cnn="chunk", cnn_chunk_clips=2, checkpoint_transformer=True, precision="fp32"
+        ),
+        PathOptions(
+            "stage", checkpoint_cnn="stage", checkpoint_transformer=True, channels_last=True, precision="fp32"
+        ),
+    ],
+    ids=lambda o: o.name,
+)
+def test_every_option_keeps_the_function(options):
+    cfg = _cfg()
+    batch = make_batch(cfg, 2, 3, 2, "cpu", seed=1)  # 6 clips in chunks of 2, 2, 2; T=2
+    ref_loss, ref_grads = _reference(cfg, batch)
+    step = build_train_step(cfg, options, "cpu", optimizer=False)
+    loss = step.forward_backward(batch)
+    assert abs(loss.double() - ref_loss) / abs(ref_loss) < 1e-5
+    grads = _grads(step)
+    assert grads.shape == ref_grads.shape  # the same parameters get gradients (frozen ones none)
+    assert (grads - ref_grads).norm() / ref_grads.norm() < 1e-4
+
+
+def test_bf16_frozen_weights_round_like_autocast():
+    cfg = _cfg()
+    batch = make_batch(cfg, 2, 2, 1, "cpu", seed=2)
+    eager = build_train_step(cfg, EAGER, "cpu", optimizer=False)
+    opt = build_train_step(cfg, PathOptions("bf", bf16_frozen=True), "cpu", optimizer=False)
+    assert any("bf16_frozen" in n for n in opt.notes)
+    assert opt.model.cnn.backbone.conv1.weight.dtype == torch.bfloat16
+    assert eager.forward_backward(batch) == opt.forward_backward(batch)
+    assert torch.equal(_grads(eager), _grads(opt))
+
+
+def test_chunked_checkpoint_lowers_measured_peak():
+    cfg = _cfg()
+    batch = make_batch(cfg, 2, 8, 1, "cpu")
+    peaks = {}
+    for options in (
+        EAGER,
+        PathOptions("chunk", checkpoint_cnn="chunk", cnn_chunk_clips=2, checkpoint_transformer=True),
+    ):
+        step = build_train_step(cfg, options, "cpu", optimizer=False)
+        with PeakMemoryMeter("cpu", resident=step.resident_tensors()) as meter:
+            step.forward_backward(batch)
+        peaks[options.name] = meter.peak_bytes
+    assert peaks["chunk"] < peaks["eager"]
+
+
+def test_measure_points_on_cpu():
+    from clipbert.perf import device_peak
+
+    cfg = _cfg()
+    cap = 48 * 2**20
+    step = build_train_step(cfg, EAGER, "cpu")
+    point = measure_max_batch(
+        step, cfg, panel="a", n_clips=2, frames=1, cap_bytes=cap, limit=512, deadline=None
+    )
+    assert point.error is None and point.max_batch_exact
+    assert point.batch >= 1 and point.first_failure == point.batch + 1
+    fits = {p["batch"]: p["fits"] for p in point.probes}
+    assert fits[point.batch] and not fits[point.first_failure]
+    assert all(p["peak_bytes"] <= cap for p in point.probes if p["fits"])
+    timed = measure_time(
+        step, cfg, device_peak("cpu", 1.0), panel="b", n_clips=2, frames=1, batch=2, warmup=1, steps=2
+    )
+    assert timed.error is None and timed.median_ms > 0 and timed.frames_per_s > 0
+    assert 0 < timed.mfu < 1 and timed.model_tflop_per_step > 0
+
+
+def test_figure5_script_small_cpu(tmp_path):
+    import memory_vs_ntrain
+
+    argv = [
+        "--device",
+        "cpu",
+        "--small",
+        "--no-compile",
+        "--ntrain",
+        "1",
+        "4",
+        "--frames",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--time-batch",
+        "2",
+        "--out-dir",
+        str(tmp_path),
+        "--tag",
+        "t",
+        "--threads",
+        "1",
+    ]
+    assert memory_vs_ntrain.main(argv) == 0
+    result = json.loads((tmp_path / "t.json").read_text())
+    rows = result["rows"]
+    assert [r for r in rows if r["error"]] == []
+    assert {(r["panel"], r["path"]) for r in rows} == {(p, q) for p in "abcd" for q in ("eager", "optimized")}
+    for r in rows:
+        if r["panel"] in "ac":
+            assert r["batch"] >= 1 and r["peak_gib"] <= result["mem_cap_gib"]
+        else:
+            assert r["median_ms"] > 0 and r["frames_per_s"] > 0 and r["peak_gib"] > 0
+    a = {(r["path"], r["n_train"]): r["batch"] for r in rows if r["panel"] == "a"}
+    assert a[("eager", 4)] < a[("eager", 1)]  # more clips per video, fewer videos fit
+    assert a[("optimized", 4)] > a[("eager", 4)]  # checkpointing buys batch
+    csv_lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert len(csv_lines) == len(rows) + 1
+    assert "(a) largest batch vs Ntrain" in (tmp_path / "t.md").read_text()
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_compiled_cnn_keeps_the_function():
+    cfg = _cfg()
+    batch = make_batch(cfg, 1, 2, 1, "cpu", seed=3)
+    ref_loss, ref_grads = _reference(cfg, batch)
+    step = build_train_step(
+        cfg, PathOptions("c", channels_last=True, compile="cnn", precision="fp32"), "cpu", optimizer=False
+    )
+    step.forward_backward(batch)
+    assert (_grads(step) - ref_grads).norm() / ref_grads.norm() < 1e-4
