@@ -111,7 +111,7 @@ def test_measure_points_on_cpu():
     from clipbert.perf import device_peak
 
     cfg = _cfg()
-    cap = 48 * 2**20
+    cap = 40 * 2**20
     step = build_train_step(cfg, EAGER, "cpu")
     point = measure_max_batch(
         step, cfg, panel="a", n_clips=2, frames=1, cap_bytes=cap, limit=512, deadline=None
@@ -131,28 +131,17 @@ def test_measure_points_on_cpu():
 def test_figure5_script_small_cpu(tmp_path):
     import memory_vs_ntrain
 
-    argv = [
-        "--device",
-        "cpu",
-        "--small",
-        "--no-compile",
-        "--ntrain",
+    # A 40 MiB budget (weights, gradients and AdamW state take about 30) keeps the searched batches small.
+    argv = "--device cpu --small --no-compile --ntrain 1 4 --frames 2 --steps 2 --warmup 1 --time-batch 2"
+    argv = argv.split() + [
+        "--threads",
         "1",
-        "4",
-        "--frames",
-        "2",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--time-batch",
-        "2",
+        "--mem-cap-gib",
+        "0.04",
         "--out-dir",
         str(tmp_path),
         "--tag",
         "t",
-        "--threads",
-        "1",
     ]
     assert memory_vs_ntrain.main(argv) == 0
     result = json.loads((tmp_path / "t.json").read_text())

@@ -53,7 +53,8 @@ step() {
   local verdict=ok; (( rc == 124 || rc == 137 )) && verdict="TIMEOUT after ${limit}s"; (( rc != 0 && rc != 124 && rc != 137 )) && verdict="FAILED rc=$rc"
   printf '%-6s %-10s %4ss  %s\n' "$([[ $verdict == ok ]] && echo OK || echo FAIL)" "$name" "$(( $(date +%s) - t0 ))" "$verdict" | tee -a "$OUT/steps.txt"
   [[ $verdict == ok ]] || tail -n 15 "$OUT/$name.log"
-  cp "$OUT"/*.json "$ROOT/benchmarks/results/" 2>/dev/null || true
+  # On the GPU machine keep a copy beside the code; a dry run leaves benchmarks/results/ alone.
+  [[ $DRY == 1 ]] || cp "$OUT"/*.json "$ROOT/benchmarks/results/" 2>/dev/null || true
   return 0
 }
 

@@ -35,29 +35,43 @@ class StepFlops:
         return {**dataclasses.asdict(self), "step": self.step}
 
 
-def _frozen_roots(model: torch.nn.Module) -> list[str]:
-    """Qualified names of the largest submodules with parameters, none of them trainable."""
-    roots: list[str] = []
+def _frozen_roots(model: torch.nn.Module) -> set[int]:
+    """ids of the largest submodules that have parameters, none of them trainable."""
+    roots: set[int] = set()
 
-    def visit(module: torch.nn.Module, name: str) -> None:
+    def visit(module: torch.nn.Module) -> None:
         params = list(module.parameters())
         if params and not any(p.requires_grad for p in params):
-            roots.append(name)
+            roots.add(id(module))
             return
-        for child_name, child in module.named_children():
-            visit(child, f"{name}.{child_name}")
+        for child in module.children():
+            visit(child)
 
-    visit(model, type(model).__name__)
+    visit(model)
     return roots
+
+
+def _names_as_counted(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """FlopCounterMode names a module `<class of the first module entered>.<path below it>`; the entry is
+    whichever submodule the run called first (e.g. `VisualEncoder.backbone.conv1` when the model's method
+    calls self.cnn), so list every such spelling."""
+    names: dict[str, torch.nn.Module] = {}
+    for _, top in model.named_modules():
+        head = type(top).__name__
+        for rel, module in top.named_modules():
+            names.setdefault(f"{head}.{rel}" if rel else head, module)
+    return names
 
 
 def counted_forward_flops(model: torch.nn.Module, run_forward) -> tuple[float, float]:
     """(total, frozen) forward FLOPs of `run_forward()` by FlopCounterMode, without autograd."""
     roots = _frozen_roots(model)
+    names = _names_as_counted(model)
     with torch.no_grad(), FlopCounterMode(display=False, depth=None) as counter:
         run_forward()
     counts = {name: float(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
-    return counts.get("Global", 0.0), sum(counts.get(name, 0.0) for name in roots)
+    frozen = sum(c for name, c in counts.items() if name in names and id(names[name]) in roots)
+    return counts.get("Global", 0.0), frozen
 
 
 def _model_forward_flops(cfg, n_clips: int, frames_per_clip: int, texts: int) -> float | None:

@@ -57,17 +57,17 @@ def _probe_fn(step: TrainStep, cfg, n_clips: int, frames: int, cap_bytes: int):
 
     def probe(b: int) -> Probe:
         began = time.monotonic()
-        peak, error = None, None
+        peak, error, batch = None, None, None
         try:
             with PeakMemoryMeter(device, resident=step.resident_tensors()) as meter:
                 batch = make_batch(cfg, b, n_clips, frames, device, seed=b)
                 step.train_step(batch)
-                del batch
             peak = meter.peak_bytes
         except Exception as exc:  # only out-of-memory is an answer; anything else is a bug to surface
             if not is_oom(exc):
                 raise
             error = _short(exc)
+        batch = None  # noqa: F841 - the batch must be unreferenced before the cache is emptied
         step.optimizer.zero_grad(set_to_none=True)
         release_memory(device)
         # On CUDA the allocator enforces the cap; on the CPU the measured peak is checked against it.

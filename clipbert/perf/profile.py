@@ -103,9 +103,10 @@ def profile_breakdown(
                 torch.cuda.synchronize(device)
         sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
         table = prof.key_averages().table(sort_by=sort, row_limit=40)
-        table_file = Path(out_dir) / f"{tag or 'fig5'}_profile.txt"
+        table_file = Path(out_dir) / f"{tag or 'fig5'}_profile.md"
         table_file.parent.mkdir(parents=True, exist_ok=True)
-        table_file.write_text(table + "\n")
+        title = f"# torch.profiler: 2 steps of {options.name}, Ntrain={n_clips}, batch {batch}, {device}"
+        table_file.write_text(f"{title}\n\n```\n{table}\n```\n")
         ranges = {}
         names = (
             "data",

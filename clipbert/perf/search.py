@@ -38,15 +38,22 @@ class BatchSearchResult:
 
 
 def _fit_line(probes: list[Probe]) -> tuple[float, float] | None:
-    """(intercept, slope) of peak bytes against batch through the two largest fitting probes.
+    """(intercept, slope) of peak bytes against batch, through the two measured probes nearest the answer.
 
-    The largest ones: at small batches fixed costs (weights, allocator rounding) hide the per-sample
-    slope, and the answer lies beyond the largest fitting probe anyway.
+    Those are the largest fitting probe and the smallest failing one when its peak is known (the CPU
+    measures a failing step's peak; a CUDA out-of-memory has none), else the two largest fitting probes.
+    Small batches are a poor guide: fixed costs (weights, allocator rounding) hide the per-sample slope.
     """
-    pts = sorted({p.batch: p.peak_bytes for p in probes if p.fits and p.peak_bytes is not None}.items())
-    if len(pts) < 2:
+    fit = sorted((p.batch, p.peak_bytes) for p in probes if p.fits and p.peak_bytes is not None)
+    over = sorted((p.batch, p.peak_bytes) for p in probes if not p.fits and p.peak_bytes is not None)
+    if fit and over:
+        (b0, m0), (b1, m1) = fit[-1], over[0]
+    elif len(fit) >= 2:
+        (b0, m0), (b1, m1) = fit[-2], fit[-1]
+    else:
         return None
-    (b0, m0), (b1, m1) = pts[-2], pts[-1]
+    if b1 == b0:
+        return None
     slope = (m1 - m0) / (b1 - b0)
     return m1 - slope * b1, slope
 
@@ -83,10 +90,10 @@ def find_max_batch(
 
     if run(start) and start < limit:
         run(min(limit, 2 * start))
-    # Inside the bracket: a guess from the line, then its neighbour across the bracket edge (when the line
-    # is right up to rounding that settles it), then a bisection step; repeat. Bisection every third probe
-    # keeps the worst case logarithmic even when memory is not affine.
-    phase = 0
+    # Inside the bracket: a guess from the line when it falls strictly inside, then (if that guess was the
+    # line's) its neighbour across the bracket edge, which settles it when the line is right up to rounding;
+    # every other probe bisects, so the worst case stays logarithmic even when memory is not affine.
+    last = "bisect"
     while not out_of_budget():
         if (hi is not None and hi - lo <= 1) or (hi is None and lo == limit) or lo == 0:
             break
@@ -97,14 +104,12 @@ def find_max_batch(
         if hi is None:
             # Grow: to the line's prediction (a little past it, to bracket from above), at most 32x per probe.
             guess = min(32 * lo, max(lo + 1, math.ceil(predicted * 1.02))) if usable else 2 * lo
-        elif phase == 0 and usable:
-            guess = min(hi - 1, max(lo + 1, predicted))
-        elif phase == 1 and usable:
-            guess = lo + 1 if probes[-1].fits else hi - 1
+        elif last == "line":
+            guess, last = (lo + 1 if probes[-1].fits else hi - 1), "neighbour"
+        elif last != "line" and usable and lo < predicted < hi and last != "neighbour":
+            guess, last = predicted, "line"
         else:
-            guess = (lo + hi) // 2
-        if hi is not None:
-            phase = (phase + 1) % 3
+            guess, last = (lo + hi) // 2, "bisect"
         run(min(limit, guess))
     line = _fit_line(probes)
     exact = (hi is not None and hi - lo <= 1) or (hi is None and lo == limit)
