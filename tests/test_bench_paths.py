@@ -172,3 +172,20 @@ def test_compiled_cnn_keeps_the_function():
     )
     step.forward_backward(batch)
     assert (_grads(step) - ref_grads).norm() / ref_grads.norm() < 1e-4
+
+
+def test_step_flops_match_the_model_count_and_split_frozen_stages():
+    from clipbert.models.flops import backbone_stage_flops, forward_flops
+    from clipbert.perf.flops_count import step_flops
+
+    cfg = _cfg()
+    step = build_train_step(cfg, EAGER, "cpu", optimizer=False)
+    n, t = 3, 2
+    flops = step_flops(step.model, cfg, make_batch(cfg, 1, n, t, "cpu"), n, t)
+    assert flops.source == "forward_flops"
+    assert flops.forward == forward_flops(cfg, num_clips=n, frames_per_clip=t, text_len=cfg.max_text_len)
+    # The traced count differs only where SDPA picks a kernel FlopCounterMode counts differently (a few %).
+    assert flops.counter_forward == pytest.approx(flops.forward, rel=0.03)
+    stages, _ = backbone_stage_flops(cfg, cfg.image_size)
+    assert flops.forward_frozen == sum(stages[:2]) * n * t  # freeze_at=2: stem + res2, forward only
+    assert flops.step == 3 * flops.forward - 2 * flops.forward_frozen
