@@ -82,7 +82,7 @@ def _targets(result: dict) -> list[str]:
     scope = (
         ""
         if full_size and result["mem_cap_gib"] == 32
-        else " (not the base preset at L=448 under 32 GiB: indicative only)"
+        else " (not the base preset at L=448 under 32 GiB: these lines check the plumbing, not the targets)"
     )
     lines = [f"## Targets{scope}", ""]
     b_e, b_o = _rows(result, "b", "eager").get((16, 1), {}), _rows(result, "b", "optimized").get((16, 1), {})

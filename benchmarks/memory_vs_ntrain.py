@@ -81,7 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--time-budget-s", type=float, default=None, help="whole run; searches stop early past it")
     p.add_argument("--no-compile", action="store_true", help="optimized path without torch.compile")
     p.add_argument("--compile-mode", default=None)
-    p.add_argument("--cnn-chunk-clips", type=int, default=32, help="clips per CNN micro-batch (memory path)")
+    p.add_argument(
+        "--cnn-chunk-frames", type=int, default=32, help="frames per CNN micro-batch (memory path)"
+    )
     p.add_argument("--ablation", action="store_true", help="also time each optimization step at Ntrain=16")
     p.add_argument(
         "--profile", action="store_true", help="also write the CNN/transformer/data/optimizer profile"
@@ -122,7 +124,7 @@ def path_options(args) -> tuple[dict[str, PathOptions], dict[str, PathOptions]]:
         speed = dataclasses.replace(speed, compile="none")
     elif args.compile_mode:
         speed = dataclasses.replace(speed, compile_mode=args.compile_mode)
-    memory = dataclasses.replace(OPTIMIZED_MEMORY, cnn_chunk_clips=args.cnn_chunk_clips)
+    memory = dataclasses.replace(OPTIMIZED_MEMORY, cnn_chunk_frames=args.cnn_chunk_frames)
     timed = {"eager": EAGER, "optimized": speed}
     sized = {"eager": EAGER, "optimized": memory}
     return {k: timed[k] for k in args.paths}, {k: sized[k] for k in args.paths}

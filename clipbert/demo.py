@@ -1,4 +1,4 @@
-"""`make demo`: generate the synthetic benchmark, train configs/ds_synthetic.json on the CPU, evaluate, print a table.
+"""`make demo`: generate the synthetic benchmark, train ds_synthetic.json on the CPU, evaluate, print a table.
 
     python -m clipbert.demo --data data/synthetic --out outputs/demo [--set section.key=value ...]
 

@@ -61,7 +61,7 @@ def _reference(cfg, batch):
         PathOptions("cl", channels_last=True, precision="fp32"),
         PathOptions("fused", fused_ops=True, precision="fp32"),
         PathOptions(
-            "chunk", checkpoint_cnn="chunk", cnn_chunk_clips=2, checkpoint_transformer=True, precision="fp32"
+            "chunk", checkpoint_cnn="chunk", cnn_chunk_frames=8, checkpoint_transformer=True, precision="fp32"
         ),
         PathOptions(
             "stage", checkpoint_cnn="stage", checkpoint_transformer=True, channels_last=True, precision="fp32"
@@ -71,7 +71,7 @@ def _reference(cfg, batch):
 )
 def test_every_option_keeps_the_function(options):
     cfg = _cfg()
-    batch = make_batch(cfg, 2, 3, 2, "cpu", seed=1)  # 6 clips in chunks of 2, 2, 2; T=2
+    batch = make_batch(cfg, 2, 3, 2, "cpu", seed=1)  # T=2, 8 frames per chunk: 6 clips in chunks of 4 and 2
     ref_loss, ref_grads = _reference(cfg, batch)
     step = build_train_step(cfg, options, "cpu", optimizer=False)
     loss = step.forward_backward(batch)
@@ -98,7 +98,7 @@ def test_chunked_checkpoint_lowers_measured_peak():
     peaks = {}
     for options in (
         EAGER,
-        PathOptions("chunk", checkpoint_cnn="chunk", cnn_chunk_clips=2, checkpoint_transformer=True),
+        PathOptions("chunk", checkpoint_cnn="chunk", cnn_chunk_frames=2, checkpoint_transformer=True),
     ):
         step = build_train_step(cfg, options, "cpu", optimizer=False)
         with PeakMemoryMeter("cpu", resident=step.resident_tensors()) as meter:

@@ -137,3 +137,9 @@ def test_the_model_head_follows_the_task():
     assert C.load("ds_msrvtt_mc").model_config().head == "itm"  # scored by the retrieval model
     assert C.load("ds_tgif_action").model_config().head == "mc"
     assert C.load("ds_msrvtt_qa").model_config(num_answers=11).num_classes == 11
+
+
+def test_video_dir_defaults_to_the_benchmark_layout():
+    cfg = C.load("ds_msrvtt", ["data.ann_dir=/x/msrvtt/annotations"])
+    assert cfg.data.video_dir == "/x/msrvtt/videos"
+    assert C.load("ds_msrvtt", ["data.video_dir=/v"]).data.video_dir == "/v"

@@ -29,10 +29,11 @@ class PathOptions:
     fused_ops: bool = False  # clipbert.ops kernels (fused LSE + NLL, temporal mean) instead of eager PyTorch
     bf16_frozen: bool = False  # store frozen weights and FrozenBN buffers in bf16: no per-step autocast casts
     # "stage": the model's per-stage checkpoint; "chunk": the whole visual encoder checkpointed per chunk
-    # of `cnn_chunk_clips` clips, so backward recomputes one chunk at a time and peak activation memory is
+    # of about `cnn_chunk_frames` frames (whole clips: max(1, cnn_chunk_frames // T) of them), so backward
+    # recomputes one chunk at a time and peak activation memory is
     # bounded by a chunk, not by the batch (micro-batching the CNN inside the step).
     checkpoint_cnn: str = "none"
-    cnn_chunk_clips: int = 32
+    cnn_chunk_frames: int = 32
     checkpoint_transformer: bool = False  # per-BERT-layer checkpoint (the model's option)
     compile: str = "none"  # "cnn": torch.compile the visual encoder; "full": the whole loss function
     compile_mode: str | None = None  # torch.compile mode ("max-autotune-no-cudagraphs", "reduce-overhead")
@@ -49,8 +50,8 @@ class PathOptions:
             raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
         if self.precision == "fp32" and self.bf16_frozen:
             raise ValueError("bf16_frozen needs precision='bf16'")
-        if self.cnn_chunk_clips < 1:
-            raise ValueError(f"cnn_chunk_clips must be >= 1, got {self.cnn_chunk_clips}")
+        if self.cnn_chunk_frames < 1:
+            raise ValueError(f"cnn_chunk_frames must be >= 1, got {self.cnn_chunk_frames}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,7 +69,7 @@ OPTIMIZED_MEMORY = PathOptions(
     fused_ops=True,
     bf16_frozen=True,
     checkpoint_cnn="chunk",
-    cnn_chunk_clips=32,
+    cnn_chunk_frames=32,
     checkpoint_transformer=True,
 )
 
@@ -225,14 +226,21 @@ class TrainStep:
         # change happen inside, so they are redone in backward instead of held.
         parts = [
             checkpoint(self._encode_cast, chunk, use_reentrant=False)
-            for chunk in clips.split(o.cnn_chunk_clips)
+            for chunk in clips.split(max(1, o.cnn_chunk_frames // frames.shape[2]))
         ]
         return _concat_visual(parts, b, n)
 
     def _encode_cast(self, frames: torch.Tensor):
-        if self.options.precision == "bf16" and self.options.bf16_frozen:
-            # The first convolution runs in bf16 under autocast anyway; bf16 stem weights take it directly.
-            frames = frames.to(torch.bfloat16)
+        o = self.options
+        dtype = torch.bfloat16 if o.precision == "bf16" and o.bf16_frozen else frames.dtype
+        if dtype != frames.dtype or o.channels_last:
+            # One copy for both the bf16 cast (autocast would cast for the first convolution anyway) and
+            # the NHWC layout, instead of one each; the model's own channels_last conversion is then a no-op.
+            flat = frames.reshape(-1, *frames.shape[-3:])  # [B*N*T, 3, L, L]
+            flat = flat.to(
+                dtype=dtype, memory_format=torch.channels_last if o.channels_last else torch.preserve_format
+            )
+            frames = flat.view(frames.shape)
         return self._encode(frames)
 
     def _loss(self, batch: Batch) -> torch.Tensor:

@@ -218,9 +218,12 @@ def _build_data(values: dict[str, Any]):
     from clipbert.data.config import DataConfig
 
     try:
-        return DataConfig.from_dict(values)
+        data = DataConfig.from_dict(values)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"data.{err}" if str(err).split()[0] in values else f"data: {err}") from err
+    if data.ann_dir and not data.video_dir:  # the benchmark layout: DIR/annotations next to DIR/videos
+        data.video_dir = str(Path(data.ann_dir).parent / "videos")
+    return data
 
 
 def check_deepspeed(ds: dict[str, Any]) -> None:
