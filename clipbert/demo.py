@@ -54,11 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         f"data.ann_dir={data_dir / 'annotations'}",
         f"data.video_dir={data_dir / 'videos'}",
         f"train.output_dir={out}",
+        "train.resume=auto",  # a second `make demo` finishes (or just re-evaluates) the earlier run
         *args.set,
     ]
     cfg = C.load(DEMO_CONFIG, overrides)
-    if cfg.train.resume != "auto" and (out / "checkpoints").exists():
-        raise SystemExit(f"{out} holds an earlier run: remove it or pass --set train.resume=auto")
     device = torch.device("cpu")
     init_distributed(device)
     start = time.time()
