@@ -63,7 +63,8 @@ def test_each_bad_video_is_replaced_by_the_next_good_example(data):
     expected = {1: (3, ["missing", "empty"]), 2: (3, ["empty"]), 4: (6, ["truncated", "garbage"])}
     for index, (replacement, bad) in expected.items():
         item = ds[(0, index)]
-        assert item["index"] == replacement and item["video_id"] == ORDER[replacement]
+        assert item["index"] == index and item["source_index"] == replacement
+        assert item["video_id"] == ORDER[replacement]
         assert [entry.split(": ")[0].rsplit("/", 1)[-1].split(".")[0] for entry in item["bad_videos"]] == bad
     assert ds[(0, 0)]["bad_videos"] == []
     reasons = " ".join(ds[(0, 1)]["bad_videos"] + ds[(0, 4)]["bad_videos"])

@@ -70,7 +70,9 @@ class TaskDataset(Dataset):
             except VideoDecodeError as err:
                 bad.append(f"{err.key}: {err.reason}")
                 continue
-            item["index"], item["bad_videos"] = current, bad
+            # `index` stays the requested example, so evaluation still counts every example exactly
+            # once; `source_index` says whose content replaced it.
+            item["index"], item["source_index"], item["bad_videos"] = index, current, bad
             return item
         raise RuntimeError(
             f"{self.task}/{self.split}: examples {index}..{current} all have bad videos "
