@@ -143,3 +143,17 @@ def test_video_dir_defaults_to_the_benchmark_layout():
     cfg = C.load("ds_msrvtt", ["data.ann_dir=/x/msrvtt/annotations"])
     assert cfg.data.video_dir == "/x/msrvtt/videos"
     assert C.load("ds_msrvtt", ["data.video_dir=/v"]).data.video_dir == "/v"
+
+
+def test_init_bert_from_takes_the_checkpoint_sizes(tmp_path):
+    hf = {"vocab_size": 30522, "hidden_size": 96, "num_hidden_layers": 4, "num_attention_heads": 3,
+          "intermediate_size": 192, "hidden_act": "gelu", "max_position_embeddings": 64}
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    cfg = C.load("ds_synthetic", [f"model.init_bert_from={tmp_path}", "model.num_layers=1"])
+    mc = cfg.model_config()
+    assert (mc.hidden_size, mc.num_heads, mc.intermediate_size, mc.num_layers) == (96, 3, 192, 1)
+    assert cfg.model.bert_dir() == str(tmp_path)
+    assert cfg.to_dict()["model"]["init_bert_from"] == str(tmp_path)
+    assert C.load("ds_synthetic", ["model.init_bert_from="]).model.init_bert_from == ""
+    with pytest.raises(C.ConfigError, match="init_bert_from.*no config.json"):
+        C.load("ds_synthetic", [f"model.init_bert_from={tmp_path / 'missing'}"])

@@ -11,6 +11,8 @@
 # JSON results land in $OUT (returned by the device tool) and are copied into benchmarks/results/.
 #
 #   bash benchmarks/gpu/run_all.sh              # on the GPU machine (from the repo root or anywhere)
+#   RUN_DIR (default /tmp/clipbert_gpu_run) is the work folder; $OUT (or benchmarks/results/gpu_run) gets
+#   gpu_run.tar.gz with every log, steps.txt and the result JSONs.
 #   bash benchmarks/gpu/run_all.sh --dry-run    # on a CPU machine: the same steps, tiny and quick
 # CLIPBERT_GPU_DRY_RUN=1 is the same as --dry-run. RUN_ALL_BUDGET_S (default 530) is the whole-run deadline.
 set -uo pipefail
@@ -19,8 +21,11 @@ DRY=${CLIPBERT_GPU_DRY_RUN:-0}
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT" || exit 2
-OUT=${OUT:-$ROOT/benchmarks/results/gpu_run}
-mkdir -p "$OUT" "$ROOT/benchmarks/results"
+# The device tool returns at most 8 files from $OUT, so every step writes into a work folder and the run
+# ends by packing it into $DEST/gpu_run.tar.gz, next to steps.txt and the result JSONs (at most 6).
+DEST=${OUT:-$ROOT/benchmarks/results/gpu_run}
+OUT=${RUN_DIR:-/tmp/clipbert_gpu_run}
+rm -rf "$OUT"; mkdir -p "$OUT" "$DEST" "$ROOT/benchmarks/results"
 BUDGET=${RUN_ALL_BUDGET_S:-530}
 START=$(date +%s)
 
@@ -126,7 +131,10 @@ else
   echo "SKIP  train      (deepspeed or av not importable: stage them with ../shared/device/stage.sh)" | tee -a "$OUT/steps.txt"
 fi
 
-echo "run_all done in $(( $(date +%s) - START ))s; results in $OUT" | tee -a "$OUT/steps.txt"
+echo "run_all done in $(( $(date +%s) - START ))s; results in $DEST" | tee -a "$OUT/steps.txt"
+tar czf "$DEST/gpu_run.tar.gz" --exclude='checkpoints' --exclude='*.pt' -C "$OUT" . 2>/dev/null || true
+cp "$OUT/steps.txt" "$DEST/"
+find "$OUT" -maxdepth 2 -name '*.json' ! -name 'config.json' | head -n 6 | xargs -r cp -t "$DEST/"
 cat "$OUT/steps.txt"
 ls "$OUT"/fig5_*.md > /dev/null 2>&1 && tail -n 40 "$OUT"/fig5_*.md
 exit 0
