@@ -146,8 +146,15 @@ def test_video_dir_defaults_to_the_benchmark_layout():
 
 
 def test_init_bert_from_takes_the_checkpoint_sizes(tmp_path):
-    hf = {"vocab_size": 30522, "hidden_size": 96, "num_hidden_layers": 4, "num_attention_heads": 3,
-          "intermediate_size": 192, "hidden_act": "gelu", "max_position_embeddings": 64}
+    hf = {
+        "vocab_size": 30522,
+        "hidden_size": 96,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 3,
+        "intermediate_size": 192,
+        "hidden_act": "gelu",
+        "max_position_embeddings": 64,
+    }
     (tmp_path / "config.json").write_text(json.dumps(hf))
     cfg = C.load("ds_synthetic", [f"model.init_bert_from={tmp_path}", "model.num_layers=1"])
     mc = cfg.model_config()

