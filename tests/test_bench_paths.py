@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-models = pytest.importorskip("clipbert.models", reason="the model package (issue 4) has not landed")
-
+import clipbert.models as models
 from clipbert.perf.measure import measure_max_batch, measure_time  # noqa: E402
 from clipbert.perf.memory import PeakMemoryMeter  # noqa: E402
 from clipbert.perf.paths import EAGER, PathOptions, build_train_step, make_batch  # noqa: E402

@@ -73,9 +73,8 @@ def test_dali_resize_normalize_pad_matches_the_cpu_path(vp9, norm):
 
 @pytest.fixture(scope="module")
 def vp9_bench(tmp_path_factory):
-    synthetic = pytest.importorskip(
-        "clipbert.data.synthetic", reason="synthetic benchmark (issue 3) not landed"
-    )
+    from clipbert.data import synthetic
+
     out = tmp_path_factory.mktemp("vp9_bench")
     synthetic.generate(out, 12, 1, codec="vp9", size="tiny", workers=1)
     return out
@@ -169,9 +168,8 @@ def test_dali_gpu_matches_cpu(vp9):
 
 @pytest.fixture(scope="module")
 def h264_bench(tmp_path_factory):
-    synthetic = pytest.importorskip(
-        "clipbert.data.synthetic", reason="synthetic benchmark (issue 3) not landed"
-    )
+    from clipbert.data import synthetic
+
     out = tmp_path_factory.mktemp("h264_bench")
     synthetic.generate(out, 12, 1, codec="h264", size="tiny", workers=1)
     return out

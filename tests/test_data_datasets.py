@@ -15,9 +15,8 @@ L = 24  # tiny frames keep the CPU tests fast
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    synthetic = pytest.importorskip(
-        "clipbert.data.synthetic", reason="synthetic benchmark (issue 3) not landed"
-    )
+    from clipbert.data import synthetic
+
     out = tmp_path_factory.mktemp("synthetic")
     synthetic.generate(out, 12, 0, size="tiny", workers=1)
     return out

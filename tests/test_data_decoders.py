@@ -115,12 +115,10 @@ def test_normalization_for_reads_the_model_config():
 
 
 def test_normalization_for_model_presets():
-    config = pytest.importorskip("clipbert.models.config", reason="model config (issue 4) not landed yet")
+    from clipbert.models.config import ClipBertConfig
+
     for style, want in (("torchvision", IMAGENET_RGB), ("msra", CAFFE_BGR)):
-        try:
-            cfg = config.ClipBertConfig.from_preset("tiny", backbone_style=style)
-        except (TypeError, ValueError) as err:
-            pytest.skip(f"ClipBertConfig has no backbone_style={style!r} override: {err}")
+        cfg = ClipBertConfig.from_preset("tiny", backbone_style=style)
         assert normalization_for(cfg) == want
 
 
