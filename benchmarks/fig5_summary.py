@@ -23,22 +23,28 @@ def _fmt(x, spec: str = ".1f", none: str = "-") -> str:
     return none if x is None else format(x, spec)
 
 
-def _time_table(result: dict, panel: str, key: str) -> list[str]:
+def _paired_points(result: dict, panel: str, key: str) -> tuple[str, list[tuple]]:
+    """The panel's axis label and its points as (x, eager row, optimized row), sorted by point."""
     eager, opt = _rows(result, panel, "eager"), _rows(result, panel, "optimized")
-    if not eager and not opt:
-        return []
     label = "Ntrain" if key == "n_train" else "T"
+    points = sorted(set(eager) | set(opt))
+    axis = 0 if key == "n_train" else 1
+    return label, [(pt[axis], eager.get(pt, {}), opt.get(pt, {})) for pt in points]
+
+
+def _time_table(result: dict, panel: str, key: str) -> list[str]:
+    label, points = _paired_points(result, panel, key)
+    if not points:
+        return []
     lines = [
         f"| {label} | eager ms | optimized ms | speedup | eager frames/s | optimized frames/s | "
         "eager MFU | optimized MFU | eager peak GiB | optimized peak GiB |",
         "|" + "---|" * 10,
     ]
-    for pt in sorted(set(eager) | set(opt)):
-        e, o = eager.get(pt, {}), opt.get(pt, {})
+    for x, e, o in points:
         speed = (
             o["frames_per_s"] / e["frames_per_s"] if e.get("frames_per_s") and o.get("frames_per_s") else None
         )
-        x = pt[0] if key == "n_train" else pt[1]
         lines.append(
             f"| {x} | {_fmt(e.get('median_ms'))} | {_fmt(o.get('median_ms'))} | {_fmt(speed, '.2f')}x | "
             f"{_fmt(e.get('frames_per_s'), '.0f')} | {_fmt(o.get('frames_per_s'), '.0f')} | "
@@ -57,19 +63,16 @@ def _batch_cell(r: dict) -> str:
 
 
 def _size_table(result: dict, panel: str, key: str) -> list[str]:
-    eager, opt = _rows(result, panel, "eager"), _rows(result, panel, "optimized")
-    if not eager and not opt:
+    label, points = _paired_points(result, panel, key)
+    if not points:
         return []
-    label = "Ntrain" if key == "n_train" else "T"
     lines = [
         f"| {label} | eager max batch | optimized max batch | ratio | eager GiB/sample | "
         "optimized GiB/sample |",
         "|" + "---|" * 6,
     ]
-    for pt in sorted(set(eager) | set(opt)):
-        e, o = eager.get(pt, {}), opt.get(pt, {})
+    for x, e, o in points:
         ratio = o["batch"] / e["batch"] if e.get("batch") and o.get("batch") else None
-        x = pt[0] if key == "n_train" else pt[1]
         lines.append(
             f"| {x} | {_batch_cell(e)} | {_batch_cell(o)} | {_fmt(ratio, '.2f')} | "
             f"{_fmt(e.get('bytes_per_sample_gib'), '.3f')} | {_fmt(o.get('bytes_per_sample_gib'), '.3f')} |"
