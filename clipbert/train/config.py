@@ -146,6 +146,9 @@ class ModelSection:
     # bundled all-MiniLM-L6-v2 package (as the paper starts from a pretrained BERT). Its sizes (width,
     # heads, vocabulary, ...) replace the preset's; model.num_layers may keep only its first layers.
     init_bert_from: str = ""
+    # Initialise the ResNet from an ImageNet state dict file: torchvision (resnet50-*.pth) or detectron2 /
+    # grid-feat (R-50.pkl). The paper's CNN starts from ImageNet weights; nothing here downloads them.
+    init_cnn_from: str = ""
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelSection:
@@ -153,7 +156,15 @@ class ModelSection:
         init = values.pop("init_bert_from", "") or ""
         if not isinstance(init, str):
             raise ConfigError(f"model.init_bert_from must be a directory or 'minilm', got {init!r}")
-        return cls(preset=values.pop("preset", "base"), overrides=values, init_bert_from=init)
+        cnn = values.pop("init_cnn_from", "") or ""
+        if not isinstance(cnn, str):
+            raise ConfigError(f"model.init_cnn_from must be a state dict file path, got {cnn!r}")
+        if cnn and not Path(cnn).is_file():
+            raise ConfigError(
+                f"model.init_cnn_from={cnn!r}: no such file (expected a torchvision .pth or detectron2 .pkl)"
+            )
+        preset = values.pop("preset", "base")
+        return cls(preset=preset, overrides=values, init_bert_from=init, init_cnn_from=cnn)
 
     def bert_dir(self) -> str:
         """The checkpoint directory of init_bert_from ('' when unset)."""
@@ -191,6 +202,8 @@ class ModelSection:
 
     def to_dict(self) -> dict[str, Any]:
         extra = {"init_bert_from": self.init_bert_from} if self.init_bert_from else {}
+        if self.init_cnn_from:
+            extra["init_cnn_from"] = self.init_cnn_from
         return {"preset": self.preset, **extra, **self.overrides}
 
 
