@@ -21,6 +21,22 @@ def restore_backend():
     ops.set_backend(before)
 
 
+def test_compiled_ops_take_the_cpp_autograd_path():
+    # Autograd of the compiled ops is registered in C++ (csrc/ops/autograd.cpp): no Python runs between a
+    # forward and its backward, and the graph node is the C++ Function, not a Python custom-op node.
+    x = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    frames = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
+    nodes = {
+        "LseAggregateNll": ops.lse_aggregate_nll(x, torch.tensor([0, 1, 1]), backend="cpu").grad_fn,
+        "LseAggregate": ops.lse_aggregate(x, backend="cpu").grad_fn,
+        "TemporalMean": ops.temporal_mean(frames, backend="cpu").grad_fn,
+    }
+    for name, node in nodes.items():
+        assert node.name().startswith("torch::autograd::CppNode<") and node.name().endswith(f"::{name}>")
+    for op in ("lse_aggregate", "lse_aggregate_nll", "temporal_mean"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"clipbert::{op}", "Autograd")
+
+
 def test_set_backend_round_trip(restore_backend):
     for name in ops.BACKENDS:
         ops.set_backend(name)

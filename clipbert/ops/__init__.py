@@ -1,7 +1,8 @@
 """Fused clip ops: LogSumExp clip aggregation (+ fused NLL) and temporal mean-pooling.
 
 Backends: compiled CUDA (clipbert._cuda) and C++ (clipbert._C) kernels, Triton kernels and pure-PyTorch
-references; see `set_backend`. Autograd and fake kernels are registered in `_registry`.
+references; see `set_backend`. Autograd is in C++ (csrc/ops/autograd.cpp) for the compiled ops and in
+`_registry` for the Triton ones; fake kernels are in `_registry`.
 """
 
 from clipbert.ops import _backend, _registry
@@ -15,8 +16,8 @@ from clipbert.ops.reference import (
 )
 from clipbert.ops.temporal import temporal_mean
 
-# clipbert._C defines the clipbert:: ops (the CUDA kernels, loaded lazily, join the same ops), so fakes and
-# autograd are registered once here for every device.
+# clipbert._C defines the clipbert:: ops and their autograd (the CUDA kernels, loaded lazily, join the same
+# ops), so fakes are registered once here for every device.
 if _backend.native_available("cpu"):
     _registry.register("clipbert")
 

@@ -1,5 +1,6 @@
-"""Fake (meta) kernels and autograd for the compiled `clipbert::` ops. Autograd lives here and only here:
-the C++/CUDA kernels implement forward and backward ops, and this file wires backward to forward.
+"""Fake (meta) kernels for the compiled `clipbert::` ops, and autograd for the Triton `clipbert_triton::`
+ops. The compiled ops' autograd is in C++ (csrc/ops/autograd.cpp), so a training step pays no Python for
+it; both wire backward to the same forward/backward op pairs.
 
 The auxiliary outputs (lse_all, stats) exist only so backward need not re-read the logits; they are
 marked non-differentiable.
@@ -54,6 +55,7 @@ def register(ns: str) -> None:
     if ns == "clipbert":  # the custom_op-defined triton ops register their fakes where they are defined
         for name, fn in fakes.items():
             torch.library.register_fake(f"{ns}::{name}", fn)
+        return  # autograd: registered by clipbert._C for the Autograd key
 
     def lse_setup(ctx, inputs, output):
         out, lse_all = output

@@ -1,6 +1,6 @@
 // Schemas of the clip-aggregation ops (paper Eq. 5-6). The CPU and CUDA kernels register themselves in
-// cpu/lse_aggregate_kernel.cpp and cuda/lse_aggregate_kernel.cu; autograd and fake (meta) kernels are
-// registered once, in Python (clipbert/ops/_registry.py).
+// cpu/lse_aggregate_kernel.cpp and cuda/lse_aggregate_kernel.cu; autograd in autograd.cpp, and fake
+// (meta) kernels in Python (clipbert/ops/_registry.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(clipbert, m) {
