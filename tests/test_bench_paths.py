@@ -59,6 +59,7 @@ def _reference(cfg, batch):
         PathOptions("eager32", precision="fp32"),
         PathOptions("cl", channels_last=True, precision="fp32"),
         PathOptions("fused", fused_ops=True, precision="fp32"),
+        PathOptions("unpadded", unpadded_text=True, precision="fp32"),
         PathOptions(
             "chunk", checkpoint_cnn="chunk", cnn_chunk_frames=8, checkpoint_transformer=True, precision="fp32"
         ),

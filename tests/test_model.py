@@ -144,6 +144,23 @@ def test_visual_tokens_computed_once_and_broadcast_over_texts():
             torch.testing.assert_close(single[:, 0], scores[:, j], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_no_attention_mask_means_every_token_attends(attn):
+    # None skips the mask entirely (SDPA may then use flash attention); it must equal an all-ones mask,
+    # and differ from a mask that hides tokens.
+    model = ClipBert(tiny()).eval()
+    model.encoder.config._attn_implementation = attn
+    frames = torch.randn(2, 2, 1, 3, L, L, dtype=torch.float64)
+    model.double()
+    ids, _ = text_batch(2, 3, 9)
+    ones = torch.ones_like(ids)
+    with torch.no_grad():
+        unmasked = model(frames, ids, None)
+        torch.testing.assert_close(unmasked, model(frames, ids, ones), rtol=1e-10, atol=1e-10)
+        ones[..., -3:] = 0
+        assert not torch.allclose(unmasked, model(frames, ids, ones))
+
+
 def test_pixel_random_sampling_only_in_train_mode():
     model = ClipBert(tiny(pixel_random_sampling_size=3))
     frames = torch.randn(1, 1, 1, 3, L, L)

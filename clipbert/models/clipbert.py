@@ -124,12 +124,13 @@ class ClipBert(nn.Module):
 
     # ------------------------------------------------------------------ fusion
     def score(
-        self, visual: VisualTokens, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, visual: VisualTokens, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """visual.tokens [B, N, Lv, H], input_ids/attention_mask [B, M, Lt] -> logits [B, M, N, K].
 
         Every (text m, clip n) pair of a video is one BERT sequence; the clip's visual tokens are computed
-        once (encode_visual) and broadcast over the M texts.
+        once (encode_visual) and broadcast over the M texts. attention_mask=None means no text is padded:
+        attention then runs without a mask, which lets SDPA choose flash attention on a GPU.
         """
         self._check_text(visual, input_ids, attention_mask)
         pooled, _ = self._fuse(visual.tokens, input_ids, attention_mask)  # [B*M*N, H]
@@ -138,19 +139,19 @@ class ClipBert(nn.Module):
         return logits.view(b, m, visual.tokens.shape[1], -1)
 
     def forward(
-        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         return self.score(self.encode_visual(frames), input_ids, attention_mask)
 
     def _check_text(
-        self, visual: VisualTokens, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, visual: VisualTokens, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> None:
         limit = self.config.max_text_len
         if input_ids.dim() != 3 or input_ids.shape[-1] > limit:
             raise ValueError(
                 f"input_ids must have shape [B, M, Lt] with Lt <= {limit}, got {tuple(input_ids.shape)}"
             )
-        if attention_mask.shape != input_ids.shape:
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
                 f"got {tuple(attention_mask.shape)}"
@@ -167,7 +168,7 @@ class ClipBert(nn.Module):
             )
 
     def _fuse(
-        self, visual: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, visual: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """visual [B, N, Lv, H], ids/mask [B, M, Lt] -> pooled [B*M*N, H], sequence [B*M*N, Lt+Lv, H]."""
         b, n, lv, h = visual.shape
@@ -176,14 +177,18 @@ class ClipBert(nn.Module):
         text = text.expand(b, m, n, lt, h)
         vis = visual.unsqueeze(1).expand(b, m, n, lv, h)
         seq = torch.cat([text, vis.to(text.dtype)], dim=3).reshape(b * m * n, lt + lv, h)
-        text_mask = attention_mask.reshape(b, m, 1, lt).expand(b, m, n, lt).reshape(b * m * n, lt)
-        mask = torch.cat([text_mask.bool(), text_mask.new_ones(b * m * n, lv, dtype=torch.bool)], dim=1)
+        mask = None  # every token attends: no mask at all, so SDPA may use flash attention
+        if attention_mask is not None:
+            text_mask = attention_mask.reshape(b, m, 1, lt).expand(b, m, n, lt).reshape(b * m * n, lt)
+            mask = torch.cat([text_mask.bool(), text_mask.new_ones(b * m * n, lv, dtype=torch.bool)], dim=1)
         hidden = self._encode(seq, mask)  # [B*M*N, S, H]
         return self.pooler(hidden), hidden
 
-    def _encode(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """BERT layers over [S_batch, S, H] with key mask [S_batch, S] (True = attend)."""
-        if self.encoder.config._attn_implementation == "sdpa":
+    def _encode(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """BERT layers over [S_batch, S, H] with key mask [S_batch, S] (True = attend; None: all attend)."""
+        if mask is None:
+            attn_mask = None
+        elif self.encoder.config._attn_implementation == "sdpa":
             attn_mask = mask[:, None, None, :]  # [Sb, 1, 1, S] bool, broadcast over heads and queries
         else:  # eager attention adds the mask
             attn_mask = (~mask[:, None, None, :]).to(hidden.dtype) * torch.finfo(hidden.dtype).min
