@@ -11,8 +11,8 @@
 # JSON results land in $OUT (returned by the device tool) and are copied into benchmarks/results/.
 #
 #   bash benchmarks/gpu/run_all.sh              # on the GPU machine (from the repo root or anywhere)
-#   RUN_DIR (default /tmp/clipbert_gpu_run) is the work folder; $OUT (or benchmarks/results/gpu_run) gets
-#   gpu_run.tar.gz with every log, steps.txt and the result JSONs.
+#   RUN_DIR (default /tmp/clipbert_gpu_run) is the work folder; $OUT (or benchmarks/results/gpu_run, or
+#   /tmp/clipbert_gpu_dryrun for a dry run) gets gpu_run.tar.gz with every log, steps.txt and the JSONs.
 #   bash benchmarks/gpu/run_all.sh --dry-run    # on a CPU machine: the same steps, tiny and quick
 # CLIPBERT_GPU_DRY_RUN=1 is the same as --dry-run. RUN_ALL_BUDGET_S (default 530) is the whole-run deadline.
 set -uo pipefail
@@ -23,7 +23,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT" || exit 2
 # The device tool returns at most 8 files from $OUT, so every step writes into a work folder and the run
 # ends by packing it into $DEST/gpu_run.tar.gz, next to steps.txt and the result JSONs (at most 6).
-DEST=${OUT:-$ROOT/benchmarks/results/gpu_run}
+# A dry run (CPU) never writes under benchmarks/results/: those hold measured GPU figures only.
+if [[ $DRY == 1 ]]; then DEST=${OUT:-/tmp/clipbert_gpu_dryrun}; else DEST=${OUT:-$ROOT/benchmarks/results/gpu_run}; fi
 OUT=${RUN_DIR:-/tmp/clipbert_gpu_run}
 rm -rf "$OUT"; mkdir -p "$OUT" "$DEST" "$ROOT/benchmarks/results"
 BUDGET=${RUN_ALL_BUDGET_S:-530}
