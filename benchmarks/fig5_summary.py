@@ -32,26 +32,37 @@ def _paired_points(result: dict, panel: str, key: str) -> tuple[str, list[tuple]
     return label, [(pt[axis], eager.get(pt, {}), opt.get(pt, {})) for pt in points]
 
 
-def _time_table(result: dict, panel: str, key: str) -> list[str]:
+def _paired_table(result: dict, panel: str, key: str, headers: list[str], cells) -> list[str]:
+    """A markdown table with one row per point of the panel: the axis value, then cells(eager, optimized)."""
     label, points = _paired_points(result, panel, key)
     if not points:
         return []
-    lines = [
-        f"| {label} | eager ms | optimized ms | speedup | eager frames/s | optimized frames/s | "
-        "eager MFU | optimized MFU | eager peak GiB | optimized peak GiB |",
-        "|" + "---|" * 10,
-    ]
-    for x, e, o in points:
-        speed = (
-            o["frames_per_s"] / e["frames_per_s"] if e.get("frames_per_s") and o.get("frames_per_s") else None
-        )
-        lines.append(
-            f"| {x} | {_fmt(e.get('median_ms'))} | {_fmt(o.get('median_ms'))} | {_fmt(speed, '.2f')}x | "
-            f"{_fmt(e.get('frames_per_s'), '.0f')} | {_fmt(o.get('frames_per_s'), '.0f')} | "
-            f"{_fmt(e.get('mfu'), '.1%')} | {_fmt(o.get('mfu'), '.1%')} | {_fmt(e.get('peak_gib'), '.2f')} | "
-            f"{_fmt(o.get('peak_gib'), '.2f')} |"
-        )
+    lines = ["| " + " | ".join([label, *headers]) + " |", "|" + "---|" * (1 + len(headers))]
+    lines += ["| " + " | ".join([str(x), *cells(e, o)]) + " |" for x, e, o in points]
     return lines
+
+
+def _ratio(o: dict, e: dict, field: str) -> float | None:
+    return o[field] / e[field] if e.get(field) and o.get(field) else None
+
+
+def _time_table(result: dict, panel: str, key: str) -> list[str]:
+    headers = ["eager ms", "optimized ms", "speedup", "eager frames/s", "optimized frames/s", "eager MFU"]
+    headers += ["optimized MFU", "eager peak GiB", "optimized peak GiB"]
+    return _paired_table(
+        result,
+        panel,
+        key,
+        headers,
+        lambda e, o: [
+            _fmt(e.get("median_ms")),
+            _fmt(o.get("median_ms")),
+            _fmt(_ratio(o, e, "frames_per_s"), ".2f") + "x",
+            *(_fmt(r.get("frames_per_s"), ".0f") for r in (e, o)),
+            *(_fmt(r.get("mfu"), ".1%") for r in (e, o)),
+            *(_fmt(r.get("peak_gib"), ".2f") for r in (e, o)),
+        ],
+    )
 
 
 def _batch_cell(r: dict) -> str:
@@ -63,21 +74,19 @@ def _batch_cell(r: dict) -> str:
 
 
 def _size_table(result: dict, panel: str, key: str) -> list[str]:
-    label, points = _paired_points(result, panel, key)
-    if not points:
-        return []
-    lines = [
-        f"| {label} | eager max batch | optimized max batch | ratio | eager GiB/sample | "
-        "optimized GiB/sample |",
-        "|" + "---|" * 6,
-    ]
-    for x, e, o in points:
-        ratio = o["batch"] / e["batch"] if e.get("batch") and o.get("batch") else None
-        lines.append(
-            f"| {x} | {_batch_cell(e)} | {_batch_cell(o)} | {_fmt(ratio, '.2f')} | "
-            f"{_fmt(e.get('bytes_per_sample_gib'), '.3f')} | {_fmt(o.get('bytes_per_sample_gib'), '.3f')} |"
-        )
-    return lines
+    headers = ["eager max batch", "optimized max batch", "ratio", "eager GiB/sample", "optimized GiB/sample"]
+    return _paired_table(
+        result,
+        panel,
+        key,
+        headers,
+        lambda e, o: [
+            _batch_cell(e),
+            _batch_cell(o),
+            _fmt(_ratio(o, e, "batch"), ".2f"),
+            *(_fmt(r.get("bytes_per_sample_gib"), ".3f") for r in (e, o)),
+        ],
+    )
 
 
 def _targets(result: dict) -> list[str]:
