@@ -93,6 +93,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tag", default=None, help="file name stem (default fig5_<device>[_small])")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared, busy host)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: join the rows of runs made in separate calls (the first a complete run's "
+        "<tag>.json, others may be <tag>.partial.json) and write <tag>.{json,csv,md,png} from them",
+    )
     args = p.parse_args(argv)
     if args.small:
         args.preset = "tiny"
@@ -157,6 +164,23 @@ def _log(point: Point) -> None:
     )
 
 
+class Recorder:
+    """Collects the points and rewrites <tag>.partial.json after each one: a run killed by its caller's
+    timeout (the GPU call has a hard limit) keeps every point measured so far (`--merge` reads it back)."""
+
+    def __init__(self, args, rows: list[Point]):
+        self.rows = rows
+        self.path = Path(args.out_dir) / f"{args.tag}.partial.json"
+        self.meta = {"argv": sys.argv[1:], "mem_cap_gib": args.mem_cap_gib}
+
+    def __call__(self, point: Point) -> None:
+        self.rows.append(point)
+        _log(point)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = {**self.meta, "complete": False, "rows": [r.to_dict() for r in self.rows]}
+        self.path.write_text(json.dumps(partial, indent=1) + "\n")
+
+
 def _build(cfg, options: PathOptions, device, rows: list[Point], optimizer: bool = True):
     """The path's TrainStep, or None after recording why it could not be built."""
     try:
@@ -186,6 +210,7 @@ def run(args) -> dict:
     timed, sized = path_options(args)
     budget = Budget(args.time_budget_s)
     rows: list[Point] = []
+    record = Recorder(args, rows)
     time_points = [("b", n, 1) for n in args.ntrain if "b" in args.panels]
     time_points += [("d", 1, t) for t in args.frames if "d" in args.panels]
     size_points = [("a", n, 1) for n in args.ntrain if "a" in args.panels]
@@ -194,14 +219,14 @@ def run(args) -> dict:
     # One model per path serves all its points (one torch.compile); the time panels go first, since they
     # carry the speed target and cost a small, fixed time; the searches share what the budget has left.
     searches_left = len(size_points) * len(sized)
-    for name in timed:
+    for name in timed if time_points or size_points else ():
         step = _build(cfg, timed[name], device, rows)
         if step is None:
             continue
         for i, (panel, n, t) in enumerate(time_points):
             left = budget.left()
             per_point = None if left is None else max(2.0, 0.2 * left / max(1, len(time_points) - i))
-            rows.append(
+            record(
                 measure_time(
                     step,
                     cfg,
@@ -215,7 +240,6 @@ def run(args) -> dict:
                     max_seconds=per_point,
                 )
             )
-            _log(rows[-1])
         if sized[name] != timed[name]:
             del step
             release_memory(device)
@@ -225,7 +249,7 @@ def run(args) -> dict:
         for panel, n, t in size_points:
             deadline = budget.deadline((0.85 if args.ablation or args.profile else 1.0) / searches_left)
             searches_left -= 1
-            rows.append(
+            record(
                 measure_max_batch(
                     step,
                     cfg,
@@ -238,7 +262,6 @@ def run(args) -> dict:
                     max_probes=args.max_probes,
                 )
             )
-            _log(rows[-1])
         del step
         release_memory(device)
     if args.ablation:
@@ -250,7 +273,7 @@ def run(args) -> dict:
             step = _build(cfg, options, device, rows, optimizer=False)
             if step is None:
                 continue
-            rows.append(
+            record(
                 measure_time(
                     step,
                     cfg,
@@ -263,7 +286,6 @@ def run(args) -> dict:
                     steps=args.steps,
                 )
             )
-            _log(rows[-1])
             del step
             release_memory(device)
     profile = None
@@ -307,6 +329,29 @@ def run(args) -> dict:
     }
 
 
+def merge_results(paths: list[str]) -> dict:
+    """One result from several runs' JSON files: the first gives the setup, every file gives its rows, and
+    the first profile found is kept. Points measured twice keep the later file's row."""
+    results = []
+    for path in paths:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"--merge: cannot read {path}: {err}") from err
+    first = results[0]
+    missing = [k for k in ("config", "device", "date_utc", "rows") if k not in first]
+    if missing:
+        raise SystemExit(f"--merge: {paths[0]} is not a complete run's JSON (no {', '.join(missing)})")
+    rows: dict[tuple, dict] = {}
+    for result in results:
+        for row in result.get("rows", []):
+            rows[(row["panel"], row["path"], row["n_train"], row["frames_per_clip"])] = row
+    profile = next((r["profile"] for r in results if r.get("profile")), None)
+    merged = {**first, "rows": list(rows.values()), "profile": profile}
+    merged["merged_from"] = [{"file": Path(p).name, "argv": r.get("argv")} for p, r in zip(paths, results)]
+    return merged
+
+
 def write_outputs(result: dict, args) -> dict[str, str]:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -333,8 +378,16 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.tag is None:
         args.tag = f"fig5_{torch.device(args.device).type}{'_small' if args.small else ''}"
+    if args.merge:
+        result = merge_results(args.merge)
+        args.mem_cap_gib = result.get("mem_cap_gib", args.mem_cap_gib)
+        files = write_outputs(result, args)
+        print(Path(files["md"]).read_text())
+        print("wrote " + ", ".join(files.values()))
+        return 0
     result = run(args)
     files = write_outputs(result, args)
+    Path(args.out_dir, f"{args.tag}.partial.json").unlink(missing_ok=True)  # the complete JSON replaces it
     print(Path(files["md"]).read_text())
     print("wrote " + ", ".join(files.values()))
     errors = [r for r in result["rows"] if r["error"]]

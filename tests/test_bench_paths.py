@@ -160,6 +160,42 @@ def test_figure5_script_small_cpu(tmp_path):
     assert len(csv_lines) == len(rows) + 1
     assert "(a) largest batch vs Ntrain" in (tmp_path / "t.md").read_text()
     assert (tmp_path / "t.png").stat().st_size > 10_000
+    assert not (tmp_path / "t.partial.json").exists()  # the complete JSON replaced it
+
+
+def test_figure5_split_runs_merge(tmp_path, monkeypatch):
+    """The GPU run measures panels in separate calls; --merge joins them. A run killed mid-way leaves
+    <tag>.partial.json with the points measured so far."""
+    import memory_vs_ntrain
+
+    common = "--device cpu --small --no-compile --steps 1 --warmup 1 --time-batch 2 --threads 1 --no-plot"
+    common = common.split() + ["--out-dir", str(tmp_path)]
+    panels_b = ["--panels", "b", "--ntrain", "1", "2", "--tag", "b"]
+    assert memory_vs_ntrain.main(common + panels_b) == 0
+
+    real_measure = memory_vs_ntrain.measure_time
+
+    def dies_on_second_point(step, cfg, peak, **kw):
+        if kw["frames"] == 2:
+            raise KeyboardInterrupt  # as the caller's timeout would stop it
+        return real_measure(step, cfg, peak, **kw)
+
+    monkeypatch.setattr(memory_vs_ntrain, "measure_time", dies_on_second_point)
+    with pytest.raises(KeyboardInterrupt):
+        memory_vs_ntrain.main(common + ["--panels", "d", "--frames", "1", "2", "--tag", "d"])
+    partial = json.loads((tmp_path / "d.partial.json").read_text())
+    assert partial["complete"] is False
+    assert [(r["panel"], r["frames_per_clip"]) for r in partial["rows"]] == [("d", 1)]
+
+    merged = ["--merge", str(tmp_path / "b.json"), str(tmp_path / "d.partial.json"), "--tag", "all"]
+    assert memory_vs_ntrain.main(common + merged) == 0
+    result = json.loads((tmp_path / "all.json").read_text())
+    keys = {(r["panel"], r["path"], r["n_train"], r["frames_per_clip"]) for r in result["rows"]}
+    assert keys == {("b", p, n, 1) for p in ("eager", "optimized") for n in (1, 2)} | {("d", "eager", 1, 1)}
+    assert [m["file"] for m in result["merged_from"]] == ["b.json", "d.partial.json"]
+    assert "(b)" in (tmp_path / "all.md").read_text()
+    with pytest.raises(SystemExit, match="not a complete run"):
+        memory_vs_ntrain.main(common + ["--merge", str(tmp_path / "d.partial.json"), "--tag", "x"])
 
 
 @pytest.mark.slow

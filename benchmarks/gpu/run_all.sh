@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the project in ONE call of at most ~9 minutes on the H100/H200 test machine:
-#   1 env       card, driver, torch, what is importable                     -> $OUT/env.txt
-#   2 build     the extension against that machine's torch (sm_90)          -> $OUT/build.log
-#   3 tests     pytest -m needs_cuda over tests/                            -> $OUT/tests_cuda.log
-#   4 ops       benchmarks/bench_ops.py --device cuda                       -> $OUT/ops_*.json
-#   5 fig5      benchmarks/memory_vs_ntrain.py (time-budgeted, + ablation and profile) -> $OUT/fig5_*.{json,csv,md,png}
-#   6 data      benchmarks/bench_data.py --device cuda        (only when DALI and PyAV import)
-#   7 train     a short train.py --config ds_msrvtt.json run  (only when deepspeed and PyAV import)
-# Each step has its own timeout, and the whole run a deadline, so one failure or hang does not lose the rest.
-# JSON results land in $OUT (returned by the device tool) and are copied into benchmarks/results/.
+# Every GPU measurement of the project, in one call or split over several (RUN_STEPS), on the H100/H200:
+#   env       card, driver, torch, what is importable                     -> env.log
+#   build     the extension against that machine's torch (sm_90)          -> build.log
+#   tests     pytest -m needs_cuda over tests/                            -> tests.log
+#   ops       benchmarks/bench_ops.py --device cuda                       -> ops_cuda.json
+#   fig5      benchmarks/memory_vs_ntrain.py, panels FIG5_PANELS, time-budgeted -> fig5_<card>.{json,csv,md,png}
+#   ablation  the same script: the cumulative optimization steps at Ntrain=16 + the profile -> fig5_<card>_ablation.*
+#   data      benchmarks/bench_data.py --device cuda         (only when DALI and PyAV import) -> data_cuda.json
+#   train     a ds_msrvtt.json-shaped run on synthetic MSRVTT-format data (deepspeed + PyAV) -> train_<card>.json
+# Each step has its own timeout, and the whole run a deadline, so one failure or hang does not lose the rest;
+# the Figure-5 script also rewrites <tag>.partial.json after every point, so a timeout keeps what it measured.
 #
-#   bash benchmarks/gpu/run_all.sh              # on the GPU machine (from the repo root or anywhere)
-#   RUN_DIR (default /tmp/clipbert_gpu_run) is the work folder; $OUT (or benchmarks/results/gpu_run, or
-#   /tmp/clipbert_gpu_dryrun for a dry run) gets gpu_run.tar.gz with every log, steps.txt and the JSONs.
-#   bash benchmarks/gpu/run_all.sh --dry-run    # on a CPU machine: the same steps, tiny and quick
+#   bash benchmarks/gpu/run_all.sh                          # everything, on the GPU machine
+#   RUN_STEPS="env build tests ops" bash benchmarks/gpu/run_all.sh   # a subset (one device call each, when
+#                                     the carried wheels need several calls: docs/PERFORMANCE.md)
+#   bash benchmarks/gpu/run_all.sh --dry-run                # on a CPU machine: the same steps, tiny and quick
+# RUN_DIR (default /tmp/clipbert_gpu_run) is the work folder; $OUT (or benchmarks/results/gpu_run, or
+# /tmp/clipbert_gpu_dryrun for a dry run) gets gpu_run.tar.gz with every log, steps.txt and the JSONs.
 # CLIPBERT_GPU_DRY_RUN=1 is the same as --dry-run. RUN_ALL_BUDGET_S (default 530) is the whole-run deadline.
+# Step knobs: FIG5_BUDGET_S (200), FIG5_PANELS (abcd), FIG5_FRAMES ("1 2 4 8 16"), ABLATION_BUDGET_S (100),
+# DATA_ARGS (bench_data.py flags), TRAIN_STEPS (200), TRAIN_SET (extra --set flags).
 set -uo pipefail
 
 DRY=${CLIPBERT_GPU_DRY_RUN:-0}
@@ -28,6 +33,8 @@ if [[ $DRY == 1 ]]; then DEST=${OUT:-/tmp/clipbert_gpu_dryrun}; else DEST=${OUT:
 OUT=${RUN_DIR:-/tmp/clipbert_gpu_run}
 rm -rf "$OUT"; mkdir -p "$OUT" "$DEST" "$ROOT/benchmarks/results"
 BUDGET=${RUN_ALL_BUDGET_S:-530}
+STEPS=" ${RUN_STEPS:-env build tests ops fig5 ablation data train} "
+want() { [[ $STEPS == *" $1 "* ]]; }
 START=$(date +%s)
 
 if [[ $DRY == 1 ]]; then
@@ -71,71 +78,99 @@ has() { "$PY" -c "import $1" > /dev/null 2>&1; }
 : > "$OUT/steps.txt"
 echo "run_all: dry=$DRY device=$DEVICE python=$PY out=$OUT budget=${BUDGET}s" | tee -a "$OUT/steps.txt"
 
-# 1 env
-step env 30 bash -c "date -u; nvidia-smi || true; \"$PY\" -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())'; \
+# env
+want env && step env 30 bash -c "date -u; nvidia-smi || true; \"$PY\" -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())'; \
   for m in triton transformers deepspeed nvidia.dali av; do \"$PY\" -c \"import \$m; print('\$m', getattr(\$m, '__version__', '?'))\" 2>/dev/null || echo \"\$m: not importable\"; done"
 
-# 2 build: against the machine's torch; CLIPBERT_CUDA=1 fails loudly if nvcc is missing.
-if [[ $DRY == 1 ]]; then
+# build: against the machine's torch; CLIPBERT_CUDA=1 fails loudly if nvcc is missing.
+if ! want build; then :
+elif [[ $DRY == 1 ]]; then
   step build 60 "$PY" -c "import clipbert, clipbert.ops; print('package imports; dry run does not rebuild')"
 else
   step build 180 env CLIPBERT_CUDA=1 MAX_JOBS=16 "$PY" -m pip install --no-build-isolation --no-deps -e .
 fi
 
-# 3 CUDA op tests
-if [[ $DRY == 1 ]]; then
-  step tests_cuda 60 "$PY" -m pytest -m needs_cuda tests/ -q --collect-only
+# CUDA op tests
+if ! want tests; then :
+elif [[ $DRY == 1 ]]; then
+  step tests 60 "$PY" -m pytest -m needs_cuda tests/ --collect-only
 else
-  step tests_cuda 90 "$PY" -m pytest -m needs_cuda tests/ -q -x -p no:cacheprovider
+  step tests 90 "$PY" -m pytest -m needs_cuda tests/ -p no:cacheprovider
 fi
 
-# 4 fused-op benchmark
-if [[ $DRY == 1 ]]; then
+# fused-op benchmark
+if ! want ops; then :
+elif [[ $DRY == 1 ]]; then
   step ops 30 "$PY" benchmarks/bench_ops.py --help
 else
   step ops 60 "$PY" benchmarks/bench_ops.py --device cuda --out "$OUT/ops_cuda.json"
 fi
 
-# 5 Figure 5: the search stops at its own budget; the step's timeout leaves it room to write its files.
-if [[ $DRY == 1 ]]; then
+# Figure 5: the searches stop at the script's own budget; the step's timeout leaves it room to write its files.
+CARD=nogpu
+[[ $DRY == 1 ]] || CARD=$("$PY" -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower() if torch.cuda.is_available() else 'nogpu')" 2>/dev/null | tr -cd 'a-z0-9')
+if ! want fig5; then :
+elif [[ $DRY == 1 ]]; then
   step fig5 120 "$PY" benchmarks/memory_vs_ntrain.py --device cpu --small --no-compile --ntrain 1 4 --frames 2 \
-    --steps 2 --warmup 1 --time-batch 2 --threads 1 --ablation --profile --out-dir "$OUT" --tag fig5_dryrun
+    --steps 2 --warmup 1 --time-batch 2 --threads 1 --out-dir "$OUT" --tag fig5_dryrun
 else
-  FIG5_S=${FIG5_BUDGET_S:-250}
-  CARD=$("$PY" -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower() if torch.cuda.is_available() else 'nogpu')" 2>/dev/null | tr -cd 'a-z0-9')
+  FIG5_S=${FIG5_BUDGET_S:-200}
+  # shellcheck disable=SC2086  # FIG5_FRAMES is a list of numbers
   step fig5 $(( FIG5_S + 60 )) "$PY" benchmarks/memory_vs_ntrain.py --device cuda --time-budget-s "$FIG5_S" \
-    --mem-cap-gib 32 --ablation --profile --out-dir "$OUT" --tag "fig5_${CARD:-gpu}"
+    --mem-cap-gib 32 --panels "${FIG5_PANELS:-abcd}" --frames ${FIG5_FRAMES:-1 2 4 8 16} --out-dir "$OUT" \
+    --tag "fig5_${CARD:-gpu}"
+fi
+# The ablation ladder and the profile, on their own: no panel, so no path is built for one.
+if ! want ablation; then :
+elif [[ $DRY == 1 ]]; then
+  step ablation 120 "$PY" benchmarks/memory_vs_ntrain.py --device cpu --small --no-compile --panels= --ntrain 1 4 \
+    --steps 2 --warmup 1 --time-batch 2 --threads 1 --ablation --profile --out-dir "$OUT" --tag fig5_dryrun_ablation
+else
+  ABL_S=${ABLATION_BUDGET_S:-100}
+  step ablation $(( ABL_S + 60 )) "$PY" benchmarks/memory_vs_ntrain.py --device cuda --time-budget-s "$ABL_S" \
+    --panels= --ablation --profile --out-dir "$OUT" --tag "fig5_${CARD:-gpu}_ablation"
 fi
 
-# 6 data pipeline (DALI GPU decoding): only with the carried wheels (docs/PERFORMANCE.md says how).
-if has nvidia.dali && has av; then
+# data pipeline (DALI GPU decoding): only with the carried wheels (docs/PERFORMANCE.md says how).
+if ! want data; then :
+elif has nvidia.dali && has av; then
   if [[ $DRY == 1 ]]; then
     step data 60 "$PY" benchmarks/bench_data.py --help
   else
-    step data 60 "$PY" benchmarks/bench_data.py --device cuda --out "$OUT/data_cuda.json"
+    # shellcheck disable=SC2086  # DATA_ARGS is a list of flags
+    step data 90 "$PY" benchmarks/bench_data.py --device cuda --out "$OUT/data_cuda.json" \
+      ${DATA_ARGS:---workers 16 --dali-pipelines 2,4 --batches 10}
   fi
 else
   echo "SKIP  data       (nvidia.dali or av not importable: stage them with ../shared/device/stage.sh)" | tee -a "$OUT/steps.txt"
 fi
 
-# 7 short DeepSpeed training run on synthetic MSRVTT-format data, killed by its timeout if it runs long.
-if has deepspeed && has av; then
+# A ds_msrvtt.json-shaped DeepSpeed run (base, L=448, ZeRO-2, bf16) on synthetic MSRVTT-format data read
+# from a 2 fps frame store (the paper samples at 2 fps), decoded by DALI on the GPU; its perf.json is kept.
+if ! want train; then :
+elif has deepspeed && has av; then
   SYN=${SYN_DIR:-/tmp/clipbert_syn}
   if [[ $DRY == 1 ]]; then
     step train 60 "$PY" train.py --help
   else
-    step synth 60 "$PY" -m clipbert.data.synthetic --out "$SYN"
-    step train 90 "$PY" train.py --config ds_msrvtt.json --set "data.ann_dir=$SYN/annotations" \
-      --set "data.video_dir=$SYN/videos" --set train.epochs=1 --set "train.output_dir=$OUT/train" ${TRAIN_SET:-}
+    step synth 60 bash -c "\"$PY\" -m clipbert.data.synthetic --out $SYN --workers 16 && \
+      \"$PY\" -m clipbert.data.build_frame_store --videos $SYN/videos --fps 2 --out $SYN/frames.h5 --workers 16"
+    N=${TRAIN_STEPS:-200}
+    # shellcheck disable=SC2086  # TRAIN_SET is a list of --set flags
+    step train 150 "$PY" train.py --config ds_msrvtt.json --set "data.ann_dir=$SYN/annotations" \
+      --set data.backend=frame_store --set "data.frame_store=$SYN/frames.h5" --set data.frame_store_reader=dali \
+      --set train.max_steps=$N --set train.save_every=$N --set train.eval_every=-1 --set train.log_every=20 \
+      --set train.progress_bar=false --set "train.output_dir=$OUT/train" ${TRAIN_SET:-}
+    cp "$OUT/train/perf.json" "$OUT/train_${CARD:-gpu}.json" 2>/dev/null || true
   fi
 else
   echo "SKIP  train      (deepspeed or av not importable: stage them with ../shared/device/stage.sh)" | tee -a "$OUT/steps.txt"
 fi
 
 echo "run_all done in $(( $(date +%s) - START ))s; results in $DEST" | tee -a "$OUT/steps.txt"
-tar czf "$DEST/gpu_run.tar.gz" --exclude='checkpoints' --exclude='*.pt' -C "$OUT" . 2>/dev/null || true
+tar czf "$DEST/gpu_run.tar.gz" --exclude='checkpoints' --exclude='model' --exclude='*.pt' --exclude='*.safetensors' -C "$OUT" . 2>/dev/null || true
 cp "$OUT/steps.txt" "$DEST/"
-find "$OUT" -maxdepth 2 -name '*.json' ! -name 'config.json' | head -n 6 | xargs -r cp -t "$DEST/"
+find "$OUT" -maxdepth 1 -name '*.json' | head -n 6 | xargs -r cp -t "$DEST/"
 cat "$OUT/steps.txt"
 ls "$OUT"/fig5_*.md > /dev/null 2>&1 && tail -n 40 "$OUT"/fig5_*.md
 exit 0
