@@ -173,6 +173,12 @@ def write_summary(result: dict, path: str) -> None:
         f"torch {result['torch']}. Wall time {result['wall_s']:.0f} s.",
         "",
     ]
+    if result.get("merged_from"):
+        runs = "; ".join(
+            f"`{m['file']}`" + (" (stopped by its caller's time limit)" if "partial" in m["file"] else "")
+            for m in result["merged_from"]
+        )
+        lines += [f"Joined from separate runs (the wall time is the first one's): {runs}.", ""]
     for title, fn, panel, key in (
         ("(a) largest batch vs Ntrain, T=1", _size_table, "a", "n_train"),
         ("(b) forward+backward time vs Ntrain, T=1", _time_table, "b", "n_train"),

@@ -352,6 +352,22 @@ def merge_results(paths: list[str]) -> dict:
     return merged
 
 
+def _adopt_profile_table(result: dict, args) -> None:
+    """Copy the profile's torch.profiler table (found beside the merged JSONs) to <tag>_profile.md."""
+    prof = result.get("profile") or {}
+    if not prof.get("table_file"):
+        return
+    name = Path(prof["table_file"]).name
+    for source in (Path(p).parent / name for p in args.merge):
+        if source.is_file():
+            target = Path(args.out_dir) / f"{args.tag}_profile.md"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.resolve() != target.resolve():
+                target.write_text(source.read_text())
+            prof["table_file"] = str(target)
+            return
+
+
 def write_outputs(result: dict, args) -> dict[str, str]:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,6 +397,7 @@ def main(argv=None) -> int:
     if args.merge:
         result = merge_results(args.merge)
         args.mem_cap_gib = result.get("mem_cap_gib", args.mem_cap_gib)
+        _adopt_profile_table(result, args)
         files = write_outputs(result, args)
         print(Path(files["md"]).read_text())
         print("wrote " + ", ".join(files.values()))

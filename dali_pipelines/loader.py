@@ -19,6 +19,21 @@ from .frame_store import DaliJpegDecoder
 from .video import DaliVideoDecoder
 
 CPU_UNSUPPORTED = ("h264", "hevc", "av1", "mpeg4")  # DALI's CPU video decoder reads VP8, VP9, MJPEG only
+# NVDEC's smallest frame, (height, width), per codec (the Video Codec SDK's support matrix; DALI asserts the
+# same from cuvidGetDecoderCaps: "Video is too small ... 64x48 vs supported:128x128" for VP9 on an H100).
+# Such videos go to PyAV up front instead of failing a pipeline run that must then be rebuilt.
+NVDEC_MIN_HW = {"h264": (16, 48), "mpeg4": (16, 48), "vp8": (16, 48), "hevc": (144, 144), "vp9": (128, 128)}
+NVDEC_MIN_HW["av1"] = (128, 128)
+
+
+def dali_unreadable(dali_device: str, codec: str, height: int, width: int) -> str | None:
+    """Why DALI on `dali_device` ("cpu" or "gpu") cannot decode such a video, or None when it can."""
+    if dali_device == "cpu":
+        return f"codec {codec} unreadable by DALI on CPU" if codec in CPU_UNSUPPORTED else None
+    min_h, min_w = NVDEC_MIN_HW.get(codec, (0, 0))
+    if height < min_h or width < min_w:
+        return f"{width}x{height} {codec} is below NVDEC's {min_w}x{min_h} minimum"
+    return None
 
 
 class _OverlappedLoader:
@@ -65,16 +80,17 @@ class DaliLoader(_OverlappedLoader):
             torch_device.index or 0,
             cfg.dali_build_index,
         )
-        self.pyav = PyAVDecoder()
+        self.pyav = PyAVDecoder(threads=cfg.pyav_threads)
         self.use_pyav: set[str] = set()  # files DALI failed on
 
     def submit(self, batch: dict) -> dict:
         paths, indices = batch.pop("video_paths"), batch.pop("frame_indices").numpy()
         hw, codecs = batch.pop("video_hw"), batch.pop("video_codecs")
         for i, codec in enumerate(codecs):
-            if self.dali_device == "cpu" and codec in CPU_UNSUPPORTED and paths[i] not in self.use_pyav:
+            reason = dali_unreadable(self.dali_device, codec, *hw[i])
+            if reason and paths[i] not in self.use_pyav:
                 self.use_pyav.add(paths[i])
-                batch["bad_videos"].append(f"{paths[i]}: codec {codec} unreadable by DALI on CPU; used PyAV")
+                batch["bad_videos"].append(f"{paths[i]}: {reason}; used PyAV")
         job = {"batch": batch, "paths": paths, "indices": indices, "hw": hw, "dali": None}
         job["rows"] = [i for i in range(len(paths)) if paths[i] not in self.use_pyav]
         if job["rows"]:

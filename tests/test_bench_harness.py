@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipbert.perf.devices import mfu, peak_for_name
+from clipbert.perf.devices import card_slug, mfu, peak_for_name
 from clipbert.perf.flops_count import StepFlops, counted_forward_flops
 from clipbert.perf.memory import LiveTensorBytes, PeakMemoryMeter, is_oom
 from clipbert.perf.search import Probe, find_max_batch
@@ -69,6 +69,22 @@ def test_search_oom_probes_without_peak_and_limits():
     assert (none.max_batch, none.first_failure, none.exact) == (0, 1, True)
     with pytest.raises(ValueError, match="start"):
         find_max_batch(probe, 10, start=0)
+
+
+def test_search_recovers_when_small_batches_underestimate_the_slope():
+    # As on the H100 (eager, Ntrain=8): batches 1 and 2 predicted 54, the first guess (55) ran out of
+    # memory with no peak to learn from, and the time budget ended with max_batch=2. The search now aims
+    # under a far prediction, so its next probe fits near the cap and corrects the line.
+    cap = 32 * 2**30
+
+    def peak(b):
+        return int(2.2e9 + 595e6 * b + 1e6 * b * b)
+
+    truth = max(b for b in range(1, 200) if peak(b) <= cap)
+    res = find_max_batch(lambda b: Probe(b, peak(b) <= cap, peak(b) if peak(b) <= cap else None, 0.0), cap)
+    assert (res.max_batch, res.exact) == (truth, True)
+    assert res.probes[2].fits  # the first grow probe
+    assert len(res.probes) <= 7
 
 
 def test_search_budget_gives_a_lower_bound():
@@ -139,6 +155,21 @@ def test_time_steps_median_and_budget():
 def test_peak_table(name, tflops):
     peak = peak_for_name(name)
     assert peak.bf16_flops == pytest.approx(tflops * 1e12) and peak.source == "table"
+
+
+@pytest.mark.parametrize(
+    "name, slug",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H100 PCIe", "h100pcie"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA RTX 6000 Ada Generation", "rtx"),
+        ("cpu", "cpu"),
+    ],
+)
+def test_card_slug_names_result_files(name, slug):
+    assert card_slug(name) == slug
 
 
 def test_mfu_arithmetic_and_unknown_device():
@@ -232,3 +263,21 @@ def test_summary_and_plot_files(tmp_path):
     assert png.stat().st_size > 10_000
     json.dumps(result)  # the record stays JSON-able
     assert math.isfinite(result["rows"][0]["frames_per_s"])
+
+
+def test_memory_cap_passes_an_index_for_a_bare_cuda_device(monkeypatch):
+    # On the H100 torch.device("cuda") (no index) made set_per_process_memory_fraction raise ValueError.
+    from clipbert.perf.memory import apply_memory_cap
+
+    calls = []
+    props = type("Props", (), {"total_memory": 80 * 2**30})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    assert apply_memory_cap(32 * 2**30, torch.device("cuda")) == pytest.approx(0.4)
+    assert apply_memory_cap(8 * 2**30, torch.device("cuda", 3)) == pytest.approx(0.1)
+    assert calls == [(pytest.approx(0.4), 0), (pytest.approx(0.1), 3)]
+    assert all(isinstance(d, int) for _, d in calls)
+    with pytest.raises(ValueError, match="exceeds"):
+        apply_memory_cap(81 * 2**30, torch.device("cuda"))
+    assert apply_memory_cap(2**30, torch.device("cpu")) is None

@@ -199,14 +199,17 @@ def test_figure5_split_runs_merge(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_cnn_keeps_the_function():
+@pytest.mark.parametrize("compile", ["cnn", "full"])
+def test_compiled_path_keeps_the_function(compile):
     cfg = _cfg()
     batch = make_batch(cfg, 1, 2, 1, "cpu", seed=3)
     ref_loss, ref_grads = _reference(cfg, batch)
+    options = PathOptions("c", channels_last=True, fused_ops=True, compile=compile, precision="fp32")
     step = build_train_step(
-        cfg, PathOptions("c", channels_last=True, compile="cnn", precision="fp32"), "cpu", optimizer=False
+        cfg, dataclasses.replace(options, unpadded_text=compile == "full"), "cpu", optimizer=False
     )
-    step.forward_backward(batch)
+    loss = step.forward_backward(batch)
+    assert abs(loss.double() - ref_loss) / abs(ref_loss) < 1e-5
     assert (_grads(step) - ref_grads).norm() / ref_grads.norm() < 1e-4
 
 

@@ -95,7 +95,11 @@ if ! want tests; then :
 elif [[ $DRY == 1 ]]; then
   step tests 60 "$PY" -m pytest -m needs_cuda tests/ --collect-only
 else
-  step tests 90 "$PY" -m pytest -m needs_cuda tests/ -p no:cacheprovider
+  # The kernels' tests first (seconds), then the model's inductor test and DALI's (slower); -rfE lists failures.
+  OPS_TESTS="tests/test_ops_lse.py tests/test_ops_temporal_mean.py"
+  step tests 120 bash -c "\"$PY\" -m pytest -m needs_cuda $OPS_TESTS -p no:cacheprovider -rfE --tb=short; a=\$?; \
+    \"$PY\" -m pytest -m needs_cuda tests/ ${OPS_TESTS//tests\//--ignore=tests/} -p no:cacheprovider -rfE --tb=short; \
+    exit \$(( a || \$? ))"
 fi
 
 # fused-op benchmark
@@ -108,17 +112,18 @@ fi
 
 # Figure 5: the searches stop at the script's own budget; the step's timeout leaves it room to write its files.
 CARD=nogpu
-[[ $DRY == 1 ]] || CARD=$("$PY" -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower() if torch.cuda.is_available() else 'nogpu')" 2>/dev/null | tr -cd 'a-z0-9')
+[[ $DRY == 1 ]] || CARD=$("$PY" -c "import torch; from clipbert.perf.devices import card_slug; print(card_slug(torch.cuda.get_device_name()) if torch.cuda.is_available() else 'nogpu')" 2>/dev/null | tr -cd 'a-z0-9')
 if ! want fig5; then :
 elif [[ $DRY == 1 ]]; then
   step fig5 120 "$PY" benchmarks/memory_vs_ntrain.py --device cpu --small --no-compile --ntrain 1 4 --frames 2 \
     --steps 2 --warmup 1 --time-batch 2 --threads 1 --out-dir "$OUT" --tag fig5_dryrun
 else
-  FIG5_S=${FIG5_BUDGET_S:-200}
+  FIG5_S=${FIG5_BUDGET_S:-200} PANELS=${FIG5_PANELS:-abcd}
+  # A subset of panels gets its own tag (fig5_h100_bd, ...): `memory_vs_ntrain.py --merge` joins the calls.
+  TAG=fig5_${CARD:-gpu}; [[ $PANELS == abcd ]] || TAG=${TAG}_$PANELS
   # shellcheck disable=SC2086  # FIG5_FRAMES is a list of numbers
   step fig5 $(( FIG5_S + 60 )) "$PY" benchmarks/memory_vs_ntrain.py --device cuda --time-budget-s "$FIG5_S" \
-    --mem-cap-gib 32 --panels "${FIG5_PANELS:-abcd}" --frames ${FIG5_FRAMES:-1 2 4 8 16} --out-dir "$OUT" \
-    --tag "fig5_${CARD:-gpu}"
+    --mem-cap-gib 32 --panels "$PANELS" --frames ${FIG5_FRAMES:-1 2 4 8 16} --out-dir "$OUT" --tag "$TAG"
 fi
 # The ablation ladder and the profile, on their own: no panel, so no path is built for one.
 if ! want ablation; then :

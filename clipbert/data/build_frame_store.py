@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif")
 
 
+def _init_worker() -> None:
+    # One thread per process: the pool supplies the parallelism (16 processes x 16 torch threads each
+    # stalled a 16-core machine at 2-4 videos/s).
+    torch.set_num_threads(1)
+
+
 def _encode_video(job: tuple[str, float, int, int]) -> tuple[str, dict | None, str | None]:
     """Worker: decode one video at the store fps and JPEG-encode its frames."""
     path, fps, max_side, quality = job
@@ -99,7 +105,7 @@ def build_frame_store(
                 del done[path.stem]
             jobs.append((str(path), fps, max_side, quality))
         # workers=0 encodes in this process (tests, debugging); spawn avoids forking a process holding HDF5.
-        pool = mp.get_context("spawn").Pool(workers) if workers > 0 else None
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker) if workers > 0 else None
         results = pool.imap_unordered(_encode_video, jobs) if pool else map(_encode_video, jobs)
         try:
             for path, entry, error in tqdm(results, total=len(jobs), disable=not progress):

@@ -55,6 +55,10 @@ class DataConfig:
     mlm_prob: float = 0.15  # pretrain: fraction of tokens masked
     itm_neg_prob: float = 0.5  # pretrain: probability that the caption is swapped for a random one
     num_workers: int = 2  # DataLoader worker processes
+    # FFmpeg threads per PyAV decoder. 1: parallelism comes from the workers, and frame threading would
+    # refill its pipeline after every seek of sparse sampling (16 workers x 17 threads stalled a 16-core
+    # machine). 0: FFmpeg picks one per core, for a single worker on a laptop.
+    pyav_threads: int = 1
     prefetch_factor: int = 2  # batches prefetched per worker
     seed: int = 42  # sampling randomness = f(seed, epoch, index)
     max_bad_retries: int = 8  # replacement tries after a bad video before giving up with an error
@@ -80,7 +84,7 @@ class DataConfig:
                 raise ValueError(f"max_text_len[{task!r}] must be an int >= 3, got {length!r}")
         for key in ("image_size", "num_clips", "num_test_clips", "frames_per_clip", "prefetch_factor"):
             _check_positive_int(key, getattr(self, key))
-        for key in ("itm_neg_size", "num_workers", "max_bad_retries", "frame_cache_size", "seed"):
+        for key in ("itm_neg_size", "num_workers", "pyav_threads", "max_bad_retries", "frame_cache_size", "seed"):
             _check_nonnegative_int(key, getattr(self, key))
         for key in ("dali_threads", "dali_pipelines"):
             _check_positive_int(key, getattr(self, key))

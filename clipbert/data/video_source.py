@@ -27,7 +27,7 @@ def frame_rng(seed: int, epoch: int, video_id: str) -> np.random.Generator:
 class VideoSource:
     def __init__(self, cfg: DataConfig, norm: Normalization, train: bool):
         self.cfg, self.norm, self.train = cfg, norm, train
-        self.decoder = build_decoder(cfg.backend, cfg.frame_store)
+        self.decoder = build_decoder(cfg.backend, cfg.frame_store, cfg.pyav_threads)
         self.num_clips = cfg.num_clips if train else cfg.num_test_clips
         self.strategy = cfg.train_sampling if train else cfg.test_sampling
         self._paths: dict[str, str] | None = None  # video id -> file, scanned once

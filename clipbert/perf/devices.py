@@ -59,6 +59,19 @@ def peak_for_name(name: str, override_tflops: float | None = None) -> DevicePeak
     return DevicePeak(name, None, "unknown")
 
 
+def card_slug(name: str) -> str:
+    """A short file-name tag for a device name: "NVIDIA H100 80GB HBM3" -> "h100", "cpu" -> "cpu".
+
+    The table's family names come first (its order puts "H100 PCIe" before "H100"); an unlisted card
+    keeps the letters and digits of its name's first word after the vendor.
+    """
+    for key, _ in _BF16_DENSE_TFLOPS:
+        if key in name:
+            return "".join(c for c in key.lower() if c.isalnum())
+    words = [w for w in name.split() if w.upper() not in ("NVIDIA", "TESLA", "GEFORCE", "AMD")]
+    return "".join(c for c in (words[0] if words else "gpu").lower() if c.isalnum()) or "gpu"
+
+
 def mfu(model_flops: float, seconds: float, peak: DevicePeak) -> float | None:
     """Model FLOPs per second over the peak rate, in [0, 1] for a sane measurement; None without a peak."""
     if seconds <= 0:

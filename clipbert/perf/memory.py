@@ -43,7 +43,9 @@ def apply_memory_cap(cap_bytes: int, device: torch.device) -> float | None:
             f"mem cap {cap_bytes / 2**30:.1f} GiB exceeds {device} memory {total / 2**30:.1f} GiB"
         )
     fraction = cap_bytes / total
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    # The setter wants an index: a bare torch.device("cuda") raised ValueError on the H100 (torch 2.11).
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
     return fraction
 
 

@@ -90,6 +90,12 @@ def ablation_ladder(compile_cnn: bool = True) -> list[PathOptions]:
     if compile_cnn:
         steps.append(dataclasses.replace(OPTIMIZED_SPEED, name="+compile_cnn"))
     base = steps[-1]
+    if compile_cnn:
+        # The transformer of 16 clips x 8 videos is short sequences in many small kernels: the H100 profile
+        # (benchmarks/results/fig5_h100_2026-11-26.md) put it at 37 ms of a 75 ms step. Compiling
+        # the whole loss fuses its elementwise work; CUDA graphs ("reduce-overhead") also drop the launches.
+        full = dataclasses.replace(base, name="+compile_full", compile="full")
+        steps += [full, dataclasses.replace(full, name="+cuda_graphs", compile_mode="reduce-overhead")]
     steps += [
         dataclasses.replace(base, name="+ckpt_stage", checkpoint_cnn="stage"),
         dataclasses.replace(base, name="+ckpt_chunk", checkpoint_cnn="chunk"),

@@ -14,6 +14,8 @@ import math
 import time
 from collections.abc import Callable
 
+GROW_UNDER, GROW_OVER = 0.9, 1.02
+
 
 @dataclasses.dataclass
 class Probe:
@@ -102,8 +104,17 @@ def find_max_batch(
         if usable:
             predicted = int((cap_bytes - line[0]) / line[1])
         if hi is None:
-            # Grow: to the line's prediction (a little past it, to bracket from above), at most 32x per probe.
-            guess = min(32 * lo, max(lo + 1, math.ceil(predicted * 1.02))) if usable else 2 * lo
+            # Grow, at most 32x per probe. While the line is an extrapolation far from the measured batches
+            # (through the first two only, or to more than twice the largest that fitted), aim 10% under its
+            # prediction: fixed workspaces hide the per-sample slope at small batches, and a CUDA
+            # out-of-memory probe measures no peak and costs the most time, so a probe that fits near the
+            # cap is worth more. Close to a measured batch, aim a little past the line to bracket from above.
+            if usable:
+                far = lo <= 2 * start or predicted > 2 * lo
+                target = predicted * (GROW_UNDER if far else GROW_OVER)
+                guess = min(32 * lo, max(lo + 1, math.ceil(target)))
+            else:
+                guess = 2 * lo
         elif last == "line":
             guess, last = (lo + 1 if probes[-1].fits else hi - 1), "neighbour"
         elif last != "line" and usable and lo < predicted < hi and last != "neighbour":

@@ -5,7 +5,7 @@ from .base import Decoder, VideoDecodeError, VideoInfo
 __all__ = ["Decoder", "VideoDecodeError", "VideoInfo", "build_decoder"]
 
 
-def build_decoder(backend: str, frame_store: str = "") -> Decoder:
+def build_decoder(backend: str, frame_store: str = "", pyav_threads: int = 1) -> Decoder:
     """`pyav` decodes video files; `frame_store` reads an HDF5 store of JPEG frames (keys = video ids).
 
     The DALI backend decodes whole batches on its own (see dali_pipelines/); datasets use PyAV to probe
@@ -14,7 +14,7 @@ def build_decoder(backend: str, frame_store: str = "") -> Decoder:
     if backend in ("pyav", "dali"):
         from .pyav import PyAVDecoder
 
-        return PyAVDecoder()
+        return PyAVDecoder(threads=pyav_threads)
     if backend == "frame_store":
         from .frame_store import FrameStoreDecoder
 

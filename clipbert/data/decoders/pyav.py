@@ -22,9 +22,15 @@ EDGE_TOLERANCE_FRAMES = 2
 
 
 class PyAVDecoder:
-    def __init__(self, probe_cache_size: int = 4096):
+    """`threads`: FFmpeg threads per open video (0 = one per core). Keep 1 when processes run in parallel:
+    frame threading delays output by a frame per thread and refills after every seek."""
+
+    def __init__(self, probe_cache_size: int = 4096, threads: int = 1):
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
         self._infos: OrderedDict[str, VideoInfo] = OrderedDict()
         self._cache_size = probe_cache_size
+        self.threads = threads
 
     def probe(self, key: str) -> VideoInfo:
         info = self._infos.get(key)
@@ -40,7 +46,8 @@ class PyAVDecoder:
         info = self.probe(key)
         indices = check_indices(key, indices, info.num_frames)
         with _open(key) as container:
-            frames = _decode_wanted(key, container, sorted(set(indices.ravel().tolist())), info.fps)
+            wanted = sorted(set(indices.ravel().tolist()))
+            frames = _decode_wanted(key, container, wanted, info.fps, self.threads)
         return np.stack([frames[i] for i in indices.ravel()]).reshape(
             *indices.shape, *frames[indices[0, 0]].shape
         )
@@ -78,9 +85,10 @@ def _probe(key: str, container) -> VideoInfo:
     return VideoInfo(int(num_frames), float(rate), int(ctx.height), int(ctx.width), str(ctx.name))
 
 
-def _decode_wanted(key: str, container, wanted: list[int], fps: float) -> dict[int, np.ndarray]:
+def _decode_wanted(key: str, container, wanted: list[int], fps: float, threads: int) -> dict[int, np.ndarray]:
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = threads
+    stream.thread_type = "SLICE" if threads == 1 else "AUTO"
     time_base = float(stream.time_base)
     start = stream.start_time or 0
     wanted_set, frames = set(wanted), {}
