@@ -18,12 +18,14 @@ import datetime as dt
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -67,8 +69,20 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _prepare_video(job: tuple) -> tuple[int, str, str, str | None]:
+    """Worker: (source H.264, its short-GOP copy at L, VP9 for DALI on CPU or None) for video number v."""
+    v, root, frames, size, given, make_vp9, max_side = job
+    h264 = given or write_painted_video(root / f"src{v}", frames, codec="h264", **size)
+    gop4 = transcode(h264, root / "gop4_src", max_side=max_side, gop=4)
+    vp9 = write_painted_video(root / f"vp9_{v}", frames, codec="vp9", **size) if make_vp9 else None
+    return v, str(h264), str(gop4), None if vp9 is None else str(vp9)
+
+
 def make_videos(args, root: Path) -> dict[str, Path]:
-    """H.264 (and VP9 for DALI on CPU) videos plus a short-GOP copy, each repeated under distinct ids."""
+    """H.264 (and VP9 for DALI on CPU) videos plus a short-GOP copy, each repeated under distinct ids.
+
+    The videos are encoded in parallel processes: one at a time took 53 s of a 90 s step on the H100
+    machine's 16 cores."""
     sets = {name: root / name for name in ("h264", "vp9", "h264_gop4")}
     for folder in sets.values():
         folder.mkdir()
@@ -76,23 +90,19 @@ def make_videos(args, root: Path) -> dict[str, Path]:
     repeats = max(1, math.ceil((args.batches + 3) * args.batch_size / args.num_videos))
     sources = sorted(Path(args.videos).iterdir()) if args.videos else []
     (root / "gop4_src").mkdir()
-    for v in range(args.num_videos):
-        size = dict(height=args.height, width=args.width, fps=args.fps, gop=args.gop)
-        h264 = (
-            sources[v]
-            if sources
-            else Path(write_painted_video(root / f"src{v}", frames, codec="h264", **size))
-        )
-        gop4 = Path(transcode(h264, root / "gop4_src", max_side=args.size, gop=4))
-        vp9 = (
-            None
-            if args.device == "cuda"
-            else Path(write_painted_video(root / f"vp9_{v}", frames, codec="vp9", **size))
-        )
+    size = dict(height=args.height, width=args.width, fps=args.fps, gop=args.gop)
+    jobs = [
+        (v, root, frames, size, sources[v] if sources else None, args.device != "cuda", args.size)
+        for v in range(args.num_videos)
+    ]
+    workers = max(1, min(len(jobs), os.cpu_count() or 1, 16))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        made = sorted(pool.map(_prepare_video, jobs))
+    for v, h264, gop4, vp9 in made:
         for r in range(repeats):  # distinct ids -> distinct random clips; links cost no disk
             for name, src in (("h264", h264), ("h264_gop4", gop4), ("vp9", vp9)):
                 if src is not None:
-                    os.link(src, sets[name] / f"v{v:02d}_{r:02d}{src.suffix}")
+                    os.link(src, sets[name] / f"v{v:02d}_{r:02d}{Path(src).suffix}")
     ids = sorted(p.stem for p in sets["h264"].iterdir())
     ann = root / "annotations"
     ann.mkdir()
