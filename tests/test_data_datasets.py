@@ -137,6 +137,18 @@ def test_pretrain_masks_tokens_and_swaps_captions(bench, tokenizer):
         ]
     )
     assert (masked == tokenizer.mask_token_id).mean() > 0.6  # 80% [MASK]
+    # Swapped captions are masked like matching ones: [MASK] must not give the match away.
+    mask_rate = {
+        label: np.mean(
+            [
+                (np.array(it["input_ids"][0]) == tokenizer.mask_token_id).mean()
+                for it in items
+                if it["itm_labels"] == label
+            ]
+        )
+        for label in (0, 1)
+    }
+    assert mask_rate[0] > 0.15 and abs(mask_rate[0] - mask_rate[1]) < 0.1, mask_rate
 
 
 def test_samples_are_a_pure_function_of_seed_epoch_index(bench, tokenizer):
