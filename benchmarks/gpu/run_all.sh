@@ -139,8 +139,9 @@ fi
 # data pipeline (DALI GPU decoding): only with the carried wheels (docs/PERFORMANCE.md says how).
 if ! want data; then :
 elif has nvidia.dali && has av; then
-  if [[ $DRY == 1 ]]; then
-    step data 60 "$PY" benchmarks/bench_data.py --help
+  if [[ $DRY == 1 ]]; then  # the same benchmark, tiny: PyAV, the frame store and DALI on the CPU
+    step data 90 "$PY" benchmarks/bench_data.py --device cpu --out "$OUT/data_dryrun.json" --num-videos 2 \
+      --seconds 2 --batches 2 --batch-size 2 --size 64 --workers 0 --dali-pipelines 1
   else
     # shellcheck disable=SC2086  # DATA_ARGS is a list of flags
     step data 90 "$PY" benchmarks/bench_data.py --device cuda --out "$OUT/data_cuda.json" \
@@ -155,19 +156,24 @@ fi
 if ! want train; then :
 elif has deepspeed && has av; then
   SYN=${SYN_DIR:-/tmp/clipbert_syn}
+  # The dry run makes the same calls at the tiny preset on the CPU (gloo, fp32, the frame store read by DALI on
+  # the CPU), so a broken synth, store build or trainer flag shows here before it costs device time.
   if [[ $DRY == 1 ]]; then
-    step train 60 "$PY" train.py --help
+    GEN="--size tiny --workers 2" STORE_WORKERS=2 N=${TRAIN_STEPS:-3}
+    TINY="--set model.preset=tiny --set data.image_size=64 --set data.num_test_clips=2 --set data.num_workers=1
+      --set train.batch_size=2 --set eval.batch_size=2 --set deepspeed.bf16.enabled=false --set train.device=cpu"
   else
-    step synth 60 bash -c "\"$PY\" -m clipbert.data.synthetic --out $SYN --workers 16 && \
-      \"$PY\" -m clipbert.data.build_frame_store --videos $SYN/videos --fps 2 --out $SYN/frames.h5 --workers 16"
-    N=${TRAIN_STEPS:-200}
-    # shellcheck disable=SC2086  # TRAIN_SET is a list of --set flags
-    step train 150 "$PY" train.py --config ds_msrvtt.json --set "data.ann_dir=$SYN/annotations" \
-      --set data.backend=frame_store --set "data.frame_store=$SYN/frames.h5" --set data.frame_store_reader=dali \
-      --set train.max_steps=$N --set train.save_every=$N --set train.eval_every=-1 --set train.log_every=20 \
-      --set train.progress_bar=false --set "train.output_dir=$OUT/train" ${TRAIN_SET:-}
-    cp "$OUT/train/perf.json" "$OUT/train_${CARD:-gpu}.json" 2>/dev/null || true
+    GEN="--workers 16" STORE_WORKERS=16 N=${TRAIN_STEPS:-200} TINY=""
   fi
+  rm -rf "$SYN"
+  step synth 60 bash -c "\"$PY\" -m clipbert.data.synthetic --out $SYN $GEN && \
+    \"$PY\" -m clipbert.data.build_frame_store --videos $SYN/videos --fps 2 --out $SYN/frames.h5 --workers $STORE_WORKERS"
+  # shellcheck disable=SC2086  # TINY and TRAIN_SET are lists of --set flags
+  step train 150 "$PY" train.py --config ds_msrvtt.json --set "data.ann_dir=$SYN/annotations" \
+    --set data.backend=frame_store --set "data.frame_store=$SYN/frames.h5" --set data.frame_store_reader=dali \
+    --set train.max_steps=$N --set train.save_every=$N --set train.eval_every=-1 --set train.log_every=20 \
+    --set train.progress_bar=false --set "train.output_dir=$OUT/train" $TINY ${TRAIN_SET:-}
+  cp "$OUT/train/perf.json" "$OUT/train_${CARD:-gpu}.json" 2>/dev/null || true
 else
   echo "SKIP  train      (deepspeed or av not importable: stage them with ../shared/device/stage.sh)" | tee -a "$OUT/steps.txt"
 fi

@@ -8,6 +8,7 @@ torchrun --nproc_per_node 2 train.py --config ...
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import time
 from pathlib import Path
@@ -163,6 +164,7 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
 
 def _write_perf(cfg, trainer, engine, model_cfg, start: float) -> dict:
     perf = {
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "task": cfg.task.name,
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "precision": C.precision(cfg.deepspeed),
