@@ -22,8 +22,14 @@ CPU_UNSUPPORTED = ("h264", "hevc", "av1", "mpeg4")  # DALI's CPU video decoder r
 # NVDEC's smallest frame, (height, width), per codec (the Video Codec SDK's support matrix; DALI asserts the
 # same from cuvidGetDecoderCaps: "Video is too small ... 64x48 vs supported:128x128" for VP9 on an H100).
 # Such videos go to PyAV up front instead of failing a pipeline run that must then be rebuilt.
-NVDEC_MIN_HW = {"h264": (16, 48), "mpeg4": (16, 48), "vp8": (16, 48), "hevc": (144, 144), "vp9": (128, 128)}
-NVDEC_MIN_HW["av1"] = (128, 128)
+NVDEC_MIN_HW = {
+    "h264": (16, 48),
+    "mpeg4": (16, 48),
+    "vp8": (16, 48),
+    "hevc": (144, 144),
+    "vp9": (128, 128),
+    "av1": (128, 128),
+}
 
 
 def dali_unreadable(dali_device: str, codec: str, height: int, width: int) -> str | None:
