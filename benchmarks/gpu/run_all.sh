@@ -18,7 +18,8 @@
 # RUN_DIR (default /tmp/clipbert_gpu_run) is the work folder; $OUT (or benchmarks/results/gpu_run, or
 # /tmp/clipbert_gpu_dryrun for a dry run) gets gpu_run.tar.gz with every log, steps.txt and the JSONs.
 # CLIPBERT_GPU_DRY_RUN=1 is the same as --dry-run. RUN_ALL_BUDGET_S (default 530) is the whole-run deadline.
-# Step knobs: FIG5_BUDGET_S (200), FIG5_PANELS (abcd), FIG5_FRAMES ("1 2 4 8 16"), ABLATION_BUDGET_S (100),
+# Step knobs: FIG5_BUDGET_S (200), FIG5_PANELS (abcd), FIG5_NTRAIN and FIG5_FRAMES ("1 2 4 8 16"),
+# ABLATION_BUDGET_S (100),
 # DATA_ARGS (bench_data.py flags), TRAIN_STEPS (200), TRAIN_SET (extra --set flags).
 set -uo pipefail
 
@@ -121,9 +122,10 @@ else
   FIG5_S=${FIG5_BUDGET_S:-200} PANELS=${FIG5_PANELS:-abcd}
   # A subset of panels gets its own tag (fig5_h100_bd, ...): `memory_vs_ntrain.py --merge` joins the calls.
   TAG=fig5_${CARD:-gpu}; [[ $PANELS == abcd ]] || TAG=${TAG}_$PANELS
-  # shellcheck disable=SC2086  # FIG5_FRAMES is a list of numbers
+  # shellcheck disable=SC2086  # FIG5_NTRAIN and FIG5_FRAMES are lists of numbers
   step fig5 $(( FIG5_S + 60 )) "$PY" benchmarks/memory_vs_ntrain.py --device cuda --time-budget-s "$FIG5_S" \
-    --mem-cap-gib 32 --panels "$PANELS" --frames ${FIG5_FRAMES:-1 2 4 8 16} --out-dir "$OUT" --tag "$TAG"
+    --mem-cap-gib 32 --panels "$PANELS" --ntrain ${FIG5_NTRAIN:-1 2 4 8 16} --frames ${FIG5_FRAMES:-1 2 4 8 16} \
+    --out-dir "$OUT" --tag "$TAG"
 fi
 # The ablation ladder and the profile, on their own: no panel, so no path is built for one.
 if ! want ablation; then :
