@@ -70,7 +70,11 @@ def _batch_cell(r: dict) -> str:
         return "-"
     if r.get("error"):
         return "error"
-    return f"{r['batch']}{'' if r.get('max_batch_exact') else ' (lower bound)'}"
+    if r.get("max_batch_exact") is not False:
+        return str(r["batch"])
+    # a search its budget stopped: the answer is somewhere from `batch` to just below the first failure
+    high = r.get("first_failure")
+    return f"{r['batch']}..{high - 1} (search cut)" if high else f">={r['batch']} (search cut)"
 
 
 def _size_table(result: dict, panel: str, key: str) -> list[str]:

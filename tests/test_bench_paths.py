@@ -228,3 +228,13 @@ def test_step_flops_match_the_model_count_and_split_frozen_stages():
     stages, _ = backbone_stage_flops(cfg, cfg.image_size)
     assert flops.forward_frozen == sum(stages[:2]) * n * t  # freeze_at=2: stem + res2, forward only
     assert flops.step == 3 * flops.forward - 2 * flops.forward_frozen
+
+
+def test_summary_shows_a_cut_search_as_a_range():
+    from fig5_summary import _batch_cell
+
+    assert _batch_cell({"batch": 25, "max_batch_exact": True, "first_failure": 26}) == "25"
+    cut = {"batch": 64, "max_batch_exact": False, "first_failure": 423}
+    assert _batch_cell(cut) == "64..422 (search cut)"
+    assert _batch_cell({"batch": 64, "max_batch_exact": False, "first_failure": None}) == ">=64 (search cut)"
+    assert _batch_cell({}) == "-" and _batch_cell({"error": "boom"}) == "error"
