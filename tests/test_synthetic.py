@@ -485,3 +485,15 @@ def test_regenerating_in_place_leaves_one_benchmark(tmp_path):
         for r in read_jsonl(tmp_path / "annotations" / f"pretrain_{s}.jsonl")
     }
     assert {f"images/{p.name}" for p in (tmp_path / "images").iterdir()} == kept
+
+
+def test_a_key_frame_every_second(bench):
+    """Sparse sampling seeks to random times; a key frame per second bounds what each seek decodes."""
+    for scene in list(scenes(bench).values())[:3]:
+        with av.open(str(bench / scene["file"])) as container:
+            keys = [p.pts for p in container.demux(video=0) if p.is_keyframe and p.pts is not None]
+            stream = container.streams.video[0]
+            seconds = sorted(float(pts * stream.time_base) for pts in keys)
+        duration = scene["num_frames"] / scene["fps"]
+        assert seconds[0] == 0.0
+        assert max(np.diff(seconds + [duration])) <= 1.0 + 1e-6, (scene["video_id"], seconds)

@@ -75,6 +75,7 @@ def worker(data_dir: str, out: str) -> None:
     results["msrvtt_mc"] = run(cfg, device)
     if is_rank0():
         (out / "results.json").write_text(json.dumps(results, default=str))
+    torch.distributed.barrier()  # as train.py: no rank tears the group down while another still uses it
     torch.distributed.destroy_process_group()
 
 

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import torch
 
 from clipbert.data.loader import ShardedSampler
+from clipbert.data.visual_words import build_word_vocab
 from clipbert.train import config as C
 
 L = 64  # smallest image side the model accepts: one visual token per clip
@@ -35,6 +36,11 @@ class FakeSet(torch.utils.data.Dataset):
         self.kind, self.size, self.n, self.m = kind, size, n_clips, m_texts
         self.num_answers = num_answers
         self.nan_epoch, self.nan_indices, self.sigterm_at = nan_epoch, set(nan_indices), sigterm_at
+        self.word_vocab = None  # set by FakeData.train() for train.visual_word_loss
+
+    def enable_visual_words(self):
+        texts = [self[(0, i)]["input_ids"] for i in range(self.size)]
+        self.word_vocab = build_word_vocab(texts, special_ids=[0, 101, 102])
 
     def __len__(self):
         return self.size
@@ -57,6 +63,8 @@ class FakeSet(torch.utils.data.Dataset):
         ]
         if self.kind == "retrieval":
             item["labels"] = [1] + [0] * (m - 1)
+            if self.word_vocab is not None:
+                item["word_targets"] = self.word_vocab.targets[index]
         elif self.kind == "qa":
             item["labels"] = -100 if index % 4 == 3 else index % self.num_answers
             item["answer_type"] = ["what", "who"][index % 2]
@@ -83,6 +91,8 @@ def collate(items: list[dict]) -> dict:
         batch["labels"] = torch.tensor([it["labels"] for it in items])
     if "answer_type" in items[0]:
         batch["answer_types"] = [it["answer_type"] for it in items]
+    if "word_targets" in items[0]:
+        batch["word_targets"] = torch.stack([torch.from_numpy(it["word_targets"]) for it in items])
     return batch
 
 
@@ -102,6 +112,8 @@ class FakeData:
     def train(self):
         kind = self.cfg.task.kind
         ds = FakeSet(kind, self.train_size, self.cfg.data.num_clips, **self.fault)
+        if self.cfg.train.visual_word_loss:
+            ds.enable_visual_words()
         return ds, self._loader(ds, self.cfg.train.batch_size, True)
 
     def has_split(self, split):

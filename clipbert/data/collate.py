@@ -50,6 +50,8 @@ class Collator:
             )  # [B] | [B, M]
         if "answer_type" in items[0]:
             batch["answer_types"] = [item["answer_type"] for item in items]
+        if "word_targets" in items[0]:  # uint8 [B, W] multi-hot caption words (visual-word loss)
+            batch["word_targets"] = torch.from_numpy(np.stack([item["word_targets"] for item in items]))
         if "itm_labels" in items[0]:
             batch["itm_labels"] = torch.tensor([item["itm_labels"] for item in items], dtype=torch.int64)
         return batch

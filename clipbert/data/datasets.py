@@ -22,6 +22,7 @@ from .preprocess import Normalization
 from .sampling import rng_for
 from .text import mask_tokens, tokenize
 from .video_source import VideoSource, load_image
+from .visual_words import WordVocab, build_word_vocab
 
 RET_TASKS = ("msrvtt_ret", "didemo_ret", "anet_ret")
 QA_TASKS = ("msrvtt_qa", "tgif_frameqa")
@@ -115,6 +116,13 @@ class RetrievalTrainDataset(TaskDataset):
         self.videos = group_texts(task, self.examples)  # [(video_id, [texts])]
         if len(self.videos) < 2 and cfg.itm_neg_size:
             raise ValueError(f"{self.ann_path}: negatives need at least 2 videos, got {len(self.videos)}")
+        self.word_vocab: WordVocab | None = None
+
+    def enable_visual_words(self) -> WordVocab:
+        """From now on every item carries `word_targets` (uint8 [W]) for train.visual_word_loss."""
+        texts = [tokenize(self.tokenizer, t, self.max_len) for _, t in self.videos]
+        self.word_vocab = build_word_vocab(texts, self.tokenizer.all_special_ids)
+        return self.word_vocab
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -130,6 +138,8 @@ class RetrievalTrainDataset(TaskDataset):
         item = self.visual(video_id, epoch)
         item["input_ids"] = tokenize(self.tokenizer, chosen, self.max_len)
         item["labels"] = [1] + [0] * self.cfg.itm_neg_size
+        if self.word_vocab is not None:
+            item["word_targets"] = self.word_vocab.targets[index]
         return item
 
 

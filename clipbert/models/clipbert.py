@@ -22,7 +22,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, 
 from clipbert.models.config import ClipBertConfig
 from clipbert.models.embeddings import VisualEmbeddings
 from clipbert.models.grid_encoder import GridEncoder
-from clipbert.models.heads import ClassifierHead, PretrainingHeads
+from clipbert.models.heads import ClassifierHead, PretrainingHeads, VisualWordHead
 from clipbert.models.resnet import ResNetBackbone
 from clipbert.models.temporal import TemporalFusion
 
@@ -84,6 +84,8 @@ class ClipBert(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout)
         self.classifier = ClassifierHead(cfg.hidden_size, cfg.num_classes)
         self.cls = PretrainingHeads(bert_cfg, self.embeddings.word_embeddings) if cfg.pretrain_heads else None
+        words = self.embeddings.word_embeddings
+        self.visual_words = VisualWordHead(words) if cfg.visual_words else None
         for module in (self.visual_embeddings, self.embeddings, self.encoder, self.pooler, self.classifier):
             module.apply(self._init_bert_weights)
         if self.cls is not None:
@@ -139,9 +141,26 @@ class ClipBert(nn.Module):
         return logits.view(b, m, visual.tokens.shape[1], -1)
 
     def forward(
-        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        return self.score(self.encode_visual(frames), input_ids, attention_mask)
+        self,
+        frames: torch.Tensor,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        word_ids: torch.Tensor | None = None,
+    ):
+        """logits [B, M, N, K]; with word_ids [W] also the visual-word logits [B, W] (a pair).
+
+        input_ids=None skips the transformer: (None, word logits), the CNN-only warm-up of
+        train.visual_word_steps.
+        """
+        visual = self.encode_visual(frames)
+        scores = None if input_ids is None else self.score(visual, input_ids, attention_mask)
+        if word_ids is None:
+            if scores is None:
+                raise ValueError("forward needs input_ids, word_ids or both")
+            return scores
+        if self.visual_words is None:
+            raise ValueError("word_ids needs the visual-word head: build the model with visual_words=True")
+        return scores, self.visual_words(visual.tokens, word_ids)
 
     def _check_text(
         self, visual: VisualTokens, input_ids: torch.Tensor, attention_mask: torch.Tensor | None

@@ -31,6 +31,7 @@ class ClipBertConfig:
     head: str = "itm"  # "itm" (K=2, index 1 = match) | "mc" (K=1 per option) | "qa" (K=num_answers)
     num_answers: int = 0  # size of the open-ended QA answer vocabulary; must be > 0 when head == "qa"
     pretrain_heads: bool = True  # build BERT's cls.predictions (MLM, tied) + cls.seq_relationship (ITM)
+    visual_words: bool = False  # build the visual-word head (training from scratch; train.visual_word_loss)
 
     # --- vision backbone (ResNet conv1..conv5, stride 32) ---
     backbone_style: str = "msra"  # "msra": stride in the 1x1 conv (detectron2); "torchvision": in the 3x3

@@ -51,3 +51,28 @@ class PretrainingHeads(nn.Module):
         super().__init__()
         self.predictions = MLMHead(bert_config, word_embeddings)
         self.seq_relationship = nn.Linear(bert_config.hidden_size, 2)
+
+
+class VisualWordHead(nn.Module):
+    """Visual-word supervision (not in the paper): each video's mean visual token scored against the tied
+    embeddings of candidate caption words, logits [B, W].
+
+    Why: without pretrained weights a matching loss only rewards caption-by-video interactions, which start
+    near zero (docs/TRAINING.md). Predicting a video's caption words from its visual tokens alone is a
+    first-order signal for the CNN, and scoring against the word embeddings puts the visual tokens where
+    the transformer already reads words.
+    """
+
+    def __init__(self, word_embeddings: nn.Embedding):
+        super().__init__()
+        # Cosine similarity times a learned scale, as CLIP: the logits do not wait for the word embeddings
+        # (std 0.02 at init) to grow. [1]: DeepSpeed cannot broadcast a 0-dim tensor.
+        self.scale = nn.Parameter(torch.full((1,), 10.0))
+        self.__dict__["word_embeddings"] = word_embeddings  # tied, stored once under embeddings
+        _register_external_for_zero3(self, word_embeddings.weight)
+
+    def forward(self, tokens: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+        """tokens [B, N, Lv, H], word_ids int64 [W] -> float32 logits [B, W]."""
+        words = F.normalize(F.embedding(word_ids, self.word_embeddings.weight).float(), dim=-1)  # [W, H]
+        video = F.normalize(tokens.float().mean((1, 2)), dim=-1)  # [B, H]
+        return self.scale.float() * (video @ words.T)

@@ -121,7 +121,13 @@ def locate(path: str | Path, key: str) -> tuple[Path, str]:
 
 def load(engine, root: Path, tag: str) -> dict:
     """Restore engine + optimizer + scheduler + this rank's RNG; returns the trainer state."""
-    load_path, client = engine.load_checkpoint(str(root), tag=tag)
+    try:
+        load_path, client = engine.load_checkpoint(str(root), tag=tag)
+    except RuntimeError as err:  # e.g. a checkpoint of another model config in the same output_dir
+        raise RuntimeError(
+            f"train.resume: checkpoint {root / tag} does not fit this model ({str(err).strip()}). "
+            "Use a new train.output_dir, or train.resume='' to start over."
+        ) from err
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed could not load checkpoint {root / tag}")
     rng_file = root / tag / f"rng_rank{rank()}.pt"
@@ -146,6 +152,8 @@ def load_pretrained_weights(model: torch.nn.Module, path: str | Path, key: str) 
     from clipbert.models.clipbert import WEIGHTS_NAME
 
     state = load_file(str(Path(path) / WEIGHTS_NAME))
+    if getattr(model, "visual_words", None) is None:  # a training-only head: its weights are not needed
+        state = {k: v for k, v in state.items() if not k.startswith("visual_words.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{key}={str(path)!r}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")

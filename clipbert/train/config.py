@@ -91,20 +91,24 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between log lines / TensorBoard scalars
     eval_every: int = 0  # optimizer steps between evaluations; 0 = end of every epoch; -1 = never
     peak_tflops: float | None = None  # device peak for MFU when the table has none (e.g. a CPU)
+    # Visual-word loss (not in the paper; retrieval only): weight of predicting a video's caption words from
+    # its visual tokens, for training without pretrained weights (docs/TRAINING.md). 0 = off.
+    visual_word_loss: float = 0.0
+    visual_word_steps: int = 0  # first optimizer steps that train only that loss (CNN-only, cheap)
     tensorboard: bool = True
     plot: bool = True  # write training_curves.png at the end
     progress_bar: bool = True  # tqdm bar on rank 0
 
     def __post_init__(self) -> None:
         _choice("train.device", self.device, DEVICES)
-        for key in ("seed", "max_steps", "stop_after_steps", "save_every"):
+        for key in ("seed", "max_steps", "stop_after_steps", "save_every", "visual_word_steps"):
             _number(f"train.{key}", getattr(self, key), kind=int, low=0)
         for key in ("epochs", "batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps", "log_every"):
             _number(f"train.{key}", getattr(self, key), kind=int, low=1)
         _number("train.eval_every", self.eval_every, kind=int, low=-1)
         for key in ("lr", "cnn_lr", "eps"):
             _number(f"train.{key}", getattr(self, key), low=0, low_open=key == "eps")
-        for key in ("weight_decay", "cnn_weight_decay", "grad_clip"):
+        for key in ("weight_decay", "cnn_weight_decay", "grad_clip", "visual_word_loss"):
             _number(f"train.{key}", getattr(self, key), low=0)
         _number("train.warmup_ratio", self.warmup_ratio, low=0, high=1)
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
@@ -116,6 +120,10 @@ class TrainConfig:
             _number("train.peak_tflops", self.peak_tflops, low=0, low_open=True)
         if not self.output_dir:
             raise ConfigError("train.output_dir must not be empty")
+        if self.visual_word_steps and not self.visual_word_loss:
+            raise ConfigError(
+                f"train.visual_word_steps={self.visual_word_steps} needs train.visual_word_loss > 0"
+            )
 
 
 @dataclass
@@ -231,8 +239,14 @@ class Config:
         """The ClipBertConfig: preset + overrides + the task's head, image size, T and text length."""
         from clipbert.models.config import ClipBertConfig
 
+        if self.train.visual_word_loss and self.task.kind != "retrieval":
+            raise ConfigError(
+                "train.visual_word_loss is for retrieval tasks; "
+                f"task.name={self.task.name} is {self.task.kind}"
+            )
         derived = {
             "head": HEAD_OF_KIND[self.task.kind],
+            "visual_words": bool(self.train.visual_word_loss),
             "image_size": self.data.image_size,
             "frames_per_clip": self.data.frames_per_clip,
             "max_text_len": self.data.max_text_len[self.task.name],

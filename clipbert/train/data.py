@@ -39,6 +39,8 @@ class TaskData:
         from clipbert.data.loader import build_loader
 
         dataset = self._dataset("train")
+        if self.cfg.train.visual_word_loss and dataset.word_vocab is None:  # before any worker starts
+            dataset.enable_visual_words()
         return dataset, build_loader(
             dataset, self.cfg.data, self.cfg.train.batch_size, True, device=str(self.device)
         )

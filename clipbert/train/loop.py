@@ -21,7 +21,7 @@ from clipbert.train import checkpoint as ckpt
 from clipbert.train.evaluate import evaluate
 from clipbert.train.logging import get_logger, is_rank0
 from clipbert.train.perf import Throughput
-from clipbert.train.tasks import to_device, training_loss
+from clipbert.train.tasks import VisualWords, to_device, training_loss
 
 
 class TrainingDiverged(RuntimeError):
@@ -67,6 +67,9 @@ class Trainer:
         self.cfg, self.engine, self.data, self.device, self.dtype = cfg, engine, data, device, dtype
         self.runlog, self.total_steps = runlog, total_steps
         self.train_set, self.train_loader = data.train()
+        self.words = None
+        if cfg.train.visual_word_loss:
+            self.words = VisualWords.from_vocab(self.train_set.word_vocab, cfg.train.visual_word_loss, device)
         self.state = TrainerState()
         self.throughput = Throughput(model_cfg, device, _world(), cfg.train.peak_tflops)
         self.out = Path(cfg.train.output_dir)
@@ -183,7 +186,10 @@ class Trainer:
         engine = self.engine
         batch = to_device(batch, self.device, self.dtype)
         boundary = engine.is_gradient_accumulation_boundary()
-        loss, extra = training_loss(engine, batch, self.cfg.task.kind, self.cfg.task.aggregation)
+        words_only = self.state.step < t.visual_word_steps  # the CNN-only warm-up of the visual-word loss
+        loss, extra = training_loss(
+            engine, batch, self.cfg.task.kind, self.cfg.task.aggregation, self.words, words_only
+        )
         value = loss.detach().float()
         finite = bool(torch.isfinite(value).item())
         # One collective per micro batch: every rank skips together and stops together.
@@ -206,7 +212,7 @@ class Trainer:
         engine.backward(loss)
         engine.step()
         self.state.bad_streak = 0
-        self.throughput.add(batch)
+        self.throughput.add(batch, cnn_only=words_only)
         window["loss"] += loss_sum / good
         window["good"] += 1
         if not boundary:

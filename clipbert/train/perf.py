@@ -35,9 +35,9 @@ class Throughput:
     """Counts frames and FLOPs over a window of steps; `reset()` after evaluation or checkpointing."""
 
     def __init__(self, model_cfg, device: torch.device, world_size: int, peak_tflops: float | None):
-        from clipbert.models.flops import forward_flops
+        from clipbert.models.flops import forward_flops, visual_flops
 
-        self._forward_flops = forward_flops
+        self._forward_flops, self._visual_flops = forward_flops, visual_flops
         self.model_cfg, self.device, self.world = model_cfg, device, world_size
         self.peak = device_peak(device, peak_tflops)
         self.reset()
@@ -49,11 +49,19 @@ class Throughput:
         self.frames = 0
         self.flops = 0.0
 
-    def add(self, batch: dict) -> None:
-        """Account one micro batch of this rank (every rank processes the same shapes on average)."""
+    def add(self, batch: dict, cnn_only: bool = False) -> None:
+        """Account one micro batch of this rank (every rank processes the same shapes on average).
+
+        cnn_only: a visual-word warm-up step, which runs no transformer (train.visual_word_steps).
+        """
         b, n, t, m, lt = batch_shape(batch)
         self.frames += b * n * t
-        self.flops += TRAIN_FLOPS_FACTOR * b * self._forward_flops(self.model_cfg, n, t, lt, m)
+        if cnn_only:
+            image_size = batch["frames"].shape[-1]
+            forward = n * self._visual_flops(self.model_cfg, t, image_size)[0]
+        else:
+            forward = self._forward_flops(self.model_cfg, n, t, lt, m)
+        self.flops += TRAIN_FLOPS_FACTOR * b * forward
 
     def snapshot(self) -> dict:
         if self.device.type == "cuda":

@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     init_distributed(device)
     try:
         run(cfg, device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()  # every rank done with its collectives before the group goes away
     except TrainingDiverged as err:
         log.error("%s", err)
         return 3

@@ -6,6 +6,8 @@ over the N clips with the task's function G (paper Eq. 5: LogSumExp) through cli
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -17,7 +19,37 @@ try:  # the fused ops (issue 2); the pure-PyTorch formulas below are the same ma
 except ImportError:  # pragma: no cover - only while the ops package is absent
     _ops_clip_aggregate = _ops_lse_aggregate_nll = None
 
-TENSOR_KEYS = ("frames", "input_ids", "attention_mask", "labels", "mlm_labels", "itm_labels", "index")
+TENSOR_KEYS = (
+    "frames",
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "mlm_labels",
+    "itm_labels",
+    "index",
+    "word_targets",
+)
+
+
+@dataclass
+class VisualWords:
+    """train.visual_word_loss on a device: the candidate words and their base-rate log-odds."""
+
+    word_ids: torch.Tensor  # int64 [W]
+    prior: torch.Tensor  # float32 [W]
+    weight: float
+
+    @classmethod
+    def from_vocab(cls, vocab, weight: float, device) -> VisualWords:
+        return cls(
+            torch.as_tensor(vocab.word_ids, device=device),
+            torch.as_tensor(vocab.prior, device=device),
+            float(weight),
+        )
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean BCE of logits [B, W] (plus the prior) against the multi-hot caption words [B, W]."""
+        return F.binary_cross_entropy_with_logits(logits + self.prior, targets.float())
 
 
 def clip_aggregate(logits: torch.Tensor, mode: str) -> torch.Tensor:
@@ -47,8 +79,20 @@ def to_device(batch: dict, device: torch.device, float_dtype: torch.dtype) -> di
     return out
 
 
-def training_loss(model, batch: dict, kind: str, aggregation: str) -> tuple[torch.Tensor, dict]:
-    """Scalar loss of one micro batch, and extra float logs (e.g. the MLM/ITM parts of pre-training)."""
+def training_loss(
+    model,
+    batch: dict,
+    kind: str,
+    aggregation: str,
+    words: VisualWords | None = None,
+    words_only: bool = False,
+) -> tuple[torch.Tensor, dict]:
+    """Scalar loss of one micro batch, and extra float logs (e.g. the MLM/ITM parts of pre-training).
+
+    words: add the visual-word loss (retrieval); words_only: that loss alone, without the transformer.
+    """
+    if words is not None:
+        return _retrieval_with_words(model, batch, aggregation, words, words_only)
     if kind == "pretrain":
         out = getattr(model, "module", model).pretrain_forward(  # DeepSpeed engine -> the ClipBert module
             batch["frames"],
@@ -71,6 +115,18 @@ def training_loss(model, batch: dict, kind: str, aggregation: str) -> tuple[torc
             return scores.float().sum() * 0.0, {}  # keeps every rank's backward in the graph
         return aggregate_nll(scores[keep, 0], labels[keep], aggregation), {}
     raise ValueError(f"task kind {kind!r} cannot be trained (msrvtt_mc is evaluated with a retrieval model)")
+
+
+def _retrieval_with_words(model, batch, aggregation, words: VisualWords, words_only: bool):
+    ids = None if words_only else batch["input_ids"]
+    mask = None if words_only else batch["attention_mask"]
+    scores, logits = model(batch["frames"], ids, mask, word_ids=words.word_ids)
+    word_loss = words.loss(logits, batch["word_targets"])
+    if words_only:
+        return word_loss, {"word_loss": word_loss.item()}
+    b, m, n, k = scores.shape
+    match = aggregate_nll(scores.reshape(b * m, n, k), batch["labels"].reshape(b * m), aggregation)
+    return match + words.weight * word_loss, {"match_loss": match.item(), "word_loss": word_loss.item()}
 
 
 @torch.no_grad()

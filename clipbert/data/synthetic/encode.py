@@ -26,6 +26,8 @@ CODECS: dict[str, dict] = {
 }
 
 
+KEYFRAME_SECONDS = 1.0
+
 # BT.601 RGB -> Y (with offset), Cb, Cr integer coefficients (x256): limited range (video), full (JPEG).
 _LIMITED = ((66, 129, 25, 16), (-38, -74, 112), (112, -94, -18))
 _FULL = ((77, 150, 29, 0), (-43, -85, 128), (128, -107, -21))
@@ -90,6 +92,9 @@ def write_video(path: str | Path, chunks: Iterable[np.ndarray], fps: int, codec:
         stream.pix_fmt = spec["pix_fmt"]
         stream.thread_count = 1
         stream.options = dict(spec["options"])
+        # A key frame every second: sparse clip sampling seeks to random times, and each seek decodes from
+        # the key frame before it (with x264's default of 250 frames, most videos would have just one).
+        stream.codec_context.gop_size = max(1, round(float(fps) * KEYFRAME_SECONDS))
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for chunk in chunks:
             if count == 0:
