@@ -84,8 +84,7 @@ class ClipBert(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout)
         self.classifier = ClassifierHead(cfg.hidden_size, cfg.num_classes)
         self.cls = PretrainingHeads(bert_cfg, self.embeddings.word_embeddings) if cfg.pretrain_heads else None
-        words = self.embeddings.word_embeddings
-        self.visual_words = VisualWordHead(words) if cfg.visual_words else None
+        self.visual_words = VisualWordHead(self.embeddings.word_embeddings) if cfg.visual_words else None
         for module in (self.visual_embeddings, self.embeddings, self.encoder, self.pooler, self.classifier):
             module.apply(self._init_bert_weights)
         if self.cls is not None:
