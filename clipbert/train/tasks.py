@@ -69,6 +69,12 @@ def aggregate_nll(logits: torch.Tensor, target: torch.Tensor, mode: str) -> torc
     return F.nll_loss(clip_aggregate(logits, mode), target)
 
 
+def matching_nll(scores: torch.Tensor, labels: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """2-way matching of every (video, caption) pair: scores [B, M, N, 2], labels [B, M] (column 0 true)."""
+    b, m, n, k = scores.shape
+    return aggregate_nll(scores.reshape(b * m, n, k), labels.reshape(b * m), aggregation)
+
+
 def to_device(batch: dict, device: torch.device, float_dtype: torch.dtype) -> dict:
     """Move the tensors of a batch; frames take the engine's compute dtype (bf16/fp16 params)."""
     out = dict(batch)
@@ -105,8 +111,8 @@ def training_loss(
     scores = model(batch["frames"], batch["input_ids"], batch["attention_mask"])  # [B, M, N, K]
     b, m, n, k = scores.shape
     labels = batch["labels"]
-    if kind == "retrieval":  # 2-way matching of every (video, caption) pair; column 0 is the true caption
-        return aggregate_nll(scores.reshape(b * m, n, k), labels.reshape(b * m), aggregation), {}
+    if kind == "retrieval":
+        return matching_nll(scores, labels, aggregation), {}
     if kind == "mc":  # one score per option: the M options become the classes
         return aggregate_nll(scores[..., 0].transpose(1, 2), labels, aggregation), {}
     if kind == "qa":
@@ -124,8 +130,7 @@ def _retrieval_with_words(model, batch, aggregation, words: VisualWords, words_o
     word_loss = words.loss(logits, batch["word_targets"])
     if words_only:
         return word_loss, {"word_loss": word_loss.item()}
-    b, m, n, k = scores.shape
-    match = aggregate_nll(scores.reshape(b * m, n, k), batch["labels"].reshape(b * m), aggregation)
+    match = matching_nll(scores, batch["labels"], aggregation)
     return match + words.weight * word_loss, {"match_loss": match.item(), "word_loss": word_loss.item()}
 
 
