@@ -20,6 +20,7 @@
 # CLIPBERT_GPU_DRY_RUN=1 is the same as --dry-run. RUN_ALL_BUDGET_S (default 530) is the whole-run deadline.
 # Step knobs: FIG5_BUDGET_S (200), FIG5_PANELS (abcd), FIG5_NTRAIN and FIG5_FRAMES ("1 2 4 8 16"),
 # ABLATION_BUDGET_S (100),
+# TESTS (test paths for the tests step; default: the kernels' tests, then every other needs_cuda test),
 # DATA_ARGS (bench_data.py flags), TRAIN_STEPS (200), TRAIN_SET (extra --set flags).
 set -uo pipefail
 
@@ -98,9 +99,14 @@ elif [[ $DRY == 1 ]]; then
 else
   # The kernels' tests first (seconds), then the model's inductor test and DALI's (slower); -rfE lists failures.
   OPS_TESTS="tests/test_ops_lse.py tests/test_ops_temporal_mean.py"
-  step tests 120 bash -c "\"$PY\" -m pytest -m needs_cuda $OPS_TESTS -p no:cacheprovider -rfE --tb=short; a=\$?; \
-    \"$PY\" -m pytest -m needs_cuda tests/ ${OPS_TESTS//tests\//--ignore=tests/} -p no:cacheprovider -rfE --tb=short; \
-    exit \$(( a || \$? ))"
+  if [[ -n ${TESTS:-} ]]; then  # a chosen subset, e.g. the DALI tests once DALI's wheels are in
+    # shellcheck disable=SC2086  # TESTS is a list of test paths
+    step tests 120 "$PY" -m pytest -m needs_cuda $TESTS -p no:cacheprovider -rfE --tb=short
+  else
+    step tests 120 bash -c "\"$PY\" -m pytest -m needs_cuda $OPS_TESTS -p no:cacheprovider -rfE --tb=short; a=\$?; \
+      \"$PY\" -m pytest -m needs_cuda tests/ ${OPS_TESTS//tests\//--ignore=tests/} -p no:cacheprovider -rfE --tb=short; \
+      exit \$(( a || \$? ))"
+  fi
 fi
 
 # fused-op benchmark

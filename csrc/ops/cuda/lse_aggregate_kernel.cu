@@ -89,10 +89,24 @@ __global__ void nll_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __
   for (int64_t row = int64_t(blockIdx.x) * rows_per_block + gid; row < B; row += int64_t(gridDim.x) * rows_per_block) {
     const scalar_t* xr = x + row * row_elems;
     Lse<acc_t> all = lse_init<acc_t>();
-    for (int64_t i = lane; i < row_elems / VEC; i += GROUP) {
-      const Vec<scalar_t, VEC> v = reinterpret_cast<const Vec<scalar_t, VEC>*>(xr)[i];  // 128-bit load
+    // Two 128-bit loads in flight per thread before any math, then one vector update each.
+    const Vec<scalar_t, VEC>* xv = reinterpret_cast<const Vec<scalar_t, VEC>*>(xr);
+    const int64_t n_vec = row_elems / VEC;
+    int64_t i = lane;
+    for (; i + GROUP < n_vec; i += 2 * GROUP) {
+      const Vec<scalar_t, VEC> a = xv[i], b = xv[i + GROUP];
+      acc_t va[VEC], vb[VEC];
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) all.add(static_cast<acc_t>(v.v[j]));
+      for (int j = 0; j < VEC; ++j) va[j] = static_cast<acc_t>(a.v[j]), vb[j] = static_cast<acc_t>(b.v[j]);
+      all.add_vec(va);
+      all.add_vec(vb);
+    }
+    if (i < n_vec) {
+      const Vec<scalar_t, VEC> a = xv[i];
+      acc_t va[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) va[j] = static_cast<acc_t>(a.v[j]);
+      all.add_vec(va);
     }
     const int64_t t = target[row];
     CUDA_KERNEL_ASSERT(t >= 0 && t < K && "lse_aggregate_nll: target out of [0, K)");
@@ -138,12 +152,14 @@ __global__ void nll_bwd_kernel(const at::opmath_type<scalar_t>* __restrict__ g, 
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < row_elems / VEC; i += gridDim.x * blockDim.x) {
       const V v = xr[i];
       V r;
+      int col = (i * VEC) % K;  // one integer division per vector, not per element
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         const acc_t xv = static_cast<acc_t>(v.v[j]);
         acc_t p = exp(xv - la);
-        if ((i * VEC + j) % K == t) p -= exp(xv - lt);
+        if (col == t) p -= exp(xv - lt);
         r.v[j] = static_cast<scalar_t>(w * p);
+        if (++col == K) col = 0;
       }
       gr[i] = r;
     }
