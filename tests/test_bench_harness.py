@@ -281,3 +281,19 @@ def test_memory_cap_passes_an_index_for_a_bare_cuda_device(monkeypatch):
     with pytest.raises(ValueError, match="exceeds"):
         apply_memory_cap(81 * 2**30, torch.device("cuda"))
     assert apply_memory_cap(2**30, torch.device("cpu")) is None
+
+
+def test_summary_does_not_judge_a_cut_search_below_its_range(tmp_path):
+    from fig5_summary import write_summary
+
+    result = _fake_result(tmp_path)
+    for row in result["rows"]:
+        if row["panel"] == "a" and row["path"] == "optimized":
+            # Ntrain=16: cut at 2 with no failure seen (unknown); Ntrain=2: cut, but it failed at 300 (< 380)
+            row.update(batch=2, max_batch_exact=False, first_failure=None if row["n_train"] == 16 else 300)
+    md = tmp_path / "s.md"
+    write_summary(result, str(md))
+    text = md.read_text()
+    assert "max batch at Ntrain=16: >=2 (search cut)" in text
+    assert "target >= 48): not established (search cut)" in text
+    assert "max batch at Ntrain=2: 2..299 (search cut)" in text and "target >= 380): NOT met" in text

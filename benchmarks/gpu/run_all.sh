@@ -7,6 +7,7 @@
 #   fig5      benchmarks/memory_vs_ntrain.py, panels FIG5_PANELS, time-budgeted -> fig5_<card>.{json,csv,md,png}
 #   ablation  the same script: the cumulative optimization steps at Ntrain=16 + the profile -> fig5_<card>_ablation.*
 #   data      benchmarks/bench_data.py --device cuda         (only when DALI and PyAV import) -> data_cuda.json
+#   nvdec     benchmarks/gpu/nvdec_diagnose.py: the frames NVDEC returns for H.264 -> nvdec_diagnose.json
 #   train     a ds_msrvtt.json-shaped run on synthetic MSRVTT-format data (deepspeed + PyAV) -> train_<card>.json
 # Each step has its own timeout, and the whole run a deadline, so one failure or hang does not lose the rest;
 # the Figure-5 script also rewrites <tag>.partial.json after every point, so a timeout keeps what it measured.
@@ -18,7 +19,7 @@
 # RUN_DIR (default /tmp/clipbert_gpu_run) is the work folder; $OUT (or benchmarks/results/gpu_run, or
 # /tmp/clipbert_gpu_dryrun for a dry run) gets gpu_run.tar.gz with every log, steps.txt and the JSONs.
 # CLIPBERT_GPU_DRY_RUN=1 is the same as --dry-run. RUN_ALL_BUDGET_S (default 530) is the whole-run deadline.
-# Step knobs: FIG5_BUDGET_S (200), FIG5_PANELS (abcd), FIG5_NTRAIN and FIG5_FRAMES ("1 2 4 8 16"),
+# Step knobs: FIG5_BUDGET_S (200), FIG5_PANELS (abcd), FIG5_PATHS ("eager optimized"), FIG5_NTRAIN and FIG5_FRAMES ("1 2 4 8 16"),
 # ABLATION_BUDGET_S (100),
 # TESTS (test paths for the tests step; default: the kernels' tests, then every other needs_cuda test),
 # DATA_ARGS (bench_data.py flags), TRAIN_STEPS (200), TRAIN_SET (extra --set flags).
@@ -35,7 +36,7 @@ if [[ $DRY == 1 ]]; then DEST=${OUT:-/tmp/clipbert_gpu_dryrun}; else DEST=${OUT:
 OUT=${RUN_DIR:-/tmp/clipbert_gpu_run}
 rm -rf "$OUT"; mkdir -p "$OUT" "$DEST" "$ROOT/benchmarks/results"
 BUDGET=${RUN_ALL_BUDGET_S:-530}
-STEPS=" ${RUN_STEPS:-env build tests ops fig5 ablation data train} "
+STEPS=" ${RUN_STEPS:-env build tests ops fig5 ablation data nvdec train} "
 want() { [[ $STEPS == *" $1 "* ]]; }
 START=$(date +%s)
 
@@ -130,7 +131,8 @@ else
   TAG=fig5_${CARD:-gpu}; [[ $PANELS == abcd ]] || TAG=${TAG}_$PANELS
   # shellcheck disable=SC2086  # FIG5_NTRAIN and FIG5_FRAMES are lists of numbers
   step fig5 $(( FIG5_S + 60 )) "$PY" benchmarks/memory_vs_ntrain.py --device cuda --time-budget-s "$FIG5_S" \
-    --mem-cap-gib 32 --panels "$PANELS" --ntrain ${FIG5_NTRAIN:-1 2 4 8 16} --frames ${FIG5_FRAMES:-1 2 4 8 16} \
+    --mem-cap-gib 32 --panels "$PANELS" --paths ${FIG5_PATHS:-eager optimized} \
+    --ntrain ${FIG5_NTRAIN:-1 2 4 8 16} --frames ${FIG5_FRAMES:-1 2 4 8 16} \
     --out-dir "$OUT" --tag "$TAG"
 fi
 # The ablation ladder and the profile, on their own: no panel, so no path is built for one.
@@ -157,6 +159,16 @@ elif has nvidia.dali && has av; then
   fi
 else
   echo "SKIP  data       (nvidia.dali or av not importable: stage them with ../shared/device/stage.sh)" | tee -a "$OUT/steps.txt"
+fi
+
+# Which frames NVDEC returns for H.264 (the DALI GPU loader test differed from PyAV on the second H100 run).
+if ! want nvdec; then :
+elif [[ $DRY == 1 ]]; then
+  echo "SKIP  nvdec      (needs NVDEC: GPU only)" | tee -a "$OUT/steps.txt"
+elif has nvidia.dali && has av; then
+  step nvdec 60 "$PY" benchmarks/gpu/nvdec_diagnose.py --out "$OUT/nvdec_diagnose.json"
+else
+  echo "SKIP  nvdec      (nvidia.dali or av not importable)" | tee -a "$OUT/steps.txt"
 fi
 
 # A ds_msrvtt.json-shaped DeepSpeed run (base, L=448, ZeRO-2, bf16) on synthetic MSRVTT-format data read

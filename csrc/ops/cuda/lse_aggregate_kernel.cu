@@ -76,7 +76,7 @@ __global__ void lse_aggregate_bwd_kernel(const at::opmath_type<scalar_t>* __rest
 // Per row: stats = (lse over the whole row, lse over n of the target column); loss = difference.
 // reduce_in_block (grid of one block): the block also sums the row losses and writes loss[0] * scale.
 template <typename scalar_t, int GROUP, int VEC>
-__global__ void nll_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
+__global__ void __launch_bounds__(1024) nll_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                                at::opmath_type<scalar_t>* __restrict__ loss,
                                at::opmath_type<scalar_t>* __restrict__ stats, int64_t B, int64_t N, int64_t K,
                                bool reduce_in_block, at::opmath_type<scalar_t> scale) {

@@ -1,0 +1,217 @@
+"""Which frames does DALI's NVDEC path return for H.264? A diagnostic for the GPU machine.
+
+On the H100 (2026-11-26, second session) the DALI GPU loader on the tiny H.264 synthetic set differed from
+PyAV by 7.6 (order "none") and 10.2 (order "frames") mean grey levels, while NVDEC on VP9 matched DALI's CPU
+decoder and nvJPEG matched libjpeg. The order dependence points at frame selection, not colour conversion.
+This script tells them apart in seconds:
+
+1. painted H.264 videos (the frame index drawn in each frame), several sizes and GOPs, decoded through
+   DaliVideoDecoder(device="gpu") with ascending, descending, repeated and random index patterns: the
+   index read back from each frame against the one requested;
+2. the tiny synthetic H.264 videos of the failing test: for each frame DALI returns, the PyAV frame it is
+   closest to (offset) and the distance, beside the distance to the frame requested.
+
+    python3 benchmarks/gpu/nvdec_diagnose.py --out $OUT/nvdec_diagnose.json
+
+It writes one JSON report and prints a summary; exit status 0 whether or not the frames match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from clipbert.data.decoders.pyav import PyAVDecoder
+from clipbert.data.painted import read_index, write_painted_video
+from clipbert.data.preprocess import IMAGENET_RGB, preprocess_frames, resized_hw
+from dali_pipelines.common import read_bytes
+from dali_pipelines.video import DaliVideoDecoder
+
+# (height, width, gop). Heights 36, 120 and 360 are not multiples of 16, so H.264 stores them with a crop
+# (360p is the commonest web video size); the tiny synthetic set that failed has 64x36 videos.
+SIZES = (
+    (48, 64, 12),
+    (36, 64, 12),
+    (144, 192, 12),
+    (144, 192, 30),
+    (120, 200, 12),
+    (240, 320, 30),
+    (360, 640, 30),
+)
+PATTERNS = {
+    "ascending": [[2, 3], [10, 11], [20, 21], [30, 31]],
+    "descending": [[31, 30], [21, 20], [11, 10], [3, 2]],
+    "repeated": [[5, 5], [5, 5], [0, 0], [39, 39]],
+    "random": [[33, 7], [18, 19], [0, 25], [12, 4]],
+}
+
+
+def to_rgb(frames: torch.Tensor) -> np.ndarray:
+    """[..., 3, L, L] normalized (IMAGENET_RGB) -> uint8 [..., L, L, 3]."""
+    mean = torch.tensor(IMAGENET_RGB.mean).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_RGB.std).view(3, 1, 1)
+    return (frames.cpu() * std + mean).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1).numpy()
+
+
+def painted_checks(root: Path, device: str, codec: str) -> list[dict]:
+    rows = []
+    for height, width, gop in SIZES:
+        path = write_painted_video(
+            root / f"p{height}x{width}g{gop}", 40, fps=10, height=height, width=width, codec=codec, gop=gop
+        )
+        for order in ("none", "frames"):
+            decoder = DaliVideoDecoder(width, IMAGENET_RGB, 1, device=device, order=order)
+            for name, pattern in PATTERNS.items():
+                indices = np.array([pattern])  # [1, N, T]
+                try:
+                    out = decoder.decode([read_bytes(path)], indices, [(height, width)])
+                    h, _ = resized_hw(height, width, width)
+                    got = [[read_index(f[:h]) for f in clip] for clip in to_rgb(out)[0]]
+                    rows.append(
+                        dict(
+                            size=f"{width}x{height}",
+                            gop=gop,
+                            order=order,
+                            pattern=name,
+                            requested=pattern,
+                            got=got,
+                            match=got == pattern,
+                        )
+                    )
+                except Exception as err:  # report every case, whatever fails
+                    rows.append(
+                        dict(
+                            size=f"{width}x{height}",
+                            gop=gop,
+                            order=order,
+                            pattern=name,
+                            error=f"{type(err).__name__}: {err}",
+                        )
+                    )
+    return rows
+
+
+def raw_checks(root: Path, device: str, codec: str) -> list[dict]:
+    """fn.decoders.video alone, no resize: the shape of what the decoder hands on, and the frames' indices."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    from dali_pipelines.common import build_pipeline, to_torch
+
+    def graph():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+        return fn.decoders.video(encoded, frames=frames, device="mixed" if device == "gpu" else "cpu")
+
+    pipe = build_pipeline(graph, 1, 2, device, 0)
+    torch_device = torch.device("cuda" if device == "gpu" else "cpu")
+    rows = []
+    for height, width, gop in SIZES:
+        path = write_painted_video(
+            root / f"raw{height}x{width}g{gop}", 40, fps=10, height=height, width=width, codec=codec, gop=gop
+        )
+        wanted = np.array([33, 7, 0, 25], dtype=np.int32)
+        try:
+            pipe.feed_input("encoded", [read_bytes(path)])
+            pipe.feed_input("frames", [wanted])
+            out = to_torch(pipe.run()[0], torch_device).cpu().numpy()  # [1, F, H', W', 3]
+            got = [read_index(f[:height, :width]) for f in out[0]]
+            rows.append(
+                dict(
+                    size=f"{width}x{height}",
+                    gop=gop,
+                    shape=list(out.shape[1:]),
+                    expected_shape=[len(wanted), height, width, 3],
+                    requested=wanted.tolist(),
+                    got=got,
+                )
+            )
+        except Exception as err:
+            rows.append(dict(size=f"{width}x{height}", gop=gop, error=f"{type(err).__name__}: {err}"))
+    return rows
+
+
+def synthetic_checks(root: Path, device: str, codec: str) -> list[dict]:
+    from clipbert.data import synthetic
+
+    synthetic.generate(root / "syn", 4, 1, codec=codec, size="tiny", workers=1)
+    rows = []
+    for path in sorted((root / "syn" / "videos").iterdir())[:4]:
+        with av.open(str(path)) as container:
+            count = sum(1 for _ in container.decode(video=0))  # WebM headers carry no frame count
+        all_frames = PyAVDecoder().decode(str(path), np.arange(count)[None])  # [1, F, H, W, 3] uint8
+        height, width = all_frames.shape[-3:-1]
+        size = max(height, width)
+        reference = preprocess_frames(
+            all_frames.reshape(-1, height, width, 3), size, IMAGENET_RGB
+        )  # [F, 3, L, L]
+        for order in ("none", "frames"):
+            decoder = DaliVideoDecoder(size, IMAGENET_RGB, 1, device=device, order=order)
+            pattern = [[min(count - 1, 30), min(count - 1, 31)], [2, 3], [count // 2, count // 2 + 1]]
+            out = decoder.decode([read_bytes(str(path))], np.array([pattern]), [(height, width)])[0].cpu()
+            std = torch.tensor(IMAGENET_RGB.std).view(3, 1, 1)
+            for clip_i, clip in enumerate(pattern):
+                for t, want in enumerate(clip):
+                    dist = ((reference - out[clip_i, t]) * std).abs().mean(dim=(1, 2, 3))  # [F]
+                    best = int(dist.argmin())
+                    rows.append(
+                        dict(
+                            video=path.name,
+                            size=f"{width}x{height}",
+                            frames=count,
+                            order=order,
+                            requested=want,
+                            closest=best,
+                            offset=best - want,
+                            grey_levels_to_requested=round(float(dist[want]), 2),
+                            grey_levels_to_closest=round(float(dist[best]), 2),
+                        )
+                    )
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="nvdec_diagnose.json")
+    parser.add_argument(
+        "--device", default="gpu", choices=["gpu", "cpu"], help="cpu: a smoke run of the script"
+    )
+    parser.add_argument("--codec", default=None, help="default h264 on the GPU, vp9 on the CPU")
+    args = parser.parse_args(argv)
+    codec = args.codec or ("h264" if args.device == "gpu" else "vp9")
+    if args.device == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("nvdec_diagnose: needs a CUDA device (NVDEC)")
+    name = torch.cuda.get_device_name() if args.device == "gpu" else "cpu"
+    report = {"device": name, "codec": codec}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, check in (
+            ("raw", raw_checks),
+            ("painted", painted_checks),
+            ("synthetic", synthetic_checks),
+        ):
+            try:
+                report[name] = check(Path(tmp), args.device, codec)
+            except Exception as err:
+                report[name] = {"error": f"{type(err).__name__}: {err}"}
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    for name in ("raw", "painted", "synthetic"):
+        rows = report[name]
+        if isinstance(rows, dict):
+            print(f"{name}: {rows['error']}")
+            continue
+        for row in rows:
+            print(name, {k: v for k, v in row.items() if k not in ("requested",)})
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
