@@ -109,9 +109,15 @@ class ClipBert(nn.Module):
         """frames [B, N, T, 3, L, L] (normalized per cfg.pixel_mean/std, cfg.channel_order) -> tokens."""
         self._check_frames(frames)
         b, n = frames.shape[:2]
-        grid = self.cnn(frames.reshape(b * n, *frames.shape[2:]))  # [B*N, H, h, w]
+        cnn = self.__dict__.get("_compiled_cnn", self.cnn)  # compile_cnn() put it there
+        grid = cnn(frames.reshape(b * n, *frames.shape[2:]))  # [B*N, H, h, w]
         tokens = self.visual_embeddings(grid)  # [B*N, Lv, H]
         return VisualTokens(tokens.reshape(b, n, *tokens.shape[1:]))
+
+    def compile_cnn(self, **compile_kwargs) -> None:
+        """Run the CNN through torch.compile from now on. The compiled wrapper is kept outside the module
+        tree, so state_dict keys, checkpoints and DeepSpeed's parameter handling are unchanged."""
+        self.__dict__["_compiled_cnn"] = torch.compile(self.cnn, **compile_kwargs)
 
     def _check_frames(self, frames: torch.Tensor) -> None:
         expected = f"[B, N, T, 3, L, L] (e.g. L={self.config.image_size})"

@@ -65,6 +65,9 @@ class TaskConfig:
         return TASK_KINDS[self.name]
 
 
+COMPILE_MODES = ("none", "cnn")
+
+
 @dataclass
 class TrainConfig:
     output_dir: str = "outputs/run"  # checkpoints, metrics.jsonl, config.json, TensorBoard, plots
@@ -95,12 +98,17 @@ class TrainConfig:
     # its visual tokens, for training without pretrained weights (docs/TRAINING.md). 0 = off.
     visual_word_loss: float = 0.0
     visual_word_steps: int = 0  # first optimizer steps that train only that loss (CNN-only, cheap)
+    # "cnn": torch.compile the ResNet (fused convolutions, BatchNorm and activations). Figure 5's ablation on
+    # an H100 measured the compiled CNN at 1.6x the uncompiled step (docs/PERFORMANCE.md). Compiling costs
+    # tens of seconds at start-up and again for each new frame shape (evaluation's Ntest). ZeRO 0-2 only.
+    compile: str = "none"
     tensorboard: bool = True
     plot: bool = True  # write training_curves.png at the end
     progress_bar: bool = True  # tqdm bar on rank 0
 
     def __post_init__(self) -> None:
         _choice("train.device", self.device, DEVICES)
+        _choice("train.compile", self.compile, COMPILE_MODES)
         for key in ("seed", "max_steps", "stop_after_steps", "save_every", "visual_word_steps"):
             _number(f"train.{key}", getattr(self, key), kind=int, low=0)
         for key in ("epochs", "batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps", "log_every"):
@@ -380,6 +388,12 @@ def from_dict(raw: dict[str, Any]) -> Config:
         deepspeed=ds,
     )
     cfg.model_config()  # validates the model section now rather than after the data is loaded
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if cfg.train.compile != "none" and stage == 3:
+        # ZeRO-3 gathers each layer's weights in module hooks, which torch.compile of the bare CNN bypasses.
+        raise ConfigError(
+            f"train.compile={cfg.train.compile!r} needs deepspeed.zero_optimization.stage 0-2, got 3"
+        )
     return cfg
 
 

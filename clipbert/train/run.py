@@ -64,6 +64,8 @@ def build_model(cfg, model_cfg):
             load_resnet(model, cfg.model.init_cnn_from)
         except ValueError as err:  # unknown naming or a shape mismatch: say which config key caused it
             raise ValueError(f"{where}: {err}") from err
+    if cfg.train.compile == "cnn":
+        model.compile_cnn()
     init = cfg.eval.checkpoint if cfg.eval.only else cfg.train.init_checkpoint
     key = "eval.checkpoint" if cfg.eval.only else "train.init_checkpoint"
     if init and ckpt.is_pretrained_dir(init):
