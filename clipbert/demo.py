@@ -103,13 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         "test_t2v_r1": metrics.get("t2v_r1"),
         "chance_r1": chance,
         "r1_over_chance": (metrics.get("t2v_r1") or 0.0) / chance,
+        # the matching head alone, without the visual-word score (eval.word_score_weight)
+        "test_t2v_r1_itm_only": metrics.get("itm_only_t2v_r1"),
         "steps": summary.get("step"),
         "frames_per_s": summary.get("perf", {}).get("frames_per_s"),
     }
     (out / "demo_summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    itm_only = result["test_t2v_r1_itm_only"]
+    alone = "" if itm_only is None else f"; the matching head alone {itm_only:.1f}%"
     print(
         f"[demo] train + eval {seconds / 60:.1f} min; test text-to-video R@1 {result['test_t2v_r1']:.1f}% "
-        f"(chance {chance:.1f}%, {result['r1_over_chance']:.1f}x); outputs in {out}",
+        f"(chance {chance:.1f}%, {result['r1_over_chance']:.1f}x{alone}); outputs in {out}",
         flush=True,
     )
     return 0

@@ -119,6 +119,15 @@ class FakeData:
     def has_split(self, split):
         return True
 
+    def visual_words(self, device):
+        # as TaskData.visual_words: the training set's vocabulary, for retrieval with the word loss
+        from clipbert.train.tasks import VisualWords
+
+        if self.cfg.task.kind != "retrieval" or not self.cfg.train.visual_word_loss:
+            return None
+        dataset, _ = self.train()
+        return VisualWords.from_vocab(dataset.word_vocab, self.cfg.train.visual_word_loss, device)
+
     def num_answers(self):
         return 5
 

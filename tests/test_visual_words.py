@@ -170,3 +170,35 @@ def test_warm_up_steps_count_frames_and_only_the_cnn_flops():
     cnn.add(batch, cnn_only=True)
     assert full.frames == cnn.frames == 4
     assert cnn.flops == TRAIN_FLOPS_FACTOR * 2 * 2 * visual_flops(cfg, 1, 64)[0] < full.flops
+
+
+def test_word_score_sums_each_texts_distinct_words_against_their_base_rate():
+    # eval.word_score_weight: score[q, v] = sum over the distinct vocabulary words w of text q of
+    # log sigmoid(head[v, w] + prior[w]) - log sigmoid(prior[w]); repeated and unknown tokens add nothing.
+    from clipbert.train.evaluate import word_log_likelihood
+
+    torch.manual_seed(0)
+    model = _tiny(visual_words=True).eval()
+    tokens = model.encode_visual(torch.randn(3, 2, 1, 3, 64, 64)).tokens  # [V=3, N, Lv, H]
+    words = VisualWords(torch.tensor([1000, 1001, 1002]), torch.tensor([-1.0, 0.5, -2.0]), 1.0)
+    ids = torch.tensor([[101, 1000, 1000, 1002, 102], [101, 1001, 5, 0, 0]])  # [Q=2, Lt]
+    with torch.no_grad():
+        got = word_log_likelihood(model, tokens, ids, words)
+        head = model.visual_words(tokens, words.word_ids).double() + words.prior.double()  # [V, W]
+    log_ratio = torch.nn.functional.logsigmoid(head) - torch.nn.functional.logsigmoid(words.prior.double())
+    expected = torch.stack([log_ratio[:, 0] + log_ratio[:, 2], log_ratio[:, 1]])  # [Q, V]
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_retrieval_eval_adds_the_word_score_and_reports_the_matching_head_alone(tmp_path):
+    train = {"epochs": 1, "eval_every": -1, "plot": False, "visual_word_loss": 1.0}
+    both = run(make_config(tmp_path / "both", train=train), CPU, fake_factory())["metrics"]
+    itm = run(
+        make_config(tmp_path / "itm", train=train, eval={"word_score_weight": 0.0}), CPU, fake_factory()
+    )["metrics"]
+    assert "itm_only_t2v_r1" in both and "itm_only_t2v_r1" not in itm
+    # the same training (same seed), so the matching head's own ranking is the same in both runs
+    for key in ("t2v_r1", "t2v_r5", "t2v_medr", "v2t_r1"):
+        assert both[f"itm_only_{key}"] == itm[key]
+    with pytest.raises(C.ConfigError, match="eval.word_score_weight"):
+        make_config(tmp_path, eval={"word_score_weight": -1.0})

@@ -144,12 +144,17 @@ class EvalConfig:
     text_batch: int = 64  # retrieval: texts scored per chunk against the visual tokens of a video chunk
     video_batch: int = 4  # retrieval: videos per scoring chunk (their visual tokens are reused)
     final_eval: bool = True  # evaluate test_split after training
+    # Retrieval with a visual-word head (train.visual_word_loss > 0): each text-video score adds this times
+    # the head's log-likelihood of the text's words given the video to log p(match), a product of the two
+    # experts. The metrics also report the matching head alone (itm_only_*). 0 = matching head only.
+    word_score_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for key in ("split", "test_split"):
             _choice(f"eval.{key}", getattr(self, key), ("train", "val", "test"))
         for key in ("batch_size", "text_batch", "video_batch"):
             _number(f"eval.{key}", getattr(self, key), kind=int, low=1)
+        _number("eval.word_score_weight", self.word_score_weight, low=0)
         if self.only and not self.checkpoint:
             raise ConfigError("eval.only=true needs eval.checkpoint (a checkpoint or save_pretrained dir)")
 

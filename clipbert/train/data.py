@@ -45,6 +45,19 @@ class TaskData:
             dataset, self.cfg.data, self.cfg.train.batch_size, True, device=str(self.device)
         )
 
+    def visual_words(self, device):
+        """The training set's visual-word vocabulary as tasks.VisualWords (retrieval with
+        train.visual_word_loss and a train split), else None. Deterministic: the same words and base rates
+        that training used, so an eval-only run scores with the vocabulary the head was trained on."""
+        from clipbert.train.tasks import VisualWords
+
+        wanted = self.cfg.task.kind == "retrieval" and self.cfg.train.visual_word_loss > 0
+        if not wanted or not self.has_split("train"):
+            return None
+        dataset = self._dataset("train")
+        vocab = dataset.word_vocab if dataset.word_vocab is not None else dataset.enable_visual_words()
+        return VisualWords.from_vocab(vocab, self.cfg.train.visual_word_loss, device)
+
     def eval(self, split: str):
         """(dataset, loader); retrieval gives a RetrievalEvalData and a loader over its videos."""
         from clipbert.data.loader import build_loader

@@ -82,13 +82,36 @@ def retrieval_scores(model, tokens, input_ids, attention_mask, aggregation, vide
     return out
 
 
-def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance) -> dict:
+@torch.no_grad()
+def word_log_likelihood(model, tokens, input_ids, words) -> torch.Tensor:
+    """tokens [V, N, Lv, H], ids [Q, Lt] -> [Q, V]: sum over each text's distinct vocabulary words of
+    log p(word | video) - log p(word), the visual-word head's probability against the word's base rate in the
+    training videos (float32, CPU). The base rate does not change a text's ranking of videos; it keeps
+    long texts and common words from dominating a video's ranking of texts. Other words add nothing."""
+    logsigmoid = torch.nn.functional.logsigmoid
+    logits = model.visual_words(tokens, words.word_ids) + words.prior  # [V, W]
+    log_p = (logsigmoid(logits.float()) - logsigmoid(words.prior.float())).cpu()
+    column = {int(t): k for k, t in enumerate(words.word_ids.tolist())}
+    present = torch.zeros(input_ids.shape[0], len(column))  # [Q, W] multi-hot
+    for q, ids in enumerate(input_ids.tolist()):
+        cols = {column[t] for t in ids if t in column}
+        present[q, list(cols)] = 1.0
+    return present @ log_p.T
+
+
+def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance, words=None) -> dict:
+    """words: tasks.VisualWords of the training set, to add the visual-word score (eval.word_score_weight)."""
     indices, tokens = _visual_tokens(model, loader, device, dtype, balance)
     local = torch.empty(len(data.text_to_video), 0)
+    use_words = words is not None and cfg.eval.word_score_weight > 0
+    use_words = use_words and getattr(model, "visual_words", None) is not None
+    word_local = torch.empty(len(data.text_to_video), 0)
     if balance and tokens is not None:  # same number of scoring forwards on every rank (ZeRO-3)
         pad = _max_over_ranks(len(tokens)) - len(tokens)
         tokens = torch.cat([tokens, tokens[:1].expand(pad, *tokens.shape[1:])])
     if tokens is not None:
+        if use_words:
+            word_local = word_log_likelihood(model, tokens, data.input_ids, words)[:, : len(indices)]
         local = retrieval_scores(
             model,
             tokens,
@@ -98,15 +121,23 @@ def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance) -> dict
             cfg.eval.video_batch,
             cfg.eval.text_batch,
         )[:, : len(indices)]  # drop the ZeRO-3 padding columns
-    columns = {}
-    for rank_indices, rank_scores in all_gather_objects((indices, local)):
+    columns, word_columns = {}, {}
+    for rank_indices, rank_scores, rank_words in all_gather_objects((indices, local, word_local)):
         for j, video in enumerate(rank_indices):
             columns.setdefault(video, rank_scores[:, j])
+            if use_words:
+                word_columns.setdefault(video, rank_words[:, j])
     num_videos = len(data.video_ids)
     if sorted(columns) != list(range(num_videos)):
         raise RuntimeError(f"retrieval eval scored {len(columns)} of {num_videos} videos")
-    scores = torch.stack([columns[i] for i in range(num_videos)], dim=1)  # [Q, V]
-    out = M.retrieval_metrics(scores, data.text_to_video)
+    scores = torch.stack([columns[i] for i in range(num_videos)], dim=1)  # [Q, V] log p(match)
+    if not use_words:
+        out = M.retrieval_metrics(scores, data.text_to_video)
+    else:
+        word_scores = torch.stack([word_columns[i] for i in range(num_videos)], dim=1)  # [Q, V]
+        out = M.retrieval_metrics(scores + cfg.eval.word_score_weight * word_scores, data.text_to_video)
+        itm_only = M.retrieval_metrics(scores, data.text_to_video)
+        out.update({f"itm_only_{k}": itm_only[k] for k in ("t2v_r1", "t2v_r5", "t2v_medr", "v2t_r1")})
     out.update(num_texts=scores.shape[0], num_videos=num_videos)
     return out
 
@@ -147,8 +178,9 @@ def summarize(kind: str, records: list[dict]) -> dict:
     return {**M.accuracy(pred, label, types), "num_examples": len(records)}
 
 
-def evaluate(engine, cfg, eval_data, split: str, device, dtype) -> dict:
-    """Metrics of the task on `split`; eval_data is (dataset, loader) from the trainer's data builder."""
+def evaluate(engine, cfg, eval_data, split: str, device, dtype, words=None) -> dict:
+    """Metrics of the task on `split`; eval_data is (dataset, loader) from the trainer's data builder;
+    words: the training set's tasks.VisualWords, for retrieval scored with the visual-word head too."""
     dataset, loader = eval_data
     model = engine.module
     was_training = model.training
@@ -159,7 +191,7 @@ def evaluate(engine, cfg, eval_data, split: str, device, dtype) -> dict:
     try:
         with torch.no_grad():
             if kind == "retrieval":
-                out = evaluate_retrieval(model, dataset, loader, cfg, device, dtype, balance)
+                out = evaluate_retrieval(model, dataset, loader, cfg, device, dtype, balance, words)
             else:
                 if kind == "pretrain":
                     fn = lambda b: pretrain_eval(model, b)  # noqa: E731

@@ -92,7 +92,9 @@ class Trainer:
 
     def run_eval(self, split: str) -> dict:
         with torch.random.fork_rng(devices=[]):  # eval loader iterators must not move the training RNG
-            metrics = evaluate(self.engine, self.cfg, self.eval_data(split), split, self.device, self.dtype)
+            metrics = evaluate(
+                self.engine, self.cfg, self.eval_data(split), split, self.device, self.dtype, self.words
+            )
         self.runlog.evaluation(self.state.step, split, metrics)
         self.throughput.reset()
         return metrics

@@ -121,7 +121,7 @@ def _final_eval(cfg, engine, data, runlog, device, dtype, step: int) -> dict | N
     if not data.has_split(split):
         get_logger().warning("no %s split for %s: skipping the final evaluation", split, cfg.task.name)
         return None
-    metrics = evaluate(engine, cfg, data.eval(split), split, device, dtype)
+    metrics = evaluate(engine, cfg, data.eval(split), split, device, dtype, data.visual_words(device))
     runlog.evaluation(step, split, metrics)
     if is_rank0():
         print(format_table(metrics, f"{cfg.task.name} / {split} (step {step})"), flush=True)
