@@ -22,7 +22,7 @@
 # Step knobs: FIG5_BUDGET_S (200), FIG5_PANELS (abcd), FIG5_PATHS ("eager optimized"), FIG5_NTRAIN and FIG5_FRAMES ("1 2 4 8 16"),
 # ABLATION_BUDGET_S (100),
 # TESTS (test paths for the tests step; default: the kernels' tests, then every other needs_cuda test),
-# DATA_ARGS (bench_data.py flags), TRAIN_STEPS (200), TRAIN_SET (extra --set flags).
+# DATA_ARGS (bench_data.py flags), TRAIN_STEPS (300), TRAIN_SET (extra --set flags).
 set -uo pipefail
 
 DRY=${CLIPBERT_GPU_DRY_RUN:-0}
@@ -183,13 +183,13 @@ elif has deepspeed && has av; then
     TINY="--set model.preset=tiny --set data.image_size=64 --set data.num_test_clips=2 --set data.num_workers=1
       --set train.batch_size=2 --set eval.batch_size=2 --set deepspeed.bf16.enabled=false --set train.device=cpu"
   else
-    GEN="--workers 16" STORE_WORKERS=16 N=${TRAIN_STEPS:-200} TINY=""
+    GEN="--workers 16" STORE_WORKERS=16 N=${TRAIN_STEPS:-300} TINY=""
   fi
   rm -rf "$SYN"
   step synth 60 bash -c "\"$PY\" -m clipbert.data.synthetic --out $SYN $GEN && \
     \"$PY\" -m clipbert.data.build_frame_store --videos $SYN/videos --fps 2 --out $SYN/frames.h5 --workers $STORE_WORKERS"
   # shellcheck disable=SC2086  # TINY and TRAIN_SET are lists of --set flags
-  step train 150 "$PY" train.py --config ds_msrvtt.json --set "data.ann_dir=$SYN/annotations" \
+  step train 240 "$PY" train.py --config ds_msrvtt.json --set "data.ann_dir=$SYN/annotations" \
     --set data.backend=frame_store --set "data.frame_store=$SYN/frames.h5" --set data.frame_store_reader=dali \
     --set train.max_steps=$N --set train.save_every=$N --set train.eval_every=-1 --set train.log_every=20 \
     --set train.progress_bar=false --set "train.output_dir=$OUT/train" $TINY ${TRAIN_SET:-}

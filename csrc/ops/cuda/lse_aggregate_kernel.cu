@@ -75,8 +75,11 @@ __global__ void lse_aggregate_bwd_kernel(const at::opmath_type<scalar_t>* __rest
 
 // Per row: stats = (lse over the whole row, lse over n of the target column); loss = difference.
 // reduce_in_block (grid of one block): the block also sums the row losses and writes loss[0] * scale.
-template <typename scalar_t, int GROUP, int VEC>
-__global__ void __launch_bounds__(1024) nll_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
+// THREADS is the launch's block size: the 1024-thread single-block launch must fit 64 registers per thread
+// (the vectorized update ran out of registers for float32/float64 without the bound, H100 2026-11-26), and
+// the 256-thread launches keep the compiler's free choice.
+template <typename scalar_t, int GROUP, int VEC, int THREADS>
+__global__ void __launch_bounds__(THREADS) nll_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                                at::opmath_type<scalar_t>* __restrict__ loss,
                                at::opmath_type<scalar_t>* __restrict__ stats, int64_t B, int64_t N, int64_t K,
                                bool reduce_in_block, at::opmath_type<scalar_t> scale) {
@@ -295,8 +298,16 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_cuda(const at::Tensor& logi
     acc_t* st = stats.data_ptr<acc_t>();
     const bool vec = row_elems % VEC == 0 && aligned16(x);
     auto launch = [&](auto group_c, auto vec_c) {
-      nll_fwd_kernel<scalar_t, decltype(group_c)::value, decltype(vec_c)::value>
-          <<<grid, threads, 0, stream>>>(x, t, l, st, B, N, K, single, static_cast<acc_t>(scale));
+      constexpr int G = decltype(group_c)::value, V = decltype(vec_c)::value;
+      if constexpr (G == kWarp) {  // only warp groups run as the single block
+        if (single) {
+          nll_fwd_kernel<scalar_t, G, V, 1024>
+              <<<grid, 1024, 0, stream>>>(x, t, l, st, B, N, K, true, static_cast<acc_t>(scale));
+          return;
+        }
+      }
+      nll_fwd_kernel<scalar_t, G, V, kBlock>
+          <<<grid, kBlock, 0, stream>>>(x, t, l, st, B, N, K, false, static_cast<acc_t>(scale));
     };
     using Warp = std::integral_constant<int, kWarp>;
     using Block = std::integral_constant<int, kBlock>;
