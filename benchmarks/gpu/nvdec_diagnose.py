@@ -176,6 +176,62 @@ def synthetic_checks(root: Path, device: str, codec: str) -> list[dict]:
     return rows
 
 
+def loader_checks(root: Path, device: str, codec: str) -> list[dict]:
+    """The failing test's setting: the DALI loader against the PyAV loader on the tiny synthetic set, batch by
+    batch. For each sample, the distance to the PyAV sample at the same place and the nearest PyAV sample of
+    the whole epoch: a nearest sample elsewhere means samples were mixed up (ordering or a buffer race), a
+    large distance everywhere means wrong frames or pixels."""
+    from clipbert.data import synthetic
+    from clipbert.data.config import DataConfig
+    from clipbert.data.datasets import build_dataset
+    from clipbert.data.loader import build_loader
+    from clipbert.data.tokenizer import build_tokenizer
+
+    data = root / "loader_set"
+    synthetic.generate(data, 12, 1, codec=codec, size="tiny", workers=1)
+    std = torch.tensor(IMAGENET_RGB.std).view(3, 1, 1)
+    torch_device = "cuda" if device == "gpu" else "cpu"
+    rows = []
+    for order in ("none", "frames"):
+        epochs = {}
+        for backend in ("dali", "pyav"):
+            cfg = DataConfig(
+                ann_dir=str(data / "annotations"),
+                video_dir=str(data / "videos"),
+                image_size=32,
+                num_clips=2,
+                num_test_clips=2,
+                frames_per_clip=2,
+                num_workers=0,
+                seed=5,
+                backend=backend,
+                dali_pipelines=2,
+                dali_order=order,
+            )
+            dataset = build_dataset("tgif_action", "train", cfg, build_tokenizer(), IMAGENET_RGB)
+            loader = build_loader(dataset, cfg, 3, True, rank=0, world_size=1, device=torch_device)
+            loader.sampler.set_epoch(1)
+            epochs[backend] = [(b["index"].tolist(), b["frames"].cpu(), b["bad_videos"]) for b in loader]
+        pyav_all = torch.cat([frames for _, frames, _ in epochs["pyav"]])  # [S, N, T, 3, L, L]
+        pyav_index = [i for index, _, _ in epochs["pyav"] for i in index]
+        for (index, frames, bad), (_, ref, _) in zip(epochs["dali"], epochs["pyav"], strict=True):
+            for k, sample in enumerate(frames):
+                dist = ((pyav_all - sample) * std).abs().mean(dim=(1, 2, 3, 4, 5))  # [S]
+                best = int(dist.argmin())
+                same = float(((ref[k] - sample) * std).abs().mean())
+                rows.append(
+                    dict(
+                        order=order,
+                        index=index[k],
+                        grey_levels_same_place=round(same, 2),
+                        nearest_pyav_index=pyav_index[best],
+                        grey_levels_nearest=round(float(dist[best]), 2),
+                        bad_videos=bad,
+                    )
+                )
+    return rows
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -196,13 +252,14 @@ def main(argv=None) -> dict:
             ("raw", raw_checks),
             ("painted", painted_checks),
             ("synthetic", synthetic_checks),
+            ("loader", loader_checks),
         ):
             try:
                 report[name] = check(Path(tmp), args.device, codec)
             except Exception as err:
                 report[name] = {"error": f"{type(err).__name__}: {err}"}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    for name in ("raw", "painted", "synthetic"):
+    for name in ("raw", "painted", "synthetic", "loader"):
         rows = report[name]
         if isinstance(rows, dict):
             print(f"{name}: {rows['error']}")

@@ -166,7 +166,7 @@ if ! want nvdec; then :
 elif [[ $DRY == 1 ]]; then
   echo "SKIP  nvdec      (needs NVDEC: GPU only)" | tee -a "$OUT/steps.txt"
 elif has nvidia.dali && has av; then
-  step nvdec 60 "$PY" benchmarks/gpu/nvdec_diagnose.py --out "$OUT/nvdec_diagnose.json"
+  step nvdec 90 "$PY" benchmarks/gpu/nvdec_diagnose.py --out "$OUT/nvdec_diagnose.json"
 else
   echo "SKIP  nvdec      (nvidia.dali or av not importable)" | tee -a "$OUT/steps.txt"
 fi
