@@ -66,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", default=None, help="comma list of DataLoader workers for PyAV / frame store")
     p.add_argument("--dali-pipelines", default=None, help="comma list of parallel DALI pipelines")
     p.add_argument("--dali-threads", type=int, default=None)
+    p.add_argument(
+        "--dali-processes", default=None, help="comma list: DALI loaders in that many processes (e.g. 2,4)"
+    )
     p.add_argument("--store-fps", type=float, default=2.0)
     p.add_argument("--only", default="", help="comma list of variant name prefixes to run")
     p.add_argument(
@@ -134,6 +137,12 @@ def variants(args, sets, store):
             f"frame_store cpu-jpeg workers={k}",
             dict(backend="frame_store", frame_store=store, num_workers=k),
         )
+    for k in [int(x) for x in (args.dali_processes or "").split(",") if x]:
+        codec = "vp9" if cpu else "h264"
+        yield (
+            f"dali-{'cpu' if cpu else 'gpu'} {codec} processes={k}",
+            dict(backend="dali", video_dir=sets[codec], num_workers=0, dali_pipelines=1, processes=k),
+        )
     if cpu:
         for p in pipes:
             yield (
@@ -189,6 +198,45 @@ def variants(args, sets, store):
 
 
 def measure(args, root: Path, overrides: dict) -> dict:
+    if "processes" in overrides:
+        overrides = dict(overrides)
+        return measure_processes(args, root, overrides, overrides.pop("processes"))
+    return measure_shard(args, root, overrides)
+
+
+def _shard_worker(args, root, overrides, rank, world, barrier, results) -> None:
+    try:
+        results.put((rank, measure_shard(args, root, overrides, rank, world, barrier)))
+    except Exception as err:  # the parent reports it as the variant's error
+        barrier.abort()
+        results.put((rank, {"error": f"{type(err).__name__}: {err}"}))
+
+
+def measure_processes(args, root: Path, overrides: dict, processes: int) -> dict:
+    """`processes` independent loaders, each in its own (spawned) process with its own CUDA context and DALI
+    pipelines, each on a shard of the samples, timed together from a barrier: frames of all / the slowest
+    one's time. Why: DALI's raw-video path on the H100 stayed at about 24 ms per sample whatever the number
+    of pipelines in one process (docs/PERFORMANCE.md); do processes scale?"""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [
+        ctx.Process(target=_shard_worker, args=(args, root, overrides, r, processes, barrier, results))
+        for r in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    rows = dict(results.get(timeout=600) for _ in procs)
+    for proc in procs:
+        proc.join()
+    errors = [r["error"] for r in rows.values() if "error" in r]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {processes} processes failed: {errors[0]}")
+    frames = sum(r["frames"] for r in rows.values())
+    seconds = max(r["seconds"] for r in rows.values())
+    return {"frames_per_s": frames / seconds, "frames": frames, "seconds": seconds, "processes": processes}
+
+
+def measure_shard(args, root: Path, overrides: dict, rank: int = 0, world: int = 1, barrier=None) -> dict:
     cfg = DataConfig(
         ann_dir=str(root / "annotations"),
         image_size=args.size,
@@ -199,7 +247,9 @@ def measure(args, root: Path, overrides: dict) -> dict:
         **{k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()},
     )
     data = build_dataset("msrvtt_ret", "val", cfg, build_tokenizer(), IMAGENET_RGB)
-    loader = build_loader(data.videos, cfg, args.batch_size, False, rank=0, world_size=1, device=args.device)
+    loader = build_loader(
+        data.videos, cfg, args.batch_size, False, rank=rank, world_size=world, device=args.device
+    )
 
     def batches():
         for epoch in itertools.count():
@@ -215,6 +265,8 @@ def measure(args, root: Path, overrides: dict) -> dict:
         frames = next(stream)["frames"].to(args.device)
     if args.device == "cuda":
         torch.cuda.synchronize()
+    if barrier is not None:  # every process starts its clock together
+        barrier.wait()
     start, delivered = time.perf_counter(), 0
     for _ in range(max(args.batches, 2 * workers)):  # each worker delivers a batch at least twice
         frames = next(stream)["frames"].to(args.device, non_blocking=True)  # [B, N, T, 3, L, L]

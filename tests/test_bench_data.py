@@ -54,3 +54,20 @@ def test_nvdec_diagnose_runs_on_the_cpu_decoder(tmp_path, monkeypatch):
     (row,) = nvdec_diagnose.raw_checks(tmp_path, "cpu", "vp9")
     assert row["shape"] == row["expected_shape"] == [4, 36, 64, 3]
     assert row["got"] == row["requested"] == [33, 7, 0, 25]
+
+
+def test_bench_data_runs_dali_loaders_in_several_processes(tmp_path):
+    # Each process: its own DALI pipeline on a shard of the samples, clocks started at a barrier.
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
+    import bench_data
+
+    out = tmp_path / "data.json"
+    argv = "--device cpu --num-videos 2 --seconds 2 --fps 10 --batches 2 --batch-size 2 --size 64"
+    bench_data.main(
+        argv.split() + ["--dali-processes", "2", "--only", "dali-cpu vp9 processes", "--out", str(out)]
+    )
+    (row,) = json.loads(out.read_text())["results"]
+    assert "error" not in row, row
+    assert row["variant"] == "dali-cpu vp9 processes=2" and row["processes"] == 2
+    # each process times 2 batches of its shard (a shard's batches may be short): whole samples of 4 x 2
+    assert row["frames"] >= 2 * 2 * 4 * 2 and row["frames"] % (4 * 2) == 0 and row["frames_per_s"] > 0

@@ -154,8 +154,8 @@ elif has nvidia.dali && has av; then
       --seconds 2 --batches 2 --batch-size 2 --size 64 --workers 0 --dali-pipelines 1
   else
     # shellcheck disable=SC2086  # DATA_ARGS is a list of flags
-    step data 90 "$PY" benchmarks/bench_data.py --device cuda --out "$OUT/data_cuda.json" \
-      ${DATA_ARGS:---workers 16 --dali-pipelines 2,4 --batches 10}
+    step data 150 "$PY" benchmarks/bench_data.py --device cuda --out "$OUT/data_cuda.json" \
+      ${DATA_ARGS:---workers 16 --dali-pipelines 2,4 --dali-processes 2,4,8 --batches 10}
   fi
 else
   echo "SKIP  data       (nvidia.dali or av not importable: stage them with ../shared/device/stage.sh)" | tee -a "$OUT/steps.txt"
