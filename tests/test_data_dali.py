@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
 
@@ -69,6 +70,25 @@ def test_dali_resize_normalize_pad_matches_the_cpu_path(vp9, norm):
     diff = (out - ref) * torch.tensor(norm.std).view(3, 1, 1)
     assert diff.abs().mean() < 2.0 and (diff.abs() > 40).float().mean() < 0.01  # interpolation differences
     assert (out[..., 30:, :] == 0).all() and (ref[..., 30:, :] == 0).all()
+
+
+def test_dali_resizes_only_the_display_region(vp9):
+    # A decoder that returns H.264's coded size (whole macroblocks: 1080 rows coded as 1088) must not squash
+    # the padding rows into the picture. Declaring a display height below the decoded 48 rows stands in for
+    # that: DALI must match PyAV's frames cut to the display region, then preprocessed.
+    indices = np.array([[[12, 20]]])
+    out = DaliVideoDecoder(40, IMAGENET_RGB, 1, device="cpu", order="none").decode(
+        [read_bytes(vp9)], indices, [(40, 64)]
+    )
+    raw = torch.as_tensor(PyAVDecoder().decode(vp9, indices.reshape(-1, 2))).view(2, 48, 64, 3)
+    ref = preprocess_frames(raw[:, :40], 40, IMAGENET_RGB).view(1, 1, 2, 3, 40, 40)
+    std, mean = (torch.tensor(v).view(3, 1, 1) for v in (IMAGENET_RGB.std, IMAGENET_RGB.mean))
+    assert ((out - ref) * std).abs().mean() < 2.0
+    assert (out[..., 25:, :] == 0).all()  # 40 x 64 -> 25 x 40, then zero padding
+    # All 48 rows squashed into 25 (what a decoder's padding rows would do) is about 10 grey levels away.
+    squashed = F.interpolate(raw.permute(0, 3, 1, 2).float(), size=(25, 40), mode="bilinear", antialias=True)
+    pixels = (out[0, 0] * std + mean)[..., :25, :]
+    assert (pixels - squashed).abs().mean() > 5.0
 
 
 @pytest.fixture(scope="module")
