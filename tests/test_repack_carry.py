@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
 
-from repack_carry import MIB, repack  # noqa: E402
+from repack_carry import MIB, repack, whole_wheels  # noqa: E402
 
 
 def stage(root: Path, sizes: dict[str, int], part_mib: float, folder_mib: float) -> dict[str, bytes]:
@@ -47,6 +47,22 @@ def test_repack_makes_fewer_folders_that_join_back(tmp_path):
     for name, data in wheels.items():  # unpack.sh: cat <wheel>.part* in name order
         parts = sorted(p for folder in out for p in folder.glob(f"{name}.part*"))
         assert b"".join(p.read_bytes() for p in sorted(parts, key=lambda p: p.name)) == data
+
+
+def test_the_small_wheels_arrive_whole_in_the_first_folder(tmp_path):
+    # What training needs comes first, even before DALI's smaller dependencies: the first device call can
+    # install it (early_install.sh).
+    sizes = {
+        "dali-1.whl": int(3.2 * MIB),
+        "av-1.whl": int(0.6 * MIB),
+        "nvcomp-1.whl": int(0.3 * MIB),
+        "deepspeed-1.whl": 4000,
+        "hjson-1.whl": 10,
+    }
+    stage(tmp_path, sizes, part_mib=1.0, folder_mib=1.12)
+    out = repack(tmp_path, limit_mib=1.5)
+    assert sorted(whole_wheels(out[0])) == ["av-1.whl", "deepspeed-1.whl", "hjson-1.whl", "nvcomp-1.whl"]
+    assert all(whole_wheels(folder) == [] for folder in out[1:])  # DALI is cut across the rest
 
 
 def test_repack_refuses_a_corrupt_part(tmp_path):

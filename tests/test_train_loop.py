@@ -66,6 +66,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     assert all("t2v_r1" in e and "v2t_medr" in e and "step" in e for e in evals)
     perf = json.loads((full / "perf.json").read_text())
     assert perf["frames_per_s"] > 0 and perf["mfu"] is None  # no CPU peak in the table
+    assert perf["data_backend"] == "pyav" and perf["frame_store_reader"] is None and perf["compile"] == "none"
     # the schedule: warm-up then linear decay to exactly 0 at the last step
     assert a[-1]["lr"] == 0.0 and max(r["lr"] for r in a) == pytest.approx(1e-3, rel=0.5)
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 PART = re.compile(r"^(?P<wheel>.+\.whl)\.part(?P<index>\d+)$")
 MIB = 2**20
+# Wheel-name prefixes of what the `train` step needs beyond the GPU machine's own packages.
+TRAIN_FIRST = ("deepspeed-", "hjson-", "pydantic-", "pydantic_core-", "annotated_types-", "typing_", "av-")
 
 
 def read_wheels(folders: list[Path]) -> dict[str, bytes]:
@@ -60,8 +62,11 @@ def repack(root: Path, limit_mib: float) -> list[Path]:
         for name, data in extras.items():
             (folder / name).write_bytes(data)
     # One stream of all wheels, cut at equal sizes; a wheel cut in two gets consecutive part numbers.
+    # What training needs first (DeepSpeed, its dependencies, PyAV), then the rest, smallest first: those
+    # wheels arrive whole in .carry1, so the first device call can install them
+    # (benchmarks/gpu/early_install.sh) and train while DALI's parts are still travelling.
     folder, used = 0, 0
-    for name in sorted(wheels, key=lambda n: -len(wheels[n])):
+    for name in sorted(wheels, key=lambda n: (not n.startswith(TRAIN_FIRST), len(wheels[n]), n)):
         data, index, offset = wheels[name], 0, 0
         while offset < len(data):
             if used >= size:
@@ -70,6 +75,25 @@ def repack(root: Path, limit_mib: float) -> list[Path]:
             (out[folder] / f"{name}.part{index:02d}").write_bytes(data[offset : offset + take])
             offset, used, index = offset + take, used + take, index + 1
     return out
+
+
+def whole_wheels(folder: Path) -> list[str]:
+    """The wheels whose every part is in `folder` (a wheel's parts are numbered from 00 without gaps)."""
+    found: dict[str, list[int]] = {}
+    for path in folder.iterdir():
+        match = PART.match(path.name)
+        if match:
+            found.setdefault(match["wheel"], []).append(int(match["index"]))
+    return [
+        name
+        for name, idx in found.items()
+        if sorted(idx) == list(range(len(idx))) and not _has_more(name, folder, len(idx))
+    ]
+
+
+def _has_more(wheel: str, folder: Path, count: int) -> bool:
+    """Whether part `count` of `wheel` is in a sibling .carryN folder (then the wheel is not whole here)."""
+    return any((other / f"{wheel}.part{count:02d}").exists() for other in folder.parent.glob(".carry[0-9]*"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     out = repack(args.root, args.limit_mib)
     for folder in out:
         mib = sum(p.stat().st_size for p in folder.iterdir()) / MIB
-        print(f"{folder.name}: {mib:.1f} MiB")
+        whole = sorted(whole_wheels(folder))
+        print(f"{folder.name}: {mib:.1f} MiB; whole wheels: {', '.join(whole) or 'none'}")
     print(f"{len(out)} folders: carry .carry1 .. .carry{len(out)}, one per device call; source the last")
     return 0
 

@@ -9,6 +9,7 @@
 #   data      benchmarks/bench_data.py --device cuda         (only when DALI and PyAV import) -> data_cuda.json
 #   nvdec     benchmarks/gpu/nvdec_diagnose.py: the frames NVDEC returns for H.264 -> nvdec_diagnose.json
 #   train     a ds_msrvtt.json-shaped run on synthetic MSRVTT-format data (deepspeed + PyAV) -> train_<card>.json
+#             (DeepSpeed and PyAV arrive whole in .carry1: benchmarks/gpu/early_install.sh installs them)
 # Each step has its own timeout, and the whole run a deadline, so one failure or hang does not lose the rest;
 # the Figure-5 script also rewrites <tag>.partial.json after every point, so a timeout keeps what it measured.
 #
@@ -172,10 +173,12 @@ else
 fi
 
 # A ds_msrvtt.json-shaped DeepSpeed run (base, L=448, ZeRO-2, bf16) on synthetic MSRVTT-format data read
-# from a 2 fps frame store (the paper samples at 2 fps), decoded by DALI on the GPU; its perf.json is kept.
+# from a 2 fps frame store (the paper samples at 2 fps), decoded by DALI on the GPU, or by the workers on the
+# CPU before DALI's wheels have arrived (early_install.sh); its perf.json, which names the reader, is kept.
 if ! want train; then :
 elif has deepspeed && has av; then
   SYN=${SYN_DIR:-/tmp/clipbert_syn}
+  READER=cpu; has nvidia.dali && READER=dali
   # The dry run makes the same calls at the tiny preset on the CPU (gloo, fp32, the frame store read by DALI on
   # the CPU), so a broken synth, store build or trainer flag shows here before it costs device time.
   if [[ $DRY == 1 ]]; then
@@ -190,7 +193,7 @@ elif has deepspeed && has av; then
     \"$PY\" -m clipbert.data.build_frame_store --videos $SYN/videos --fps 2 --out $SYN/frames.h5 --workers $STORE_WORKERS"
   # shellcheck disable=SC2086  # TINY and TRAIN_SET are lists of --set flags
   step train 240 "$PY" train.py --config ds_msrvtt.json --set "data.ann_dir=$SYN/annotations" \
-    --set data.backend=frame_store --set "data.frame_store=$SYN/frames.h5" --set data.frame_store_reader=dali \
+    --set data.backend=frame_store --set "data.frame_store=$SYN/frames.h5" --set data.frame_store_reader=$READER \
     --set train.max_steps=$N --set train.save_every=$N --set train.eval_every=-1 --set train.log_every=20 \
     --set train.progress_bar=false --set "train.output_dir=$OUT/train" $TINY ${TRAIN_SET:-}
   cp "$OUT/train/perf.json" "$OUT/train_${CARD:-gpu}.json" 2>/dev/null || true

@@ -177,6 +177,11 @@ def _write_perf(cfg, trainer, engine, model_cfg, start: float) -> dict:
         "frames_per_clip": cfg.data.frames_per_clip,
         "image_size": cfg.data.image_size,
         "hidden_size": model_cfg.hidden_size,
+        # what fed and shaped the run, so a recorded figure says how it was reached
+        "data_backend": cfg.data.backend,
+        "frame_store_reader": cfg.data.frame_store_reader if cfg.data.backend == "frame_store" else None,
+        "channels_last": model_cfg.channels_last,
+        "compile": cfg.train.compile,
         "steps": trainer.state.step,
         "wall_s": time.time() - start,
         **trainer.throughput.describe(),
