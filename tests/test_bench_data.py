@@ -45,7 +45,8 @@ def test_bench_data_times_past_what_workers_prefetched(tmp_path):
 
 
 def test_nvdec_diagnose_runs_on_the_cpu_decoder(tmp_path, monkeypatch):
-    # The GPU diagnostic's raw-decoder check, run through DALI's CPU decoder on VP9 (H.264 needs NVDEC).
+    # The GPU diagnostic's raw-decoder and painted-index checks, run through DALI's CPU decoder on VP9
+    # (H.264 needs NVDEC).
     pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
     import nvdec_diagnose
@@ -54,6 +55,8 @@ def test_nvdec_diagnose_runs_on_the_cpu_decoder(tmp_path, monkeypatch):
     (row,) = nvdec_diagnose.raw_checks(tmp_path, "cpu", "vp9")
     assert row["shape"] == row["expected_shape"] == [4, 36, 64, 3]
     assert row["got"] == row["requested"] == [33, 7, 0, 25]
+    painted = nvdec_diagnose.painted_checks(tmp_path, "cpu", "vp9")  # each order x index pattern
+    assert len(painted) == 2 * len(nvdec_diagnose.PATTERNS) and all(r["match"] for r in painted), painted
 
 
 def test_bench_data_runs_dali_loaders_in_several_processes(tmp_path):

@@ -69,31 +69,15 @@ def painted_checks(root: Path, device: str, codec: str) -> list[dict]:
             decoder = DaliVideoDecoder(width, IMAGENET_RGB, 1, device=device, order=order)
             for name, pattern in PATTERNS.items():
                 indices = np.array([pattern])  # [1, N, T]
+                row = dict(size=f"{width}x{height}", gop=gop, order=order, pattern=name)
                 try:
                     out = decoder.decode([read_bytes(path)], indices, [(height, width)])
                     h, _ = resized_hw(height, width, width)
                     got = [[read_index(f[:h]) for f in clip] for clip in to_rgb(out)[0]]
-                    rows.append(
-                        dict(
-                            size=f"{width}x{height}",
-                            gop=gop,
-                            order=order,
-                            pattern=name,
-                            requested=pattern,
-                            got=got,
-                            match=got == pattern,
-                        )
-                    )
+                    row.update(requested=pattern, got=got, match=got == pattern)
                 except Exception as err:  # report every case, whatever fails
-                    rows.append(
-                        dict(
-                            size=f"{width}x{height}",
-                            gop=gop,
-                            order=order,
-                            pattern=name,
-                            error=f"{type(err).__name__}: {err}",
-                        )
-                    )
+                    row.update(error=f"{type(err).__name__}: {err}")
+                rows.append(row)
     return rows
 
 
