@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fig5_plot import plot_figure5  # noqa: E402
-from fig5_summary import write_summary  # noqa: E402
+from fig5_summary import TARGET_MAX_BATCH, write_summary  # noqa: E402
 
 from clipbert.models import ClipBertConfig  # noqa: E402
 from clipbert.perf import apply_memory_cap, device_peak  # noqa: E402
@@ -260,6 +260,11 @@ def run(args) -> dict:
                     limit=args.max_batch_limit,
                     deadline=deadline,
                     max_probes=args.max_probes,
+                    # Probe issue 7's targets first (base preset only): a search cut by the budget must
+                    # still settle them; the third session's jumped from 37 straight to 302.
+                    must_try=(TARGET_MAX_BATCH[n],)
+                    if panel == "a" and t == 1 and not args.small and n in TARGET_MAX_BATCH
+                    else (),
                 )
             )
         del step

@@ -35,8 +35,7 @@ def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     feed_ndarray(dense, out, cuda_stream=stream)
     if stream is not None:
         # The copy is asynchronous, and the overlapped loaders schedule the pipeline's next run as soon as
-        # this returns: finish it before DALI may reuse the output buffer (a suspect in the H.264 loader
-        # mismatch on the H100, docs/PERFORMANCE.md); a sync per batch costs microseconds.
+        # this returns: finish it before DALI may reuse the output buffer (a sync per batch: microseconds).
         stream.synchronize()
     return out
 

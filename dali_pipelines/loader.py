@@ -2,8 +2,9 @@
 
 A file DALI cannot decode (bad file, or H.264 on the CPU decoder) kills the pipeline run, so the pipelines
 are rebuilt, the offending sample is found by decoding the batch's samples one by one, and from then on that
-file is decoded with PyAV. A file PyAV cannot decode either is dropped from the batch; both are reported in
-`bad_videos` so that the trainer's BadInputTracker counts them.
+file is decoded with PyAV. Files DALI cannot read, or would decode wrongly, go to PyAV up front (routing.py).
+A file PyAV cannot decode either is dropped from the batch; all are reported in `bad_videos` so that the
+trainer's BadInputTracker counts them.
 """
 
 from __future__ import annotations
@@ -16,30 +17,8 @@ from clipbert.data.preprocess import preprocess_frames
 
 from .common import read_bytes
 from .frame_store import DaliJpegDecoder
+from .routing import dali_unreadable, nvdec_cache_guard
 from .video import DaliVideoDecoder
-
-CPU_UNSUPPORTED = ("h264", "hevc", "av1", "mpeg4")  # DALI's CPU video decoder reads VP8, VP9, MJPEG only
-# NVDEC's smallest frame, (height, width), per codec (the Video Codec SDK's support matrix; DALI asserts the
-# same from cuvidGetDecoderCaps: "Video is too small ... 64x48 vs supported:128x128" for VP9 on an H100).
-# Such videos go to PyAV up front instead of failing a pipeline run that must then be rebuilt.
-NVDEC_MIN_HW = {
-    "h264": (16, 48),
-    "mpeg4": (16, 48),
-    "vp8": (16, 48),
-    "hevc": (144, 144),
-    "vp9": (128, 128),
-    "av1": (128, 128),
-}
-
-
-def dali_unreadable(dali_device: str, codec: str, height: int, width: int) -> str | None:
-    """Why DALI on `dali_device` ("cpu" or "gpu") cannot decode such a video, or None when it can."""
-    if dali_device == "cpu":
-        return f"codec {codec} unreadable by DALI on CPU" if codec in CPU_UNSUPPORTED else None
-    min_h, min_w = NVDEC_MIN_HW.get(codec, (0, 0))
-    if height < min_h or width < min_w:
-        return f"{width}x{height} {codec} is below NVDEC's {min_w}x{min_h} minimum"
-    return None
 
 
 class _OverlappedLoader:
@@ -87,16 +66,20 @@ class DaliLoader(_OverlappedLoader):
             cfg.dali_build_index,
         )
         self.pyav = PyAVDecoder(threads=cfg.pyav_threads)
-        self.use_pyav: set[str] = set()  # files DALI failed on
+        self.use_pyav: set[str] = set()  # files DALI cannot read, failed on, or would decode wrongly
+        # NVDEC's decoder cache mixes up cropped and uncropped videos of one coded size (routing.py).
+        self.guard = nvdec_cache_guard(torch_device.index or 0) if self.dali_device == "gpu" else None
 
     def submit(self, batch: dict) -> dict:
         paths, indices = batch.pop("video_paths"), batch.pop("frame_indices").numpy()
         hw, codecs = batch.pop("video_hw"), batch.pop("video_codecs")
         for i, codec in enumerate(codecs):
-            reason = dali_unreadable(self.dali_device, codec, *hw[i])
-            if reason and paths[i] not in self.use_pyav:
-                self.use_pyav.add(paths[i])
-                batch["bad_videos"].append(f"{paths[i]}: {reason}; used PyAV")
+            self._route(paths[i], dali_unreadable(self.dali_device, codec, *hw[i]), batch)
+        if self.guard is not None:
+            rows = [i for i in range(len(paths)) if paths[i] not in self.use_pyav]
+            reasons = self.guard.check([(codecs[i], *hw[i]) for i in rows])
+            for i, reason in zip(rows, reasons, strict=True):
+                self._route(paths[i], reason, batch)
         job = {"batch": batch, "paths": paths, "indices": indices, "hw": hw, "dali": None}
         job["rows"] = [i for i in range(len(paths)) if paths[i] not in self.use_pyav]
         if job["rows"]:
@@ -105,6 +88,12 @@ class DaliLoader(_OverlappedLoader):
             except RuntimeError:
                 self.decoder.rebuild()  # finish() isolates the offender
         return job
+
+    def _route(self, path: str, reason: str | None, batch: dict) -> None:
+        """From now on decode `path` with PyAV when there is a reason to; reported once per file."""
+        if reason and path not in self.use_pyav:
+            self.use_pyav.add(path)
+            batch["bad_videos"].append(f"{path}: {reason}; used PyAV")
 
     def finish(self, job: dict) -> dict:
         batch, paths, indices = job["batch"], job["paths"], job["indices"]

@@ -32,7 +32,7 @@ def video_pipeline(
     prefetch_queue_depth: int = 1,
     build_index: bool = True,
 ):
-    """A DALI pipeline fed by `feed_input`: "encoded", "frames", "display_hw", "resize_x", "resize_y".
+    """A DALI pipeline fed by `feed_input` with names "encoded", "frames", "resize_x", "resize_y".
 
     `build_index=False` skips the per-sample scan of the whole file that makes seeks exact and fast; with
     short videos and few clips the scan can cost more than it saves (measured by bench_data.py).
@@ -43,32 +43,21 @@ def video_pipeline(
     def graph():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-        # The container's display (height, width): H.264 codes whole 16x16 macroblocks (1080 rows are coded as
-        # 1088) and the stream's crop window says which rows are picture. Resizing only that region keeps a
-        # decoder that returns the coded size from squashing padding rows into the frame; when the decoder
-        # already crops, the region is the whole frame and the resize is unchanged.
-        display_hw = fn.external_source(name="display_hw", dtype=types.FLOAT, ndim=1)
         resize_x = fn.external_source(name="resize_x", dtype=types.FLOAT, ndim=0)
         resize_y = fn.external_source(name="resize_y", dtype=types.FLOAT, ndim=0)
         decoder_device = "mixed" if device == "gpu" else "cpu"
         # [F, H, W, 3] uint8 RGB
         video = fn.decoders.video(encoded, frames=frames, device=decoder_device, build_index=build_index)
-        return resize_normalize_pad(
-            fn, types, video, resize_x, resize_y, size, norm, sequence=True, roi_end=display_hw
-        )
+        return resize_normalize_pad(fn, types, video, resize_x, resize_y, size, norm, sequence=True)
 
     return build_pipeline(graph, max_batch_size, num_threads, device, device_id, prefetch_queue_depth)
 
 
-def resize_normalize_pad(fn, types, images, resize_x, resize_y, size, norm, sequence: bool, roi_end=None):
-    """uint8 [F, H, W, 3] (sequence) or [H, W, 3] -> float [F, 3, L, L] or [3, L, L], as preprocess.py.
-
-    roi_end: optional per-sample (height, width); only the top-left region of that size is resized.
-    """
+def resize_normalize_pad(fn, types, images, resize_x, resize_y, size, norm, sequence: bool):
+    """uint8 [F, H, W, 3] (sequence) or [H, W, 3] -> float [F, 3, L, L] or [3, L, L], as preprocess.py."""
     # Resize to the target computed in Python (same rounding as clipbert.data.preprocess), round to uint8.
-    roi = {} if roi_end is None else dict(roi_start=[0.0, 0.0], roi_end=roi_end, roi_relative=False)
     images = fn.resize(
-        images, resize_x=resize_x, resize_y=resize_y, interp_type=types.INTERP_LINEAR, antialias=True, **roi
+        images, resize_x=resize_x, resize_y=resize_y, interp_type=types.INTERP_LINEAR, antialias=True
     )
     # Channels stay RGB here; for a BGR model the statistics are given in RGB order and the channels are
     # flipped in PyTorch afterwards, which is the same as flipping first and normalizing in BGR order.
@@ -138,7 +127,6 @@ class DaliVideoDecoder:
         inputs = {
             "encoded": encoded,
             "frames": list(wanted),
-            "display_hw": [np.array(hw_i, dtype=np.float32) for hw_i in hw],
             "resize_x": [np.float32(w) for _, w in targets],
             "resize_y": [np.float32(h) for h, _ in targets],
         }

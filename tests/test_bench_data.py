@@ -45,7 +45,7 @@ def test_bench_data_times_past_what_workers_prefetched(tmp_path):
 
 
 def test_nvdec_diagnose_runs_on_the_cpu_decoder(tmp_path, monkeypatch):
-    # The GPU diagnostic's raw-decoder and painted-index checks, run through DALI's CPU decoder on VP9
+    # The GPU diagnostic's cache, raw-decoder and painted-index checks, run through DALI's CPU decoder on VP9
     # (H.264 needs NVDEC).
     pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
@@ -57,6 +57,12 @@ def test_nvdec_diagnose_runs_on_the_cpu_decoder(tmp_path, monkeypatch):
     assert row["got"] == row["requested"] == [33, 7, 0, 25]
     painted = nvdec_diagnose.painted_checks(tmp_path, "cpu", "vp9")  # each order x index pattern
     assert len(painted) == 2 * len(nvdec_diagnose.PATTERNS) and all(r["match"] for r in painted), painted
+    # The cache sequence: cropped, uncropped, cropped. The CPU decoder has no decoder cache, so all three
+    # match PyAV, and with VP9's 8-pixel blocks 96x72 is not cropped, so the guard flags nothing.
+    cache = nvdec_diagnose.cache_checks(tmp_path, "cpu", "vp9")
+    assert [r["size"] for r in cache] == ["96x72", "96x80", "96x72"]
+    assert all(r["indices_match"] and r["grey_levels_to_pyav"] < 2.0 for r in cache), cache
+    assert not any(r["guard_sends_to_pyav"] for r in cache)
 
 
 def test_bench_data_runs_dali_loaders_in_several_processes(tmp_path):

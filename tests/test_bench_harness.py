@@ -96,6 +96,23 @@ def test_search_budget_gives_a_lower_bound():
     assert not past.exact and len(past.probes) == 2  # start and 2*start always run
 
 
+def test_search_probes_the_targets_first_even_when_cut_short():
+    # The third H100 session: at Ntrain=16 the search went 1, 2, 37, then 302 (out of memory) and its
+    # budget ended, so the target 48 was never probed. Targets now run right after the first two probes.
+    calls = []
+    res = find_max_batch(_affine_probe(0, 1, 100, calls), 100, max_probes=4, must_try=(48, 380, 1))
+    assert calls == [1, 2, 48, 380]  # 380 runs out of memory, then the probe budget ends
+    assert res.max_batch == 48 and res.first_failure == 380 and not res.exact
+    calls = []
+    find_max_batch(_affine_probe(0, 1, 100, calls), 100, max_probes=14, must_try=(380, 48))
+    assert calls[:4] == [1, 2, 48, 380]  # ascending, both inside the bracket when tried
+    calls = []
+    res = find_max_batch(_affine_probe(0, 1, 100, calls), 100, limit=64, must_try=(380,))
+    assert 380 not in calls and res.max_batch == 64  # beyond the limit: not probed
+    none = find_max_batch(lambda b: Probe(b, False, None, 0.0), 10, must_try=(5,))
+    assert [p.batch for p in none.probes] == [1]  # nothing fits: nothing more to try
+
+
 def test_live_tensor_bytes_counts_storages_once_and_frees():
     with PeakMemoryMeter("cpu") as meter:
         x = torch.empty(1000, dtype=torch.float32)  # 4000 B

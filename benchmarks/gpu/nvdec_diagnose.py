@@ -1,15 +1,22 @@
-"""Which frames does DALI's NVDEC path return for H.264? A diagnostic for the GPU machine.
+"""Which frames and colours does DALI's NVDEC path return for H.264? A diagnostic for the GPU machine.
 
-On the H100 (2026-11-26, second session) the DALI GPU loader on the tiny H.264 synthetic set differed from
-PyAV by 7.6 (order "none") and 10.2 (order "frames") mean grey levels, while NVDEC on VP9 matched DALI's CPU
-decoder and nvJPEG matched libjpeg. The order dependence points at frame selection, not colour conversion.
-This script tells them apart in seconds:
+History. On the H100 (2026-11-26) the DALI GPU loader on the tiny H.264 synthetic set differed from PyAV by
+7.6 and 10.2 mean grey levels. The third session (2026-11-27) ran this script and found the cause: DALI's
+process-wide NVDEC decoder cache reuses a decoder created for an uncropped video (64x48) for a cropped video
+of the same coded size (64x36, coded 64x48), and then reads the chroma plane at the wrong rows. Only the two
+64x36 samples decoded after the 64x48 video were wrong; the one decoded before it was right.
+dali_pipelines/routing.py's NvdecCacheGuard now sends such videos to PyAV. The checks:
 
-1. painted H.264 videos (the frame index drawn in each frame), several sizes and GOPs, decoded through
-   DaliVideoDecoder(device="gpu") with ascending, descending, repeated and random index patterns: the
-   index read back from each frame against the one requested;
-2. the tiny synthetic H.264 videos of the failing test: for each frame DALI returns, the PyAV frame it is
-   closest to (offset) and the distance, beside the distance to the frame requested.
+1. cache: a cropped painted video (96x72, coded 96x80) decoded on a fresh decoder, then an uncropped one of
+   its coded size (96x80), then the cropped one again, each against PyAV, beside the guard's prediction.
+   Runs first, before the other checks put decoders into DALI's cache;
+2. raw: fn.decoders.video alone, several sizes: the decoded shape and the painted indices;
+3. painted: painted videos through DaliVideoDecoder(device="gpu") with ascending, descending, repeated and
+   random index patterns: the index read back from each frame against the one requested;
+4. synthetic: the tiny synthetic H.264 videos: for each frame DALI returns, the PyAV frame it is closest to
+   and the distance, beside the distance to the frame requested;
+5. loader: the DALI loader against the PyAV loader on the tiny synthetic set (the failing test's setting),
+   with the videos the guard sent to PyAV.
 
     python3 benchmarks/gpu/nvdec_diagnose.py --out $OUT/nvdec_diagnose.json
 
@@ -31,6 +38,7 @@ from clipbert.data.decoders.pyav import PyAVDecoder
 from clipbert.data.painted import read_index, write_painted_video
 from clipbert.data.preprocess import IMAGENET_RGB, preprocess_frames, resized_hw
 from dali_pipelines.common import read_bytes
+from dali_pipelines.routing import NvdecCacheGuard, nvdec_cache_guard
 from dali_pipelines.video import DaliVideoDecoder
 
 # (height, width, gop). Heights 36, 120 and 360 are not multiples of 16, so H.264 stores them with a crop
@@ -59,9 +67,52 @@ def to_rgb(frames: torch.Tensor) -> np.ndarray:
     return (frames.cpu() * std + mean).round().clamp(0, 255).to(torch.uint8).movedim(-3, -1).numpy()
 
 
+def note_decoded(device: str, codec: str, height: int, width: int) -> None:
+    """Tell the process's NVDEC cache guard about a GPU decode made outside the DALI loader, so that the
+    loader check's guard knows every decoder in DALI's cache."""
+    if device == "gpu":
+        nvdec_cache_guard(0).check([(codec, height, width)])
+
+
+def grey_levels(out: torch.Tensor, path: str, indices: np.ndarray, size: int) -> float:
+    """Mean absolute difference, in grey levels, between DALI's frames and PyAV's preprocessed ones."""
+    raw = PyAVDecoder().decode(path, indices.reshape(-1, indices.shape[-1]))
+    ref = preprocess_frames(raw.reshape(-1, *raw.shape[-3:]), size, IMAGENET_RGB).view(*out.shape)
+    std = torch.tensor(IMAGENET_RGB.std).view(3, 1, 1)
+    return round(float(((out.cpu() - ref) * std).abs().mean()), 2)
+
+
+def cache_checks(root: Path, device: str, codec: str) -> list[dict]:
+    """Cropped, uncropped of the same coded size, cropped again: does the third decode go wrong, as the
+    guard predicts? Same encoder settings for both videos, so DALI's cache sees the same surface count."""
+    cropped = write_painted_video(root / "c96x72", 40, fps=10, height=72, width=96, codec=codec, gop=12)
+    full = write_painted_video(root / "c96x80", 40, fps=10, height=80, width=96, codec=codec, gop=12)
+    guard = NvdecCacheGuard()  # a fresh model of DALI's cache, replayed over this sequence only
+    indices = np.array([[[2, 3], [20, 21]]])
+    rows = []
+    for step, (path, height) in enumerate([(cropped, 72), (full, 80), (cropped, 72)]):
+        (predicted,) = guard.check([(codec, height, 96)])
+        note_decoded(device, codec, height, 96)
+        decoder = DaliVideoDecoder(96, IMAGENET_RGB, 1, device=device, order="none")
+        row = dict(step=step, size=f"96x{height}", guard_sends_to_pyav=predicted is not None)
+        try:
+            out = decoder.decode([read_bytes(path)], indices, [(height, 96)])
+            h, _ = resized_hw(height, 96, 96)
+            got = [[read_index(f[:h]) for f in clip] for clip in to_rgb(out)[0]]
+            row.update(
+                grey_levels_to_pyav=grey_levels(out, path, indices, 96),
+                indices_match=got == [[2, 3], [20, 21]],
+            )
+        except Exception as err:
+            row.update(error=f"{type(err).__name__}: {err}")
+        rows.append(row)
+    return rows
+
+
 def painted_checks(root: Path, device: str, codec: str) -> list[dict]:
     rows = []
     for height, width, gop in SIZES:
+        note_decoded(device, codec, height, width)
         path = write_painted_video(
             root / f"p{height}x{width}g{gop}", 40, fps=10, height=height, width=width, codec=codec, gop=gop
         )
@@ -101,6 +152,7 @@ def raw_checks(root: Path, device: str, codec: str) -> list[dict]:
             root / f"raw{height}x{width}g{gop}", 40, fps=10, height=height, width=width, codec=codec, gop=gop
         )
         wanted = np.array([33, 7, 0, 25], dtype=np.int32)
+        note_decoded(device, codec, height, width)
         try:
             pipe.feed_input("encoded", [read_bytes(path)])
             pipe.feed_input("frames", [wanted])
@@ -132,6 +184,7 @@ def synthetic_checks(root: Path, device: str, codec: str) -> list[dict]:
         all_frames = PyAVDecoder().decode(str(path), np.arange(count)[None])  # [1, F, H, W, 3] uint8
         height, width = all_frames.shape[-3:-1]
         size = max(height, width)
+        note_decoded(device, codec, height, width)
         reference = preprocess_frames(
             all_frames.reshape(-1, height, width, 3), size, IMAGENET_RGB
         )  # [F, 3, L, L]
@@ -233,6 +286,7 @@ def main(argv=None) -> dict:
     report = {"device": name, "codec": codec}
     with tempfile.TemporaryDirectory() as tmp:
         for name, check in (
+            ("cache", cache_checks),
             ("raw", raw_checks),
             ("painted", painted_checks),
             ("synthetic", synthetic_checks),
@@ -243,7 +297,7 @@ def main(argv=None) -> dict:
             except Exception as err:
                 report[name] = {"error": f"{type(err).__name__}: {err}"}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    for name in ("raw", "painted", "synthetic", "loader"):
+    for name in ("cache", "raw", "painted", "synthetic", "loader"):
         rows = report[name]
         if isinstance(rows, dict):
             print(f"{name}: {rows['error']}")

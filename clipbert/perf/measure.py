@@ -88,6 +88,7 @@ def measure_max_batch(
     limit: int,
     deadline: float | None,
     max_probes: int = 14,
+    must_try: tuple[int, ...] = (),
 ) -> Point:
     """Panel a/c point: the largest batch whose training step (forward, backward, AdamW) fits the cap."""
     options = step.options
@@ -99,6 +100,7 @@ def measure_max_batch(
             limit=limit,
             deadline=deadline,
             max_probes=max_probes,
+            must_try=must_try,
         )
         point.batch = result.max_batch
         point.max_batch_exact = result.exact

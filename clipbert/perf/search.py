@@ -68,9 +68,14 @@ def find_max_batch(
     limit: int = 4096,
     max_probes: int = 14,
     deadline: float | None = None,
+    must_try: tuple[int, ...] = (),
 ) -> BatchSearchResult:
     """Largest batch in [start, limit] for which `probe` fits; stops early at `max_probes` or at the
-    `time.monotonic()` `deadline`, and then says so with `exact=False`."""
+    `time.monotonic()` `deadline`, and then says so with `exact=False`.
+
+    `must_try`: batches probed right after the first two, in ascending order, while still inside the
+    bracket (the targets a report checks): a search cut short by its budget still says whether they fit.
+    """
     if not 1 <= start <= limit:
         raise ValueError(f"need 1 <= start <= limit, got start={start} limit={limit}")
     probes: list[Probe] = []
@@ -92,6 +97,11 @@ def find_max_batch(
 
     if run(start) and start < limit:
         run(min(limit, 2 * start))
+    for b in sorted(set(must_try)):
+        if lo == 0 or out_of_budget():
+            break
+        if lo < b <= limit and (hi is None or b < hi):
+            run(b)
     # Inside the bracket: a guess from the line when it falls strictly inside, then (if that guess was the
     # line's) its neighbour across the bracket edge, which settles it when the line is right up to rounding;
     # every other probe bisects, so the worst case stays logarithmic even when memory is not affine.
