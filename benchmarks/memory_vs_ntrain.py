@@ -86,6 +86,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--ablation", action="store_true", help="also time each optimization step at Ntrain=16")
     p.add_argument(
+        "--ablation-steps",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="only these ablation steps (e.g. eager +compile_full +cudnn_benchmark +cuda_graphs); eager is "
+        "always timed too, so every ratio is against the eager path of the same run",
+    )
+    p.add_argument(
         "--profile", action="store_true", help="also write the CNN/transformer/data/optimizer profile"
     )
     p.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 peak used for MFU")
@@ -270,7 +278,14 @@ def run(args) -> dict:
         del step
         release_memory(device)
     if args.ablation:
-        for options in ablation_ladder(compile_cnn=not args.no_compile):
+        ladder = ablation_ladder(compile_cnn=not args.no_compile)
+        if args.ablation_steps:
+            known = [o.name for o in ladder]
+            unknown = sorted(set(args.ablation_steps) - set(known))
+            if unknown:
+                raise SystemExit(f"--ablation-steps: unknown {unknown}; the steps are {known}")
+            ladder = [o for o in ladder if o.name in {"eager", *args.ablation_steps}]
+        for options in ladder:
             left = budget.left()
             if left is not None and left < 20:
                 print(f"  ablation step {options.name} skipped: time budget spent", flush=True)

@@ -60,6 +60,7 @@ def _reference(cfg, batch):
         PathOptions("cl", channels_last=True, precision="fp32"),
         PathOptions("fused", fused_ops=True, precision="fp32"),
         PathOptions("unpadded", unpadded_text=True, precision="fp32"),
+        PathOptions("cudnn_benchmark", cudnn_benchmark=True, precision="fp32"),
         PathOptions(
             "chunk", checkpoint_cnn="chunk", cnn_chunk_frames=8, checkpoint_transformer=True, precision="fp32"
         ),
@@ -79,6 +80,23 @@ def test_every_option_keeps_the_function(options):
     grads = _grads(step)
     assert grads.shape == ref_grads.shape  # the same parameters get gradients (frozen ones none)
     assert (grads - ref_grads).norm() / ref_grads.norm() < 1e-4
+
+
+def test_cudnn_benchmark_is_set_for_the_step_only(monkeypatch):
+    # A process-wide flag: the optimized path turns it on for its steps, the eager path must not inherit it.
+    from clipbert.perf import paths
+
+    seen = []
+    cfg = _cfg()
+    step = build_train_step(cfg, PathOptions("tuned", cudnn_benchmark=True), "cpu", optimizer=False)
+    monkeypatch.setattr(
+        step, "loss", lambda batch: seen.append(torch.backends.cudnn.benchmark) or step._loss(batch)
+    )
+    before = torch.backends.cudnn.benchmark
+    step.forward_backward(make_batch(cfg, 1, 1, 1, "cpu", seed=2))
+    assert seen == [True] and torch.backends.cudnn.benchmark == before
+    names = [o.name for o in paths.ablation_ladder()]
+    assert names.index("+compile_full") < names.index("+cudnn_benchmark") < names.index("+cuda_graphs")
 
 
 def test_bf16_frozen_weights_round_like_autocast():
@@ -161,6 +179,18 @@ def test_figure5_script_small_cpu(tmp_path):
     assert "(a) largest batch vs Ntrain" in (tmp_path / "t.md").read_text()
     assert (tmp_path / "t.png").stat().st_size > 10_000
     assert not (tmp_path / "t.partial.json").exists()  # the complete JSON replaced it
+
+
+def test_ablation_runs_only_the_named_steps_and_eager(tmp_path):
+    import memory_vs_ntrain
+
+    argv = "--device cpu --small --no-compile --panels= --ntrain 1 --steps 1 --warmup 1 --time-batch 1"
+    argv = argv.split() + ["--threads", "1", "--no-plot", "--out-dir", str(tmp_path), "--tag", "abl"]
+    assert memory_vs_ntrain.main(argv + ["--ablation", "--ablation-steps", "+fused_ops"]) == 0
+    rows = json.loads((tmp_path / "abl.json").read_text())["rows"]
+    assert [r["path"] for r in rows if r["panel"] == "ablation"] == ["eager", "+fused_ops"]
+    with pytest.raises(SystemExit, match="unknown"):
+        memory_vs_ntrain.main(argv + ["--ablation", "--ablation-steps", "+warp_drive"])
 
 
 def test_figure5_split_runs_merge(tmp_path, monkeypatch):

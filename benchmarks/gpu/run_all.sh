@@ -21,7 +21,8 @@
 # /tmp/clipbert_gpu_dryrun for a dry run) gets gpu_run.tar.gz with every log, steps.txt and the JSONs.
 # CLIPBERT_GPU_DRY_RUN=1 is the same as --dry-run. RUN_ALL_BUDGET_S (default 530) is the whole-run deadline.
 # Step knobs: FIG5_BUDGET_S (200), FIG5_PANELS (abcd), FIG5_PATHS ("eager optimized"), FIG5_NTRAIN and FIG5_FRAMES ("1 2 4 8 16"),
-# ABLATION_BUDGET_S (100),
+# ABLATION_BUDGET_S (100), ABLATION_STEPS (default: every step of the ladder; eager always runs),
+# ABLATION_PROFILE (default --profile; set it to " " to skip the profile),
 # TESTS (test paths for the tests step; default: the kernels' tests, then every other needs_cuda test),
 # DATA_ARGS (bench_data.py flags), TRAIN_STEPS (300), TRAIN_SET (extra --set flags).
 set -uo pipefail
@@ -143,8 +144,10 @@ elif [[ $DRY == 1 ]]; then
     --steps 2 --warmup 1 --time-batch 2 --threads 1 --ablation --profile --out-dir "$OUT" --tag fig5_dryrun_ablation
 else
   ABL_S=${ABLATION_BUDGET_S:-100}
+  # shellcheck disable=SC2086  # ABLATION_STEPS is a list of step names
   step ablation $(( ABL_S + 60 )) "$PY" benchmarks/memory_vs_ntrain.py --device cuda --time-budget-s "$ABL_S" \
-    --panels= --ablation --profile --out-dir "$OUT" --tag "fig5_${CARD:-gpu}_ablation"
+    --panels= --ablation ${ABLATION_STEPS:+--ablation-steps $ABLATION_STEPS} ${ABLATION_PROFILE:---profile} \
+    --out-dir "$OUT" --tag "fig5_${CARD:-gpu}_ablation"
 fi
 
 # data pipeline (DALI GPU decoding): only with the carried wheels (docs/PERFORMANCE.md says how).

@@ -40,6 +40,9 @@ class PathOptions:
     unpadded_text: bool = False
     compile: str = "none"  # "cnn": torch.compile the visual encoder; "full": the whole loss function
     compile_mode: str | None = None  # torch.compile mode ("max-autotune-no-cudagraphs", "reduce-overhead")
+    # cuDNN times its algorithms for each new convolution shape and keeps the fastest (the step's shapes are
+    # fixed, so it pays once); off, it takes its heuristics' pick, as the original code ran. Set for the step.
+    cudnn_benchmark: bool = False
     # "bf16": autocast, as both benchmarked paths run; "fp32": no autocast, for checking that an option
     # keeps the function to fp32 accuracy (bf16 rounding noise would hide a real difference).
     precision: str = "bf16"
@@ -94,8 +97,15 @@ def ablation_ladder(compile_cnn: bool = True) -> list[PathOptions]:
         # The transformer of 16 clips x 8 videos is short sequences in many small kernels: the H100 profile
         # (benchmarks/results/fig5_h100_2026-11-26.md) put it at 37 ms of a 75 ms step. Compiling
         # the whole loss fuses its elementwise work; CUDA graphs ("reduce-overhead") also drop the launches.
+        # The CNN's 44.6 ms there is about a quarter of the card's bf16 peak: cuDNN's timed algorithm choice
+        # is the cheap thing to try for it.
         full = dataclasses.replace(base, name="+compile_full", compile="full")
-        steps += [full, dataclasses.replace(full, name="+cuda_graphs", compile_mode="reduce-overhead")]
+        tuned = dataclasses.replace(full, name="+cudnn_benchmark", cudnn_benchmark=True)
+        steps += [
+            full,
+            tuned,
+            dataclasses.replace(tuned, name="+cuda_graphs", compile_mode="reduce-overhead"),
+        ]
     steps += [
         dataclasses.replace(base, name="+ckpt_stage", checkpoint_cnn="stage"),
         dataclasses.replace(base, name="+ckpt_chunk", checkpoint_cnn="chunk"),
@@ -274,9 +284,10 @@ class TrainStep:
             return self._loss_fn(batch)
 
     def forward_backward(self, batch: Batch) -> torch.Tensor:
-        loss = self.loss(batch)
-        with record_function("backward"):
-            loss.backward()
+        with cudnn_benchmark(self.options.cudnn_benchmark):  # backward picks its convolutions too
+            loss = self.loss(batch)
+            with record_function("backward"):
+                loss.backward()
         return loss.detach()
 
     def train_step(self, batch: Batch) -> torch.Tensor:
@@ -294,6 +305,17 @@ class TrainStep:
             for state in self.optimizer.state.values():
                 out += [v for v in state.values() if isinstance(v, torch.Tensor)]
         return out
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool):
+    """torch.backends.cudnn.benchmark = enabled for the duration (a process-wide flag; paths share it)."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 class _Backend:
