@@ -67,6 +67,11 @@ def parse_args(argv=None):
     p.add_argument("--dali-pipelines", default=None, help="comma list of parallel DALI pipelines")
     p.add_argument("--dali-threads", type=int, default=None)
     p.add_argument(
+        "--dali-affine",
+        default="off",
+        help="comma list of on/off: pin the GPU video decoder's threads to cores (DALI's default is on)",
+    )
+    p.add_argument(
         "--dali-processes", default=None, help="comma list: DALI loaders in that many processes (e.g. 2,4)"
     )
     p.add_argument("--store-fps", type=float, default=2.0)
@@ -119,6 +124,14 @@ def make_videos(args, root: Path) -> dict[str, Path]:
     return sets
 
 
+def _affine_values(text: str) -> list[bool]:
+    values = {"on": True, "off": False}
+    try:
+        return [values[v.strip()] for v in text.split(",") if v.strip()]
+    except KeyError as err:
+        raise SystemExit(f"--dali-affine: each value must be on or off, got {err.args[0]!r}") from None
+
+
 def variants(args, sets, store):
     cpu = args.device == "cpu"
     workers = [int(w) for w in (args.workers or ("0,2" if cpu else "4,8,16")).split(",")]
@@ -139,10 +152,18 @@ def variants(args, sets, store):
         )
     for k in [int(x) for x in (args.dali_processes or "").split(",") if x]:
         codec = "vp9" if cpu else "h264"
-        yield (
-            f"dali-{'cpu' if cpu else 'gpu'} {codec} processes={k}",
-            dict(backend="dali", video_dir=sets[codec], num_workers=0, dali_pipelines=1, processes=k),
-        )
+        for affine in _affine_values(args.dali_affine):
+            yield (
+                f"dali-{'cpu' if cpu else 'gpu'} {codec} processes={k} affine={'on' if affine else 'off'}",
+                dict(
+                    backend="dali",
+                    video_dir=sets[codec],
+                    num_workers=0,
+                    dali_pipelines=1,
+                    dali_affine=affine,
+                    processes=k,
+                ),
+            )
     if cpu:
         for p in pipes:
             yield (
@@ -156,15 +177,19 @@ def variants(args, sets, store):
                 ),
             )
     else:
-        for p, order in itertools.product(pipes, ("none", "frames")):
+        affines = _affine_values(args.dali_affine)
+        for p, order, affine in itertools.product(pipes, ("none", "frames"), affines):
             yield (
-                f"dali-gpu h264 gop{args.gop} pipelines={p} order={order}",
+                f"dali-gpu h264 gop{args.gop} pipelines={p} order={order} threads={threads}"
+                + (f" affine={'on' if affine else 'off'}" if len(affines) > 1 else ""),
                 dict(
                     backend="dali",
                     video_dir=sets["h264"],
                     num_workers=dali_workers,
                     dali_pipelines=p,
                     dali_order=order,
+                    dali_threads=threads,
+                    dali_affine=affine,
                 ),
             )
         for p in pipes:

@@ -64,6 +64,7 @@ class DaliLoader(_OverlappedLoader):
             cfg.dali_order,
             torch_device.index or 0,
             cfg.dali_build_index,
+            cfg.dali_affine,
         )
         self.pyav = PyAVDecoder(threads=cfg.pyav_threads)
         self.use_pyav: set[str] = set()  # files DALI cannot read, failed on, or would decode wrongly

@@ -31,11 +31,13 @@ def video_pipeline(
     device_id: int = 0,
     prefetch_queue_depth: int = 1,
     build_index: bool = True,
+    affine: bool = False,
 ):
     """A DALI pipeline fed by `feed_input` with names "encoded", "frames", "resize_x", "resize_y".
 
     `build_index=False` skips the per-sample scan of the whole file that makes seeks exact and fast; with
     short videos and few clips the scan can cost more than it saves (measured by bench_data.py).
+    `affine`: pin the GPU decoder's threads to cores (DataConfig.dali_affine says why it is off by default).
     """
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
@@ -47,7 +49,9 @@ def video_pipeline(
         resize_y = fn.external_source(name="resize_y", dtype=types.FLOAT, ndim=0)
         decoder_device = "mixed" if device == "gpu" else "cpu"
         # [F, H, W, 3] uint8 RGB
-        video = fn.decoders.video(encoded, frames=frames, device=decoder_device, build_index=build_index)
+        video = fn.decoders.video(
+            encoded, frames=frames, device=decoder_device, build_index=build_index, affine=affine
+        )
         return resize_normalize_pad(fn, types, video, resize_x, resize_y, size, norm, sequence=True)
 
     return build_pipeline(graph, max_batch_size, num_threads, device, device_id, prefetch_queue_depth)
@@ -91,6 +95,7 @@ class DaliVideoDecoder:
         order: str = "frames",
         device_id: int = 0,
         build_index: bool = True,
+        affine: bool = False,
     ):
         if device not in ("gpu", "cpu"):
             raise ValueError(f"device must be gpu or cpu, got {device!r}")
@@ -99,7 +104,7 @@ class DaliVideoDecoder:
         self.size, self.norm, self.device, self.order = size, norm, device, order
         self.torch_device = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
         per_pipe = -(-max_batch_size // num_pipelines)
-        self._args = (per_pipe, size, norm, device, num_threads, device_id, 1, build_index)
+        self._args = (per_pipe, size, norm, device, num_threads, device_id, 1, build_index, affine)
         self.num_pipelines = num_pipelines
         self.pipes = []
         self.rebuild()

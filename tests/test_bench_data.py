@@ -77,6 +77,6 @@ def test_bench_data_runs_dali_loaders_in_several_processes(tmp_path):
     )
     (row,) = json.loads(out.read_text())["results"]
     assert "error" not in row, row
-    assert row["variant"] == "dali-cpu vp9 processes=2" and row["processes"] == 2
+    assert row["variant"] == "dali-cpu vp9 processes=2 affine=off" and row["processes"] == 2
     # each process times 2 batches of its shard (a shard's batches may be short): whole samples of 4 x 2
     assert row["frames"] >= 2 * 2 * 4 * 2 and row["frames"] % (4 * 2) == 0 and row["frames_per_s"] > 0

@@ -24,7 +24,7 @@
 # ABLATION_BUDGET_S (100), ABLATION_STEPS (default: every step of the ladder; eager always runs),
 # ABLATION_PROFILE (default --profile; set it to " " to skip the profile),
 # TESTS (test paths for the tests step; default: the kernels' tests, then every other needs_cuda test),
-# DATA_ARGS (bench_data.py flags), TRAIN_STEPS (300), TRAIN_SET (extra --set flags).
+# DATA_ARGS (bench_data.py flags), DATA_ONLY (its --only: comma list of variant prefixes), DATA_LIMIT_S (150), TRAIN_STEPS (300), TRAIN_SET (extra --set flags).
 set -uo pipefail
 
 DRY=${CLIPBERT_GPU_DRY_RUN:-0}
@@ -157,9 +157,10 @@ elif has nvidia.dali && has av; then
     step data 90 "$PY" benchmarks/bench_data.py --device cpu --out "$OUT/data_dryrun.json" --num-videos 2 \
       --seconds 2 --batches 2 --batch-size 2 --size 64 --workers 0 --dali-pipelines 1
   else
-    # shellcheck disable=SC2086  # DATA_ARGS is a list of flags
-    step data 150 "$PY" benchmarks/bench_data.py --device cuda --out "$OUT/data_cuda.json" \
-      ${DATA_ARGS:---workers 16 --dali-pipelines 2,4 --dali-processes 2,4,8 --batches 10}
+    # shellcheck disable=SC2086  # DATA_ARGS is a list of flags; DATA_ONLY (variant prefixes) may hold spaces
+    step data "${DATA_LIMIT_S:-150}" "$PY" benchmarks/bench_data.py --device cuda --out "$OUT/data_cuda.json" \
+      ${DATA_ARGS:---workers 16 --dali-pipelines 2,4 --dali-processes 2,4,8 --batches 10} \
+      ${DATA_ONLY:+--only "$DATA_ONLY"}
   fi
 else
   echo "SKIP  data       (nvidia.dali or av not importable: stage them with ../shared/device/stage.sh)" | tee -a "$OUT/steps.txt"

@@ -67,6 +67,10 @@ class DataConfig:
     dali_pipelines: int = 1  # parallel DALI decoder pipelines (each has its own decoder instance)
     dali_order: str = "frames"  # none | frames: decode a sample's frames in ascending order, restore after
     dali_build_index: bool = True  # let fn.decoders.video index each file (exact, fast seeks; costs a scan)
+    # Tie the GPU video decoder's threads to CPU cores (DALI's default). DALI takes the cores in the same
+    # order in every pipeline and process, so parallel ones would share a few cores; off, the OS spreads
+    # them. To be measured on the GPU: bench_data.py --dali-affine on,off.
+    dali_affine: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_text_len, int):
@@ -78,13 +82,23 @@ class DataConfig:
         _check_choice("test_sampling", self.test_sampling, STRATEGIES)
         _check_choice("dali_order", self.dali_order, ("none", "frames"))
         _check_choice("frame_store_reader", self.frame_store_reader, ("cpu", "dali"))
+        for key in ("dali_build_index", "dali_affine"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         for task, length in self.max_text_len.items():
             _check_choice("max_text_len key", task, TASKS)
             if not isinstance(length, int) or length < 3:
                 raise ValueError(f"max_text_len[{task!r}] must be an int >= 3, got {length!r}")
         for key in ("image_size", "num_clips", "num_test_clips", "frames_per_clip", "prefetch_factor"):
             _check_positive_int(key, getattr(self, key))
-        for key in ("itm_neg_size", "num_workers", "pyav_threads", "max_bad_retries", "frame_cache_size", "seed"):
+        for key in (
+            "itm_neg_size",
+            "num_workers",
+            "pyav_threads",
+            "max_bad_retries",
+            "frame_cache_size",
+            "seed",
+        ):
             _check_nonnegative_int(key, getattr(self, key))
         for key in ("dali_threads", "dali_pipelines"):
             _check_positive_int(key, getattr(self, key))
