@@ -180,8 +180,8 @@ def variants(args, sets, store):
         affines = _affine_values(args.dali_affine)
         for p, order, affine in itertools.product(pipes, ("none", "frames"), affines):
             yield (
-                f"dali-gpu h264 gop{args.gop} pipelines={p} order={order} threads={threads}"
-                + (f" affine={'on' if affine else 'off'}" if len(affines) > 1 else ""),
+                f"dali-gpu h264 gop{args.gop} pipelines={p} order={order} threads={threads} "
+                f"affine={'on' if affine else 'off'}",
                 dict(
                     backend="dali",
                     video_dir=sets["h264"],
