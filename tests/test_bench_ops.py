@@ -19,10 +19,24 @@ def test_bench_ops_cpu_smoke(tmp_path):
         impls[(r["op"], tuple(r["shape"]), r["pass_"])].add(r["impl"])
         assert r["time_us"] > 0 and r["speedup"] > 0
         assert (r["gbps"] is None) == (r["impl"] == "floor")
-    for (_op, _shape, kind), names in impls.items():
+    for (op, _shape, kind), names in impls.items():
         assert {"eager", "cpu", "reference"} <= names
         assert ("floor" in names) == (kind == "fwd+bwd")
-    assert report["targets"] and all("cpu/eager speedup" in t["target"] for t in report["targets"])
+        # The value-and-grad op is timed beside the NLL's autograd fwd+bwd, on every backend.
+        is_nll_fwd_bwd = (op, kind) == ("lse_aggregate_nll", "fwd+bwd")
+        assert ({"cpu_vg", "reference_vg"} <= names) == is_nll_fwd_bwd
+    assert report["targets"] and all(t["impl"] in ("cpu", "cpu_vg") for t in report["targets"])
+    assert {t["impl"] for t in report["targets"]} == {"cpu", "cpu_vg"}
+    assert all(f"{t['impl']}/eager speedup" in t["target"] for t in report["targets"])
+
+    def nbytes(r):
+        return r["gbps"] * r["time_us"]
+
+    rows = report["results"]
+    plain = {tuple(r["shape"]): r for r in rows if r["impl"] == "cpu" and r["pass_"] == "fwd+bwd"}
+    for r in (r for r in rows if r["impl"] == "cpu_vg"):
+        # value-and-grad moves 2 logits' worth of bytes, not 3: its GB/s is not inflated
+        assert nbytes(r) < nbytes(plain[tuple(r["shape"])])
 
 
 def test_gpu_speedup_target_reports_the_autograd_floor():
@@ -40,3 +54,20 @@ def test_gpu_speedup_target_reports_the_autograd_floor():
     }
     (check,) = bench_ops.check_targets(report)
     assert check["met"] is False and check["value"] == 2.45 and check["max_speedup"] == 4.0
+    assert not bench_ops.targets_met([check])
+
+
+def test_gpu_target_is_met_by_either_cuda_impl():
+    import bench_ops
+
+    def row(impl, speedup):
+        return dict(op="lse_aggregate_nll", shape=[128, 16, 2], pass_="fwd+bwd", impl=impl, speedup=speedup)
+
+    rows = [row("eager", 1.0), row("cuda", 2.45), row("floor", 4.0), row("cuda_vg", 21.0)]
+    rows.append(row("triton_vg", 30.0))  # not a CUDA-kernel row: not checked
+    checks = bench_ops.check_targets({"device": "cuda", "results": rows})
+    assert [(c["impl"], c["met"]) for c in checks] == [("cuda", False), ("cuda_vg", True)]
+    assert "max_speedup" not in checks[1]  # the autograd floor does not bound the value-and-grad op
+    assert bench_ops.targets_met(checks)
+    checks[1]["met"] = False
+    assert not bench_ops.targets_met(checks)

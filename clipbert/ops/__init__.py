@@ -7,10 +7,16 @@ references; see `set_backend`. Autograd is in C++ (csrc/ops/autograd.cpp) for th
 
 from clipbert.ops import _backend, _registry
 from clipbert.ops._backend import BACKENDS, get_backend, native_available, set_backend
-from clipbert.ops.lse import clip_aggregate, lse_aggregate, lse_aggregate_nll
+from clipbert.ops.lse import (
+    clip_aggregate,
+    lse_aggregate,
+    lse_aggregate_nll,
+    lse_aggregate_nll_value_and_grad,
+)
 from clipbert.ops.reference import (
     clip_aggregate_reference,
     lse_aggregate_nll_reference,
+    lse_aggregate_nll_value_and_grad_reference,
     lse_aggregate_reference,
     temporal_mean_reference,
 )
@@ -29,6 +35,8 @@ __all__ = [
     "lse_aggregate",
     "lse_aggregate_nll",
     "lse_aggregate_nll_reference",
+    "lse_aggregate_nll_value_and_grad",
+    "lse_aggregate_nll_value_and_grad_reference",
     "lse_aggregate_reference",
     "native_available",
     "set_backend",

@@ -28,6 +28,11 @@ def _nll_fake(logits, target, reduction):
     return loss, logits.new_empty((B, 2), dtype=acc)
 
 
+def _nll_value_and_grad_fake(logits, target, reduction):
+    loss, _ = _nll_fake(logits, target, reduction)
+    return loss, torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
 def _logits_like(*args):
     logits = args[1]
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
@@ -49,6 +54,7 @@ def register(ns: str) -> None:
         "_lse_aggregate_backward": _logits_like,
         "lse_aggregate_nll": _nll_fake,
         "_lse_aggregate_nll_backward": _logits_like,
+        "lse_aggregate_nll_value_and_grad": _nll_value_and_grad_fake,
         "temporal_mean": _temporal_fake,
         "_temporal_mean_backward": _temporal_bwd_fake,
     }

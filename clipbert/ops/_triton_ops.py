@@ -43,6 +43,15 @@ def _lse_aggregate_nll_backward(
     return lse_aggregate_nll_bwd(grad_loss, logits, target, stats, reduction)
 
 
+@torch.library.custom_op("clipbert_triton::lse_aggregate_nll_value_and_grad", mutates_args=())
+def lse_aggregate_nll_value_and_grad(
+    logits: torch.Tensor, target: torch.Tensor, reduction: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from clipbert.ops.triton.lse_value_and_grad import lse_aggregate_nll_value_and_grad as kernel
+
+    return kernel(logits, target, reduction)
+
+
 @torch.library.custom_op("clipbert_triton::temporal_mean", mutates_args=())
 def temporal_mean(x: torch.Tensor) -> torch.Tensor:
     from clipbert.ops.triton.temporal_mean import temporal_mean_fwd
@@ -61,6 +70,7 @@ lse_aggregate.register_fake(_registry._lse_fake)
 lse_aggregate_nll.register_fake(_registry._nll_fake)
 _lse_aggregate_backward.register_fake(_registry._logits_like)
 _lse_aggregate_nll_backward.register_fake(_registry._logits_like)
+lse_aggregate_nll_value_and_grad.register_fake(_registry._nll_value_and_grad_fake)
 temporal_mean.register_fake(_registry._temporal_fake)
 _temporal_mean_backward.register_fake(_registry._temporal_bwd_fake)
 _registry.register("clipbert_triton")

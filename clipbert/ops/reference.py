@@ -26,6 +26,17 @@ def lse_aggregate_nll_reference(
     return F.nll_loss(lse_aggregate_reference(logits), target, reduction=reduction)
 
 
+def lse_aggregate_nll_value_and_grad_reference(
+    logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss.sum() / d logits) of lse_aggregate_nll_reference, by autograd; no graph on either."""
+    with torch.enable_grad():
+        x = logits.detach().requires_grad_()
+        loss = lse_aggregate_nll_reference(x, target, reduction)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad
+
+
 def clip_aggregate_reference(logits: torch.Tensor, mode: str = "lse") -> torch.Tensor:
     """logits [B, N, K] -> [B, K] log-probs; mode "lse" | "mean" | "max" (paper Table 3)."""
     if mode == "lse":

@@ -130,6 +130,9 @@ TORCH_LIBRARY_IMPL(clipbert, Autograd, m) {
   m.impl("lse_aggregate", lse_aggregate_autograd);
   m.impl("lse_aggregate_nll", lse_aggregate_nll_autograd);
   m.impl("temporal_mean", temporal_mean_autograd);
+  // Its outputs are values, not functions of the logits to differentiate: autograd passes straight
+  // through to the kernel, which is what keeps one call at one kernel launch.
+  m.impl("lse_aggregate_nll_value_and_grad", torch::CppFunction::makeFallthrough());
 }
 
 }  // namespace clipbert

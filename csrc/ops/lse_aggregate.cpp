@@ -16,4 +16,8 @@ TORCH_LIBRARY(clipbert, m) {
   m.def(
       "_lse_aggregate_nll_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor stats, "
       "int reduction) -> Tensor");
+  // The loss of lse_aggregate_nll and its gradient in one kernel: logits [B, N, K], target [B] int64,
+  // reduction -> (loss [B] or [] float32, grad_logits [B, N, K] in the logits' dtype = d loss.sum() / d logits).
+  // Not differentiable: for callers that drive backward themselves (no autograd node, nothing saved).
+  m.def("lse_aggregate_nll_value_and_grad(Tensor logits, Tensor target, int reduction) -> (Tensor, Tensor)");
 }

@@ -57,6 +57,7 @@ void column_lse(const scalar_t* x, int64_t N, int64_t K, acc_t* m, acc_t* s) {
   std::fill(s, s + K, acc_t(0));
   for (int64_t n = 0; n < N; ++n) {
     const scalar_t* xn = x + n * K;
+#pragma omp simd
     for (int64_t k = 0; k < K; ++k) {
       acc_t v = static_cast<acc_t>(xn[k]);
       m[k] = v > m[k] ? v : m[k];
@@ -65,9 +66,11 @@ void column_lse(const scalar_t* x, int64_t N, int64_t K, acc_t* m, acc_t* s) {
   for (int64_t k = 0; k < K; ++k) m[k] = safe_shift(m[k]);
   for (int64_t n = 0; n < N; ++n) {
     const scalar_t* xn = x + n * K;
+#pragma omp simd
     for (int64_t k = 0; k < K; ++k) s[k] += fast_exp(static_cast<acc_t>(xn[k]) - m[k]);
   }
-  for (int64_t k = 0; k < K; ++k) m[k] += std::log(s[k]);
+#pragma omp simd
+  for (int64_t k = 0; k < K; ++k) m[k] += fast_log(s[k]);
 }
 
 // logsumexp of n values at stride `stride`: used for the target column (n = N, small).
@@ -84,30 +87,36 @@ acc_t strided_lse(const scalar_t* v, int64_t n, int64_t stride) {
   return m + std::log(s);
 }
 
-// logsumexp of a contiguous row. kLanes independent partial max/sum lanes: the compiler vectorizes
-// lane-wise updates, whereas a single running sum is a serial chain (no reassociation without fast-math).
+// logsumexp of a contiguous row: a max pass, then a sum of exps. `omp simd reduction` lets the compiler
+// split each sum into vector lanes (it may not reassociate a plain serial sum), which was 1.8x faster
+// than hand-written lanes here (the lanes loop did not vectorize its exps).
 template <typename acc_t, typename scalar_t>
 acc_t contiguous_lse(const scalar_t* v, int64_t n) {
-  constexpr int kLanes = 16;
-  const int64_t n_main = n - n % kLanes;
-  acc_t lane[kLanes];
-  std::fill(lane, lane + kLanes, neg_inf<acc_t>());
-  for (int64_t i = 0; i < n_main; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const acc_t x = static_cast<acc_t>(v[i + j]);
-      lane[j] = x > lane[j] ? x : lane[j];
-    }
   acc_t m = neg_inf<acc_t>();
-  for (int j = 0; j < kLanes; ++j) m = lane[j] > m ? lane[j] : m;
-  for (int64_t i = n_main; i < n; ++i) m = static_cast<acc_t>(v[i]) > m ? static_cast<acc_t>(v[i]) : m;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t x = static_cast<acc_t>(v[i]);
+    m = x > m ? x : m;
+  }
   m = safe_shift(m);
-  std::fill(lane, lane + kLanes, acc_t(0));
-  for (int64_t i = 0; i < n_main; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lane[j] += fast_exp(static_cast<acc_t>(v[i + j]) - m);
   acc_t s = 0;
-  for (int j = 0; j < kLanes; ++j) s += lane[j];
-  for (int64_t i = n_main; i < n; ++i) s += fast_exp(static_cast<acc_t>(v[i]) - m);
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += fast_exp(static_cast<acc_t>(v[i]) - m);
   return m + std::log(s);
+}
+
+// Row losses [B] -> the loss for `reduction`: themselves (0), their mean (1, NaN for B = 0) or sum (2).
+// A serial double sum: deterministic, and B is small next to the N*K work per row.
+at::Tensor reduce_rows(const at::Tensor& row_loss, int64_t reduction) {
+  if (reduction == 0) return row_loss;
+  const int64_t B = row_loss.size(0);
+  double total = 0;
+  AT_DISPATCH_FLOATING_TYPES(row_loss.scalar_type(), "lse_aggregate_nll_sum", [&] {
+    const scalar_t* rl = row_loss.const_data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b) total += rl[b];
+  });
+  if (reduction == 1) total = B > 0 ? total / static_cast<double>(B) : std::numeric_limits<double>::quiet_NaN();
+  return at::full({}, total, row_loss.options());
 }
 
 std::tuple<at::Tensor, at::Tensor> lse_aggregate_cpu(const at::Tensor& logits_in) {
@@ -207,15 +216,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_cpu(const at::Tensor& logit
       });
     });
   }
-  if (reduction == 0) return {row_loss, stats};
-  // Serial double sum: deterministic, and B is small next to the N*K work per row.
-  double total = 0;
-  AT_DISPATCH_FLOATING_TYPES(row_loss.scalar_type(), "lse_aggregate_nll_sum", [&] {
-    const scalar_t* rl = row_loss.const_data_ptr<scalar_t>();
-    for (int64_t b = 0; b < B; ++b) total += rl[b];
-  });
-  if (reduction == 1) total = B > 0 ? total / static_cast<double>(B) : std::numeric_limits<double>::quiet_NaN();
-  return {at::full({}, total, row_loss.options()), stats};
+  return {reduce_rows(row_loss, reduction), stats};
 }
 
 // loss_b = lse_all - lse_t, so grad[b,n,j] = w_b (exp(x - lse_all) - [j == t_b] exp(x - lse_t)),
@@ -265,6 +266,49 @@ at::Tensor lse_aggregate_nll_backward_cpu(const at::Tensor& grad_in, const at::T
   return grad_x;
 }
 
+// Value and gradient in one pass per row: the row's two logsumexps give its loss, and the gradient
+// w (exp(x - lse_all) - [j == t] exp(x - lse_t)) is written while the row is still in cache, with w = 1/B
+// for mean and 1 otherwise (for "none", the gradient of the summed row losses).
+std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_value_and_grad_cpu(const at::Tensor& logits_in,
+                                                                        const at::Tensor& target_in,
+                                                                        int64_t reduction) {
+  const char* op = "lse_aggregate_nll_value_and_grad";
+  check_logits(logits_in, op);
+  check_reduction(reduction, op);
+  const int64_t B = logits_in.size(0), N = logits_in.size(1), K = logits_in.size(2);
+  const at::Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
+  check_target(target, B, K, op);
+  auto grad_x = at::empty_like(logits, at::MemoryFormat::Contiguous);
+  auto row_loss = at::empty({B}, logits.options().dtype(at::toOpMathType(logits.scalar_type())));
+  if (B > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_nll_value_and_grad_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* x = logits.const_data_ptr<scalar_t>();
+      const int64_t* t = target.const_data_ptr<int64_t>();
+      acc_t* rl = row_loss.data_ptr<acc_t>();
+      scalar_t* gx = grad_x.data_ptr<scalar_t>();
+      const acc_t w = reduction == 1 ? acc_t(1) / static_cast<acc_t>(B) : acc_t(1);
+      at::parallel_for(0, B, rows_per_task(N * K), [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const scalar_t* xb = x + b * N * K;
+          scalar_t* gb = gx + b * N * K;
+          const acc_t lse_all = contiguous_lse<acc_t>(xb, N * K);
+          const acc_t lse_t = strided_lse<acc_t>(xb + t[b], N, K);
+          rl[b] = lse_all - lse_t;
+          for (int64_t i = 0; i < N * K; ++i)
+            gb[i] = static_cast<scalar_t>(w * fast_exp(static_cast<acc_t>(xb[i]) - lse_all));
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t i = n * K + t[b];
+            const acc_t xi = static_cast<acc_t>(xb[i]);
+            gb[i] = static_cast<scalar_t>(w * (fast_exp(xi - lse_all) - fast_exp(xi - lse_t)));
+          }
+        }
+      });
+    });
+  }
+  return {reduce_rows(row_loss, reduction), grad_x};
+}
+
 }  // namespace
 }  // namespace clipbert::cpu
 
@@ -273,4 +317,5 @@ TORCH_LIBRARY_IMPL(clipbert, CPU, m) {
   m.impl("_lse_aggregate_backward", &clipbert::cpu::lse_aggregate_backward_cpu);
   m.impl("lse_aggregate_nll", &clipbert::cpu::lse_aggregate_nll_cpu);
   m.impl("_lse_aggregate_nll_backward", &clipbert::cpu::lse_aggregate_nll_backward_cpu);
+  m.impl("lse_aggregate_nll_value_and_grad", &clipbert::cpu::lse_aggregate_nll_value_and_grad_cpu);
 }

@@ -1,0 +1,55 @@
+// Launch shapes and argument checks shared by the CUDA LSE kernels (lse_aggregate_kernel.cu and
+// lse_nll_value_and_grad_kernel.cu). Every message names the op, the argument and what was expected.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "ops/checks.h"
+#include "ops/cuda/common.cuh"
+
+namespace clipbert::cuda {
+
+constexpr int kBlock = 256;
+constexpr int64_t kSingleBlockElems = 1 << 16;  // NLL: below this many logits, one block does it all
+
+inline void check_logits(const at::Tensor& logits, const char* op) {
+  TORCH_CHECK(logits.is_cuda(), op, ": logits must be a CUDA tensor here, got ", logits.device());
+  TORCH_CHECK(is_kernel_float(logits), op, ": logits must be float32/float16/bfloat16/float64, got ",
+              logits.scalar_type());
+  TORCH_CHECK(logits.dim() == 3, op, ": logits must be [B, N, K], got ", shape_str(logits));
+  TORCH_CHECK(logits.size(1) > 0 && logits.size(2) > 0, op,
+              ": logits must be [B, N, K] with N > 0 clips and K > 0 classes, got ", shape_str(logits));
+  TORCH_CHECK(logits.size(1) * logits.size(2) < (int64_t(1) << 31), op, ": N * K must be < 2^31, got ",
+              shape_str(logits));
+}
+
+inline void check_aux(const at::Tensor& t, const at::Tensor& logits, at::ScalarType dtype, const char* op, const char* name,
+               at::IntArrayRef shape) {
+  TORCH_CHECK(t.device() == logits.device(), op, ": ", name, " must be on ", logits.device(), ", got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", shape_str(t));
+}
+
+inline void check_target(const at::Tensor& target, const at::Tensor& logits, const char* op) {
+  const int64_t B = logits.size(0);
+  TORCH_CHECK(target.device() == logits.device(), op, ": target must be on ", logits.device(), ", got ",
+              target.device());
+  TORCH_CHECK(target.scalar_type() == at::kLong, op, ": target must be int64, got ", target.scalar_type());
+  TORCH_CHECK(target.dim() == 1 && target.size(0) == B, op, ": target must be [B] = [", B, "], got ",
+              shape_str(target));
+}
+
+inline void check_reduction(int64_t reduction, const char* op) {
+  TORCH_CHECK(reduction >= 0 && reduction <= 2, op, ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
+              reduction);
+}
+
+inline int group_for(int64_t row_len) { return row_len <= 64 ? kWarp : kBlock; }
+
+inline int64_t grid_for(int64_t rows, int rows_per_block) {
+  return std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block, int64_t(1) << 30);
+}
+
+}  // namespace clipbert::cuda

@@ -1,0 +1,170 @@
+// CUDA kernel for lse_aggregate_nll_value_and_grad: the loss of Eq. 6 and its gradient in one launch.
+//
+// Why: at the training shapes of retrieval ([128, 16, 2]) the fused forward and backward kernels each run
+// in a few microseconds, and a fwd+bwd call is bounded by what the host pays around them (the autograd
+// engine alone costs several kernels' worth). One launch that returns both the value and the gradient is
+// the whole host cost. At large shapes it also reads the logits from memory once instead of twice: pass 2
+// re-reads the row a group has just reduced, from L1/L2.
+//
+// Layout as in lse_aggregate_kernel.cu: logits [B, N, K] contiguous, one group of GROUP threads per row,
+// a warp for short rows and the whole block for long ones; at small B one 1024-thread block does every row
+// and also reduces the batch in a fixed order (deterministic, no atomics, no second launch).
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <type_traits>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/lse_common.cuh"
+
+namespace clipbert::cuda {
+namespace {
+
+template <typename acc_t, typename scalar_t, int VEC>
+__device__ __forceinline__ void to_acc(const Vec<scalar_t, VEC>& a, acc_t (&out)[VEC]) {
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) out[j] = static_cast<acc_t>(a.v[j]);
+}
+
+// Per row b with target t: lse_all over (n, k), lse_t over n of column t, loss_b = lse_all - lse_t and
+// grad[b, n, j] = scale * (exp(x - lse_all) - [j == t] exp(x - lse_t)); scale = 1/B for mean, else 1.
+template <typename scalar_t, int GROUP, int VEC, int THREADS>
+__global__ void __launch_bounds__(THREADS)
+    nll_value_and_grad_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
+                              at::opmath_type<scalar_t>* __restrict__ loss, scalar_t* __restrict__ gx, int64_t B,
+                              int64_t N, int64_t K, bool reduce_in_block, at::opmath_type<scalar_t> scale) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<scalar_t, VEC>;
+  __shared__ acc_t smem[2 * THREADS / kWarp];
+  __shared__ acc_t loss_smem[THREADS / kWarp];
+  const int rows_per_block = THREADS / GROUP, gid = threadIdx.x / GROUP, lane = threadIdx.x % GROUP;
+  const int64_t row_elems = N * K, n_vec = row_elems / VEC;
+  acc_t loss_sum = 0;
+  for (int64_t row = int64_t(blockIdx.x) * rows_per_block + gid; row < B;
+       row += int64_t(gridDim.x) * rows_per_block) {
+    const scalar_t* xs = x + row * row_elems;
+    const V* xr = reinterpret_cast<const V*>(xs);
+    // Pass 1: two 128-bit loads in flight per thread before any math (as the NLL forward).
+    Lse<acc_t> all = lse_init<acc_t>();
+    int64_t i = lane;
+    for (; i + GROUP < n_vec; i += 2 * GROUP) {
+      const V a = xr[i], b = xr[i + GROUP];
+      acc_t va[VEC], vb[VEC];
+      to_acc(a, va);
+      to_acc(b, vb);
+      all.add_vec(va);
+      all.add_vec(vb);
+    }
+    if (i < n_vec) {
+      acc_t va[VEC];
+      to_acc(xr[i], va);
+      all.add_vec(va);
+    }
+    const int64_t t = target[row];
+    CUDA_KERNEL_ASSERT(t >= 0 && t < K && "lse_aggregate_nll_value_and_grad: target out of [0, K)");
+    Lse<acc_t> tl = lse_init<acc_t>();
+    for (int64_t n = lane; n < N; n += GROUP) tl.add(static_cast<acc_t>(xs[n * K + t]));
+    all = group_reduce_lse<acc_t, GROUP>(all, smem);  // every thread of the group gets the result
+    tl = group_reduce_lse<acc_t, GROUP>(tl, smem);
+    const acc_t la = all.value(), lt = tl.value();
+    // Pass 2: the gradient, from the row this group just read.
+    V* gr = reinterpret_cast<V*>(gx + row * row_elems);
+    for (int64_t v = lane; v < n_vec; v += GROUP) {
+      acc_t xv[VEC];
+      to_acc(xr[v], xv);
+      V r;
+      int64_t col = (v * VEC) % K;  // one integer division per vector, not per element
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        acc_t p = exp(xv[j] - la);
+        if (col == t) p -= exp(xv[j] - lt);
+        r.v[j] = static_cast<scalar_t>(scale * p);
+        if (++col == K) col = 0;
+      }
+      gr[v] = r;
+    }
+    if (lane == 0) {
+      if (reduce_in_block)
+        loss_sum += la - lt;
+      else
+        loss[row] = la - lt;
+    }
+  }
+  if (reduce_in_block) {
+    if (lane == 0) loss_smem[gid] = loss_sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      acc_t s = 0;
+      for (int w = 0; w < rows_per_block; ++w) s += loss_smem[w];  // fixed order: deterministic
+      loss[0] = s * scale;
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_value_and_grad_cuda(const at::Tensor& logits_in,
+                                                                         const at::Tensor& target_in,
+                                                                         int64_t reduction) {
+  const char* op = "lse_aggregate_nll_value_and_grad";
+  check_logits(logits_in, op);
+  check_target(target_in, logits_in, op);
+  check_reduction(reduction, op);
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
+  const int64_t B = logits.size(0), N = logits.size(1), K = logits.size(2), row_elems = N * K;
+  const auto acc_opts = logits.options().dtype(at::toOpMathType(logits.scalar_type()));
+  auto grad_x = at::empty_like(logits, at::MemoryFormat::Contiguous);
+  if (B == 0) {
+    if (reduction == 0) return {at::empty({0}, acc_opts), grad_x};
+    return {at::full({}, reduction == 1 ? NAN : 0.f, acc_opts), grad_x};
+  }
+  const bool single = reduction != 0 && B * row_elems <= kSingleBlockElems;
+  const int group = single ? kWarp : group_for(row_elems);
+  const dim3 grid(single ? 1 : grid_for(B, kBlock / group));
+  auto loss = single ? at::empty({}, acc_opts) : at::empty({B}, acc_opts);
+  const double scale = reduction == 1 ? 1.0 / static_cast<double>(B) : 1.0;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_nll_value_and_grad_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int VEC = vec_width<scalar_t>();
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    scalar_t* gx = grad_x.data_ptr<scalar_t>();
+    const int64_t* t = target.const_data_ptr<int64_t>();
+    acc_t* l = loss.data_ptr<acc_t>();
+    const acc_t s = static_cast<acc_t>(scale);
+    const bool vec = row_elems % VEC == 0 && aligned16(x) && aligned16(gx);
+    auto launch = [&](auto group_c, auto vec_c) {
+      constexpr int G = decltype(group_c)::value, V = decltype(vec_c)::value;
+      if constexpr (G == kWarp) {  // only warp groups run as the single block
+        if (single) {
+          nll_value_and_grad_kernel<scalar_t, G, V, 1024><<<grid, 1024, 0, stream>>>(x, t, l, gx, B, N, K, true, s);
+          return;
+        }
+      }
+      nll_value_and_grad_kernel<scalar_t, G, V, kBlock><<<grid, kBlock, 0, stream>>>(x, t, l, gx, B, N, K, false, s);
+    };
+    using Warp = std::integral_constant<int, kWarp>;
+    using Block = std::integral_constant<int, kBlock>;
+    using Wide = std::integral_constant<int, VEC>;
+    using Narrow = std::integral_constant<int, 1>;
+    if (group == kWarp && vec)
+      launch(Warp{}, Wide{});
+    else if (group == kWarp)
+      launch(Warp{}, Narrow{});
+    else if (vec)
+      launch(Block{}, Wide{});
+    else
+      launch(Block{}, Narrow{});
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  if (single || reduction == 0) return {loss, grad_x};
+  return {reduction == 1 ? loss.mean() : loss.sum(), grad_x};
+}
+
+}  // namespace
+}  // namespace clipbert::cuda
+
+TORCH_LIBRARY_IMPL(clipbert, CUDA, m) {
+  m.impl("lse_aggregate_nll_value_and_grad", &clipbert::cuda::lse_aggregate_nll_value_and_grad_cuda);
+}
