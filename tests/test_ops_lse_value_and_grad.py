@@ -20,10 +20,10 @@ def _device(backend):
 
 
 def _shapes(backend):
-    # Odd sizes, a row long enough for the CUDA kernel's block-per-row path, and (B*N*K > 2^16) one past
-    # its single-block limit; the Triton interpreter is slow, so it gets the small ones only.
-    small = [(3, 5, 7), (1, 1, 1), (2, 16, 2), (128, 16, 2)]
-    return small if backend == "triton" else small + [(5, 3, 131), (4, 9, 1540), (600, 16, 8)]
+    # Odd sizes, the retrieval shape, a row long enough for the CUDA kernel's block-per-row path, and one
+    # past its single-block limit (B*N*K > 2^16); the Triton interpreter is slow: the small ones only.
+    small = [(3, 5, 7), (1, 1, 1), (2, 16, 2)]
+    return small if backend == "triton" else small + [(128, 16, 2), (5, 3, 131), (4, 9, 1540), (600, 16, 8)]
 
 
 def _ref(x, t, reduction):

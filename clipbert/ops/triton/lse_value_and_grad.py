@@ -19,7 +19,7 @@ def _nll_value_and_grad_kernel(
     t_ptr,
     loss_ptr,
     gx_ptr,
-    scale,
+    denom,
     N,
     K,
     stride_b,
@@ -28,7 +28,9 @@ def _nll_value_and_grad_kernel(
     ACC: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    # loss_b = lse_all - lse_t; grad[b,n,j] = scale (exp(x - lse_all) - [j == t_b] exp(x - lse_t))
+    # loss_b = lse_all - lse_t; grad[b,n,j] = (exp(x - lse_all) - [j == t_b] exp(x - lse_t)) / denom, with
+    # denom = B for mean, else 1: an integer, so the division happens in ACC (a float scalar argument would
+    # reach a compiled kernel as float32, and 1/B in float32 is not exact enough for float64 logits).
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_K)
     mask = offs < K
@@ -41,7 +43,7 @@ def _nll_value_and_grad_kernel(
         v = tl.load(x_ptr + row * stride_b + n * stride_n + offs * stride_k, mask=mask, other=float("-inf"))
         v = v.to(ACC)
         p = tl.exp(v - lse_all) - tl.where(offs == target, tl.exp(v - lse_t), 0.0)
-        tl.store(gx_ptr + (row * N + n) * K + offs, (scale * p).to(gx_ptr.dtype.element_ty), mask=mask)
+        tl.store(gx_ptr + (row * N + n) * K + offs, (p / denom).to(gx_ptr.dtype.element_ty), mask=mask)
 
 
 def lse_aggregate_nll_value_and_grad(logits, target, reduction: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +60,7 @@ def lse_aggregate_nll_value_and_grad(logits, target, reduction: int) -> tuple[to
             target.contiguous(),
             row_loss,
             grad_x,
-            1.0 / B if reduction == 1 else 1.0,
+            B if reduction == 1 else 1,
             N,
             K,
             *logits.stride(),
