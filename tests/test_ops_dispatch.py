@@ -195,3 +195,20 @@ def test_torch_compile_fullgraph():
     grads_eager = torch.autograd.grad(step(frames, logits, target), (frames, logits))
     for g, ge in zip(grads, grads_eager):
         torch.testing.assert_close(g, ge)
+
+
+def test_native_ready_agrees_with_resolve(restore_backend):
+    # The one-launch ops skip `resolve` when `native_ready` says the compiled kernel runs; it must never say
+    # so where `resolve` would pick something else (or raise).
+    if not ops.native_available("cpu"):
+        pytest.skip("clipbert._C not built")
+    x = torch.randn(2, 3, 4)
+    for process_wide in ("auto", "cpu", "reference", "triton"):
+        ops.set_backend(process_wide)
+        for backend in (None, "auto", "cpu", "cuda", "reference", "triton"):
+            ready = _backend.native_ready(x, backend)
+            try:
+                picked = _backend.resolve(backend, x.device)
+            except RuntimeError:
+                picked = None
+            assert ready == (picked == "cpu"), (process_wide, backend, ready, picked)

@@ -52,6 +52,17 @@ def native_available(kind: str) -> bool:
     return _load(kind)
 
 
+def native_ready(t: torch.Tensor, backend: str | None) -> bool:
+    """Whether `backend` (None: the process-wide one) runs an already loaded compiled kernel on `t`: a
+    check cheap enough for the one-launch ops (about 0.1 us, against 1.2 us for `resolve`). False means
+    only: ask `resolve`, which also raises the errors."""
+    name = _selected["name"] if backend is None else backend
+    kind = "cuda" if t.is_cuda else ("cpu" if t.is_cpu else None)
+    if name != "auto" and name != kind:
+        return False
+    return kind is not None and not isinstance(_native.get(kind, ""), str)
+
+
 def triton_available(device: torch.device) -> bool:
     if importlib.util.find_spec("triton") is None:
         return False
