@@ -303,6 +303,8 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_value_and_grad_cpu(const at
           const acc_t lse_all = contiguous_lse<acc_t>(xb, N * K);
           const acc_t lse_t = strided_lse<acc_t>(xb + t[b], N, K);
           rl[b] = lse_all - lse_t;
+          // The NLL backward's loop, written out again on purpose: as one shared helper, GCC vectorized its
+          // bfloat16 stores and both ops ran 2.5-3x slower on bf16 (measured at [512, 16, 154]).
           for (int64_t i = 0; i < N * K; ++i)
             gb[i] = static_cast<scalar_t>(w * fast_exp(static_cast<acc_t>(xb[i]) - lse_all));
           for (int64_t n = 0; n < N; ++n) {

@@ -269,18 +269,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_cuda(const at::Tensor& logi
       nll_fwd_kernel<scalar_t, G, V, kBlock>
           <<<grid, kBlock, 0, stream>>>(x, t, l, st, B, N, K, false, static_cast<acc_t>(scale));
     };
-    using Warp = std::integral_constant<int, kWarp>;
-    using Block = std::integral_constant<int, kBlock>;
-    using Wide = std::integral_constant<int, VEC>;
-    using Narrow = std::integral_constant<int, 1>;
-    if (group == kWarp && vec)
-      launch(Warp{}, Wide{});
-    else if (group == kWarp)
-      launch(Warp{}, Narrow{});
-    else if (vec)
-      launch(Block{}, Wide{});
-    else
-      launch(Block{}, Narrow{});
+    launch_group_vec<VEC>(group == kWarp, vec, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (single || reduction == 0) return {loss, stats};

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "ops/checks.h"
 #include "ops/cuda/common.cuh"
@@ -50,6 +51,24 @@ inline int group_for(int64_t row_len) { return row_len <= 64 ? kWarp : kBlock; }
 
 inline int64_t grid_for(int64_t rows, int rows_per_block) {
   return std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block, int64_t(1) << 30);
+}
+
+// Calls launch(group, vec) with compile-time constants: the threads per row (a warp, or the whole block)
+// and the elements per load (VEC for 128-bit loads, or 1 when rows are not 16-byte aligned).
+template <int VEC, typename Launch>
+void launch_group_vec(bool warp, bool vec, Launch&& launch) {
+  using Warp = std::integral_constant<int, kWarp>;
+  using Block = std::integral_constant<int, kBlock>;
+  using Wide = std::integral_constant<int, VEC>;
+  using Narrow = std::integral_constant<int, 1>;
+  if (warp && vec)
+    launch(Warp{}, Wide{});
+  else if (warp)
+    launch(Warp{}, Narrow{});
+  else if (vec)
+    launch(Block{}, Wide{});
+  else
+    launch(Block{}, Narrow{});
 }
 
 }  // namespace clipbert::cuda

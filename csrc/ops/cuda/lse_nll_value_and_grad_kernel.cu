@@ -144,18 +144,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_value_and_grad_cuda(const a
       }
       nll_value_and_grad_kernel<scalar_t, G, V, kBlock><<<grid, kBlock, 0, stream>>>(x, t, l, gx, B, N, K, false, s);
     };
-    using Warp = std::integral_constant<int, kWarp>;
-    using Block = std::integral_constant<int, kBlock>;
-    using Wide = std::integral_constant<int, VEC>;
-    using Narrow = std::integral_constant<int, 1>;
-    if (group == kWarp && vec)
-      launch(Warp{}, Wide{});
-    else if (group == kWarp)
-      launch(Warp{}, Narrow{});
-    else if (vec)
-      launch(Block{}, Wide{});
-    else
-      launch(Block{}, Narrow{});
+    launch_group_vec<VEC>(group == kWarp, vec, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (single || reduction == 0) return {loss, grad_x};
