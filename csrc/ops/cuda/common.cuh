@@ -123,4 +123,19 @@ __device__ __forceinline__ acc_t group_reduce_sum(acc_t v, acc_t* smem) {
   return v;
 }
 
+// Single-block launches that also reduce the batch: lane 0 of each group holds its rows' summed losses;
+// writes loss[0] = (sum over groups) * scale, added in a fixed order (deterministic, no atomics). Every
+// thread of the block must call it (it synchronizes). `smem` holds one value per group.
+template <typename acc_t>
+__device__ __forceinline__ void block_sum_losses(acc_t group_sum, int lane, int gid, int groups, acc_t* smem,
+                                                 acc_t* loss, acc_t scale) {
+  if (lane == 0) smem[gid] = group_sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    acc_t s = 0;
+    for (int w = 0; w < groups; ++w) s += smem[w];
+    loss[0] = s * scale;
+  }
+}
+
 }  // namespace clipbert::cuda

@@ -125,15 +125,7 @@ __global__ void __launch_bounds__(THREADS) nll_fwd_kernel(const scalar_t* __rest
         loss[row] = la - lt;
     }
   }
-  if (reduce_in_block) {
-    if (lane == 0) loss_smem[gid] = loss_sum;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      acc_t s = 0;
-      for (int w = 0; w < rows_per_block; ++w) s += loss_smem[w];  // fixed order: deterministic
-      loss[0] = s * scale;
-    }
-  }
+  if (reduce_in_block) block_sum_losses(loss_sum, lane, gid, rows_per_block, loss_smem, loss, scale);
 }
 
 // grad[b,n,j] = w_b (exp(x - lse_all) - [j == t_b] exp(x - lse_t)); grid.y walks rows, grid.x the row.

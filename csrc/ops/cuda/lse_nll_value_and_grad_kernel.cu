@@ -92,15 +92,7 @@ __global__ void __launch_bounds__(THREADS)
         loss[row] = la - lt;
     }
   }
-  if (reduce_in_block) {
-    if (lane == 0) loss_smem[gid] = loss_sum;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      acc_t s = 0;
-      for (int w = 0; w < rows_per_block; ++w) s += loss_smem[w];  // fixed order: deterministic
-      loss[0] = s * scale;
-    }
-  }
+  if (reduce_in_block) block_sum_losses(loss_sum, lane, gid, rows_per_block, loss_smem, loss, scale);
 }
 
 std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_value_and_grad_cuda(const at::Tensor& logits_in,
