@@ -74,6 +74,11 @@ def parse_args(argv=None):
     p.add_argument(
         "--dali-processes", default=None, help="comma list: DALI loaders in that many processes (e.g. 2,4)"
     )
+    p.add_argument(
+        "--dali-trim",
+        default="on",
+        help="comma list of on/off: workers cut each video to the packets its frames need (dali_trim)",
+    )
     p.add_argument("--store-fps", type=float, default=2.0)
     p.add_argument("--only", default="", help="comma list of variant name prefixes to run")
     p.add_argument(
@@ -124,12 +129,16 @@ def make_videos(args, root: Path) -> dict[str, Path]:
     return sets
 
 
-def _affine_values(text: str) -> list[bool]:
+def _switch_values(text: str, flag: str) -> list[bool]:
     values = {"on": True, "off": False}
     try:
         return [values[v.strip()] for v in text.split(",") if v.strip()]
     except KeyError as err:
-        raise SystemExit(f"--dali-affine: each value must be on or off, got {err.args[0]!r}") from None
+        raise SystemExit(f"{flag}: each value must be on or off, got {err.args[0]!r}") from None
+
+
+def _on(value: bool) -> str:
+    return "on" if value else "off"
 
 
 def variants(args, sets, store):
@@ -137,7 +146,8 @@ def variants(args, sets, store):
     workers = [int(w) for w in (args.workers or ("0,2" if cpu else "4,8,16")).split(",")]
     pipes = [int(p) for p in (args.dali_pipelines or ("1,2" if cpu else "1,2,4")).split(",")]
     threads = args.dali_threads or (2 if cpu else 4)
-    dali_workers = min(2, max(workers))  # the DataLoader side of DALI only probes files and samples indices
+    # The DataLoader side of DALI probes files, samples indices and cuts videos (trim.py: 1-2 ms a sample).
+    dali_workers = min(2, max(workers))
     for k in workers:
         yield (
             f"pyav h264 gop{args.gop} workers={k}",
@@ -150,38 +160,44 @@ def variants(args, sets, store):
             f"frame_store cpu-jpeg workers={k}",
             dict(backend="frame_store", frame_store=store, num_workers=k),
         )
-    for k in [int(x) for x in (args.dali_processes or "").split(",") if x]:
-        codec = "vp9" if cpu else "h264"
-        for affine in _affine_values(args.dali_affine):
-            yield (
-                f"dali-{'cpu' if cpu else 'gpu'} {codec} processes={k} affine={'on' if affine else 'off'}",
-                dict(
-                    backend="dali",
-                    video_dir=sets[codec],
-                    num_workers=0,
-                    dali_pipelines=1,
-                    dali_affine=affine,
-                    processes=k,
-                ),
-            )
+    affines = _switch_values(args.dali_affine, "--dali-affine")
+    trims = _switch_values(args.dali_trim, "--dali-trim")
+    codec = "vp9" if cpu else "h264"
+    dali = f"dali-{'cpu' if cpu else 'gpu'} {codec}"
+    for k, trim, affine in itertools.product(
+        [int(x) for x in (args.dali_processes or "").split(",") if x], trims, affines
+    ):
+        yield (
+            f"{dali} processes={k} trim={_on(trim)} affine={_on(affine)}",
+            dict(
+                backend="dali",
+                video_dir=sets[codec],
+                # the workers cut the videos; without cutting they would only sample indices
+                num_workers=dali_workers if trim else 0,
+                dali_pipelines=1,
+                dali_affine=affine,
+                dali_trim=trim,
+                processes=k,
+            ),
+        )
     if cpu:
-        for p in pipes:
+        for p, trim in itertools.product(pipes, trims):
             yield (
-                f"dali-cpu vp9 pipelines={p}",
+                f"{dali} pipelines={p} trim={_on(trim)}",
                 dict(
                     backend="dali",
                     video_dir=sets["vp9"],
                     num_workers=dali_workers,
                     dali_pipelines=p,
                     dali_threads=threads,
+                    dali_trim=trim,
                 ),
             )
     else:
-        affines = _affine_values(args.dali_affine)
-        for p, order, affine in itertools.product(pipes, ("none", "frames"), affines):
+        for p, order, trim, affine in itertools.product(pipes, ("none", "frames"), trims, affines):
             yield (
-                f"dali-gpu h264 gop{args.gop} pipelines={p} order={order} threads={threads} "
-                f"affine={'on' if affine else 'off'}",
+                f"{dali} gop{args.gop} pipelines={p} order={order} trim={_on(trim)} threads={threads} "
+                f"affine={_on(affine)}",
                 dict(
                     backend="dali",
                     video_dir=sets["h264"],
@@ -190,23 +206,31 @@ def variants(args, sets, store):
                     dali_order=order,
                     dali_threads=threads,
                     dali_affine=affine,
+                    dali_trim=trim,
                 ),
             )
         for p in pipes:
             yield (
-                f"dali-gpu h264 gop{args.gop} pipelines={p} no-index",
+                f"{dali} gop{args.gop} pipelines={p} no-index trim=off",
                 dict(
                     backend="dali",
                     video_dir=sets["h264"],
                     num_workers=dali_workers,
                     dali_pipelines=p,
                     dali_build_index=False,
+                    dali_trim=False,
                 ),
             )
-        for p in pipes:
+        for p, trim in itertools.product(pipes, trims):
             yield (
-                f"dali-gpu h264 gop4 pipelines={p}",
-                dict(backend="dali", video_dir=sets["h264_gop4"], num_workers=dali_workers, dali_pipelines=p),
+                f"{dali} gop4 pipelines={p} trim={_on(trim)}",
+                dict(
+                    backend="dali",
+                    video_dir=sets["h264_gop4"],
+                    num_workers=dali_workers,
+                    dali_pipelines=p,
+                    dali_trim=trim,
+                ),
             )
     for p in pipes:
         yield (
@@ -306,7 +330,18 @@ def main(argv=None):
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device")
-    results = []
+    out = Path(
+        args.out or REPO / "benchmarks" / "results" / f"data_{args.device}_{dt.date.today().isoformat()}.json"
+    )
+    report = {
+        "benchmark": "data",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"device": args.device, "cpus": os.cpu_count(), "platform": platform.platform()},
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "setup": {k: v for k, v in vars(args).items() if k not in ("out", "only")}
+        | {"clips": CLIPS, "frames": FRAMES},
+        "results": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -325,25 +360,20 @@ def main(argv=None):
             except Exception as err:  # one failing backend must not hide the others
                 row["error"] = f"{type(err).__name__}: {err}"
                 traceback.print_exc()
-            results.append(row)
+            report["results"].append(row)
             fps = f"{row['frames_per_s']:10.1f}" if "frames_per_s" in row else "     error"
             print(f"{name:<48} {fps} frames/s", flush=True)
-    report = {
-        "benchmark": "data",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"device": args.device, "cpus": os.cpu_count(), "platform": platform.platform()},
-        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-        "setup": {k: v for k, v in vars(args).items() if k not in ("out", "only")}
-        | {"clips": CLIPS, "frames": FRAMES},
-        "results": results,
-    }
+            write_report(report, out)  # after every row: a step stopped by its time limit keeps its rows
     print_table(report)
-    out = Path(
-        args.out or REPO / "benchmarks" / "results" / f"data_{args.device}_{dt.date.today().isoformat()}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_report(report, out)
     print(f"wrote {out}")
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    tmp.replace(out)  # atomic: a kill mid-write leaves the previous rows
 
 
 def print_table(report):

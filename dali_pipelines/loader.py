@@ -74,6 +74,10 @@ class DaliLoader(_OverlappedLoader):
     def submit(self, batch: dict) -> dict:
         paths, indices = batch.pop("video_paths"), batch.pop("frame_indices").numpy()
         hw, codecs = batch.pop("video_hw"), batch.pop("video_codecs")
+        # With DataConfig.dali_trim the workers sent each video's needed packets and their own indices;
+        # `indices` stay the file's, for PyAV.
+        trimmed = batch.pop("video_bytes", None)
+        dali_indices = batch.pop("dali_indices").numpy() if trimmed is not None else indices
         for i, codec in enumerate(codecs):
             self._route(paths[i], dali_unreadable(self.dali_device, codec, *hw[i]), batch)
         if self.guard is not None:
@@ -82,6 +86,7 @@ class DaliLoader(_OverlappedLoader):
             for i, reason in zip(rows, reasons, strict=True):
                 self._route(paths[i], reason, batch)
         job = {"batch": batch, "paths": paths, "indices": indices, "hw": hw, "dali": None}
+        job.update(trimmed=trimmed, dali_indices=dali_indices)
         job["rows"] = [i for i in range(len(paths)) if paths[i] not in self.use_pyav]
         if job["rows"]:
             try:
@@ -136,8 +141,11 @@ class DaliLoader(_OverlappedLoader):
                 bad.append(f"{job['paths'][i]}: DALI could not decode ({reason}); trying PyAV")
 
     def _submit(self, rows, job) -> dict:
-        encoded = [read_bytes(job["paths"][i]) for i in rows]
-        return self.decoder.submit(encoded, job["indices"][rows], [job["hw"][i] for i in rows])
+        if job["trimmed"] is not None:
+            encoded = [job["trimmed"][i] for i in rows]
+        else:
+            encoded = [read_bytes(job["paths"][i]) for i in rows]
+        return self.decoder.submit(encoded, job["dali_indices"][rows], [job["hw"][i] for i in rows])
 
 
 class DaliFrameStoreLoader(_OverlappedLoader):

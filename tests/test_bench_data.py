@@ -63,6 +63,14 @@ def test_nvdec_diagnose_runs_on_the_cpu_decoder(tmp_path, monkeypatch):
     assert [r["size"] for r in cache] == ["96x72", "96x80", "96x72"]
     assert all(r["indices_match"] and r["grey_levels_to_pyav"] < 2.0 for r in cache), cache
     assert not any(r["guard_sends_to_pyav"] for r in cache)
+    # The seek timings, on a short video: exact frames from the whole file and from the cut one.
+    seek_video = dict(num_frames=40, fps=10, height=48, width=64, gop=10)
+    monkeypatch.setattr(nvdec_diagnose, "SEEK_VIDEO", seek_video)
+    monkeypatch.setattr(nvdec_diagnose, "SEEK_FRAMES", (0, 39))
+    monkeypatch.setattr(nvdec_diagnose, "SEEK_REPEATS", 1)
+    seek = nvdec_diagnose.seek_checks(tmp_path, "cpu", "vp9")
+    assert [r["frame"] for r in seek] == [0, 39]
+    assert all(r["full_match"] and r["trim_match"] and r["full_ms"] > 0 < r["trim_ms"] for r in seek), seek
 
 
 def test_bench_data_runs_dali_loaders_in_several_processes(tmp_path):
@@ -77,6 +85,27 @@ def test_bench_data_runs_dali_loaders_in_several_processes(tmp_path):
     )
     (row,) = json.loads(out.read_text())["results"]
     assert "error" not in row, row
-    assert row["variant"] == "dali-cpu vp9 processes=2 affine=off" and row["processes"] == 2
+    assert row["variant"] == "dali-cpu vp9 processes=2 trim=on affine=off" and row["processes"] == 2
     # each process times 2 batches of its shard (a shard's batches may be short): whole samples of 4 x 2
     assert row["frames"] >= 2 * 2 * 4 * 2 and row["frames"] % (4 * 2) == 0 and row["frames_per_s"] > 0
+
+
+def test_bench_data_keeps_finished_rows_when_stopped(tmp_path, monkeypatch):
+    # The GPU script's time limit may stop the benchmark mid-way: the JSON holds every finished row.
+    import bench_data
+
+    calls = []
+
+    def measure(args, root, overrides):
+        calls.append(overrides["backend"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stands in for the step's timeout
+        return {"frames_per_s": 1.0, "frames": 1, "seconds": 1.0}
+
+    monkeypatch.setattr(bench_data, "measure", measure)
+    out = tmp_path / "data.json"
+    argv = "--device cpu --num-videos 1 --seconds 1 --fps 4 --batches 1 --batch-size 1 --size 32 --workers 0"
+    with pytest.raises(KeyboardInterrupt):
+        bench_data.main(argv.split() + ["--only", "pyav", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in rows] == ["pyav h264 gop30 workers=0"] and rows[0]["frames_per_s"] == 1.0

@@ -95,8 +95,9 @@ def loader_batches(root, task, split, **overrides):
     return list(loader)
 
 
-def test_dali_loader_matches_pyav_loader_on_the_vp9_benchmark(vp9_bench):
-    dali = loader_batches(vp9_bench, "tgif_action", "train", backend="dali", dali_pipelines=2)
+@pytest.mark.parametrize("trim", [True, False])
+def test_dali_loader_matches_pyav_loader_on_the_vp9_benchmark(vp9_bench, trim):
+    dali = loader_batches(vp9_bench, "tgif_action", "train", backend="dali", dali_pipelines=2, dali_trim=trim)
     pyav = loader_batches(vp9_bench, "tgif_action", "train", backend="pyav")
     assert len(dali) == len(pyav) > 0
     for x, y in zip(dali, pyav, strict=True):
@@ -106,7 +107,8 @@ def test_dali_loader_matches_pyav_loader_on_the_vp9_benchmark(vp9_bench):
         assert diff.abs().mean() < 2.0
 
 
-def test_dali_cpu_falls_back_to_pyav_for_h264_and_drops_undecodable(tmp_path):
+@pytest.mark.parametrize("trim", [True, False])
+def test_dali_cpu_falls_back_to_pyav_for_h264_and_handles_undecodable(tmp_path, trim):
     import json
 
     videos, anns = tmp_path / "videos", tmp_path / "annotations"
@@ -120,14 +122,18 @@ def test_dali_cpu_falls_back_to_pyav_for_h264_and_drops_undecodable(tmp_path):
         for name in "abc":
             f.write(json.dumps({"question": "what", "answer": "x", "video_id": name}) + "\n")
     (anns / "msrvtt_qa_ans2label.json").write_text('{"x": 0}')
-    (batch,) = loader_batches(tmp_path, "msrvtt_qa", "val", backend="dali")
-    assert batch["video_ids"] == ["a", "b"] and batch["frames"].shape == (2, 2, 2, 3, 32, 32)
+    (batch,) = loader_batches(tmp_path, "msrvtt_qa", "val", backend="dali", dali_trim=trim)
     bad = " | ".join(batch["bad_videos"])
     assert "b.mp4: codec h264 unreadable by DALI on CPU; used PyAV" in bad
-    assert "c.avi: DALI could not decode" in bad and "sample dropped" in bad
     (ref,) = loader_batches(tmp_path, "msrvtt_qa", "val", backend="pyav")  # c replaced by a
     torch.testing.assert_close(batch["frames"][1], ref["frames"][1])  # b via PyAV: identical
-    assert batch["labels"].tolist() == [0, 0] and batch["input_ids"].shape[0] == 2
+    if trim:  # the worker's cut finds the truncation first: c is replaced by a, as with PyAV
+        assert batch["video_ids"] == ["a", "b", "a"] and "c.avi: frame indices 10..49 outside" in bad
+        torch.testing.assert_close(batch["labels"], ref["labels"])
+    else:  # DALI fails on c mid-batch; PyAV cannot decode it either, so the sample is dropped
+        assert batch["video_ids"] == ["a", "b"] and batch["frames"].shape == (2, 2, 2, 3, 32, 32)
+        assert "c.avi: DALI could not decode" in bad and "sample dropped" in bad
+        assert batch["labels"].tolist() == [0, 0] and batch["input_ids"].shape[0] == 2
 
 
 def test_dali_loader_sends_what_the_nvdec_guard_flags_to_pyav(vp9_bench, monkeypatch):
@@ -206,8 +212,8 @@ def h264_bench(tmp_path_factory):
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.parametrize("order", ["none", "frames"])
-def test_dali_gpu_loader_on_h264_matches_pyav(h264_bench, order):
+@pytest.mark.parametrize("order,trim", [("none", True), ("frames", True), ("frames", False)])
+def test_dali_gpu_loader_on_h264_matches_pyav(h264_bench, order, trim):
     def batches(**overrides):
         cfg = cfg_for(h264_bench, **overrides)
         dataset = build_dataset("tgif_action", "train", cfg, build_tokenizer(), IMAGENET_RGB)
@@ -215,7 +221,7 @@ def test_dali_gpu_loader_on_h264_matches_pyav(h264_bench, order):
         loader.sampler.set_epoch(1)
         return list(loader)
 
-    dali = batches(backend="dali", dali_pipelines=2, dali_order=order)
+    dali = batches(backend="dali", dali_pipelines=2, dali_order=order, dali_trim=trim)
     pyav = batches(backend="pyav")
     assert len(dali) == len(pyav) > 0
     for x, y in zip(dali, pyav, strict=True):

@@ -97,6 +97,7 @@ def test_sampling_rejects_bad_inputs(kwargs, message):
         ({"max_text_len": {"msrvtt_rt": 20}}, "max_text_len"),
         ({"backend": "frame_store"}, "frame_store"),
         ({"dali_affine": "yes"}, "dali_affine must be true or false"),
+        ({"dali_trim": 1}, "dali_trim must be true or false"),
         ({"nope": 1}, "unknown data config key 'nope'"),
     ],
 )

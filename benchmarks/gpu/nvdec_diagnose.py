@@ -16,7 +16,10 @@ dali_pipelines/routing.py's NvdecCacheGuard now sends such videos to PyAV. The c
 4. synthetic: the tiny synthetic H.264 videos: for each frame DALI returns, the PyAV frame it is closest to
    and the distance, beside the distance to the frame requested;
 5. loader: the DALI loader against the PyAV loader on the tiny synthetic set (the failing test's setting),
-   with the videos the guard sent to PyAV.
+   with the videos the guard sent to PyAV;
+6. seek: what one frame costs against its position, from the whole file and from the file cut by
+   dali_pipelines/trim.py. DALI's CPU decoder decodes from the start of the file for every sample (frame 299
+   of a GOP-30 video costs 47x frame 0); this says whether NVDEC does too, and what the cut saves.
 
     python3 benchmarks/gpu/nvdec_diagnose.py --out $OUT/nvdec_diagnose.json
 
@@ -52,6 +55,10 @@ SIZES = (
     (240, 320, 30),
     (360, 640, 30),
 )
+# The seek check's video: the data benchmark's (320x240, 30 fps, 10 s, GOP 30), and the frames it times.
+SEEK_VIDEO = dict(num_frames=300, fps=30, height=240, width=320, gop=30)
+SEEK_FRAMES = (0, 30, 150, 299)
+SEEK_BATCH, SEEK_REPEATS = 8, 3
 PATTERNS = {
     "ascending": [[2, 3], [10, 11], [20, 21], [30, 31]],
     "descending": [[31, 30], [21, 20], [11, 10], [3, 2]],
@@ -173,6 +180,55 @@ def raw_checks(root: Path, device: str, codec: str) -> list[dict]:
     return rows
 
 
+def seek_checks(root: Path, device: str, codec: str) -> list[dict]:
+    """ms per sample to decode one frame at each of SEEK_FRAMES, whole file against trimmed file."""
+    import time
+
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    from dali_pipelines.common import build_pipeline, to_torch
+    from dali_pipelines.trim import trim_video
+
+    def graph():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+        return fn.decoders.video(encoded, frames=frames, device="mixed" if device == "gpu" else "cpu")
+
+    pipe = build_pipeline(graph, SEEK_BATCH, 4, device, 0)
+    torch_device = torch.device("cuda" if device == "gpu" else "cpu")
+    path = write_painted_video(root / "seek", codec=codec, **SEEK_VIDEO)
+    note_decoded(device, codec, SEEK_VIDEO["height"], SEEK_VIDEO["width"])
+
+    def run(data: np.ndarray, index: int) -> tuple[float, int]:
+        """(ms per sample, the painted index read back)"""
+        times = []
+        for _ in range(SEEK_REPEATS + 1):  # the first run warms the decoder cache
+            start = time.perf_counter()
+            pipe.feed_input("encoded", [data] * SEEK_BATCH)
+            pipe.feed_input("frames", [np.array([index], dtype=np.int32)] * SEEK_BATCH)
+            out = to_torch(pipe.run()[0], torch_device)  # [B, 1, H, W, 3]
+            times.append((time.perf_counter() - start) / SEEK_BATCH * 1e3)
+        return float(np.median(times[1:])), read_index(out[0, 0].cpu().numpy())
+
+    rows = []
+    for frame in SEEK_FRAMES:
+        full_ms, full_got = run(read_bytes(path), frame)
+        cut, (new_index,) = trim_video(path, np.array([frame]))
+        trim_ms, trim_got = run(cut, int(new_index))
+        rows.append(
+            dict(
+                frame=frame,
+                full_ms=round(full_ms, 2),
+                trim_ms=round(trim_ms, 2),
+                full_match=full_got == frame,
+                trim_match=trim_got == frame,
+                trim_bytes=int(cut.size),
+            )
+        )
+    return rows
+
+
 def synthetic_checks(root: Path, device: str, codec: str) -> list[dict]:
     from clipbert.data import synthetic
 
@@ -291,13 +347,14 @@ def main(argv=None) -> dict:
             ("painted", painted_checks),
             ("synthetic", synthetic_checks),
             ("loader", loader_checks),
+            ("seek", seek_checks),
         ):
             try:
                 report[name] = check(Path(tmp), args.device, codec)
             except Exception as err:
                 report[name] = {"error": f"{type(err).__name__}: {err}"}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    for name in ("cache", "raw", "painted", "synthetic", "loader"):
+    for name in ("cache", "raw", "painted", "synthetic", "loader", "seek"):
         rows = report[name]
         if isinstance(rows, dict):
             print(f"{name}: {rows['error']}")

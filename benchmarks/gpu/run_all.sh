@@ -159,7 +159,7 @@ elif has nvidia.dali && has av; then
   else
     # shellcheck disable=SC2086  # DATA_ARGS is a list of flags; DATA_ONLY (variant prefixes) may hold spaces
     step data "${DATA_LIMIT_S:-150}" "$PY" benchmarks/bench_data.py --device cuda --out "$OUT/data_cuda.json" \
-      ${DATA_ARGS:---workers 16 --dali-pipelines 2,4 --dali-processes 2,4,8 --batches 10} \
+      ${DATA_ARGS:---workers 16 --dali-pipelines 2,4 --dali-processes 2,4,8 --dali-trim on,off --batches 10} \
       ${DATA_ONLY:+--only "$DATA_ONLY"}
   fi
 else

@@ -71,6 +71,9 @@ class DataConfig:
     # order in every pipeline and process, so parallel ones would share a few cores; off, the OS spreads
     # them. To be measured on the GPU: bench_data.py --dali-affine on,off.
     dali_affine: bool = False
+    # Workers cut each video down to the packets its sampled frames need (dali_pipelines/trim.py), so DALI,
+    # which decodes every sample from the start of its file, decodes a few key-frame runs instead.
+    dali_trim: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.max_text_len, int):
@@ -82,7 +85,7 @@ class DataConfig:
         _check_choice("test_sampling", self.test_sampling, STRATEGIES)
         _check_choice("dali_order", self.dali_order, ("none", "frames"))
         _check_choice("frame_store_reader", self.frame_store_reader, ("cpu", "dali"))
-        for key in ("dali_build_index", "dali_affine"):
+        for key in ("dali_build_index", "dali_affine", "dali_trim"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         for task, length in self.max_text_len.items():

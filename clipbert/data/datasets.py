@@ -96,14 +96,19 @@ class TaskDataset(Dataset):
                 "video_hw": (info.height, info.width),
             }
         if self.cfg.backend == "dali":
-            info = self.source.info(video_id)
-            return {
+            info, path = self.source.info(video_id), self.source.key(video_id)
+            item = {
                 "video_id": video_id,
-                "video_path": self.source.key(video_id),
-                "frame_indices": indices,
+                "video_path": path,
+                "frame_indices": indices,  # [N, T] in the file: PyAV's, if DALI hands the file back
                 "video_hw": (info.height, info.width),
                 "video_codec": info.codec,
             }
+            if self.cfg.dali_trim:  # the packets DALI needs, and the same frames' indices in them
+                from dali_pipelines.trim import trim_video  # PyAV only; dali_pipelines loads lazily
+
+                item["video_bytes"], item["dali_indices"] = trim_video(path, indices)
+            return item
         frames, hw = self.source.frames(video_id, indices)
         return {"video_id": video_id, "frames": frames, "frames_hw": hw}
 

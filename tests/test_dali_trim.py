@@ -1,0 +1,114 @@
+"""dali_pipelines/trim.py: the packets kept for a sample's frames, and exact frames after the cut."""
+
+import io
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clipbert.data.decoders import VideoDecodeError
+from clipbert.data.painted import read_index, write_painted_video
+from dali_pipelines.trim import EDGE_TOLERANCE_FRAMES, plan_runs, trim_video
+
+
+def test_runs_start_at_the_key_frame_before_each_wanted_frame_and_merge():
+    pts = list(range(12))
+    keys = [i % 4 == 0 for i in range(12)]  # key frames at 0, 4, 8
+    runs, kept = plan_runs(pts, keys, np.array([1, 9]))
+    assert runs == [(0, 1), (8, 9)] and kept.tolist() == [1, 3]
+    runs, kept = plan_runs(pts, keys, np.array([[5, 2], [6, 2]]))  # overlapping runs merge, order kept
+    assert runs == [(0, 2), (4, 6)] and kept.tolist() == [4, 2, 5, 2]
+    runs, _ = plan_runs(pts, keys, np.array([3, 4]))  # runs that touch merge too
+    assert runs == [(0, 4)]
+
+
+def test_b_frames_keep_their_references_decoded_earlier():
+    # decode order I0 P3 B1 B2 P6 B4 B5 (pts); frame 1 (decode position 2) needs I0 and P3 before it
+    pts, keys = [0, 3, 1, 2, 6, 4, 5], [True] + [False] * 6
+    runs, kept = plan_runs(pts, keys, np.array([1]))
+    assert runs == [(0, 2)] and kept.tolist() == [2]
+
+
+def test_a_stream_without_a_leading_key_frame_decodes_from_its_first_packet():
+    runs, _ = plan_runs(list(range(6)), [False, False, False, True, False, False], np.array([1, 4]))
+    assert runs == [(0, 1), (3, 4)]
+
+
+def test_indices_past_the_end_clamp_within_tolerance_and_fail_beyond():
+    pts, keys = list(range(6)), [True, False, False, True, False, False]
+    _, kept = plan_runs(pts, keys, np.array([5 + EDGE_TOLERANCE_FRAMES]))
+    assert kept.tolist() == [2]  # the last frame: decode positions 3, 4, 5 are kept
+    with pytest.raises(VideoDecodeError, match=r"clip\.mp4.*frame indices 0\.\.8 outside the 6 frames"):
+        plan_runs(pts, keys, np.array([0, 6 + EDGE_TOLERANCE_FRAMES]), "clip.mp4")
+    with pytest.raises(VideoDecodeError, match="outside"):
+        plan_runs(pts, keys, np.array([-1]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.lists(st.booleans(), min_size=1, max_size=40),
+    data=st.data(),
+)
+def test_runs_cover_each_wanted_frame_from_its_key_frame(keys, data):
+    n = len(keys)
+    wanted = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=8)))
+    runs, kept = plan_runs(list(range(n)), keys, wanted)
+    starts = [first for first, _ in runs]
+    assert all(a[1] + 1 < b[0] for a, b in zip(runs, runs[1:], strict=False))  # disjoint, ascending, apart
+    concat = [pos for first, last in runs for pos in range(first, last + 1)]
+    assert [concat[k] for k in kept] == wanted.tolist()  # no B-frames here: decode position = index
+    for w in wanted:
+        key = max([k for k in range(w + 1) if keys[k]], default=0)
+        assert any(first <= key and w <= last for first, last in runs)  # decodable from its key frame
+    assert all(keys[s] or s == 0 for s in starts)
+
+
+def decode_all(data: np.ndarray) -> list[np.ndarray]:
+    """Every frame of an in-memory video, in presentation order."""
+    with av.open(io.BytesIO(data.tobytes())) as container:
+        frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+    return [frame for _, frame in sorted(frames, key=lambda x: x[0])]
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9", "mjpeg"])  # h264 with 2 B-frames
+def test_trimmed_video_holds_exactly_the_wanted_frames(tmp_path, codec):
+    path = write_painted_video(tmp_path / "v", 90, fps=30, height=48, width=64, codec=codec, gop=12)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        indices = rng.integers(0, 90, size=(4, 2))  # unsorted, may repeat
+        data, new = trim_video(path, indices)
+        assert new.shape == indices.shape and new.dtype == np.int32
+        frames = decode_all(data)
+        got = np.array([read_index(frames[i]) for i in new.ravel()]).reshape(indices.shape)
+        np.testing.assert_array_equal(got, indices)
+    data, new = trim_video(path, np.array([[85]]))  # a late frame: one GOP's run, not the whole video
+    assert len(decode_all(data)) <= 12 and data.size < Path(path).stat().st_size / 3
+
+
+def test_dali_cpu_decodes_the_trimmed_frames_exactly(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from clipbert.data.preprocess import IMAGENET_RGB
+    from dali_pipelines.video import DaliVideoDecoder
+
+    path = write_painted_video(tmp_path / "v", 80, fps=10, height=48, width=64, codec="vp9", gop=10)
+    indices = np.array([[[71, 72], [3, 4]], [[40, 45], [40, 46]]])
+    cut = [trim_video(path, ix) for ix in indices]
+    decoder = DaliVideoDecoder(64, IMAGENET_RGB, 2, device="cpu", order="frames")
+    out = decoder.decode([d for d, _ in cut], np.stack([n for _, n in cut]), [(48, 64)] * 2)
+    mean, std = np.array(IMAGENET_RGB.mean), np.array(IMAGENET_RGB.std)
+    rgb = out.permute(0, 1, 2, 4, 5, 3).numpy() * std + mean  # [B, N, T, L, L, 3], 0..255
+    content = np.clip(rgb[..., :48, :, :], 0, 255).round().astype(np.uint8)  # 48 rows; padding below
+    got = np.vectorize(lambda b, n, t: read_index(content[b, n, t]))(*np.indices(indices.shape))
+    np.testing.assert_array_equal(got, indices)
+
+
+def test_unreadable_files_raise_naming_the_file(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(VideoDecodeError, match="bad.mp4"):
+        trim_video(str(bad), np.array([0]))
+    with pytest.raises(VideoDecodeError, match="missing.mp4"):
+        trim_video(str(tmp_path / "missing.mp4"), np.array([0]))
