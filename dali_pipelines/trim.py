@@ -11,6 +11,12 @@ key frame before it up to the frame itself (every reference precedes its user in
 included); overlapping runs merge. The runs are muxed back to back into an in-memory container with
 timestamps shifted so that they stay increasing, and each wanted frame gets its index in the new stream.
 Frame indices here are presentation ranks (the packets sorted by pts), the same as DALI's own index.
+
+Key frames are the ones DALI seeks to: for H.264 an IDR picture and for HEVC an IRAP picture, read from the
+packet's NAL units (the container's key flag also marks recovery-point I-frames, and a cut that starts on one
+has no key frame for DALI's index). Open GOPs: pictures shown before their key frame but decoded after it
+(HEVC RASL) reference the previous GOP, so a wanted one starts its run a key frame earlier, and a run drops
+the leading pictures of the key frame it starts on, which decoders skip at a stream's start.
 """
 
 from __future__ import annotations
@@ -39,9 +45,9 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             packets = [p for p in src.demux(stream) if p.size > 0 and p.pts is not None]
             if not packets:
                 raise VideoDecodeError(path, "no video packets")
-            runs, ranks = plan_runs(
-                [p.pts for p in packets], [p.is_keyframe for p in packets], np.asarray(indices), path
-            )
+            codec = stream.codec_context.name
+            keys = [p.is_keyframe and is_random_access(bytes(p), codec) for p in packets]
+            runs, wanted_at = plan_runs([p.pts for p in packets], keys, np.asarray(indices), path)
             muxer = _MUXERS.get(src.format.name.split(",")[0], "matroska")
             data, new_pts = _mux(stream, packets, runs, muxer)
     except av.FFmpegError as err:
@@ -51,43 +57,64 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     kept_order = np.argsort(new_pts, kind="stable")  # new presentation rank -> kept packet
     new_rank = np.empty_like(kept_order)
     new_rank[kept_order] = np.arange(len(kept_order))
-    return data, new_rank[ranks].reshape(np.shape(indices)).astype(np.int32)
+    return data, new_rank[wanted_at].reshape(np.shape(indices)).astype(np.int32)
 
 
 def plan_runs(pts: list[int], keyframe: list[bool], indices: np.ndarray, path: str = "<video>"):
-    """Which packets to keep: (runs, kept_positions_of_wanted).
+    """Which packets to keep: (runs, wanted_at).
 
     pts, keyframe: per packet in decode order. indices: wanted presentation ranks.
-    runs: merged [first, last] decode positions, ascending. kept_positions_of_wanted: for each entry of
-    `indices` (flattened), the position of its packet in the concatenation of the runs.
+    runs: per run, the kept decode positions, ascending; runs ascend and do not overlap. wanted_at: for each
+    entry of `indices` (flattened), the position of its packet in the concatenation of the runs.
     """
     n = len(pts)
+    pts = np.asarray(pts, dtype=np.int64)
     flat = np.asarray(indices, dtype=np.int64).ravel()
     if flat.size and (flat.min() < 0 or flat.max() >= n + EDGE_TOLERANCE_FRAMES):
         raise VideoDecodeError(path, f"frame indices {flat.min()}..{flat.max()} outside the {n} frames")
     flat = np.minimum(flat, n - 1)
-    decode_pos = np.argsort(np.asarray(pts), kind="stable")  # presentation rank -> decode position
-    last_key = np.zeros(n, dtype=np.int64)  # decode position -> the key frame it decodes from
-    key = 0  # a stream that does not start on a key frame decodes from its first packet, as DALI does
-    for pos in range(n):
-        if keyframe[pos]:
-            key = pos
-        last_key[pos] = key
+    decode_pos = np.argsort(pts, kind="stable")  # presentation rank -> decode position
+    keys = [pos for pos in range(n) if keyframe[pos]]
     wanted_pos = decode_pos[flat]
-    runs: list[list[int]] = []
+    spans: list[list[int]] = []  # [first, last] decode positions, merged
     for pos in sorted(set(wanted_pos.tolist())):
-        start = int(last_key[pos])
-        if runs and start <= runs[-1][1] + 1:  # overlaps or touches the previous run: extend it
-            runs[-1][1] = max(runs[-1][1], pos)
+        # the last key frame decoded before it and shown no later than it; a stream that does not start on a
+        # key frame decodes from its first packet, as DALI does
+        start = max((k for k in keys if k <= pos and pts[k] <= pts[pos]), default=0)
+        if spans and start <= spans[-1][1] + 1:  # overlaps or touches the previous span: extend it
+            spans[-1][1] = max(spans[-1][1], pos)
         else:
-            runs.append([start, pos])
-    # position of each decode position inside the concatenated runs
-    offsets, kept = {}, 0
-    for first, last in runs:
-        for pos in range(first, last + 1):
-            offsets[pos] = kept
-            kept += 1
-    return [tuple(r) for r in runs], np.array([offsets[int(p)] for p in wanted_pos], dtype=np.int64)
+            spans.append([start, pos])
+    # Pictures shown before the run's first key frame are its leading pictures: without the previous GOP they
+    # do not decode (and no wanted frame is among them), so they are left out.
+    runs = [[pos for pos in range(first, last + 1) if pts[pos] >= pts[first]] for first, last in spans]
+    at = {pos: i for i, pos in enumerate(pos for run in runs for pos in run)}
+    return runs, np.array([at[int(p)] for p in wanted_pos], dtype=np.int64)
+
+
+def is_random_access(data: bytes, codec: str) -> bool:
+    """Whether a packet the container flags as a key frame is one a decoder can start on: for H.264 an IDR
+    picture (NAL type 5), for HEVC an IRAP picture (types 16-21); other codecs: the flag is enough."""
+    if codec == "h264":
+        return any(header & 0x1F == 5 for header in _nal_headers(data))
+    if codec == "hevc":
+        return any(16 <= (header >> 1) & 0x3F <= 21 for header in _nal_headers(data))
+    return True
+
+
+def _nal_headers(data: bytes):
+    """First byte of each NAL unit: Annex B (start codes) or 4-byte length prefixes (mp4, Matroska)."""
+    if data[:3] == b"\0\0\1" or data[:4] == b"\0\0\0\1":
+        at = data.find(b"\0\0\1")
+        while at >= 0 and at + 3 < len(data):
+            yield data[at + 3]
+            at = data.find(b"\0\0\1", at + 3)
+        return
+    at = 0
+    while at + 4 < len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        yield data[at + 4]
+        at += 4 + size
 
 
 def _mux(stream, packets, runs, muxer: str) -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +127,8 @@ def _mux(stream, packets, runs, muxer: str) -> tuple[np.ndarray, np.ndarray]:
     with av.open(buf, "w", format=muxer) as out:
         ostream = out.add_stream_from_template(stream)
         next_ts = 0
-        for first, last in runs:
-            run = packets[first : last + 1]
+        for positions in runs:
+            run = [packets[pos] for pos in positions]
             # Shift the run so its earliest timestamp lands on next_ts: pts - dts gaps (B-frames) survive.
             low = min(min(p.pts, p.dts if p.dts is not None else p.pts) for p in run)
             shift = next_ts - low

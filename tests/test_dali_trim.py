@@ -11,36 +11,52 @@ from hypothesis import strategies as st
 
 from clipbert.data.decoders import VideoDecodeError
 from clipbert.data.painted import read_index, write_painted_video
-from dali_pipelines.trim import EDGE_TOLERANCE_FRAMES, plan_runs, trim_video
+from dali_pipelines.trim import EDGE_TOLERANCE_FRAMES, is_random_access, plan_runs, trim_video
+
+
+def spans(runs):
+    """Runs without gaps, as (first, last) decode positions."""
+    assert all(run == list(range(run[0], run[-1] + 1)) for run in runs), runs
+    return [(run[0], run[-1]) for run in runs]
 
 
 def test_runs_start_at_the_key_frame_before_each_wanted_frame_and_merge():
     pts = list(range(12))
     keys = [i % 4 == 0 for i in range(12)]  # key frames at 0, 4, 8
-    runs, kept = plan_runs(pts, keys, np.array([1, 9]))
-    assert runs == [(0, 1), (8, 9)] and kept.tolist() == [1, 3]
-    runs, kept = plan_runs(pts, keys, np.array([[5, 2], [6, 2]]))  # overlapping runs merge, order kept
-    assert runs == [(0, 2), (4, 6)] and kept.tolist() == [4, 2, 5, 2]
+    runs, at = plan_runs(pts, keys, np.array([1, 9]))
+    assert spans(runs) == [(0, 1), (8, 9)] and at.tolist() == [1, 3]
+    runs, at = plan_runs(pts, keys, np.array([[5, 2], [6, 2]]))  # overlapping runs merge, order kept
+    assert spans(runs) == [(0, 2), (4, 6)] and at.tolist() == [4, 2, 5, 2]
     runs, _ = plan_runs(pts, keys, np.array([3, 4]))  # runs that touch merge too
-    assert runs == [(0, 4)]
+    assert spans(runs) == [(0, 4)]
 
 
 def test_b_frames_keep_their_references_decoded_earlier():
     # decode order I0 P3 B1 B2 P6 B4 B5 (pts); frame 1 (decode position 2) needs I0 and P3 before it
     pts, keys = [0, 3, 1, 2, 6, 4, 5], [True] + [False] * 6
-    runs, kept = plan_runs(pts, keys, np.array([1]))
-    assert runs == [(0, 2)] and kept.tolist() == [2]
+    runs, at = plan_runs(pts, keys, np.array([1]))
+    assert runs == [[0, 1, 2]] and at.tolist() == [2]
+
+
+def test_open_gop_leading_pictures():
+    # GOP 1: I0 P3 B1 B2 P6 B4 B5; open GOP 2: I9 B7 B8 P12 B10 B11 (B7, B8: shown before I9, decoded after)
+    pts = [0, 3, 1, 2, 6, 4, 5, 9, 7, 8, 12, 10, 11]
+    keys = [True] + [False] * 6 + [True] + [False] * 5
+    runs, at = plan_runs(pts, keys, np.array([7]))  # a leading picture needs GOP 1: start a key frame earlier
+    assert runs == [list(range(9))] and at.tolist() == [8]
+    runs, at = plan_runs(pts, keys, np.array([10]))  # starts on I9 and leaves out its leading B7, B8
+    assert runs == [[7, 10, 11]] and at.tolist() == [2]
 
 
 def test_a_stream_without_a_leading_key_frame_decodes_from_its_first_packet():
     runs, _ = plan_runs(list(range(6)), [False, False, False, True, False, False], np.array([1, 4]))
-    assert runs == [(0, 1), (3, 4)]
+    assert spans(runs) == [(0, 1), (3, 4)]
 
 
 def test_indices_past_the_end_clamp_within_tolerance_and_fail_beyond():
     pts, keys = list(range(6)), [True, False, False, True, False, False]
-    _, kept = plan_runs(pts, keys, np.array([5 + EDGE_TOLERANCE_FRAMES]))
-    assert kept.tolist() == [2]  # the last frame: decode positions 3, 4, 5 are kept
+    _, at = plan_runs(pts, keys, np.array([5 + EDGE_TOLERANCE_FRAMES]))
+    assert at.tolist() == [2]  # the last frame: decode positions 3, 4, 5 are kept
     with pytest.raises(VideoDecodeError, match=r"clip\.mp4.*frame indices 0\.\.8 outside the 6 frames"):
         plan_runs(pts, keys, np.array([0, 6 + EDGE_TOLERANCE_FRAMES]), "clip.mp4")
     with pytest.raises(VideoDecodeError, match="outside"):
@@ -55,15 +71,29 @@ def test_indices_past_the_end_clamp_within_tolerance_and_fail_beyond():
 def test_runs_cover_each_wanted_frame_from_its_key_frame(keys, data):
     n = len(keys)
     wanted = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=8)))
-    runs, kept = plan_runs(list(range(n)), keys, wanted)
-    starts = [first for first, _ in runs]
+    runs, at = plan_runs(list(range(n)), keys, wanted)
+    runs = spans(runs)  # no B-frames: nothing is left out
     assert all(a[1] + 1 < b[0] for a, b in zip(runs, runs[1:], strict=False))  # disjoint, ascending, apart
     concat = [pos for first, last in runs for pos in range(first, last + 1)]
-    assert [concat[k] for k in kept] == wanted.tolist()  # no B-frames here: decode position = index
+    assert [concat[k] for k in at] == wanted.tolist()  # no B-frames here: decode position = index
     for w in wanted:
         key = max([k for k in range(w + 1) if keys[k]], default=0)
         assert any(first <= key and w <= last for first, last in runs)  # decodable from its key frame
-    assert all(keys[s] or s == 0 for s in starts)
+    assert all(keys[first] or first == 0 for first, _ in runs)
+
+
+def test_random_access_reads_the_nal_units():
+    idr, non_idr, sei = bytes([0x65, 0x88]), bytes([0x41, 0x9A]), bytes([0x06, 0x05])
+
+    def avcc(*nals):
+        return b"".join(len(n).to_bytes(4, "big") + n for n in nals)
+
+    assert is_random_access(avcc(sei, idr), "h264") and not is_random_access(avcc(sei, non_idr), "h264")
+    assert is_random_access(b"\0\0\0\1" + sei + b"\0\0\1" + idr, "h264")  # Annex B
+    assert not is_random_access(b"\0\0\1" + non_idr, "h264")
+    cra, trail = bytes([21 << 1, 1]), bytes([1 << 1, 1])  # HEVC: CRA is an IRAP picture, TRAIL_R is not
+    assert is_random_access(avcc(cra), "hevc") and not is_random_access(avcc(trail), "hevc")
+    assert is_random_access(b"anything", "vp9")
 
 
 def decode_all(data: np.ndarray) -> list[np.ndarray]:
@@ -86,6 +116,34 @@ def test_trimmed_video_holds_exactly_the_wanted_frames(tmp_path, codec):
         np.testing.assert_array_equal(got, indices)
     data, new = trim_video(path, np.array([[85]]))  # a late frame: one GOP's run, not the whole video
     assert len(decode_all(data)) <= 12 and data.size < Path(path).stat().st_size / 3
+
+
+def test_open_gop_h264_cuts_start_on_idr_pictures_only(tmp_path):
+    # x264's open GOPs: every key frame after the first is a recovery-point I-frame with leading B-frames. The
+    # container flags it as a key frame; DALI's index (and a clean start) needs an IDR picture.
+    from fractions import Fraction
+
+    from clipbert.data.painted import paint_index
+
+    path = str(tmp_path / "open.mp4")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(30))
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        x264 = "open-gop=1:keyint=12:min-keyint=12:scenecut=0:b-adapt=0"
+        stream.options = {"crf": "18", "preset": "ultrafast", "bf": "2", "x264-params": x264}
+        for i in range(60):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(paint_index(i, 48, 64), format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(path) as container:
+        flagged = [p for p in container.demux(video=0) if p.size and p.is_keyframe]
+        assert len(flagged) > 1 and [is_random_access(bytes(p), "h264") for p in flagged].count(True) == 1
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        indices = rng.integers(0, 60, size=(4, 2))
+        data, new = trim_video(path, indices)
+        frames = decode_all(data)
+        got = np.array([read_index(frames[i]) for i in new.ravel()]).reshape(indices.shape)
+        np.testing.assert_array_equal(got, indices)
 
 
 def test_dali_cpu_decodes_the_trimmed_frames_exactly(tmp_path):
