@@ -8,7 +8,8 @@ on a 300-frame, GOP-30, 320x240 VP9 video, one frame per sample: frame 0 2.0 ms,
 
 The cut copies packets, decodes nothing: for each wanted frame, the run of packets in decode order from the
 key frame before it up to the frame itself (every reference precedes its user in decode order, B-frames
-included); overlapping runs merge. The runs are muxed back to back into an in-memory container with
+included); overlapping runs merge. H.264 pictures that nothing references (nal_ref_idc 0) are left out of a
+run unless wanted. The runs are muxed back to back into an in-memory container with
 timestamps shifted so that they stay increasing, and each wanted frame gets its index in the new stream.
 Frame indices here are presentation ranks (the packets sorted by pts), the same as DALI's own index.
 
@@ -46,8 +47,15 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             if not packets:
                 raise VideoDecodeError(path, "no video packets")
             codec = stream.codec_context.name
-            keys = [p.is_keyframe and is_random_access(bytes(p), codec) for p in packets]
-            runs, wanted_at = plan_runs([p.pts for p in packets], keys, np.asarray(indices), path)
+            length_size = nal_length_size(codec, stream.codec_context.extradata)
+            keys = [p.is_keyframe and is_random_access(bytes(p), codec, length_size) for p in packets]
+            runs, wanted_at = plan_runs(
+                [p.pts for p in packets],
+                keys,
+                np.asarray(indices),
+                path,
+                disposable=lambda pos: is_disposable(bytes(packets[pos]), codec, length_size),
+            )
             muxer = _MUXERS.get(src.format.name.split(",")[0], "matroska")
             data, new_pts = _mux(stream, packets, runs, muxer)
     except av.FFmpegError as err:
@@ -60,10 +68,17 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return data, new_rank[wanted_at].reshape(np.shape(indices)).astype(np.int32)
 
 
-def plan_runs(pts: list[int], keyframe: list[bool], indices: np.ndarray, path: str = "<video>"):
+def plan_runs(
+    pts: list[int],
+    keyframe: list[bool],
+    indices: np.ndarray,
+    path: str = "<video>",
+    disposable=lambda pos: False,
+):
     """Which packets to keep: (runs, wanted_at).
 
-    pts, keyframe: per packet in decode order. indices: wanted presentation ranks.
+    pts, keyframe: per packet in decode order. indices: wanted presentation ranks. disposable(pos): whether
+    the packet at a decode position is referenced by no other, so that it is left out unless wanted.
     runs: per run, the kept decode positions, ascending; runs ascend and do not overlap. wanted_at: for each
     entry of `indices` (flattened), the position of its packet in the concatenation of the runs.
     """
@@ -86,35 +101,66 @@ def plan_runs(pts: list[int], keyframe: list[bool], indices: np.ndarray, path: s
         else:
             spans.append([start, pos])
     # Pictures shown before the run's first key frame are its leading pictures: without the previous GOP they
-    # do not decode (and no wanted frame is among them), so they are left out.
-    runs = [[pos for pos in range(first, last + 1) if pts[pos] >= pts[first]] for first, last in spans]
+    # do not decode (and no wanted frame is among them), so they are left out; so are pictures nothing
+    # references, unless wanted: fewer to decode, and with B-frames fewer decoded out of display order.
+    wanted_set = set(wanted_pos.tolist())
+    runs = [
+        [
+            pos
+            for pos in range(first, last + 1)
+            if pts[pos] >= pts[first] and (pos in wanted_set or not disposable(pos))
+        ]
+        for first, last in spans
+    ]
     at = {pos: i for i, pos in enumerate(pos for run in runs for pos in run)}
     return runs, np.array([at[int(p)] for p in wanted_pos], dtype=np.int64)
 
 
-def is_random_access(data: bytes, codec: str) -> bool:
+def nal_length_size(codec: str, extradata: bytes | None) -> int:
+    """Bytes of each NAL unit's length prefix in a packet (mp4 and Matroska keep it in the avcC/hvcC record),
+    or 0 for Annex B start codes (no record, or one that starts with a start code)."""
+    if not extradata or extradata[0] != 1:
+        return 0
+    if codec == "h264" and len(extradata) > 4:
+        return (extradata[4] & 3) + 1
+    if codec == "hevc" and len(extradata) > 21:
+        return (extradata[21] & 3) + 1
+    return 0
+
+
+def is_random_access(data: bytes, codec: str, length_size: int = 4) -> bool:
     """Whether a packet the container flags as a key frame is one a decoder can start on: for H.264 an IDR
     picture (NAL type 5), for HEVC an IRAP picture (types 16-21); other codecs: the flag is enough."""
     if codec == "h264":
-        return any(header & 0x1F == 5 for header in _nal_headers(data))
+        return any(header & 0x1F == 5 for header in _nal_headers(data, length_size))
     if codec == "hevc":
-        return any(16 <= (header >> 1) & 0x3F <= 21 for header in _nal_headers(data))
+        return any(16 <= (header >> 1) & 0x3F <= 21 for header in _nal_headers(data, length_size))
     return True
 
 
-def _nal_headers(data: bytes):
-    """First byte of each NAL unit: Annex B (start codes) or 4-byte length prefixes (mp4, Matroska)."""
-    if data[:3] == b"\0\0\1" or data[:4] == b"\0\0\0\1":
+def is_disposable(data: bytes, codec: str, length_size: int = 4) -> bool:
+    """Whether no other picture references this one, so a cut may leave it out unless it is wanted: H.264
+    slices (NAL types 1-5) whose nal_ref_idc is 0. Other codecs: never (HEVC's and VP9's rules are not
+    per packet)."""
+    if codec != "h264":
+        return False
+    slices = [h for h in _nal_headers(data, length_size) if 1 <= h & 0x1F <= 5]
+    return bool(slices) and all(h >> 5 & 3 == 0 for h in slices)
+
+
+def _nal_headers(data: bytes, length_size: int):
+    """First byte of each NAL unit: length-prefixed (`length_size` bytes) or, for 0, Annex B start codes."""
+    if length_size == 0:
         at = data.find(b"\0\0\1")
         while at >= 0 and at + 3 < len(data):
             yield data[at + 3]
             at = data.find(b"\0\0\1", at + 3)
         return
     at = 0
-    while at + 4 < len(data):
-        size = int.from_bytes(data[at : at + 4], "big")
-        yield data[at + 4]
-        at += 4 + size
+    while at + length_size < len(data):
+        size = int.from_bytes(data[at : at + length_size], "big")
+        yield data[at + length_size]
+        at += length_size + size
 
 
 def _mux(stream, packets, runs, muxer: str) -> tuple[np.ndarray, np.ndarray]:

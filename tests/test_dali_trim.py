@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from clipbert.data.decoders import VideoDecodeError
 from clipbert.data.painted import read_index, write_painted_video
-from dali_pipelines.trim import EDGE_TOLERANCE_FRAMES, is_random_access, plan_runs, trim_video
+from dali_pipelines.trim import (
+    EDGE_TOLERANCE_FRAMES,
+    is_disposable,
+    is_random_access,
+    nal_length_size,
+    plan_runs,
+    trim_video,
+)
 
 
 def spans(runs):
@@ -82,18 +89,46 @@ def test_runs_cover_each_wanted_frame_from_its_key_frame(keys, data):
     assert all(keys[first] or first == 0 for first, _ in runs)
 
 
-def test_random_access_reads_the_nal_units():
-    idr, non_idr, sei = bytes([0x65, 0x88]), bytes([0x41, 0x9A]), bytes([0x06, 0x05])
+def test_unreferenced_pictures_are_left_out_unless_wanted():
+    # decode order I0 P3 B1 B2 P6 B4 B5; the B-frames are referenced by nothing
+    pts, keys = [0, 3, 1, 2, 6, 4, 5], [True] + [False] * 6
+    runs, at = plan_runs(pts, keys, np.array([4, 2]), disposable=lambda pos: pts[pos] % 3 != 0)
+    assert runs == [[0, 1, 3, 4, 5]] and at.tolist() == [4, 2]  # B1 out; B2, B4 wanted
 
-    def avcc(*nals):
-        return b"".join(len(n).to_bytes(4, "big") + n for n in nals)
 
+def avcc(*nals, size=4):
+    return b"".join(len(n).to_bytes(size, "big") + n for n in nals)
+
+
+def test_nal_units_say_random_access_and_disposable():
+    idr, non_idr, sei, b_nonref = (
+        bytes([0x65, 0x88]),
+        bytes([0x41, 0x9A]),
+        bytes([0x06, 0x05]),
+        bytes([0x01, 0x9E]),
+    )
     assert is_random_access(avcc(sei, idr), "h264") and not is_random_access(avcc(sei, non_idr), "h264")
-    assert is_random_access(b"\0\0\0\1" + sei + b"\0\0\1" + idr, "h264")  # Annex B
-    assert not is_random_access(b"\0\0\1" + non_idr, "h264")
+    assert is_random_access(b"\0\0\0\1" + sei + b"\0\0\1" + idr, "h264", length_size=0)  # Annex B
+    assert not is_random_access(b"\0\0\1" + non_idr, "h264", length_size=0)
+    # a 4-byte length that starts like a start code (0x00000195) is still a length
+    long_slice = non_idr + bytes(0x195 - 2)
+    assert avcc(long_slice)[:3] == b"\0\0\1" and not is_random_access(avcc(long_slice), "h264")
+    assert is_random_access(avcc(idr, size=2), "h264", length_size=2)
     cra, trail = bytes([21 << 1, 1]), bytes([1 << 1, 1])  # HEVC: CRA is an IRAP picture, TRAIL_R is not
     assert is_random_access(avcc(cra), "hevc") and not is_random_access(avcc(trail), "hevc")
     assert is_random_access(b"anything", "vp9")
+    assert is_disposable(avcc(sei, b_nonref, b_nonref), "h264")  # every slice has nal_ref_idc 0
+    assert not is_disposable(avcc(b_nonref, non_idr), "h264") and not is_disposable(avcc(sei), "h264")
+    assert not is_disposable(avcc(trail), "hevc")
+
+
+def test_nal_length_size_comes_from_the_codec_record():
+    assert nal_length_size("h264", bytes([1, 0x4D, 0x40, 0x0D, 0xFF, 0xE1])) == 4
+    assert nal_length_size("h264", bytes([1, 0x4D, 0x40, 0x0D, 0xFD, 0xE1])) == 2
+    assert nal_length_size("h264", b"\0\0\0\1\x67") == 0 and nal_length_size("h264", None) == 0
+    hvcc = bytearray(23)
+    hvcc[0], hvcc[21] = 1, 0x0F
+    assert nal_length_size("hevc", bytes(hvcc)) == 4
 
 
 def decode_all(data: np.ndarray) -> list[np.ndarray]:
