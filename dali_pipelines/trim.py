@@ -9,9 +9,10 @@ on a 300-frame, GOP-30, 320x240 VP9 video, one frame per sample: frame 0 2.0 ms,
 The cut copies packets, decodes nothing: for each wanted frame, the run of packets in decode order from the
 key frame before it up to the frame itself (every reference precedes its user in decode order, B-frames
 included); overlapping runs merge. H.264 pictures that nothing references (nal_ref_idc 0) are left out of a
-run unless wanted. The runs are muxed back to back into an in-memory container with
-timestamps shifted so that they stay increasing, and each wanted frame gets its index in the new stream.
-Frame indices here are presentation ranks (the packets sorted by pts), the same as DALI's own index.
+run unless wanted. The runs are muxed back to back into an in-memory container with timestamps shifted so
+that they stay increasing, and each wanted frame gets its index in the new stream. Frame indices here are
+presentation ranks (the packets sorted by pts), the same as DALI's own index. The whole file is read, as it
+was when DALI got the file itself.
 
 Key frames are the ones DALI seeks to: for H.264 an IDR picture and for HEVC an IRAP picture, read from the
 packet's NAL units (the container's key flag also marks recovery-point I-frames, and a cut that starts on one
@@ -42,6 +43,8 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     try:
         with av.open(path) as src:
+            if not src.streams.video:
+                raise VideoDecodeError(path, "no video stream")
             stream = src.streams.video[0]
             packets = [p for p in src.demux(stream) if p.size > 0 and p.pts is not None]
             if not packets:
@@ -60,8 +63,6 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             data, new_pts = _mux(stream, packets, runs, muxer)
     except av.FFmpegError as err:
         raise VideoDecodeError(path, f"cannot demux or remux ({err})") from err
-    except IndexError:
-        raise VideoDecodeError(path, "no video stream") from None
     kept_order = np.argsort(new_pts, kind="stable")  # new presentation rank -> kept packet
     new_rank = np.empty_like(kept_order)
     new_rank[kept_order] = np.arange(len(kept_order))

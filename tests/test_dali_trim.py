@@ -205,3 +205,12 @@ def test_unreadable_files_raise_naming_the_file(tmp_path):
         trim_video(str(bad), np.array([0]))
     with pytest.raises(VideoDecodeError, match="missing.mp4"):
         trim_video(str(tmp_path / "missing.mp4"), np.array([0]))
+    audio = str(tmp_path / "audio.mkv")
+    with av.open(audio, "w") as container:  # a container with no video stream
+        stream = container.add_stream("mp2", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), dtype=np.int16), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(VideoDecodeError, match="audio.mkv.*no video stream"):
+        trim_video(audio, np.array([0]))
