@@ -6,8 +6,8 @@
 #   ops       benchmarks/bench_ops.py --device cuda                       -> ops_cuda.json
 #   fig5      benchmarks/memory_vs_ntrain.py, panels FIG5_PANELS, time-budgeted -> fig5_<card>.{json,csv,md,png}
 #   ablation  the same script: the cumulative optimization steps at Ntrain=16 + the profile -> fig5_<card>_ablation.*
+#   nvdec     benchmarks/gpu/nvdec_diagnose.py: the frames NVDEC returns for H.264, seek cost -> nvdec_diagnose.json
 #   data      benchmarks/bench_data.py --device cuda         (only when DALI and PyAV import) -> data_cuda.json
-#   nvdec     benchmarks/gpu/nvdec_diagnose.py: the frames NVDEC returns for H.264 -> nvdec_diagnose.json
 #   train     a ds_msrvtt.json-shaped run on synthetic MSRVTT-format data (deepspeed + PyAV) -> train_<card>.json
 #             (DeepSpeed and PyAV arrive whole in .carry1: benchmarks/gpu/early_install.sh installs them)
 # Each step has its own timeout, and the whole run a deadline, so one failure or hang does not lose the rest;
@@ -38,7 +38,7 @@ if [[ $DRY == 1 ]]; then DEST=${OUT:-/tmp/clipbert_gpu_dryrun}; else DEST=${OUT:
 OUT=${RUN_DIR:-/tmp/clipbert_gpu_run}
 rm -rf "$OUT"; mkdir -p "$OUT" "$DEST" "$ROOT/benchmarks/results"
 BUDGET=${RUN_ALL_BUDGET_S:-530}
-STEPS=" ${RUN_STEPS:-env build tests ops fig5 ablation data nvdec train} "
+STEPS=" ${RUN_STEPS:-env build tests ops fig5 ablation nvdec data train} "
 want() { [[ $STEPS == *" $1 "* ]]; }
 START=$(date +%s)
 
@@ -150,6 +150,17 @@ else
     --out-dir "$OUT" --tag "fig5_${CARD:-gpu}_ablation"
 fi
 
+# Which frames NVDEC returns for H.264 (the DALI GPU loader test differed from PyAV on the second H100 run), and
+# what a frame costs against its position (seek check). Before `data`: short, and it explains the data rows.
+if ! want nvdec; then :
+elif [[ $DRY == 1 ]]; then
+  echo "SKIP  nvdec      (needs NVDEC: GPU only)" | tee -a "$OUT/steps.txt"
+elif has nvidia.dali && has av; then
+  step nvdec 90 "$PY" benchmarks/gpu/nvdec_diagnose.py --out "$OUT/nvdec_diagnose.json"
+else
+  echo "SKIP  nvdec      (nvidia.dali or av not importable)" | tee -a "$OUT/steps.txt"
+fi
+
 # data pipeline (DALI GPU decoding): only with the carried wheels (docs/PERFORMANCE.md says how).
 if ! want data; then :
 elif has nvidia.dali && has av; then
@@ -164,16 +175,6 @@ elif has nvidia.dali && has av; then
   fi
 else
   echo "SKIP  data       (nvidia.dali or av not importable: stage them with ../shared/device/stage.sh)" | tee -a "$OUT/steps.txt"
-fi
-
-# Which frames NVDEC returns for H.264 (the DALI GPU loader test differed from PyAV on the second H100 run).
-if ! want nvdec; then :
-elif [[ $DRY == 1 ]]; then
-  echo "SKIP  nvdec      (needs NVDEC: GPU only)" | tee -a "$OUT/steps.txt"
-elif has nvidia.dali && has av; then
-  step nvdec 90 "$PY" benchmarks/gpu/nvdec_diagnose.py --out "$OUT/nvdec_diagnose.json"
-else
-  echo "SKIP  nvdec      (nvidia.dali or av not importable)" | tee -a "$OUT/steps.txt"
 fi
 
 # A ds_msrvtt.json-shaped DeepSpeed run (base, L=448, ZeRO-2, bf16) on synthetic MSRVTT-format data read
