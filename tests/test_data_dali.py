@@ -164,6 +164,28 @@ def test_dali_loader_sends_what_the_nvdec_guard_flags_to_pyav(vp9_bench, monkeyp
         assert diff.abs().mean() < 2.0
 
 
+def test_dali_loader_isolates_a_failed_batch_from_the_cut_videos(vp9_bench, monkeypatch):
+    # When a batch fails in DALI the loader decodes its samples one at a time to find the offender; with cut
+    # videos it must resend the cut bytes and their own indices. Here one batch fails once, spuriously.
+    from dali_pipelines.video import DaliVideoDecoder
+
+    collect, failed = DaliVideoDecoder.collect, []
+
+    def flaky(self, job):
+        if job["shape"][0] > 1 and not failed:
+            failed.append(job["shape"])
+            raise RuntimeError("spurious DALI failure")
+        return collect(self, job)
+
+    monkeypatch.setattr(DaliVideoDecoder, "collect", flaky)
+    dali = loader_batches(vp9_bench, "tgif_action", "train", backend="dali", dali_trim=True)
+    pyav = loader_batches(vp9_bench, "tgif_action", "train", backend="pyav")
+    assert failed and all(x["bad_videos"] == [] for x in dali)  # every sample decoded on its own
+    for x, y in zip(dali, pyav, strict=True):
+        diff = (x["frames"] - y["frames"]) * torch.tensor(IMAGENET_RGB.std).view(3, 1, 1)
+        assert diff.abs().mean() < 2.0
+
+
 def test_dali_frame_store_reader_matches_cpu_reader(vp9_bench, tmp_path):
     import h5py
 
