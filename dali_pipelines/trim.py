@@ -11,8 +11,9 @@ key frame before it up to the frame itself (every reference precedes its user in
 included); overlapping runs merge. H.264 pictures that nothing references (nal_ref_idc 0) are left out of a
 run unless wanted. The runs are muxed back to back into an in-memory container with timestamps shifted so
 that they stay increasing, and each wanted frame gets its index in the new stream. Frame indices here are
-presentation ranks (the packets sorted by pts), the same as DALI's own index. The whole file is read, as it
-was when DALI got the file itself.
+presentation ranks (the packets sorted by pts), the same as DALI's own index. The whole file is demuxed, as
+DALI did with the whole file: about 7 us a packet on the 2-core dev machine (12 ms for a 1-minute, 30 fps
+video; ActivityNet's 2-minute average about 25 ms a sample in a worker).
 
 Key frames are the ones DALI seeks to: for H.264 an IDR picture and for HEVC an IRAP picture, read from the
 packet's NAL units (the container's key flag also marks recovery-point I-frames, and a cut that starts on one
