@@ -164,74 +164,45 @@ def variants(args, sets, store):
     trims = _switch_values(args.dali_trim, "--dali-trim")
     codec = "vp9" if cpu else "h264"
     dali = f"dali-{'cpu' if cpu else 'gpu'} {codec}"
+
+    def video(folder: str, p: int, trim: bool, **extra) -> dict:
+        return (
+            dict(
+                backend="dali",
+                video_dir=sets[folder],
+                num_workers=dali_workers,
+                dali_pipelines=p,
+                dali_trim=trim,
+            )
+            | extra
+        )
+
     for k, trim, affine in itertools.product(
         [int(x) for x in (args.dali_processes or "").split(",") if x], trims, affines
     ):
         yield (
             f"{dali} processes={k} trim={_on(trim)} affine={_on(affine)}",
-            dict(
-                backend="dali",
-                video_dir=sets[codec],
-                # the workers cut the videos; without cutting they would only sample indices
-                num_workers=dali_workers if trim else 0,
-                dali_pipelines=1,
-                dali_affine=affine,
-                dali_trim=trim,
-                processes=k,
-            ),
+            # the workers cut the videos; without cutting they would only sample indices
+            video(codec, 1, trim, num_workers=dali_workers if trim else 0, dali_affine=affine, processes=k),
         )
+
     if cpu:
         for p, trim in itertools.product(pipes, trims):
-            yield (
-                f"{dali} pipelines={p} trim={_on(trim)}",
-                dict(
-                    backend="dali",
-                    video_dir=sets["vp9"],
-                    num_workers=dali_workers,
-                    dali_pipelines=p,
-                    dali_threads=threads,
-                    dali_trim=trim,
-                ),
-            )
+            yield f"{dali} pipelines={p} trim={_on(trim)}", video("vp9", p, trim, dali_threads=threads)
     else:
         for p, order, trim, affine in itertools.product(pipes, ("none", "frames"), trims, affines):
             yield (
                 f"{dali} gop{args.gop} pipelines={p} order={order} trim={_on(trim)} threads={threads} "
                 f"affine={_on(affine)}",
-                dict(
-                    backend="dali",
-                    video_dir=sets["h264"],
-                    num_workers=dali_workers,
-                    dali_pipelines=p,
-                    dali_order=order,
-                    dali_threads=threads,
-                    dali_affine=affine,
-                    dali_trim=trim,
-                ),
+                video("h264", p, trim, dali_order=order, dali_threads=threads, dali_affine=affine),
             )
         for p in pipes:
             yield (
                 f"{dali} gop{args.gop} pipelines={p} no-index trim=off",
-                dict(
-                    backend="dali",
-                    video_dir=sets["h264"],
-                    num_workers=dali_workers,
-                    dali_pipelines=p,
-                    dali_build_index=False,
-                    dali_trim=False,
-                ),
+                video("h264", p, False, dali_build_index=False),
             )
         for p, trim in itertools.product(pipes, trims):
-            yield (
-                f"{dali} gop4 pipelines={p} trim={_on(trim)}",
-                dict(
-                    backend="dali",
-                    video_dir=sets["h264_gop4"],
-                    num_workers=dali_workers,
-                    dali_pipelines=p,
-                    dali_trim=trim,
-                ),
-            )
+            yield f"{dali} gop4 pipelines={p} trim={_on(trim)}", video("h264_gop4", p, trim)
     for p in pipes:
         yield (
             f"dali-{'cpu' if cpu else 'gpu'} frame_store pipelines={p}",
