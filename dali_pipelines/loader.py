@@ -86,7 +86,7 @@ class DaliLoader(_OverlappedLoader):
             for i, reason in zip(rows, reasons, strict=True):
                 self._route(paths[i], reason, batch)
         job = {"batch": batch, "paths": paths, "indices": indices, "hw": hw, "dali": None}
-        job.update(trimmed=trimmed, dali_indices=dali_indices)
+        job |= {"trimmed": trimmed, "dali_indices": dali_indices}
         job["rows"] = [i for i in range(len(paths)) if paths[i] not in self.use_pyav]
         if job["rows"]:
             try:
