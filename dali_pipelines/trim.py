@@ -61,9 +61,14 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 disposable=lambda pos: is_disposable(bytes(packets[pos]), codec, length_size),
             )
             muxer = _MUXERS.get(src.format.name.split(",")[0], "matroska")
-            data, new_pts = _mux(stream, packets, runs, muxer)
+            try:
+                data, new_pts = _mux(stream, packets, runs, muxer)
+            except (av.FFmpegError, ValueError):
+                # The file demuxed, so it is not bad; its packets just do not remux (e.g. Annex B H.264 in
+                # AVI into Matroska). DALI gets the whole file, as without cutting.
+                return np.fromfile(path, dtype=np.uint8), np.asarray(indices, dtype=np.int32)
     except av.FFmpegError as err:
-        raise VideoDecodeError(path, f"cannot demux or remux ({err})") from err
+        raise VideoDecodeError(path, f"cannot demux ({err})") from err
     kept_order = np.argsort(new_pts, kind="stable")  # new presentation rank -> kept packet
     new_rank = np.empty_like(kept_order)
     new_rank[kept_order] = np.arange(len(kept_order))

@@ -198,6 +198,20 @@ def test_dali_cpu_decodes_the_trimmed_frames_exactly(tmp_path):
     np.testing.assert_array_equal(got, indices)
 
 
+def test_a_cut_that_does_not_remux_sends_the_whole_file(tmp_path, monkeypatch):
+    from dali_pipelines import trim
+
+    path = write_painted_video(tmp_path / "v", 30, codec="vp9")
+
+    def refuse(*args):
+        raise ValueError("muxer refuses these packets")
+
+    monkeypatch.setattr(trim, "_mux", refuse)
+    indices = np.array([[25, 3]])
+    data, new = trim_video(path, indices)
+    assert data.tobytes() == Path(path).read_bytes() and new.tolist() == [[25, 3]] and new.dtype == np.int32
+
+
 def test_unreadable_files_raise_naming_the_file(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 10)
