@@ -42,10 +42,10 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     frames in those bytes (same shape). Raises VideoDecodeError naming the file if it cannot be demuxed."""
     import av
 
+    from clipbert.data.decoders.pyav import open_video
+
     try:
-        with av.open(path) as src:
-            if not src.streams.video:
-                raise VideoDecodeError(path, "no video stream")
+        with open_video(path) as src:  # missing, empty, unreadable or without video: VideoDecodeError
             stream = src.streams.video[0]
             packets = [p for p in src.demux(stream) if p.size > 0 and p.pts is not None]
             if not packets:

@@ -215,10 +215,13 @@ def test_a_cut_that_does_not_remux_sends_the_whole_file(tmp_path, monkeypatch):
 def test_unreadable_files_raise_naming_the_file(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 10)
-    with pytest.raises(VideoDecodeError, match="bad.mp4"):
+    with pytest.raises(VideoDecodeError, match="bad.mp4: cannot open container"):
         trim_video(str(bad), np.array([0]))
-    with pytest.raises(VideoDecodeError, match="missing.mp4"):
+    with pytest.raises(VideoDecodeError, match="missing.mp4: missing file"):
         trim_video(str(tmp_path / "missing.mp4"), np.array([0]))
+    (tmp_path / "empty.mp4").touch()
+    with pytest.raises(VideoDecodeError, match="empty.mp4: empty file"):
+        trim_video(str(tmp_path / "empty.mp4"), np.array([0]))
     audio = str(tmp_path / "audio.mkv")
     with av.open(audio, "w") as container:  # a container with no video stream
         stream = container.add_stream("mp2", rate=16000)

@@ -35,7 +35,7 @@ class PyAVDecoder:
     def probe(self, key: str) -> VideoInfo:
         info = self._infos.get(key)
         if info is None:
-            with _open(key) as container:
+            with open_video(key) as container:
                 info = _probe(key, container)
             self._infos[key] = info
             while len(self._infos) > self._cache_size:
@@ -45,7 +45,7 @@ class PyAVDecoder:
     def decode(self, key: str, indices: np.ndarray) -> np.ndarray:
         info = self.probe(key)
         indices = check_indices(key, indices, info.num_frames)
-        with _open(key) as container:
+        with open_video(key) as container:
             wanted = sorted(set(indices.ravel().tolist()))
             frames = _decode_wanted(key, container, wanted, info.fps, self.threads)
         return np.stack([frames[i] for i in indices.ravel()]).reshape(
@@ -53,7 +53,8 @@ class PyAVDecoder:
         )
 
 
-def _open(key: str):
+def open_video(key: str):
+    """The PyAV container of a readable video file; VideoDecodeError naming the file and why otherwise."""
     if not os.path.isfile(key):
         raise VideoDecodeError(key, "missing file")
     if os.path.getsize(key) == 0:
