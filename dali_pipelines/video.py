@@ -10,8 +10,9 @@ Throughput options (measured on the GPU by benchmarks/bench_data.py):
 - `order="frames"`: a sample's frames are decoded in ascending order (the decoder never seeks backwards),
   then put back in the sampler's order.
 - low-resolution decoding: see `clipbert.data.transcode` (short-GOP, downscaled copies of the videos).
-- cut videos (`DataConfig.dali_trim`, trim.py): `fn.decoders.video` decodes every sample from the start of its
-  file, so the loader may pass only the packets the sampled frames need, with the frames' indices in them.
+- cut videos (`DataConfig.dali_trim`, trim.py): `fn.decoders.video` (its CPU decoder, as measured) decodes
+  every sample from the start of its file, so the loader may pass only the packets the sampled frames need,
+  with the frames' indices in them.
 """
 
 from __future__ import annotations

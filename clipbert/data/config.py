@@ -72,7 +72,8 @@ class DataConfig:
     # them. To be measured on the GPU: bench_data.py --dali-affine on,off.
     dali_affine: bool = False
     # Workers cut each video down to the packets its sampled frames need (dali_pipelines/trim.py), so DALI,
-    # which decodes every sample from the start of its file, decodes a few key-frame runs instead.
+    # which decodes every sample from the start of its file (measured on its CPU decoder), decodes a few
+    # key-frame runs instead.
     dali_trim: bool = True
 
     def __post_init__(self) -> None:
