@@ -4,20 +4,15 @@ references computed from the same (rounded) inputs."""
 import pytest
 import torch
 import torch.nn.functional as F
+from ops_cases import CPU_BACKENDS, CUDA, device_for, extreme_logits
 
 from clipbert import ops
 from clipbert.ops import _backend
 
-CPU_BACKENDS = [b for b in ("cpu", "triton", "reference") if b != "cpu" or ops.native_available("cpu")]
-CUDA = pytest.param("cuda", marks=pytest.mark.needs_cuda)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Outputs are float32 whatever the input dtype, so value tolerances only reflect fp32 math; gradients are
 # rounded to the input dtype.
 GRAD_TOL = {torch.float32: 2e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3, torch.float64: 1e-10}
-
-
-def _device(backend):
-    return "cuda" if backend == "cuda" else "cpu"
 
 
 def _shapes(backend):
@@ -39,7 +34,7 @@ def _ref_nll(x, t, reduction):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lse_aggregate_values_and_grads(backend, dtype):
     for shape in _shapes(backend):
-        x = (torch.randn(shape, device=_device(backend)) * 3).to(dtype).requires_grad_()
+        x = (torch.randn(shape, device=device_for(backend)) * 3).to(dtype).requires_grad_()
         out = ops.lse_aggregate(x, backend=backend)
         assert out.dtype == torch.float32 and out.shape == (shape[0], shape[2])
         x64 = x.detach().double().requires_grad_()
@@ -58,7 +53,7 @@ def test_lse_aggregate_values_and_grads(backend, dtype):
 def test_lse_aggregate_nll_values_and_grads(backend, dtype, reduction):
     for shape in _shapes(backend):
         B, _, K = shape
-        x = (torch.randn(shape, device=_device(backend)) * 3).to(dtype).requires_grad_()
+        x = (torch.randn(shape, device=device_for(backend)) * 3).to(dtype).requires_grad_()
         t = torch.randint(0, K, (B,), device=x.device)
         loss = ops.lse_aggregate_nll(x, t, reduction, backend=backend)
         x64 = x.detach().double().requires_grad_()
@@ -73,7 +68,7 @@ def test_lse_aggregate_nll_values_and_grads(backend, dtype, reduction):
 
 @pytest.mark.parametrize("backend", [*CPU_BACKENDS, CUDA])
 def test_non_contiguous_logits(backend):
-    base = torch.randn(3, 7, 10, device=_device(backend), dtype=torch.float64)
+    base = torch.randn(3, 7, 10, device=device_for(backend), dtype=torch.float64)
     for x in (base.transpose(1, 2), base[:, ::2, 1:8], base[::2]):
         assert not x.is_contiguous()
         x = x.detach().requires_grad_()
@@ -89,7 +84,7 @@ def test_non_contiguous_logits(backend):
 
 @pytest.mark.parametrize("backend", [*CPU_BACKENDS, CUDA])
 def test_empty_batch(backend):
-    x = torch.randn(0, 4, 3, device=_device(backend), requires_grad=True)
+    x = torch.randn(0, 4, 3, device=device_for(backend), requires_grad=True)
     t = torch.zeros(0, dtype=torch.int64, device=x.device)
     out = ops.lse_aggregate(x, backend=backend)
     assert out.shape == (0, 3)
@@ -103,11 +98,7 @@ def test_empty_batch(backend):
 @pytest.mark.parametrize("backend", [*CPU_BACKENDS, CUDA])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_extreme_logits_are_finite(backend, dtype):
-    x = torch.randn(3, 4, 5, device=_device(backend))
-    x[0] *= 1e4
-    x[1, 0] = 1e4
-    x[2] = -1e4
-    x = x.to(dtype).requires_grad_()
+    x = extreme_logits(backend, dtype).requires_grad_()
     t = torch.tensor([1, 2, 3], device=x.device)
     out = ops.lse_aggregate(x, backend=backend)
     assert torch.isfinite(out).all()

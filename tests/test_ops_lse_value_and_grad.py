@@ -4,19 +4,14 @@ float64 autograd reference, and against lse_aggregate_nll through autograd."""
 import pytest
 import torch
 import torch.nn.functional as F
+from ops_cases import CPU_BACKENDS, CUDA, device_for, extreme_logits
 
 from clipbert import ops
 
-CPU_BACKENDS = [b for b in ("cpu", "triton", "reference") if b != "cpu" or ops.native_available("cpu")]
-CUDA = pytest.param("cuda", marks=pytest.mark.needs_cuda)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 # The gradient is rounded to the input dtype; the loss is float32 (float64 for float64 logits).
 GRAD_TOL = {torch.float32: 2e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3, torch.float64: 1e-10}
 LOSS_TOL = {torch.float64: 1e-10}
-
-
-def _device(backend):
-    return "cuda" if backend == "cuda" else "cpu"
 
 
 def _shapes(backend):
@@ -41,7 +36,7 @@ def _ref(x, t, reduction):
 def test_value_and_grad_match_float64(backend, dtype, reduction):
     for shape in _shapes(backend):
         B, _, K = shape
-        x = (torch.randn(shape, device=_device(backend)) * 3).to(dtype)
+        x = (torch.randn(shape, device=device_for(backend)) * 3).to(dtype)
         t = torch.randint(0, K, (B,), device=x.device)
         loss, g = ops.lse_aggregate_nll_value_and_grad(x, t, reduction, backend=backend)
         loss_ref, g_ref = _ref(x, t, reduction)
@@ -56,7 +51,7 @@ def test_value_and_grad_match_float64(backend, dtype, reduction):
 
 @pytest.mark.parametrize("backend", [*CPU_BACKENDS, CUDA])
 def test_equals_lse_aggregate_nll_through_autograd(backend):
-    x = torch.randn(6, 4, 5, device=_device(backend), requires_grad=True)
+    x = torch.randn(6, 4, 5, device=device_for(backend), requires_grad=True)
     t = torch.tensor([0, 4, 2, 1, 3, 3], device=x.device)
     loss, g = ops.lse_aggregate_nll_value_and_grad(x, t, backend=backend)
     assert not loss.requires_grad and not g.requires_grad  # values, no graph, even for a grad-requiring input
@@ -71,7 +66,7 @@ def test_equals_lse_aggregate_nll_through_autograd(backend):
 
 @pytest.mark.parametrize("backend", [*CPU_BACKENDS, CUDA])
 def test_non_contiguous_logits(backend):
-    base = torch.randn(3, 7, 10, device=_device(backend), dtype=torch.float64)
+    base = torch.randn(3, 7, 10, device=device_for(backend), dtype=torch.float64)
     for x in (base.transpose(1, 2), base[:, ::2, 1:8], base[::2]):
         assert not x.is_contiguous()
         t = torch.arange(x.shape[0], device=x.device) % x.shape[2]
@@ -83,7 +78,7 @@ def test_non_contiguous_logits(backend):
 
 @pytest.mark.parametrize("backend", [*CPU_BACKENDS, CUDA])
 def test_empty_batch(backend):
-    x = torch.randn(0, 4, 3, device=_device(backend))
+    x = torch.randn(0, 4, 3, device=device_for(backend))
     t = torch.zeros(0, dtype=torch.int64, device=x.device)
     loss, g = ops.lse_aggregate_nll_value_and_grad(x, t, "none", backend=backend)
     assert loss.shape == (0,) and g.shape == (0, 4, 3)
@@ -95,11 +90,7 @@ def test_empty_batch(backend):
 @pytest.mark.parametrize("backend", [*CPU_BACKENDS, CUDA])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_extreme_logits_are_finite(backend, dtype):
-    x = torch.randn(3, 4, 5, device=_device(backend))
-    x[0] *= 1e4
-    x[1, 0] = 1e4
-    x[2] = -1e4
-    x = x.to(dtype)
+    x = extreme_logits(backend, dtype)
     t = torch.tensor([1, 2, 3], device=x.device)
     loss, g = ops.lse_aggregate_nll_value_and_grad(x, t, "sum", backend=backend)
     loss_ref, g_ref = _ref(x, t, "sum")

@@ -2,17 +2,12 @@
 
 import pytest
 import torch
+from ops_cases import CPU_BACKENDS, CUDA, device_for
 
 from clipbert import ops
 
-CPU_BACKENDS = [b for b in ("cpu", "triton", "reference") if b != "cpu" or ops.native_available("cpu")]
-CUDA = pytest.param("cuda", marks=pytest.mark.needs_cuda)
 # The output is rounded to the input dtype: one rounding of an fp32-accumulated mean.
 TOL = {torch.float32: 1e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3, torch.float64: 1e-12}
-
-
-def _device(backend):
-    return "cuda" if backend == "cuda" else "cpu"
 
 
 def _shapes(backend):
@@ -24,7 +19,7 @@ def _shapes(backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_values_and_grads(backend, dtype):
     for shape in _shapes(backend):
-        x = torch.randn(shape, device=_device(backend)).to(dtype).requires_grad_()
+        x = torch.randn(shape, device=device_for(backend)).to(dtype).requires_grad_()
         y = ops.temporal_mean(x, backend=backend)
         assert y.dtype == dtype and y.shape == shape[:1] + shape[2:]
         torch.testing.assert_close(y.double(), x.detach().double().mean(1), rtol=TOL[dtype], atol=TOL[dtype])
@@ -36,7 +31,7 @@ def test_values_and_grads(backend, dtype):
 
 @pytest.mark.parametrize("backend", [*CPU_BACKENDS, CUDA])
 def test_non_contiguous_input(backend):
-    base = torch.randn(4, 6, 5, 8, device=_device(backend), dtype=torch.float64)
+    base = torch.randn(4, 6, 5, 8, device=device_for(backend), dtype=torch.float64)
     views = (
         base[:, ::2],  # strided T, read in place
         base[::2],  # strided B
@@ -55,7 +50,7 @@ def test_non_contiguous_input(backend):
 
 @pytest.mark.parametrize("backend", [*CPU_BACKENDS, CUDA])
 def test_empty_and_degenerate(backend):
-    dev = _device(backend)
+    dev = device_for(backend)
     for shape in [(0, 3, 4), (2, 3, 0), (2, 1)]:
         x = torch.randn(shape, device=dev, requires_grad=True)
         y = ops.temporal_mean(x, backend=backend)
@@ -68,7 +63,7 @@ def test_empty_and_degenerate(backend):
 @pytest.mark.parametrize("backend", [*CPU_BACKENDS, CUDA])
 def test_large_values_accumulate_in_fp32(backend):
     # bf16 sums of many equal-magnitude frames lose bits if accumulated in bf16; fp32 accumulation does not.
-    x = torch.full((1, 64, 8), 1.0, device=_device(backend)).to(torch.bfloat16)
+    x = torch.full((1, 64, 8), 1.0, device=device_for(backend)).to(torch.bfloat16)
     x[:, 1::2] = 3.0
     y = ops.temporal_mean(x, backend=backend)
     assert torch.equal(y.float(), torch.full((1, 8), 2.0, device=x.device))
