@@ -79,6 +79,11 @@ def parse_args(argv=None):
         default="on",
         help="comma list of on/off: workers cut each video to the packets its frames need (dali_trim)",
     )
+    p.add_argument(
+        "--dali-pack",
+        default="1",
+        help="comma list of rows per DALI sample with cut videos (dali_pack; 1: no packing), e.g. 1,8",
+    )
     p.add_argument("--store-fps", type=float, default=2.0)
     p.add_argument("--only", default="", help="comma list of variant name prefixes to run")
     p.add_argument(
@@ -141,6 +146,22 @@ def _on(value: bool) -> str:
     return "on" if value else "off"
 
 
+def _cut_variants(args) -> list[tuple[bool, int]]:
+    """(dali_trim, dali_pack) pairs: each pack size with cut videos; uncut videos cannot pack (pack 1)."""
+    try:
+        packs = [int(v) for v in args.dali_pack.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"--dali-pack: each value must be an integer >= 1, got {args.dali_pack!r}") from None
+    if not packs or min(packs) < 1:
+        raise SystemExit(f"--dali-pack: each value must be an integer >= 1, got {args.dali_pack!r}")
+    trims = _switch_values(args.dali_trim, "--dali-trim")
+    return [(trim, k) for trim in trims for k in (packs if trim else [1])]
+
+
+def _cut_name(trim: bool, pack: int) -> str:
+    return f"trim={_on(trim)}" + (f" pack={pack}" if pack > 1 else "")
+
+
 def variants(args, sets, store):
     cpu = args.device == "cpu"
     workers = [int(w) for w in (args.workers or ("0,2" if cpu else "4,8,16")).split(",")]
@@ -161,48 +182,50 @@ def variants(args, sets, store):
             dict(backend="frame_store", frame_store=store, num_workers=k),
         )
     affines = _switch_values(args.dali_affine, "--dali-affine")
-    trims = _switch_values(args.dali_trim, "--dali-trim")
+    cuts = _cut_variants(args)
     codec = "vp9" if cpu else "h264"
     dali = f"dali-{'cpu' if cpu else 'gpu'} {codec}"
 
-    def video(folder: str, p: int, trim: bool, **extra) -> dict:
+    def video(folder: str, p: int, cut: tuple[bool, int], **extra) -> dict:
         return (
             dict(
                 backend="dali",
                 video_dir=sets[folder],
                 num_workers=dali_workers,
                 dali_pipelines=p,
-                dali_trim=trim,
+                dali_trim=cut[0],
+                dali_pack=cut[1],
             )
             | extra
         )
 
-    for k, trim, affine in itertools.product(
-        [int(x) for x in (args.dali_processes or "").split(",") if x], trims, affines
+    for k, cut, affine in itertools.product(
+        [int(x) for x in (args.dali_processes or "").split(",") if x], cuts, affines
     ):
         yield (
-            f"{dali} processes={k} trim={_on(trim)} affine={_on(affine)}",
+            f"{dali} processes={k} trim={_on(cut[0])} affine={_on(affine)}"
+            + _cut_name(*cut)[len("trim=on") :],
             # the workers cut the videos; without cutting they would only sample indices
-            video(codec, 1, trim, num_workers=dali_workers if trim else 0, dali_affine=affine, processes=k),
+            video(codec, 1, cut, num_workers=dali_workers if cut[0] else 0, dali_affine=affine, processes=k),
         )
 
     if cpu:
-        for p, trim in itertools.product(pipes, trims):
-            yield f"{dali} pipelines={p} trim={_on(trim)}", video("vp9", p, trim, dali_threads=threads)
+        for p, cut in itertools.product(pipes, cuts):
+            yield f"{dali} pipelines={p} {_cut_name(*cut)}", video("vp9", p, cut, dali_threads=threads)
     else:
-        for p, order, trim, affine in itertools.product(pipes, ("none", "frames"), trims, affines):
+        for p, order, cut, affine in itertools.product(pipes, ("none", "frames"), cuts, affines):
             yield (
-                f"{dali} gop{args.gop} pipelines={p} order={order} trim={_on(trim)} threads={threads} "
-                f"affine={_on(affine)}",
-                video("h264", p, trim, dali_order=order, dali_threads=threads, dali_affine=affine),
+                f"{dali} gop{args.gop} pipelines={p} order={order} trim={_on(cut[0])} threads={threads} "
+                f"affine={_on(affine)}" + _cut_name(*cut)[len("trim=on") :],
+                video("h264", p, cut, dali_order=order, dali_threads=threads, dali_affine=affine),
             )
         for p in pipes:
             yield (
                 f"{dali} gop{args.gop} pipelines={p} no-index trim=off",
-                video("h264", p, False, dali_build_index=False),
+                video("h264", p, (False, 1), dali_build_index=False),
             )
-        for p, trim in itertools.product(pipes, trims):
-            yield f"{dali} gop4 pipelines={p} trim={_on(trim)}", video("h264_gop4", p, trim)
+        for p, cut in itertools.product(pipes, cuts):
+            yield f"{dali} gop4 pipelines={p} {_cut_name(*cut)}", video("h264_gop4", p, cut)
     for p in pipes:
         yield (
             f"dali-{'cpu' if cpu else 'gpu'} frame_store pipelines={p}",

@@ -27,9 +27,19 @@ def build_pipeline(graph, max_batch_size, num_threads, device, device_id, prefet
 
 def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     """A uniform DALI TensorList -> a torch tensor (copy through nvidia.dali.plugin.pytorch.feed_ndarray)."""
+    return _copy(tensor_list.as_tensor(), device)
+
+
+def to_torch_samples(tensor_list, device: torch.device) -> list[torch.Tensor]:
+    """A DALI TensorList whose samples may differ in shape -> one torch tensor per sample."""
+    if tensor_list.is_dense_tensor():
+        return list(to_torch(tensor_list, device).unbind(0))
+    return [_copy(tensor_list[i], device) for i in range(len(tensor_list))]
+
+
+def _copy(dense, device: torch.device) -> torch.Tensor:
     from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
-    dense = tensor_list.as_tensor()
     out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=device)
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
     feed_ndarray(dense, out, cuda_stream=stream)
@@ -64,6 +74,15 @@ def collect_outputs(started, device: torch.device) -> torch.Tensor:
         (tensor_list,) = pipe.outputs()
         outs.append(to_torch(tensor_list, device))
     return torch.cat(outs)
+
+
+def collect_samples(started, device: torch.device) -> list[torch.Tensor]:
+    """Wait for the started pipelines; their output samples in order, one tensor each (shapes may differ)."""
+    outs = []
+    for pipe in started:
+        (tensor_list,) = pipe.outputs()
+        outs += to_torch_samples(tensor_list, device)
+    return outs
 
 
 def read_bytes(path: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from clipbert.data.preprocess import preprocess_frames
 
 from .common import read_bytes
 from .frame_store import DaliJpegDecoder
+from .pack import Pack
 from .routing import dali_unreadable, nvdec_cache_guard
 from .video import DaliVideoDecoder
 
@@ -78,6 +79,7 @@ class DaliLoader(_OverlappedLoader):
         # `indices` stay the file's, for PyAV.
         trimmed = batch.pop("video_bytes", None)
         dali_indices = batch.pop("dali_indices").numpy() if trimmed is not None else indices
+        packs = batch.pop("video_packs", None)  # DataConfig.dali_pack: several rows' cuts per DALI sample
         for i, codec in enumerate(codecs):
             self._route(paths[i], dali_unreadable(self.dali_device, codec, *hw[i]), batch)
         if self.guard is not None:
@@ -87,13 +89,31 @@ class DaliLoader(_OverlappedLoader):
                 self._route(paths[i], reason, batch)
         job = {"batch": batch, "paths": paths, "indices": indices, "hw": hw, "dali": None}
         job |= {"trimmed": trimmed, "dali_indices": dali_indices}
-        job["rows"] = [i for i in range(len(paths)) if paths[i] not in self.use_pyav]
+        rows = [i for i in range(len(paths)) if paths[i] not in self.use_pyav]
+        job["packs"] = self._packs(rows, packs, job)
+        job["rows"] = [i for pack in job["packs"] for i in pack.rows]  # the order DALI returns them in
         if job["rows"]:
             try:
-                job["dali"] = self._submit(job["rows"], job)
+                job["dali"] = self.decoder.submit_packs(
+                    job["packs"], [hw[pack.rows[0]] for pack in job["packs"]]
+                )
             except RuntimeError:
                 self.decoder.rebuild()  # finish() isolates the offender
         return job
+
+    def _packs(self, rows: list[int], packs: list[Pack] | None, job: dict) -> list[Pack]:
+        """What DALI decodes for `rows`: the workers' packs whose rows all go to DALI, and a pack of one
+        for every other row (a pack holding a row that goes to PyAV is split up)."""
+        if packs is None:
+            return [self._single(i, job) for i in rows]
+        wanted = set(rows)
+        out = []
+        for pack in packs:
+            if len(pack.rows) > 1 and wanted.issuperset(pack.rows):
+                out.append(pack)
+            else:
+                out += [self._single(i, job) for i in pack.rows if i in wanted]
+        return out
 
     def _route(self, path: str, reason: str | None, batch: dict) -> None:
         """From now on decode `path` with PyAV when there is a reason to; reported once per file."""
@@ -140,12 +160,12 @@ class DaliLoader(_OverlappedLoader):
                 reason = str(err).strip().splitlines()[-1][:200]
                 bad.append(f"{job['paths'][i]}: DALI could not decode ({reason}); trying PyAV")
 
+    def _single(self, i: int, job: dict) -> Pack:
+        data = job["trimmed"][i] if job["trimmed"] is not None else read_bytes(job["paths"][i])
+        return Pack(data, [i], job["dali_indices"][i][None])
+
     def _submit(self, rows, job) -> dict:
-        if job["trimmed"] is not None:
-            encoded = [job["trimmed"][i] for i in rows]
-        else:
-            encoded = [read_bytes(job["paths"][i]) for i in rows]
-        return self.decoder.submit(encoded, job["dali_indices"][rows], [job["hw"][i] for i in rows])
+        return self.decoder.submit_packs([self._single(i, job) for i in rows], [job["hw"][i] for i in rows])
 
 
 class DaliFrameStoreLoader(_OverlappedLoader):

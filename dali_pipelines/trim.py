@@ -35,7 +35,7 @@ from clipbert.data.decoders import VideoDecodeError
 EDGE_TOLERANCE_FRAMES = 2
 
 # Output muxer per input format: keep the family, so that codec and extradata carry over as they are.
-_MUXERS = {"mov": "mp4", "mp4": "mp4", "matroska": "matroska", "webm": "matroska"}
+MUXERS = {"mov": "mp4", "mp4": "mp4", "matroska": "matroska", "webm": "matroska"}
 
 
 def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +61,11 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 path,
                 disposable=lambda pos: is_disposable(bytes(packets[pos]), codec, length_size),
             )
-            muxer = _MUXERS.get(src.format.name.split(",")[0], "matroska")
+            muxer = MUXERS.get(src.format.name.split(",")[0], "matroska")
             try:
-                data, new_pts = _mux(stream, packets, runs, muxer)
+                data, new_pts = mux_runs(
+                    stream, [[packets[pos] for pos in run] for run in runs], muxer, frame_step(packets)
+                )
             except (av.FFmpegError, ValueError):
                 # The file demuxed, so it is not bad; its packets just do not remux (e.g. Annex B H.264 in
                 # AVI into Matroska). DALI gets the whole file, as without cutting.
@@ -171,19 +173,19 @@ def _nal_headers(data: bytes, length_size: int):
         at += length_size + size
 
 
-def _mux(stream, packets, runs, muxer: str) -> tuple[np.ndarray, np.ndarray]:
-    """Mux the runs back to back; returns (bytes, pts of every kept packet in the input's time base)."""
+def mux_runs(stream, runs: list[list], muxer: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mux runs of packets (each in decode order, each starting on a key frame) back to back in the format
+    of `stream`; returns (bytes, the new pts of every packet, in order). Each run is shifted so that its
+    earliest timestamp follows the previous run's latest by `step`: timestamps keep increasing, and a run's
+    pts - dts gaps (B-frames) survive."""
     import av
 
-    step = _frame_step(packets)
     buf = io.BytesIO()
     new_pts = []
     with av.open(buf, "w", format=muxer) as out:
         ostream = out.add_stream_from_template(stream)
         next_ts = 0
-        for positions in runs:
-            run = [packets[pos] for pos in positions]
-            # Shift the run so its earliest timestamp lands on next_ts: pts - dts gaps (B-frames) survive.
+        for run in runs:
             low = min(min(p.pts, p.dts if p.dts is not None else p.pts) for p in run)
             shift = next_ts - low
             for p in run:
@@ -196,7 +198,7 @@ def _mux(stream, packets, runs, muxer: str) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(buf.getvalue(), dtype=np.uint8), np.asarray(new_pts)
 
 
-def _frame_step(packets) -> int:
+def frame_step(packets) -> int:
     """The most common pts step between presentation-adjacent packets (>= 1)."""
     pts = np.sort(np.fromiter((p.pts for p in packets), dtype=np.int64))
     diffs = np.diff(pts)

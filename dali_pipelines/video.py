@@ -13,6 +13,8 @@ Throughput options (measured on the GPU by benchmarks/bench_data.py):
 - cut videos (`DataConfig.dali_trim`, trim.py): `fn.decoders.video` (its CPU decoder, as measured) decodes
   every sample from the start of its file, so the loader may pass only the packets the sampled frames need,
   with the frames' indices in them.
+- packs (`DataConfig.dali_pack`, pack.py): the cut videos of several samples back to back in one DALI
+  sample, so that the decoder's fixed cost per sample (about 9 ms on an H200) is paid once per pack.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 
 from clipbert.data.preprocess import Normalization, resized_hw
 
-from .common import build_pipeline, collect_outputs, start_pipelines
+from .common import build_pipeline, collect_samples, start_pipelines
+from .pack import Pack
 
 
 def video_pipeline(
@@ -127,25 +130,44 @@ class DaliVideoDecoder:
 
     def submit(self, encoded: list[np.ndarray], indices: np.ndarray, hw: list[tuple[int, int]]) -> dict:
         """Start decoding (returns at once); `collect` waits for the result."""
-        b, n, t = indices.shape
-        flat = indices.reshape(b, n * t).astype(np.int32)
-        order = np.argsort(flat, axis=1, kind="stable") if self.order == "frames" else None
-        wanted = np.take_along_axis(flat, order, axis=1) if order is not None else flat
+        packs = [Pack(data, [i], indices[i][None]) for i, data in enumerate(encoded)]
+        return self.submit_packs(packs, hw)
+
+    def submit_packs(self, packs: list[Pack], hw: list[tuple[int, int]]) -> dict:
+        """Start decoding packs (pack.py): one DALI sample each, holding the frames of its rows; hw: the
+        source (height, width) of each pack (one stream format, so one size). `collect` returns the rows'
+        frames [sum of the packs' rows, N, T, 3, L, L], in the packs' row order."""
+        shapes = {pack.indices.shape[1:] for pack in packs}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"every pack's indices must be [rows, N, T] with one N, T; got {sorted(shapes)}")
+        (n, t) = shapes.pop()
+        flat = [pack.indices.reshape(-1).astype(np.int32) for pack in packs]
+        orders = [np.argsort(f, kind="stable") for f in flat] if self.order == "frames" else None
+        wanted = [f[o] for f, o in zip(flat, orders, strict=True)] if orders is not None else flat
         targets = [resized_hw(h, w, self.size) for h, w in hw]
         inputs = {
-            "encoded": encoded,
-            "frames": list(wanted),
+            "encoded": [pack.data for pack in packs],
+            "frames": wanted,
             "resize_x": [np.float32(w) for _, w in targets],
             "resize_y": [np.float32(h) for h, _ in targets],
         }
-        return {"started": start_pipelines(self.pipes, inputs), "order": order, "shape": (b, n, t)}
+        started = start_pipelines(self.pipes, inputs)
+        return {
+            "started": started,
+            "orders": orders,
+            "rows": [len(pack.rows) for pack in packs],
+            "nt": (n, t),
+        }
 
     def collect(self, job: dict) -> torch.Tensor:
-        (b, n, t), order = job["shape"], job["order"]
-        out = collect_outputs(job["started"], self.torch_device)  # [B, N*T, 3, L, L]
-        if order is not None:  # back to the sampler's order
-            inverse = torch.from_numpy(np.argsort(order, axis=1)).to(out.device)
-            out = torch.stack([out[i, inverse[i]] for i in range(b)])
+        (n, t), orders = job["nt"], job["orders"]
+        outs = collect_samples(job["started"], self.torch_device)  # per pack: [rows * N * T, 3, L, L]
+        rows = []
+        for g, (out, count) in enumerate(zip(outs, job["rows"], strict=True)):
+            if orders is not None:  # back to the sampler's order
+                out = out[torch.from_numpy(np.argsort(orders[g])).to(out.device)]
+            rows.append(out.view(count, n, t, 3, self.size, self.size))
+        out = torch.cat(rows)
         if self.norm.channel_order == "BGR":
-            out = out.flip(2)
-        return out.view(b, n, t, 3, self.size, self.size)
+            out = out.flip(3)
+        return out

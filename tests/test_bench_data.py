@@ -109,3 +109,25 @@ def test_bench_data_keeps_finished_rows_when_stopped(tmp_path, monkeypatch):
         bench_data.main(argv.split() + ["--only", "pyav", "--out", str(out)])
     rows = json.loads(out.read_text())["results"]
     assert [r["variant"] for r in rows] == ["pyav h264 gop30 workers=0"] and rows[0]["frames_per_s"] == 1.0
+
+
+def test_bench_data_packs_cut_videos_only(tmp_path):
+    # --dali-pack applies to cut videos; uncut videos are never packed, and a bad value names the flag.
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
+    import bench_data
+
+    out = tmp_path / "data.json"
+    argv = "--device cpu --num-videos 2 --seconds 2 --fps 10 --batches 2 --batch-size 2 --size 64 --workers 0"
+    extra = ["--dali-pipelines", "1", "--dali-trim", "on,off", "--dali-pack", "1,2"]
+    bench_data.main(argv.split() + extra + ["--only", "dali-cpu vp9 pipelines", "--out", str(out)])
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {
+        "dali-cpu vp9 pipelines=1 trim=on",
+        "dali-cpu vp9 pipelines=1 trim=on pack=2",
+        "dali-cpu vp9 pipelines=1 trim=off",
+    }
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["frames"] == 32 and row["dali_pack"] == (2 if "pack=2" in row["variant"] else 1)
+    with pytest.raises(SystemExit, match="--dali-pack: each value must be an integer >= 1, got '0'"):
+        bench_data.main(argv.split() + ["--dali-pack", "0", "--out", str(out)])

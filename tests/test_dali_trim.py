@@ -206,7 +206,7 @@ def test_a_cut_that_does_not_remux_sends_the_whole_file(tmp_path, monkeypatch):
     def refuse(*args):
         raise ValueError("muxer refuses these packets")
 
-    monkeypatch.setattr(trim, "_mux", refuse)
+    monkeypatch.setattr(trim, "mux_runs", refuse)
     indices = np.array([[25, 3]])
     data, new = trim_video(path, indices)
     assert data.tobytes() == Path(path).read_bytes() and new.tolist() == [[25, 3]] and new.dtype == np.int32

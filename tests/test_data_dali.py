@@ -87,18 +87,31 @@ def cfg_for(root, **overrides):
     return DataConfig(**values)
 
 
-def loader_batches(root, task, split, **overrides):
+def loader_batches(root, task, split, batch_size=3, **overrides):
     cfg = cfg_for(root, **overrides)
     dataset = build_dataset(task, split, cfg, build_tokenizer(), IMAGENET_RGB)
-    loader = build_loader(dataset, cfg, 3, split == "train", rank=0, world_size=1, device="cpu")
+    loader = build_loader(dataset, cfg, batch_size, split == "train", rank=0, world_size=1, device="cpu")
     loader.sampler.set_epoch(1)
     return list(loader)
 
 
-@pytest.mark.parametrize("trim", [True, False])
-def test_dali_loader_matches_pyav_loader_on_the_vp9_benchmark(vp9_bench, trim):
-    dali = loader_batches(vp9_bench, "tgif_action", "train", backend="dali", dali_pipelines=2, dali_trim=trim)
-    pyav = loader_batches(vp9_bench, "tgif_action", "train", backend="pyav")
+@pytest.mark.parametrize("trim, pack", [(True, 1), (True, 3), (False, 1)])
+def test_dali_loader_matches_pyav_loader_on_the_vp9_benchmark(vp9_bench, trim, pack, monkeypatch):
+    # Batches of 6 from the set's 4 frame sizes: some rows share a stream format, so packs form.
+    from dali_pipelines.video import DaliVideoDecoder
+
+    submit, packed = DaliVideoDecoder.submit_packs, []
+
+    def spy(self, packs, hw):
+        packed.extend(len(p.rows) for p in packs)
+        return submit(self, packs, hw)
+
+    monkeypatch.setattr(DaliVideoDecoder, "submit_packs", spy)
+    dali = loader_batches(
+        vp9_bench, "tgif_action", "train", 6, backend="dali", dali_pipelines=2, dali_trim=trim, dali_pack=pack
+    )
+    assert (max(packed) > 1) == (pack > 1) and max(packed) <= pack
+    pyav = loader_batches(vp9_bench, "tgif_action", "train", 6, backend="pyav")
     assert len(dali) == len(pyav) > 0
     for x, y in zip(dali, pyav, strict=True):
         assert set(x) == set(y) and x["bad_videos"] == []
@@ -164,22 +177,25 @@ def test_dali_loader_sends_what_the_nvdec_guard_flags_to_pyav(vp9_bench, monkeyp
         assert diff.abs().mean() < 2.0
 
 
-def test_dali_loader_isolates_a_failed_batch_from_the_cut_videos(vp9_bench, monkeypatch):
+@pytest.mark.parametrize("pack", [1, 3])
+def test_dali_loader_isolates_a_failed_batch_from_the_cut_videos(vp9_bench, monkeypatch, pack):
     # When a batch fails in DALI the loader decodes its samples one at a time to find the offender; with cut
-    # videos it must resend the cut bytes and their own indices. Here one batch fails once, spuriously.
+    # videos it must resend the cut bytes and their own indices (not the packs). Here one batch fails once.
     from dali_pipelines.video import DaliVideoDecoder
 
     collect, failed = DaliVideoDecoder.collect, []
 
     def flaky(self, job):
-        if job["shape"][0] > 1 and not failed:
-            failed.append(job["shape"])
+        if sum(job["rows"]) > 1 and not failed:
+            failed.append(job["rows"])
             raise RuntimeError("spurious DALI failure")
         return collect(self, job)
 
     monkeypatch.setattr(DaliVideoDecoder, "collect", flaky)
-    dali = loader_batches(vp9_bench, "tgif_action", "train", backend="dali", dali_trim=True)
-    pyav = loader_batches(vp9_bench, "tgif_action", "train", backend="pyav")
+    dali = loader_batches(
+        vp9_bench, "tgif_action", "train", 6, backend="dali", dali_trim=True, dali_pack=pack
+    )
+    pyav = loader_batches(vp9_bench, "tgif_action", "train", 6, backend="pyav")
     assert failed and all(x["bad_videos"] == [] for x in dali)  # every sample decoded on its own
     for x, y in zip(dali, pyav, strict=True):
         diff = (x["frames"] - y["frames"]) * torch.tensor(IMAGENET_RGB.std).view(3, 1, 1)
@@ -234,8 +250,10 @@ def h264_bench(tmp_path_factory):
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.parametrize("order,trim", [("none", True), ("frames", True), ("frames", False)])
-def test_dali_gpu_loader_on_h264_matches_pyav(h264_bench, order, trim):
+@pytest.mark.parametrize(
+    "order,trim,pack", [("none", True, 1), ("frames", True, 1), ("frames", False, 1), ("frames", True, 3)]
+)
+def test_dali_gpu_loader_on_h264_matches_pyav(h264_bench, order, trim, pack):
     def batches(**overrides):
         cfg = cfg_for(h264_bench, **overrides)
         dataset = build_dataset("tgif_action", "train", cfg, build_tokenizer(), IMAGENET_RGB)
@@ -243,7 +261,7 @@ def test_dali_gpu_loader_on_h264_matches_pyav(h264_bench, order, trim):
         loader.sampler.set_epoch(1)
         return list(loader)
 
-    dali = batches(backend="dali", dali_pipelines=2, dali_order=order, dali_trim=trim)
+    dali = batches(backend="dali", dali_pipelines=2, dali_order=order, dali_trim=trim, dali_pack=pack)
     pyav = batches(backend="pyav")
     assert len(dali) == len(pyav) > 0
     for x, y in zip(dali, pyav, strict=True):

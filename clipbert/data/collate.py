@@ -20,8 +20,9 @@ def pad_token_lists(rows: list[list[int]], pad_id: int, length: int | None = Non
 class Collator:
     """Callable collate_fn (picklable for worker processes); pads texts to the longest in the batch."""
 
-    def __init__(self, pad_id: int = 0):
+    def __init__(self, pad_id: int = 0, pack_rows: int = 1):
         self.pad_id = pad_id
+        self.pack_rows = pack_rows  # DataConfig.dali_pack: cut videos per DALI sample, packed in the worker
 
     def __call__(self, items: list[dict]) -> dict:
         batch = {
@@ -43,6 +44,13 @@ class Collator:
         if "video_bytes" in items[0]:  # trimmed videos (dali_pipelines/trim.py) and their frames' indices
             batch["video_bytes"] = [item["video_bytes"] for item in items]
             batch["dali_indices"] = torch.from_numpy(np.stack([item["dali_indices"] for item in items]))
+            if (
+                self.pack_rows > 1
+            ):  # collate runs in the DataLoader worker: the remux stays off the main process
+                from dali_pipelines.pack import pack_cuts
+
+                cuts, indices = batch["video_bytes"], [item["dali_indices"] for item in items]
+                batch["video_packs"] = pack_cuts(cuts, indices, self.pack_rows)
         if "jpegs" in items[0]:
             batch["jpegs"] = [item["jpegs"] for item in items]  # B lists of N*T encoded frames
         if "input_ids" in items[0]:

@@ -75,6 +75,11 @@ class DataConfig:
     # which decodes every sample from the start of its file (measured on its CPU decoder), decodes a few
     # key-frame runs instead.
     dali_trim: bool = True
+    # Rows (samples) per DALI sample: the workers pack up to this many cut videos of one stream format
+    # back to back (dali_pipelines/pack.py), so DALI's fixed cost per sample (about 9 ms on an H200,
+    # whatever it decodes) is paid once per pack. 1: no packing. Needs dali_trim. Off by default until
+    # bench_data.py --dali-pack measures it on the GPU.
+    dali_pack: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.max_text_len, int):
@@ -93,8 +98,17 @@ class DataConfig:
             _check_choice("max_text_len key", task, TASKS)
             if not isinstance(length, int) or length < 3:
                 raise ValueError(f"max_text_len[{task!r}] must be an int >= 3, got {length!r}")
-        for key in ("image_size", "num_clips", "num_test_clips", "frames_per_clip", "prefetch_factor"):
+        for key in (
+            "image_size",
+            "num_clips",
+            "num_test_clips",
+            "frames_per_clip",
+            "prefetch_factor",
+            "dali_pack",
+        ):
             _check_positive_int(key, getattr(self, key))
+        if self.dali_pack > 1 and not self.dali_trim:
+            raise ValueError(f"dali_pack={self.dali_pack} packs cut videos: it needs dali_trim=true")
         for key in (
             "itm_neg_size",
             "num_workers",

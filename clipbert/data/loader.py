@@ -79,7 +79,10 @@ def build_loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        collate_fn=Collator(getattr(dataset.tokenizer, "pad_token_id", 0) or 0),
+        collate_fn=Collator(
+            getattr(dataset.tokenizer, "pad_token_id", 0) or 0,
+            pack_rows=data_cfg.dali_pack if data_cfg.backend == "dali" else 1,
+        ),
         num_workers=workers,
         prefetch_factor=data_cfg.prefetch_factor if workers else None,
         persistent_workers=workers > 0,
