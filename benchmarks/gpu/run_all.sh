@@ -4,6 +4,7 @@
 #   build     the extension against that machine's torch (sm_90)          -> build.log
 #   tests     pytest -m needs_cuda over tests/                            -> tests.log
 #   ops       benchmarks/bench_ops.py --device cuda                       -> ops_cuda.json
+#   ncu       Nsight Compute on the NLL kernels at [4096,16,1540] (not in the default steps) -> ncu_lse.csv
 #   fig5      benchmarks/memory_vs_ntrain.py, panels FIG5_PANELS, time-budgeted -> fig5_<card>.{json,csv,md,png}
 #   ablation  the same script: the cumulative optimization steps at Ntrain=16 + the profile -> fig5_<card>_ablation.*
 #   nvdec     benchmarks/gpu/nvdec_diagnose.py: the frames NVDEC returns for H.264, seek cost -> nvdec_diagnose.json
@@ -120,6 +121,18 @@ else
   step ops 60 "$PY" benchmarks/bench_ops.py --device cuda --out "$OUT/ops_cuda.json"
 fi
 
+# Nsight Compute on the NLL kernels at [4096, 16, 1540] (ncu_lse.py says why): the reasons behind ops' copy %.
+if ! want ncu; then :
+elif [[ $DRY == 1 ]]; then
+  step ncu 30 "$PY" benchmarks/gpu/ncu_lse.py --help
+elif command -v ncu > /dev/null; then
+  step ncu 120 bash -c "ncu --kernel-name regex:nll --launch-skip 3 --launch-count 3 --section SpeedOfLight \
+    --section Occupancy --section LaunchStats --section WarpStateStats --csv \"$PY\" benchmarks/gpu/ncu_lse.py \
+    > \"$OUT/ncu_lse.csv\""
+else
+  echo "SKIP  ncu        (Nsight Compute's ncu is not on PATH)" | tee -a "$OUT/steps.txt"
+fi
+
 # Figure 5: the searches stop at the script's own budget; the step's timeout leaves it room to write its files.
 CARD=nogpu
 [[ $DRY == 1 ]] || CARD=$("$PY" -c "import torch; from clipbert.perf.devices import card_slug; print(card_slug(torch.cuda.get_device_name()) if torch.cuda.is_available() else 'nogpu')" 2>/dev/null | tr -cd 'a-z0-9')
@@ -166,11 +179,11 @@ if ! want data; then :
 elif has nvidia.dali && has av; then
   if [[ $DRY == 1 ]]; then  # the same benchmark, tiny: PyAV, the frame store and DALI on the CPU
     step data 90 "$PY" benchmarks/bench_data.py --device cpu --out "$OUT/data_dryrun.json" --num-videos 2 \
-      --seconds 2 --batches 2 --batch-size 2 --size 64 --workers 0 --dali-pipelines 1
+      --seconds 2 --batches 2 --batch-size 2 --size 64 --workers 0 --dali-pipelines 1 --dali-pack 1,2
   else
     # shellcheck disable=SC2086  # DATA_ARGS is a list of flags; DATA_ONLY (variant prefixes) may hold spaces
     step data "${DATA_LIMIT_S:-150}" "$PY" benchmarks/bench_data.py --device cuda --out "$OUT/data_cuda.json" \
-      ${DATA_ARGS:---workers 16 --dali-pipelines 2,4 --dali-processes 2,4,8 --dali-trim on,off --batches 10} \
+      ${DATA_ARGS:---workers 16 --dali-pipelines 1,2 --dali-processes 4 --dali-trim on,off --dali-pack 1,8 --batches 10} \
       ${DATA_ONLY:+--only "$DATA_ONLY"}
   fi
 else

@@ -89,26 +89,8 @@ __global__ void __launch_bounds__(THREADS) nll_fwd_kernel(const scalar_t* __rest
   acc_t loss_sum = 0;
   for (int64_t row = int64_t(blockIdx.x) * rows_per_block + gid; row < B; row += int64_t(gridDim.x) * rows_per_block) {
     const scalar_t* xr = x + row * row_elems;
-    Lse<acc_t> all = lse_init<acc_t>();
-    // Two 128-bit loads in flight per thread before any math, then one vector update each.
-    const Vec<scalar_t, VEC>* xv = reinterpret_cast<const Vec<scalar_t, VEC>*>(xr);
-    const int64_t n_vec = row_elems / VEC;
-    int64_t i = lane;
-    for (; i + GROUP < n_vec; i += 2 * GROUP) {
-      const Vec<scalar_t, VEC> a = xv[i], b = xv[i + GROUP];
-      acc_t va[VEC], vb[VEC];
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) va[j] = static_cast<acc_t>(a.v[j]), vb[j] = static_cast<acc_t>(b.v[j]);
-      all.add_vec(va);
-      all.add_vec(vb);
-    }
-    if (i < n_vec) {
-      const Vec<scalar_t, VEC> a = xv[i];
-      acc_t va[VEC];
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) va[j] = static_cast<acc_t>(a.v[j]);
-      all.add_vec(va);
-    }
+    Lse<acc_t> all =
+        row_lse_share<acc_t, GROUP>(reinterpret_cast<const Vec<scalar_t, VEC>*>(xr), row_elems / VEC, lane);
     const int64_t t = target[row];
     CUDA_KERNEL_ASSERT(t >= 0 && t < K && "lse_aggregate_nll: target out of [0, K)");
     Lse<acc_t> tl = lse_init<acc_t>();
@@ -128,7 +110,8 @@ __global__ void __launch_bounds__(THREADS) nll_fwd_kernel(const scalar_t* __rest
   if (reduce_in_block) block_sum_losses(loss_sum, lane, gid, rows_per_block, loss_smem, loss, scale);
 }
 
-// grad[b,n,j] = w_b (exp(x - lse_all) - [j == t_b] exp(x - lse_t)); grid.y walks rows, grid.x the row.
+// grad[b,n,j] = w_b (exp(x - lse_all) - [j == t_b] exp(x - lse_t)); grid.y walks rows, grid.x the row, each
+// thread kUnroll vectors a blockDim apart (coalesced), all loaded before any is computed and stored.
 template <typename scalar_t, int VEC>
 __global__ void nll_bwd_kernel(const at::opmath_type<scalar_t>* __restrict__ g, const scalar_t* __restrict__ x,
                                const int64_t* __restrict__ target, const at::opmath_type<scalar_t>* __restrict__ stats,
@@ -136,25 +119,34 @@ __global__ void nll_bwd_kernel(const at::opmath_type<scalar_t>* __restrict__ g, 
                                at::opmath_type<scalar_t> scale) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<scalar_t, VEC>;
+  const int n_vec = row_elems / VEC, step = blockDim.x, stride = gridDim.x * blockDim.x * kUnroll;
   for (int64_t row = blockIdx.y; row < B; row += gridDim.y) {
     const acc_t w = (per_row_grad ? g[row] : g[0]) * scale;
     const acc_t la = stats[2 * row], lt = stats[2 * row + 1];
     const int t = static_cast<int>(target[row]);
     const V* xr = reinterpret_cast<const V*>(x + row * row_elems);
     V* gr = reinterpret_cast<V*>(gx + row * row_elems);
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < row_elems / VEC; i += gridDim.x * blockDim.x) {
-      const V v = xr[i];
-      V r;
-      int col = (i * VEC) % K;  // one integer division per vector, not per element
+    for (int base = blockIdx.x * blockDim.x * kUnroll + threadIdx.x; base < n_vec; base += stride) {
+      V v[kUnroll];
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        const acc_t xv = static_cast<acc_t>(v.v[j]);
-        acc_t p = exp(xv - la);
-        if (col == t) p -= exp(xv - lt);
-        r.v[j] = static_cast<scalar_t>(w * p);
-        if (++col == K) col = 0;
+      for (int u = 0; u < kUnroll; ++u)
+        if (base + u * step < n_vec) v[u] = xr[base + u * step];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * step;
+        if (i >= n_vec) break;
+        V r;
+        int col = (i * VEC) % K;  // one integer division per vector, not per element
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          const acc_t xv = static_cast<acc_t>(v[u].v[j]);
+          acc_t p = exp(xv - la);
+          if (col == t) p -= exp(xv - lt);
+          r.v[j] = static_cast<scalar_t>(w * p);
+          if (++col == K) col = 0;
+        }
+        gr[i] = r;
       }
-      gr[i] = r;
     }
   }
 }
@@ -298,7 +290,9 @@ at::Tensor lse_aggregate_nll_backward_cuda(const at::Tensor& grad_in, const at::
     const bool vec = row_elems % VEC == 0 && aligned16(x) && aligned16(gx);
     const int64_t n_vec = vec ? row_elems / VEC : row_elems;
     const int threads = static_cast<int>(std::min<int64_t>(kBlock, (n_vec + kWarp - 1) / kWarp * kWarp));
-    const dim3 grid(static_cast<unsigned>((n_vec + threads - 1) / threads), static_cast<unsigned>(std::min<int64_t>(B, 65535)));
+    const int64_t per_block = int64_t(threads) * kUnroll;
+    const dim3 grid(static_cast<unsigned>((n_vec + per_block - 1) / per_block),
+                    static_cast<unsigned>(std::min<int64_t>(B, 65535)));
     auto args = std::make_tuple(grad.const_data_ptr<acc_t>(), x, target.const_data_ptr<int64_t>(),
                                 stats.const_data_ptr<acc_t>(), gx);
     if (vec)

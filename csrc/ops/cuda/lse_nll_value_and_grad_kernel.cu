@@ -46,22 +46,8 @@ __global__ void __launch_bounds__(THREADS)
        row += int64_t(gridDim.x) * rows_per_block) {
     const scalar_t* xs = x + row * row_elems;
     const V* xr = reinterpret_cast<const V*>(xs);
-    // Pass 1: two 128-bit loads in flight per thread before any math (as the NLL forward).
-    Lse<acc_t> all = lse_init<acc_t>();
-    int64_t i = lane;
-    for (; i + GROUP < n_vec; i += 2 * GROUP) {
-      const V a = xr[i], b = xr[i + GROUP];
-      acc_t va[VEC], vb[VEC];
-      to_acc(a, va);
-      to_acc(b, vb);
-      all.add_vec(va);
-      all.add_vec(vb);
-    }
-    if (i < n_vec) {
-      acc_t va[VEC];
-      to_acc(xr[i], va);
-      all.add_vec(va);
-    }
+    // Pass 1: the row's logsumexp, kUnroll 128-bit loads in flight per thread (as the NLL forward).
+    Lse<acc_t> all = row_lse_share<acc_t, GROUP>(xr, n_vec, lane);
     const int64_t t = target[row];
     CUDA_KERNEL_ASSERT(t >= 0 && t < K && "lse_aggregate_nll_value_and_grad: target out of [0, K)");
     Lse<acc_t> tl = lse_init<acc_t>();
@@ -69,21 +55,30 @@ __global__ void __launch_bounds__(THREADS)
     all = group_reduce_lse<acc_t, GROUP>(all, smem);  // every thread of the group gets the result
     tl = group_reduce_lse<acc_t, GROUP>(tl, smem);
     const acc_t la = all.value(), lt = tl.value();
-    // Pass 2: the gradient, from the row this group just read.
+    // Pass 2: the gradient, from the row this group just read (L1/L2), kUnroll loads in flight again.
     V* gr = reinterpret_cast<V*>(gx + row * row_elems);
-    for (int64_t v = lane; v < n_vec; v += GROUP) {
-      acc_t xv[VEC];
-      to_acc(xr[v], xv);
-      V r;
-      int64_t col = (v * VEC) % K;  // one integer division per vector, not per element
+    for (int64_t base = lane; base < n_vec; base += kUnroll * GROUP) {
+      V a[kUnroll];
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        acc_t p = exp(xv[j] - la);
-        if (col == t) p -= exp(xv[j] - lt);
-        r.v[j] = static_cast<scalar_t>(scale * p);
-        if (++col == K) col = 0;
+      for (int u = 0; u < kUnroll; ++u)
+        if (base + u * GROUP < n_vec) a[u] = xr[base + u * GROUP];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t v = base + u * GROUP;
+        if (v >= n_vec) break;
+        acc_t xv[VEC];
+        to_acc(a[u], xv);
+        V r;
+        int64_t col = (v * VEC) % K;  // one integer division per vector, not per element
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          acc_t p = exp(xv[j] - la);
+          if (col == t) p -= exp(xv[j] - lt);
+          r.v[j] = static_cast<scalar_t>(scale * p);
+          if (++col == K) col = 0;
+        }
+        gr[v] = r;
       }
-      gr[v] = r;
     }
     if (lane == 0) {
       if (reduce_in_block)
