@@ -97,6 +97,8 @@ def test_cudnn_benchmark_is_set_for_the_step_only(monkeypatch):
     assert seen == [True] and torch.backends.cudnn.benchmark == before
     names = [o.name for o in paths.ablation_ladder()]
     assert names.index("+compile_full") < names.index("+cudnn_benchmark") < names.index("+cuda_graphs")
+    assert names[-1] == "+max_autotune"  # its compile may take minutes: a time budget reaches it last
+    assert paths.ablation_ladder()[-1].compile_mode == "max-autotune-no-cudagraphs"
 
 
 def test_bf16_frozen_weights_round_like_autocast():
