@@ -96,6 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--profile", action="store_true", help="also write the CNN/transformer/data/optimizer profile"
     )
+    p.add_argument(
+        "--profile-step",
+        default=None,
+        metavar="NAME",
+        help="profile this ablation step's path (e.g. +compile_full) instead of the optimized one",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 peak used for MFU")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--tag", default=None, help="file name stem (default fig5_<device>[_small])")
@@ -209,7 +215,18 @@ def _build(cfg, options: PathOptions, device, rows: list[Point], optimizer: bool
         return None
 
 
+def _ladder_step(args, name: str, flag: str = "--profile-step") -> PathOptions:
+    """The ablation step called `name`; exits naming the flag and the known steps if there is none."""
+    ladder = ablation_ladder(compile_cnn=not args.no_compile)
+    for options in ladder:
+        if options.name == name:
+            return options
+    raise SystemExit(f"{flag}: unknown {[name]}; the steps are {[o.name for o in ladder]}")
+
+
 def run(args) -> dict:
+    if args.profile_step:  # a misspelt step must not cost the whole run first
+        _ladder_step(args, args.profile_step)
     device = torch.device(args.device)
     cfg = bench_config(args)
     cap = int(args.mem_cap_gib * GIB)
@@ -280,10 +297,8 @@ def run(args) -> dict:
     if args.ablation:
         ladder = ablation_ladder(compile_cnn=not args.no_compile)
         if args.ablation_steps:
-            known = [o.name for o in ladder]
-            unknown = sorted(set(args.ablation_steps) - set(known))
-            if unknown:
-                raise SystemExit(f"--ablation-steps: unknown {unknown}; the steps are {known}")
+            for name in args.ablation_steps:
+                _ladder_step(args, name, flag="--ablation-steps")
             ladder = [o for o in ladder if o.name in {"eager", *args.ablation_steps}]
         for options in ladder:
             left = budget.left()
@@ -314,7 +329,7 @@ def run(args) -> dict:
 
         profile = profile_breakdown(
             cfg,
-            timed.get("optimized", EAGER),
+            _ladder_step(args, args.profile_step) if args.profile_step else timed.get("optimized", EAGER),
             device,
             n_clips=max(args.ntrain),
             batch=args.time_batch,

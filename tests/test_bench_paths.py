@@ -195,6 +195,18 @@ def test_ablation_runs_only_the_named_steps_and_eager(tmp_path):
         memory_vs_ntrain.main(argv + ["--ablation", "--ablation-steps", "+warp_drive"])
 
 
+def test_the_profile_can_follow_an_ablation_step(tmp_path):
+    # The GPU session profiles the fastest step (e.g. +compile_full), not only the optimized panel path.
+    import memory_vs_ntrain
+
+    argv = "--device cpu --small --no-compile --panels= --ntrain 1 --steps 1 --warmup 1 --time-batch 1"
+    argv = argv.split() + ["--threads", "1", "--no-plot", "--out-dir", str(tmp_path), "--tag", "prof"]
+    assert memory_vs_ntrain.main(argv + ["--profile", "--profile-step", "+no_text_mask"]) == 0
+    assert "2 steps of +no_text_mask" in (tmp_path / "prof_profile.md").read_text()
+    with pytest.raises(SystemExit, match=r"--profile-step: unknown \['\+warp_drive'\]"):
+        memory_vs_ntrain.main(argv + ["--profile", "--profile-step", "+warp_drive"])
+
+
 def test_figure5_split_runs_merge(tmp_path, monkeypatch):
     """The GPU run measures panels in separate calls; --merge joins them. A run killed mid-way leaves
     <tag>.partial.json with the points measured so far."""
@@ -270,3 +282,26 @@ def test_summary_shows_a_cut_search_as_a_range():
     assert _batch_cell(cut) == "64..422 (search cut)"
     assert _batch_cell({"batch": 64, "max_batch_exact": False, "first_failure": None}) == ">=64 (search cut)"
     assert _batch_cell({}) == "-" and _batch_cell({"error": "boom"}) == "error"
+
+
+def test_profile_compiles_the_parts_of_a_whole_loss_path(tmp_path, monkeypatch):
+    # compile="full" compiles only the loss: the isolated CNN and transformer timings compile those parts
+    # themselves (here torch.compile is recorded, not run), and the step's own encoder is put back.
+    from clipbert.perf import paths, profile
+
+    compiled = []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append((getattr(fn, "__name__", repr(fn)), kwargs))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(paths.torch, "compile", fake_compile)
+    cfg = _cfg()
+    options = PathOptions("+compile_full", compile="full", unpadded_text=True, compile_mode="max-autotune")
+    record = profile.profile_breakdown(
+        cfg, options, "cpu", n_clips=1, batch=1, out_dir=str(tmp_path), tag="p"
+    )
+    assert [name for name, _ in compiled] == ["_loss", "encode_visual", "score"]
+    assert all(kwargs == {"mode": "max-autotune"} for _, kwargs in compiled)
+    assert set(record["parts_ms"]) >= {"cnn", "transformer", "full_step"}

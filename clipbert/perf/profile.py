@@ -44,6 +44,14 @@ def _part_timings(step, cfg, data: Batch, raw: torch.Tensor, warmup: int, steps:
         return 1e3 * time_steps(fn, device, warmup=warmup, steps=steps).median_s
 
     ms["data"] = timed(lambda: to_model_input(cfg, raw, device))
+    # With the whole loss compiled (compile="full") the parts' own entry points would run eager: compile each
+    # part on its own for its isolated timing (fusion across the parts aside), then restore the step.
+    whole = step.options.compile == "full"
+    kwargs = {} if step.options.compile_mode is None else {"mode": step.options.compile_mode}
+    eager_encode, score = step._encode, step.model.score
+    if whole:
+        step._encode = torch.compile(step.model.encode_visual, **kwargs)
+        score = torch.compile(step.model.score, **kwargs)
 
     def cnn() -> None:
         with step._autocast():
@@ -53,11 +61,13 @@ def _part_timings(step, cfg, data: Batch, raw: torch.Tensor, warmup: int, steps:
     ms["cnn"] = timed(cnn)
     with torch.no_grad(), step._autocast():
         fixed = step.encode(data.frames)
+    step._encode = eager_encode
+    mask = None if step.options.unpadded_text else data.attention_mask
 
     def transformer() -> None:
         visual = type(fixed)(fixed.tokens.detach().requires_grad_())
         with step._ops_backend(), step._autocast():
-            scores = step.model.score(visual, data.input_ids, data.attention_mask)
+            scores = score(visual, data.input_ids, mask)
         scores.float().sum().backward()
 
     ms["transformer"] = timed(transformer)
