@@ -128,24 +128,12 @@ __global__ void nll_bwd_kernel(const at::opmath_type<scalar_t>* __restrict__ g, 
     V* gr = reinterpret_cast<V*>(gx + row * row_elems);
     for (int base = blockIdx.x * blockDim.x * kUnroll + threadIdx.x; base < n_vec; base += stride) {
       V v[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (base + u * step < n_vec) v[u] = xr[base + u * step];
+      load_unrolled(xr, base, step, n_vec, v);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int i = base + u * step;
         if (i >= n_vec) break;
-        V r;
-        int col = (i * VEC) % K;  // one integer division per vector, not per element
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          const acc_t xv = static_cast<acc_t>(v[u].v[j]);
-          acc_t p = exp(xv - la);
-          if (col == t) p -= exp(xv - lt);
-          r.v[j] = static_cast<scalar_t>(w * p);
-          if (++col == K) col = 0;
-        }
-        gr[i] = r;
+        gr[i] = nll_grad_vec(v[u], (i * VEC) % K, K, t, la, lt, w);  // one division per vector
       }
     }
   }

@@ -55,6 +55,31 @@ inline int group_for(int64_t row_len) { return row_len <= 64 ? kWarp : kBlock; }
 // flight for the same latency (Little's law). Not yet measured on a GPU.
 constexpr int kUnroll = 4;
 
+// v[u] = p[base + u * step] for each u with base + u * step < n: all kUnroll loads issued before any is used.
+template <typename V, typename I>
+__device__ __forceinline__ void load_unrolled(const V* __restrict__ p, I base, I step, I n, V (&v)[kUnroll]) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+    if (base + u * step < n) v[u] = p[base + u * step];
+}
+
+// The NLL gradient of one vector whose first element sits in column `col` of K:
+// w * (exp(x - la) - [column == t] exp(x - lt)), la = lse over the row, lt = lse over n of column t.
+template <typename acc_t, typename scalar_t, int VEC>
+__device__ __forceinline__ Vec<scalar_t, VEC> nll_grad_vec(const Vec<scalar_t, VEC>& v, int col, int K, int t,
+                                                           acc_t la, acc_t lt, acc_t w) {
+  Vec<scalar_t, VEC> r;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    const acc_t xv = static_cast<acc_t>(v.v[j]);
+    acc_t p = exp(xv - la);
+    if (col == t) p -= exp(xv - lt);
+    r.v[j] = static_cast<scalar_t>(w * p);
+    if (++col == K) col = 0;
+  }
+  return r;
+}
+
 // This thread's online-logsumexp share of a row of n_vec vectors read by the GROUP threads of its group
 // (vectors lane, lane + GROUP, ...), kUnroll loads in flight at a time. Reduce it with group_reduce_lse.
 template <typename acc_t, int GROUP, typename scalar_t, int VEC>

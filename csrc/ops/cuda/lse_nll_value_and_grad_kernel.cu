@@ -22,12 +22,6 @@
 namespace clipbert::cuda {
 namespace {
 
-template <typename acc_t, typename scalar_t, int VEC>
-__device__ __forceinline__ void to_acc(const Vec<scalar_t, VEC>& a, acc_t (&out)[VEC]) {
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) out[j] = static_cast<acc_t>(a.v[j]);
-}
-
 // Per row b with target t: lse_all over (n, k), lse_t over n of column t, loss_b = lse_all - lse_t and
 // grad[b, n, j] = scale * (exp(x - lse_all) - [j == t] exp(x - lse_t)); scale = 1/B for mean, else 1.
 template <typename scalar_t, int GROUP, int VEC, int THREADS>
@@ -59,25 +53,14 @@ __global__ void __launch_bounds__(THREADS)
     V* gr = reinterpret_cast<V*>(gx + row * row_elems);
     for (int64_t base = lane; base < n_vec; base += kUnroll * GROUP) {
       V a[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (base + u * GROUP < n_vec) a[u] = xr[base + u * GROUP];
+      load_unrolled(xr, base, int64_t(GROUP), n_vec, a);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t v = base + u * GROUP;
         if (v >= n_vec) break;
-        acc_t xv[VEC];
-        to_acc(a[u], xv);
-        V r;
-        int64_t col = (v * VEC) % K;  // one integer division per vector, not per element
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          acc_t p = exp(xv[j] - la);
-          if (col == t) p -= exp(xv[j] - lt);
-          r.v[j] = static_cast<scalar_t>(scale * p);
-          if (++col == K) col = 0;
-        }
-        gr[v] = r;
+        // one division per vector; N * K < 2^31 (check_logits), so column, K and t fit an int
+        gr[v] = nll_grad_vec(a[u], static_cast<int>((v * VEC) % K), static_cast<int>(K), static_cast<int>(t), la, lt,
+                             scale);
       }
     }
     if (lane == 0) {
