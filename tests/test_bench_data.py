@@ -71,6 +71,11 @@ def test_nvdec_diagnose_runs_on_the_cpu_decoder(tmp_path, monkeypatch):
     seek = nvdec_diagnose.seek_checks(tmp_path, "cpu", "vp9")
     assert [r["frame"] for r in seek] == [0, 39]
     assert all(r["full_match"] and r["trim_match"] and r["full_ms"] > 0 < r["trim_ms"] for r in seek), seek
+    # The pack check: one-frame cuts as separate samples and as one pack, both exact.
+    monkeypatch.setattr(nvdec_diagnose, "PACK_ROWS", 3)
+    (pack,) = nvdec_diagnose.pack_checks(tmp_path, "cpu", "vp9")
+    assert pack["frames"] == [0, 20, 39] and pack["single_match"] and pack["pack_match"], pack
+    assert pack["single_ms_per_frame"] > 0 < pack["pack_ms_per_frame"]
 
 
 def test_bench_data_runs_dali_loaders_in_several_processes(tmp_path):

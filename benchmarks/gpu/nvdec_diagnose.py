@@ -19,7 +19,10 @@ dali_pipelines/routing.py's NvdecCacheGuard now sends such videos to PyAV. The c
    with the videos the guard sent to PyAV;
 6. seek: what one frame costs against its position, from the whole file and from the file cut by
    dali_pipelines/trim.py. DALI's CPU decoder decodes from the start of the file for every sample (frame 299
-   of a GOP-30 video costs 47x frame 0); this says whether NVDEC does too, and what the cut saves.
+   of a GOP-30 video costs 47x frame 0); this says whether NVDEC does too, and what the cut saves. (H200,
+   2026-11-27: it does; frame 299 29.9 ms whole, 10.1 ms cut, and about 9 ms a sample whatever it decodes.)
+7. pack: that fixed cost against packing (dali_pipelines/pack.py): PACK_ROWS one-frame cuts of the seek video
+   decoded as that many DALI samples, then as one pack; ms per frame each way, and the painted indices.
 
     python3 benchmarks/gpu/nvdec_diagnose.py --out $OUT/nvdec_diagnose.json
 
@@ -59,6 +62,7 @@ SIZES = (
 SEEK_VIDEO = dict(num_frames=300, fps=30, height=240, width=320, gop=30)
 SEEK_FRAMES = (0, 30, 150, 299)
 SEEK_BATCH, SEEK_REPEATS = 8, 3
+PACK_ROWS = 8
 PATTERNS = {
     "ascending": [[2, 3], [10, 11], [20, 21], [30, 31]],
     "descending": [[31, 30], [21, 20], [11, 10], [3, 2]],
@@ -229,6 +233,57 @@ def seek_checks(root: Path, device: str, codec: str) -> list[dict]:
     return rows
 
 
+def pack_checks(root: Path, device: str, codec: str) -> list[dict]:
+    """ms per frame for PACK_ROWS one-frame cuts decoded as separate DALI samples, then as one pack."""
+    import time
+
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    from dali_pipelines.common import build_pipeline, to_torch_samples
+    from dali_pipelines.pack import pack_cuts
+    from dali_pipelines.trim import trim_video
+
+    def graph():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+        return fn.decoders.video(encoded, frames=frames, device="mixed" if device == "gpu" else "cpu")
+
+    pipe = build_pipeline(graph, PACK_ROWS, 4, device, 0)
+    torch_device = torch.device("cuda" if device == "gpu" else "cpu")
+    path = write_painted_video(root / "pack", codec=codec, **SEEK_VIDEO)
+    note_decoded(device, codec, SEEK_VIDEO["height"], SEEK_VIDEO["width"])
+    wanted = np.linspace(0, SEEK_VIDEO["num_frames"] - 1, PACK_ROWS).round().astype(int)
+    cuts = [trim_video(path, np.array([frame])) for frame in wanted]
+    (pack,) = pack_cuts([c for c, _ in cuts], [n for _, n in cuts], PACK_ROWS)
+
+    def run(encoded: list[np.ndarray], frames: list[np.ndarray]) -> tuple[float, list[int]]:
+        """(ms per frame, the painted index of every frame returned, in order)"""
+        times = []
+        for _ in range(SEEK_REPEATS + 1):  # the first run warms the decoder cache
+            start = time.perf_counter()
+            pipe.feed_input("encoded", encoded)
+            pipe.feed_input("frames", [f.astype(np.int32).ravel() for f in frames])
+            outs = to_torch_samples(pipe.run()[0], torch_device)  # per sample [F, H, W, 3]
+            times.append((time.perf_counter() - start) / PACK_ROWS * 1e3)
+        got = [read_index(frame.cpu().numpy()) for out in outs for frame in out]
+        return float(np.median(times[1:])), got
+
+    single_ms, single_got = run([c for c, _ in cuts], [n for _, n in cuts])
+    pack_ms, pack_got = run([pack.data], [pack.indices])
+    return [
+        dict(
+            rows=PACK_ROWS,
+            frames=wanted.tolist(),
+            single_ms_per_frame=round(single_ms, 2),
+            pack_ms_per_frame=round(pack_ms, 2),
+            single_match=single_got == wanted.tolist(),
+            pack_match=pack_got == wanted.tolist(),
+            pack_bytes=int(pack.data.size),
+        )
+    ]
+
+
 def synthetic_checks(root: Path, device: str, codec: str) -> list[dict]:
     from clipbert.data import synthetic
 
@@ -348,13 +403,14 @@ def main(argv=None) -> dict:
             ("synthetic", synthetic_checks),
             ("loader", loader_checks),
             ("seek", seek_checks),
+            ("pack", pack_checks),
         ):
             try:
                 report[name] = check(Path(tmp), args.device, codec)
             except Exception as err:
                 report[name] = {"error": f"{type(err).__name__}: {err}"}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    for name in ("cache", "raw", "painted", "synthetic", "loader", "seek"):
+    for name in ("cache", "raw", "painted", "synthetic", "loader", "seek", "pack"):
         rows = report[name]
         if isinstance(rows, dict):
             print(f"{name}: {rows['error']}")
