@@ -162,12 +162,19 @@ class DaliVideoDecoder:
     def collect(self, job: dict) -> torch.Tensor:
         (n, t), orders = job["nt"], job["orders"]
         outs = collect_samples(job["started"], self.torch_device)  # per pack: [rows * N * T, 3, L, L]
-        rows = []
-        for g, (out, count) in enumerate(zip(outs, job["rows"], strict=True)):
-            if orders is not None:  # back to the sampler's order
-                out = out[torch.from_numpy(np.argsort(orders[g])).to(out.device)]
-            rows.append(out.view(count, n, t, 3, self.size, self.size))
-        out = torch.cat(rows)
+        rows = sum(job["rows"])
+        # Each pack's frames are copied once, straight into their rows (and back to the sampler's order).
+        out = torch.empty(rows * n * t, *outs[0].shape[1:], dtype=outs[0].dtype, device=outs[0].device)
+        at = 0
+        for g, frames in enumerate(outs):
+            dest = out[at : at + frames.shape[0]]
+            if orders is not None:
+                inverse = torch.from_numpy(np.argsort(orders[g])).to(frames.device)
+                torch.index_select(frames, 0, inverse, out=dest)
+            else:
+                dest.copy_(frames)
+            at += frames.shape[0]
+        out = out.view(rows, n, t, 3, self.size, self.size)
         if self.norm.channel_order == "BGR":
             out = out.flip(3)
         return out
