@@ -95,9 +95,10 @@ def loader_batches(root, task, split, batch_size=3, **overrides):
     return list(loader)
 
 
-@pytest.mark.parametrize("trim, pack", [(True, 1), (True, 3), (False, 1)])
-def test_dali_loader_matches_pyav_loader_on_the_vp9_benchmark(vp9_bench, trim, pack, monkeypatch):
-    # Batches of 6 from the set's 4 frame sizes: some rows share a stream format, so packs form.
+@pytest.mark.parametrize("trim, pack, workers", [(True, 1, 0), (True, 3, 1), (False, 1, 0)])
+def test_dali_loader_matches_pyav_loader_on_the_vp9_benchmark(vp9_bench, trim, pack, workers, monkeypatch):
+    # Batches of 6 from the set's 4 frame sizes: some rows share a stream format, so packs form (in a
+    # DataLoader worker's collate, when there is one).
     from dali_pipelines.video import DaliVideoDecoder
 
     submit, packed = DaliVideoDecoder.submit_packs, []
@@ -108,7 +109,15 @@ def test_dali_loader_matches_pyav_loader_on_the_vp9_benchmark(vp9_bench, trim, p
 
     monkeypatch.setattr(DaliVideoDecoder, "submit_packs", spy)
     dali = loader_batches(
-        vp9_bench, "tgif_action", "train", 6, backend="dali", dali_pipelines=2, dali_trim=trim, dali_pack=pack
+        vp9_bench,
+        "tgif_action",
+        "train",
+        6,
+        backend="dali",
+        dali_pipelines=2,
+        dali_trim=trim,
+        dali_pack=pack,
+        num_workers=workers,
     )
     assert (max(packed) > 1) == (pack > 1) and max(packed) <= pack
     pyav = loader_batches(vp9_bench, "tgif_action", "train", 6, backend="pyav")
