@@ -184,49 +184,59 @@ def raw_checks(root: Path, device: str, codec: str) -> list[dict]:
     return rows
 
 
-def seek_checks(root: Path, device: str, codec: str) -> list[dict]:
-    """ms per sample to decode one frame at each of SEEK_FRAMES, whole file against trimmed file."""
+def _timed_decoder(root: Path, name: str, device: str, codec: str, batch: int):
+    """The seek video, painted, and a pipeline of fn.decoders.video alone (bytes and frame indices in).
+    Returns (path, run): run(encoded, frames, per) decodes one batch SEEK_REPEATS + 1 times (the first warms
+    the decoder cache) and returns (median ms per `per`, the painted index of every frame returned, in order).
+    """
     import time
 
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
 
-    from dali_pipelines.common import build_pipeline, to_torch
-    from dali_pipelines.trim import trim_video
+    from dali_pipelines.common import build_pipeline, to_torch_samples
 
     def graph():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
         return fn.decoders.video(encoded, frames=frames, device="mixed" if device == "gpu" else "cpu")
 
-    pipe = build_pipeline(graph, SEEK_BATCH, 4, device, 0)
+    pipe = build_pipeline(graph, batch, 4, device, 0)
     torch_device = torch.device("cuda" if device == "gpu" else "cpu")
-    path = write_painted_video(root / "seek", codec=codec, **SEEK_VIDEO)
+    path = write_painted_video(root / name, codec=codec, **SEEK_VIDEO)
     note_decoded(device, codec, SEEK_VIDEO["height"], SEEK_VIDEO["width"])
 
-    def run(data: np.ndarray, index: int) -> tuple[float, int]:
-        """(ms per sample, the painted index read back)"""
+    def run(encoded: list[np.ndarray], frames: list, per: int) -> tuple[float, list[int]]:
         times = []
-        for _ in range(SEEK_REPEATS + 1):  # the first run warms the decoder cache
+        for _ in range(SEEK_REPEATS + 1):
             start = time.perf_counter()
-            pipe.feed_input("encoded", [data] * SEEK_BATCH)
-            pipe.feed_input("frames", [np.array([index], dtype=np.int32)] * SEEK_BATCH)
-            out = to_torch(pipe.run()[0], torch_device)  # [B, 1, H, W, 3]
-            times.append((time.perf_counter() - start) / SEEK_BATCH * 1e3)
-        return float(np.median(times[1:])), read_index(out[0, 0].cpu().numpy())
+            pipe.feed_input("encoded", encoded)
+            pipe.feed_input("frames", [np.asarray(f, dtype=np.int32).ravel() for f in frames])
+            outs = to_torch_samples(pipe.run()[0], torch_device)  # per sample [F, H, W, 3]
+            times.append((time.perf_counter() - start) / per * 1e3)
+        got = [read_index(frame.cpu().numpy()) for out in outs for frame in out]
+        return float(np.median(times[1:])), got
 
+    return path, run
+
+
+def seek_checks(root: Path, device: str, codec: str) -> list[dict]:
+    """ms per sample to decode one frame at each of SEEK_FRAMES, whole file against trimmed file."""
+    from dali_pipelines.trim import trim_video
+
+    path, run = _timed_decoder(root, "seek", device, codec, SEEK_BATCH)
     rows = []
     for frame in SEEK_FRAMES:
-        full_ms, full_got = run(read_bytes(path), frame)
+        full_ms, full_got = run([read_bytes(path)] * SEEK_BATCH, [[frame]] * SEEK_BATCH, SEEK_BATCH)
         cut, (new_index,) = trim_video(path, np.array([frame]))
-        trim_ms, trim_got = run(cut, int(new_index))
+        trim_ms, trim_got = run([cut] * SEEK_BATCH, [[new_index]] * SEEK_BATCH, SEEK_BATCH)
         rows.append(
             dict(
                 frame=frame,
                 full_ms=round(full_ms, 2),
                 trim_ms=round(trim_ms, 2),
-                full_match=full_got == frame,
-                trim_match=trim_got == frame,
+                full_match=full_got == [frame] * SEEK_BATCH,
+                trim_match=trim_got == [frame] * SEEK_BATCH,
                 trim_bytes=int(cut.size),
             )
         )
@@ -235,42 +245,15 @@ def seek_checks(root: Path, device: str, codec: str) -> list[dict]:
 
 def pack_checks(root: Path, device: str, codec: str) -> list[dict]:
     """ms per frame for PACK_ROWS one-frame cuts decoded as separate DALI samples, then as one pack."""
-    import time
-
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
-
-    from dali_pipelines.common import build_pipeline, to_torch_samples
     from dali_pipelines.pack import pack_cuts
     from dali_pipelines.trim import trim_video
 
-    def graph():
-        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-        frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-        return fn.decoders.video(encoded, frames=frames, device="mixed" if device == "gpu" else "cpu")
-
-    pipe = build_pipeline(graph, PACK_ROWS, 4, device, 0)
-    torch_device = torch.device("cuda" if device == "gpu" else "cpu")
-    path = write_painted_video(root / "pack", codec=codec, **SEEK_VIDEO)
-    note_decoded(device, codec, SEEK_VIDEO["height"], SEEK_VIDEO["width"])
+    path, run = _timed_decoder(root, "pack", device, codec, PACK_ROWS)
     wanted = np.linspace(0, SEEK_VIDEO["num_frames"] - 1, PACK_ROWS).round().astype(int)
     cuts = [trim_video(path, np.array([frame])) for frame in wanted]
     (pack,) = pack_cuts([c for c, _ in cuts], [n for _, n in cuts], PACK_ROWS)
-
-    def run(encoded: list[np.ndarray], frames: list[np.ndarray]) -> tuple[float, list[int]]:
-        """(ms per frame, the painted index of every frame returned, in order)"""
-        times = []
-        for _ in range(SEEK_REPEATS + 1):  # the first run warms the decoder cache
-            start = time.perf_counter()
-            pipe.feed_input("encoded", encoded)
-            pipe.feed_input("frames", [f.astype(np.int32).ravel() for f in frames])
-            outs = to_torch_samples(pipe.run()[0], torch_device)  # per sample [F, H, W, 3]
-            times.append((time.perf_counter() - start) / PACK_ROWS * 1e3)
-        got = [read_index(frame.cpu().numpy()) for out in outs for frame in out]
-        return float(np.median(times[1:])), got
-
-    single_ms, single_got = run([c for c, _ in cuts], [n for _, n in cuts])
-    pack_ms, pack_got = run([pack.data], [pack.indices])
+    single_ms, single_got = run([c for c, _ in cuts], [n for _, n in cuts], PACK_ROWS)
+    pack_ms, pack_got = run([pack.data], [pack.indices], PACK_ROWS)
     return [
         dict(
             rows=PACK_ROWS,
