@@ -158,8 +158,12 @@ def _cut_variants(args) -> list[tuple[bool, int]]:
     return [(trim, k) for trim in trims for k in (packs if trim else [1])]
 
 
+def _pack_suffix(pack: int) -> str:
+    return f" pack={pack}" if pack > 1 else ""
+
+
 def _cut_name(trim: bool, pack: int) -> str:
-    return f"trim={_on(trim)}" + (f" pack={pack}" if pack > 1 else "")
+    return f"trim={_on(trim)}{_pack_suffix(pack)}"
 
 
 def variants(args, sets, store):
@@ -203,8 +207,7 @@ def variants(args, sets, store):
         [int(x) for x in (args.dali_processes or "").split(",") if x], cuts, affines
     ):
         yield (
-            f"{dali} processes={k} trim={_on(cut[0])} affine={_on(affine)}"
-            + _cut_name(*cut)[len("trim=on") :],
+            f"{dali} processes={k} trim={_on(cut[0])} affine={_on(affine)}" + _pack_suffix(cut[1]),
             # the workers cut the videos; without cutting they would only sample indices
             video(codec, 1, cut, num_workers=dali_workers if cut[0] else 0, dali_affine=affine, processes=k),
         )
@@ -216,7 +219,7 @@ def variants(args, sets, store):
         for p, order, cut, affine in itertools.product(pipes, ("none", "frames"), cuts, affines):
             yield (
                 f"{dali} gop{args.gop} pipelines={p} order={order} trim={_on(cut[0])} threads={threads} "
-                f"affine={_on(affine)}" + _cut_name(*cut)[len("trim=on") :],
+                f"affine={_on(affine)}" + _pack_suffix(cut[1]),
                 video("h264", p, cut, dali_order=order, dali_threads=threads, dali_affine=affine),
             )
         for p in pipes:

@@ -136,3 +136,36 @@ def test_bench_data_packs_cut_videos_only(tmp_path):
         assert row["frames"] == 32 and row["dali_pack"] == (2 if "pack=2" in row["variant"] else 1)
     with pytest.raises(SystemExit, match="--dali-pack: each value must be an integer >= 1, got '0'"):
         bench_data.main(argv.split() + ["--dali-pack", "0", "--out", str(out)])
+
+
+def test_bench_data_names_every_cut_and_pack_variant(tmp_path):
+    # Names are what DATA_ONLY selects by prefix: an uncut row ends in "trim=off", a packed one in "pack=k".
+    import argparse
+
+    import bench_data
+
+    args = argparse.Namespace(
+        device="cuda",
+        workers="16",
+        dali_pipelines="1",
+        dali_threads=8,
+        dali_affine="off",
+        dali_trim="on,off",
+        dali_pack="1,8",
+        dali_processes="4",
+        gop=30,
+    )
+    sets = {"h264": tmp_path, "h264_gop4": tmp_path, "vp9": tmp_path}
+    names = [
+        name
+        for name, _ in bench_data.variants(args, sets, tmp_path)
+        if name.startswith(("dali-gpu h264 processes", "dali-gpu h264 gop4"))
+    ]
+    assert names == [
+        "dali-gpu h264 processes=4 trim=on affine=off",
+        "dali-gpu h264 processes=4 trim=on affine=off pack=8",
+        "dali-gpu h264 processes=4 trim=off affine=off",
+        "dali-gpu h264 gop4 pipelines=1 trim=on",
+        "dali-gpu h264 gop4 pipelines=1 trim=on pack=8",
+        "dali-gpu h264 gop4 pipelines=1 trim=off",
+    ]
