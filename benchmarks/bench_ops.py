@@ -60,6 +60,11 @@ GPU_TARGETS = {
 
 
 VG = "_vg"  # impl suffix of the rows that time lse_aggregate_nll_value_and_grad
+# The CUDA NLL kernels' variants (clipbert.ops.set_nll_kernel), timed side by side at the long-row shapes as
+# "cuda[<variant>]" rows next to "cuda" (the variant the process started with), so one GPU run says which
+# streams a row fastest on its card.
+NLL_VARIANTS = ("stream2", "stream4", "resident")
+NLL_VARIANT_MIN_K = 256
 
 
 def impl_bytes(nbytes, impl: str) -> float:
@@ -177,13 +182,42 @@ def lse_cases(shape, dtype, device: str, backends: list[str]):
             # What any op pays for one autograd.grad call here (the engine, on CUDA its device thread, and two
             # tiny kernels): the eager/floor ratio bounds the speedup that this measurement can show.
             fns["floor"] = lambda: torch.autograd.grad(xg.sum(), xg)
+        make_vg = None
         if make is nll_fwd_bwd:
             # The same loss and gradient from the value-and-grad op: one launch, no autograd engine, and
             # the logits read once (its bytes: logits in, gradient out, targets in).
+            def make_vg(b):
+                return lambda: ops.lse_aggregate_nll_value_and_grad(x, t, backend=b)
+
             for b in backends:
-                fns[f"{b}{VG}"] = lambda b=b: ops.lse_aggregate_nll_value_and_grad(x, t, backend=b)
+                fns[f"{b}{VG}"] = make_vg(b)
             nbytes = {"*": nbytes, VG: 2 * x_bytes + B * 8}
+        if op == "lse_aggregate_nll" and "cuda" in backends and K >= NLL_VARIANT_MIN_K:
+            add_nll_variants(fns, "cuda", make, make_vg)
         yield op, shape, kind, dtype, nbytes, fns
+
+
+def with_nll_kernel(variant: str, fn):
+    """fn, run with the NLL kernel variant set first (a host-side switch; the kernels read it at launch)."""
+
+    def call():
+        ops.set_nll_kernel(variant)
+        return fn()
+
+    return call
+
+
+def add_nll_variants(fns: dict, backend: str, make, make_vg=None) -> None:
+    """Adds a "<backend>[<variant>]" row (and its value-and-grad row) per NLL kernel variant, and pins the
+    plain "<backend>" rows to the variant the process started with, since every row now switches it."""
+    start = ops.get_nll_kernel()
+    fns[backend] = with_nll_kernel(start, fns[backend])
+    if make_vg is not None:
+        fns[f"{backend}{VG}"] = with_nll_kernel(start, fns[f"{backend}{VG}"])
+    for v in NLL_VARIANTS:
+        fns[f"{backend}[{v}]"] = with_nll_kernel(v, make(backend))
+        if make_vg is not None:
+            fns[f"{backend}[{v}]{VG}"] = with_nll_kernel(v, make_vg(backend))
 
 
 def _usable(backend: str, device: str) -> bool:
@@ -212,7 +246,7 @@ def run(device: str, reps: int) -> dict:
     copy_gbps = copy_bandwidth(device)
     print(f"{device_name(device)} | torch {torch.__version__} | threads {torch.get_num_threads()}")
     print(f"device-to-device copy bandwidth: {copy_gbps:.1f} GB/s\n")
-    header = f"{'op':18} {'shape':24} {'pass':8} {'impl':10} {'time_us':>10} {'GB/s':>8} {'%copy':>6}"
+    header = f"{'op':18} {'shape':24} {'pass':8} {'impl':18} {'time_us':>10} {'GB/s':>8} {'%copy':>6}"
     header += f" {'vs eager':>9}"
     print(header + "\n" + "-" * len(header))
     rows = []
@@ -235,7 +269,7 @@ def run(device: str, reps: int) -> dict:
             )
             rows.append(row)
             bw = "       -      -" if gbps is None else f"{gbps:8.1f} {row['copy_pct']:6.1f}"
-            head = f"{op:18} {str(tuple(shape)):24} {kind:8} {impl:10}"
+            head = f"{op:18} {str(tuple(shape)):24} {kind:8} {impl:18}"
             print(f"{head} {t * 1e6:10.1f} {bw} {row['speedup']:8.2f}x")
     return dict(
         device=device,

@@ -71,3 +71,38 @@ def test_gpu_target_is_met_by_either_cuda_impl():
     assert bench_ops.targets_met(checks)
     checks[1]["met"] = False
     assert not bench_ops.targets_met(checks)
+
+
+def test_nll_variant_rows_switch_the_kernel_and_count_value_and_grad_bytes():
+    import bench_ops
+
+    from clipbert import ops
+
+    seen = []
+
+    def make(b):
+        return lambda: seen.append((b, ops.get_nll_kernel()))
+
+    def make_vg(b):
+        return lambda: seen.append((b + bench_ops.VG, ops.get_nll_kernel()))
+
+    previous = ops.set_nll_kernel("stream4")  # the "start" value the plain rows are pinned to
+    try:
+        fns = {"eager": lambda: None, "cpu": make("cpu"), "cpu_vg": make_vg("cpu")}
+        bench_ops.add_nll_variants(fns, "cpu", make, make_vg)
+        ops.set_nll_kernel("auto")  # as another row would leave it
+        for name, fn in fns.items():
+            if name != "eager":
+                fn()
+    finally:
+        ops.set_nll_kernel(previous)
+    variants = bench_ops.NLL_VARIANTS
+    expected = {f"cpu[{v}]" for v in variants} | {f"cpu[{v}]_vg" for v in variants}
+    assert expected | {"eager", "cpu", "cpu_vg"} == set(fns)
+    # every row runs under its own variant, the plain rows under the start value
+    assert ("cpu", "stream4") in seen and ("cpu_vg", "stream4") in seen
+    assert {("cpu", v) for v in bench_ops.NLL_VARIANTS} <= set(seen)
+    assert {("cpu_vg", v) for v in bench_ops.NLL_VARIANTS} <= set(seen)
+    nbytes = {"*": 300, bench_ops.VG: 200}
+    assert bench_ops.impl_bytes(nbytes, "cuda[resident]_vg") == 200
+    assert bench_ops.impl_bytes(nbytes, "cuda[resident]") == 300

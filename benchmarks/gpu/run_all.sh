@@ -126,7 +126,7 @@ if ! want ncu; then :
 elif [[ $DRY == 1 ]]; then
   step ncu 30 "$PY" benchmarks/gpu/ncu_lse.py --help
 elif command -v ncu > /dev/null; then
-  step ncu 120 bash -c "ncu --kernel-name regex:nll --launch-skip 3 --launch-count 3 --section SpeedOfLight \
+  step ncu 120 bash -c "ncu --kernel-name regex:nll --launch-skip 3 --launch-count 9 --section SpeedOfLight \
     --section Occupancy --section LaunchStats --section WarpStateStats --csv \"$PY\" benchmarks/gpu/ncu_lse.py \
     > \"$OUT/ncu_lse.csv\""
 else

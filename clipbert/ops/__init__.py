@@ -6,7 +6,15 @@ references; see `set_backend`. Autograd is in C++ (csrc/ops/autograd.cpp) for th
 """
 
 from clipbert.ops import _backend, _registry
-from clipbert.ops._backend import BACKENDS, get_backend, native_available, set_backend
+from clipbert.ops._backend import (
+    BACKENDS,
+    NLL_KERNELS,
+    get_backend,
+    get_nll_kernel,
+    native_available,
+    set_backend,
+    set_nll_kernel,
+)
 from clipbert.ops.lse import (
     clip_aggregate,
     lse_aggregate,
@@ -29,9 +37,11 @@ if _backend.native_available("cpu"):
 
 __all__ = [
     "BACKENDS",
+    "NLL_KERNELS",
     "clip_aggregate",
     "clip_aggregate_reference",
     "get_backend",
+    "get_nll_kernel",
     "lse_aggregate",
     "lse_aggregate_nll",
     "lse_aggregate_nll_reference",
@@ -40,6 +50,7 @@ __all__ = [
     "lse_aggregate_reference",
     "native_available",
     "set_backend",
+    "set_nll_kernel",
     "temporal_mean",
     "temporal_mean_reference",
 ]

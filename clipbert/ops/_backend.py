@@ -17,7 +17,15 @@ import torch
 
 BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
 
+# How the CUDA NLL kernels (lse_aggregate_nll, its backward, the value-and-grad op) stream a row; see
+# NllKernel in csrc/ops/cuda/lse_common.cuh. "stream2"/"stream4": 2 or 4 loads in flight per thread;
+# "resident": each row held in registers where it fits; "auto": resident for now. The environment's
+# CLIPBERT_NLL_KERNEL sets the start value, so a GPU run can pick one without code.
+NLL_KERNELS = ("auto", "stream2", "stream4", "resident")
+NLL_KERNEL_ENV = "CLIPBERT_NLL_KERNEL"
+
 _selected = {"name": "auto"}
+_nll_kernel: dict[str, str] = {}  # "name" -> the choice, once set or read from the environment
 _native: dict[str, object] = {}  # "cpu" / "cuda" -> loaded module, or the ImportError text
 _warned: set[str] = set()
 
@@ -33,6 +41,28 @@ def get_backend() -> str:
     return _selected["name"]
 
 
+def get_nll_kernel() -> str:
+    """The CUDA NLL kernels' variant: set_nll_kernel's last value, else $CLIPBERT_NLL_KERNEL, else "auto"."""
+    if "name" not in _nll_kernel:
+        name = os.environ.get(NLL_KERNEL_ENV, "auto")
+        if name not in NLL_KERNELS:
+            raise ValueError(f"{NLL_KERNEL_ENV} must be one of {NLL_KERNELS}, got {name!r}")
+        _nll_kernel["name"] = name
+    return _nll_kernel["name"]
+
+
+def set_nll_kernel(name: str) -> str:
+    """Set the CUDA NLL kernels' variant for this process (one of NLL_KERNELS); returns the previous one.
+    Only CUDA tensors are affected, and only speed: every variant computes the same values."""
+    if name not in NLL_KERNELS:
+        raise ValueError(f"nll kernel must be one of {NLL_KERNELS}, got {name!r}")
+    previous = get_nll_kernel()
+    _nll_kernel["name"] = name
+    if not isinstance(_native.get("cuda", ""), str):
+        _native["cuda"]._set_nll_kernel(NLL_KERNELS.index(name))
+    return previous
+
+
 def _load(kind: str) -> bool:
     """Import clipbert._C (kind "cpu") or clipbert._cuda (kind "cuda") once; True when it loaded."""
     if kind not in _native:
@@ -44,6 +74,9 @@ def _load(kind: str) -> bool:
             _native[kind] = importlib.import_module("clipbert._C" if kind == "cpu" else "clipbert._cuda")
         except ImportError as err:
             _native[kind] = f"{type(err).__name__}: {err}"
+        else:
+            if kind == "cuda":
+                _native[kind]._set_nll_kernel(NLL_KERNELS.index(get_nll_kernel()))
     return not isinstance(_native[kind], str)
 
 

@@ -2,10 +2,12 @@
 // reductions of sums and of (max, sum-of-exp) pairs for an online logsumexp.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace clipbert::cuda {
 
@@ -23,6 +25,18 @@ constexpr int vec_width() {
 }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// v as its op-math type (float for the 16-bit types). Why not static_cast for bf16: c10 converts through
+// cuda_bf16's inline asm, which takes each value as its own 16-bit register, so the row-resident NLL kernel's
+// 64 bf16 values a thread became 64 registers and it spilled at 64 registers (104 bytes of stack, 2026-11-27);
+// shifting the packed bits keeps them two to a register.
+template <typename scalar_t>
+__device__ __forceinline__ at::opmath_type<scalar_t> to_acc(scalar_t v) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+    return __uint_as_float(static_cast<uint32_t>(v.x) << 16);
+  else
+    return static_cast<at::opmath_type<scalar_t>>(v);
+}
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t neg_inf() {

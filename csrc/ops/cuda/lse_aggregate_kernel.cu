@@ -15,6 +15,7 @@
 #include "ops/checks.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/lse_common.cuh"
+#include "ops/cuda/lse_resident.cuh"
 
 namespace clipbert::cuda {
 namespace {
@@ -75,8 +76,8 @@ __global__ void lse_aggregate_bwd_kernel(const at::opmath_type<scalar_t>* __rest
 // reduce_in_block (grid of one block): the block also sums the row losses and writes loss[0] * scale.
 // THREADS is the launch's block size: the 1024-thread single-block launch must fit 64 registers per thread
 // (the vectorized update ran out of registers for float32/float64 without the bound, H100 2026-11-26), and
-// the 256-thread launches keep the compiler's free choice.
-template <typename scalar_t, int GROUP, int VEC, int THREADS>
+// the 256-thread launches keep the compiler's free choice. U: loads in flight per thread (nll_unroll()).
+template <typename scalar_t, int GROUP, int VEC, int THREADS, int U>
 __global__ void __launch_bounds__(THREADS) nll_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                                at::opmath_type<scalar_t>* __restrict__ loss,
                                at::opmath_type<scalar_t>* __restrict__ stats, int64_t B, int64_t N, int64_t K,
@@ -90,7 +91,7 @@ __global__ void __launch_bounds__(THREADS) nll_fwd_kernel(const scalar_t* __rest
   for (int64_t row = int64_t(blockIdx.x) * rows_per_block + gid; row < B; row += int64_t(gridDim.x) * rows_per_block) {
     const scalar_t* xr = x + row * row_elems;
     Lse<acc_t> all =
-        row_lse_share<acc_t, GROUP>(reinterpret_cast<const Vec<scalar_t, VEC>*>(xr), row_elems / VEC, lane);
+        row_lse_share<acc_t, GROUP, U>(reinterpret_cast<const Vec<scalar_t, VEC>*>(xr), row_elems / VEC, lane);
     const int64_t t = target[row];
     CUDA_KERNEL_ASSERT(t >= 0 && t < K && "lse_aggregate_nll: target out of [0, K)");
     Lse<acc_t> tl = lse_init<acc_t>();
@@ -111,26 +112,26 @@ __global__ void __launch_bounds__(THREADS) nll_fwd_kernel(const scalar_t* __rest
 }
 
 // grad[b,n,j] = w_b (exp(x - lse_all) - [j == t_b] exp(x - lse_t)); grid.y walks rows, grid.x the row, each
-// thread kUnroll vectors a blockDim apart (coalesced), all loaded before any is computed and stored.
-template <typename scalar_t, int VEC>
+// thread U vectors a blockDim apart (coalesced), all loaded before any is computed and stored.
+template <typename scalar_t, int VEC, int U>
 __global__ void nll_bwd_kernel(const at::opmath_type<scalar_t>* __restrict__ g, const scalar_t* __restrict__ x,
                                const int64_t* __restrict__ target, const at::opmath_type<scalar_t>* __restrict__ stats,
                                scalar_t* __restrict__ gx, int64_t B, int row_elems, int K, bool per_row_grad,
                                at::opmath_type<scalar_t> scale) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<scalar_t, VEC>;
-  const int n_vec = row_elems / VEC, step = blockDim.x, stride = gridDim.x * blockDim.x * kUnroll;
+  const int n_vec = row_elems / VEC, step = blockDim.x, stride = gridDim.x * blockDim.x * U;
   for (int64_t row = blockIdx.y; row < B; row += gridDim.y) {
     const acc_t w = (per_row_grad ? g[row] : g[0]) * scale;
     const acc_t la = stats[2 * row], lt = stats[2 * row + 1];
     const int t = static_cast<int>(target[row]);
     const V* xr = reinterpret_cast<const V*>(x + row * row_elems);
     V* gr = reinterpret_cast<V*>(gx + row * row_elems);
-    for (int base = blockIdx.x * blockDim.x * kUnroll + threadIdx.x; base < n_vec; base += stride) {
-      V v[kUnroll];
-      load_unrolled(xr, base, step, n_vec, v);
+    for (int base = blockIdx.x * blockDim.x * U + threadIdx.x; base < n_vec; base += stride) {
+      V v[U];
+      load_unrolled<U>(xr, base, step, n_vec, v);
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < U; ++u) {
         const int i = base + u * step;
         if (i >= n_vec) break;
         gr[i] = nll_grad_vec(v[u], (i * VEC) % K, K, t, la, lt, w);  // one division per vector
@@ -229,17 +230,24 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_cuda(const at::Tensor& logi
     acc_t* l = loss.data_ptr<acc_t>();
     acc_t* st = stats.data_ptr<acc_t>();
     const bool vec = row_elems % VEC == 0 && aligned16(x);
+    const acc_t s = static_cast<acc_t>(scale);
+    if (!single && group == kBlock && vec && nll_resident_wanted() &&
+        launch_nll_resident<scalar_t, VEC, false>(x, t, l, st, nullptr, B, N, K, s, stream)) {
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
     auto launch = [&](auto group_c, auto vec_c) {
       constexpr int G = decltype(group_c)::value, V = decltype(vec_c)::value;
       if constexpr (G == kWarp) {  // only warp groups run as the single block
         if (single) {
-          nll_fwd_kernel<scalar_t, G, V, 1024>
-              <<<grid, 1024, 0, stream>>>(x, t, l, st, B, N, K, true, static_cast<acc_t>(scale));
+          nll_fwd_kernel<scalar_t, G, V, 1024, 2><<<grid, 1024, 0, stream>>>(x, t, l, st, B, N, K, true, s);
           return;
         }
       }
-      nll_fwd_kernel<scalar_t, G, V, kBlock>
-          <<<grid, kBlock, 0, stream>>>(x, t, l, st, B, N, K, false, static_cast<acc_t>(scale));
+      with_unroll(nll_unroll(), [&](auto u_c) {
+        nll_fwd_kernel<scalar_t, G, V, kBlock, decltype(u_c)::value>
+            <<<grid, kBlock, 0, stream>>>(x, t, l, st, B, N, K, false, s);
+      });
     };
     launch_group_vec<VEC>(group == kWarp, vec, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -278,27 +286,36 @@ at::Tensor lse_aggregate_nll_backward_cuda(const at::Tensor& grad_in, const at::
     const bool vec = row_elems % VEC == 0 && aligned16(x) && aligned16(gx);
     const int64_t n_vec = vec ? row_elems / VEC : row_elems;
     const int threads = static_cast<int>(std::min<int64_t>(kBlock, (n_vec + kWarp - 1) / kWarp * kWarp));
-    const int64_t per_block = int64_t(threads) * kUnroll;
+    const int unroll = nll_unroll();
+    const int64_t per_block = int64_t(threads) * unroll;
     const dim3 grid(static_cast<unsigned>((n_vec + per_block - 1) / per_block),
                     static_cast<unsigned>(std::min<int64_t>(B, 65535)));
-    auto args = std::make_tuple(grad.const_data_ptr<acc_t>(), x, target.const_data_ptr<int64_t>(),
-                                stats.const_data_ptr<acc_t>(), gx);
-    if (vec)
-      nll_bwd_kernel<scalar_t, VEC><<<grid, threads, 0, stream>>>(std::get<0>(args), std::get<1>(args),
-                                                                  std::get<2>(args), std::get<3>(args),
-                                                                  std::get<4>(args), B, row_elems, static_cast<int>(K),
-                                                                  reduction == 0, static_cast<acc_t>(scale));
-    else
-      nll_bwd_kernel<scalar_t, 1><<<grid, threads, 0, stream>>>(std::get<0>(args), std::get<1>(args),
-                                                                std::get<2>(args), std::get<3>(args),
-                                                                std::get<4>(args), B, row_elems, static_cast<int>(K),
-                                                                reduction == 0, static_cast<acc_t>(scale));
+    const acc_t* g = grad.const_data_ptr<acc_t>();
+    const int64_t* t = target.const_data_ptr<int64_t>();
+    const acc_t* st = stats.const_data_ptr<acc_t>();
+    const acc_t s = static_cast<acc_t>(scale);
+    with_unroll(unroll, [&](auto u_c) {
+      constexpr int U = decltype(u_c)::value;
+      if (vec)
+        nll_bwd_kernel<scalar_t, VEC, U>
+            <<<grid, threads, 0, stream>>>(g, x, t, st, gx, B, row_elems, static_cast<int>(K), reduction == 0, s);
+      else
+        nll_bwd_kernel<scalar_t, 1, U>
+            <<<grid, threads, 0, stream>>>(g, x, t, st, gx, B, row_elems, static_cast<int>(K), reduction == 0, s);
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_x;
 }
 
 }  // namespace
+
+int set_nll_kernel(int kernel) {
+  TORCH_CHECK(kernel >= static_cast<int>(NllKernel::kAuto) && kernel <= static_cast<int>(NllKernel::kResident),
+              "set_nll_kernel: kernel must be 0 (auto), 1 (stream2), 2 (stream4) or 3 (resident), got ", kernel);
+  return nll_kernel_slot().exchange(kernel);
+}
+
 }  // namespace clipbert::cuda
 
 TORCH_LIBRARY_IMPL(clipbert, CUDA, m) {

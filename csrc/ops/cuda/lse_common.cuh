@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -49,60 +50,97 @@ inline void check_reduction(int64_t reduction, const char* op) {
 
 inline int group_for(int64_t row_len) { return row_len <= 64 ? kWarp : kBlock; }
 
-// 128-bit loads each thread has in flight before any math in the streaming loops. Why 4: these loops are
-// bound by memory latency, not by their exps. With 2 (the H100-tuned value) the NLL forward read at 74.8% of
-// copy bandwidth on an H100 but 65.5% on an H200 (2026-11-27), whose 1.4x bandwidth needs 1.4x the bytes in
-// flight for the same latency (Little's law). Not yet measured on a GPU.
-constexpr int kUnroll = 4;
+// How the NLL kernels stream a row (set from Python with clipbert.ops.set_nll_kernel, read at each launch):
+//   kStream2 / kStream4: a loop that keeps 2 or 4 128-bit loads in flight per thread. Why two: these loops
+//     are bound by memory latency, not by their exps. With 2 the NLL forward read at 74.8% of copy
+//     bandwidth on an H100 but 65.5% on an H200 (2026-11-27), whose 1.4x bandwidth needs 1.4x the bytes in
+//     flight for the same latency (Little's law); 4 is the guess for the H200, unmeasured.
+//   kResident: one block per row, every thread loads all of its share of the row (up to 8 vectors) at once and
+//     keeps it in registers, so the forward has its whole row in flight and the value-and-grad kernel reads
+//     the logits from memory once (its second pass otherwise re-reads the row from L2, whose 50 MB the
+//     ~1,000 rows in flight on the GPU can overflow). Rows too long for it (more than 4,096 vectors) and
+//     misaligned rows stream with 4.
+// kAuto is kResident until the GPU says otherwise. Single-block launches (tiny batches) always use 2.
+enum class NllKernel : int { kAuto = 0, kStream2 = 1, kStream4 = 2, kResident = 3 };
 
-// v[u] = p[base + u * step] for each u with base + u * step < n: all kUnroll loads issued before any is used.
-template <typename V, typename I>
-__device__ __forceinline__ void load_unrolled(const V* __restrict__ p, I base, I step, I n, V (&v)[kUnroll]) {
+// The process-wide choice. `inline` gives one object for all translation units of clipbert._cuda.
+inline std::atomic<int>& nll_kernel_slot() {
+  static std::atomic<int> slot{static_cast<int>(NllKernel::kAuto)};
+  return slot;
+}
+inline NllKernel nll_kernel() { return static_cast<NllKernel>(nll_kernel_slot().load(std::memory_order_relaxed)); }
+inline bool nll_resident_wanted() {
+  const NllKernel k = nll_kernel();
+  return k == NllKernel::kAuto || k == NllKernel::kResident;
+}
+// Loads in flight for the streaming loops.
+inline int nll_unroll() { return nll_kernel() == NllKernel::kStream2 ? 2 : 4; }
+
+// Calls launch(std::integral_constant<int, U>) with the streaming loops' loads in flight as a constant.
+template <typename Launch>
+void with_unroll(int unroll, Launch&& launch) {
+  if (unroll == 2)
+    launch(std::integral_constant<int, 2>{});
+  else
+    launch(std::integral_constant<int, 4>{});
+}
+
+// v[u] = p[base + u * step] for each u with base + u * step < n: all U loads issued before any is used.
+template <int U, typename V, typename I>
+__device__ __forceinline__ void load_unrolled(const V* __restrict__ p, I base, I step, I n, V (&v)[U]) {
 #pragma unroll
-  for (int u = 0; u < kUnroll; ++u)
+  for (int u = 0; u < U; ++u)
     if (base + u * step < n) v[u] = p[base + u * step];
 }
 
-// The NLL gradient of one vector whose first element sits in column `col` of K:
+// The NLL gradient of one vector of values whose first element sits in column `col` of K:
 // w * (exp(x - la) - [column == t] exp(x - lt)), la = lse over the row, lt = lse over n of column t.
-template <typename acc_t, typename scalar_t, int VEC>
-__device__ __forceinline__ Vec<scalar_t, VEC> nll_grad_vec(const Vec<scalar_t, VEC>& v, int col, int K, int t,
-                                                           acc_t la, acc_t lt, acc_t w) {
+template <typename scalar_t, typename acc_t, int VEC>
+__device__ __forceinline__ Vec<scalar_t, VEC> nll_grad_vals(const acc_t (&xv)[VEC], int col, int K, int t, acc_t la,
+                                                            acc_t lt, acc_t w) {
   Vec<scalar_t, VEC> r;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) {
-    const acc_t xv = static_cast<acc_t>(v.v[j]);
-    acc_t p = exp(xv - la);
-    if (col == t) p -= exp(xv - lt);
+    acc_t p = exp(xv[j] - la);
+    if (col == t) p -= exp(xv[j] - lt);
     r.v[j] = static_cast<scalar_t>(w * p);
     if (++col == K) col = 0;
   }
   return r;
 }
 
+template <typename acc_t, typename scalar_t, int VEC>
+__device__ __forceinline__ Vec<scalar_t, VEC> nll_grad_vec(const Vec<scalar_t, VEC>& v, int col, int K, int t,
+                                                           acc_t la, acc_t lt, acc_t w) {
+  acc_t xv[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) xv[j] = to_acc(v.v[j]);
+  return nll_grad_vals<scalar_t>(xv, col, K, t, la, lt, w);
+}
+
 // This thread's online-logsumexp share of a row of n_vec vectors read by the GROUP threads of its group
-// (vectors lane, lane + GROUP, ...), kUnroll loads in flight at a time. Reduce it with group_reduce_lse.
-template <typename acc_t, int GROUP, typename scalar_t, int VEC>
+// (vectors lane, lane + GROUP, ...), U loads in flight at a time. Reduce it with group_reduce_lse.
+template <typename acc_t, int GROUP, int U, typename scalar_t, int VEC>
 __device__ __forceinline__ Lse<acc_t> row_lse_share(const Vec<scalar_t, VEC>* xr, int64_t n_vec, int lane) {
   Lse<acc_t> all = lse_init<acc_t>();
   int64_t i = lane;
-  for (; i + (kUnroll - 1) * GROUP < n_vec; i += kUnroll * GROUP) {
-    Vec<scalar_t, VEC> a[kUnroll];
+  for (; i + (U - 1) * GROUP < n_vec; i += U * GROUP) {
+    Vec<scalar_t, VEC> a[U];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) a[u] = xr[i + u * GROUP];
+    for (int u = 0; u < U; ++u) a[u] = xr[i + u * GROUP];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       acc_t va[VEC];
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) va[j] = static_cast<acc_t>(a[u].v[j]);
+      for (int j = 0; j < VEC; ++j) va[j] = to_acc(a[u].v[j]);
       all.add_vec(va);
     }
   }
-  for (; i < n_vec; i += GROUP) {  // at most kUnroll - 1 vectors left
+  for (; i < n_vec; i += GROUP) {  // at most U - 1 vectors left
     const Vec<scalar_t, VEC> a = xr[i];
     acc_t va[VEC];
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) va[j] = static_cast<acc_t>(a.v[j]);
+    for (int j = 0; j < VEC; ++j) va[j] = to_acc(a.v[j]);
     all.add_vec(va);
   }
   return all;

@@ -3,8 +3,9 @@
 // Why: at the training shapes of retrieval ([128, 16, 2]) the fused forward and backward kernels each run
 // in a few microseconds, and a fwd+bwd call is bounded by what the host pays around them (the autograd
 // engine alone costs several kernels' worth). One launch that returns both the value and the gradient is
-// the whole host cost. At large shapes it also reads the logits from memory once instead of twice: pass 2
-// re-reads the row a group has just reduced, from L1/L2.
+// the whole host cost. At large shapes it also reads the logits from memory once instead of twice: rows of
+// up to 4,096 vectors are held in registers (lse_resident.cuh), and longer ones are re-read by pass 2 from
+// L1/L2 right after pass 1 reduced them.
 //
 // Layout as in lse_aggregate_kernel.cu: logits [B, N, K] contiguous, one group of GROUP threads per row,
 // a warp for short rows and the whole block for long ones; at small B one 1024-thread block does every row
@@ -18,13 +19,15 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/lse_common.cuh"
+#include "ops/cuda/lse_resident.cuh"
 
 namespace clipbert::cuda {
 namespace {
 
 // Per row b with target t: lse_all over (n, k), lse_t over n of column t, loss_b = lse_all - lse_t and
 // grad[b, n, j] = scale * (exp(x - lse_all) - [j == t] exp(x - lse_t)); scale = 1/B for mean, else 1.
-template <typename scalar_t, int GROUP, int VEC, int THREADS>
+// U: loads in flight per thread (nll_unroll()). Rows that fit run nll_resident_kernel instead (lse_resident.cuh).
+template <typename scalar_t, int GROUP, int VEC, int THREADS, int U>
 __global__ void __launch_bounds__(THREADS)
     nll_value_and_grad_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                               at::opmath_type<scalar_t>* __restrict__ loss, scalar_t* __restrict__ gx, int64_t B,
@@ -40,8 +43,8 @@ __global__ void __launch_bounds__(THREADS)
        row += int64_t(gridDim.x) * rows_per_block) {
     const scalar_t* xs = x + row * row_elems;
     const V* xr = reinterpret_cast<const V*>(xs);
-    // Pass 1: the row's logsumexp, kUnroll 128-bit loads in flight per thread (as the NLL forward).
-    Lse<acc_t> all = row_lse_share<acc_t, GROUP>(xr, n_vec, lane);
+    // Pass 1: the row's logsumexp, U 128-bit loads in flight per thread (as the NLL forward).
+    Lse<acc_t> all = row_lse_share<acc_t, GROUP, U>(xr, n_vec, lane);
     const int64_t t = target[row];
     CUDA_KERNEL_ASSERT(t >= 0 && t < K && "lse_aggregate_nll_value_and_grad: target out of [0, K)");
     Lse<acc_t> tl = lse_init<acc_t>();
@@ -49,13 +52,13 @@ __global__ void __launch_bounds__(THREADS)
     all = group_reduce_lse<acc_t, GROUP>(all, smem);  // every thread of the group gets the result
     tl = group_reduce_lse<acc_t, GROUP>(tl, smem);
     const acc_t la = all.value(), lt = tl.value();
-    // Pass 2: the gradient, from the row this group just read (L1/L2), kUnroll loads in flight again.
+    // Pass 2: the gradient, from the row this group just read (L1/L2), U loads in flight again.
     V* gr = reinterpret_cast<V*>(gx + row * row_elems);
-    for (int64_t base = lane; base < n_vec; base += kUnroll * GROUP) {
-      V a[kUnroll];
-      load_unrolled(xr, base, int64_t(GROUP), n_vec, a);
+    for (int64_t base = lane; base < n_vec; base += U * GROUP) {
+      V a[U];
+      load_unrolled<U>(xr, base, int64_t(GROUP), n_vec, a);
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < U; ++u) {
         const int64_t v = base + u * GROUP;
         if (v >= n_vec) break;
         // one division per vector; N * K < 2^31 (check_logits), so column, K and t fit an int
@@ -104,15 +107,23 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_value_and_grad_cuda(const a
     acc_t* l = loss.data_ptr<acc_t>();
     const acc_t s = static_cast<acc_t>(scale);
     const bool vec = row_elems % VEC == 0 && aligned16(x) && aligned16(gx);
+    if (!single && group == kBlock && vec && nll_resident_wanted() &&
+        launch_nll_resident<scalar_t, VEC, true>(x, t, l, nullptr, gx, B, N, K, s, stream)) {
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
     auto launch = [&](auto group_c, auto vec_c) {
       constexpr int G = decltype(group_c)::value, V = decltype(vec_c)::value;
       if constexpr (G == kWarp) {  // only warp groups run as the single block
         if (single) {
-          nll_value_and_grad_kernel<scalar_t, G, V, 1024><<<grid, 1024, 0, stream>>>(x, t, l, gx, B, N, K, true, s);
+          nll_value_and_grad_kernel<scalar_t, G, V, 1024, 2><<<grid, 1024, 0, stream>>>(x, t, l, gx, B, N, K, true, s);
           return;
         }
       }
-      nll_value_and_grad_kernel<scalar_t, G, V, kBlock><<<grid, kBlock, 0, stream>>>(x, t, l, gx, B, N, K, false, s);
+      with_unroll(nll_unroll(), [&](auto u_c) {
+        nll_value_and_grad_kernel<scalar_t, G, V, kBlock, decltype(u_c)::value>
+            <<<grid, kBlock, 0, stream>>>(x, t, l, gx, B, N, K, false, s);
+      });
     };
     launch_group_vec<VEC>(group == kWarp, vec, launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
