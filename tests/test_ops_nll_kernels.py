@@ -126,3 +126,61 @@ def test_the_compiled_switch_round_trips_and_rejects_unknown_codes():
             cuda_ext._set_nll_kernel(len(ops.NLL_KERNELS))
     finally:
         cuda_ext._set_nll_kernel(previous)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_triton_nll_over_rows_longer_than_a_block(contiguous):
+    # lse_nll.py reads a row as flat chunks of at most 4,096 logits (the backward: 2,048): a row of 4,500
+    # spans one and a partial second (the backward's: two and a partial third), and the strided layout takes
+    # each offset through (n, k).
+    from clipbert.ops._backend import triton_available
+
+    if not triton_available(torch.device("cpu")):
+        pytest.skip("triton not importable under TRITON_INTERPRET=1 here")
+    from clipbert.ops.triton import lse_nll
+
+    B, N, K = 3, 3, 1500
+    assert lse_nll.MAX_BLOCK < N * K and 2 * lse_nll.BWD_BLOCK < N * K
+    x = torch.randn(B, K, N) * 4  # [B, K, N] transposed: [B, N, K] with strides (N*K, 1, N)
+    x = x.transpose(1, 2) if not contiguous else x.transpose(1, 2).contiguous()
+    assert x.is_contiguous() == contiguous
+    t = torch.tensor([0, K - 1, 745])
+    x64 = x.double().requires_grad_()
+    ref = _ref_nll(x64, t, "none")
+    (g_ref,) = torch.autograd.grad(ref.sum(), x64)
+
+    xg = x.clone().requires_grad_() if contiguous else x.detach().requires_grad_()
+    loss = ops.lse_aggregate_nll(xg, t, "none", backend="triton")
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-5, atol=2e-5)
+    (g,) = torch.autograd.grad(loss.sum(), xg)
+    torch.testing.assert_close(g.double(), g_ref, rtol=2e-5, atol=2e-5)
+    value, grad = ops.lse_aggregate_nll_value_and_grad(x, t, "mean", backend="triton")
+    torch.testing.assert_close(value.double(), ref.detach().mean(), rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(grad.double(), g_ref / B, rtol=2e-5, atol=2e-5)
+
+
+def test_triton_nll_kernels_compile_for_sm90_with_128_bit_loads():
+    # The interpreter never lowers the kernels; compile them for an H100/H200 as a launch specializes them
+    # (in a subprocess: TRITON_INTERPRET=1 is set for this test session) and check that the contiguous bf16
+    # and fp32 rows move 128 bits a load: 4,096 logits over 128 threads are 32 a thread, 4 (bf16) or 8 (fp32)
+    # 16-byte loads. The backward's 2,048 are 16 a thread.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import json; from clipbert.ops.triton import compile_check as c; print(json.dumps(c.check(90)))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {(r["kernel"], r["dtype"]): r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
+    assert len(rows) == 9  # every kernel compiled, strided fp64 included
+    for dtype, per_load in (("bf16", 8), ("fp32", 4)):
+        assert rows[("nll_fwd", dtype)]["v4_loads"] == 4096 // 128 // per_load
+        assert (
+            rows[("nll_bwd", dtype)]["v4_loads"]
+            == rows[("nll_bwd", dtype)]["v4_stores"]
+            == 2048 // 128 // per_load
+        )
+        # value-and-grad: the reduction pass and the gradient pass each load the chunk
+        assert rows[("nll_value_and_grad", dtype)]["v4_loads"] == 2 * 4096 // 128 // per_load

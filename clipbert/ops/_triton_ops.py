@@ -29,7 +29,7 @@ def _lse_aggregate_backward(
 def lse_aggregate_nll(
     logits: torch.Tensor, target: torch.Tensor, reduction: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from clipbert.ops.triton.lse_aggregate import lse_aggregate_nll_fwd
+    from clipbert.ops.triton.lse_nll import lse_aggregate_nll_fwd
 
     return lse_aggregate_nll_fwd(logits, target, reduction)
 
@@ -38,7 +38,7 @@ def lse_aggregate_nll(
 def _lse_aggregate_nll_backward(
     grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, stats: torch.Tensor, reduction: int
 ) -> torch.Tensor:
-    from clipbert.ops.triton.lse_aggregate import lse_aggregate_nll_bwd
+    from clipbert.ops.triton.lse_nll import lse_aggregate_nll_bwd
 
     return lse_aggregate_nll_bwd(grad_loss, logits, target, stats, reduction)
 
@@ -47,7 +47,7 @@ def _lse_aggregate_nll_backward(
 def lse_aggregate_nll_value_and_grad(
     logits: torch.Tensor, target: torch.Tensor, reduction: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from clipbert.ops.triton.lse_value_and_grad import lse_aggregate_nll_value_and_grad as kernel
+    from clipbert.ops.triton.lse_nll import lse_aggregate_nll_value_and_grad as kernel
 
     return kernel(logits, target, reduction)
 

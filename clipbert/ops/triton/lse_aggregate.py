@@ -1,4 +1,4 @@
-"""Triton kernels for lse_aggregate and lse_aggregate_nll (forward and backward).
+"""Triton kernels for lse_aggregate (forward and backward); the NLL's are in lse_nll.py.
 
 One program per row b of logits [B, N, K]; a row of K classes is one BLOCK_K vector and the program
 walks the N clips with an online max/sum, so every logit is read once. Math runs in the dtype of the
@@ -83,61 +83,6 @@ def _lse_bwd_kernel(
         tl.store(gx_ptr + (row * N + n) * K + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _nll_fwd_kernel(
-    x_ptr,
-    t_ptr,
-    loss_ptr,
-    stats_ptr,
-    N,
-    K,
-    stride_b,
-    stride_n,
-    stride_k,
-    ACC: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK_K)
-    target = tl.load(t_ptr + row)
-    lse_k = _column_lse(x_ptr, row, N, K, stride_b, stride_n, stride_k, ACC, BLOCK_K)
-    lse_all = _row_lse(lse_k)
-    lse_t = tl.sum(tl.where(offs == target, lse_k, 0.0), axis=0)
-    tl.store(stats_ptr + 2 * row, lse_all)
-    tl.store(stats_ptr + 2 * row + 1, lse_t)
-    tl.store(loss_ptr + row, lse_all - lse_t)
-
-
-@triton.jit
-def _nll_bwd_kernel(
-    w_ptr,
-    x_ptr,
-    t_ptr,
-    stats_ptr,
-    gx_ptr,
-    N,
-    K,
-    stride_b,
-    stride_n,
-    stride_k,
-    ACC: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    # grad[b,n,j] = w_b (exp(x - lse_all) - [j == t_b] exp(x - lse_t))
-    row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK_K)
-    mask = offs < K
-    w = tl.load(w_ptr + row).to(ACC)
-    target = tl.load(t_ptr + row)
-    lse_all = tl.load(stats_ptr + 2 * row).to(ACC)
-    lse_t = tl.load(stats_ptr + 2 * row + 1).to(ACC)
-    for n in range(0, N):
-        v = tl.load(x_ptr + row * stride_b + n * stride_n + offs * stride_k, mask=mask, other=float("-inf"))
-        v = v.to(ACC)
-        p = tl.exp(v - lse_all) - tl.where(offs == target, tl.exp(v - lse_t), 0.0)
-        tl.store(gx_ptr + (row * N + n) * K + offs, (w * p).to(gx_ptr.dtype.element_ty), mask=mask)
-
-
 def _tl_acc(logits: torch.Tensor):
     return tl.float64 if logits.dtype == torch.float64 else tl.float32
 
@@ -181,52 +126,6 @@ def lse_aggregate_bwd(grad_out, logits, out, lse_all) -> torch.Tensor:
             logits,
             out,
             lse_all.contiguous(),
-            grad_x,
-            N,
-            K,
-            *logits.stride(),
-            ACC=_tl_acc(logits),
-            BLOCK_K=triton.next_power_of_2(K),
-        )
-    return grad_x
-
-
-def lse_aggregate_nll_fwd(logits, target, reduction: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (loss [B] (reduction 0) or [] (1 mean, 2 sum), stats [B, 2] = (lse_all, lse_target))."""
-    B, N, K = _check_logits(logits)
-    assert target.shape == (B,) and target.dtype == torch.int64, (target.shape, target.dtype)
-    assert reduction in (0, 1, 2), reduction
-    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    row_loss = logits.new_empty((B,), dtype=acc)
-    stats = logits.new_empty((B, 2), dtype=acc)
-    if B > 0:
-        _nll_fwd_kernel[(B,)](
-            logits,
-            target.contiguous(),
-            row_loss,
-            stats,
-            N,
-            K,
-            *logits.stride(),
-            ACC=_tl_acc(logits),
-            BLOCK_K=triton.next_power_of_2(K),
-        )
-    loss = row_loss if reduction == 0 else (row_loss.mean() if reduction == 1 else row_loss.sum())
-    return loss, stats
-
-
-def lse_aggregate_nll_bwd(grad_loss, logits, target, stats, reduction: int) -> torch.Tensor:
-    B, N, K = _check_logits(logits)
-    assert stats.shape == (B, 2) and target.shape == (B,), (stats.shape, target.shape)
-    # Per-row weight of the loss gradient: grad itself (none), or the scalar grad, divided by B for mean.
-    weight = grad_loss if reduction == 0 else grad_loss.expand(B) / (B if reduction == 1 else 1)
-    grad_x = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    if B > 0:
-        _nll_bwd_kernel[(B,)](
-            weight.contiguous(),
-            logits,
-            target.contiguous(),
-            stats.contiguous(),
             grad_x,
             N,
             K,
