@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
 // Launches nll_resident_kernel for rows of n_vec VEC-wide vectors with the smallest block that holds a row:
 // 256 threads x 4 or 8 vectors, or 512 x 8 (the [4096, 16, 1540] bf16 benchmark row: 3,080 vectors).
 // False, and nothing launched, when a row needs more (those stream instead). Why at most 8 a thread: 32
-// registers of data, which leaves room for four 512-thread blocks per SM.
+// registers of data within the 64 a thread that two 512-thread (or four 256-thread) blocks per SM allow.
 template <typename scalar_t, int VEC, bool GRAD>
 bool launch_nll_resident(const scalar_t* x, const int64_t* target, at::opmath_type<scalar_t>* loss,
                          at::opmath_type<scalar_t>* stats, scalar_t* gx, int64_t B, int64_t N, int64_t K,
