@@ -284,20 +284,23 @@ def run(device: str, reps: int) -> dict:
 
 def check_targets(report: dict) -> list[dict]:
     """GPU: the issue's targets, one check per CUDA impl that computes the op (`cuda`, and for the NLL
-    fwd+bwd also `cuda_vg`). CPU: the C++ kernels are at least as fast as eager at every case."""
+    fwd+bwd also `cuda_vg`), plus one per NLL kernel variant row (`variant`: shown, but only the default
+    counts in targets_met). CPU: the C++ kernels are at least as fast as eager at every case."""
     checks = []
     if report["device"] == "cuda":
         for (op, shape, kind), (metric, minimum) in GPU_TARGETS.items():
             for r in report["results"]:
                 if (r["op"], tuple(r["shape"]), r["pass_"]) != (op, shape, kind):
                     continue
-                if r["impl"] in ("cuda", "cuda" + VG):
+                variant = r["impl"].startswith("cuda[")
+                if r["impl"] in ("cuda", "cuda" + VG) or variant:
                     checks.append(
                         dict(
                             target=f"{op} {shape} {kind} {metric} >= {minimum}",
                             impl=r["impl"],
                             value=r[metric],
                             met=r[metric] >= minimum,
+                            variant=variant,
                             **_floor_bound(report, r) if metric == "speedup" and r["impl"] == "cuda" else {},
                         )
                     )
@@ -316,15 +319,17 @@ def check_targets(report: dict) -> list[dict]:
     for c in checks:
         # The floor bounds what any op measured through autograd.grad can show; the _vg rows bypass it.
         bound = f" (the autograd floor allows at most {c['max_speedup']:.1f}x)" if "max_speedup" in c else ""
+        bound += " (a variant: set_nll_kernel picks it; not the default)" if c.get("variant") else ""
         print(f"{'MET    ' if c['met'] else 'NOT MET'} {c['target']} [{c['impl']}]: {c['value']:.2f}{bound}")
     return checks
 
 
 def targets_met(checks: list[dict]) -> bool:
-    """Every target met by at least one of the impls checked for it (e.g. `cuda` or `cuda_vg`)."""
+    """Every target met by at least one of the default impls checked for it (`cuda` or `cuda_vg`); a
+    variant row meeting it says which default to change, and does not count until that is done."""
     met: dict[str, bool] = {}
     for c in checks:
-        met[c["target"]] = met.get(c["target"], False) or c["met"]
+        met[c["target"]] = met.get(c["target"], False) or (c["met"] and not c.get("variant", False))
     return all(met.values())
 
 

@@ -106,3 +106,20 @@ def test_nll_variant_rows_switch_the_kernel_and_count_value_and_grad_bytes():
     nbytes = {"*": 300, bench_ops.VG: 200}
     assert bench_ops.impl_bytes(nbytes, "cuda[resident]_vg") == 200
     assert bench_ops.impl_bytes(nbytes, "cuda[resident]") == 300
+
+
+def test_a_variant_meeting_a_target_is_shown_but_does_not_count():
+    import bench_ops
+
+    def row(impl, copy_pct):
+        shape = [4096, 16, 1540]
+        return dict(op="lse_aggregate_nll", shape=shape, pass_="fwd+bwd", impl=impl, copy_pct=copy_pct)
+
+    rows = [row("eager", 6.7), row("cuda", 70.5), row("cuda_vg", 54.5), row("cuda[stream4]", 82.0)]
+    checks = bench_ops.check_targets({"device": "cuda", "results": rows})
+    by_impl = {c["impl"]: c for c in checks}
+    assert by_impl["cuda[stream4]"]["met"] and by_impl["cuda[stream4]"]["variant"]
+    assert not by_impl["cuda"]["variant"]
+    assert not bench_ops.targets_met(checks)  # the default would have to change first
+    by_impl["cuda"]["met"] = True
+    assert bench_ops.targets_met(checks)
