@@ -67,6 +67,8 @@ def _reference(cfg, batch):
         PathOptions(
             "stage", checkpoint_cnn="stage", checkpoint_transformer=True, channels_last=True, precision="fp32"
         ),
+        PathOptions("stem_pad8", stem_channels=8, channels_last=True, precision="fp32"),
+        PathOptions("stem_pad4", stem_channels=4, precision="fp32"),
     ],
     ids=lambda o: o.name,
 )
@@ -80,6 +82,20 @@ def test_every_option_keeps_the_function(options):
     grads = _grads(step)
     assert grads.shape == ref_grads.shape  # the same parameters get gradients (frozen ones none)
     assert (grads - ref_grads).norm() / ref_grads.norm() < 1e-4
+
+
+def test_padded_stem_needs_a_frozen_stem_and_a_known_width():
+    from clipbert.perf import paths
+
+    with pytest.raises(ValueError, match="stem_channels must be 3, 4 or 8, got 6"):
+        PathOptions("bad", stem_channels=6)
+    step = build_train_step(_cfg(), PathOptions("pad", stem_channels=8), "cpu", optimizer=False)
+    stem = step.model.cnn.backbone.conv1
+    assert isinstance(stem, paths.PaddedStemConv) and stem.weight.shape[1] == 8
+    assert stem.weight[:, 3:].abs().sum() == 0
+    with pytest.raises(ValueError, match="needs a frozen stem"):
+        build_train_step(_cfg(freeze_at=0), PathOptions("pad", stem_channels=8), "cpu", optimizer=False)
+    assert "+stem_pad8" in [o.name for o in paths.ablation_ladder()]
 
 
 def test_cudnn_benchmark_is_set_for_the_step_only(monkeypatch):
