@@ -19,8 +19,9 @@ BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
 
 # How the CUDA NLL kernels (lse_aggregate_nll, its backward, the value-and-grad op) stream a row; see
 # NllKernel in csrc/ops/cuda/lse_common.cuh. "stream2"/"stream4": 2 or 4 loads in flight per thread;
-# "resident": each row held in registers where it fits; "auto": resident for now. The environment's
-# CLIPBERT_NLL_KERNEL sets the start value, so a GPU run can pick one without code.
+# "resident": each row held in registers where it fits; "auto": the forward and backward as "stream2" (the
+# H100-measured kernels), the value-and-grad op resident. The environment's CLIPBERT_NLL_KERNEL sets the
+# start value, so a GPU run can pick one without code.
 NLL_KERNELS = ("auto", "stream2", "stream4", "resident")
 NLL_KERNEL_ENV = "CLIPBERT_NLL_KERNEL"
 

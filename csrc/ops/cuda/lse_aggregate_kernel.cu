@@ -88,7 +88,7 @@ __global__ void lse_aggregate_bwd_kernel(const at::opmath_type<scalar_t>* __rest
 // reduce_in_block (grid of one block): the block also sums the row losses and writes loss[0] * scale.
 // THREADS is the launch's block size: the 1024-thread single-block launch must fit 64 registers per thread
 // (the vectorized update ran out of registers for float32/float64 without the bound, H100 2026-11-26), and
-// the 256-thread launches keep the compiler's free choice. U: loads in flight per thread (nll_unroll()).
+// the 256-thread launches keep the compiler's free choice. U: loads in flight per thread (nll_unroll(false)).
 template <typename scalar_t, int GROUP, int VEC, int THREADS, int U>
 __global__ void __launch_bounds__(THREADS) nll_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                                at::opmath_type<scalar_t>* __restrict__ loss,
@@ -243,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_cuda(const at::Tensor& logi
     acc_t* st = stats.data_ptr<acc_t>();
     const bool vec = row_elems % VEC == 0 && aligned16(x);
     const acc_t s = static_cast<acc_t>(scale);
-    if (!single && group == kBlock && vec && nll_resident_wanted() &&
+    if (!single && group == kBlock && vec && nll_resident_wanted(false) &&
         launch_nll_resident<scalar_t, VEC, false>(x, t, l, st, nullptr, B, N, K, s, stream)) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
@@ -256,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_cuda(const at::Tensor& logi
           return;
         }
       }
-      with_unroll(nll_unroll(), [&](auto u_c) {
+      with_unroll(nll_unroll(false), [&](auto u_c) {
         nll_fwd_kernel<scalar_t, G, V, kBlock, decltype(u_c)::value>
             <<<grid, kBlock, 0, stream>>>(x, t, l, st, B, N, K, false, s);
       });
@@ -297,7 +297,7 @@ at::Tensor lse_aggregate_nll_backward_cuda(const at::Tensor& grad_in, const at::
     scalar_t* gx = grad_x.data_ptr<scalar_t>();
     const bool vec = row_elems % VEC == 0 && aligned16(x) && aligned16(gx);
     const int64_t n_vec = vec ? row_elems / VEC : row_elems;
-    const int unroll = nll_unroll();
+    const int unroll = nll_unroll(false);
     // As few blocks per row as 256 threads allow, then as few threads as those blocks need (a warp multiple).
     // Why: 256-thread blocks left a nearly empty last block per row (the [4096,16,1540] bf16 row is 3,080
     // vectors: 3 full blocks of 1,024 and one of 8 with 4 loads a thread), 4,096 of 16,384 blocks in all.

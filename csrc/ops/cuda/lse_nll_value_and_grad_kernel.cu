@@ -26,7 +26,7 @@ namespace {
 
 // Per row b with target t: lse_all over (n, k), lse_t over n of column t, loss_b = lse_all - lse_t and
 // grad[b, n, j] = scale * (exp(x - lse_all) - [j == t] exp(x - lse_t)); scale = 1/B for mean, else 1.
-// U: loads in flight per thread (nll_unroll()). Rows that fit run nll_resident_kernel instead (lse_resident.cuh).
+// U: loads in flight per thread (nll_unroll(true)). Rows that fit run nll_resident_kernel instead (lse_resident.cuh).
 template <typename scalar_t, int GROUP, int VEC, int THREADS, int U>
 __global__ void __launch_bounds__(THREADS)
     nll_value_and_grad_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
@@ -107,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_value_and_grad_cuda(const a
     acc_t* l = loss.data_ptr<acc_t>();
     const acc_t s = static_cast<acc_t>(scale);
     const bool vec = row_elems % VEC == 0 && aligned16(x) && aligned16(gx);
-    if (!single && group == kBlock && vec && nll_resident_wanted() &&
+    if (!single && group == kBlock && vec && nll_resident_wanted(true) &&
         launch_nll_resident<scalar_t, VEC, true>(x, t, l, nullptr, gx, B, N, K, s, stream)) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
@@ -120,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_value_and_grad_cuda(const a
           return;
         }
       }
-      with_unroll(nll_unroll(), [&](auto u_c) {
+      with_unroll(nll_unroll(true), [&](auto u_c) {
         nll_value_and_grad_kernel<scalar_t, G, V, kBlock, decltype(u_c)::value>
             <<<grid, kBlock, 0, stream>>>(x, t, l, gx, B, N, K, false, s);
       });
