@@ -69,6 +69,8 @@ def _reference(cfg, batch):
         ),
         PathOptions("stem_pad8", stem_channels=8, channels_last=True, precision="fp32"),
         PathOptions("stem_pad4", stem_channels=4, precision="fp32"),
+        PathOptions("stem_s2d", stem_channels=4, stem_s2d=True, channels_last=True, precision="fp32"),
+        PathOptions("stem_s2d3", stem_s2d=True, precision="fp32"),
     ],
     ids=lambda o: o.name,
 )
@@ -96,6 +98,11 @@ def test_padded_stem_needs_a_frozen_stem_and_a_known_width():
     with pytest.raises(ValueError, match="needs a frozen stem"):
         build_train_step(_cfg(freeze_at=0), PathOptions("pad", stem_channels=8), "cpu", optimizer=False)
     assert "+stem_pad8" in [o.name for o in paths.ablation_ladder()]
+    s2d = next(o for o in paths.ablation_ladder() if o.name == "+stem_s2d")
+    assert s2d.stem_s2d and s2d.stem_channels == 4 and s2d.compile == "full"
+    step = build_train_step(_cfg(), s2d, "cpu", optimizer=False)
+    stem = step.model.cnn.backbone.conv1
+    assert isinstance(stem, paths.SpaceToDepthStemConv) and tuple(stem.weight.shape[1:]) == (16, 4, 4)
 
 
 def test_cudnn_benchmark_is_set_for_the_step_only(monkeypatch):

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch.autograd.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
+from clipbert.perf.stem import PaddedStemConv, SpaceToDepthStemConv
+
 CNN_CHECKPOINTS = ("none", "stage", "chunk")
 COMPILES = ("none", "cnn", "full")
 
@@ -47,8 +49,11 @@ class PathOptions:
     # keeps the function to fp32 accuracy (bf16 rounding noise would hide a real difference).
     precision: str = "bf16"
     # Input channels of the (frozen) stem convolution: 3, or the RGB frame zero-padded to 4 or 8 channels with
-    # zero weights for the extra ones (the same function; PaddedStemConv says why).
+    # zero weights for the extra ones (the same function; clipbert/perf/stem.py says why).
     stem_channels: int = 3
+    # The stride-2 stem as a stride-1 convolution on 2x2 space-to-depth blocks of those channels
+    # (SpaceToDepthStemConv): 4 channels make 16, with 1.7x the stem's products instead of padding's 2.7x.
+    stem_s2d: bool = False
 
     def __post_init__(self) -> None:
         if self.checkpoint_cnn not in CNN_CHECKPOINTS:
@@ -112,6 +117,8 @@ def ablation_ladder(compile_cnn: bool = True) -> list[PathOptions]:
             dataclasses.replace(tuned, name="+cuda_graphs", compile_mode="reduce-overhead"),
             # From the timed cuDNN choice, not the graphs (which cost a slower compile for 1%).
             dataclasses.replace(tuned, name="+stem_pad8", stem_channels=8),
+            # The other rewrite of the same stem, also from the timed cuDNN choice (not cumulative).
+            dataclasses.replace(tuned, name="+stem_s2d", stem_channels=4, stem_s2d=True),
         ]
     steps += [
         dataclasses.replace(base, name="+ckpt_stage", checkpoint_cnn="stage"),
@@ -190,46 +197,6 @@ def _concat_visual(parts: list, batch: int, n_clips: int):
     return dataclasses.replace(first, **values)
 
 
-class PaddedStemConv(torch.nn.Module):
-    """A frozen 3-channel stem convolution run on its input zero-padded to `channels` channels, with zero
-    weights for the extra ones: the same function.
-
-    Why: with frames in NHWC a 3-channel pixel is 6 bytes (bf16), which the tensor-core convolutions' 16-byte
-    loads do not fit. The H100 profile of the compiled-CNN path (fig5_h100_2026-11-26_profile.md) shows one
-    cutlass kernel run once per step for 3.1 ms; the stem (7x7, stride 2, 128 frames at 448: 121 GFLOP) at
-    40 TFLOP/s fits it (that it is the stem is an inference from its count, not measured). Padded to 8, the
-    stem does 2.7x the FLOPs at tensor-core speed.
-    """
-
-    def __init__(self, conv: torch.nn.Conv2d, channels: int):
-        super().__init__()
-        if conv.weight.requires_grad:
-            raise ValueError("stem_channels needs a frozen stem (freeze_at >= 1): its weight is padded once")
-        if conv.in_channels != 3 or channels <= 3:
-            raise ValueError(
-                f"PaddedStemConv pads 3 input channels to more, got {conv.in_channels} -> {channels}"
-            )
-        w = conv.weight.detach()  # [C_out, 3, kh, kw]
-        padded = torch.cat([w, w.new_zeros(w.shape[0], channels - 3, *w.shape[2:])], dim=1)
-        fmt = (
-            torch.channels_last
-            if w.is_contiguous(memory_format=torch.channels_last)
-            else torch.contiguous_format
-        )
-        self.register_buffer("weight", padded.contiguous(memory_format=fmt))
-        self.bias = conv.bias
-        self.stride, self.padding, self.dilation, self.groups = (
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, C_out, H', W']
-        x = F.pad(x, (0, 0, 0, 0, 0, self.weight.shape[1] - x.shape[1]))  # zeros after the RGB channels
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-
 class TrainStep:
     """One training step of `model` under `options`: `loss(batch)`, `forward_backward(batch)` and
     `train_step(batch)` (with an AdamW update). Build it with `build_train_step`, which gives the model
@@ -248,8 +215,8 @@ class TrainStep:
             self.model.to(memory_format=torch.channels_last)  # 4-D conv weights only
         if options.bf16_frozen:
             self._cast_frozen_bf16()
-        if options.stem_channels != 3:
-            self._pad_stem(options.stem_channels)
+        if options.stem_channels != 3 or options.stem_s2d:
+            self._rewrite_stem(options)
         self._encode = self.model.encode_visual
         self._loss_fn: Callable[[Batch], torch.Tensor] = self._loss
         self._compile()
@@ -268,10 +235,14 @@ class TrainStep:
                 cast += 1
         self.notes.append(f"bf16_frozen: {cast} frozen convolutions stored in bf16")
 
-    def _pad_stem(self, channels: int) -> None:
-        backbone = self.model.cnn.backbone
-        backbone.conv1 = PaddedStemConv(backbone.conv1, channels)
-        self.notes.append(f"stem_channels: the stem convolution reads {channels} channels (RGB + zeros)")
+    def _rewrite_stem(self, options: PathOptions) -> None:
+        backbone, channels = self.model.cnn.backbone, options.stem_channels
+        if options.stem_s2d:
+            backbone.conv1 = SpaceToDepthStemConv(backbone.conv1, channels)
+            self.notes.append(f"stem_s2d: the stem is a stride-1 convolution on {4 * channels} channels")
+        else:
+            backbone.conv1 = PaddedStemConv(backbone.conv1, channels)
+            self.notes.append(f"stem_channels: the stem convolution reads {channels} channels (RGB + zeros)")
 
     def _compile(self) -> None:
         o = self.options
