@@ -328,3 +328,14 @@ def test_profile_compiles_the_parts_of_a_whole_loss_path(tmp_path, monkeypatch):
     assert [name for name, _ in compiled] == ["_loss", "encode_visual", "score"]
     assert all(kwargs == {"mode": "max-autotune"} for _, kwargs in compiled)
     assert set(record["parts_ms"]) >= {"cnn", "transformer", "full_step"}
+    # The heavy ops keep their shapes: the stem convolution (3 channels in, 7x7) is found by its input.
+    stems = [
+        r
+        for r in record["heavy_ops_by_shape"]
+        if r["op"] == "aten::convolution" and r["shapes"][1][1:] == [3, 7, 7]
+    ]
+    assert len(stems) == 1 and stems[0]["shapes"][0] == [1, 3, cfg.image_size, cfg.image_size]
+    assert stems[0]["calls_per_step"] == 1 and stems[0]["ms_per_step"] > 0
+    assert record["top_kernels"] == []  # no device kernels on the CPU
+    text = (tmp_path / "p_profile.md").read_text()
+    assert "## Convolutions, GEMMs and attention by input shape (CPU time" in text and "[1,3,64,64]" in text

@@ -17,6 +17,7 @@ import torch
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
+from clipbert.perf import profile_tables
 from clipbert.perf.memory import release_memory
 from clipbert.perf.paths import Batch, PathOptions, build_train_step, make_batch
 from clipbert.perf.timing import time_steps
@@ -106,17 +107,22 @@ def profile_breakdown(
         raw = host_frames(cfg, batch, n_clips, 1, pin=device.type == "cuda")
         parts, full = _part_timings(step, cfg, data, raw, warmup, steps)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof:
+        # Shapes recorded so the heavy ops can be told apart by layer (profile_tables says why).
+        with profile(activities=activities, record_shapes=True) as prof:
             for _ in range(2):
                 full()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-        table = prof.key_averages().table(sort_by=sort, row_limit=40)
+        on_device = device.type == "cuda"
+        sort = "cuda_time_total" if on_device else "cpu_time_total"
+        table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=80)
+        heavy = profile_tables.heavy_ops_by_shape(prof, on_device, steps=2)
+        kernels = profile_tables.top_kernels(prof, steps=2)
         table_file = Path(out_dir) / f"{tag or 'fig5'}_profile.md"
         table_file.parent.mkdir(parents=True, exist_ok=True)
         title = f"# torch.profiler: 2 steps of {options.name}, Ntrain={n_clips}, batch {batch}, {device}"
-        table_file.write_text(f"{title}\n\n```\n{table}\n```\n")
+        tables = profile_tables.markdown(heavy, kernels, on_device)
+        table_file.write_text(f"{title}\n\n```\n{table}\n```\n\n{tables}")
         ranges = {}
         names = (
             "data",
@@ -138,6 +144,8 @@ def profile_breakdown(
             "batch": batch,
             "parts_ms": parts,
             "profiler_ranges": ranges,
+            "heavy_ops_by_shape": heavy,
+            "top_kernels": kernels,
             "table_file": str(table_file),
         }
     finally:
