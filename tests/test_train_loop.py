@@ -1,5 +1,6 @@
 """The training loop on CPU with in-memory data: resume equality, NaN guard, SIGTERM, eval-only, outputs."""
 
+import dataclasses
 import json
 
 import pytest
@@ -165,3 +166,22 @@ def test_compiled_cnn_trains_like_the_eager_one(tmp_path, monkeypatch):
     keys = set(load_file(str(tmp_path / "compiled" / "model" / WEIGHTS_NAME)))
     assert keys == set(load_file(str(tmp_path / "eager" / "model" / WEIGHTS_NAME)))
     assert not any("compiled" in k or "_orig_mod" in k for k in keys)
+
+
+def test_channels_last_cnn_trains_like_nchw_under_zero2(tmp_path):
+    # The shipped GPU configs set model.channels_last: only the frames change layout, so ZeRO-2's flattened
+    # buffers see the same parameters and the run gives the same losses up to fp32 rounding.
+    short = {"epochs": 1, "grad_accum": 1, "eval_every": -1, "plot": False}
+    zero2 = {"zero_optimization": {"stage": 2}}
+    losses = {}
+    for layout in (False, True):
+        cfg = make_config(tmp_path / str(layout), train=short, deepspeed=zero2)
+        cfg = dataclasses.replace(
+            cfg,
+            model=dataclasses.replace(cfg.model, overrides={**cfg.model.overrides, "channels_last": layout}),
+        )
+        summary = run(cfg, CPU, fake_factory())
+        assert summary["perf"]["channels_last"] is layout and summary["perf"]["zero_stage"] == 2
+        losses[layout] = [r["loss"] for r in _steps(tmp_path / str(layout))]
+    assert len(losses[True]) > 1
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
