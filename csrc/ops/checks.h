@@ -1,7 +1,8 @@
 // Helpers shared by the CPU and CUDA entry points. Every check message names the op, the argument and
 // what was expected, e.g. "lse_aggregate: logits must be [B, N, K], got [3, 4]".
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
 
 #include <sstream>
 #include <string>

@@ -1,10 +1,17 @@
 // Device helpers shared by the CUDA kernels: 128-bit vector loads, fp32 conversions and warp/block
 // reductions of sums and of (max, sum-of-exp) pairs for an online logsumexp.
 #pragma once
-#include <ATen/ATen.h>
+// Only the ATen pieces the kernels use: with ATen/ATen.h and torch/library.h every .cu took 40-65 s to
+// compile (nvcc parses the host headers several times), so the op registrations live in register.cpp.
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/full.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <cstdint>
 #include <type_traits>

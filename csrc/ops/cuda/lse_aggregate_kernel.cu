@@ -5,15 +5,13 @@
 // (fp64 for double inputs) with an online max/sum logsumexp, so every element is read once per kernel.
 // The NLL forward at small B runs as a single block that also reduces the batch (one launch, no atomics,
 // deterministic); at large B each row writes its loss and at::sum/at::mean reduce the [B] vector.
-#include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <torch/library.h>
 
 #include <tuple>
 #include <type_traits>
 
 #include "ops/checks.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/kernels.h"
 #include "ops/cuda/lse_common.cuh"
 #include "ops/cuda/lse_resident.cuh"
 
@@ -152,6 +150,8 @@ __global__ void nll_bwd_kernel(const at::opmath_type<scalar_t>* __restrict__ g, 
   }
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> lse_aggregate_cuda(const at::Tensor& logits_in) {
   check_logits(logits_in, "lse_aggregate");
   const c10::cuda::CUDAGuard guard(logits_in.device());
@@ -162,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_cuda(const at::Tensor& logits_i
   auto lse_all = at::empty({B}, logits.options().dtype(acc));
   if (logits.numel() == 0) return {out, lse_all};
   const int group = group_for(K);
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_aggregate_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const dim3 grid(grid_for(B, kBlock / group));
@@ -193,7 +193,7 @@ at::Tensor lse_aggregate_backward_cuda(const at::Tensor& grad_in, const at::Tens
   auto grad_x = at::empty_like(logits, at::MemoryFormat::Contiguous);
   if (logits.numel() == 0) return grad_x;
   const int group = group_for(N * K);
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_aggregate_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const dim3 grid(grid_for(B, kBlock / group));
@@ -233,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_cuda(const at::Tensor& logi
   const dim3 grid(single ? 1 : grid_for(B, threads / group));
   auto loss = single ? at::empty({}, acc_opts) : at::empty({B}, acc_opts);
   const double scale = reduction == 1 ? 1.0 / static_cast<double>(B) : 1.0;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_aggregate_nll_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     constexpr int VEC = vec_width<scalar_t>();
@@ -289,7 +289,7 @@ at::Tensor lse_aggregate_nll_backward_cuda(const at::Tensor& grad_in, const at::
   if (logits.numel() == 0) return grad_x;
   const int row_elems = static_cast<int>(N * K);
   const double scale = reduction == 1 ? 1.0 / static_cast<double>(B) : 1.0;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_aggregate_nll_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     constexpr int VEC = vec_width<scalar_t>();
@@ -326,8 +326,6 @@ at::Tensor lse_aggregate_nll_backward_cuda(const at::Tensor& grad_in, const at::
   return grad_x;
 }
 
-}  // namespace
-
 int set_nll_kernel(int kernel) {
   TORCH_CHECK(kernel >= static_cast<int>(NllKernel::kAuto) && kernel <= static_cast<int>(NllKernel::kResident),
               "set_nll_kernel: kernel must be 0 (auto), 1 (stream2), 2 (stream4) or 3 (resident), got ", kernel);
@@ -335,10 +333,3 @@ int set_nll_kernel(int kernel) {
 }
 
 }  // namespace clipbert::cuda
-
-TORCH_LIBRARY_IMPL(clipbert, CUDA, m) {
-  m.impl("lse_aggregate", &clipbert::cuda::lse_aggregate_cuda);
-  m.impl("_lse_aggregate_backward", &clipbert::cuda::lse_aggregate_backward_cuda);
-  m.impl("lse_aggregate_nll", &clipbert::cuda::lse_aggregate_nll_cuda);
-  m.impl("_lse_aggregate_nll_backward", &clipbert::cuda::lse_aggregate_nll_backward_cuda);
-}

@@ -1,8 +1,6 @@
 // Launch shapes and argument checks shared by the CUDA LSE kernels (lse_aggregate_kernel.cu and
 // lse_nll_value_and_grad_kernel.cu). Every message names the op, the argument and what was expected.
 #pragma once
-#include <ATen/ATen.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdint>

@@ -10,14 +10,12 @@
 // Layout as in lse_aggregate_kernel.cu: logits [B, N, K] contiguous, one group of GROUP threads per row,
 // a warp for short rows and the whole block for long ones; at small B one 1024-thread block does every row
 // and also reduces the batch in a fixed order (deterministic, no atomics, no second launch).
-#include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <torch/library.h>
 
 #include <tuple>
 #include <type_traits>
 
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/kernels.h"
 #include "ops/cuda/lse_common.cuh"
 #include "ops/cuda/lse_resident.cuh"
 
@@ -76,6 +74,8 @@ __global__ void __launch_bounds__(THREADS)
   if (reduce_in_block) block_sum_losses(loss_sum, lane, gid, rows_per_block, loss_smem, loss, scale);
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_value_and_grad_cuda(const at::Tensor& logits_in,
                                                                          const at::Tensor& target_in,
                                                                          int64_t reduction) {
@@ -97,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_value_and_grad_cuda(const a
   const dim3 grid(single ? 1 : grid_for(B, kBlock / group));
   auto loss = single ? at::empty({}, acc_opts) : at::empty({B}, acc_opts);
   const double scale = reduction == 1 ? 1.0 / static_cast<double>(B) : 1.0;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "lse_nll_value_and_grad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     constexpr int VEC = vec_width<scalar_t>();
@@ -132,9 +132,4 @@ std::tuple<at::Tensor, at::Tensor> lse_aggregate_nll_value_and_grad_cuda(const a
   return {reduction == 1 ? loss.mean() : loss.sum(), grad_x};
 }
 
-}  // namespace
 }  // namespace clipbert::cuda
-
-TORCH_LIBRARY_IMPL(clipbert, CUDA, m) {
-  m.impl("lse_aggregate_nll_value_and_grad", &clipbert::cuda::lse_aggregate_nll_value_and_grad_cuda);
-}

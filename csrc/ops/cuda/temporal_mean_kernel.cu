@@ -3,14 +3,12 @@
 // x is read as [B, T, R] with any B/T strides and contiguous inner R. The forward is memory-bound: each
 // thread owns VEC outputs (one 128-bit store), reads T 128-bit vectors with fp32 accumulation, and the
 // grid covers the B*R outputs, so every byte of x is read exactly once with full-width transactions.
-#include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <torch/library.h>
 
 #include <vector>
 
 #include "ops/checks.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/kernels.h"
 
 namespace clipbert::cuda {
 namespace {
@@ -72,6 +70,8 @@ unsigned blocks_for(int64_t total) {
   return static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 30));
 }
 
+}  // namespace
+
 at::Tensor temporal_mean_cuda(const at::Tensor& x_in) {
   const char* op = "temporal_mean";
   TORCH_CHECK(x_in.is_cuda(), op, ": x must be a CUDA tensor here, got ", x_in.device());
@@ -86,7 +86,7 @@ at::Tensor temporal_mean_cuda(const at::Tensor& x_in) {
   auto out = at::empty(out_shape, x.options());
   if (out.numel() == 0) return out;
   const int64_t B = x.size(0), T = x.size(1), R = out.numel() / B, sb = x.stride(0), st = x.stride(1);
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "temporal_mean_cuda", [&] {
     constexpr int VEC = vec_width<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -118,7 +118,7 @@ at::Tensor temporal_mean_backward_cuda(const at::Tensor& grad_in, int64_t T) {
   auto grad_x = at::empty(shape, grad.options());
   if (grad_x.numel() == 0) return grad_x;
   const int64_t R = grad.numel() / grad.size(0), total = grad_x.numel();
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "temporal_mean_bwd_cuda", [&] {
     constexpr int VEC = vec_width<scalar_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
@@ -133,10 +133,4 @@ at::Tensor temporal_mean_backward_cuda(const at::Tensor& grad_in, int64_t T) {
   return grad_x;
 }
 
-}  // namespace
 }  // namespace clipbert::cuda
-
-TORCH_LIBRARY_IMPL(clipbert, CUDA, m) {
-  m.impl("temporal_mean", &clipbert::cuda::temporal_mean_cuda);
-  m.impl("_temporal_mean_backward", &clipbert::cuda::temporal_mean_backward_cuda);
-}
