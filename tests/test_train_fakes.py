@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from types import SimpleNamespace
 
 import torch
@@ -31,9 +32,19 @@ class FakeSet(torch.utils.data.Dataset):
     """kind: retrieval | qa | mc | mc_itm | video (retrieval eval videos)."""
 
     def __init__(
-        self, kind, size, n_clips, m_texts=2, num_answers=5, nan_epoch=None, nan_indices=(), sigterm_at=None
+        self,
+        kind,
+        size,
+        n_clips,
+        m_texts=2,
+        num_answers=5,
+        nan_epoch=None,
+        nan_indices=(),
+        sigterm_at=None,
+        delay_s=0.0,
     ):
         self.kind, self.size, self.n, self.m = kind, size, n_clips, m_texts
+        self.delay_s = delay_s  # a slow decoder: each example takes this long to load
         self.num_answers = num_answers
         self.nan_epoch, self.nan_indices, self.sigterm_at = nan_epoch, set(nan_indices), sigterm_at
         self.word_vocab = None  # set by FakeData.train() for train.visual_word_loss
@@ -47,6 +58,7 @@ class FakeSet(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        time.sleep(self.delay_s)
         if self.sigterm_at is not None and (epoch, index) == self.sigterm_at:
             os.kill(os.getpid(), signal.SIGTERM)
         g = _gen(epoch, index)

@@ -67,6 +67,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     assert all("t2v_r1" in e and "v2t_medr" in e and "step" in e for e in evals)
     perf = json.loads((full / "perf.json").read_text())
     assert perf["frames_per_s"] > 0 and perf["mfu"] is None  # no CPU peak in the table
+    assert 0 <= perf["data_wait_frac"] <= 1
     assert perf["data_backend"] == "pyav" and perf["frame_store_reader"] is None and perf["compile"] == "none"
     # the schedule: warm-up then linear decay to exactly 0 at the last step
     assert a[-1]["lr"] == 0.0 and max(r["lr"] for r in a) == pytest.approx(1e-3, rel=0.5)
@@ -185,3 +186,12 @@ def test_channels_last_cnn_trains_like_nchw_under_zero2(tmp_path):
         losses[layout] = [r["loss"] for r in _steps(tmp_path / str(layout))]
     assert len(losses[True]) > 1
     assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
+
+
+def test_a_slow_loader_shows_as_data_wait(tmp_path):
+    # Each example takes 0.15 s to load in the main process (no workers), which dwarfs the tiny model's
+    # step: most of the wall time is spent waiting for batches, and perf.json and the log say so.
+    short = {"epochs": 1, "grad_accum": 1, "eval_every": -1, "plot": False}
+    summary = run(make_config(tmp_path, train=short), CPU, fake_factory(delay_s=0.15))
+    perf = json.loads((tmp_path / "perf.json").read_text())
+    assert summary["step"] == 4 and perf["data_wait_frac"] > 0.5

@@ -1,5 +1,6 @@
 """The visual-word loss (train.visual_word_loss): vocabulary, head, loss, CNN-only warm-up, config, resume."""
 
+import dataclasses
 import json
 import math
 
@@ -160,16 +161,20 @@ def test_warm_up_then_joint_training_resumes_step_for_step(tmp_path):
 
 
 def test_warm_up_steps_count_frames_and_only_the_cnn_flops():
-    from clipbert.models.flops import visual_flops
-    from clipbert.train.perf import TRAIN_FLOPS_FACTOR, Throughput
+    # Figure 5's convention: 3x the forward FLOPs, except the frozen prefix (stem..res{freeze_at}), run once.
+    from clipbert.models.flops import backbone_stage_flops, training_flops, visual_flops
+    from clipbert.train.perf import Throughput
 
-    cfg = _tiny().config
+    cfg = dataclasses.replace(_tiny().config, freeze_at=2)  # stem and res2 frozen, as the base preset
     batch = _batch()  # B=2, N=2 clips of T=1 frame, M=3 texts
     full, cnn = Throughput(cfg, CPU, 1, None), Throughput(cfg, CPU, 1, None)
     full.add(batch)
     cnn.add(batch, cnn_only=True)
     assert full.frames == cnn.frames == 4
-    assert cnn.flops == TRAIN_FLOPS_FACTOR * 2 * 2 * visual_flops(cfg, 1, 64)[0] < full.flops
+    frozen = sum(backbone_stage_flops(cfg, 64)[0][: cfg.freeze_at])
+    assert cnn.flops == 2 * 2 * (3 * visual_flops(cfg, 1, 64)[0] - 2 * frozen) < full.flops
+    text_len = batch["input_ids"].shape[-1]
+    assert full.flops == 2 * training_flops(cfg, 2, 1, text_len, 3, image_size=64)
 
 
 def test_word_score_sums_each_texts_distinct_words_against_their_base_rate():

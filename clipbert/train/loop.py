@@ -166,7 +166,12 @@ class Trainer:
         epoch_batches = self.state.micro_in_epoch + len(self.train_loader)
         with torch.random.fork_rng(devices=[]):
             batches = iter(self.train_loader)
-        for batch in batches:
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            self.throughput.waited(time.perf_counter() - asked)
             if self.tracker is not None:
                 self.tracker.update(batch)
             stop = self._micro_step(batch, stop_signal, bar, window)
@@ -274,18 +279,22 @@ class Trainer:
             self.runlog.scalars(step, {**record, **perf})
             if bar is not None:
                 bar.set_postfix(
-                    loss=f"{loss:.4f}", lr=f"{lrs.get('lr', 0):.2e}", fps=f"{perf['frames_per_s']:.1f}"
+                    loss=f"{loss:.4f}",
+                    lr=f"{lrs.get('lr', 0):.2e}",
+                    fps=f"{perf['frames_per_s']:.1f}",
+                    data_wait=f"{100 * perf['data_wait_frac']:.0f}%",
                 )
             else:
                 mfu = perf["mfu"]
                 self.log.info(
-                    "step %d/%d loss %.4f lr %.3g frames/s %.1f MFU %s",
+                    "step %d/%d loss %.4f lr %.3g frames/s %.1f MFU %s data wait %.0f%%",
                     step,
                     self.total_steps,
                     loss,
                     lrs.get("lr", 0.0),
                     perf["frames_per_s"],
                     "n/a" if mfu is None else f"{100 * mfu:.1f}%",
+                    100 * perf["data_wait_frac"],
                 )
         if t.eval_every > 0 and step % t.eval_every == 0:
             self.run_eval(self.cfg.eval.split)

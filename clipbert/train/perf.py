@@ -1,8 +1,15 @@
-"""Throughput and utilization of the training loop: frames/s, model FLOP/s, MFU, peak memory.
+"""Throughput and utilization of the training loop: frames/s, model FLOP/s, MFU, peak memory, data wait.
 
-MFU counts the analytic forward FLOPs of clipbert.models.flops times 3 (forward + backward), the usual
-convention, against the device's dense bf16 peak (clipbert.perf.devices). On a CPU the table has no
-peak, so MFU is reported as null unless train.peak_tflops gives one.
+MFU counts the model FLOPs of a training step as Figure 5's benchmark does
+(clipbert.models.flops.training_flops): 3x the forward FLOPs (forward + input and weight gradients), except
+the frozen CNN prefix (stem..res{freeze_at}), which runs forward only. Against the device's dense bf16 peak
+(clipbert.perf.devices). On a CPU the table has no peak, so MFU is reported as null unless train.peak_tflops
+gives one. Runs before 2026-11-27 counted the frozen prefix 3x, which overstates MFU by 9% at
+ds_msrvtt.json's shape (8 clips x 2 frames, 2 texts).
+
+`data_wait_frac` is the share of the window's wall time the loop spent waiting for the next batch from the
+loader. It is host time: the backward and optimizer kernels run asynchronously, so part of a wait may overlap
+them, and the share is an upper bound on the time the GPU starved. Near zero, data is not the bottleneck.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import torch
 
 from clipbert.perf.devices import device_peak, mfu
 
-TRAIN_FLOPS_FACTOR = 3  # backward ~ 2x forward
+TRAIN_FLOPS_FACTOR = 3  # forward + input gradient + weight gradient, for the trainable parts
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -35,9 +42,6 @@ class Throughput:
     """Counts frames and FLOPs over a window of steps; `reset()` after evaluation or checkpointing."""
 
     def __init__(self, model_cfg, device: torch.device, world_size: int, peak_tflops: float | None):
-        from clipbert.models.flops import forward_flops, visual_flops
-
-        self._forward_flops, self._visual_flops = forward_flops, visual_flops
         self.model_cfg, self.device, self.world = model_cfg, device, world_size
         self.peak = device_peak(device, peak_tflops)
         self.reset()
@@ -48,6 +52,11 @@ class Throughput:
         self.start = time.perf_counter()
         self.frames = 0
         self.flops = 0.0
+        self.data_wait_s = 0.0
+
+    def waited(self, seconds: float) -> None:
+        """Account time the loop spent blocked on the data loader."""
+        self.data_wait_s += seconds
 
     def add(self, batch: dict, cnn_only: bool = False) -> None:
         """Account one micro batch of this rank (every rank processes the same shapes on average).
@@ -56,12 +65,7 @@ class Throughput:
         """
         b, n, t, m, lt = batch_shape(batch)
         self.frames += b * n * t
-        if cnn_only:
-            image_size = batch["frames"].shape[-1]
-            forward = n * self._visual_flops(self.model_cfg, t, image_size)[0]
-        else:
-            forward = self._forward_flops(self.model_cfg, n, t, lt, m)
-        self.flops += TRAIN_FLOPS_FACTOR * b * forward
+        self.flops += b * step_flops(self.model_cfg, n, t, lt, m, batch["frames"].shape[-1], cnn_only)
 
     def snapshot(self) -> dict:
         if self.device.type == "cuda":
@@ -73,6 +77,7 @@ class Throughput:
             "tflops_per_device": per_device_flops / 1e12,
             "mfu": mfu(self.flops, seconds, self.peak) if self.flops else None,
             "peak_mem_gb": peak_memory_gb(self.device),
+            "data_wait_frac": min(1.0, self.data_wait_s / seconds),
         }
 
     def describe(self) -> dict:
@@ -81,6 +86,17 @@ class Throughput:
             "peak_tflops": _tflops(self.peak.bf16_flops),
             "peak_source": self.peak.source,
         }
+
+
+def step_flops(model_cfg, n: int, t: int, lt: int, m: int, image_size: int, cnn_only: bool = False) -> float:
+    """Model FLOPs of one training step on one video: N clips of T frames, M texts of Lt tokens."""
+    from clipbert.models.flops import backbone_stage_flops, training_flops, visual_flops
+
+    if not cnn_only:
+        return float(training_flops(model_cfg, n, t, lt, m, image_size=image_size))
+    stages, _ = backbone_stage_flops(model_cfg, image_size)
+    frozen = n * t * sum(stages[: model_cfg.freeze_at])
+    return float(TRAIN_FLOPS_FACTOR * n * visual_flops(model_cfg, t, image_size)[0] - 2 * frozen)
 
 
 def _tflops(flops: float | None) -> float | None:
