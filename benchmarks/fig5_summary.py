@@ -160,6 +160,8 @@ def _profile(result: dict) -> list[str]:
     prof = result.get("profile")
     if not prof:
         return []
+    if prof.get("error"):
+        return [f"## Where the time goes\n\nThe profile of {prof['options']['name']} failed: {prof['error']}"]
     lines = [
         f"## Where the time goes (optimized path, Ntrain={prof['n_clips']}, batch {prof['batch']})",
         "",

@@ -327,15 +327,23 @@ def run(args) -> dict:
     if args.profile:
         from clipbert.perf.profile import profile_breakdown
 
-        profile = profile_breakdown(
-            cfg,
-            _ladder_step(args, args.profile_step) if args.profile_step else timed.get("optimized", EAGER),
-            device,
-            n_clips=max(args.ntrain),
-            batch=args.time_batch,
-            out_dir=args.out_dir,
-            tag=args.tag,
-        )
+        options = timed.get("optimized", EAGER)
+        if args.profile_step:
+            options = _ladder_step(args, args.profile_step)
+        try:
+            profile = profile_breakdown(
+                cfg,
+                options,
+                device,
+                n_clips=max(args.ntrain),
+                batch=args.time_batch,
+                out_dir=args.out_dir,
+                tag=args.tag,
+            )
+        except Exception as exc:  # the timed rows are already measured: keep them and say why
+            print(f"  profile of {options.name} failed: {type(exc).__name__}: {exc}", flush=True)
+            profile = {"options": options.to_dict(), "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+            release_memory(device)
     return {
         "benchmark": "ClipBERT Figure 5: memory and time vs Ntrain and T",
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -71,6 +71,15 @@ def _reference(cfg, batch):
         PathOptions("stem_pad4", stem_channels=4, precision="fp32"),
         PathOptions("stem_s2d", stem_channels=4, stem_s2d=True, channels_last=True, precision="fp32"),
         PathOptions("stem_s2d3", stem_s2d=True, precision="fp32"),
+        PathOptions(
+            "fuse_frozen",
+            stem_channels=4,
+            stem_s2d=True,
+            fuse_frozen=True,
+            channels_last=True,
+            precision="fp32",
+        ),
+        PathOptions("fuse_frozen_nchw", fuse_frozen=True, precision="fp32"),
     ],
     ids=lambda o: o.name,
 )
@@ -98,6 +107,8 @@ def test_padded_stem_needs_a_frozen_stem_and_a_known_width():
     with pytest.raises(ValueError, match="needs a frozen stem"):
         build_train_step(_cfg(freeze_at=0), PathOptions("pad", stem_channels=8), "cpu", optimizer=False)
     assert "+stem_pad8" in [o.name for o in paths.ablation_ladder()]
+    fuse = next(o for o in paths.ablation_ladder() if o.name == "+fuse_frozen")
+    assert fuse.fuse_frozen and fuse.stem_s2d and fuse.compile == "full"
     s2d = next(o for o in paths.ablation_ladder() if o.name == "+stem_s2d")
     assert s2d.stem_s2d and s2d.stem_channels == 4 and s2d.compile == "full"
     step = build_train_step(_cfg(), s2d, "cpu", optimizer=False)
@@ -216,6 +227,27 @@ def test_ablation_runs_only_the_named_steps_and_eager(tmp_path):
     assert [r["path"] for r in rows if r["panel"] == "ablation"] == ["eager", "+fused_ops"]
     with pytest.raises(SystemExit, match="unknown"):
         memory_vs_ntrain.main(argv + ["--ablation", "--ablation-steps", "+warp_drive"])
+
+
+def test_a_failing_profile_keeps_the_timed_rows(tmp_path, monkeypatch):
+    # On the GPU the profile runs last (e.g. of +fuse_frozen, whose cuDNN fused kernels have never run):
+    # if it fails, the ablation rows and the summary must still be written, with the reason.
+    import memory_vs_ntrain
+
+    from clipbert.perf import profile
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED")
+
+    monkeypatch.setattr(profile, "profile_breakdown", broken)
+    argv = "--device cpu --small --no-compile --panels= --ntrain 1 --steps 1 --warmup 1 --time-batch 1"
+    argv = argv.split() + ["--threads", "1", "--no-plot", "--out-dir", str(tmp_path), "--tag", "pf"]
+    argv += ["--ablation", "--ablation-steps", "+fused_ops", "--profile", "--profile-step", "+fused_ops"]
+    assert memory_vs_ntrain.main(argv) == 0
+    result = json.loads((tmp_path / "pf.json").read_text())
+    assert [r["path"] for r in result["rows"] if r["panel"] == "ablation"] == ["eager", "+fused_ops"]
+    assert result["profile"]["error"] == "RuntimeError: CUDNN_STATUS_NOT_SUPPORTED"
+    assert "The profile of +fused_ops failed: RuntimeError" in (tmp_path / "pf.md").read_text()
 
 
 def test_the_profile_can_follow_an_ablation_step(tmp_path):

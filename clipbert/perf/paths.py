@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.autograd.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
+from clipbert.perf.frozen_fuse import fuse_frozen_prefix
 from clipbert.perf.stem import PaddedStemConv, SpaceToDepthStemConv
 
 CNN_CHECKPOINTS = ("none", "stage", "chunk")
@@ -54,6 +55,9 @@ class PathOptions:
     # The stride-2 stem as a stride-1 convolution on 2x2 space-to-depth blocks of those channels
     # (SpaceToDepthStemConv): 4 channels make 16, with 1.7x the stem's products instead of padding's 2.7x.
     stem_s2d: bool = False
+    # The frozen prefix's convolutions with their frozen norms folded in and bias, residual and ReLU fused
+    # into cuDNN's epilogue (clipbert/perf/frozen_fuse.py says why).
+    fuse_frozen: bool = False
 
     def __post_init__(self) -> None:
         if self.checkpoint_cnn not in CNN_CHECKPOINTS:
@@ -119,6 +123,7 @@ def ablation_ladder(compile_cnn: bool = True) -> list[PathOptions]:
             dataclasses.replace(tuned, name="+stem_pad8", stem_channels=8),
             # The other rewrite of the same stem, also from the timed cuDNN choice (not cumulative).
             dataclasses.replace(tuned, name="+stem_s2d", stem_channels=4, stem_s2d=True),
+            dataclasses.replace(tuned, name="+fuse_frozen", stem_channels=4, stem_s2d=True, fuse_frozen=True),
         ]
     steps += [
         dataclasses.replace(base, name="+ckpt_stage", checkpoint_cnn="stage"),
@@ -217,6 +222,9 @@ class TrainStep:
             self._cast_frozen_bf16()
         if options.stem_channels != 3 or options.stem_s2d:
             self._rewrite_stem(options)
+        if options.fuse_frozen:
+            fused = fuse_frozen_prefix(self.model.cnn.backbone)
+            self.notes.append(f"fuse_frozen: {fused} frozen modules run as convolutions with fused epilogues")
         self._encode = self.model.encode_visual
         self._loss_fn: Callable[[Batch], torch.Tensor] = self._loss
         self._compile()

@@ -19,6 +19,10 @@ HEAVY_OPS = (
     "aten::_scaled_dot_product_flash_attention",
     "aten::_scaled_dot_product_cudnn_attention",
     "aten::_scaled_dot_product_efficient_attention",
+    # the frozen prefix's fused convolutions (clipbert/perf/frozen_fuse.py) and the cuDNN ops they call
+    "clipbert_perf::conv_bias_relu",
+    "aten::cudnn_convolution_relu",
+    "aten::cudnn_convolution_add_relu",
 )
 
 

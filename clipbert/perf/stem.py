@@ -54,9 +54,13 @@ class PaddedStemConv(torch.nn.Module):
             conv.groups,
         )
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, channels, H, W]
+        return F.pad(x, (0, 0, 0, 0, 0, self.weight.shape[1] - x.shape[1]))  # zeros after the RGB channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, C_out, H', W']
-        x = F.pad(x, (0, 0, 0, 0, 0, self.weight.shape[1] - x.shape[1]))  # zeros after the RGB channels
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(
+            self.prepare(x), self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
 
 class SpaceToDepthStemConv(torch.nn.Module):
@@ -90,11 +94,16 @@ class SpaceToDepthStemConv(torch.nn.Module):
         self.bias = conv.bias
         self.channels = channels
         self.nhwc = _layout_of(conv.weight) == torch.channels_last  # the model's layout: keep it
+        # What the rewritten convolution itself runs with (frozen_fuse.py folds a norm into it).
+        self.stride, self.padding, self.dilation, self.groups = (1, 1), (0, 0), (1, 1), 1
 
     def output_size(self, size: int) -> int:
         return (size + 2 * self.pad - self.kernel) // 2 + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, C_out, H', W']
+        return F.conv2d(self.prepare(x), self.weight, self.bias)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, 4 * channels, H2, W2]
         bsz, c, h, w = x.shape
         k2 = self.weight.shape[-1]
         # The padded input spans 2 * (out + k2 - 1) rows: enough for the last output's kernel, and even.
@@ -104,6 +113,4 @@ class SpaceToDepthStemConv(torch.nn.Module):
         # [B, C, (H2, r), (W2, s)] -> [B, (C, r, s), H2, W2]
         x = x.view(bsz, self.channels, hp // 2, 2, wp // 2, 2).permute(0, 1, 3, 5, 2, 4)
         x = x.reshape(bsz, 4 * self.channels, hp // 2, wp // 2)
-        if self.nhwc:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, self.weight, self.bias)
+        return x.contiguous(memory_format=torch.channels_last) if self.nhwc else x
