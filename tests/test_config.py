@@ -78,7 +78,7 @@ def test_unknown_key_names_the_full_key_and_the_allowed_ones():
         ("train.batch_size=2.5", r"train\.batch_size must be an int"),
         ("train.betas=[0.9]", r"train\.betas must be two numbers"),
         ("train.device=tpu", r"train\.device must be one of auto, cpu, cuda"),
-        ("train.compile=full", r"train\.compile must be one of none, cnn"),
+        ("train.compile=all", r"train\.compile must be one of none, cnn, full"),
         ("eval.split=dev", r"eval\.split must be one of train, val, test"),
         (
             "deepspeed.zero_optimization.stage=4",
@@ -106,6 +106,11 @@ def test_compile_needs_zero_stage_0_to_2():
         C.ConfigError, match=r"train\.compile='cnn' needs deepspeed\.zero_optimization\.stage 0-2"
     ):
         C.load("ds_msrvtt", ["train.compile=cnn", "deepspeed.zero_optimization.stage=3"])
+    assert C.load("ds_msrvtt", ["train.compile=full"]).train.compile == "full"
+    with pytest.raises(
+        C.ConfigError, match=r"train\.compile='full' needs deepspeed\.zero_optimization\.stage"
+    ):
+        C.load("ds_msrvtt", ["train.compile=full", "deepspeed.zero_optimization.stage=3"])
 
 
 def test_set_values_are_json_where_possible():

@@ -145,6 +145,38 @@ def test_msrvtt_mc_cannot_be_trained(tmp_path):
         run(make_config(tmp_path, task="msrvtt_mc"), CPU, fake_factory())
 
 
+def test_compiled_model_trains_like_the_eager_one(tmp_path, monkeypatch):
+    # train.compile=full compiles every model call in place (nn.Module.compile): the same losses up to kernel
+    # rounding and the same checkpoint keys. aot_eager as for the CNN test below (inductor's code generation
+    # is left out for CI time).
+    from clipbert.models.clipbert import ClipBert
+
+    compile_full = ClipBert.compile_full
+    compiled_calls = []
+
+    def aot_eager(self):
+        compiled_calls.append(type(self).__name__)
+        compile_full(self, backend="aot_eager")
+
+    monkeypatch.setattr(ClipBert, "compile_full", aot_eager)
+    short = {"epochs": 1, "grad_accum": 1, "eval_every": -1, "plot": False}
+    eager = run(make_config(tmp_path / "eager", train=short), CPU, fake_factory())
+    torch._dynamo.reset()
+    compiled = run(make_config(tmp_path / "full", train={**short, "compile": "full"}), CPU, fake_factory())
+    assert compiled_calls == ["ClipBert"] and eager["step"] == compiled["step"] > 0
+    # the engine's calls went through dynamo (graph breaks would make more than one graph, which is allowed)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    a, b = _steps(tmp_path / "eager"), _steps(tmp_path / "full")
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4, abs=1e-5)
+    from safetensors.torch import load_file
+
+    from clipbert.models.clipbert import WEIGHTS_NAME
+
+    keys = set(load_file(str(tmp_path / "full" / "model" / WEIGHTS_NAME)))
+    assert keys == set(load_file(str(tmp_path / "eager" / "model" / WEIGHTS_NAME)))
+    assert not any("_orig_mod" in k for k in keys)
+
+
 def test_compiled_cnn_trains_like_the_eager_one(tmp_path, monkeypatch):
     # train.compile=cnn runs the ResNet through torch.compile: the same losses up to kernel rounding, and
     # checkpoints with the same keys, since the compiled wrapper is not a submodule. Dynamo traces the CNN and

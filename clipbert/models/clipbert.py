@@ -119,6 +119,12 @@ class ClipBert(nn.Module):
         tree, so state_dict keys, checkpoints and DeepSpeed's parameter handling are unchanged."""
         self.__dict__["_compiled_cnn"] = torch.compile(self.cnn, **compile_kwargs)
 
+    def compile_full(self, **compile_kwargs) -> None:
+        """Run every call of the model (`model(...)`: CNN, transformer and heads) through torch.compile from
+        now on (nn.Module.compile: in place, state_dict keys unchanged). Methods called directly, such as
+        evaluation's encode_visual and score, stay eager, so evaluation's shapes do not recompile."""
+        self.compile(**compile_kwargs)
+
     def _check_frames(self, frames: torch.Tensor) -> None:
         expected = f"[B, N, T, 3, L, L] (e.g. L={self.config.image_size})"
         shape = tuple(frames.shape)

@@ -66,6 +66,8 @@ def build_model(cfg, model_cfg):
             raise ValueError(f"{where}: {err}") from err
     if cfg.train.compile == "cnn":
         model.compile_cnn()
+    elif cfg.train.compile == "full":
+        model.compile_full()
     init = cfg.eval.checkpoint if cfg.eval.only else cfg.train.init_checkpoint
     key = "eval.checkpoint" if cfg.eval.only else "train.init_checkpoint"
     if init and ckpt.is_pretrained_dir(init):
