@@ -111,16 +111,20 @@ class FusedBottleneck(nn.Module):
             _Folded(block.conv3, block.bn3),
         )
         self.shortcut = None if block.downsample is None else _Folded(*block.downsample)
+        # The shortcut's bias joins the last convolution's, so the shortcut is a bare convolution: no
+        # elementwise pass over the block's largest map between it and the fused epilogue.
+        bias = self.c3.bias if self.shortcut is None else self.c3.bias + self.shortcut.bias
+        self.register_buffer("out_bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.shortcut is None else self.shortcut.conv(x)
+        identity = x if self.shortcut is None else self.shortcut.conv_without_bias(x)
         out = self.c2(self.c1(x))
-        return conv_bias_relu(out, self.c3.weight, self.c3.bias, identity, self.c3.stride, self.c3.padding)
+        return conv_bias_relu(out, self.c3.weight, self.out_bias, identity, self.c3.stride, self.c3.padding)
 
 
 class _Folded(nn.Module):
-    """A frozen convolution + norm folded into one biased convolution (no ReLU: a shortcut, or the conv that
-    FusedBottleneck ends with)."""
+    """A frozen convolution + norm folded into weight and bias (no ReLU): a shortcut, or the convolution
+    that FusedBottleneck ends with; FusedBottleneck adds both biases in its last fused epilogue."""
 
     def __init__(self, conv: nn.Conv2d, bn: FrozenBatchNorm2d):
         super().__init__()
@@ -129,8 +133,8 @@ class _Folded(nn.Module):
         self.register_buffer("bias", bias)
         self.stride, self.padding = list(conv.stride), list(conv.padding)
 
-    def conv(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding)
+    def conv_without_bias(self, x: torch.Tensor) -> torch.Tensor:  # the consumer adds self.bias
+        return F.conv2d(x, self.weight.to(x.dtype), None, self.stride, self.padding)
 
 
 def fuse_frozen_prefix(backbone: nn.Module) -> int:
