@@ -86,3 +86,26 @@ def test_the_op_compiles_with_its_layout():
             [1, 1],
         ),
     )
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cudnn_fused_convolutions_match_float64(dtype, channels_last):
+    # On a GPU the op runs cuDNN's fused kernels (cudnn_convolution_relu / _add_relu): a wrong bias or
+    # residual there would still time well, so check the values against float64 before the ablation does.
+    block = _frozen_block(64, 16, 1)  # 64 -> 16 -> 64 channels: no shortcut convolution, residual = input
+    shortcut = _frozen_block(32, 16, 1)  # 32 -> 64 channels: a folded shortcut convolution
+    tol = {torch.float32: 2e-3, torch.bfloat16: 5e-2}[dtype]  # TF32 / bf16 against float64
+    for ref in (block, shortcut):
+        x64 = torch.randn(2, ref.conv1.in_channels, 12, 10, dtype=torch.float64)
+        want = ref(x64)
+        fused = FusedBottleneck(ref).to("cuda", dtype)
+        x = x64.to("cuda", dtype)
+        if channels_last:
+            fused = fused.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        got = fused(x)
+        assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last) == channels_last
+        err = (got.double().cpu() - want).norm() / want.norm()
+        assert err < tol, f"{dtype} channels_last={channels_last}: relative error {err:.2e}"
