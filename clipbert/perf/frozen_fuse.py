@@ -2,8 +2,9 @@
 
 Why: the frozen prefix runs forward only, at the largest feature maps of the network (112 x 112 at L=448), and
 every convolution there is followed by a frozen BatchNorm, a ReLU and, at a block's end, the residual add.
-Compiled, those are separate elementwise kernels that read and write each map again: about 2.5 GB a res2
-block at 128 frames, so about 7.5 GB, 1.6 ms at the H200's 4.8 TB/s, over the three blocks. Folding each
+Compiled, those are separate elementwise kernels that read and write each map again: by arithmetic (not
+measured) about 2.5 GB a res2 block at 128 frames, so about 7.5 GB over the three blocks, which would take
+1.6 ms at the H200's 4.8 TB/s. Folding each
 frozen BatchNorm into its convolution (w * scale, bias = shift) leaves conv + bias (+ residual) + ReLU,
 which cuDNN runs as one fused kernel (`torch.cudnn_convolution_relu`, `torch.cudnn_convolution_add_relu`).
 Elsewhere the op runs as F.conv2d plus the elementwise ops, the same function.

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from clipbert.models.flops import backbone_stage_flops, training_flops, visual_flops
 from clipbert.perf.devices import device_peak, mfu
 
 TRAIN_FLOPS_FACTOR = 3  # forward + input gradient + weight gradient, for the trainable parts
@@ -90,8 +91,6 @@ class Throughput:
 
 def step_flops(model_cfg, n: int, t: int, lt: int, m: int, image_size: int, cnn_only: bool = False) -> float:
     """Model FLOPs of one training step on one video: N clips of T frames, M texts of Lt tokens."""
-    from clipbert.models.flops import backbone_stage_flops, training_flops, visual_flops
-
     if not cnn_only:
         return float(training_flops(model_cfg, n, t, lt, m, image_size=image_size))
     stages, _ = backbone_stage_flops(model_cfg, image_size)
