@@ -80,6 +80,16 @@ def _reference(cfg, batch):
             precision="fp32",
         ),
         PathOptions("fuse_frozen_nchw", fuse_frozen=True, precision="fp32"),
+        PathOptions(
+            "fuse_all",
+            stem_channels=4,
+            stem_s2d=True,
+            fuse_frozen=True,
+            fuse_trainable=True,
+            channels_last=True,
+            precision="fp32",
+        ),
+        PathOptions("fuse_trainable_nchw", fuse_trainable=True, checkpoint_cnn="stage", precision="fp32"),
     ],
     ids=lambda o: o.name,
 )
@@ -109,6 +119,8 @@ def test_padded_stem_needs_a_frozen_stem_and_a_known_width():
     assert "+stem_pad8" in [o.name for o in paths.ablation_ladder()]
     fuse = next(o for o in paths.ablation_ladder() if o.name == "+fuse_frozen")
     assert fuse.fuse_frozen and fuse.stem_s2d and fuse.compile == "full"
+    fuse_all = next(o for o in paths.ablation_ladder() if o.name == "+fuse_trainable")
+    assert fuse_all == dataclasses.replace(fuse, name="+fuse_trainable", fuse_trainable=True)
     s2d = next(o for o in paths.ablation_ladder() if o.name == "+stem_s2d")
     assert s2d.stem_s2d and s2d.stem_channels == 4 and s2d.compile == "full"
     step = build_train_step(_cfg(), s2d, "cpu", optimizer=False)
@@ -298,15 +310,18 @@ def test_figure5_split_runs_merge(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compile", ["cnn", "full"])
+@pytest.mark.parametrize("compile", ["cnn", "full", "full_fused"])
 def test_compiled_path_keeps_the_function(compile):
     cfg = _cfg()
     batch = make_batch(cfg, 1, 2, 1, "cpu", seed=3)
     ref_loss, ref_grads = _reference(cfg, batch)
-    options = PathOptions("c", channels_last=True, fused_ops=True, compile=compile, precision="fp32")
-    step = build_train_step(
-        cfg, dataclasses.replace(options, unpadded_text=compile == "full"), "cpu", optimizer=False
-    )
+    options = PathOptions("c", channels_last=True, fused_ops=True, compile="cnn", precision="fp32")
+    if compile != "cnn":
+        options = dataclasses.replace(options, compile="full", unpadded_text=True)
+    if compile == "full_fused":  # the ablation's last fusion step: every convolution's epilogue in the op
+        fusions = dict(stem_channels=4, stem_s2d=True, fuse_frozen=True, fuse_trainable=True)
+        options = dataclasses.replace(options, **fusions)
+    step = build_train_step(cfg, options, "cpu", optimizer=False)
     loss = step.forward_backward(batch)
     assert abs(loss.double() - ref_loss) / abs(ref_loss) < 1e-5
     assert (_grads(step) - ref_grads).norm() / ref_grads.norm() < 1e-4

@@ -6,8 +6,7 @@ Compiled, those are separate elementwise kernels that read and write each map ag
 measured) about 2.5 GB a res2 block at 128 frames, so about 7.5 GB over the three blocks, which would take
 1.6 ms at the H200's 4.8 TB/s. Folding each
 frozen BatchNorm into its convolution (w * scale, bias = shift) leaves conv + bias (+ residual) + ReLU,
-which cuDNN runs as one fused kernel (`torch.cudnn_convolution_relu`, `torch.cudnn_convolution_add_relu`).
-Elsewhere the op runs as F.conv2d plus the elementwise ops, the same function.
+which cuDNN runs as one fused kernel (the op of clipbert/perf/conv_epilogue.py).
 
 Folding reorders the arithmetic (the scale multiplies the weights, not the output), so results match to
 rounding: tests check the float64 function. No gradients flow through the op: it is for frozen layers only.
@@ -20,47 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipbert.models.resnet import Bottleneck, FrozenBatchNorm2d
-
-
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    """The layout the op computes and returns in: the input's (the fake kernel must agree with the real)."""
-    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if nhwc else torch.contiguous_format
-
-
-@torch.library.custom_op("clipbert_perf::conv_bias_relu", mutates_args=())
-def conv_bias_relu(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    residual: torch.Tensor | None,
-    stride: list[int],
-    padding: list[int],
-) -> torch.Tensor:
-    """relu(conv2d(x, weight, stride, padding) + bias (+ residual)): [B, C, H, W] -> [B, O, H', W']."""
-    fmt = _layout(x)
-    x = x.contiguous(memory_format=fmt)
-    weight = weight.to(x.dtype).contiguous(memory_format=fmt)
-    bias = bias.to(x.dtype)
-    if residual is not None:
-        residual = residual.to(x.dtype).contiguous(memory_format=fmt)
-    if x.is_cuda and x.dtype != torch.float64:
-        if residual is None:
-            out = torch.cudnn_convolution_relu(x, weight, bias, stride, padding, [1, 1], 1)
-        else:
-            out = torch.cudnn_convolution_add_relu(x, weight, residual, 1.0, bias, stride, padding, [1, 1], 1)
-    else:
-        out = F.conv2d(x, weight, bias, stride, padding)
-        out = F.relu(out if residual is None else out + residual)
-    return out.contiguous(memory_format=fmt)
-
-
-@conv_bias_relu.register_fake
-def _(x, weight, bias, residual, stride, padding):
-    b, _, h, w = x.shape
-    o, _, kh, kw = weight.shape
-    size = (b, o, (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1)
-    return x.new_empty(size).contiguous(memory_format=_layout(x))
+from clipbert.perf.conv_epilogue import conv_bias_relu, layout
 
 
 def fold(conv: nn.Conv2d | nn.Module, bn: FrozenBatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +37,7 @@ def fold(conv: nn.Conv2d | nn.Module, bn: FrozenBatchNorm2d) -> tuple[torch.Tens
     scale = bn.weight.to(acc) * (bn.running_var.to(acc) + bn.eps).rsqrt()
     shift = bn.bias.to(acc) - bn.running_mean.to(acc) * scale
     folded = (w.to(acc) * scale.view(-1, 1, 1, 1)).to(w.dtype)
-    return folded.contiguous(memory_format=_layout(w)), shift.to(w.dtype)
+    return folded.contiguous(memory_format=layout(w)), shift.to(w.dtype)
 
 
 class FusedConvBNReLU(nn.Module):

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from clipbert.perf.frozen_fuse import fuse_frozen_prefix
 from clipbert.perf.stem import PaddedStemConv, SpaceToDepthStemConv
+from clipbert.perf.trainable_fuse import fuse_trainable_stages
 
 CNN_CHECKPOINTS = ("none", "stage", "chunk")
 COMPILES = ("none", "cnn", "full")
@@ -58,6 +59,9 @@ class PathOptions:
     # The frozen prefix's convolutions with their frozen norms folded in and bias, residual and ReLU fused
     # into cuDNN's epilogue (clipbert/perf/frozen_fuse.py says why).
     fuse_frozen: bool = False
+    # The trainable stages' convolutions the same way, their norms folded on every step (the weights stay
+    # trainable) and the backward through aten.convolution_backward (clipbert/perf/trainable_fuse.py).
+    fuse_trainable: bool = False
 
     def __post_init__(self) -> None:
         if self.checkpoint_cnn not in CNN_CHECKPOINTS:
@@ -125,6 +129,7 @@ def ablation_ladder(compile_cnn: bool = True) -> list[PathOptions]:
             dataclasses.replace(tuned, name="+stem_s2d", stem_channels=4, stem_s2d=True),
             dataclasses.replace(tuned, name="+fuse_frozen", stem_channels=4, stem_s2d=True, fuse_frozen=True),
         ]
+        steps.append(dataclasses.replace(steps[-1], name="+fuse_trainable", fuse_trainable=True))
     steps += [
         dataclasses.replace(base, name="+ckpt_stage", checkpoint_cnn="stage"),
         dataclasses.replace(base, name="+ckpt_chunk", checkpoint_cnn="chunk"),
@@ -225,6 +230,9 @@ class TrainStep:
         if options.fuse_frozen:
             fused = fuse_frozen_prefix(self.model.cnn.backbone)
             self.notes.append(f"fuse_frozen: {fused} frozen modules run as convolutions with fused epilogues")
+        if options.fuse_trainable:
+            fused = fuse_trainable_stages(self.model.cnn.backbone)
+            self.notes.append(f"fuse_trainable: {fused} trainable blocks with folded norms, fused epilogues")
         self._encode = self.model.encode_visual
         self._loss_fn: Callable[[Batch], torch.Tensor] = self._loss
         self._compile()
