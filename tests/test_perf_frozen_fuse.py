@@ -96,7 +96,7 @@ def test_cudnn_fused_convolutions_match_float64(dtype, channels_last):
     # residual there would still time well, so check the values against float64 before the ablation does.
     block = _frozen_block(64, 16, 1)  # 64 -> 16 -> 64 channels: no shortcut convolution, residual = input
     shortcut = _frozen_block(32, 16, 1)  # 32 -> 64 channels: a folded shortcut convolution
-    tol = {torch.float32: 2e-3, torch.bfloat16: 5e-2}[dtype]  # TF32 / bf16 against float64
+    tol = {torch.float32: 5e-3, torch.bfloat16: 5e-2}[dtype]  # TF32 (about 1e-3 a layer) / bf16 vs float64
     for ref in (block, shortcut):
         x64 = torch.randn(2, ref.conv1.in_channels, 12, 10, dtype=torch.float64)
         want = ref(x64)

@@ -1,5 +1,7 @@
 """Trainable blocks with folded norms and fused epilogues: the same function and the same gradients."""
 
+import copy
+
 import pytest
 import torch
 
@@ -136,20 +138,31 @@ def test_op_autograd_registration():
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_cudnn_fused_block_gradients_match_float64(dtype, channels_last):
     # On a GPU the forward is cuDNN's fused kernels and the backward aten.convolution_backward: check the
-    # value and every gradient against the float64 block before the ablation times them.
-    tol = {torch.float32: 2e-3, torch.bfloat16: 5e-2}[dtype]  # TF32 / bf16 against float64
+    # value and every gradient against the float64 block before the ablation times them. At these sizes bf16
+    # alone is several % off in the gradients (the unfused block too, measured on the CPU: up to 1e-1), so
+    # the bound is the unfused block's own error in the same dtype and layout, plus a floor; a wrong bias,
+    # shortcut or mask is off by order 1.
+    floor = {torch.float32: 2e-3, torch.bfloat16: 2e-2}[dtype]  # TF32 is about 1e-3 a layer
+
+    def errors(module, x64, upstream, want):
+        x = x64.to("cuda", dtype)
+        module = module.to("cuda", dtype)
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        got, grads = _value_and_grads(module, x, upstream.to("cuda", dtype))
+        assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+        return [((g.double().cpu() - w).norm() / w.norm()).item() for g, w in zip([got, *grads], want)]
+
     for block in (_block(64, 16, 1), _block(32, 16, 2)):
         x64 = torch.randn(2, block.conv1.in_channels, 12, 10, dtype=torch.float64)
         upstream = torch.randn_like(block(x64))
         want, want_grads = _value_and_grads(block, x64, upstream)
-        folded = FoldedBottleneck(block).to("cuda", dtype)
-        x = x64.to("cuda", dtype)
-        if channels_last:
-            folded = folded.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        got, got_grads = _value_and_grads(folded, x, upstream.to("cuda", dtype))
-        assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+        unfused = errors(copy.deepcopy(block), x64, upstream, [want, *want_grads])
+        folded = FoldedBottleneck(block)
+        fused = errors(folded, x64, upstream, [want, *want_grads])
         names = ["out", "x", *[n for n, _ in folded.named_parameters()]]
-        for name, g, w in zip(names, [got, *got_grads], [want, *want_grads], strict=True):
-            err = (g.double().cpu() - w).norm() / w.norm()
-            assert err < tol, f"{name} {dtype} channels_last={channels_last}: relative error {err:.2e}"
+        for name, err, ref in zip(names, fused, unfused, strict=True):
+            assert err <= 2 * ref + floor, (
+                f"{name} {dtype} channels_last={channels_last}: {err:.2e} (unfused {ref:.2e})"
+            )
