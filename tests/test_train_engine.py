@@ -146,3 +146,12 @@ def test_training_an_evaluation_only_task_fails():
     batch = {"frames": None, "input_ids": None, "attention_mask": None, "labels": torch.tensor([0])}
     with pytest.raises(ValueError, match="msrvtt_mc is evaluated with a retrieval model"):
         training_loss(FixedScores(torch.zeros(1, 5, 1, 2)), batch, "mc_itm", "lse")
+
+
+def test_cpu_process_group_skips_deepspeeds_inference_shm_build(cfg):
+    # The fixture opened the process group on the CPU: DeepSpeed must not have JIT-built (or loaded) its
+    # shared-memory inference all-reduce, a 35 s C++ build that training never uses.
+    from deepspeed.comm import comm
+
+    assert comm.cdb is not None and comm.cdb.is_initialized()
+    assert comm.cdb.shm_comm_op is None

@@ -49,7 +49,23 @@ def init_distributed(device: torch.device) -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if device.type == "cpu":
+        _skip_inference_shm_build()
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def _skip_inference_shm_build() -> None:
+    """Why: opening the process group on a CPU, DeepSpeed JIT-builds its shared-memory all-reduce, a C++
+    extension (about 35 s on 2 cores, once per environment), for its inference collectives. Training reduces
+    through torch.distributed and never calls it, so mark the op incompatible and DeepSpeed skips the build
+    (an inference all-reduce would then also go through torch.distributed)."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)  # a dict DeepSpeed fills once, then reads
+    if builder is not None and isinstance(compatible, dict):
+        compatible[builder.NAME] = False
 
 
 def param_groups(model: nn.Module, train_cfg) -> list[dict]:
