@@ -9,7 +9,8 @@ frozen BatchNorm into its convolution (w * scale, bias = shift) leaves conv + bi
 which cuDNN runs as one fused kernel (the op of clipbert/perf/conv_epilogue.py).
 
 Folding reorders the arithmetic (the scale multiplies the weights, not the output), so results match to
-rounding: tests check the float64 function. No gradients flow through the op: it is for frozen layers only.
+rounding: tests check the float64 function. The weights are folded once, so the rewrite is for frozen layers
+only (clipbert/perf/trainable_fuse.py folds trainable ones on every step).
 """
 
 from __future__ import annotations
