@@ -101,29 +101,42 @@ def plan_runs(
     decode_pos = np.argsort(pts, kind="stable")  # presentation rank -> decode position
     keys = [pos for pos in range(n) if keyframe[pos]]
     wanted_pos = decode_pos[flat]
-    spans: list[list[int]] = []  # [first, last] decode positions, merged
-    for pos in sorted(set(wanted_pos.tolist())):
-        # the last key frame decoded before it and shown no later than it; a stream that does not start on a
-        # key frame decodes from its first packet, as DALI does
-        start = max((k for k in keys if k <= pos and pts[k] <= pts[pos]), default=0)
-        if spans and start <= spans[-1][1] + 1:  # overlaps or touches the previous span: extend it
-            spans[-1][1] = max(spans[-1][1], pos)
-        else:
-            spans.append([start, pos])
-    # Pictures shown before the run's first key frame are its leading pictures: without the previous GOP they
-    # do not decode (and no wanted frame is among them), so they are left out; so are pictures nothing
-    # references, unless wanted: fewer to decode, and with B-frames fewer decoded out of display order.
     wanted_set = set(wanted_pos.tolist())
+    spans = _merge_spans([(_run_start(pos, pts, keys), pos) for pos in wanted_set])
+    # Pictures shown before the run's first key frame are its leading pictures: without the previous GOP they
+    # do not decode, so they are left out unless wanted (a wanted one started its run a GOP earlier); so are
+    # pictures nothing references, unless wanted: fewer to decode, and with B-frames fewer decoded out of
+    # display order.
     runs = [
         [
             pos
             for pos in range(first, last + 1)
-            if pts[pos] >= pts[first] and (pos in wanted_set or not disposable(pos))
+            if pos in wanted_set or (pts[pos] >= pts[first] and not disposable(pos))
         ]
         for first, last in spans
     ]
     at = {pos: i for i, pos in enumerate(pos for run in runs for pos in run)}
     return runs, np.array([at[int(p)] for p in wanted_pos], dtype=np.int64)
+
+
+def _run_start(pos: int, pts: np.ndarray, keys: list[int]) -> int:
+    """The decode position a run must start at to decode the packet at `pos`: the last key frame decoded
+    before it and shown no later than it (so an open GOP's leading picture starts a key frame earlier); a
+    stream that does not start on a key frame decodes from its first packet, as DALI does."""
+    return max((k for k in keys if k <= pos and pts[k] <= pts[pos]), default=0)
+
+
+def _merge_spans(intervals: list[tuple[int, int]]) -> list[list[int]]:
+    """(start, position) decode intervals -> [first, last] spans, ascending, merged where they overlap or
+    touch. Sorted by start, not by position: a leading picture decoded after its key frame starts earlier
+    than the key frame, and a run must begin at the earliest start any of its pictures needs."""
+    spans: list[list[int]] = []
+    for start, pos in sorted(intervals):
+        if spans and start <= spans[-1][1] + 1:
+            spans[-1][1] = max(spans[-1][1], pos)
+        else:
+            spans.append([start, pos])
+    return spans
 
 
 def nal_length_size(codec: str, extradata: bytes | None) -> int:

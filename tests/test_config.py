@@ -85,6 +85,11 @@ def test_unknown_key_names_the_full_key_and_the_allowed_ones():
             r"deepspeed\.zero_optimization\.stage must be one of 0, 1, 2, 3",
         ),
         ("deepspeed.fp16.enabled=true", r"bf16\.enabled and deepspeed\.fp16\.enabled are both true"),
+        # a scalar where DeepSpeed wants an object: a ConfigError naming the key, not an AttributeError
+        ("deepspeed.zero_optimization=2", r"deepspeed\.zero_optimization must be a JSON object, got 2"),
+        ("deepspeed.bf16=true", r"deepspeed\.bf16 must be a JSON object.*deepspeed\.bf16\.enabled="),
+        ("deepspeed.optimizer=AdamW", r"deepspeed\.optimizer must be a JSON object, got 'AdamW'"),
+        ("deepspeed.optimizer.params=1", r"deepspeed\.optimizer\.params must be a JSON object, got 1"),
         (
             "deepspeed.train_micro_batch_size_per_gpu=4",
             r"deepspeed\.train_micro_batch_size_per_gpu is set from",

@@ -53,6 +53,12 @@ def test_open_gop_leading_pictures():
     assert runs == [list(range(9))] and at.tolist() == [8]
     runs, at = plan_runs(pts, keys, np.array([10]))  # starts on I9 and leaves out its leading B7, B8
     assert runs == [[7, 10, 11]] and at.tolist() == [2]
+    # I9 and its leading B7 both wanted: merged by start, the run begins at B7's key frame I0 (not at I9,
+    # which would leave B7 out), and keeps B7's references from GOP 1
+    runs, at = plan_runs(pts, keys, np.array([[7, 9]]))
+    assert runs == [list(range(9))] and at.tolist() == [8, 7]
+    runs, at = plan_runs(pts, keys, np.array([9, 8, 10]))  # I9, B8, B10: one run from I0 to B10
+    assert runs == [list(range(12))] and at.tolist() == [7, 9, 11]
 
 
 def test_a_stream_without_a_leading_key_frame_decodes_from_its_first_packet():
@@ -87,6 +93,27 @@ def test_runs_cover_each_wanted_frame_from_its_key_frame(keys, data):
         key = max([k for k in range(w + 1) if keys[k]], default=0)
         assert any(first <= key and w <= last for first, last in runs)  # decodable from its key frame
     assert all(keys[first] or first == 0 for first, _ in runs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_every_wanted_frame_is_kept_after_its_key_frame_whatever_the_reordering(data):
+    # any decode order (open GOPs, B-pyramids): a wanted frame is never filtered out, and its run holds
+    # every packet from the key frame it needs up to it
+    n = data.draw(st.integers(1, 30))
+    pts = data.draw(st.permutations(range(n)))
+    keys = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    wanted = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=8)))
+    runs, at = plan_runs(pts, keys, wanted)
+    concat = [pos for run in runs for pos in run]
+    assert [pts[concat[k]] for k in at] == wanted.tolist()  # presentation rank = pts here
+    assert concat == sorted(set(concat))  # runs ascend and do not overlap
+    for w in wanted:
+        pos = pts.index(w)
+        key = max((k for k in range(pos + 1) if keys[k] and pts[k] <= w), default=0)
+        run = next(run for run in runs if pos in run)
+        # only the run's own leading pictures (shown before its first packet) may be left out
+        assert run[0] <= key and all(p in run for p in range(key, pos + 1) if pts[p] >= pts[run[0]])
 
 
 def test_unreferenced_pictures_are_left_out_unless_wanted():
@@ -179,6 +206,31 @@ def test_open_gop_h264_cuts_start_on_idr_pictures_only(tmp_path):
         frames = decode_all(data)
         got = np.array([read_index(frames[i]) for i in new.ravel()]).reshape(indices.shape)
         np.testing.assert_array_equal(got, indices)
+
+
+def test_open_gop_hevc_cut_keeps_a_wanted_cra_and_its_leading_pictures(tmp_path):
+    # x265's open GOPs: CRA pictures every 12 frames, each with leading RASL pictures shown before it
+    if "libx265" not in av.codecs_available:
+        pytest.skip("PyAV's FFmpeg has no libx265")
+    from fractions import Fraction
+
+    from clipbert.data.painted import paint_index
+
+    path = str(tmp_path / "open_hevc.mp4")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx265", rate=Fraction(30))
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        x265 = "open-gop=1:keyint=12:min-keyint=12:scenecut=0:bframes=3:b-adapt=0:log-level=error"
+        stream.options = {"crf": "18", "preset": "ultrafast", "x265-params": x265}
+        for i in range(36):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(paint_index(i, 48, 64), format="rgb24")))
+        container.mux(stream.encode())
+    # CRA 12 with its leading 9..11, CRA 24 with its leading 22: each cut was a KeyError when runs were
+    # merged in decode order (the CRA first, its leading pictures then filtered out)
+    for indices in ([[9, 12]], [[12, 10], [11, 25]], [[22, 24]], [[3, 33]]):
+        data, new = trim_video(path, np.array(indices))
+        frames = decode_all(data)
+        assert [read_index(frames[i]) for i in new.ravel()] == np.ravel(indices).tolist()
 
 
 def test_dali_cpu_decodes_the_trimmed_frames_exactly(tmp_path):

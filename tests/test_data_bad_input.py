@@ -81,6 +81,52 @@ def test_everything_bad_is_a_clear_error_not_a_loop(data):
         ds[(0, 1)]  # missing, then empty
 
 
+def shared_video_dataset(root, tmp_path, order, **overrides):
+    """A QA dataset whose examples show `order`'s videos (from the module's folder): in MSRVTT-QA and TGIF
+    many consecutive questions share one video."""
+    (tmp_path / "msrvtt_qa_ans2label.json").write_text(json.dumps({"shape": 0}))
+    with open(tmp_path / "msrvtt_qa_val.jsonl", "w") as f:
+        for i, name in enumerate(order):
+            f.write(json.dumps({"question": f"question {i}", "answer": "shape", "video_id": name}) + "\n")
+    cfg = make_cfg(root, ann_dir=str(tmp_path), **overrides)
+    return build_dataset("msrvtt_qa", "val", cfg, build_tokenizer(), IMAGENET_RGB)
+
+
+def test_questions_sharing_a_bad_video_are_skipped_not_retried(data, tmp_path):
+    # 5 questions on one missing video > max_bad_retries=2: retrying the next example would hit it 3 times
+    order = ["good0"] + ["missing"] * 5 + ["empty", "good1"]
+    ds = shared_video_dataset(data, tmp_path, order, max_bad_retries=2)
+    missing = f"{data / 'videos' / 'missing.mp4'}: missing file"
+    for index in range(1, 6):
+        item = ds[(0, index)]
+        assert (item["index"], item["source_index"], item["video_id"]) == (index, 7, "good1")
+        assert item["bad_videos"][0] == missing and len(item["bad_videos"]) == 2  # missing once, then empty
+    assert len(ds[(0, 6)]["bad_videos"]) == 1 and ds[(0, 7)]["bad_videos"] == []  # empty alone; good1
+
+
+def test_known_bad_videos_are_not_reprobed_and_replacement_is_unchanged(data, tmp_path):
+    order = ["good0"] + ["missing"] * 3 + ["good1"]
+    ds = shared_video_dataset(data, tmp_path, order)
+    loads = []
+    original = ds.load
+    ds.load = lambda index, epoch: loads.append(index) or original(index, epoch)
+    first = [(ds[(0, i)]["source_index"], ds[(0, i)]["bad_videos"]) for i in range(len(order))]
+    assert loads.count(1) == 1 and 2 not in loads and 3 not in loads  # 'missing' probed once per epoch
+    fresh = shared_video_dataset(data, tmp_path, order)  # an empty cache: another worker, or a restart
+    assert [(fresh[(0, i)]["source_index"], fresh[(0, i)]["bad_videos"]) for i in range(len(order))] == first
+    ds[(1, 2)]
+    assert loads.count(2) == 1  # a new epoch probes again: its clips differ
+
+
+def test_replacement_wraps_around_and_all_bad_is_a_clear_error(data, tmp_path):
+    ds = shared_video_dataset(data, tmp_path, ["good0", "missing", "missing"])
+    assert ds[(0, 2)]["source_index"] == 0 and len(ds[(0, 2)]["bad_videos"]) == 1
+    # fewer distinct videos than max_bad_retries, all bad: an error at once, not a lap per retry
+    ds = shared_video_dataset(data, tmp_path, ["missing", "missing", "empty"], max_bad_retries=8)
+    with pytest.raises(RuntimeError, match=r"msrvtt_qa/val: example 1: every example's video is bad"):
+        ds[(0, 1)]
+
+
 def test_tracker_counts_across_worker_processes_and_warns_once(data, caplog):
     cfg = make_cfg(data, num_workers=2)
     ds = build_dataset("msrvtt_qa", "val", cfg, build_tokenizer(), IMAGENET_RGB)

@@ -6,7 +6,7 @@ import torch
 
 from clipbert.data.config import DataConfig
 from clipbert.data.datasets import RetrievalEvalData, build_dataset
-from clipbert.data.loader import ShardedSampler, build_loader
+from clipbert.data.loader import NormalizingLoader, ShardedSampler, build_loader
 from clipbert.data.preprocess import IMAGENET_RGB
 from clipbert.data.tokenizer import build_tokenizer
 
@@ -149,6 +149,17 @@ def test_pretrain_masks_tokens_and_swaps_captions(bench, tokenizer):
         for label in (0, 1)
     }
     assert mask_rate[0] > 0.15 and abs(mask_rate[0] - mask_rate[1]) < 0.1, mask_rate
+
+
+def test_pretrain_with_a_dali_read_frame_store_loads_images_in_the_workers(bench, tokenizer, tmp_path):
+    # The store serves the video tasks; pretraining images are decoded in the workers into `frames`, which
+    # DALI's frame-store loader cannot take (it decodes `jpegs`: KeyError). The store is never opened here.
+    store = str(tmp_path / "videos_only.h5")
+    cfg = make_cfg(bench, backend="frame_store", frame_store=store, frame_store_reader="dali")
+    dataset = build_dataset("pretrain", "train", cfg, tokenizer, IMAGENET_RGB)
+    loader = build_loader(dataset, cfg, 2, True, rank=0, world_size=1)
+    assert isinstance(loader, NormalizingLoader)
+    assert next(iter(loader))["frames"].shape == (2, 1, 1, 3, L, L)
 
 
 def test_samples_are_a_pure_function_of_seed_epoch_index(bench, tokenizer):

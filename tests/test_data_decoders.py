@@ -12,7 +12,12 @@ import torch.nn.functional as F  # noqa: E402
 
 from clipbert.data.config import DataConfig  # noqa: E402
 from clipbert.data.decoders import VideoDecodeError, build_decoder  # noqa: E402
-from clipbert.data.painted import paint_index, read_index, write_painted_video  # noqa: E402
+from clipbert.data.painted import (  # noqa: E402
+    paint_index,
+    read_index,
+    write_painted_video,
+    write_resizing_video,
+)
 from clipbert.data.preprocess import (  # noqa: E402
     CAFFE_BGR,
     IMAGENET_RGB,
@@ -81,6 +86,17 @@ def test_pyav_rejects_out_of_range_indices(painted):
 def test_pyav_missing_file_is_a_decode_error(tmp_path):
     with pytest.raises(VideoDecodeError, match="missing file"):
         build_decoder("pyav").probe(str(tmp_path / "nope.mp4"))
+
+
+def test_pyav_frame_size_change_mid_stream_is_a_decode_error_naming_the_file(tmp_path):
+    path = write_resizing_video(tmp_path / "resized", [(32, 48)] * 3 + [(48, 64)] * 2)
+    decoder = build_decoder("pyav")
+    frames = decoder.decode(path, np.array([[0, 2]]))  # wanted frames of one size decode as usual
+    assert frames.shape == (1, 2, 32, 48, 3) and read_indices(frames).tolist() == [[0, 2]]
+    # a VideoDecodeError (the video is replaced), not np.stack's bare ValueError (the worker dies)
+    message = r"resized\.mkv: frame size changes mid-stream \(32x48 at frame 1, 48x64 at frame 4\)"
+    with pytest.raises(VideoDecodeError, match=message):
+        decoder.decode(path, np.array([[4, 1]]))
 
 
 def reference_preprocess(frames: np.ndarray, size: int, norm: Normalization) -> np.ndarray:

@@ -1,5 +1,7 @@
 """The HDF5 frame store: built at a chosen fps, resumable, frames equal the decoded ones within JPEG loss."""
 
+import logging
+
 import h5py
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ pytest.importorskip("av", reason="PyAV is not installed")
 from clipbert.data import build_frame_store as bfs  # noqa: E402
 from clipbert.data.decoders import VideoDecodeError, build_decoder  # noqa: E402
 from clipbert.data.frame_store import stored_source_indices  # noqa: E402
-from clipbert.data.painted import read_index, write_painted_video  # noqa: E402
+from clipbert.data.painted import read_index, write_painted_video, write_resizing_video  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +93,25 @@ def test_corrupt_or_absent_entry_is_a_decode_error(store, tmp_path):
         decoder.decode("a", np.array([[3, 4]]))
     with pytest.raises(VideoDecodeError, match="not in frame store"):
         decoder.probe("broken")
+
+
+def test_a_failing_video_is_reported_by_name_and_the_build_goes_on(tmp_path, monkeypatch, caplog):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_painted_video(videos / "good", 10, fps=10, codec="mjpeg")
+    resized = write_resizing_video(videos / "resized", [(32, 48)] * 3 + [(48, 64)] * 3)
+    with caplog.at_level(logging.WARNING, logger="clipbert.data.build_frame_store"):
+        result = bfs.build_frame_store(videos, tmp_path / "a.h5", fps=5.0, workers=0, progress=False)
+    assert result["written"] == ["good"] and result["failed"] == ["resized"]
+    assert f"{resized}: frame size changes mid-stream" in caplog.text
+
+    def broken_encoder(*args):
+        raise ZeroDivisionError("an error no decoder foresaw")
+
+    # any other exception is one file's failure too, not the end of a build of many videos
+    monkeypatch.setattr(bfs, "encode_frames", broken_encoder)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clipbert.data.build_frame_store"):
+        result = bfs.build_frame_store(videos, tmp_path / "b.h5", fps=5.0, workers=0, progress=False)
+    assert result["written"] == [] and sorted(result["failed"]) == ["good", "resized"]
+    assert f"{videos / 'good.avi'}: unexpected ZeroDivisionError (an error no decoder foresaw)" in caplog.text

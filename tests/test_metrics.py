@@ -1,5 +1,7 @@
 """Evaluation metrics against hand-computed cases."""
 
+import logging
+
 import pytest
 import torch
 
@@ -44,6 +46,26 @@ def test_perfect_diagonal_and_recall_at_10():
     # reverse: the true video is always the worst -> rank 12
     m = retrieval_metrics(-torch.eye(q), torch.arange(q))
     assert m["t2v_r10"] == 0.0 and m["t2v_meanr"] == 12.0
+
+
+@pytest.fixture
+def train_log(caplog):
+    # the trainer's logger does not propagate to the root logger, where caplog listens
+    logger = logging.getLogger("clipbert.train")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_nan_scores_rank_worst_and_are_counted(train_log):
+    m = retrieval_metrics(torch.full((4, 4), float("nan")), torch.arange(4))  # a diverged model
+    assert m["t2v_r1"] == 0.0 and m["t2v_medr"] == 4.0 and m["v2t_r1"] == 0.0 and m["v2t_meanr"] == 4.0
+    assert "16 of 16 scores are NaN" in train_log.text
+    scores = torch.eye(3)
+    scores[1, 1] = float("nan")  # text 1's own video: below the 0 scores of the other two
+    m = retrieval_metrics(scores, torch.arange(3))
+    assert m["t2v_r1"] == pytest.approx(200 / 3) and m["t2v_meanr"] == pytest.approx(5 / 3)
+    assert "1 of 9 scores are NaN" in train_log.text
 
 
 def test_retrieval_shape_errors():

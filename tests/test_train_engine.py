@@ -155,3 +155,54 @@ def test_cpu_process_group_skips_deepspeeds_inference_shm_build(cfg):
 
     assert comm.cdb is not None and comm.cdb.is_initialized()
     assert comm.cdb.shm_comm_op is None
+
+
+def test_balanced_evaluation_reduces_its_forward_count_on_the_training_device(monkeypatch):
+    # ZeRO-3 evaluation all-reduces each rank's forward count; NCCL (every GPU run) reduces only CUDA tensors,
+    # so the count must live on the training device. "meta" stands in for the GPU: a CPU tensor is the bug.
+    from clipbert.train import evaluate
+
+    class Reduced(Exception):
+        pass
+
+    devices = []
+
+    def all_reduce(tensor, op=None):
+        devices.append(tensor.device)
+        raise Reduced  # a meta tensor has no value to read back
+
+    monkeypatch.setattr(evaluate.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(evaluate.dist, "all_reduce", all_reduce)
+    with pytest.raises(Reduced):
+        list(evaluate.balanced([{"index": 0}], True, torch.device("meta")))
+    assert devices == [torch.device("meta")]
+
+
+def test_evaluation_reports_each_bad_video_file_once():
+    # An eval example whose video is bad is scored with a replacement: the metrics must say so
+    # (`bad_videos` in the eval output and one warning naming the files), counting each file once.
+    import logging
+
+    from clipbert.train import evaluate
+    from clipbert.train.logging import get_logger
+
+    batches = [
+        {"index": 0, "bad_videos": ["a.mp4: missing", "b.mp4: truncated"]},
+        {"index": 1, "bad_videos": ["a.mp4: missing"]},
+        {"index": 2},
+    ]
+    loader = evaluate._BadVideoLog(batches)
+    assert len(loader) == 3
+    assert [b for b, real in evaluate.balanced(loader, False, CPU)] == batches
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    get_logger().addHandler(handler)
+    try:
+        assert evaluate._report_bad_videos(loader.entries, "val") == 2
+        assert evaluate._report_bad_videos([], "val") == 0
+    finally:
+        get_logger().removeHandler(handler)
+    assert len(records) == 1 and records[0].levelname == "WARNING"
+    message = records[0].getMessage()
+    assert "eval val: 2 bad video file(s)" in message and "a.mp4: missing; b.mp4: truncated" in message

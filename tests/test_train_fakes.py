@@ -42,9 +42,11 @@ class FakeSet(torch.utils.data.Dataset):
         nan_indices=(),
         sigterm_at=None,
         delay_s=0.0,
+        crash_epoch=None,
     ):
         self.kind, self.size, self.n, self.m = kind, size, n_clips, m_texts
         self.delay_s = delay_s  # a slow decoder: each example takes this long to load
+        self.crash_epoch = crash_epoch  # every example of this epoch and later raises (a crashed run)
         self.num_answers = num_answers
         self.nan_epoch, self.nan_indices, self.sigterm_at = nan_epoch, set(nan_indices), sigterm_at
         self.word_vocab = None  # set by FakeData.train() for train.visual_word_loss
@@ -59,6 +61,8 @@ class FakeSet(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         time.sleep(self.delay_s)
+        if self.crash_epoch is not None and epoch >= self.crash_epoch:
+            raise RuntimeError(f"injected crash at epoch {epoch}")
         if self.sigterm_at is not None and (epoch, index) == self.sigterm_at:
             os.kill(os.getpid(), signal.SIGTERM)
         g = _gen(epoch, index)

@@ -1,12 +1,17 @@
 """The training loop on CPU with in-memory data: resume equality, NaN guard, SIGTERM, eval-only, outputs."""
 
 import dataclasses
+import functools
 import json
+import os
+import signal
 
 import pytest
 import torch
 from test_train_fakes import fake_factory, make_config
 
+from clipbert.data.config import DataConfig
+from clipbert.data.loader import build_loader, ignore_stop_signals
 from clipbert.train import checkpoint as ckpt
 from clipbert.train.engine import init_distributed
 from clipbert.train.loop import TrainingDiverged
@@ -73,6 +78,46 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     assert a[-1]["lr"] == 0.0 and max(r["lr"] for r in a) == pytest.approx(1e-3, rel=0.5)
 
 
+# 6 examples, batch 2, accumulation 2 -> 3 micro batches per epoch: a window of 2 then the leftover 1, so 2
+# optimizer steps per epoch; 2 epochs -> 4 steps. A checkpoint at each epoch's end.
+ODD_TRAIN = {"epochs": 2, "grad_accum": 2, "save_every": 0, "eval_every": -1}
+NO_FINAL_EVAL = {"final_eval": False}
+
+
+def test_each_epoch_ends_on_an_optimizer_step_and_a_crash_resumes_exactly(tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    summary = run(make_config(full, train=ODD_TRAIN, eval=NO_FINAL_EVAL), CPU, fake_factory(train_size=6))
+    a = _steps(full)
+    assert summary["step"] == 4 and [r["epoch"] for r in a] == [0, 0, 1, 1]
+    assert a[-1]["lr"] == 0.0  # the schedule ran to its end
+    # a crash in epoch 1, after the epoch-0 checkpoint, then a resume from it
+    with pytest.raises(RuntimeError, match="injected crash"):
+        run(make_config(split, train=ODD_TRAIN), CPU, fake_factory(train_size=6, crash_epoch=1))
+    assert (ckpt.checkpoint_root(split) / "latest").read_text().strip() == ckpt.tag_for(2)
+    resumed = make_config(split, train={**ODD_TRAIN, "resume": "auto"}, eval=NO_FINAL_EVAL)
+    assert run(resumed, CPU, fake_factory(train_size=6))["step"] == 4
+    b = _steps(split)
+    assert [r["loss"] for r in b] == [r["loss"] for r in a] and [r["lr"] for r in b] == [r["lr"] for r in a]
+
+
+def test_an_overflow_skipped_update_still_steps_the_schedule(tmp_path, monkeypatch):
+    # DeepSpeed's fp16 optimizers report a loss-scale overflow through `optimizer.overflow` and skip the
+    # update; the engine then skips the LR scheduler too. Simulated on fp32 AdamW at the 2nd optimizer step.
+    adamw_step, calls = torch.optim.AdamW.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(len(calls) + 1)
+        self.overflow = calls[-1] == 2
+        return None if self.overflow else adamw_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    short = {"epochs": 1, "eval_every": -1}
+    summary = run(make_config(tmp_path, train=short, eval=NO_FINAL_EVAL), CPU, fake_factory())
+    steps = _steps(tmp_path)
+    assert summary["step"] == 4 and [r["overflow"] for r in steps] == [False, True, False, False]
+    assert steps[-1]["lr"] == 0.0  # the skipped update did not hold the schedule back
+
+
 def _same_but_time(a, b):
     drop = {"eval_seconds"}
     return {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
@@ -123,6 +168,37 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
         make_config(out, train={"epochs": 2, "eval_every": -1, "resume": "auto"}), CPU, fake_factory()
     )
     assert resumed["reason"] == "done" and resumed["step"] == 8
+
+
+class _SigtermedItems(torch.utils.data.Dataset):
+    """Each item SIGTERMs its own process first, as the deepspeed launcher does to every DataLoader worker."""
+
+    tag = "no init"
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, index):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return index, self.tag
+
+
+def _tag_dataset(worker_id):
+    torch.utils.data.get_worker_info().dataset.tag = f"init {worker_id}"
+
+
+def test_dataloader_workers_outlive_sigterm_so_the_trainer_can_checkpoint():
+    # Without it a worker dies and the main process raises "DataLoader worker killed by signal" instead of
+    # taking its SIGTERM checkpoint. A chained worker_init_fn still runs.
+    init = functools.partial(ignore_stop_signals, then=_tag_dataset)
+    loader = torch.utils.data.DataLoader(
+        _SigtermedItems(), num_workers=1, worker_init_fn=init, batch_size=None
+    )
+    assert list(loader) == [[0, "init 0"], [1, "init 0"], [2, "init 0"]]  # tuples come back as lists
+    dataset = _SigtermedItems()
+    dataset.tokenizer = dataset.norm = None
+    built = build_loader(dataset, DataConfig(num_workers=1), 2, True)
+    assert built.loader.worker_init_fn is ignore_stop_signals  # the trainer's loaders use it
 
 
 @pytest.mark.parametrize("task", ["msrvtt_qa", "tgif_action", "msrvtt_mc"])

@@ -1,6 +1,8 @@
 """Weight loading: HF BERT dirs (real MiniLM checkpoint + a saved tiny BertModel), torchvision and
 detectron2 ResNet state dicts, and original ClipBERT checkpoints (names/shapes of jayleicn/ClipBERT)."""
 
+import pickle
+
 import pytest
 import torch
 
@@ -113,6 +115,34 @@ def test_detectron2_weights_reproduce_msra_forward_float64(caplog):
         load_resnet(torchvision_style, source, prefix="")
     assert "backbone_style='msra'" in caplog.text
     assert (torchvision_style.eval()(x) - expected).abs().max() > 1e-3  # the styles really differ
+
+
+def test_detectron2_pkl_loads_through_model_init_cnn_from(tmp_path):
+    # detectron2's model-zoo R-50.pkl: a plain pickle of numpy arrays under "model", which torch.load rejects
+    from clipbert.train import config as C
+    from clipbert.train.run import build_model
+
+    cfg = C.load("ds_synthetic")
+    layers, width = cfg.model_config().backbone_layers, cfg.model_config().backbone_width
+    arrays = {k: torch.randn(shape).numpy() for k, shape in detectron2_names(layers, width).items()}
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(pickle.dumps({"model": arrays, "__author__": "Detectron2 Model Zoo"}))
+    cfg = C.load("ds_synthetic", [f"model.init_cnn_from={path}"])
+    model, _, _ = build_model(cfg, cfg.model_config())
+    got = model.cnn.backbone.state_dict()
+    torch.testing.assert_close(got["conv1.weight"], torch.from_numpy(arrays["stem.conv1.weight"]))
+    torch.testing.assert_close(got["layer4.0.bn3.bias"], torch.from_numpy(arrays["res5.0.conv3.norm.bias"]))
+
+
+def test_an_unreadable_init_cnn_from_file_names_the_key(tmp_path):
+    from clipbert.train import config as C
+    from clipbert.train.run import build_model
+
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(b"neither a torch checkpoint nor a pickle")
+    cfg = C.load("ds_synthetic", [f"model.init_cnn_from={path}"])
+    with pytest.raises(ValueError, match=r"model\.init_cnn_from=.*not a torch checkpoint .* nor a pickle"):
+        build_model(cfg, cfg.model_config())
 
 
 def test_load_torchvision_resnet50_matches_torchvision_float64():

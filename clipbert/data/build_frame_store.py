@@ -33,18 +33,29 @@ def _init_worker() -> None:
 
 
 def _encode_video(job: tuple[str, float, int, int]) -> tuple[str, dict | None, str | None]:
-    """Worker: decode one video at the store fps and JPEG-encode its frames."""
+    """Worker: (path, entry, None) for a video encoded, (path, None, why) for one that failed.
+
+    Any exception counts as that one file's failure: an unforeseen error in one of 100k videos (a PyAV or
+    numpy error outside VideoDecodeError) must be reported with its file, not abort hours of build.
+    """
     path, fps, max_side, quality = job
-    decoder = PyAVDecoder()
     try:
-        info = decoder.probe(path)
-        source_index = stored_source_indices(info.num_frames, info.fps, fps)
-        frames = decoder.decode(path, source_index[None, :])[0]  # [F, H, W, 3]
+        return path, _encode_entry(path, fps, max_side, quality), None
     except VideoDecodeError as err:
         return path, None, str(err)
+    except Exception as err:  # any other: reported per file, see above
+        return path, None, f"{path}: unexpected {type(err).__name__} ({err})"
+
+
+def _encode_entry(path: str, fps: float, max_side: int, quality: int) -> dict:
+    """Decode one video at the store fps and JPEG-encode its frames; raises VideoDecodeError."""
+    decoder = PyAVDecoder()
+    info = decoder.probe(path)
+    source_index = stored_source_indices(info.num_frames, info.fps, fps)
+    frames = decoder.decode(path, source_index[None, :])[0]  # [F, H, W, 3]
     if max_side and max(frames.shape[1:3]) > max_side:
         frames = resize_frames(frames, max_side).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    entry = {
+    return {
         "jpeg": encode_frames(frames, quality),
         "times": np.arange(len(source_index)) / fps,
         "source_index": source_index,
@@ -53,7 +64,6 @@ def _encode_video(job: tuple[str, float, int, int]) -> tuple[str, dict | None, s
         "height": frames.shape[1],
         "width": frames.shape[2],
     }
-    return path, entry, None
 
 
 def _write_entry(h5: h5py.File, video_id: str, entry: dict, fps: float) -> None:

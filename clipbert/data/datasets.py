@@ -3,7 +3,8 @@
 Items are fetched by `(epoch, index)` keys (the samplers of `loader.py` yield them), so all randomness is a
 pure function of (seed, epoch, index) whatever the number of workers: text choices use `rng_for(seed, epoch,
 index)`, clip sampling uses `(seed, epoch, video)` so that texts sharing a video share (and decode once) its
-frames. A bad video replaces the example by the next one (bounded retries) and is reported in `bad_videos`.
+frames. A bad video replaces the example by the next one showing another video (at most max_bad_retries
+replacements) and is reported, once per item, in `bad_videos`.
 """
 
 from __future__ import annotations
@@ -57,28 +58,70 @@ class TaskDataset(Dataset):
         if not self.examples:
             raise ValueError(f"{self.ann_path}: no examples")
         self.source = VideoSource(cfg, norm, self.train) if task != "pretrain" else None
+        self._bad_cache: dict[str, tuple[str, str]] = {}  # video id -> (key, reason), in epoch _bad_epoch
+        self._bad_epoch: int | None = None
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, key) -> dict:
         epoch, index = split_key(key)
-        bad = []
-        for attempt in range(self.cfg.max_bad_retries + 1):
-            current = (index + attempt) % len(self)
+        bad: list[str] = []  # 'file: reason' of each bad video met for this item, once each
+        bad_ids: set[str] = set()  # their video ids: examples sharing one are skipped, not retried
+        current = index
+        # the requested example plus at most max_bad_retries replacements, each with a different video
+        for _ in range(self.cfg.max_bad_retries + 1):
             try:
-                item = self.load(current, epoch)
+                item = self._load_known_good(current, epoch)
             except VideoDecodeError as err:
                 bad.append(f"{err.key}: {err.reason}")
+                bad_ids.add(self.video_of(current))
+                current = self._next_other_video(current, bad_ids)
+                if current is None:
+                    break
                 continue
             # `index` stays the requested example, so evaluation still counts every example exactly
             # once; `source_index` says whose content replaced it.
             item["index"], item["source_index"], item["bad_videos"] = index, current, bad
             return item
+        why = "every example's video is bad" if current is None else "too many bad videos"
         raise RuntimeError(
-            f"{self.task}/{self.split}: examples {index}..{current} all have bad videos "
-            f"(max_bad_retries={self.cfg.max_bad_retries}): {'; '.join(bad)}"
+            f"{self.task}/{self.split}: example {index}: {why} ({len(bad)} tried, "
+            f"max_bad_retries={self.cfg.max_bad_retries}): {'; '.join(bad)}"
         )
+
+    def _load_known_good(self, index: int, epoch: int) -> dict:
+        """`load`, but a video already found bad in this epoch (by this worker) fails again at once.
+
+        Why: in QA/MC datasets up to ~10 consecutive examples share a video, and a bad one would be re-probed
+        (a truncated one even partly decoded) for each. Loading is a pure function of (seed, epoch, video),
+        so the cache changes no replacement, only skips work; it is keyed by epoch because clip sampling
+        (and so whether a partly corrupt video decodes) changes with it, and it is cleared when the epoch
+        does, to stay small.
+        """
+        video_id = self.video_of(index)
+        if self._bad_epoch != epoch:
+            self._bad_cache, self._bad_epoch = {}, epoch
+        known = self._bad_cache.get(video_id)
+        if known is not None:  # a fresh error: re-raising the cached one would keep growing its traceback
+            raise VideoDecodeError(*known)
+        try:
+            return self.load(index, epoch)
+        except VideoDecodeError as err:
+            self._bad_cache[video_id] = (err.key, err.reason)
+            raise
+
+    def _next_other_video(self, index: int, bad_ids: set[str]) -> int | None:
+        """The next example after `index` (cyclically) whose video is not in `bad_ids`; None if none is."""
+        for step in range(1, len(self)):
+            candidate = (index + step) % len(self)
+            if self.video_of(candidate) not in bad_ids:
+                return candidate
+        return None
+
+    def video_of(self, index: int) -> str:
+        """The id of the video (or image file) example `index` shows, read from its annotation alone."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which video an example shows")
 
     def load(self, index: int, epoch: int) -> dict:
         raise NotImplementedError
@@ -132,6 +175,9 @@ class RetrievalTrainDataset(TaskDataset):
     def __len__(self) -> int:
         return len(self.videos)
 
+    def video_of(self, index: int) -> str:
+        return self.videos[index][0]
+
     def load(self, index: int, epoch: int) -> dict:
         rng = rng_for(self.cfg.seed, epoch, index)
         video_id, texts = self.videos[index]
@@ -157,6 +203,9 @@ class VideoOnlyDataset(TaskDataset):
 
     def __len__(self) -> int:
         return len(self.video_ids)
+
+    def video_of(self, index: int) -> str:
+        return self.video_ids[index]
 
     def load(self, index: int, epoch: int) -> dict:
         return self.visual(self.video_ids[index], epoch)
@@ -194,9 +243,12 @@ class QADataset(TaskDataset):
         self.ans2label = read_json(Path(cfg.ann_dir) / f"{task}_ans2label.json")
         self.video_key = "video_id" if task == "msrvtt_qa" else "gif_name"
 
+    def video_of(self, index: int) -> str:
+        return str(self.examples[index][self.video_key])
+
     def load(self, index: int, epoch: int) -> dict:
         example = self.examples[index]
-        item = self.visual(str(example[self.video_key]), epoch)
+        item = self.visual(self.video_of(index), epoch)
         item["input_ids"] = tokenize(self.tokenizer, [example["question"]], self.max_len)
         item["labels"] = int(self.ans2label.get(example["answer"], -100))
         item["answer_type"] = str(example.get("answer_type", "unknown"))
@@ -214,9 +266,12 @@ class MultipleChoiceDataset(TaskDataset):
                     f"{self.ann_path}:{line_no}: answer {example['answer']} is not an option index"
                 )
 
+    def video_of(self, index: int) -> str:
+        return str(self.examples[index]["clip_name" if self.task == "msrvtt_mc" else "gif_name"])
+
     def load(self, index: int, epoch: int) -> dict:
         example = self.examples[index]
-        video_id = str(example["clip_name" if self.task == "msrvtt_mc" else "gif_name"])
+        video_id = self.video_of(index)
         options = [str(option) for option in example["options"]]
         questions = None if self.task == "msrvtt_mc" else [example["question"]] * len(options)
         item = self.visual(video_id, epoch)
@@ -239,6 +294,10 @@ class PretrainDataset(TaskDataset):
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
         self.image_root = Path(cfg.image_root) if cfg.image_root else Path(cfg.ann_dir).parent
+
+    def video_of(self, index: int) -> str:
+        # the image file, not image_id: what is decoded (and can be bad) is the file
+        return str(self.examples[index]["file"])
 
     def load(self, index: int, epoch: int) -> dict:
         rng = rng_for(self.cfg.seed, epoch, index)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -19,6 +20,18 @@ def dist_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def ignore_stop_signals(worker_id: int, then=None) -> None:
+    """DataLoader worker_init_fn: ignore SIGTERM and SIGINT, then run `then(worker_id)` when given (chain
+    another init with functools.partial(ignore_stop_signals, then=fn)). Why: the deepspeed launcher sends
+    SIGTERM to every process in the tree, and Ctrl-C reaches the whole process group; a worker killed by it
+    makes the main process raise "DataLoader worker killed by signal" instead of taking its SIGTERM
+    checkpoint. The main process shuts its workers down itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if then is not None:
+        then(worker_id)
 
 
 class ShardedSampler(Sampler):
@@ -86,6 +99,7 @@ def build_loader(
         num_workers=workers,
         prefetch_factor=data_cfg.prefetch_factor if workers else None,
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_stop_signals,
         pin_memory=device.startswith("cuda") and data_cfg.backend != "dali",
         drop_last=train,
     )
@@ -93,7 +107,10 @@ def build_loader(
         from dali_pipelines.loader import DaliLoader
 
         return DaliLoader(loader, dataset, data_cfg, device=device)
-    if data_cfg.backend == "frame_store" and data_cfg.frame_store_reader == "dali":
+    # Pretraining images are decoded in the workers whatever the video backend: their items carry `frames`,
+    # not the `jpegs` or video bytes that DALI's loaders decode.
+    uses_dali_store = data_cfg.backend == "frame_store" and data_cfg.frame_store_reader == "dali"
+    if uses_dali_store and not isinstance(dataset, PretrainDataset):
         from dali_pipelines.loader import DaliFrameStoreLoader
 
         return DaliFrameStoreLoader(loader, dataset, data_cfg, device=device)

@@ -74,3 +74,33 @@ def write_painted_video(
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+
+def write_resizing_video(path: str | os.PathLike, sizes: list[tuple[int, int]], fps: int = 10) -> str:
+    """An MJPEG .mkv whose frame k is painted with k at size sizes[k] = (height, width); returns the path.
+
+    MJPEG packets are whole JPEGs, so one encoder per size muxed into one stream makes a video whose frame
+    size changes mid-stream (as spliced or resolution-switching files do), which decoders must reject.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".mkv"):
+        path += ".mkv"
+    time_base = Fraction(1, fps)
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mjpeg", rate=Fraction(fps))
+        stream.height, stream.width = sizes[0]
+        stream.pix_fmt, stream.time_base = "yuvj420p", time_base
+        encoders: dict[tuple[int, int], av.CodecContext] = {}
+        for index, (height, width) in enumerate(sizes):
+            encoder = encoders.get((height, width))
+            if encoder is None:
+                encoder = encoders[height, width] = av.CodecContext.create("mjpeg", "w")
+                encoder.height, encoder.width, encoder.pix_fmt = height, width, "yuvj420p"
+                encoder.time_base = time_base
+            frame = av.VideoFrame.from_ndarray(paint_index(index, height, width), format="rgb24")
+            frame.pts = index
+            for packet in encoder.encode(frame):
+                packet.stream, packet.time_base = stream, time_base
+                packet.pts = packet.dts = index
+                container.mux(packet)
+    return path

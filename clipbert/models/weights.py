@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,7 +53,8 @@ class LoadReport:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
-    """A state dict from a mapping, a .safetensors file, a torch file, or a HF-style directory.
+    """A state dict from a mapping, a .safetensors file, a torch file, a plain pickle (detectron2's .pkl),
+    or a HF-style directory.
 
     Unwraps {"model": ...} / {"state_dict": ...} containers (detectron2, trainers) and numpy values.
     """
@@ -73,11 +75,28 @@ def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = _load_torch_or_pickle(path)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{source} holds a {type(state).__name__}, not a state dict (a mapping of names)")
     for wrapper in ("model", "state_dict"):
         if isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
     return {k: torch.as_tensor(v) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def _load_torch_or_pickle(path: Path):
+    """torch.save's format, else a plain pickle. Why: detectron2's model-zoo .pkl files ({"model": {name:
+    numpy array}, "__author__": ...}) are plain pickles, which torch.load rejects ("Invalid magic number")."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as torch_err:
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f, encoding="latin1")  # latin1: detectron2's Python 2 era pickles
+        except Exception as pickle_err:  # any unpickling failure: report both readers' reasons
+            raise ValueError(
+                f"cannot read {path}: not a torch checkpoint ({torch_err}) nor a pickle ({pickle_err})"
+            ) from pickle_err
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

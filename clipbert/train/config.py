@@ -311,17 +311,31 @@ def _build_data(values: dict[str, Any]):
     return data
 
 
+def _ds_object(ds: dict[str, Any], section: str, example: str) -> dict[str, Any]:
+    """ds[section] ({} when absent), which must be a JSON object. Why: `--set deepspeed.bf16=true` reads
+    naturally but DeepSpeed wants {"enabled": true}; say so instead of failing later on a bool."""
+    value = ds.get(section, {})
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"deepspeed.{section} must be a JSON object, got {value!r} "
+            f"(e.g. --set deepspeed.{section}.{example}=VALUE)"
+        )
+    return value
+
+
 def check_deepspeed(ds: dict[str, Any]) -> None:
     """The engine section: ZeRO stage 0..3 and at most one of bf16/fp16."""
     if not isinstance(ds, dict):
         raise ConfigError(f"deepspeed must be a JSON object, got {type(ds).__name__}")
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    stage = _ds_object(ds, "zero_optimization", "stage").get("stage", 0)
     _choice("deepspeed.zero_optimization.stage", stage, (0, 1, 2, 3))
-    enabled = [k for k in ("bf16", "fp16") if ds.get(k, {}).get("enabled", False)]
+    enabled = [k for k in ("bf16", "fp16") if _ds_object(ds, k, "enabled").get("enabled", False)]
     if len(enabled) > 1:
         raise ConfigError("deepspeed.bf16.enabled and deepspeed.fp16.enabled are both true; pick one")
-    optimizer = ds.get("optimizer", {"type": "AdamW"})
+    optimizer = _ds_object(ds, "optimizer", "type") if "optimizer" in ds else {"type": "AdamW"}
     _choice("deepspeed.optimizer.type", optimizer.get("type"), ("AdamW", "Adam", "adamw", "adam"))
+    if not isinstance(optimizer.get("params", {}), dict):
+        raise ConfigError(f"deepspeed.optimizer.params must be a JSON object, got {optimizer['params']!r}")
     # The trainer owns these (train.*): a conflicting copy in the engine section would be ambiguous.
     for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
         if key in ds:

@@ -27,18 +27,19 @@ def all_gather_objects(obj) -> list:
     return out
 
 
-def _max_over_ranks(value: int) -> int:
+def _max_over_ranks(value: int, device) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return value
-    t = torch.tensor([value], dtype=torch.int64)
+    # on the training device: NCCL (every GPU run) reduces only CUDA tensors
+    t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 
 
-def balanced(loader, balance: bool):
+def balanced(loader, balance: bool, device):
     """Yields (batch, real). With `balance` (ZeRO-3, whose forward is a collective) every rank runs the same
     number of forwards: a rank with a shorter shard repeats its last batch as a discarded `real=False` one."""
-    count = _max_over_ranks(len(loader)) if balance else None
+    count = _max_over_ranks(len(loader), device) if balance else None
     last, seen = None, 0
     for batch in loader:
         last, seen = batch, seen + 1
@@ -51,7 +52,7 @@ def balanced(loader, balance: bool):
 def _visual_tokens(model, loader, device, dtype, balance) -> tuple[list[int], torch.Tensor | None]:
     """(video indices of this rank's shard, their visual tokens [V_local, N, Lv, H] on `device`)."""
     indices, tokens = [], []
-    for batch, real in balanced(loader, balance):
+    for batch, real in balanced(loader, balance, device):
         batch = to_device(batch, device, dtype)
         visual = model.encode_visual(batch["frames"]).tokens
         if real:
@@ -107,7 +108,7 @@ def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance, words=N
     use_words = use_words and getattr(model, "visual_words", None) is not None
     word_local = torch.empty(len(data.text_to_video), 0)
     if balance and tokens is not None:  # same number of scoring forwards on every rank (ZeRO-3)
-        pad = _max_over_ranks(len(tokens)) - len(tokens)
+        pad = _max_over_ranks(len(tokens), tokens.device) - len(tokens)
         tokens = torch.cat([tokens, tokens[:1].expand(pad, *tokens.shape[1:])])
     if tokens is not None:
         if use_words:
@@ -145,7 +146,7 @@ def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance, words=N
 def evaluate_examples(model_fn: Callable, loader, device, dtype, balance) -> list[dict]:
     """Per-example records of this rank, gathered from all ranks and deduplicated by index."""
     records = []
-    for batch, real in balanced(loader, balance):
+    for batch, real in balanced(loader, balance, device):
         types = batch.get("answer_types")
         index = batch["index"].tolist()
         out = model_fn(to_device(batch, device, dtype))
@@ -178,10 +179,50 @@ def summarize(kind: str, records: list[dict]) -> dict:
     return {**M.accuracy(pred, label, types), "num_examples": len(records)}
 
 
+class _BadVideoLog:
+    """An eval loader that keeps the `bad_videos` reports of the batches it yields (`entries`)."""
+
+    def __init__(self, loader):
+        self.loader, self.entries = loader, []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.entries += batch.get("bad_videos", [])
+            yield batch
+
+
+def _report_bad_videos(entries: list[str], split: str) -> int:
+    """Bad files met by every rank's evaluation, logged once on rank 0; returns how many.
+
+    Why: a bad video's example is still scored (with the next example's video that the dataset put in its
+    place, or, through DALI, without the dropped row), so the metrics are not over exactly the annotated
+    data; this must be said, not left to be noticed."""
+    files: dict[str, str] = {}
+    for part in all_gather_objects(entries):
+        for entry in part:
+            name, _, reason = entry.partition(": ")
+            files.setdefault(name, reason)
+    if files and is_rank0():
+        shown = "; ".join(f"{n}: {r}" if r else n for n, r in sorted(files.items())[:5])
+        more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+        get_logger().warning(
+            "eval %s: %d bad video file(s), their examples scored with a replacement: %s%s",
+            split,
+            len(files),
+            shown,
+            more,
+        )
+    return len(files)
+
+
 def evaluate(engine, cfg, eval_data, split: str, device, dtype, words=None) -> dict:
     """Metrics of the task on `split`; eval_data is (dataset, loader) from the trainer's data builder;
     words: the training set's tasks.VisualWords, for retrieval scored with the visual-word head too."""
     dataset, loader = eval_data
+    loader = _BadVideoLog(loader)
     model = engine.module
     was_training = model.training
     model.eval()
@@ -200,6 +241,7 @@ def evaluate(engine, cfg, eval_data, split: str, device, dtype, words=None) -> d
                 out = summarize(kind, evaluate_examples(fn, loader, device, dtype, balance))
     finally:
         model.train(was_training)
+    out["bad_videos"] = _report_bad_videos(loader.entries, split)
     out["eval_seconds"] = time.time() - start
     if is_rank0():
         shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in out.items())

@@ -35,6 +35,7 @@ class TrainerState:
     micro_in_epoch: int = 0  # micro batches consumed in `epoch` (including skipped ones)
     bad_total: int = 0  # micro batches skipped for a NaN/Inf loss, whole run
     bad_streak: int = 0  # ... in a row, up to now
+    overflow_total: int = 0  # optimizer steps DeepSpeed skipped (fp16 loss-scale overflow), whole run
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -75,6 +76,8 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         self.log = get_logger()
         self.last_saved_step = -1
+        # good micro batches whose gradients wait for the next optimizer step; 0 at every checkpoint (save)
+        self.accumulated = 0
         self.last_perf: dict = {}
         self._eval_data = {}
         try:
@@ -104,6 +107,11 @@ class Trainer:
             self.log.warning("not checkpointing at step %d: the last loss was not finite", self.state.step)
             return
         if self.state.step == self.last_saved_step:
+            return
+        if self.accumulated:  # DeepSpeed does not save pending gradients: a resume would lose them
+            self.log.warning(
+                "not checkpointing at step %d: in the middle of an accumulation", self.state.step
+            )
             return
         ckpt.save(self.engine, self.out, self.state.to_dict(), self.cfg.train.keep_checkpoints)
         self.last_saved_step = self.state.step
@@ -174,7 +182,8 @@ class Trainer:
             self.throughput.waited(time.perf_counter() - asked)
             if self.tracker is not None:
                 self.tracker.update(batch)
-            stop = self._micro_step(batch, stop_signal, bar, window)
+            last = self.state.micro_in_epoch + 1 == epoch_batches
+            stop = self._micro_step(batch, stop_signal, bar, window, last)
             # finishing on the epoch's last batch still runs the end-of-epoch eval and checkpoint
             if stop and not (stop == "done" and self.state.micro_in_epoch == epoch_batches):
                 return stop
@@ -188,11 +197,20 @@ class Trainer:
             self.save()
         return "done" if self.state.step >= self.total_steps else "continue"
 
-    def _micro_step(self, batch: dict, stop_signal, bar, window) -> str | None:
+    def _accumulation_boundary(self, last_in_epoch: bool) -> bool:
+        """Whether this micro batch, if its loss is finite, ends the accumulation: after train.grad_accum good
+        micro batches, and always on the epoch's last one. Why the trainer decides and tells DeepSpeed: the
+        engine counts micro steps over the whole run, so its windows would straddle epoch ends. Each epoch
+        would then run fewer than the planned ceil(batches / grad_accum) steps (the LR never reaching 0), and
+        an end-of-epoch checkpoint would drop the pending gradients, so a resumed run would differ."""
+        return last_in_epoch or self.accumulated + 1 >= self.cfg.train.grad_accum
+
+    def _micro_step(self, batch: dict, stop_signal, bar, window, last_in_epoch: bool) -> str | None:
         t = self.cfg.train
         engine = self.engine
         batch = to_device(batch, self.device, self.dtype)
-        boundary = engine.is_gradient_accumulation_boundary()
+        boundary = self._accumulation_boundary(last_in_epoch)
+        engine.set_gradient_accumulation_boundary(boundary)  # before the forward, as DeepSpeed asks
         words_only = self.state.step < t.visual_word_steps  # the CNN-only warm-up of the visual-word loss
         loss, extra = training_loss(
             engine, batch, self.cfg.task.kind, self.cfg.task.aggregation, self.words, words_only
@@ -223,8 +241,12 @@ class Trainer:
         window["loss"] += loss_sum / good
         window["good"] += 1
         if not boundary:
+            self.accumulated += 1
             return None
+        self.accumulated = 0
         self.state.step += 1
+        if not engine.was_step_applied():
+            self._skipped_update()
         self._after_step(window, extra, bar)
         if self.state.step >= self.total_steps:
             return "done"
@@ -234,6 +256,21 @@ class Trainer:
         if stop:
             return "signal"
         return None
+
+    def _skipped_update(self) -> None:
+        """DeepSpeed skipped this step's update and its scheduler step (fp16 loss-scale overflow: it lowers
+        the scale instead). The step still counts, and the scheduler is stepped here. Why: a trainer step is a
+        window of data, so the epochs keep their planned steps and total_steps stays right; with the step
+        not counted the run would need data the epochs do not have, and with the scheduler left behind the LR
+        would lag the plan and never reach 0. Only this update is lost, as with a skipped NaN batch."""
+        self.state.overflow_total += 1
+        if self.engine.lr_scheduler is not None:
+            self.engine.lr_scheduler.step()
+        self.log.warning(
+            "step %d: update skipped by DeepSpeed (gradient overflow; loss scale lowered), %d in total",
+            self.state.step,
+            self.state.overflow_total,
+        )
 
     def _skip_bad(self, window) -> None:
         t = self.cfg.train
@@ -266,6 +303,7 @@ class Trainer:
             "epoch": self.state.epoch,
             "loss": loss,
             "skipped": window["bad"],
+            "overflow": not self.engine.was_step_applied(),
             **lrs,
             **extra,
         }

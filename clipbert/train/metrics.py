@@ -1,7 +1,8 @@
 """Evaluation metrics: retrieval recall / ranks in both directions, QA accuracy per answer type, MC accuracy.
 
 Ranks are 1-based and pessimistic on ties (a true item tied with k others ranks k+1), so a model that
-scores everything alike gets chance-level numbers, never perfect ones.
+scores everything alike gets chance-level numbers, never perfect ones. A NaN score ranks below every number
+(as -inf, ties again pessimistic), so a diverged model gets the worst ranks, never perfect ones.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+
+from clipbert.train.logging import get_logger
 
 RECALL_AT = (1, 5, 10)
 
@@ -34,7 +37,7 @@ def retrieval_metrics(scores: torch.Tensor, text_to_video: torch.Tensor) -> dict
             f"scores must be [Q, V] and text_to_video [Q]; "
             f"got {tuple(scores.shape)} and {tuple(text_to_video.shape)}"
         )
-    scores = scores.double()
+    scores = _nan_ranks_worst(scores.double())
     rows = torch.arange(scores.shape[0])
     true = scores[rows, text_to_video]  # [Q]
     t2v_ranks = (scores >= true[:, None]).sum(1)  # [Q], includes the true video itself
@@ -46,6 +49,19 @@ def retrieval_metrics(scores: torch.Tensor, text_to_video: torch.Tensor) -> dict
     out = {**_rank_summary(t2v_ranks, "t2v"), **_rank_summary(v2t_ranks, "v2t")}
     out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("t2v", "v2t") for k in RECALL_AT)
     return out
+
+
+def _nan_ranks_worst(scores: torch.Tensor) -> torch.Tensor:
+    """NaN -> -inf, with a warning. Why: every comparison with NaN is false, so a NaN true score would count
+    no video above it (rank 0, a hit) and a NaN matrix would score perfectly."""
+    nan = torch.isnan(scores)
+    count = int(nan.sum())
+    if count:
+        get_logger().warning(
+            "retrieval metrics: %d of %d scores are NaN; they rank worst", count, scores.numel()
+        )
+        scores = scores.masked_fill(nan, float("-inf"))
+    return scores
 
 
 def accuracy(pred: torch.Tensor, label: torch.Tensor, types: list[str] | None = None) -> dict[str, float]:

@@ -60,9 +60,10 @@ def build_model(cfg, model_cfg):
         from clipbert.models.weights import load_resnet
 
         where = f"model.init_cnn_from={cfg.model.init_cnn_from!r}"
-        try:  # load_resnet rejects files without ResNet names, so a loaded CNN always got tensors
+        # load_resnet rejects files without ResNet names, so a loaded CNN always got tensors
+        try:
             load_resnet(model, cfg.model.init_cnn_from)
-        except ValueError as err:  # unknown naming or a shape mismatch: say which config key caused it
+        except Exception as err:  # unreadable file, unknown naming, shape mismatch: name the config key
             raise ValueError(f"{where}: {err}") from err
     if cfg.train.compile == "cnn":
         model.compile_cnn()

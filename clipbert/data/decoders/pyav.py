@@ -48,9 +48,27 @@ class PyAVDecoder:
         with open_video(key) as container:
             wanted = sorted(set(indices.ravel().tolist()))
             frames = _decode_wanted(key, container, wanted, info.fps, self.threads)
-        return np.stack([frames[i] for i in indices.ravel()]).reshape(
-            *indices.shape, *frames[indices[0, 0]].shape
+        return _stack_frames(key, frames, indices)
+
+
+def _stack_frames(key: str, frames: dict[int, np.ndarray], indices: np.ndarray) -> np.ndarray:
+    """{index: uint8 [H, W, 3]} -> uint8 [N, T, H, W, 3] in the order of `indices` [N, T].
+
+    Why the check: a stream may change its frame size midway (a resolution switch, a spliced file); np.stack
+    would raise a bare ValueError, which kills a DataLoader worker instead of replacing the video.
+    """
+    by_shape: dict[tuple, int] = {}  # frame shape -> first wanted index of that shape
+    for index in sorted(frames):
+        by_shape.setdefault(frames[index].shape, index)
+    if len(by_shape) > 1:
+        (shape0, at0), (shape1, at1) = list(by_shape.items())[:2]
+        raise VideoDecodeError(
+            key,
+            f"frame size changes mid-stream ({shape0[0]}x{shape0[1]} at frame {at0}, "
+            f"{shape1[0]}x{shape1[1]} at frame {at1})",
         )
+    stacked = np.stack([frames[i] for i in indices.ravel()])  # [N*T, H, W, 3]
+    return stacked.reshape(*indices.shape, *stacked.shape[1:])
 
 
 def open_video(key: str):
