@@ -206,3 +206,36 @@ def test_evaluation_reports_each_bad_video_file_once():
     assert len(records) == 1 and records[0].levelname == "WARNING"
     message = records[0].getMessage()
     assert "eval val: 2 bad video file(s)" in message and "a.mp4: missing; b.mp4: truncated" in message
+
+
+def test_retrieval_eval_ranks_a_dropped_video_last_instead_of_stopping():
+    # The DALI loader drops a row that neither DALI nor PyAV can decode: that video has no score column.
+    # Evaluation must go on, rank it last for its texts and say how many were unscored.
+    from types import SimpleNamespace
+
+    from clipbert.train import evaluate
+
+    class Stub:  # video v's tokens are v + 1; a text scores its own video highest (match = -|v + 1 - t|)
+        def encode_visual(self, frames):  # [B, N, T, 3, L, L] -> tokens [B, N, 1, 1]
+            return SimpleNamespace(tokens=frames[:, :, :1, :1, 0, 0])
+
+        def score(self, visual, ids, mask):  # ids [vb, tb, Lt] -> [vb, tb, N, 2]
+            match = -(visual.tokens[:, None, :, 0, 0] - ids[:, :, None, 0].float()).abs()  # [vb, tb, N]
+            return torch.stack([torch.zeros_like(match), match], dim=-1)
+
+    videos = 4
+    frames = (torch.arange(videos).float() + 1).view(videos, 1, 1, 1, 1, 1).expand(videos, 2, 1, 3, 2, 2)
+    loader = [{"index": torch.tensor([i]), "frames": frames[i : i + 1]} for i in (0, 1, 3)]  # video 2 dropped
+    data = SimpleNamespace(
+        video_ids=[f"v{i}" for i in range(videos)],
+        input_ids=torch.tensor([[1], [2], [3], [4]]),  # text t shows video t - 1
+        attention_mask=torch.ones(videos, 1, dtype=torch.int64),
+        text_to_video=torch.arange(videos),
+    )
+    cfg = SimpleNamespace(
+        eval=SimpleNamespace(word_score_weight=0.0, video_batch=2, text_batch=3),
+        task=SimpleNamespace(aggregation="lse"),
+    )
+    out = evaluate.evaluate_retrieval(Stub(), data, loader, cfg, CPU, torch.float32, balance=False)
+    assert out["unscored_videos"] == 1 and out["num_videos"] == videos
+    assert out["t2v_r1"] == pytest.approx(75.0)  # texts of videos 0, 1 and 3 find them; video 2's cannot

@@ -129,8 +129,17 @@ def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance, words=N
             if use_words:
                 word_columns.setdefault(video, rank_words[:, j])
     num_videos = len(data.video_ids)
-    if sorted(columns) != list(range(num_videos)):
-        raise RuntimeError(f"retrieval eval scored {len(columns)} of {num_videos} videos")
+    unexpected = sorted(set(columns) - set(range(num_videos)))
+    if unexpected:
+        raise RuntimeError(f"retrieval eval scored videos {unexpected[:5]} outside 0..{num_videos - 1}")
+    # A video the loader dropped (neither DALI nor PyAV could decode it; reported in bad_videos) has no
+    # column: it scores -inf, so its texts rank it last (misses) instead of the evaluation stopping.
+    unscored = [i for i in range(num_videos) if i not in columns]
+    for i in unscored:
+        columns[i] = word_columns[i] = torch.full((len(data.text_to_video),), float("-inf"))
+    if unscored and is_rank0():
+        log = get_logger()
+        log.warning("retrieval eval: %d of %d videos unscored, ranked last", len(unscored), num_videos)
     scores = torch.stack([columns[i] for i in range(num_videos)], dim=1)  # [Q, V] log p(match)
     if not use_words:
         out = M.retrieval_metrics(scores, data.text_to_video)
@@ -139,7 +148,7 @@ def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance, words=N
         out = M.retrieval_metrics(scores + cfg.eval.word_score_weight * word_scores, data.text_to_video)
         itm_only = M.retrieval_metrics(scores, data.text_to_video)
         out.update({f"itm_only_{k}": itm_only[k] for k in ("t2v_r1", "t2v_r5", "t2v_medr", "v2t_r1")})
-    out.update(num_texts=scores.shape[0], num_videos=num_videos)
+    out.update(num_texts=scores.shape[0], num_videos=num_videos, unscored_videos=len(unscored))
     return out
 
 
