@@ -8,7 +8,7 @@ from clipbert.perf.frozen_fuse import FusedBottleneck, conv_bias_relu, fuse_froz
 from clipbert.perf.stem import SpaceToDepthStemConv
 
 
-def _randomize_norms(module: torch.nn.Module, seed: int = 0) -> None:
+def randomize_norms(module: torch.nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     for m in module.modules():
         if isinstance(m, FrozenBatchNorm2d):
@@ -22,7 +22,7 @@ def _randomize_norms(module: torch.nn.Module, seed: int = 0) -> None:
 def _frozen_block(in_ch: int, width: int, stride: int) -> Bottleneck:
     torch.manual_seed(in_ch + width + stride)
     block = Bottleneck(in_ch, width, stride, stride_in_1x1=True, frozen_bn=True).double()
-    _randomize_norms(block)
+    randomize_norms(block)
     return block.requires_grad_(False)
 
 
@@ -43,7 +43,7 @@ def test_fused_bottleneck_is_the_block(in_ch, width, stride, channels_last):
 def test_fused_prefix_of_a_backbone_with_a_space_to_depth_stem_is_the_backbone():
     torch.manual_seed(0)
     backbone = ResNetBackbone(layers=(2, 1, 1, 1), width=8, freeze_at=2).double().eval()
-    _randomize_norms(backbone, seed=1)
+    randomize_norms(backbone, seed=1)
     x = torch.randn(2, 3, 64, 48, dtype=torch.float64)
     want = backbone(x)
     backbone.conv1 = SpaceToDepthStemConv(backbone.conv1, 4)

@@ -4,28 +4,18 @@ import copy
 
 import pytest
 import torch
+from test_perf_frozen_fuse import randomize_norms
 
-from clipbert.models.resnet import Bottleneck, FrozenBatchNorm2d, ResNetBackbone
+from clipbert.models.resnet import Bottleneck, ResNetBackbone
 from clipbert.perf.conv_epilogue import conv_bias_relu
 from clipbert.perf.frozen_fuse import FusedBottleneck, fuse_frozen_prefix
 from clipbert.perf.trainable_fuse import FoldedBottleneck, fuse_trainable_stages
 
 
-def _randomize_norms(module: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            c = m.num_features
-            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(c, generator=g))
-            m.running_mean.copy_(torch.randn(c, generator=g))
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-
-
 def _block(in_ch: int, width: int, stride: int, stride_in_1x1: bool = True) -> Bottleneck:
     torch.manual_seed(in_ch + width + stride)
     block = Bottleneck(in_ch, width, stride, stride_in_1x1=stride_in_1x1, frozen_bn=True).double()
-    _randomize_norms(block)
+    randomize_norms(block)
     return block
 
 
@@ -63,7 +53,7 @@ def test_folded_block_is_the_block_with_its_gradients(in_ch, width, stride, stri
 def test_rewrite_keeps_parameters_and_state_dict_and_leaves_frozen_stages():
     torch.manual_seed(0)
     backbone = ResNetBackbone(layers=(2, 2, 1, 1), width=8, freeze_at=2).double()
-    _randomize_norms(backbone, seed=1)
+    randomize_norms(backbone, seed=1)
     names = [n for n, p in backbone.named_parameters() if p.requires_grad]
     params = [id(p) for p in backbone.parameters() if p.requires_grad]
     keys = list(backbone.state_dict())
