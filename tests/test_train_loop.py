@@ -11,7 +11,7 @@ import torch
 from test_train_fakes import fake_factory, make_config
 
 from clipbert.data.config import DataConfig
-from clipbert.data.loader import build_loader, ignore_stop_signals
+from clipbert.data.loader import build_loader, ignore_interrupts
 from clipbert.train import checkpoint as ckpt
 from clipbert.train.engine import init_distributed
 from clipbert.train.loop import TrainingDiverged
@@ -170,8 +170,9 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
     assert resumed["reason"] == "done" and resumed["step"] == 8
 
 
-class _SigtermedItems(torch.utils.data.Dataset):
-    """Each item SIGTERMs its own process first, as the deepspeed launcher does to every DataLoader worker."""
+class _InterruptedItems(torch.utils.data.Dataset):
+    """Each item SIGINTs its own process first (Ctrl-C reaches every process of the group), then says
+    whether SIGTERM still has its default action in the worker."""
 
     tag = "no init"
 
@@ -179,26 +180,27 @@ class _SigtermedItems(torch.utils.data.Dataset):
         return 3
 
     def __getitem__(self, index):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return index, self.tag
+        os.kill(os.getpid(), signal.SIGINT)
+        return index, self.tag, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def _tag_dataset(worker_id):
     torch.utils.data.get_worker_info().dataset.tag = f"init {worker_id}"
 
 
-def test_dataloader_workers_outlive_sigterm_so_the_trainer_can_checkpoint():
-    # Without it a worker dies and the main process raises "DataLoader worker killed by signal" instead of
-    # taking its SIGTERM checkpoint. A chained worker_init_fn still runs.
-    init = functools.partial(ignore_stop_signals, then=_tag_dataset)
+def test_dataloader_workers_outlive_ctrl_c_and_still_die_on_sigterm():
+    # Without ignoring SIGINT a worker dies and the main process raises "DataLoader worker killed by signal"
+    # instead of taking its checkpoint. SIGTERM must stay default: multiprocessing ends persistent workers
+    # with it at interpreter exit and joins them, so ignoring it hangs the exit. A chained init still runs.
+    init = functools.partial(ignore_interrupts, then=_tag_dataset)
     loader = torch.utils.data.DataLoader(
-        _SigtermedItems(), num_workers=1, worker_init_fn=init, batch_size=None
+        _InterruptedItems(), num_workers=1, worker_init_fn=init, batch_size=None
     )
-    assert list(loader) == [[0, "init 0"], [1, "init 0"], [2, "init 0"]]  # tuples come back as lists
-    dataset = _SigtermedItems()
+    assert list(loader) == [[i, "init 0", True] for i in range(3)]  # tuples come back as lists
+    dataset = _InterruptedItems()
     dataset.tokenizer = dataset.norm = None
     built = build_loader(dataset, DataConfig(num_workers=1), 2, True)
-    assert built.loader.worker_init_fn is ignore_stop_signals  # the trainer's loaders use it
+    assert built.loader.worker_init_fn is ignore_interrupts  # the trainer's loaders use it
 
 
 @pytest.mark.parametrize("task", ["msrvtt_qa", "tgif_action", "msrvtt_mc"])
