@@ -1,13 +1,17 @@
 """Which videos DALI must not decode, and why: each goes to PyAV instead, and the loader reports it.
 
 Two kinds, both decided from the probe (codec, display height and width) before DALI sees the file:
-- what DALI cannot read at all: H.264 and friends on the CPU decoder, videos below NVDEC's minimum size;
+- what DALI cannot read at all: any codec outside the decoder's list (H.264 on the CPU decoder; GIF, MPEG-2
+  anywhere), videos below NVDEC's minimum size;
 - what NVDEC would decode with the wrong colours because of DALI's decoder cache (`NvdecCacheGuard`).
 """
 
 from __future__ import annotations
 
-CPU_UNSUPPORTED = ("h264", "hevc", "av1", "mpeg4")  # DALI's CPU video decoder reads VP8, VP9, MJPEG only
+# What each DALI video decoder reads, as FFmpeg names codecs. Lists of what works, not of what fails: a codec
+# outside them (GIF, MPEG-2, ProRes ...) goes to PyAV up front. A denylist let such a file reach DALI, fail
+# its whole batch and be found by the row-by-row retry: right frames, at the cost of a rebuilt pipeline.
+CPU_READABLE = ("vp8", "vp9", "mjpeg")  # DALI's CPU decoder (libavcodec inside DALI, no H.264)
 # NVDEC's smallest frame, (height, width), per codec (the Video Codec SDK's support matrix; DALI asserts the
 # same from cuvidGetDecoderCaps: "Video is too small ... 64x48 vs supported:128x128" for VP9 on an H100).
 # Such videos go to PyAV up front instead of failing a pipeline run that must then be rebuilt.
@@ -27,8 +31,10 @@ CODED_ALIGN = {"h264": 16, "mpeg4": 16, "vp8": 16, "hevc": 8, "vp9": 8, "av1": 8
 def dali_unreadable(dali_device: str, codec: str, height: int, width: int) -> str | None:
     """Why DALI on `dali_device` ("cpu" or "gpu") cannot decode such a video, or None when it can."""
     if dali_device == "cpu":
-        return f"codec {codec} unreadable by DALI on CPU" if codec in CPU_UNSUPPORTED else None
-    min_h, min_w = NVDEC_MIN_HW.get(codec, (0, 0))
+        return None if codec in CPU_READABLE else f"codec {codec or 'unknown'} unreadable by DALI on CPU"
+    if codec not in NVDEC_MIN_HW:  # NVDEC_MIN_HW lists the codecs NVDEC decodes
+        return f"codec {codec or 'unknown'} unreadable by DALI's NVDEC decoder"
+    min_h, min_w = NVDEC_MIN_HW[codec]
     if height < min_h or width < min_w:
         return f"{width}x{height} {codec} is below NVDEC's {min_w}x{min_h} minimum"
     return None

@@ -13,6 +13,18 @@ def test_small_videos_are_routed_around_nvdec():
     assert dali_unreadable("cpu", "vp9", 48, 64) is None
 
 
+def test_codecs_outside_the_decoders_lists_go_to_pyav():
+    # Allowlists: an unlisted codec must not reach DALI, fail its batch and cost a pipeline rebuild.
+    for codec in ("gif", "mpeg2video", "prores", ""):
+        assert "unreadable by DALI on CPU" in dali_unreadable("cpu", codec, 480, 640)
+        assert "unreadable by DALI's NVDEC decoder" in dali_unreadable("gpu", codec, 480, 640)
+    assert dali_unreadable("cpu", "", 480, 640) == "codec unknown unreadable by DALI on CPU"
+    for codec in ("vp8", "mjpeg"):
+        assert dali_unreadable("cpu", codec, 480, 640) is None
+    for codec in ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4"):
+        assert dali_unreadable("gpu", codec, 480, 640) is None
+
+
 def test_coded_size_is_whole_blocks():
     assert coded_hw("h264", 1080, 1920) == (1088, 1920)
     assert coded_hw("h264", 36, 64) == (48, 64)

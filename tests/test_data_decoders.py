@@ -1,5 +1,6 @@
 """PyAV decoding returns exactly the requested frames; pre-processing matches a float64 reference."""
 
+import dataclasses
 import types
 
 import numpy as np
@@ -17,6 +18,7 @@ from clipbert.data.painted import (  # noqa: E402
     read_index,
     write_painted_video,
     write_resizing_video,
+    write_vfr_video,
 )
 from clipbert.data.preprocess import (  # noqa: E402
     CAFFE_BGR,
@@ -57,6 +59,33 @@ def test_pyav_returns_exactly_the_requested_frames(painted, codec):
         frames = decoder.decode(painted[codec], indices)
         assert frames.shape == (*indices.shape, 48, 64, 3) and frames.dtype == np.uint8
         np.testing.assert_array_equal(read_indices(frames), indices)
+
+
+@pytest.mark.parametrize("codec", ["gif", "vp9", "h264"])
+def test_variable_frame_rate_videos_are_indexed_by_presentation_order(tmp_path, codec):
+    # GIF delays and phone recordings vary; frame k is the k-th shown, as DALI and trim.py count. Indexing by
+    # round(pts * fps) left holes ("frame 1 not found by its timestamp") and reported such videos bad.
+    delays = [50, 150, 100, 200, 30] * 9  # ms; 45 frames, so the decoder also seeks (SEEK_GAP_FRAMES)
+    path = write_vfr_video(tmp_path / "vfr", delays, codec)
+    decoder = build_decoder("pyav")
+    info = decoder.probe(path)
+    assert info.num_frames == 45 and info.codec == codec
+    assert info.fps == pytest.approx(44 / (sum(delays[:-1]) / 1000))  # the mean rate, not the nominal 10
+    rng = np.random.default_rng(1)
+    cases = [np.array([[0, 44]]), np.array([[44, 1], [2, 2]]), np.arange(45)[None]]
+    cases += [rng.integers(0, 45, size=(3, 2)) for _ in range(4)]
+    for indices in cases:
+        np.testing.assert_array_equal(read_indices(decoder.decode(path, indices)), indices)
+
+
+def test_constant_rate_videos_keep_the_time_clock(painted, tmp_path):
+    # The rank table is only for variable-rate videos; constant-rate ones index by time (no table kept).
+    decoder = build_decoder("pyav")
+    gif = write_vfr_video(tmp_path / "cfr", [100] * 12, "gif")
+    for path in (painted["h264"], painted["vp9"], gif):
+        assert decoder._probe_cached(path)[1].table is None
+    assert decoder.probe(gif).fps == 10.0
+    np.testing.assert_array_equal(read_indices(decoder.decode(gif, np.array([[11, 3]]))), [[11, 3]])
 
 
 @pytest.mark.parametrize("codec", ["h264", "vp9"])
@@ -199,10 +228,10 @@ def test_normalize_padded_zeroes_each_samples_own_padding():
 
 
 def test_frames_missing_at_the_end_repeat_the_last_frame_within_tolerance(painted):
-    from clipbert.data.decoders.base import VideoInfo
-
     decoder = build_decoder("pyav")
-    decoder._infos[painted["h264"]] = VideoInfo(80, 10.0, 48, 64, "h264")  # the header over-counts by 5
+    info, clock = decoder._probe_cached(painted["h264"])
+    over_counted = dataclasses.replace(info, num_frames=80)  # the header over-counts by 5
+    decoder._probes[painted["h264"]] = (over_counted, clock)
     np.testing.assert_array_equal(
         read_indices(decoder.decode(painted["h264"], np.array([[70, 76]]))), [[70, 74]]
     )

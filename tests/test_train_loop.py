@@ -170,6 +170,20 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
     assert resumed["reason"] == "done" and resumed["step"] == 8
 
 
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_a_stop_on_a_bad_micro_batch_waits_for_the_next_good_step(tmp_path, grad_accum):
+    # The signal arrives while loading the NaN example. Stopping right there ended the run unsaved: no
+    # checkpoint follows a bad loss, nor one inside an accumulation window. It now stops at the next step.
+    out = tmp_path / "term_nan"
+    train = {"epochs": 2, "eval_every": -1, "grad_accum": grad_accum}
+    summary = run(make_config(out, train=train), CPU, fake_factory(sigterm_at=(0, 3), nan_indices={3}))
+    assert summary["reason"] == "signal" and summary["bad_steps"] == 1 and summary["step"] >= 1
+    assert (ckpt.checkpoint_root(out) / "latest").read_text().strip() == ckpt.tag_for(summary["step"])
+    resumed = run(make_config(out, train={**train, "resume": "auto"}), CPU, fake_factory())
+    # 4 micro batches per epoch; with grad_accum=1 the skipped one was a whole step
+    assert resumed["reason"] == "done" and resumed["step"] == {1: 7, 2: 4}[grad_accum]
+
+
 class _InterruptedItems(torch.utils.data.Dataset):
     """Each item SIGINTs its own process first (Ctrl-C reaches every process of the group), then says
     whether SIGTERM still has its default action in the worker."""

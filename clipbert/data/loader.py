@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
+import threading
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -23,16 +25,52 @@ def dist_rank_world() -> tuple[int, int]:
 
 
 def ignore_interrupts(worker_id: int, then=None) -> None:
-    """DataLoader worker_init_fn: ignore SIGINT, then run `then(worker_id)` when given (chain another init
-    with functools.partial(ignore_interrupts, then=fn)). Why: Ctrl-C reaches the whole process group, and a
-    worker killed by it makes the main process raise "DataLoader worker killed by signal" instead of taking
-    its Ctrl-C checkpoint. SIGTERM keeps its default: at interpreter exit multiprocessing terminates the
-    persistent workers with it and then joins them, so a worker that ignored it would hang the exit (it did:
-    `make demo` never returned). The deepspeed launcher's SIGTERM to every process therefore still kills the
-    workers before the main process checkpoints (an open problem, docs/TRAINING.md)."""
+    """DataLoader worker_init_fn: ignore SIGINT, obey SIGTERM only from the main process, then run
+    `then(worker_id)` when given (chain another init with functools.partial(ignore_interrupts, then=fn)).
+
+    Why: a stop signal reaches the workers too (Ctrl-C the whole process group; the deepspeed launcher, and
+    schedulers like SLURM, SIGTERM every process of the tree, the workers first). A worker killed by it makes
+    the main process raise "DataLoader worker killed by signal" instead of finishing its step and taking the
+    checkpoint. SIGTERM cannot simply be ignored: at interpreter exit multiprocessing ends the persistent
+    workers with it and joins them, so a worker that ignored it hung every exit (`make demo` never returned).
+    Hence the sender decides: the main process's SIGTERM kills as before, anyone else's is ignored, and the
+    worker feeds the main process until it shuts the workers down (or dies: PyTorch's watchdog then ends
+    them). SIGKILL still kills."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    obey_sigterm_from_parent_only()
     if then is not None:
         then(worker_id)
+
+
+def obey_sigterm_from_parent_only() -> bool:
+    """Block SIGTERM in this process and let a watcher thread take it: from the parent process it ends the
+    process (exit status 0); from any other sender it is dropped with a warning.
+    Call it in a worker process's main thread before that thread starts others, as the DataLoader's
+    worker_init_fn does: threads created later inherit the blocked mask, so only the watcher receives it.
+    Whatever handler SIGTERM has (PyTorch's workers install a C one; a fork inherits the main process's
+    Python one, e.g. the trainer's StopSignal) is bypassed: a blocked signal never reaches it. Returns False
+    (and changes nothing) without POSIX sigwaitinfo."""
+    if not hasattr(signal, "sigwaitinfo"):
+        return False
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def watch() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid == parent or os.getppid() != parent:  # from the main process, or orphaned
+                # Exit status 0, as PyTorch's own worker SIGTERM handler does for its parent's SIGTERM: the
+                # main process's SIGCHLD check would otherwise report a worker "killed by signal".
+                os._exit(0)
+            print(
+                f"DataLoader worker {os.getpid()}: SIGTERM from pid {info.si_pid} ignored; the main process "
+                "ends this worker when it stops",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    threading.Thread(target=watch, name="sigterm-from-parent", daemon=True).start()
+    return True
 
 
 class ShardedSampler(Sampler):

@@ -16,6 +16,7 @@ CODECS = {  # codec name -> (PyAV encoder, container suffix, pixel format)
     "h264": ("libx264", ".mp4", "yuv420p"),
     "vp9": ("libvpx-vp9", ".webm", "yuv420p"),
     "mjpeg": ("mjpeg", ".avi", "yuvj420p"),
+    "gif": ("gif", ".gif", "rgb8"),
 }
 
 
@@ -71,6 +72,35 @@ def write_painted_video(
             stream.options = {"crf": "20", "b": "0", "deadline": "realtime", "cpu-used": "8"}
         for index in range(num_frames):
             frame = av.VideoFrame.from_ndarray(paint_index(index, height, width), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def write_vfr_video(path: str | os.PathLike, delays_ms: list[int], codec: str = "gif") -> str:
+    """A variable-frame-rate video: frame k, painted with k, is shown for delays_ms[k] milliseconds (GIFs
+    and phone recordings are like this). Frame k is then the k-th in presentation order, not the frame at
+    k / fps seconds. Returns the path (suffix by codec)."""
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
+    encoder, suffix, pix_fmt = CODECS[codec]
+    path = os.fspath(path)
+    if not path.endswith(suffix):
+        path += suffix
+    time_base = Fraction(1, 1000)
+    with av.open(path, "w") as container:
+        stream = container.add_stream(encoder, rate=Fraction(10))  # nominal; the timestamps say otherwise
+        stream.height, stream.width, stream.pix_fmt = 48, 64, pix_fmt
+        stream.time_base = stream.codec_context.time_base = time_base
+        if codec == "vp9":
+            stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        elif codec == "h264":
+            stream.options = {"preset": "ultrafast", "bf": "2"}
+        pts = 0
+        for index, delay in enumerate(delays_ms):
+            frame = av.VideoFrame.from_ndarray(paint_index(index, 48, 64), format="rgb24")
+            frame.pts, frame.time_base = pts, time_base
+            pts += delay
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path

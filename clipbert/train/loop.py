@@ -229,10 +229,10 @@ class Trainer:
         )
         self.state.micro_in_epoch += 1
         if bad:
+            # A stop waits for the next good boundary: here nothing could be saved (the last loss is bad, and
+            # the window's good micro batches hold pending gradients), so the run would end unsaved.
             self._skip_bad(window)
             del loss
-            if stop and boundary:
-                return "signal"
             return None
         engine.backward(loss)
         engine.step()

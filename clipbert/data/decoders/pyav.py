@@ -1,13 +1,17 @@
 """Exact CPU decoding with PyAV: seek to the key frame before each wanted frame and decode forward.
 
-Frames are identified by their presentation time (index = round(pts * time_base * fps)), so the result is
-exact for constant-frame-rate videos whatever the GOP, B-frames or container.
+Frame k is the k-th frame in presentation order, as DALI's decoder and dali_pipelines/trim.py count. The
+probe reads every packet's timestamp (demuxing, no decoding). For a constant-frame-rate video the index
+follows from the time, round(pts * time_base * fps), so the result is exact whatever the GOP, B-frames or
+container. A variable-rate video (GIFs, phone recordings, a stream with a gap) keeps its sorted timestamps,
+and the index is the timestamp's rank; its fps is then the mean rate over the video.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -23,32 +27,65 @@ EDGE_TOLERANCE_FRAMES = 2
 
 class PyAVDecoder:
     """`threads`: FFmpeg threads per open video (0 = one per core). Keep 1 when processes run in parallel:
-    frame threading delays output by a frame per thread and refills after every seek."""
+    frame threading delays output by a frame per thread and refills after every seek.
 
-    def __init__(self, probe_cache_size: int = 4096, threads: int = 1):
+    Probes are cached (LRU, `probe_cache_size` videos): a probe demuxes the whole file (about 13 ms for a
+    60 s 360p H.264 video here), and a constant-rate entry is a few hundred bytes."""
+
+    def __init__(self, probe_cache_size: int = 16384, threads: int = 1):
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
-        self._infos: OrderedDict[str, VideoInfo] = OrderedDict()
+        self._probes: OrderedDict[str, tuple[VideoInfo, FrameClock]] = OrderedDict()
         self._cache_size = probe_cache_size
         self.threads = threads
 
     def probe(self, key: str) -> VideoInfo:
-        info = self._infos.get(key)
-        if info is None:
+        return self._probe_cached(key)[0]
+
+    def _probe_cached(self, key: str) -> tuple[VideoInfo, FrameClock]:
+        probed = self._probes.get(key)
+        if probed is None:
             with open_video(key) as container:
-                info = _probe(key, container)
-            self._infos[key] = info
-            while len(self._infos) > self._cache_size:
-                self._infos.popitem(last=False)
-        return info
+                probed = _probe(key, container)
+            self._probes[key] = probed
+            while len(self._probes) > self._cache_size:
+                self._probes.popitem(last=False)
+        return probed
 
     def decode(self, key: str, indices: np.ndarray) -> np.ndarray:
-        info = self.probe(key)
+        info, clock = self._probe_cached(key)
         indices = check_indices(key, indices, info.num_frames)
         with open_video(key) as container:
             wanted = sorted(set(indices.ravel().tolist()))
-            frames = _decode_wanted(key, container, wanted, info.fps, self.threads)
+            frames = _decode_wanted(key, container, wanted, clock, self.threads)
         return _stack_frames(key, frames, indices)
+
+
+@dataclass(frozen=True)
+class FrameClock:
+    """Frame index <-> presentation timestamp (in the stream's time base) of one video.
+
+    `table` is None for a constant-rate video: the index follows from the time. Otherwise it holds the sorted
+    timestamps, and a frame's index is its rank among them.
+    """
+
+    start: int  # the stream's first timestamp
+    time_base: float
+    fps: float
+    table: np.ndarray | None = None  # int64 [num_frames], sorted
+
+    def index(self, pts: int) -> int | None:
+        """The index of the frame shown at `pts`; None for a timestamp no packet carried."""
+        if self.table is None:
+            return int(round((pts - self.start) * self.time_base * self.fps))
+        rank = int(np.searchsorted(self.table, pts))
+        return rank if rank < len(self.table) and self.table[rank] == pts else None
+
+    def pts(self, index: int) -> int:
+        """The timestamp to seek to for frame `index`."""
+        if self.table is None:
+            return self.start + int(index / self.fps / self.time_base)
+        return int(self.table[min(index, len(self.table) - 1)])
 
 
 def _stack_frames(key: str, frames: dict[int, np.ndarray], indices: np.ndarray) -> np.ndarray:
@@ -87,29 +124,42 @@ def open_video(key: str):
     return container
 
 
-def _probe(key: str, container) -> VideoInfo:
+def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate
     if not rate or rate <= 0:
         raise VideoDecodeError(key, "unknown frame rate")
+    start, time_base, fps = stream.start_time or 0, float(stream.time_base), float(rate)
     num_frames = stream.frames
-    if num_frames <= 0:  # webm and some others do not store a count: count the packets (no decoding)
-        try:
-            num_frames = sum(1 for p in container.demux(stream) if p.size > 0 and p.pts is not None)
-        except av.FFmpegError as err:
+    try:  # every frame's timestamp, from the packets (no decoding)
+        stamps = sorted(p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None)
+    except av.FFmpegError as err:
+        if num_frames <= 0:
             raise VideoDecodeError(key, f"cannot demux ({err})") from err
+        stamps = []  # a damaged tail: the container's count and the constant-rate clock, as for any file
+    if num_frames <= 0:  # webm and some others do not store a count
+        num_frames = len(stamps)
     if num_frames <= 0:
         raise VideoDecodeError(key, "no frames")
+    clock = FrameClock(start, time_base, fps)
+    if stamps and any(clock.index(pts) != rank for rank, pts in enumerate(stamps)):
+        # Variable rate: index by rank. The mean rate keeps clip lengths in seconds (the declared one can be
+        # wrong: a VFR webm declares its nominal rate).
+        span = (stamps[-1] - stamps[0]) * time_base
+        fps = (len(stamps) - 1) / span if len(stamps) > 1 and span > 0 else fps
+        clock = FrameClock(start, time_base, fps, np.asarray(stamps, dtype=np.int64))
+        num_frames = len(stamps)
     ctx = stream.codec_context
-    return VideoInfo(int(num_frames), float(rate), int(ctx.height), int(ctx.width), str(ctx.name))
+    info = VideoInfo(int(num_frames), float(fps), int(ctx.height), int(ctx.width), str(ctx.name))
+    return info, clock
 
 
-def _decode_wanted(key: str, container, wanted: list[int], fps: float, threads: int) -> dict[int, np.ndarray]:
+def _decode_wanted(
+    key: str, container, wanted: list[int], clock: FrameClock, threads: int
+) -> dict[int, np.ndarray]:
     stream = container.streams.video[0]
     stream.codec_context.thread_count = threads
     stream.thread_type = "SLICE" if threads == 1 else "AUTO"
-    time_base = float(stream.time_base)
-    start = stream.start_time or 0
     wanted_set, frames = set(wanted), {}
     position, last_frame, frame_iter = None, None, None  # last decoded index and frame; the decoder
     try:
@@ -117,10 +167,9 @@ def _decode_wanted(key: str, container, wanted: list[int], fps: float, threads: 
             if target in frames:
                 continue
             if position is None or target <= position or target - position > SEEK_GAP_FRAMES:
-                pts = start + int(target / fps / time_base)
-                container.seek(pts, stream=stream, backward=True, any_frame=False)
+                container.seek(clock.pts(target), stream=stream, backward=True, any_frame=False)
                 frame_iter = container.decode(stream)
-            decoded = _decode_until(frame_iter, target, wanted_set, frames, start, time_base, fps)
+            decoded = _decode_until(frame_iter, target, wanted_set, frames, clock)
             if decoded[0] is not None:
                 position, last_frame = decoded
             if target in frames:
@@ -131,11 +180,9 @@ def _decode_wanted(key: str, container, wanted: list[int], fps: float, threads: 
                 frames[target] = last_frame.to_ndarray(format="rgb24")
                 continue
             # the seek landed past the target: decode from the start instead
-            container.seek(start, stream=stream, backward=True, any_frame=False)
+            container.seek(clock.start, stream=stream, backward=True, any_frame=False)
             frame_iter = container.decode(stream)
-            position, last_frame = _decode_until(
-                frame_iter, target, wanted_set, frames, start, time_base, fps
-            )
+            position, last_frame = _decode_until(frame_iter, target, wanted_set, frames, clock)
             if target not in frames:
                 raise VideoDecodeError(key, f"frame {target} not found by its timestamp")
     except av.FFmpegError as err:
@@ -143,16 +190,17 @@ def _decode_wanted(key: str, container, wanted: list[int], fps: float, threads: 
     return frames
 
 
-def _decode_until(frame_iter, target, wanted_set, frames, start, time_base, fps):
+def _decode_until(frame_iter, target, wanted_set, frames, clock: FrameClock):
     """Decode forward until frame `target` is reached; keep every wanted frame.
 
     Returns (index, frame) of the last decoded frame, (None, None) if the stream had no more frames.
     """
     position, last = None, None
     for frame in frame_iter:
-        if frame.pts is None:
+        index = None if frame.pts is None else clock.index(frame.pts)
+        if index is None:
             continue
-        position, last = int(round((frame.pts - start) * time_base * fps)), frame
+        position, last = index, frame
         if position in wanted_set and position not in frames:
             frames[position] = frame.to_ndarray(format="rgb24")
         if position >= target:
