@@ -23,6 +23,9 @@ NVDEC_MIN_HW = {
     "vp9": (128, 128),
     "av1": (128, 128),
 }
+# DALI's GPU decoder: the codecs above, and MJPEG, which went to it before these lists existed (unverified
+# on NVDEC; a failure there costs the batch's retry, row by row, and the file goes to PyAV).
+GPU_READABLE = (*NVDEC_MIN_HW, "mjpeg")
 # The block size a codec's frames are coded in: the decoder works on the frame rounded up to it, and the
 # stream's crop window says which part is picture (H.264 codes 1080 rows as 1088 and 36 as 48).
 CODED_ALIGN = {"h264": 16, "mpeg4": 16, "vp8": 16, "hevc": 8, "vp9": 8, "av1": 8}
@@ -32,9 +35,9 @@ def dali_unreadable(dali_device: str, codec: str, height: int, width: int) -> st
     """Why DALI on `dali_device` ("cpu" or "gpu") cannot decode such a video, or None when it can."""
     if dali_device == "cpu":
         return None if codec in CPU_READABLE else f"codec {codec or 'unknown'} unreadable by DALI on CPU"
-    if codec not in NVDEC_MIN_HW:  # NVDEC_MIN_HW lists the codecs NVDEC decodes
+    if codec not in GPU_READABLE:
         return f"codec {codec or 'unknown'} unreadable by DALI's NVDEC decoder"
-    min_h, min_w = NVDEC_MIN_HW[codec]
+    min_h, min_w = NVDEC_MIN_HW.get(codec, (0, 0))
     if height < min_h or width < min_w:
         return f"{width}x{height} {codec} is below NVDEC's {min_w}x{min_h} minimum"
     return None

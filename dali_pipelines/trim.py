@@ -51,13 +51,13 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             packets = [p for p in src.demux(stream) if p.size > 0 and p.pts is not None]
             if not packets:
                 raise VideoDecodeError(path, "no video packets")
-            codec = stream.codec_context.name
+            codec = stream.codec_context.codec.canonical_name
             length_size = nal_length_size(codec, stream.codec_context.extradata)
             keys = [p.is_keyframe and is_random_access(bytes(p), codec, length_size) for p in packets]
             runs, wanted_at = plan_runs(
                 [p.pts for p in packets],
                 keys,
-                np.asarray(indices),
+                shown_to_packet_ranks(packets, np.asarray(indices), path),
                 path,
                 disposable=lambda pos: is_disposable(bytes(packets[pos]), codec, length_size),
             )
@@ -76,6 +76,26 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     new_rank = np.empty_like(kept_order)
     new_rank[kept_order] = np.arange(len(kept_order))
     return data, new_rank[wanted_at].reshape(np.shape(indices)).astype(np.int32)
+
+
+def shown_to_packet_ranks(packets: list, indices: np.ndarray, path: str = "<video>") -> np.ndarray:
+    """Frame indices (ranks among the shown frames, as PyAV and DALI count them) -> ranks among all packets.
+
+    They differ where an edit list starts the video after some packets: FFmpeg flags those `is_discard`,
+    and they decode (other frames may reference them) but are never shown. They stay in the cut as
+    references; in the cut file, which has no edit list, they are frames, and `new_rank` counts them.
+    """
+    discard = np.array([getattr(p, "is_discard", False) for p in packets], dtype=bool)
+    if not discard.any():
+        return indices
+    rank_to_pos = np.argsort(np.array([p.pts for p in packets], dtype=np.int64), kind="stable")
+    shown = np.flatnonzero(~discard[rank_to_pos])  # packet rank of each shown frame
+    flat = np.asarray(indices, dtype=np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() >= len(shown) + EDGE_TOLERANCE_FRAMES):
+        raise VideoDecodeError(
+            path, f"frame indices {flat.min()}..{flat.max()} outside the {len(shown)} frames"
+        )
+    return shown[np.minimum(flat, len(shown) - 1)]
 
 
 def plan_runs(

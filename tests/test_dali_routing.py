@@ -21,7 +21,7 @@ def test_codecs_outside_the_decoders_lists_go_to_pyav():
     assert dali_unreadable("cpu", "", 480, 640) == "codec unknown unreadable by DALI on CPU"
     for codec in ("vp8", "mjpeg"):
         assert dali_unreadable("cpu", codec, 480, 640) is None
-    for codec in ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4"):
+    for codec in ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"):
         assert dali_unreadable("gpu", codec, 480, 640) is None
 
 

@@ -13,7 +13,12 @@ from clipbert.data.config import DataConfig  # noqa: E402
 from clipbert.data.datasets import build_dataset  # noqa: E402
 from clipbert.data.decoders.pyav import PyAVDecoder  # noqa: E402
 from clipbert.data.loader import build_loader  # noqa: E402
-from clipbert.data.painted import read_index, write_painted_video, write_vfr_video  # noqa: E402
+from clipbert.data.painted import (  # noqa: E402
+    read_index,
+    write_edit_list_video,
+    write_painted_video,
+    write_vfr_video,
+)
 from clipbert.data.preprocess import CAFFE_BGR, IMAGENET_RGB, preprocess_frames  # noqa: E402
 from clipbert.data.tokenizer import build_tokenizer  # noqa: E402
 from dali_pipelines.common import read_bytes  # noqa: E402
@@ -84,6 +89,25 @@ def test_dali_and_pyav_agree_on_a_variable_frame_rate_video(tmp_path, device, co
         3, 1, 1
     )
     assert diff.abs().mean() < 2.0  # grey levels: YUV-to-RGB rounding differs by about one level on the CPU
+
+
+@pytest.mark.parametrize("trim", [False, True])
+def test_dali_and_pyav_agree_on_an_edit_list_video(tmp_path, trim):
+    # trim.py keeps the discard-flagged packets as references but counts, like PyAV and DALI, shown frames.
+    from dali_pipelines.trim import trim_video
+
+    path = write_edit_list_video(tmp_path / "edit", 30, hidden=5)
+    indices = np.array([[[0, 1], [10, 20]]])  # [B=1, N=2, T=2]
+    data, dali_indices = [read_bytes(path)], indices
+    if trim:
+        cut, dali_indices = trim_video(path, indices[0])
+        data, dali_indices = [cut], dali_indices[None]
+    out = DaliVideoDecoder(64, IMAGENET_RGB, 1, device="cpu").decode(data, dali_indices, [(48, 64)])
+    rgb = denormalize(out, IMAGENET_RGB).round().clamp(0, 255).to(torch.uint8).numpy()
+    got = np.array([[[read_index(f[:48]) for f in clip] for clip in sample] for sample in rgb])
+    np.testing.assert_array_equal(got, indices + 5)
+    pyav = PyAVDecoder().decode(path, indices[0])
+    np.testing.assert_array_equal([[read_index(f) for f in clip] for clip in pyav], indices[0] + 5)
 
 
 @pytest.mark.parametrize("norm", [IMAGENET_RGB, CAFFE_BGR])
@@ -165,8 +189,7 @@ def test_dali_cpu_falls_back_to_pyav_for_h264_and_handles_undecodable(tmp_path, 
     anns.mkdir()
     write_painted_video(videos / "a", 30, codec="vp9")
     write_painted_video(videos / "b", 30, codec="h264")
-    full = Path(write_painted_video(tmp_path / "full", 60, codec="mjpeg")).read_bytes()
-    (videos / "c.avi").write_bytes(full[: len(full) // 2])  # opens, then fails mid-stream
+    _zero_payloads(write_painted_video(videos / "c", 60, codec="mjpeg"), first=5)  # probes, fails to decode
     with open(anns / "msrvtt_qa_val.jsonl", "w") as f:
         for name in "abc":
             f.write(json.dumps({"question": "what", "answer": "x", "video_id": name}) + "\n")
@@ -176,13 +199,24 @@ def test_dali_cpu_falls_back_to_pyav_for_h264_and_handles_undecodable(tmp_path, 
     assert "b.mp4: codec h264 unreadable by DALI on CPU; used PyAV" in bad
     (ref,) = loader_batches(tmp_path, "msrvtt_qa", "val", backend="pyav")  # c replaced by a
     torch.testing.assert_close(batch["frames"][1], ref["frames"][1])  # b via PyAV: identical
-    if trim:  # the worker's cut finds the truncation first: c is replaced by a, as with PyAV
-        assert batch["video_ids"] == ["a", "b", "a"] and "c.avi: frame indices 10..49 outside" in bad
-        torch.testing.assert_close(batch["labels"], ref["labels"])
-    else:  # DALI fails on c mid-batch; PyAV cannot decode it either, so the sample is dropped
-        assert batch["video_ids"] == ["a", "b"] and batch["frames"].shape == (2, 2, 2, 3, 32, 32)
-        assert "c.avi: DALI could not decode" in bad and "sample dropped" in bad
-        assert batch["labels"].tolist() == [0, 0] and batch["input_ids"].shape[0] == 2
+    # The worker's probe and cut read packets only, so c reaches DALI, which fails on it mid-batch; PyAV
+    # cannot decode it either, so the sample is dropped. (The probe catches truncated files: bad_input tests.)
+    assert batch["video_ids"] == ["a", "b"] and batch["frames"].shape == (2, 2, 2, 3, 32, 32)
+    assert "c.avi: DALI could not decode" in bad and "sample dropped" in bad
+    assert batch["labels"].tolist() == [0, 0] and batch["input_ids"].shape[0] == 2
+
+
+def _zero_payloads(path: str, first: int) -> None:
+    """Zero the data of packets `first`.. in place: the container (chunks, index) stays intact, the JPEGs
+    do not decode."""
+    import av
+
+    with av.open(path) as container:
+        spans = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    data = bytearray(Path(path).read_bytes())
+    for pos, size in spans[first:]:
+        data[pos : pos + size] = bytes(size)
+    Path(path).write_bytes(data)
 
 
 def test_dali_loader_sends_what_the_nvdec_guard_flags_to_pyav(vp9_bench, monkeypatch):

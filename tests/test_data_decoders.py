@@ -16,6 +16,7 @@ from clipbert.data.decoders import VideoDecodeError, build_decoder  # noqa: E402
 from clipbert.data.painted import (  # noqa: E402
     paint_index,
     read_index,
+    write_edit_list_video,
     write_painted_video,
     write_resizing_video,
     write_vfr_video,
@@ -86,6 +87,45 @@ def test_constant_rate_videos_keep_the_time_clock(painted, tmp_path):
         assert decoder._probe_cached(path)[1].table is None
     assert decoder.probe(gif).fps == 10.0
     np.testing.assert_array_equal(read_indices(decoder.decode(gif, np.array([[11, 3]]))), [[11, 3]])
+
+
+def test_edit_list_videos_count_only_the_shown_frames(tmp_path):
+    # The first 5 packets come before the edit list's start (discard-flagged): decoded, never shown. Frame k
+    # is the k-th shown one, and the header's 30 would over-count.
+    path = write_edit_list_video(tmp_path / "edit", 30, hidden=5)
+    decoder = build_decoder("pyav")
+    assert decoder.probe(path).num_frames == 25
+    got = read_indices(decoder.decode(path, np.array([[0, 1], [10, 24]])))
+    np.testing.assert_array_equal(got, [[5, 6], [15, 29]])
+
+
+def test_av1_is_named_by_its_codec_not_its_decoder(tmp_path):
+    # PyAV decodes AV1 with libdav1d; routing (NVDEC's list, its minimum sizes, coded block size) needs "av1".
+    import av
+
+    path = str(tmp_path / "a.mp4")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libsvtav1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for index in range(3):
+            frame = av.VideoFrame.from_ndarray(paint_index(index, 64, 64), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    assert build_decoder("pyav").probe(path).codec == "av1"
+
+
+def test_probe_cache_is_lru_within_its_byte_budget(painted, tmp_path):
+    from clipbert.data.decoders.pyav import PyAVDecoder
+
+    decoder = PyAVDecoder(probe_cache_bytes=2 * PyAVDecoder.ENTRY_BYTES)
+    decoder.probe(painted["h264"])
+    decoder.probe(painted["vp9"])
+    decoder.probe(painted["h264"])  # used again: now the most recent
+    decoder.probe(painted["mjpeg"])
+    assert list(decoder._probes) == [painted["h264"], painted["mjpeg"]]
+    vfr = write_vfr_video(tmp_path / "vfr", [50, 150] * 10, "gif")
+    decoder.probe(vfr)  # its table alone exceeds the budget: it stays, alone
+    assert list(decoder._probes) == [vfr] and decoder._cache_bytes == PyAVDecoder.ENTRY_BYTES + 20 * 8
 
 
 @pytest.mark.parametrize("codec", ["h264", "vp9"])

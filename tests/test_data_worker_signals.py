@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -22,6 +24,22 @@ def _guarded_sleeper(ready):
     obey_sigterm_from_parent_only()
     ready.set()
     time.sleep(60)
+
+
+def _guard_with_another_thread(result):
+    threading.Thread(target=time.sleep, args=(10,), daemon=True).start()
+    result.put(obey_sigterm_from_parent_only())
+
+
+def test_the_guard_stands_down_when_other_threads_already_run():
+    # A thread that does not block SIGTERM would take the signal instead of the watcher (spawn and forkserver
+    # workers run such threads by the time worker_init_fn runs), so the guard changes nothing there.
+    ctx = multiprocessing.get_context("fork")
+    result = ctx.Queue()
+    child = ctx.Process(target=_guard_with_another_thread, args=(result,), daemon=True)
+    child.start()
+    assert result.get(timeout=20) is False
+    child.join(20)
 
 
 def _wait_alive(process, seconds: float) -> bool:
@@ -100,7 +118,11 @@ _RUN = textwrap.dedent(
 
 def test_launcher_sigterm_to_the_whole_tree_still_checkpoints():
     proc = subprocess.Popen(
-        [sys.executable, "-c", _RUN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _RUN],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
     )
     try:
         assert proc.stdout.readline().strip() == "ready"

@@ -11,7 +11,7 @@ import torch
 from test_train_fakes import fake_factory, make_config
 
 from clipbert.data.config import DataConfig
-from clipbert.data.loader import build_loader, ignore_interrupts
+from clipbert.data.loader import ShardedSampler, build_loader, ignore_interrupts
 from clipbert.train import checkpoint as ckpt
 from clipbert.train.engine import init_distributed
 from clipbert.train.loop import TrainingDiverged
@@ -170,23 +170,41 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
     assert resumed["reason"] == "done" and resumed["step"] == 8
 
 
+def _micro_batch_of(index: int, seed: int = DataConfig().seed) -> int:
+    """Which micro batch (1-based) of epoch 0 holds `index` in the fakes' 8 examples, 2 per batch."""
+    keys = [i for _, i in ShardedSampler(8, 2, True, seed, rank=0, world_size=1)]
+    return keys.index(index) // 2 + 1
+
+
 @pytest.mark.parametrize("grad_accum", [1, 2])
-def test_a_stop_on_a_bad_micro_batch_waits_for_the_next_good_step(tmp_path, grad_accum):
-    # The signal arrives while loading the NaN example. Stopping right there ended the run unsaved: no
-    # checkpoint follows a bad loss, nor one inside an accumulation window. It now stops at the next step.
+@pytest.mark.parametrize("bad", [2, 3])
+def test_a_stop_on_a_bad_micro_batch_waits_for_the_next_good_step(tmp_path, grad_accum, bad):
+    # The signal arrives while loading the NaN example, at an accumulation boundary (mid-epoch, or the
+    # epoch's last micro batch). Stopping right there ended the run unsaved: no checkpoint follows a bad loss,
+    # nor one inside an accumulation window. It now stops at the next good step.
+    assert {bad: _micro_batch_of(bad) for bad in (2, 3)} == {2: 2, 3: 4}  # both boundaries for 1 and 2
     out = tmp_path / "term_nan"
-    train = {"epochs": 2, "eval_every": -1, "grad_accum": grad_accum}
-    summary = run(make_config(out, train=train), CPU, fake_factory(sigterm_at=(0, 3), nan_indices={3}))
+    train = {"epochs": 2, "eval_every": 0, "grad_accum": grad_accum}
+    summary = run(make_config(out, train=train), CPU, fake_factory(sigterm_at=(0, bad), nan_indices={bad}))
     assert summary["reason"] == "signal" and summary["bad_steps"] == 1 and summary["step"] >= 1
     assert (ckpt.checkpoint_root(out) / "latest").read_text().strip() == ckpt.tag_for(summary["step"])
+    assert not (out / "metrics.jsonl").exists()  # nor an end-of-epoch evaluation after the signal
     resumed = run(make_config(out, train={**train, "resume": "auto"}), CPU, fake_factory())
     # 4 micro batches per epoch; with grad_accum=1 the skipped one was a whole step
     assert resumed["reason"] == "done" and resumed["step"] == {1: 7, 2: 4}[grad_accum]
 
 
+def test_a_stop_on_the_runs_last_micro_batch_when_bad_is_not_a_finished_run(tmp_path):
+    # No good step follows, so nothing can be saved; the run must not export or evaluate after the signal.
+    out = tmp_path / "term_last"
+    train = {"epochs": 1, "eval_every": -1}
+    summary = run(make_config(out, train=train), CPU, fake_factory(sigterm_at=(0, 3), nan_indices={3}))
+    assert (summary["reason"], summary["step"], summary["bad_steps"]) == ("signal", 3, 1)
+    assert "metrics" not in summary and not (out / "model").exists()
+
+
 class _InterruptedItems(torch.utils.data.Dataset):
-    """Each item SIGINTs its own process first (Ctrl-C reaches every process of the group), then says
-    whether SIGTERM still has its default action in the worker."""
+    """Each item SIGINTs its own process first (Ctrl-C reaches every process of the group)."""
 
     tag = "no init"
 
@@ -195,26 +213,25 @@ class _InterruptedItems(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         os.kill(os.getpid(), signal.SIGINT)
-        return index, self.tag, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        return index, self.tag
 
 
 def _tag_dataset(worker_id):
     torch.utils.data.get_worker_info().dataset.tag = f"init {worker_id}"
 
 
-def test_dataloader_workers_outlive_ctrl_c_and_still_die_on_sigterm():
+def test_dataloader_workers_outlive_ctrl_c():
     # Without ignoring SIGINT a worker dies and the main process raises "DataLoader worker killed by signal"
-    # instead of taking its checkpoint. SIGTERM must stay default: multiprocessing ends persistent workers
-    # with it at interpreter exit and joins them, so ignoring it hangs the exit. A chained init still runs.
+    # instead of taking its checkpoint. A chained init still runs. (SIGTERM: test_data_worker_signals.py.)
     init = functools.partial(ignore_interrupts, then=_tag_dataset)
     loader = torch.utils.data.DataLoader(
         _InterruptedItems(), num_workers=1, worker_init_fn=init, batch_size=None
     )
-    assert list(loader) == [[i, "init 0", True] for i in range(3)]  # tuples come back as lists
+    assert list(loader) == [[i, "init 0"] for i in range(3)]  # tuples come back as lists
     dataset = _InterruptedItems()
     dataset.tokenizer = dataset.norm = None
-    built = build_loader(dataset, DataConfig(num_workers=1), 2, True)
-    assert built.loader.worker_init_fn is ignore_interrupts  # the trainer's loaders use it
+    init = build_loader(dataset, DataConfig(num_workers=1), 2, True).loader.worker_init_fn
+    assert init.func is ignore_interrupts and init.keywords == {"main_pid": os.getpid()}  # the trainer's
 
 
 @pytest.mark.parametrize("task", ["msrvtt_qa", "tgif_action", "msrvtt_mc"])

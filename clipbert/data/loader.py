@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -24,7 +25,7 @@ def dist_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def ignore_interrupts(worker_id: int, then=None) -> None:
+def ignore_interrupts(worker_id: int, then=None, main_pid: int | None = None) -> None:
     """DataLoader worker_init_fn: ignore SIGINT, obey SIGTERM only from the main process, then run
     `then(worker_id)` when given (chain another init with functools.partial(ignore_interrupts, then=fn)).
 
@@ -35,30 +36,42 @@ def ignore_interrupts(worker_id: int, then=None) -> None:
     workers with it and joins them, so a worker that ignored it hung every exit (`make demo` never returned).
     Hence the sender decides: the main process's SIGTERM kills as before, anyone else's is ignored, and the
     worker feeds the main process until it shuts the workers down (or dies: PyTorch's watchdog then ends
-    them). SIGKILL still kills."""
+    them). SIGKILL still kills. `main_pid`: the main process (build_loader binds it); by default the parent,
+    which it is unless the workers come from a forkserver."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    obey_sigterm_from_parent_only()
+    obey_sigterm_from_parent_only(main_pid)
     if then is not None:
         then(worker_id)
 
 
-def obey_sigterm_from_parent_only() -> bool:
-    """Block SIGTERM in this process and let a watcher thread take it: from the parent process it ends the
-    process (exit status 0); from any other sender it is dropped with a warning.
+def obey_sigterm_from_parent_only(main_pid: int | None = None) -> bool:
+    """Block SIGTERM in this process and let a watcher thread take it: from the main process (`main_pid`, by
+    default the parent) it ends the process (exit status 0); from any other sender it is dropped with a
+    warning.
     Call it in a worker process's main thread before that thread starts others, as the DataLoader's
     worker_init_fn does: threads created later inherit the blocked mask, so only the watcher receives it.
     Whatever handler SIGTERM has (PyTorch's workers install a C one; a fork inherits the main process's
     Python one, e.g. the trainer's StopSignal) is bypassed: a blocked signal never reaches it. Returns False
-    (and changes nothing) without POSIX sigwaitinfo."""
+    (and changes nothing) without POSIX sigwaitinfo, or when the process already runs other threads (a
+    spawn or forkserver worker does by then): a thread that does not block SIGTERM would take it instead."""
     if not hasattr(signal, "sigwaitinfo"):
         return False
+    if _thread_count() != 1:
+        print(
+            f"DataLoader worker {os.getpid()}: already runs other threads, so SIGTERM keeps its default "
+            "(a stop signal to every process kills this worker; use the fork start method)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
+    main = main_pid or os.getppid()
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
     def watch() -> None:
         while True:
             info = signal.sigwaitinfo({signal.SIGTERM})
-            if info.si_pid == parent or os.getppid() != parent:  # from the main process, or orphaned
+            if info.si_pid == main or os.getppid() != parent:  # from the main process, or orphaned
                 # Exit status 0, as PyTorch's own worker SIGTERM handler does for its parent's SIGTERM: the
                 # main process's SIGCHLD check would otherwise report a worker "killed by signal".
                 os._exit(0)
@@ -71,6 +84,14 @@ def obey_sigterm_from_parent_only() -> bool:
 
     threading.Thread(target=watch, name="sigterm-from-parent", daemon=True).start()
     return True
+
+
+def _thread_count() -> int:
+    """OS threads of this process (Python's count misses threads started by C libraries)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 class ShardedSampler(Sampler):
@@ -138,7 +159,7 @@ def build_loader(
         num_workers=workers,
         prefetch_factor=data_cfg.prefetch_factor if workers else None,
         persistent_workers=workers > 0,
-        worker_init_fn=ignore_interrupts,
+        worker_init_fn=functools.partial(ignore_interrupts, main_pid=os.getpid()),
         pin_memory=device.startswith("cuda") and data_cfg.backend != "dali",
         drop_last=train,
     )

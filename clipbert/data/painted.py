@@ -106,6 +106,29 @@ def write_vfr_video(path: str | os.PathLike, delays_ms: list[int], codec: str = 
     return path
 
 
+def write_edit_list_video(path: str | os.PathLike, num_frames: int, hidden: int, codec: str = "vp9") -> str:
+    """An MP4 whose edit list starts the video at painted frame `hidden`: the first `hidden` packets decode
+    (later frames may reference them) but are never shown, and FFmpeg flags them discard. Shown frame k is
+    painted with k + hidden. Made by shifting a painted video's timestamps below zero; returns the path."""
+    source = write_painted_video(os.fspath(path) + "_src", num_frames, codec=codec)
+    path = os.fspath(path)
+    if not path.endswith(".mp4"):
+        path += ".mp4"
+    with av.open(source) as src, av.open(path, "w") as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        out.time_base = stream.time_base
+        packets = [p for p in src.demux(stream) if p.dts is not None]
+        shift = hidden * (packets[1].pts - packets[0].pts)
+        for packet in packets:
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = out
+            dst.mux(packet)
+    os.remove(source)
+    return path
+
+
 def write_resizing_video(path: str | os.PathLike, sizes: list[tuple[int, int]], fps: int = 10) -> str:
     """An MJPEG .mkv whose frame k is painted with k at size sizes[k] = (height, width); returns the path.
 

@@ -151,6 +151,10 @@ class Trainer:
             if bar is not None:
                 bar.close()
         reason = "done" if reason == "continue" else reason
+        if reason == "done" and stop_signal.requested and self.state.step < self.total_steps:
+            # the stop met a bad last micro batch and no good step followed: not a finished run (no export
+            # or final evaluation after the signal)
+            reason = "signal"
         self.save()  # a no-op when this step is already saved or the last loss was bad
         return reason
 
@@ -191,7 +195,7 @@ class Trainer:
         self.state.micro_in_epoch = 0
         if self.tracker is not None:
             self.tracker.summary(self.state.epoch - 1)
-        if t.eval_every == 0:
+        if t.eval_every == 0 and not stop_signal.requested:  # a stop waits for a step, not an evaluation
             self.run_eval(self.cfg.eval.split)
         if t.save_every == 0:
             self.save()

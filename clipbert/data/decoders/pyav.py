@@ -29,14 +29,17 @@ class PyAVDecoder:
     """`threads`: FFmpeg threads per open video (0 = one per core). Keep 1 when processes run in parallel:
     frame threading delays output by a frame per thread and refills after every seek.
 
-    Probes are cached (LRU, `probe_cache_size` videos): a probe demuxes the whole file (about 13 ms for a
-    60 s 360p H.264 video here), and a constant-rate entry is a few hundred bytes."""
+    Probes are cached, least recently used first out, within `probe_cache_bytes`: a probe demuxes the whole
+    file (about 13 ms for a 60 s 360p H.264 video here). A constant-rate entry costs about 300 bytes, a
+    variable-rate one its timestamp table too (8 bytes a frame)."""
 
-    def __init__(self, probe_cache_size: int = 16384, threads: int = 1):
+    ENTRY_BYTES = 300  # a VideoInfo and a FrameClock, without a table
+
+    def __init__(self, probe_cache_bytes: int = 64 << 20, threads: int = 1):
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
         self._probes: OrderedDict[str, tuple[VideoInfo, FrameClock]] = OrderedDict()
-        self._cache_size = probe_cache_size
+        self._cache_bytes, self._cache_limit = 0, probe_cache_bytes
         self.threads = threads
 
     def probe(self, key: str) -> VideoInfo:
@@ -44,12 +47,15 @@ class PyAVDecoder:
 
     def _probe_cached(self, key: str) -> tuple[VideoInfo, FrameClock]:
         probed = self._probes.get(key)
-        if probed is None:
-            with open_video(key) as container:
-                probed = _probe(key, container)
-            self._probes[key] = probed
-            while len(self._probes) > self._cache_size:
-                self._probes.popitem(last=False)
+        if probed is not None:
+            self._probes.move_to_end(key)
+            return probed
+        with open_video(key) as container:
+            probed = _probe(key, container)
+        self._probes[key] = probed
+        self._cache_bytes += _entry_bytes(probed)
+        while self._cache_bytes > self._cache_limit and len(self._probes) > 1:
+            self._cache_bytes -= _entry_bytes(self._probes.popitem(last=False)[1])
         return probed
 
     def decode(self, key: str, indices: np.ndarray) -> np.ndarray:
@@ -124,25 +130,41 @@ def open_video(key: str):
     return container
 
 
+def _entry_bytes(probed: tuple[VideoInfo, FrameClock]) -> int:
+    table = probed[1].table
+    return PyAVDecoder.ENTRY_BYTES + (0 if table is None else table.nbytes)
+
+
 def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate
     if not rate or rate <= 0:
         raise VideoDecodeError(key, "unknown frame rate")
     start, time_base, fps = stream.start_time or 0, float(stream.time_base), float(rate)
-    num_frames = stream.frames
-    try:  # every frame's timestamp, from the packets (no decoding)
-        stamps = sorted(p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None)
+    stamps, packets, damaged = [], 0, False  # every shown frame's timestamp, from the packets (no decoding)
+    try:
+        for p in container.demux(stream):
+            if p.size > 0 and p.pts is not None:
+                packets += 1
+                # a discard-flagged packet (before an edit list's start) decodes to no frame
+                if not getattr(p, "is_discard", False):
+                    stamps.append(p.pts)
     except av.FFmpegError as err:
-        if num_frames <= 0:
+        if stream.frames <= 0 and not stamps:
             raise VideoDecodeError(key, f"cannot demux ({err})") from err
-        stamps = []  # a damaged tail: the container's count and the constant-rate clock, as for any file
-    if num_frames <= 0:  # webm and some others do not store a count
-        num_frames = len(stamps)
+        damaged = True
+    if stream.frames > packets + EDGE_TOLERANCE_FRAMES:  # a cut-off download: report it, do not shorten it
+        raise VideoDecodeError(
+            key, f"truncated: the header counts {stream.frames} frames, the file holds {packets}"
+        )
+    stamps.sort()
+    # The packets count the frames exactly (a header can count discarded ones). A damaged tail keeps the
+    # header's count: the frames before the damage still decode, and those past it are reported.
+    num_frames = stream.frames if damaged and stream.frames > 0 else len(stamps)
     if num_frames <= 0:
         raise VideoDecodeError(key, "no frames")
     clock = FrameClock(start, time_base, fps)
-    if stamps and any(clock.index(pts) != rank for rank, pts in enumerate(stamps)):
+    if any(clock.index(pts) != rank for rank, pts in enumerate(stamps)):
         # Variable rate: index by rank. The mean rate keeps clip lengths in seconds (the declared one can be
         # wrong: a VFR webm declares its nominal rate).
         span = (stamps[-1] - stamps[0]) * time_base
@@ -150,7 +172,9 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
         clock = FrameClock(start, time_base, fps, np.asarray(stamps, dtype=np.int64))
         num_frames = len(stamps)
     ctx = stream.codec_context
-    info = VideoInfo(int(num_frames), float(fps), int(ctx.height), int(ctx.width), str(ctx.name))
+    # the codec's name, not the decoder's: PyAV decodes AV1 with "libdav1d"
+    codec = str(ctx.codec.canonical_name)
+    info = VideoInfo(int(num_frames), float(fps), int(ctx.height), int(ctx.width), codec)
     return info, clock
 
 
