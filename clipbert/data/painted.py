@@ -18,6 +18,10 @@ CODECS = {  # codec name -> (PyAV encoder, container suffix, pixel format)
     "mjpeg": ("mjpeg", ".avi", "yuvj420p"),
     "gif": ("gif", ".gif", "rgb8"),
 }
+ENCODER_OPTIONS = {  # fast, near-lossless; H.264 with B-frames so that decode order differs from display
+    "h264": {"crf": "18", "preset": "ultrafast", "bf": "2"},
+    "vp9": {"crf": "20", "b": "0", "deadline": "realtime", "cpu-used": "8"},
+}
 
 
 def paint_index(index: int, height: int, width: int) -> np.ndarray:
@@ -46,6 +50,15 @@ def read_index(frame: np.ndarray) -> int:
     return value
 
 
+def _target(path: str | os.PathLike, codec: str) -> tuple[str, str, str]:
+    """(path with the codec's suffix, PyAV encoder, pixel format); ValueError naming an unknown codec."""
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
+    encoder, suffix, pix_fmt = CODECS[codec]
+    path = os.fspath(path)
+    return (path if path.endswith(suffix) else path + suffix), encoder, pix_fmt
+
+
 def write_painted_video(
     path: str | os.PathLike,
     num_frames: int,
@@ -56,20 +69,12 @@ def write_painted_video(
     gop: int = 12,
 ) -> str:
     """Encode frames 0..num_frames-1 with their index painted in; returns the path (suffix by codec)."""
-    if codec not in CODECS:
-        raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
-    encoder, suffix, pix_fmt = CODECS[codec]
-    path = os.fspath(path)
-    if not path.endswith(suffix):
-        path += suffix
+    path, encoder, pix_fmt = _target(path, codec)
     with av.open(path, "w") as container:
         stream = container.add_stream(encoder, rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.codec_context.gop_size = gop
-        if codec == "h264":
-            stream.options = {"crf": "18", "preset": "ultrafast", "bf": "2"}
-        elif codec == "vp9":
-            stream.options = {"crf": "20", "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        stream.options = ENCODER_OPTIONS.get(codec, {})
         for index in range(num_frames):
             frame = av.VideoFrame.from_ndarray(paint_index(index, height, width), format="rgb24")
             container.mux(stream.encode(frame))
@@ -81,21 +86,13 @@ def write_vfr_video(path: str | os.PathLike, delays_ms: list[int], codec: str = 
     """A variable-frame-rate video: frame k, painted with k, is shown for delays_ms[k] milliseconds (GIFs
     and phone recordings are like this). Frame k is then the k-th in presentation order, not the frame at
     k / fps seconds. Returns the path (suffix by codec)."""
-    if codec not in CODECS:
-        raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
-    encoder, suffix, pix_fmt = CODECS[codec]
-    path = os.fspath(path)
-    if not path.endswith(suffix):
-        path += suffix
+    path, encoder, pix_fmt = _target(path, codec)
     time_base = Fraction(1, 1000)
     with av.open(path, "w") as container:
         stream = container.add_stream(encoder, rate=Fraction(10))  # nominal; the timestamps say otherwise
         stream.height, stream.width, stream.pix_fmt = 48, 64, pix_fmt
         stream.time_base = stream.codec_context.time_base = time_base
-        if codec == "vp9":
-            stream.options = {"deadline": "realtime", "cpu-used": "8"}
-        elif codec == "h264":
-            stream.options = {"preset": "ultrafast", "bf": "2"}
+        stream.options = ENCODER_OPTIONS.get(codec, {})
         pts = 0
         for index, delay in enumerate(delays_ms):
             frame = av.VideoFrame.from_ndarray(paint_index(index, 48, 64), format="rgb24")
