@@ -19,6 +19,8 @@ def test_every_paper_config_is_shipped():
         "ds_tgif_frameqa",
         "ds_msrvtt_qa",
         "ds_msrvtt_mc",
+        "ds_vqa",
+        "ds_pretrain",
         "ds_synthetic",
     }
     assert expected <= set(SHIPPED)
@@ -45,6 +47,17 @@ def test_msrvtt_config_matches_the_paper():
     assert cfg.model_config().hidden_size == 768
 
 
+def test_pretrain_and_vqa_configs_match_the_paper():
+    pre = C.load("ds_pretrain")
+    assert (pre.data.image_size, pre.data.max_text_len["pretrain"]) == (768, 22)  # 20 tokens + [CLS], [SEP]
+    assert (pre.data.mlm_prob, pre.data.itm_neg_prob, pre.train.betas) == (0.15, 0.5, [0.9, 0.98])
+    assert pre.model_config().pixel_random_sampling_size == 100
+    vqa = C.load("ds_vqa")
+    assert (vqa.data.image_size, vqa.data.num_clips, vqa.data.frames_per_clip) == (448, 1, 1)  # 1x1
+    assert vqa.model_config(num_answers=3129).num_classes == 3129
+    assert vqa.train.init_checkpoint  # fine-tuned from the image-text pre-trained weights
+
+
 @pytest.mark.parametrize(
     "name, epochs, batch, accum, lr",
     [
@@ -54,6 +67,8 @@ def test_msrvtt_config_matches_the_paper():
         ("ds_tgif_transition", 15, 32, 1, 1e-4),
         ("ds_tgif_frameqa", 15, 32, 1, 1e-4),
         ("ds_msrvtt_qa", 10, 16, 1, 5e-5),
+        ("ds_vqa", 13, 32, 1, 5e-5),  # Appendix A
+        ("ds_pretrain", 40, 32, 1, 5e-5),  # Section 4.1
     ],
 )
 def test_paper_tables_10_and_11(name, epochs, batch, accum, lr):

@@ -1,5 +1,7 @@
 """Every task dataset on the synthetic benchmark, and the DataLoader's sharding, resume and determinism."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -151,15 +153,60 @@ def test_pretrain_masks_tokens_and_swaps_captions(bench, tokenizer):
     assert mask_rate[0] > 0.15 and abs(mask_rate[0] - mask_rate[1]) < 0.1, mask_rate
 
 
-def test_pretrain_with_a_dali_read_frame_store_loads_images_in_the_workers(bench, tokenizer, tmp_path):
-    # The store serves the video tasks; pretraining images are decoded in the workers into `frames`, which
-    # DALI's frame-store loader cannot take (it decodes `jpegs`: KeyError). The store is never opened here.
+@pytest.mark.parametrize("task", ["pretrain", "vqa"])
+@pytest.mark.parametrize("backend", ["dali", "frame_store"])
+def test_image_tasks_with_a_dali_backend_load_images_in_the_workers(
+    bench, tokenizer, tmp_path, task, backend
+):
+    # The store and DALI serve the video tasks; images are decoded in the workers into `frames`, which
+    # DALI's loaders cannot take (they decode `jpegs` or video bytes: KeyError). The store is never opened.
     store = str(tmp_path / "videos_only.h5")
-    cfg = make_cfg(bench, backend="frame_store", frame_store=store, frame_store_reader="dali")
-    dataset = build_dataset("pretrain", "train", cfg, tokenizer, IMAGENET_RGB)
+    cfg = make_cfg(bench, backend=backend, frame_store=store, frame_store_reader="dali")
+    dataset = build_dataset(task, "train", cfg, tokenizer, IMAGENET_RGB)
     loader = build_loader(dataset, cfg, 2, True, rank=0, world_size=1)
     assert isinstance(loader, NormalizingLoader)
     assert next(iter(loader))["frames"].shape == (2, 1, 1, 3, L, L)
+
+
+def test_vqa_soft_targets_are_the_human_answers_scores(bench, tokenizer):
+    from clipbert.data.vqa_answers import answer_scores
+
+    cfg = make_cfg(bench)
+    dataset = build_dataset("vqa", "train", cfg, tokenizer, IMAGENET_RGB)
+    batch = first_batch(dataset, cfg, batch_size=4)
+    assert batch["frames"].shape == (4, 1, 1, 3, L, L) and batch["input_ids"].shape[:2] == (4, 1)
+    assert batch["answer_labels"].shape == batch["answer_scores"].shape and batch["answered"].all()
+    for row, index in enumerate(batch["index"].tolist()):
+        example = dataset.examples[index]
+        assert batch["question_ids"][row] == example["question_id"]
+        want = {dataset.ans2label[a]: v for a, v in answer_scores(example["answers"]).items()}
+        labels, scores = batch["answer_labels"][row], batch["answer_scores"][row]
+        got = {int(a): float(v) for a, v in zip(labels, scores) if a != -100}
+        assert got == pytest.approx(want) and max(got.values()) >= 0.9
+        assert (scores[labels == -100] == 0).all()  # padding carries no score
+
+
+def test_vqa_precomputed_labels_unanswered_test_lines_and_a_missing_image(bench, tokenizer, tmp_path):
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    (ann / "vqa_ans2label.json").write_text('{"red": 0, "2": 1, "yes": 2}')
+    image = "images/" + sorted(p.name for p in (bench / "images").iterdir())[0]
+    rows = [
+        {"question_id": 7, "question": "what color", "file": image, "labels": {"Red": 1.0, "blue": 0.3}},
+        {"question_id": 8, "question": "how many", "file": "images/missing.jpg", "answers": ["two"] * 10},
+        {"question_id": 9, "question": "is it", "file": image},  # a test-dev line: no answers
+    ]
+    (ann / "vqa_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_cfg(bench, ann_dir=str(ann), image_root=str(bench))
+    dataset = build_dataset("vqa", "val", cfg, tokenizer, IMAGENET_RGB)
+    first, bad, unanswered = (dataset[(0, i)] for i in range(3))
+    assert (first["answer_labels"], first["answer_scores"], first["answered"]) == ([0], [1.0], True)
+    assert (unanswered["answer_labels"], unanswered["answered"]) == ([], False)
+    # the missing image is replaced and reported, but its question keeps its own id (the results file)
+    assert bad["question_id"] == 8 and bad["source_index"] == 2 and "missing" in bad["bad_videos"][0]
+    (ann / "vqa_val.jsonl").write_text(json.dumps({**rows[0], "labels": "red"}) + "\n")
+    with pytest.raises(ValueError, match=r"vqa_val.jsonl:1: answers must be a list"):
+        build_dataset("vqa", "val", cfg, tokenizer, IMAGENET_RGB)
 
 
 def test_samples_are_a_pure_function_of_seed_epoch_index(bench, tokenizer):

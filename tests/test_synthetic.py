@@ -202,6 +202,60 @@ def test_annotation_files_parse_and_reference_existing_files(bench):
             assert row["image_id"].rsplit("_", 1)[0] in splits[split]
 
 
+def test_vqa_files_ask_about_existing_stills_and_test_has_no_answers(bench):
+    ann = bench / "annotations"
+    meta = json.loads((bench / "meta.json").read_text())
+    stills = {
+        s: {r["image_id"]: r for r in read_jsonl(ann / f"pretrain_{s}.jsonl")} for s in ("train", "val")
+    }
+    rows = {s: read_jsonl(ann / f"vqa_{s}.jsonl") for s in SPLITS}
+    for split in SPLITS:
+        assert rows[split] and len(rows[split]) == meta["counts"]["vqa"][split]
+        for row in rows[split]:
+            image = stills["train" if split == "train" else "val"][row["image_id"]]  # test = val's questions
+            assert row["file"] == image["file"] and (bench / row["file"]).is_file()
+            assert ("answers" in row) == (split != "test")
+    ids = [r["question_id"] for s in ("train", "val") for r in rows[s]]
+    assert len(set(ids)) == len(ids)
+    assert [r["question_id"] for r in rows["test"]] == [r["question_id"] for r in rows["val"]]
+
+
+def test_vqa_majority_answer_is_what_the_still_shows(bench):
+    from clipbert.data.vqa_answers import answer_scores
+
+    gts = scenes(bench)
+    labels = json.loads((bench / "annotations" / "vqa_ans2label.json").read_text())
+    partial = 0
+    for split in ("train", "val"):
+        for row in read_jsonl(bench / "annotations" / f"vqa_{split}.jsonl"):
+            vid, frame = row["image_id"].rsplit("_", 1)
+            scene = gts[vid]
+            t = int(frame) / scene["fps"]
+            main = object_by_id(scene, "main")
+            scores = answer_scores(row["answers"])
+            best = max(scores, key=scores.__getitem__)
+            assert len(row["answers"]) == 10 and scores[best] >= 0.9, row  # the truth has 3+ votes
+            partial += any(0 < v < 0.9 for v in scores.values())
+            words = row["question"].split()
+            if row["question"].startswith("what color"):
+                assert best == color_at(main, t) and words[-1] == main["shape"]
+            elif row["question"].startswith("what shape"):
+                assert best == main["shape"] and words[4] == color_at(main, t)
+            elif row["question"].startswith("how many"):
+                distractors = sum(o["role"] == "distractor" for o in scene["objects"])
+                assert best == str(distractors)
+            else:  # "is there a <colour> <shape>": yes only for a coloured object fully in view
+                shown = {
+                    (color_at(o, t), o["shape"])
+                    for o in scene["objects"]
+                    if o["role"] != "distractor" and fully_visible(o, scene, np.array([t]))[0]
+                }
+                assert best == ("yes" if tuple(words[-2:]) in shown else "no"), row
+            if split == "train":
+                assert best in labels
+    assert partial  # some wrong answers carry partial credit (soft targets)
+
+
 def test_retrieval_captions_per_video(bench):
     ann = bench / "annotations"
     gts = scenes(bench)
@@ -297,6 +351,9 @@ def test_meta_chance_levels(bench):
         labels = json.loads((bench / "annotations" / f"{task}_ans2label.json").read_text())
         assert meta["chance"][task]["uniform"] == pytest.approx(1 / len(labels))
         assert 0 <= meta["chance"][task]["test"] <= 1
+    labels = json.loads((bench / "annotations" / "vqa_ans2label.json").read_text())
+    assert meta["chance"]["vqa"]["uniform"] == pytest.approx(1 / len(labels))
+    assert 0 < meta["chance"]["vqa"]["val"] < 1
 
 
 # ---------------------------------------------------------------- temporal answers vs decoded pixels

@@ -1,8 +1,8 @@
 """Two CPU processes (gloo) train a few steps of every task kind on the real data pipeline, then evaluate.
 
 One `torchrun --nproc_per_node 2` launch runs all task kinds in turn (one process group, to keep the
-start-up cost once): retrieval (ZeRO-2), open-ended QA (ZeRO-3), multiple choice, pre-training, and
-MSRVTT-MC evaluated with the retrieval model. Evaluation must count every example exactly once.
+start-up cost once): retrieval (ZeRO-2), open-ended QA (ZeRO-3), multiple choice, pre-training, image QA
+(VQA), and MSRVTT-MC evaluated with the retrieval model. Evaluation must count every example exactly once.
 """
 
 import json
@@ -20,6 +20,7 @@ RUNS = [  # (task, ZeRO stage)
     ("msrvtt_qa", 3),
     ("tgif_action", 1),
     ("pretrain", 0),
+    ("vqa", 2),
 ]
 # Retrieval with the visual-word loss under ZeRO-3: its head's weights are partitioned, and evaluation calls
 # the head outside the engine's forward to add the word score (eval.word_score_weight).
@@ -142,6 +143,12 @@ def test_two_process_training_of_every_task_kind(synthetic, tmp_path):
     assert results["msrvtt_mc"]["metrics"]["num_examples"] == counts["msrvtt_mc"]["test"]
     assert results["pretrain"]["metrics"]["num_examples"] == counts["pretrain"]["val"]
     assert 0.0 <= results["pretrain"]["metrics"]["mlm_acc"] <= 100.0
+    # VQA's test split (as test-dev) has no answers: predictions for every question, once, in the results file
+    assert results["vqa"]["metrics"]["num_examples"] == counts["vqa"]["test"]
+    assert results["vqa"]["metrics"]["num_answered"] == 0
+    test_ids = [json.loads(x)["question_id"] for x in (data_dir / "annotations" / "vqa_test.jsonl").open()]
+    predictions = json.loads((tmp_path / "vqa" / "vqa_test_predictions.json").read_text())
+    assert [p["question_id"] for p in predictions] == test_ids
 
 
 if __name__ == "__main__":  # the torchrun worker

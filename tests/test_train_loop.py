@@ -336,3 +336,14 @@ def test_a_slow_loader_shows_as_data_wait(tmp_path):
     summary = run(make_config(tmp_path, train=short), CPU, fake_factory(delay_s=0.15))
     perf = json.loads((tmp_path / "perf.json").read_text())
     assert summary["step"] == 4 and perf["data_wait_frac"] > 0.5
+
+
+@pytest.mark.parametrize("train", [{"max_steps": 3}, {"epochs": 2}])
+def test_a_train_split_smaller_than_one_batch_is_an_error_not_an_endless_loop(tmp_path, train):
+    # drop_last leaves 3 examples no batch of 4: max_steps used to loop over empty epochs forever (with an
+    # evaluation each), and epochs to end at step 0 as if done
+    from clipbert.train.config import ConfigError
+
+    cfg = make_config(tmp_path, train={"batch_size": 4, **train})
+    with pytest.raises(ConfigError, match=r"msrvtt_ret/train: 3 training items make no full batch of "):
+        run(cfg, CPU, fake_factory(train_size=3))

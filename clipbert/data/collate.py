@@ -61,11 +61,30 @@ class Collator:
             )  # [B] | [B, M]
         if "answer_type" in items[0]:
             batch["answer_types"] = [item["answer_type"] for item in items]
+        if "answer_labels" in items[0]:  # VQA soft targets
+            batch.update(self._answers(items))
         if "word_targets" in items[0]:  # uint8 [B, W] multi-hot caption words (visual-word loss)
             batch["word_targets"] = torch.from_numpy(np.stack([item["word_targets"] for item in items]))
         if "itm_labels" in items[0]:
             batch["itm_labels"] = torch.tensor([item["itm_labels"] for item in items], dtype=torch.int64)
         return batch
+
+    @staticmethod
+    def _answers(items: list[dict]) -> dict:
+        """VQA: each item's vocabulary answers and their scores, right-padded with label -100 and score 0."""
+        width = max([len(item["answer_labels"]) for item in items] + [1])
+        labels = torch.full((len(items), width), -100, dtype=torch.int64)  # [B, A]
+        scores = torch.zeros((len(items), width), dtype=torch.float32)  # [B, A]
+        for row, item in enumerate(items):
+            count = len(item["answer_labels"])
+            labels[row, :count] = torch.tensor(item["answer_labels"], dtype=torch.int64)
+            scores[row, :count] = torch.tensor(item["answer_scores"], dtype=torch.float32)
+        return {
+            "answer_labels": labels,
+            "answer_scores": scores,
+            "answered": torch.tensor([item["answered"] for item in items], dtype=torch.bool),  # [B]
+            "question_ids": [item["question_id"] for item in items],
+        }
 
     def _texts(self, items: list[dict]) -> dict:
         num_texts = {len(item["input_ids"]) for item in items}

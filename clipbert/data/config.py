@@ -16,6 +16,7 @@ TASKS = (
     "tgif_transition",
     "msrvtt_mc",
     "pretrain",
+    "vqa",
 )
 SPLITS = ("train", "val", "test")
 BACKENDS = ("pyav", "dali", "frame_store")
@@ -32,6 +33,7 @@ DEFAULT_MAX_TEXT_LEN = {
     "tgif_transition": 60,
     "msrvtt_mc": 50,
     "pretrain": 50,
+    "vqa": 40,
 }
 
 
@@ -39,7 +41,7 @@ DEFAULT_MAX_TEXT_LEN = {
 class DataConfig:
     ann_dir: str = ""  # folder with the *.jsonl annotation files (DIR/annotations of the synthetic layout)
     video_dir: str = ""  # folder with <video_id>.{mp4|webm|avi|...}
-    image_root: str = ""  # base folder of pretrain "file" entries; "" = parent of ann_dir
+    image_root: str = ""  # base folder of image tasks' "file" entries (pretrain, vqa); "" = ann_dir's parent
     backend: str = "pyav"  # pyav | dali | frame_store
     frame_store: str = ""  # path to frames.h5 (backend frame_store)
     frame_store_reader: str = "cpu"  # cpu: workers decode JPEGs | dali: workers read bytes, DALI decodes

@@ -23,11 +23,13 @@ from .preprocess import Normalization
 from .sampling import rng_for
 from .text import mask_tokens, tokenize
 from .video_source import VideoSource, load_image
+from .vqa_answers import answer_scores, normalize_answer
 from .visual_words import WordVocab, build_word_vocab
 
 RET_TASKS = ("msrvtt_ret", "didemo_ret", "anet_ret")
 QA_TASKS = ("msrvtt_qa", "tgif_frameqa")
 MC_TASKS = ("tgif_action", "tgif_transition", "msrvtt_mc")
+IMAGE_TASKS = ("pretrain", "vqa")
 REQUIRED_KEYS = {
     "msrvtt_ret": ("caption", "clip_name"),
     "didemo_ret": ("clip_name", "sentences"),
@@ -38,6 +40,7 @@ REQUIRED_KEYS = {
     "tgif_transition": ("question", "options", "answer", "gif_name"),
     "msrvtt_mc": ("clip_name", "options", "answer"),
     "pretrain": ("image_id", "caption", "file"),
+    "vqa": ("question_id", "question", "file"),
 }
 
 
@@ -57,7 +60,7 @@ class TaskDataset(Dataset):
         self.examples = read_jsonl(self.ann_path, REQUIRED_KEYS[task])
         if not self.examples:
             raise ValueError(f"{self.ann_path}: no examples")
-        self.source = VideoSource(cfg, norm, self.train) if task != "pretrain" else None
+        self.source = VideoSource(cfg, norm, self.train) if task not in IMAGE_TASKS else None
         self._bad_cache: dict[str, tuple[str, str]] = {}  # video id -> (key, reason), in epoch _bad_epoch
         self._bad_epoch: int | None = None
 
@@ -321,6 +324,65 @@ class PretrainDataset(TaskDataset):
         }
 
 
+class VQADataset(TaskDataset):
+    """Image QA (VQA 2.0): a question about one image, shown as one clip of one frame.
+
+    Targets are soft, as in the usual VQA recipe (and the original ClipBERT's): every vocabulary answer the
+    human answers give carries its VQA accuracy (vqa_answers.answer_scores: 0.3, 0.6, 0.9 or 1 for 1, 2, 3
+    or 4+ of 10 humans), and the head is trained with binary cross-entropy against them. A line gives the
+    raw human answers ("answers", as clipbert.data.convert_vqa writes them from the official files) or
+    precomputed scores ("labels": {answer: score}, the original release's form); test-dev/test-std lines
+    give neither and are only predicted.
+    """
+
+    def __init__(self, task, split, cfg, tokenizer, norm):
+        super().__init__(task, split, cfg, tokenizer, norm)
+        self.ans2label = read_json(Path(cfg.ann_dir) / f"{task}_ans2label.json")
+        self.image_root = Path(cfg.image_root) if cfg.image_root else Path(cfg.ann_dir).parent
+        for line_no, example in enumerate(self.examples, start=1):
+            given = example.get("answers", example.get("labels", []))
+            if not isinstance(given, (list, dict)):
+                raise ValueError(
+                    f"{self.ann_path}:{line_no}: answers must be a list of strings and labels a "
+                    f"{{answer: score}} object, got {type(given).__name__}"
+                )
+
+    def video_of(self, index: int) -> str:
+        return str(self.examples[index]["file"])  # the image file: what is decoded (and can be bad)
+
+    def __getitem__(self, key) -> dict:
+        item = super().__getitem__(key)
+        # A bad image's example is answered from a replacement (reported in bad_videos), but its prediction
+        # is filed under its own question, so the results file still has every question exactly once.
+        item["question_id"] = self.examples[item["index"]]["question_id"]
+        return item
+
+    def targets(self, example: dict) -> tuple[list[int], list[float]]:
+        """(labels, scores) of the vocabulary answers the example's humans gave; others cannot be predicted."""
+        if "answers" in example:
+            scores = answer_scores([str(a) for a in example["answers"]])
+        else:
+            scores = {normalize_answer(str(a)): float(s) for a, s in example.get("labels", {}).items()}
+        known = sorted((self.ans2label[a], s) for a, s in scores.items() if a in self.ans2label and s > 0)
+        return [label for label, _ in known], [score for _, score in known]
+
+    def load(self, index: int, epoch: int) -> dict:
+        example = self.examples[index]
+        frames, hw = load_image(self.image_root / example["file"], self.cfg.image_size)
+        labels, scores = self.targets(example)
+        return {
+            "frames": frames,  # uint8 [1, 1, 3, L, L]
+            "frames_hw": hw,
+            "video_id": str(example.get("image_id", example["file"])),
+            "input_ids": tokenize(self.tokenizer, [example["question"]], self.max_len),
+            "answer_labels": labels,
+            "answer_scores": scores,
+            "answered": "answers" in example or "labels" in example,
+            "answer_type": str(example.get("answer_type", "unknown")),
+            "question_id": example["question_id"],
+        }
+
+
 def group_texts(task: str, examples: list[dict]) -> list[tuple[str, list[str]]]:
     """[(video_id, texts)] in first-seen order; didemo/anet sentences are joined into one paragraph."""
     groups: dict[str, list[str]] = {}
@@ -348,4 +410,6 @@ def build_dataset(task: str, split: str, data_cfg: DataConfig, tokenizer, model_
         return QADataset(task, split, data_cfg, tokenizer, model_norm)
     if task in MC_TASKS:
         return MultipleChoiceDataset(task, split, data_cfg, tokenizer, model_norm)
+    if task == "vqa":
+        return VQADataset(task, split, data_cfg, tokenizer, model_norm)
     return PretrainDataset(task, split, data_cfg, tokenizer, model_norm)

@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader, Sampler
 
 from .collate import Collator
 from .config import DataConfig
-from .datasets import PretrainDataset
+from .datasets import PretrainDataset, VQADataset
+
+IMAGE_SETS = (PretrainDataset, VQADataset)  # decoded in the workers into `frames`, whatever the backend
 from .preprocess import Normalization, normalize_padded
 
 
@@ -148,6 +150,8 @@ def build_loader(
     """
     sampler = ShardedSampler(len(dataset), batch_size, train, data_cfg.seed, rank, world_size)
     workers = data_cfg.num_workers
+    # Images (pre-training, VQA) carry `frames`, not the `jpegs` or video bytes that DALI's loaders decode.
+    images = isinstance(dataset, IMAGE_SETS)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -160,17 +164,15 @@ def build_loader(
         prefetch_factor=data_cfg.prefetch_factor if workers else None,
         persistent_workers=workers > 0,
         worker_init_fn=functools.partial(ignore_interrupts, main_pid=os.getpid()),
-        pin_memory=device.startswith("cuda") and data_cfg.backend != "dali",
+        pin_memory=device.startswith("cuda") and (data_cfg.backend != "dali" or images),
         drop_last=train,
     )
-    if data_cfg.backend == "dali" and not isinstance(dataset, PretrainDataset):
+    if data_cfg.backend == "dali" and not images:
         from dali_pipelines.loader import DaliLoader
 
         return DaliLoader(loader, dataset, data_cfg, device=device)
-    # Pretraining images are decoded in the workers whatever the video backend: their items carry `frames`,
-    # not the `jpegs` or video bytes that DALI's loaders decode.
     uses_dali_store = data_cfg.backend == "frame_store" and data_cfg.frame_store_reader == "dali"
-    if uses_dali_store and not isinstance(dataset, PretrainDataset):
+    if uses_dali_store and not images:
         from dali_pipelines.loader import DaliFrameStoreLoader
 
         return DaliFrameStoreLoader(loader, dataset, data_cfg, device=device)

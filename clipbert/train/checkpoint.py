@@ -145,8 +145,19 @@ def is_pretrained_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_NAME).is_file() and (Path(path) / WEIGHTS_NAME).is_file()
 
 
-def load_pretrained_weights(model: torch.nn.Module, path: str | Path, key: str) -> None:
-    """Weights of a ClipBert.save_pretrained dir into `model` (before the engine exists)."""
+TASK_HEAD = "classifier."  # ClipBert's task head: its class count is the task's (itm 2, mc 1, qa answers)
+
+
+def load_pretrained_weights(
+    model: torch.nn.Module, path: str | Path, key: str, new_head: bool = False
+) -> None:
+    """Weights of a ClipBert.save_pretrained dir into `model` (before the engine exists).
+
+    new_head: fine-tuning (train.init_checkpoint) may start a task whose head has another class count than
+    the checkpoint's (VQA's 3,129 answers from pre-training's 2-way matching head), as the paper fine-tunes
+    every task from the image-text pre-trained weights: that head keeps its fresh initialization, with a
+    warning. Any other shape mismatch, and any at all when evaluating, is an error.
+    """
     from safetensors.torch import load_file
 
     from clipbert.models.clipbert import WEIGHTS_NAME
@@ -154,7 +165,19 @@ def load_pretrained_weights(model: torch.nn.Module, path: str | Path, key: str) 
     state = load_file(str(Path(path) / WEIGHTS_NAME))
     if getattr(model, "visual_words", None) is None:  # a training-only head: its weights are not needed
         state = {k: v for k, v in state.items() if not k.startswith("visual_words.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    own = model.state_dict()
+    reshaped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if new_head and reshaped and all(k.startswith(TASK_HEAD) for k in reshaped):
+        shapes = ", ".join(f"{k} {list(state[k].shape)} -> {list(own[k].shape)}" for k in reshaped)
+        get_logger().warning("%s=%r: a new task head, freshly initialized (%s)", key, str(path), shapes)
+        state = {k: v for k, v in state.items() if k not in reshaped}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in reshaped]
+    elif reshaped:
+        shapes = ", ".join(f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in reshaped[:8])
+        raise ValueError(f"{key}={str(path)!r}: checkpoint and model shapes differ: {shapes}")
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{key}={str(path)!r}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
     get_logger().info("loaded weights from %s", path)
@@ -163,9 +186,22 @@ def load_pretrained_weights(model: torch.nn.Module, path: str | Path, key: str) 
 def load_module_only(engine, path: str | Path, key: str) -> None:
     """Weights only (no optimizer/scheduler/position) from a trainer checkpoint, for any ZeRO stage."""
     root, tag = locate(path, key)
-    load_path, _ = engine.load_checkpoint(
-        str(root), tag=tag, load_module_only=True, load_optimizer_states=False, load_lr_scheduler_states=False
-    )
+    try:
+        load_path, _ = engine.load_checkpoint(
+            str(root),
+            tag=tag,
+            load_module_only=True,
+            load_optimizer_states=False,
+            load_lr_scheduler_states=False,
+        )
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        raise ValueError(
+            f"{key}={str(path)!r}: the checkpoint's shapes differ from this model's ({err}). To fine-tune "
+            "another task from it, point the key at the run's exported model/ directory: a task head of "
+            "another size then starts fresh"
+        ) from err
     if load_path is None:
         raise FileNotFoundError(f"{key}={str(path)!r}: DeepSpeed could not load {root / tag}")
     get_logger().info("loaded weights from checkpoint %s", root / tag)

@@ -25,9 +25,11 @@ TASK_KINDS = {
     "tgif_transition": "mc",
     "msrvtt_mc": "mc_itm",  # MC scored by a retrieval (itm) model: pick the best-matching caption
     "pretrain": "pretrain",
+    "vqa": "vqa",  # image QA: soft answer targets, binary cross-entropy (paper Table 9)
 }
 # The model head each task kind trains or evaluates.
-HEAD_OF_KIND = {"retrieval": "itm", "qa": "qa", "mc": "mc", "mc_itm": "itm", "pretrain": "itm"}
+HEAD_OF_KIND = {"retrieval": "itm", "qa": "qa", "mc": "mc", "mc_itm": "itm", "pretrain": "itm", "vqa": "qa"}
+ANSWER_KINDS = ("qa", "vqa")  # kinds whose head is sized by the task's ans2label file
 AGGREGATIONS = ("lse", "mean", "max")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -266,7 +268,7 @@ class Config:
             "frames_per_clip": self.data.frames_per_clip,
             "max_text_len": self.data.max_text_len[self.task.name],
         }
-        if self.task.kind == "qa" and "num_answers" not in {**self.model.overrides, **extra}:
+        if self.task.kind in ANSWER_KINDS and "num_answers" not in {**self.model.overrides, **extra}:
             extra = {
                 **extra,
                 "num_answers": 1,

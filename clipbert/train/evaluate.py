@@ -2,14 +2,17 @@
 
 Retrieval: the full text x video score matrix. Each rank encodes the visual tokens of its shard of videos
 once, scores every text against them in (video_batch x text_batch) chunks, and the columns are gathered.
-QA / MC / pre-training: per-example predictions, gathered from every rank and deduplicated by example
-index, so each example counts exactly once whatever the world size.
+QA / VQA / MC / pre-training: per-example predictions, gathered from every rank and deduplicated by
+example index, so each example counts exactly once whatever the world size. VQA also writes its predictions
+in the official results format (output_dir/vqa_<split>_predictions.json).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -156,7 +159,7 @@ def evaluate_examples(model_fn: Callable, loader, device, dtype, balance) -> lis
     """Per-example records of this rank, gathered from all ranks and deduplicated by index."""
     records = []
     for batch, real in balanced(loader, balance, device):
-        types = batch.get("answer_types")
+        types, question_ids = batch.get("answer_types"), batch.get("question_ids")
         index = batch["index"].tolist()
         out = model_fn(to_device(batch, device, dtype))
         if not real:
@@ -165,6 +168,8 @@ def evaluate_examples(model_fn: Callable, loader, device, dtype, balance) -> lis
             record = {"index": example, **{k: v[i].item() for k, v in out.items()}}
             if types is not None:
                 record["answer_type"] = types[i]
+            if question_ids is not None:
+                record["question_id"] = question_ids[i]
             records.append(record)
     gathered = [r for part in all_gather_objects(records) for r in part]
     return M.dedupe_by_index(gathered)
@@ -182,10 +187,35 @@ def summarize(kind: str, records: list[dict]) -> dict:
             "itm_acc": itm["acc"],
             "num_examples": len(records),
         }
+    if kind == "vqa":
+        return summarize_vqa(records)
     pred = torch.tensor([r["pred"] for r in records])
     label = torch.tensor([r["label"] for r in records])
     types = [r["answer_type"] for r in records] if kind == "qa" else None
     return {**M.accuracy(pred, label, types), "num_examples": len(records)}
+
+
+def summarize_vqa(records: list[dict]) -> dict:
+    """VQA accuracy (the official metric: each prediction scores its soft target), overall and per answer
+    type, over the examples that have human answers (none on test-dev/test-std: predictions only)."""
+    answered = [r for r in records if r["answered"]]
+    out = {"num_examples": len(records), "num_answered": len(answered)}
+    if answered:
+        out["vqa_acc"] = 100.0 * sum(r["score"] for r in answered) / len(answered)
+        by_type: dict[str, list[float]] = {}
+        for r in answered:
+            by_type.setdefault(r["answer_type"], []).append(r["score"])
+        for name, scores in sorted(by_type.items()):  # "yes/no" -> vqa_acc_yes_no
+            out[f"vqa_acc_{name.replace('/', '_').replace(' ', '_')}"] = 100.0 * sum(scores) / len(scores)
+    return out
+
+
+def write_vqa_predictions(records: list[dict], ans2label: dict[str, int], path: Path) -> None:
+    """[{"question_id", "answer"}] of every example: the official results format, ready for submission."""
+    label2ans = {label: answer for answer, label in ans2label.items()}
+    rows = [{"question_id": r["question_id"], "answer": label2ans[r["pred"]]} for r in records]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows) + "\n")
 
 
 class _BadVideoLog:
@@ -247,7 +277,12 @@ def evaluate(engine, cfg, eval_data, split: str, device, dtype, words=None) -> d
                     fn = lambda b: pretrain_eval(model, b)  # noqa: E731
                 else:
                     fn = lambda b: predict(model, b, kind, cfg.task.aggregation)  # noqa: E731
-                out = summarize(kind, evaluate_examples(fn, loader, device, dtype, balance))
+                records = evaluate_examples(fn, loader, device, dtype, balance)
+                out = summarize(kind, records)
+                if kind == "vqa" and is_rank0():
+                    path = Path(cfg.train.output_dir) / f"vqa_{split}_predictions.json"
+                    write_vqa_predictions(records, dataset.ans2label, path)
+                    get_logger().info("eval %s: %d VQA predictions written to %s", split, len(records), path)
     finally:
         model.train(was_training)
     out["bad_videos"] = _report_bad_videos(loader.entries, split)

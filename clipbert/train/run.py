@@ -72,12 +72,12 @@ def build_model(cfg, model_cfg):
     init = cfg.eval.checkpoint if cfg.eval.only else cfg.train.init_checkpoint
     key = "eval.checkpoint" if cfg.eval.only else "train.init_checkpoint"
     if init and ckpt.is_pretrained_dir(init):
-        ckpt.load_pretrained_weights(model, init, key)
+        ckpt.load_pretrained_weights(model, init, key, new_head=not cfg.eval.only)
     return model, (init if init and not ckpt.is_pretrained_dir(init) else ""), key
 
 
 def resolved_model_config(cfg, data):
-    extra = {"num_answers": data.num_answers()} if cfg.task.kind == "qa" else {}
+    extra = {"num_answers": data.num_answers()} if cfg.task.kind in C.ANSWER_KINDS else {}
     return cfg.model_config(**extra)
 
 
@@ -133,7 +133,14 @@ def _final_eval(cfg, engine, data, runlog, device, dtype, step: int) -> dict | N
 
 def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, dtype, start) -> dict:
     log = get_logger()
-    _, train_loader = data.train()
+    train_set, train_loader = data.train()
+    if len(train_loader) == 0:  # nothing to step on: max_steps would loop over empty epochs forever
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        raise C.ConfigError(
+            f"{cfg.task.name}/train: {len(train_set)} training items make no full batch of "
+            f"train.batch_size={cfg.train.batch_size} on each of {world} rank(s) (a last partial batch is "
+            "dropped in training): lower train.batch_size or add training data"
+        )
     total = total_training_steps(cfg.train, len(train_loader))
     engine, _, _ = build_engine(cfg, model, total, device)
     if engine_init:

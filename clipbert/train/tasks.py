@@ -28,7 +28,11 @@ TENSOR_KEYS = (
     "itm_labels",
     "index",
     "word_targets",
+    "answer_labels",
+    "answer_scores",
+    "answered",
 )
+FLOAT_INPUTS = ("frames",)  # take the compute dtype; other float tensors (VQA answer scores) stay float32
 
 
 @dataclass
@@ -75,13 +79,39 @@ def matching_nll(scores: torch.Tensor, labels: torch.Tensor, aggregation: str) -
     return aggregate_nll(scores.reshape(b * m, n, k), labels.reshape(b * m), aggregation)
 
 
+def vqa_logits(scores: torch.Tensor) -> torch.Tensor:
+    """scores [B, M, N, K] of one question about one image (M = N = 1) -> float32 logits [B, K]."""
+    if scores.shape[1:3] != (1, 1):
+        raise ValueError(
+            "VQA scores one question about one image: expected scores [B, 1, 1, K], "
+            f"got {tuple(scores.shape)}"
+        )
+    return scores[:, 0, 0].float()
+
+
+def vqa_targets(labels: torch.Tensor, scores: torch.Tensor, num_answers: int) -> torch.Tensor:
+    """Padded (labels [B, A], -100 = none; scores [B, A]) -> dense soft targets float32 [B, K]."""
+    keep = labels >= 0
+    dense = torch.zeros(labels.shape[0], num_answers, device=labels.device)
+    # scatter_add_: the padding adds 0 to column 0, where scatter_ could overwrite a real score there
+    return dense.scatter_add_(1, labels.clamp(min=0), scores.float() * keep)
+
+
+def vqa_loss(scores: torch.Tensor, labels: torch.Tensor, answer_scores: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of every answer against its soft target, summed over answers, mean over
+    questions (the usual VQA loss: mean BCE times the number of answers)."""
+    logits = vqa_logits(scores)  # [B, K]
+    targets = vqa_targets(labels, answer_scores, logits.shape[1])
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
+
+
 def to_device(batch: dict, device: torch.device, float_dtype: torch.dtype) -> dict:
     """Move the tensors of a batch; frames take the engine's compute dtype (bf16/fp16 params)."""
     out = dict(batch)
     for key in TENSOR_KEYS:
         if key in out and isinstance(out[key], torch.Tensor):
             value = out[key].to(device, non_blocking=True)
-            out[key] = value.to(float_dtype) if value.is_floating_point() else value
+            out[key] = value.to(float_dtype) if key in FLOAT_INPUTS and value.is_floating_point() else value
     return out
 
 
@@ -109,6 +139,8 @@ def training_loss(
         )
         return out["loss"], {"mlm_loss": out["mlm_loss"].item(), "itm_loss": out["itm_loss"].item()}
     scores = model(batch["frames"], batch["input_ids"], batch["attention_mask"])  # [B, M, N, K]
+    if kind == "vqa":
+        return vqa_loss(scores, batch["answer_labels"], batch["answer_scores"]), {}
     b, m, n, k = scores.shape
     labels = batch["labels"]
     if kind == "retrieval":
@@ -139,6 +171,11 @@ def predict(model, batch: dict, kind: str, aggregation: str) -> dict:
     """Per-example predictions of a QA / MC batch (retrieval has its own score-matrix path)."""
     scores = model(batch["frames"], batch["input_ids"], batch["attention_mask"])  # [B, M, N, K]
     b, m, n, k = scores.shape
+    if kind == "vqa":  # the VQA accuracy of the predicted answer: its soft target
+        pred = vqa_logits(scores).argmax(-1)  # [B]
+        hit = batch["answer_labels"] == pred[:, None]  # [B, A]
+        score = (batch["answer_scores"].float() * hit).sum(-1)  # [B]
+        return {"pred": pred.cpu(), "score": score.cpu(), "answered": batch["answered"].cpu()}
     if kind == "qa":
         pred = clip_aggregate(scores[:, 0], aggregation).argmax(-1)  # [B]
     elif kind == "mc":
@@ -147,7 +184,7 @@ def predict(model, batch: dict, kind: str, aggregation: str) -> dict:
         match = clip_aggregate(scores.reshape(b * m, n, k), aggregation)[:, 1].view(b, m)
         pred = match.argmax(-1)
     else:
-        raise ValueError(f"predict() handles qa, mc and mc_itm, not {kind!r}")
+        raise ValueError(f"predict() handles qa, vqa, mc and mc_itm, not {kind!r}")
     return {"pred": pred.cpu(), "label": batch["labels"].cpu()}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import text
+from . import text, vqa
 from .video import dump_json
 
 SPLITS = ("train", "val", "test")
@@ -49,6 +49,9 @@ def write_all(out: Path, scenes: dict[str, list[dict]], images: dict[str, list[d
     for split in ("train", "val"):
         rows = [{k: r[k] for k in ("image_id", "caption", "file")} for r in images[split]]
         counts["pretrain"][split] = write_jsonl(ann / f"pretrain_{split}.jsonl", rows)
+    vqa_rows, ans2label = vqa.vqa_splits(images, scenes, _task_rng(seed, 5))
+    dump_json(ann / "vqa_ans2label.json", ans2label)
+    counts["vqa"] = {split: write_jsonl(ann / f"vqa_{split}.jsonl", rows) for split, rows in vqa_rows.items()}
     return counts
 
 
@@ -191,7 +194,23 @@ def chance_levels(out: Path, counts: dict, num_test: int, num_val: int) -> dict:
     for task in ("msrvtt_qa", "tgif_frameqa"):
         chance[task] = _qa_chance(out / "annotations", task)
     chance["pretrain"] = {"metric": "itm accuracy", "val": 0.5}
+    chance["vqa"] = _vqa_chance(out / "annotations")
     return chance
+
+
+def _vqa_chance(ann: Path) -> dict:
+    """The prior baseline of VQA: each answer type's most common training answer, scored on val."""
+
+    def read(split: str) -> list[dict]:
+        return [json.loads(line) for line in (ann / f"vqa_{split}.jsonl").read_text().splitlines()]
+
+    labels = json.loads((ann / "vqa_ans2label.json").read_text())
+    return {
+        "metric": "vqa accuracy",
+        "uniform": 1.0 / max(len(labels), 1),
+        "val": vqa.prior_accuracy(read("train"), read("val")),
+        "note": "val = most common training answer per answer_type (the test split has no answers)",
+    }
 
 
 def _qa_chance(ann: Path, task: str) -> dict:
