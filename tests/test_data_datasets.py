@@ -189,7 +189,7 @@ def test_vqa_soft_targets_are_the_human_answers_scores(bench, tokenizer):
 def test_vqa_precomputed_labels_unanswered_test_lines_and_a_missing_image(bench, tokenizer, tmp_path):
     ann = tmp_path / "annotations"
     ann.mkdir()
-    (ann / "vqa_ans2label.json").write_text('{"red": 0, "2": 1, "yes": 2}')
+    (ann / "vqa_ans2label.json").write_text('{"red": 0, "2": 1, "yes": 2, "0": 3}')
     image = "images/" + sorted(p.name for p in (bench / "images").iterdir())[0]
     rows = [
         {"question_id": 7, "question": "what color", "file": image, "labels": {"Red": 1.0, "blue": 0.3}},
@@ -204,6 +204,12 @@ def test_vqa_precomputed_labels_unanswered_test_lines_and_a_missing_image(bench,
     assert (unanswered["answer_labels"], unanswered["answered"]) == ([], False)
     # the missing image is replaced and reported, but its question keeps its own id (the results file)
     assert bad["question_id"] == 8 and bad["source_index"] == 2 and "missing" in bad["bad_videos"][0]
+    # ten "none": a training target for "0", but the official evaluation does not normalize unanimous answers
+    none = {"question_id": 10, "question": "how many", "file": image, "answers": ["none"] * 10}
+    for split in ("train", "val"):
+        (ann / f"vqa_{split}.jsonl").write_text(json.dumps(none) + "\n")
+    assert build_dataset("vqa", "train", cfg, tokenizer, IMAGENET_RGB)[(0, 0)]["answer_labels"] == [3]
+    assert build_dataset("vqa", "val", cfg, tokenizer, IMAGENET_RGB)[(0, 0)]["answer_labels"] == []
     (ann / "vqa_val.jsonl").write_text(json.dumps({**rows[0], "labels": "red"}) + "\n")
     with pytest.raises(ValueError, match=r"vqa_val.jsonl:1: answers must be a list"):
         build_dataset("vqa", "val", cfg, tokenizer, IMAGENET_RGB)

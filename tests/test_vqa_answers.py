@@ -256,3 +256,35 @@ def test_the_vocabulary_can_count_more_annotation_files(tmp_path):
         main([*args, "--ans2label", str(vocab_path), "--min-count", "2"])
     main([*args, "--ans2label", str(vocab_path), "--min-count", "2", "--ans2label-also", str(other_anns)])
     assert json.loads(vocab_path.read_text()) == {"2": 0, "red": 1, "yes": 2}
+
+
+def test_test_dev_questions_name_the_coco_test_images(tmp_path):
+    q_path, _ = write_official(tmp_path)
+    data = json.loads(q_path.read_text())
+    q_path.write_text(json.dumps({**data, "data_subtype": "test-dev2015"}))
+    convert(q_path, None, "test2015", tmp_path / "o.jsonl")
+    assert read_lines(tmp_path / "o.jsonl")[0]["file"] == "test2015/COCO_test2015_000000000042.jpg"
+
+
+@pytest.mark.parametrize(
+    "field, value, pattern",
+    [
+        ("image_id", "abc", r"question #0 \(question_id 420\): image_id 'abc' is not an integer"),
+        ("question_id", [1], r"question #0 \(question_id \[1\]\): question_id must be an int or a string"),
+    ],
+)
+def test_converter_type_errors_name_the_file_and_question(tmp_path, field, value, pattern):
+    q_path, _ = write_official(tmp_path)
+    data = json.loads(q_path.read_text())
+    data["questions"][0][field] = value
+    q_path.write_text(json.dumps(data))
+    with pytest.raises(AnnotationError, match=r"questions\.json: " + pattern):
+        convert(q_path, None, "val2014", tmp_path / "o.jsonl")
+
+
+def test_evaluation_scores_unanimous_answers_unnormalized_as_the_official_script():
+    assert answer_scores(["none"] * 10) == {"0": 1.0}  # training target: normalized
+    assert answer_scores(["none"] * 10, as_evaluated=True) == {"none": 1.0}  # the vocabulary's "0" scores 0
+    assert answer_scores(["Yes"] * 10, as_evaluated=True) == {"Yes": 1.0}
+    mixed = ["yes"] * 9 + ["Yes"]  # not unanimous as strings: normalized as usual
+    assert answer_scores(mixed, as_evaluated=True) == answer_scores(mixed) == {"yes": 1.0}

@@ -46,6 +46,13 @@ def _list_under(data: Any, key: str, path: Path) -> list:
     return data[key]
 
 
+def _is_int(value: Any) -> bool:
+    """COCO image ids are integers (an int, or a string of digits); they name the image file."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+
+
 def read_questions(path: Path) -> tuple[str, list[dict]]:
     """(data_subtype, questions) of an official questions file; question ids must be unique."""
     data = read_json(path)
@@ -55,7 +62,14 @@ def read_questions(path: Path) -> tuple[str, list[dict]]:
         raise AnnotationError(f"{path}: missing 'data_subtype' (e.g. \"train2014\"), needed for image names")
     seen = set()
     for index, question in enumerate(questions):
-        _require(question, QUESTION_KEYS, path, f"question #{index}")
+        what = f"question #{index}"
+        if isinstance(question, dict) and "question_id" in question:
+            what += f" (question_id {question['question_id']!r})"
+        _require(question, QUESTION_KEYS, path, what)
+        if not isinstance(question["question_id"], (int, str)) or isinstance(question["question_id"], bool):
+            raise AnnotationError(f"{path}: {what}: question_id must be an int or a string")
+        if not _is_int(question["image_id"]):
+            raise AnnotationError(f"{path}: {what}: image_id {question['image_id']!r} is not an integer")
         if question["question_id"] in seen:
             raise AnnotationError(f"{path}: question_id {question['question_id']} appears twice")
         seen.add(question["question_id"])
@@ -68,6 +82,8 @@ def read_annotations(path: Path, questions: list[dict], questions_path: Path) ->
     image_of = {q["question_id"]: q["image_id"] for q in questions}
     for index, ann in enumerate(_list_under(read_json(path), "annotations", path)):
         qid = _require(ann, ANNOTATION_KEYS, path, f"annotation #{index}")["question_id"]
+        if not isinstance(qid, (int, str)) or isinstance(qid, bool):
+            raise AnnotationError(f"{path}: annotation #{index}: question_id must be an int or a string")
         if qid not in image_of:
             raise AnnotationError(f"{path}: annotation for question_id {qid}, which {questions_path} lacks")
         if qid in by_id:
@@ -93,8 +109,12 @@ def read_annotations(path: Path, questions: list[dict], questions_path: Path) ->
 
 
 def image_file(image_dir: str, subtype: str, image_id: int) -> str:
-    """The official COCO file name under `image_dir`, kept relative so the dataset's image root applies."""
-    return (PurePosixPath(image_dir) / f"COCO_{subtype}_{int(image_id):012d}.jpg").as_posix()
+    """The official COCO file name under `image_dir`, kept relative so the dataset's image root applies.
+
+    Test-dev ("test-dev2015") is a subset of the COCO test images, whose files are named "test2015".
+    """
+    images = subtype.replace("test-dev", "test")
+    return (PurePosixPath(image_dir) / f"COCO_{images}_{int(image_id):012d}.jpg").as_posix()
 
 
 def to_record(question: dict, subtype: str, image_dir: str, ann: dict | None) -> dict:

@@ -331,8 +331,8 @@ class VQADataset(TaskDataset):
     human answers give carries its VQA accuracy (vqa_answers.answer_scores: 0.3, 0.6, 0.9 or 1 for 1, 2, 3
     or 4+ of 10 humans), and the head is trained with binary cross-entropy against them. A line gives the
     raw human answers ("answers", as clipbert.data.convert_vqa writes them from the official files) or
-    precomputed scores ("labels": {answer: score}, the original release's form); test-dev/test-std lines
-    give neither and are only predicted.
+    precomputed scores ("labels": {answer: score}, the original release's form, plus a "file" key: the
+    release kept its images in an LMDB); test-dev/test-std lines give neither and are only predicted.
     """
 
     def __init__(self, task, split, cfg, tokenizer, norm):
@@ -359,8 +359,8 @@ class VQADataset(TaskDataset):
 
     def targets(self, example: dict) -> tuple[list[int], list[float]]:
         """(labels, scores) of the vocabulary answers the example's humans gave; others cannot be predicted."""
-        if "answers" in example:
-            scores = answer_scores([str(a) for a in example["answers"]])
+        if "answers" in example:  # evaluation scores as the official evaluation does (its quirk included)
+            scores = answer_scores([str(a) for a in example["answers"]], as_evaluated=not self.train)
         else:
             scores = {normalize_answer(str(a)): float(s) for a, s in example.get("labels", {}).items()}
         known = sorted((self.ans2label[a], s) for a, s in scores.items() if a in self.ans2label and s > 0)

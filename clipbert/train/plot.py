@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SKIP_KEYS = {"step", "split", "eval_seconds", "num_texts", "num_videos", "num_examples"}
+# counts, not metrics: on the metrics' axis they would flatten every curve
+SKIP_KEYS = {
+    "step",
+    "split",
+    "eval_seconds",
+    "num_texts",
+    "num_videos",
+    "num_examples",
+    "num_answered",
+    "bad_videos",
+    "unscored_videos",
+}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
