@@ -223,15 +223,10 @@ def test_vqa_files_ask_about_existing_stills_and_test_has_no_answers(bench):
 def test_vqa_majority_answer_is_what_the_still_shows(bench):
     from clipbert.data.vqa_answers import answer_scores
 
-    gts = scenes(bench)
     labels = json.loads((bench / "annotations" / "vqa_ans2label.json").read_text())
     partial = 0
     for split in ("train", "val"):
-        for row in read_jsonl(bench / "annotations" / f"vqa_{split}.jsonl"):
-            vid, frame = row["image_id"].rsplit("_", 1)
-            scene = gts[vid]
-            t = int(frame) / scene["fps"]
-            main = object_by_id(scene, "main")
+        for row, scene, t, main in still_rows(bench, "vqa", split):
             scores = answer_scores(row["answers"])
             best = max(scores, key=scores.__getitem__)
             assert len(row["answers"]) == 10 and scores[best] >= 0.9, row  # the truth has 3+ votes
@@ -469,16 +464,20 @@ def test_paragraph_timestamps_follow_events(bench):
                 assert len(row["sentences"]) == len(row["timestamps"]) == 1 + len(times)
 
 
-def test_pretrain_captions_match_the_image(bench):
+def still_rows(bench: Path, task: str, split: str):
+    """(row, scene, time, main object) of each line about a still (image ids are <video>_<frame>)."""
     gts = scenes(bench)
+    for row in read_jsonl(bench / "annotations" / f"{task}_{split}.jsonl"):
+        vid, frame = row["image_id"].rsplit("_", 1)
+        scene = gts[vid]
+        yield row, scene, int(frame) / scene["fps"], object_by_id(scene, "main")
+
+
+def test_pretrain_captions_match_the_image(bench):
     from PIL import Image
 
     for split in ("train", "val"):
-        for row in read_jsonl(bench / "annotations" / f"pretrain_{split}.jsonl"):
-            vid, frame = row["image_id"].rsplit("_", 1)
-            scene = gts[vid]
-            t = int(frame) / scene["fps"]
-            main = object_by_id(scene, "main")
+        for row, scene, t, main in still_rows(bench, "pretrain", split):
             img = np.asarray(Image.open(bench / row["file"]).convert("RGB"))
             assert img.shape == (scene["height"], scene["width"], 3)
             x, y, _ = positions(main, scene, np.array([t]))
