@@ -61,6 +61,8 @@ class TaskDataset(Dataset):
         if not self.examples:
             raise ValueError(f"{self.ann_path}: no examples")
         self.source = VideoSource(cfg, norm, self.train) if task not in IMAGE_TASKS else None
+        # image tasks: each line's "file" is relative to data.image_root ("" = the parent of ann_dir)
+        self.image_root = Path(cfg.image_root) if cfg.image_root else Path(cfg.ann_dir).parent
         self._bad_cache: dict[str, tuple[str, str]] = {}  # video id -> (key, reason), in epoch _bad_epoch
         self._bad_epoch: int | None = None
 
@@ -294,10 +296,6 @@ class PretrainDataset(TaskDataset):
     match away (the matching head reached 88% on held-out images from that alone).
     """
 
-    def __init__(self, task, split, cfg, tokenizer, norm):
-        super().__init__(task, split, cfg, tokenizer, norm)
-        self.image_root = Path(cfg.image_root) if cfg.image_root else Path(cfg.ann_dir).parent
-
     def video_of(self, index: int) -> str:
         # the image file, not image_id: what is decoded (and can be bad) is the file
         return str(self.examples[index]["file"])
@@ -338,7 +336,6 @@ class VQADataset(TaskDataset):
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
         self.ans2label = read_json(Path(cfg.ann_dir) / f"{task}_ans2label.json")
-        self.image_root = Path(cfg.image_root) if cfg.image_root else Path(cfg.ann_dir).parent
         for line_no, example in enumerate(self.examples, start=1):
             given = example.get("answers", example.get("labels", []))
             if not isinstance(given, (list, dict)):
@@ -379,8 +376,7 @@ class VQADataset(TaskDataset):
             "answer_scores": scores,
             "answered": "answers" in example or "labels" in example,
             "answer_type": str(example.get("answer_type", "unknown")),
-            "question_id": example["question_id"],
-        }
+        }  # __getitem__ adds the question_id
 
 
 def group_texts(task: str, examples: list[dict]) -> list[tuple[str, list[str]]]:

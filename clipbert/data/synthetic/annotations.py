@@ -198,17 +198,18 @@ def chance_levels(out: Path, counts: dict, num_test: int, num_val: int) -> dict:
     return chance
 
 
+def _read_split(ann: Path, task: str, split: str) -> list[dict]:
+    return [json.loads(line) for line in (ann / f"{task}_{split}.jsonl").read_text().splitlines()]
+
+
 def _vqa_chance(ann: Path) -> dict:
     """The prior baseline of VQA: each answer type's most common training answer, scored on val."""
-
-    def read(split: str) -> list[dict]:
-        return [json.loads(line) for line in (ann / f"vqa_{split}.jsonl").read_text().splitlines()]
 
     labels = json.loads((ann / "vqa_ans2label.json").read_text())
     return {
         "metric": "vqa accuracy",
         "uniform": 1.0 / max(len(labels), 1),
-        "val": vqa.prior_accuracy(read("train"), read("val")),
+        "val": vqa.prior_accuracy(_read_split(ann, "vqa", "train"), _read_split(ann, "vqa", "val")),
         "note": "val = most common training answer per answer_type (the test split has no answers)",
     }
 
@@ -217,10 +218,7 @@ def _qa_chance(ann: Path, task: str) -> dict:
     """Uniform guess over ans2label, and the stronger prior baseline: the most common training answer
     per answer type, scored on the test split."""
 
-    def read(split: str) -> list[dict]:
-        return [json.loads(line) for line in (ann / f"{task}_{split}.jsonl").read_text().splitlines()]
-
-    train, test = read("train"), read("test")
+    train, test = _read_split(ann, task, "train"), _read_split(ann, task, "test")
     labels = json.loads((ann / f"{task}_ans2label.json").read_text())
     by_type: dict[str, Counter] = {}
     for row in train:
