@@ -23,8 +23,14 @@ RUNS = [  # (task, ZeRO stage)
     ("vqa", 2),
 ]
 # Retrieval with the visual-word loss under ZeRO-3: its head's weights are partitioned, and evaluation calls
-# the head outside the engine's forward to add the word score (eval.word_score_weight).
-WORDS_RUN = ("msrvtt_ret_words", "msrvtt_ret", 3, {"visual_word_loss": 1.0, "visual_word_steps": 1})
+# the head outside the engine's forward to add the word score (eval.word_score_weight). Its second step is
+# profiled (train.profile_steps): each rank writes its own breakdown.
+WORDS_RUN = (
+    "msrvtt_ret_words",
+    "msrvtt_ret",
+    3,
+    {"visual_word_loss": 1.0, "visual_word_steps": 1, "profile_start": 1, "profile_steps": 1},
+)
 
 
 def _config(task, stage, data_dir, out, name=None, train=None):
@@ -131,6 +137,10 @@ def test_two_process_training_of_every_task_kind(synthetic, tmp_path):
         assert results[task]["perf"]["world_size"] == 2
     words = results["msrvtt_ret_words"]
     assert words["reason"] == "done" and words["step"] == 2 and words["perf"]["zero_stage"] == 3
+    for rank in (0, 1):
+        profile = tmp_path / "msrvtt_ret_words" / "profile" / f"step_profile_rank{rank}.json"
+        assert json.loads(profile.read_text())["steps"] == [2, 2], rank
+    assert words["perf"]["step_profile"]["phase_ms_per_step"]["backward"] > 0
     assert (
         "itm_only_t2v_r1" in words["metrics"]
         and words["metrics"]["num_videos"] == counts["msrvtt_ret"]["test"]

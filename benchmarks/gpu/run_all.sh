@@ -209,18 +209,25 @@ elif has deepspeed && has av; then
   rm -rf "$SYN"
   step synth 60 bash -c "\"$PY\" -m clipbert.data.synthetic --out $SYN $GEN && \
     \"$PY\" -m clipbert.data.build_frame_store --videos $SYN/videos --fps 2 --out $SYN/frames.h5 --workers $STORE_WORKERS"
+  # Three steps from the middle of the run are timed phase by phase (train.profile_steps): where the run's
+  # time goes next to Figure 5's step (perf.json's step_profile; the tables in train_<card>_profile.md).
+  PROFILE_AT=$(( N / 2 > 1 ? N / 2 : 1 ))
   # shellcheck disable=SC2086  # TINY and TRAIN_SET are lists of --set flags
   step train 240 "$PY" train.py --config ds_msrvtt.json --set "data.ann_dir=$SYN/annotations" \
     --set data.backend=frame_store --set "data.frame_store=$SYN/frames.h5" --set data.frame_store_reader=$READER \
     --set train.max_steps=$N --set train.save_every=$N --set train.eval_every=-1 --set train.log_every=20 \
+    --set train.profile_start=$PROFILE_AT --set train.profile_steps=3 \
     --set train.progress_bar=false --set "train.output_dir=$OUT/train" $TINY ${TRAIN_SET:-}
   cp "$OUT/train/perf.json" "$OUT/train_${CARD:-gpu}.json" 2>/dev/null || true
+  cp "$OUT/train/profile/step_profile_rank0.md" "$OUT/train_${CARD:-gpu}_profile.md" 2>/dev/null || true
 else
   echo "SKIP  train      (deepspeed or av not importable: stage them with ../shared/device/stage.sh)" | tee -a "$OUT/steps.txt"
 fi
 
 echo "run_all done in $(( $(date +%s) - START ))s; results in $DEST" | tee -a "$OUT/steps.txt"
-tar czf "$DEST/gpu_run.tar.gz" --exclude='checkpoints' --exclude='model' --exclude='*.pt' --exclude='*.safetensors' -C "$OUT" . 2>/dev/null || true
+# The trainer's profiler trace is left out too: tens of MB for the base model, and the tables say what it shows.
+tar czf "$DEST/gpu_run.tar.gz" --exclude='checkpoints' --exclude='model' --exclude='*.pt' --exclude='*.safetensors' \
+  --exclude='trace_rank*.json' -C "$OUT" . 2>/dev/null || true
 cp "$OUT/steps.txt" "$DEST/"
 find "$OUT" -maxdepth 1 -name '*.json' | head -n 6 | xargs -r cp -t "$DEST/"
 cat "$OUT/steps.txt"

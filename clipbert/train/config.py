@@ -106,6 +106,11 @@ class TrainConfig:
     # "full": the whole model call (CNN, transformer, heads) compiled; the ablation measured it 8% faster
     # than the compiled CNN alone (H100), and evaluation, which calls the model's parts, stays eager.
     compile: str = "none"
+    # Time this many optimizer steps phase by phase (data wait, forward, backward, optimizer, ...) with
+    # torch.profiler, from the first step at or after profile_start; writes <output_dir>/profile/ and
+    # perf.json's step_profile (clipbert/train/step_profile.py). 0 = off: it syncs the device per phase.
+    profile_steps: int = 0
+    profile_start: int = 10
     tensorboard: bool = True
     plot: bool = True  # write training_curves.png at the end
     progress_bar: bool = True  # tqdm bar on rank 0
@@ -113,7 +118,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("train.device", self.device, DEVICES)
         _choice("train.compile", self.compile, COMPILE_MODES)
-        for key in ("seed", "max_steps", "stop_after_steps", "save_every", "visual_word_steps"):
+        for key in (
+            "seed",
+            "max_steps",
+            "stop_after_steps",
+            "save_every",
+            "visual_word_steps",
+            "profile_steps",
+            "profile_start",
+        ):
             _number(f"train.{key}", getattr(self, key), kind=int, low=0)
         for key in ("epochs", "batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps", "log_every"):
             _number(f"train.{key}", getattr(self, key), kind=int, low=1)

@@ -20,7 +20,8 @@ import torch.distributed as dist
 from clipbert.train import checkpoint as ckpt
 from clipbert.train.evaluate import evaluate
 from clipbert.train.logging import get_logger, is_rank0
-from clipbert.train.perf import Throughput
+from clipbert.train.perf import Throughput, batch_shape
+from clipbert.train.step_profile import StepProfiler
 from clipbert.train.tasks import VisualWords, to_device, training_loss
 
 
@@ -75,6 +76,10 @@ class Trainer:
         self.throughput = Throughput(model_cfg, device, _world(), cfg.train.peak_tflops)
         self.out = Path(cfg.train.output_dir)
         self.log = get_logger()
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        self.profiler = StepProfiler(
+            cfg.train.profile_start, cfg.train.profile_steps, self.out, device, rank, self.log
+        )
         self.last_saved_step = -1
         # good micro batches whose gradients wait for the next optimizer step; 0 at every checkpoint (save)
         self.accumulated = 0
@@ -141,6 +146,7 @@ class Trainer:
         bar = self._progress_bar()
         window = {"loss": 0.0, "good": 0, "bad": 0}
         self.throughput.reset()
+        self.profiler.boundary(self.state.step)
         reason = "done"
         try:
             while self.state.step < self.total_steps and self.state.epoch < t.epochs + self._extra_epochs():
@@ -148,6 +154,7 @@ class Trainer:
                 if reason != "continue":
                     break
         finally:
+            self.profiler.close(self.state.step)
             if bar is not None:
                 bar.close()
         reason = "done" if reason == "continue" else reason
@@ -180,7 +187,8 @@ class Trainer:
             batches = iter(self.train_loader)
         while True:
             asked = time.perf_counter()
-            batch = next(batches, None)
+            with self.profiler.phase("data_wait"):
+                batch = next(batches, None)
             if batch is None:
                 break
             self.throughput.waited(time.perf_counter() - asked)
@@ -212,25 +220,29 @@ class Trainer:
     def _micro_step(self, batch: dict, stop_signal, bar, window, last_in_epoch: bool) -> str | None:
         t = self.cfg.train
         engine = self.engine
-        batch = to_device(batch, self.device, self.dtype)
+        prof = self.profiler
+        with prof.phase("to_device"):
+            batch = to_device(batch, self.device, self.dtype)
         boundary = self._accumulation_boundary(last_in_epoch)
         engine.set_gradient_accumulation_boundary(boundary)  # before the forward, as DeepSpeed asks
         words_only = self.state.step < t.visual_word_steps  # the CNN-only warm-up of the visual-word loss
-        loss, extra = training_loss(
-            engine, batch, self.cfg.task.kind, self.cfg.task.aggregation, self.words, words_only
-        )
-        value = loss.detach().float()
-        finite = bool(torch.isfinite(value).item())
-        # One collective per micro batch: every rank skips together and stops together.
-        bad, stop, loss_sum, good = _sum_over_ranks(
-            [
-                0.0 if finite else 1.0,
-                float(stop_signal.requested),
-                value.item() if finite else 0.0,
-                float(finite),
-            ],
-            self.device,
-        )
+        with prof.phase("forward"):
+            loss, extra = training_loss(
+                engine, batch, self.cfg.task.kind, self.cfg.task.aggregation, self.words, words_only
+            )
+        with prof.phase("loss_check"):
+            value = loss.detach().float()
+            finite = bool(torch.isfinite(value).item())
+            # One collective per micro batch: every rank skips together and stops together.
+            bad, stop, loss_sum, good = _sum_over_ranks(
+                [
+                    0.0 if finite else 1.0,
+                    float(stop_signal.requested),
+                    value.item() if finite else 0.0,
+                    float(finite),
+                ],
+                self.device,
+            )
         self.state.micro_in_epoch += 1
         if bad:
             # A stop waits for the next good boundary: here nothing could be saved (the last loss is bad, and
@@ -238,10 +250,14 @@ class Trainer:
             self._skip_bad(window)
             del loss
             return None
-        engine.backward(loss)
-        engine.step()
+        with prof.phase("backward"):
+            engine.backward(loss)
+        with prof.phase("optimizer"):
+            engine.step()
         self.state.bad_streak = 0
         self.throughput.add(batch, cnn_only=words_only)
+        b, n, t_frames, _, _ = batch_shape(batch)
+        prof.add_frames(b * n * t_frames)
         window["loss"] += loss_sum / good
         window["good"] += 1
         if not boundary:
@@ -251,6 +267,7 @@ class Trainer:
         self.state.step += 1
         if not engine.was_step_applied():
             self._skipped_update()
+        prof.boundary(self.state.step)
         self._after_step(window, extra, bar)
         if self.state.step >= self.total_steps:
             return "done"

@@ -197,6 +197,8 @@ def _write_perf(cfg, trainer, engine, model_cfg, start: float) -> dict:
         **trainer.throughput.describe(),
         **(trainer.last_perf or trainer.throughput.snapshot()),
     }
+    if trainer.profiler.result is not None:
+        perf["step_profile"] = trainer.profiler.result
     if is_rank0():
         (Path(cfg.train.output_dir) / "perf.json").write_text(json.dumps(perf, indent=2) + "\n")
     return perf
