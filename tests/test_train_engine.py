@@ -1,5 +1,7 @@
 """Engine pieces: parameter groups, the LR schedule through DeepSpeed, and the task losses vs float64."""
 
+import copy
+
 import pytest
 import torch
 from test_train_fakes import make_config
@@ -68,6 +70,8 @@ def test_engine_keeps_per_group_lrs_and_schedules_them(cfg):
     assert lrs["cnn"] == pytest.approx(1e-3) and lrs["transformer"] == pytest.approx(5e-4)
     assert tuple(optimizer.param_groups[0]["betas"]) == (0.9, 0.98)
     assert engine.gradient_clipping() == cfg.train.grad_clip
+    # CPU: torch's fused AdamW (one vectorized pass a tensor), not the per-op loop
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
 
 
 def test_deepspeed_section_gets_the_train_settings(cfg):
@@ -76,6 +80,17 @@ def test_deepspeed_section_gets_the_train_settings(cfg):
     assert ds["gradient_accumulation_steps"] == cfg.train.grad_accum
     assert ds["optimizer"]["params"]["torch_adam"] is True  # CPU: torch's AdamW, no compiled kernels
     assert ds["optimizer"]["params"]["betas"] == [0.9, 0.98]
+    assert ds["optimizer"]["params"]["fused"] is True
+
+
+@pytest.mark.parametrize(
+    "given, fused", [({"foreach": True}, None), ({"fused": False}, False), ({"foreach": False}, True)]
+)
+def test_a_users_foreach_or_fused_choice_is_kept(cfg, given, fused):
+    # torch refuses fused=True beside foreach=True, so a user's foreach turns the default off
+    cfg = copy.deepcopy(cfg)
+    cfg.deepspeed["optimizer"] = {"type": "AdamW", "params": dict(given)}
+    assert deepspeed_config(cfg, CPU)["optimizer"]["params"].get("fused") is fused
 
 
 class FixedScores(nn.Module):

@@ -42,11 +42,15 @@ class VisualEmbeddings(nn.Module):
                 f"({self.row_position_embeddings.num_embeddings}x{self.col_position_embeddings.num_embeddings})"
             )
         grid = grid.permute(0, 2, 3, 1)  # [B, h, w, H]
-        rows = self.row_position_embeddings.weight[:height].view(height, 1, hidden)
-        cols = self.col_position_embeddings.weight[:width].view(1, width, hidden)
+        # The tables are read through their modules' forward, not `.weight[:h]`: ZeRO-3 gathers a partitioned
+        # parameter only in its own module's hooks, and a partitioned table reads as empty (after a ZeRO-3
+        # resume, evaluation failed with "shape [1, 1, H] is invalid for input of size 0").
+        positions = torch.arange(max(height, width), device=grid.device)
+        rows = self.row_position_embeddings(positions[:height]).view(height, 1, hidden)
+        cols = self.col_position_embeddings(positions[:width]).view(1, width, hidden)
         tokens = (grid + rows + cols).reshape(bsz, height * width, hidden)  # [B, h*w, H]
         tokens = self._sample(tokens)
-        tokens = tokens + self.token_type_embeddings.weight[0]
+        tokens = tokens + self.token_type_embeddings(positions[:1])  # [1, H]: the one visual token type
         return self.dropout(self.LayerNorm(tokens))
 
     def _sample(self, tokens: torch.Tensor) -> torch.Tensor:
