@@ -126,7 +126,9 @@ def test_every_zero_stage_resumes_exactly_and_evaluates(tmp_path, stage):
     train = {"epochs": 1, "grad_accum": 1, "save_every": 0, "eval_every": -1}
     full, split = tmp_path / "full", tmp_path / "split"
     summary = run(make_config(full, train=train, deepspeed=zero), CPU, fake_factory())
-    first = run(make_config(split, train={**train, "stop_after_steps": 2}, deepspeed=zero), CPU, fake_factory())
+    first = run(
+        make_config(split, train={**train, "stop_after_steps": 2}, deepspeed=zero), CPU, fake_factory()
+    )
     assert first["step"] == 2 and summary["perf"]["zero_stage"] == stage
     second = run(make_config(split, train={**train, "resume": "auto"}, deepspeed=zero), CPU, fake_factory())
     assert second["step"] == 4
