@@ -10,6 +10,7 @@
 #   nvdec     benchmarks/gpu/nvdec_diagnose.py: the frames NVDEC returns for H.264, seek cost -> nvdec_diagnose.json
 #   data      benchmarks/bench_data.py --device cuda         (only when DALI and PyAV import) -> data_cuda.json
 #   train     a ds_msrvtt.json-shaped run on synthetic MSRVTT-format data (deepspeed + PyAV) -> train_<card>.json
+#             and train_<card>_profile.md (three steps from its middle, phase by phase: train.profile_steps)
 #             (DeepSpeed and PyAV arrive whole in .carry1: benchmarks/gpu/early_install.sh installs them)
 # Each step has its own timeout, and the whole run a deadline, so one failure or hang does not lose the rest;
 # the Figure-5 script also rewrites <tag>.partial.json after every point, so a timeout keeps what it measured.
