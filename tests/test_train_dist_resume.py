@@ -1,0 +1,92 @@
+"""Two CPU processes (gloo): a run stopped mid-epoch and resumed matches the uninterrupted one, ZeRO-2 and 3.
+
+With two ranks the resume must restore each rank's shard position and RNG state, and ZeRO's partitioned
+optimizer state. Losses must match step for step and the final evaluation metric for metric.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = (2, 3)
+# 16 examples over 2 ranks, batch 2, accumulation 2 -> 2 optimizer steps per epoch; 2 epochs -> 4 steps.
+TRAIN = {"epochs": 2, "grad_accum": 2, "save_every": 0, "eval_every": -1}
+
+
+def worker(out: str) -> None:
+    """Runs in each of the two processes."""
+    import torch
+    from test_train_fakes import fake_factory, make_config
+
+    from clipbert.train.engine import init_distributed
+    from clipbert.train.logging import is_rank0
+    from clipbert.train.run import run
+
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    init_distributed(cpu)
+    results = {}
+    for stage in STAGES:
+        zero = {"zero_optimization": {"stage": stage}}
+        root = Path(out) / f"zero{stage}"
+        full = run(make_config(root / "full", train=TRAIN, deepspeed=zero), cpu, fake_factory(train_size=16))
+        split = make_config(root / "split", train={**TRAIN, "stop_after_steps": 3}, deepspeed=zero)
+        first = run(split, cpu, fake_factory(train_size=16))
+        resumed = make_config(root / "split", train={**TRAIN, "resume": "auto"}, deepspeed=zero)
+        second = run(resumed, cpu, fake_factory(train_size=16))
+        results[stage] = {"full": full, "first": first, "second": second}
+    if is_rank0():
+        (Path(out) / "results.json").write_text(json.dumps(results, default=str))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _losses(path: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_process_resume_matches_the_uninterrupted_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # set by earlier in-process tests; torchrun sets its own
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        __file__,
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    for stage in STAGES:
+        r = results[str(stage)]
+        assert r["full"]["perf"]["world_size"] == 2 and r["full"]["perf"]["zero_stage"] == stage
+        assert r["first"]["reason"] == "stop_after_steps" and r["first"]["step"] == 3
+        assert r["full"]["step"] == r["second"]["step"] == 4
+        root = tmp_path / f"zero{stage}"
+        full, split = _losses(root / "full" / "steps.jsonl"), _losses(root / "split" / "steps.jsonl")
+        assert len(full) == 4 and split == full, stage  # exactly, step for step
+        metrics = [
+            {k: v for k, v in r[run]["metrics"].items() if k != "eval_seconds"} for run in ("full", "second")
+        ]
+        assert metrics[0] == metrics[1], stage
+
+
+if __name__ == "__main__":  # the torchrun worker
+    worker(sys.argv[1])
