@@ -27,3 +27,17 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def cpu_world():
+    """A process group of one on the CPU, as `python train.py` makes, with one intra-op thread: the trainer
+    tests' tiny shapes only contend for the shared 2-core machine with more. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("cpu_world")`."""
+    from clipbert.train.engine import init_distributed
+
+    init_distributed(torch.device("cpu"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,15 +6,12 @@ start-up cost once): retrieval (ZeRO-2), open-ended QA (ZeRO-3), multiple choice
 """
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from torchrun_helper import run_two_processes
 
-REPO = Path(__file__).resolve().parents[1]
 RUNS = [  # (task, ZeRO stage): every stage, and ZeRO-3 under the MLM head tied to the word embeddings
     ("msrvtt_ret", 2),
     ("msrvtt_qa", 3),
@@ -104,29 +101,10 @@ def synthetic(tmp_path_factory):
     return out, meta
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_training_of_every_task_kind(synthetic, tmp_path):
     data_dir, meta = synthetic
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)  # set by earlier in-process tests; torchrun sets its own
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        __file__,
-        str(data_dir),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=420)
+    proc = run_two_processes(__file__, [str(data_dir), str(tmp_path)], timeout=420)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
     counts = meta["counts"]

@@ -5,15 +5,12 @@ optimizer state. Losses must match step for step and the final evaluation metric
 """
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from torchrun_helper import run_two_processes
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = (2, 3)
 # 16 examples over 2 ranks, batch 2, accumulation 2 -> 2 optimizer steps per epoch; 2 epochs -> 4 steps.
 TRAIN = {"epochs": 2, "grad_accum": 2, "save_every": 0, "eval_every": -1}
@@ -47,31 +44,13 @@ def worker(out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _losses(path: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
 
 
 @pytest.mark.slow
 def test_two_process_resume_matches_the_uninterrupted_run(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)  # set by earlier in-process tests; torchrun sets its own
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        __file__,
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_two_processes(__file__, [str(tmp_path)], timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
     for stage in STAGES:

@@ -13,20 +13,13 @@ from test_train_fakes import fake_factory, make_config
 from clipbert.data.config import DataConfig
 from clipbert.data.loader import ShardedSampler, build_loader, ignore_interrupts
 from clipbert.train import checkpoint as ckpt
-from clipbert.train.engine import init_distributed
 from clipbert.train.loop import TrainingDiverged
 from clipbert.train.run import run
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _process_group():
-    init_distributed(CPU)  # a world of one, as `python train.py`
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny shapes: intra-op threads only contend on the shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("cpu_world")
 
 
 def _steps(out):

@@ -7,7 +7,6 @@ import torch
 from test_train_fakes import fake_factory, make_config
 
 from clipbert.train.config import ConfigError
-from clipbert.train.engine import init_distributed
 from clipbert.train.run import run
 from clipbert.train.step_profile import PHASES
 
@@ -17,13 +16,7 @@ CPU = torch.device("cpu")
 TRAIN = {"epochs": 3, "grad_accum": 2, "save_every": 0, "eval_every": -1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _process_group():
-    init_distributed(CPU)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("cpu_world")
 
 
 def _perf(out):

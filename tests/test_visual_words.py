@@ -12,20 +12,13 @@ from test_train_fakes import fake_factory, make_config
 from clipbert.data.visual_words import build_word_vocab
 from clipbert.models import ClipBert, ClipBertConfig
 from clipbert.train import config as C
-from clipbert.train.engine import init_distributed
 from clipbert.train.run import run
 from clipbert.train.tasks import VisualWords, training_loss
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _process_group():
-    init_distributed(CPU)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("cpu_world")
 
 
 def test_vocabulary_ranks_words_by_videos_and_skips_special_tokens():
