@@ -20,7 +20,7 @@ import torch.distributed as dist
 from clipbert.train import checkpoint as ckpt
 from clipbert.train.evaluate import evaluate
 from clipbert.train.logging import get_logger, is_rank0
-from clipbert.train.perf import Throughput, batch_shape
+from clipbert.train.perf import Throughput
 from clipbert.train.step_profile import StepProfiler
 from clipbert.train.tasks import VisualWords, to_device, training_loss
 
@@ -256,8 +256,7 @@ class Trainer:
             engine.step()
         self.state.bad_streak = 0
         self.throughput.add(batch, cnn_only=words_only)
-        b, n, t_frames, _, _ = batch_shape(batch)
-        prof.add_frames(b * n * t_frames)
+        prof.add_batch(batch)
         window["loss"] += loss_sum / good
         window["good"] += 1
         if not boundary:

@@ -29,6 +29,7 @@ import torch
 from torch.autograd.profiler import record_function
 
 from clipbert.perf.profile_tables import heavy_ops_by_shape, markdown, top_kernels
+from clipbert.train.perf import batch_shape
 
 PHASES = ("data_wait", "to_device", "forward", "loss_check", "backward", "optimizer")
 
@@ -60,9 +61,11 @@ class StepProfiler:
         self._sync()
         self.times[name] += time.perf_counter() - begin
 
-    def add_frames(self, frames: int) -> None:
+    def add_batch(self, batch: dict) -> None:
+        """Count a trained micro batch's frames while profiling (the loop calls this every micro batch)."""
         if self.active:
-            self.frames += frames
+            b, n, t, _, _ = batch_shape(batch)
+            self.frames += b * n * t
 
     # ------------------------------------------------------------------ per optimizer step
     def boundary(self, step: int) -> None:
