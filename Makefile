@@ -6,7 +6,8 @@ SHELL := /bin/bash
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 VENV := .venv
 PY := $(VENV)/bin/python
-SITE = $(VENV)/lib/python3.11/site-packages
+# the venv's site-packages, whatever python3 made it (read when a recipe needs it, after the venv exists)
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 CUDA_HOME ?= /usr/local/cuda-13.0
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
@@ -30,7 +31,7 @@ $(VENV)/.reqs-stamp: requirements.txt | $(PY)
 
 # CI compiles and links the CUDA kernels even without a GPU, so a broken .cu fails the build.
 $(VENV)/.ext-stamp: $(VENV)/.reqs-stamp $(EXT_SRC)
-	CUDA_HOME=$(CUDA_HOME) CPATH="$(CURDIR)/$(SITE)/nvidia/cu13/include$${CPATH:+:$$CPATH}" \
+	CUDA_HOME=$(CUDA_HOME) CPATH="$(SITE)/nvidia/cu13/include$${CPATH:+:$$CPATH}" \
 	TORCH_CUDA_ARCH_LIST="$(TORCH_CUDA_ARCH_LIST)" MAX_JOBS=2 \
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e . $(QUIET_PIP)
 	touch $@

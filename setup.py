@@ -27,10 +27,22 @@ def _want_cuda(cuda_home):
         return False
     import torch
 
-    available = torch.version.cuda is not None and cuda_home is not None
-    if flag == "1" and not available:
-        raise RuntimeError("CLIPBERT_CUDA=1 but no CUDA torch or no nvcc (set CUDA_HOME)")
-    return available
+    # CUDA_HOME counts only where nvcc is: torch takes the variable as it is, and the Makefile's default
+    # (/usr/local/cuda-13.0) is absent on most laptops, whose torch is still a CUDA build.
+    nvcc = os.path.join(cuda_home, "bin", "nvcc") if cuda_home else None
+    missing = []
+    if torch.version.cuda is None:
+        missing.append(f"torch {torch.__version__} is not a CUDA build")
+    if nvcc is None or not os.path.isfile(nvcc):
+        missing.append(f"no nvcc at {nvcc}" if nvcc else "no CUDA toolkit found (set CUDA_HOME)")
+    if missing and flag == "1":
+        raise RuntimeError(f"CLIPBERT_CUDA=1 but {'; '.join(missing)}")
+    if missing:
+        print(
+            f"clipbert: building the CPU kernels only ({'; '.join(missing)}); on a GPU the ops then run the "
+            "PyTorch reference, or Triton with backend='triton'"
+        )
+    return not missing
 
 
 def _cpu_simd_flags():
