@@ -48,6 +48,33 @@ def test_perfect_diagonal_and_recall_at_10():
     assert m["t2v_r10"] == 0.0 and m["t2v_meanr"] == 12.0
 
 
+def test_a_videos_own_captions_do_not_rank_against_each_other():
+    # video 0 has two identical captions (equal scores), both above every other text in its column
+    scores = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8]])
+    m = retrieval_metrics(scores, torch.tensor([0, 0, 1]))
+    assert m["v2t_r1"] == 100.0 and m["v2t_meanr"] == 1.0
+    # a tie with another video's text still ranks pessimistically: video 0's best text is tied with text 2
+    scores = torch.tensor([[0.5, 0.1], [0.3, 0.1], [0.5, 0.8]])
+    assert retrieval_metrics(scores, torch.tensor([0, 0, 1]))["v2t_medr"] == 1.5  # ranks 2 and 1
+
+
+def test_v2t_matches_a_brute_force_count():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        q, v = 9, 4
+        scores = torch.randint(0, 4, (q, v), generator=gen).double()  # small integers: many ties
+        owner = torch.randint(0, v, (q,), generator=gen)
+        expected = []
+        for video in owner.unique().tolist():
+            own = [i for i in range(q) if owner[i] == video]
+            others = [i for i in range(q) if owner[i] != video]
+            best = max(scores[i, video] for i in own)
+            expected.append(1 + sum(bool(scores[j, video] >= best) for j in others))
+        got = retrieval_metrics(scores, owner)
+        assert got["v2t_meanr"] == pytest.approx(sum(expected) / len(expected))
+        assert got["v2t_r1"] == pytest.approx(100.0 * sum(r == 1 for r in expected) / len(expected))
+
+
 @pytest.fixture
 def train_log(caplog):
     # the trainer's logger does not propagate to the root logger, where caplog listens

@@ -29,8 +29,9 @@ def retrieval_metrics(scores: torch.Tensor, text_to_video: torch.Tensor) -> dict
     """scores [Q texts, V videos] (higher = better match); text_to_video [Q]: the column of each text's video.
 
     text-to-video: the rank of a text's video among all V videos. video-to-text: for each video that has
-    texts, the best rank of its own texts among all Q texts. Returns t2v_r1/r5/r10/medr/meanr, v2t_*
-    and rsum (sum of the six recalls).
+    texts, the rank of its best own text among all Q texts, where only other videos' texts count against it
+    (two identical captions of one video tie with each other, and that must not cost the video rank 2).
+    Returns t2v_r1/r5/r10/medr/meanr, v2t_* and rsum (sum of the six recalls).
     """
     if scores.dim() != 2 or text_to_video.shape != scores.shape[:1]:
         raise ValueError(
@@ -41,8 +42,9 @@ def retrieval_metrics(scores: torch.Tensor, text_to_video: torch.Tensor) -> dict
     rows = torch.arange(scores.shape[0])
     true = scores[rows, text_to_video]  # [Q]
     t2v_ranks = (scores >= true[:, None]).sum(1)  # [Q], includes the true video itself
-    # v2t: compare each text score against the whole column of its video
-    text_rank_in_column = (scores.t()[text_to_video] >= true[:, None]).sum(1)  # [Q]
+    # v2t: compare each text score against the other videos' texts in its video's column
+    other_video = text_to_video[None, :] != text_to_video[:, None]  # [Q, Q]
+    text_rank_in_column = ((scores.t()[text_to_video] >= true[:, None]) & other_video).sum(1) + 1  # [Q]
     best = torch.full((scores.shape[1],), scores.shape[0] + 1, dtype=torch.long)
     best.scatter_reduce_(0, text_to_video, text_rank_in_column, reduce="amin")
     v2t_ranks = best[torch.unique(text_to_video)]
