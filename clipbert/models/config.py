@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,10 @@ class ClipBertConfig:
             value = getattr(self, key)
             if len(value) != 3:
                 raise ValueError(f"{key} must have 3 values (one per channel), got {value}")
+        if not all(math.isfinite(x) for x in self.pixel_mean + self.pixel_std):
+            raise ValueError(
+                f"pixel_mean and pixel_std must be finite, got {self.pixel_mean} and {self.pixel_std}"
+            )
         if min(self.pixel_std) <= 0:
             raise ValueError(f"pixel_std must be > 0, got {self.pixel_std}")
 
@@ -136,6 +141,11 @@ class ClipBertConfig:
         for key in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        # written as `not (...)` so that NaN, for which every comparison is false, fails too
+        if not 0.0 < self.layer_norm_eps < math.inf:
+            raise ValueError(f"layer_norm_eps must be a finite number > 0, got {self.layer_norm_eps}")
+        if not 0.0 <= self.initializer_range < math.inf:
+            raise ValueError(f"initializer_range must be a finite number >= 0, got {self.initializer_range}")
 
     # --- derived sizes ---
     @property

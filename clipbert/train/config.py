@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,19 @@ def _choice(key: str, value: Any, allowed) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
-def _number(key: str, value: Any, *, kind=float, low=None, high=None, low_open=False) -> None:
+def _number(
+    key: str, value: Any, *, kind=float, low=None, high=None, low_open=False, high_open=False
+) -> None:
     ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
         raise ConfigError(f"{key} must be {'an int' if kind is int else 'a number'}, got {value!r}")
+    # JSON and --set read NaN and Infinity, and every comparison with NaN is false
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
         raise ConfigError(f"{key} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ConfigError(f"{key} must be <= {high}, got {value!r}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ConfigError(f"{key} must be {'<' if high_open else '<='} {high}, got {value!r}")
 
 
 @dataclass
@@ -139,7 +145,8 @@ class TrainConfig:
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
             raise ConfigError(f"train.betas must be two numbers [beta1, beta2], got {self.betas!r}")
         for i, beta in enumerate(self.betas):
-            _number(f"train.betas[{i}]", beta, low=0, high=1)
+            # beta 1 would zero Adam's bias correction 1 - beta^t
+            _number(f"train.betas[{i}]", beta, low=0, high=1, high_open=True)
         self.betas = [float(b) for b in self.betas]
         if self.peak_tflops is not None:
             _number("train.peak_tflops", self.peak_tflops, low=0, low_open=True)
