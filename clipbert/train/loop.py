@@ -84,6 +84,11 @@ class Trainer:
         # good micro batches whose gradients wait for the next optimizer step; 0 at every checkpoint (save)
         self.accumulated = 0
         self.last_perf: dict = {}
+        # A stop signal as every rank saw it in the last per-micro-batch all-reduce. Decisions with
+        # collectives after them (the end-of-epoch evaluation, the final one) read this, never the local
+        # flag: a signal that lands after the all-reduce would otherwise send one rank into an evaluation
+        # and another into the checkpoint, and the run would hang.
+        self.stop_agreed = False
         self._eval_data = {}
         try:
             from clipbert.data.bad_input import BadInputTracker
@@ -158,7 +163,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         reason = "done" if reason == "continue" else reason
-        if reason == "done" and stop_signal.requested and self.state.step < self.total_steps:
+        if reason == "done" and self.stop_agreed and self.state.step < self.total_steps:
             # the stop met a bad last micro batch and no good step followed: not a finished run (no export
             # or final evaluation after the signal)
             reason = "signal"
@@ -203,7 +208,7 @@ class Trainer:
         self.state.micro_in_epoch = 0
         if self.tracker is not None:
             self.tracker.summary(self.state.epoch - 1)
-        if t.eval_every == 0 and not stop_signal.requested:  # a stop waits for a step, not an evaluation
+        if t.eval_every == 0 and not self.stop_agreed:  # a stop waits for a step, not an evaluation
             self.run_eval(self.cfg.eval.split)
         if t.save_every == 0:
             self.save()
@@ -244,6 +249,7 @@ class Trainer:
                 self.device,
             )
         self.state.micro_in_epoch += 1
+        self.stop_agreed = self.stop_agreed or bool(stop)
         if bad:
             # A stop waits for the next good boundary: here nothing could be saved (the last loss is bad, and
             # the window's good micro batches hold pending gradients), so the run would end unsaved.
@@ -252,6 +258,8 @@ class Trainer:
             return None
         with prof.phase("backward"):
             engine.backward(loss)
+        # the LRs this update applies: engine.step() steps the scheduler on a boundary, so read them first
+        lrs = self._lrs() if boundary else None
         with prof.phase("optimizer"):
             engine.step()
         self.state.bad_streak = 0
@@ -267,7 +275,7 @@ class Trainer:
         if not engine.was_step_applied():
             self._skipped_update()
         prof.boundary(self.state.step)
-        self._after_step(window, extra, bar)
+        self._after_step(window, extra, lrs, bar)
         if self.state.step >= self.total_steps:
             return "done"
         if t.stop_after_steps and self.state.step >= t.stop_after_steps:
@@ -313,11 +321,10 @@ class Trainer:
                 "data."
             )
 
-    def _after_step(self, window, extra: dict, bar) -> None:
+    def _after_step(self, window, extra: dict, lrs: dict, bar) -> None:
         t = self.cfg.train
         step = self.state.step
         loss = window["loss"] / max(1, window["good"])
-        lrs = self._lrs()
         record = {
             "step": step,
             "epoch": self.state.epoch,
