@@ -103,7 +103,8 @@ def test_unknown_key_names_the_full_key_and_the_allowed_ones():
         ("model.pixel_std=[NaN,1,1]", r"pixel_mean and pixel_std must be finite"),
         ("train.device=tpu", r"train\.device must be one of auto, cpu, cuda"),
         ("train.compile=all", r"train\.compile must be one of none, cnn, full"),
-        ("eval.split=dev", r"eval\.split must be one of train, val, test"),
+        ("eval.split=dev", r"eval\.split must be one of val, test"),
+        ("eval.test_split=train", r"eval\.test_split must be one of val, test; got 'train'"),
         (
             "deepspeed.zero_optimization.stage=4",
             r"deepspeed\.zero_optimization\.stage must be one of 0, 1, 2, 3",

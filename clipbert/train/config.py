@@ -32,6 +32,7 @@ TASK_KINDS = {
 HEAD_OF_KIND = {"retrieval": "itm", "qa": "qa", "mc": "mc", "mc_itm": "itm", "pretrain": "itm", "vqa": "qa"}
 ANSWER_KINDS = ("qa", "vqa")  # kinds whose head is sized by the task's ans2label file
 AGGREGATIONS = ("lse", "mean", "max")
+EVAL_SPLITS = ("val", "test")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -174,8 +175,10 @@ class EvalConfig:
     word_score_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        # Not "train": evaluation samples Ntest clips evenly over each video, and the train split's datasets
+        # sample Ntrain random clips (and, for retrieval, pair captions for the matching loss).
         for key in ("split", "test_split"):
-            _choice(f"eval.{key}", getattr(self, key), ("train", "val", "test"))
+            _choice(f"eval.{key}", getattr(self, key), EVAL_SPLITS)
         for key in ("batch_size", "text_batch", "video_batch"):
             _number(f"eval.{key}", getattr(self, key), kind=int, low=1)
         _number("eval.word_score_weight", self.word_score_weight, low=0)

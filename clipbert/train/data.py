@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-RETRIEVAL_EVAL_SPLITS = ("val", "test")
-
-
 class TaskData:
     """Datasets and loaders of clipbert.data for cfg.task.name; loaders shard by the distributed rank."""
 
