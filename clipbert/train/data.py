@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+
 class TaskData:
     """Datasets and loaders of clipbert.data for cfg.task.name; loaders shard by the distributed rank."""
 
