@@ -1,7 +1,8 @@
 """Two CPU processes (gloo): a run stopped mid-epoch and resumed matches the uninterrupted one, ZeRO-2 and 3.
 
 With two ranks the resume must restore each rank's shard position and RNG state, and ZeRO's partitioned
-optimizer state. Losses must match step for step and the final evaluation metric for metric.
+optimizer state. Losses must match step for step and the final evaluation metric for metric. Also: a ZeRO-3
+evaluation of a set smaller than the world finishes.
 """
 
 import json
@@ -38,6 +39,10 @@ def worker(out: str) -> None:
         resumed = make_config(root / "split", train={**TRAIN, "resume": "auto"}, deepspeed=zero)
         second = run(resumed, cpu, fake_factory(train_size=16))
         results[stage] = {"full": full, "first": first, "second": second}
+    # An evaluation set smaller than the world: rank 1's shard is empty. Under ZeRO-3 every forward is a
+    # collective, so that rank must still run its share (a repeat of example 0, deduplicated) or rank 0 hangs.
+    tiny = make_config(Path(out) / "tiny_eval", train={"epochs": 1, "eval_every": 0}, deepspeed=zero)
+    results["tiny_eval"] = run(tiny, cpu, fake_factory(train_size=4, eval_size=1))
     if is_rank0():
         (Path(out) / "results.json").write_text(json.dumps(results, default=str))
     torch.distributed.barrier()
@@ -65,6 +70,8 @@ def test_two_process_resume_matches_the_uninterrupted_run(tmp_path):
             {k: v for k, v in r[run]["metrics"].items() if k != "eval_seconds"} for run in ("full", "second")
         ]
         assert metrics[0] == metrics[1], stage
+    tiny = results["tiny_eval"]["metrics"]
+    assert tiny["num_videos"] == 1 and tiny["num_texts"] == 2 and tiny["t2v_r1"] == 100.0
 
 
 if __name__ == "__main__":  # the torchrun worker

@@ -101,7 +101,8 @@ class ShardedSampler(Sampler):
 
     Training: a permutation seeded by (seed, epoch), padded by wrapping so every rank gets the same count,
     then strided by rank (as DistributedSampler). Evaluation: range(len) strided by rank without padding, so
-    every example is visited exactly once across ranks. `set_epoch(epoch, batches_consumed)` resumes
+    every example is visited exactly once across ranks, except that a rank left with nothing (fewer examples
+    than ranks) repeats example 0. `set_epoch(epoch, batches_consumed)` resumes
     mid-epoch: the first `batches_consumed * batch_size` keys of the shard are skipped, for that epoch only.
     """
 
@@ -119,7 +120,13 @@ class ShardedSampler(Sampler):
 
     def shard(self) -> list[int]:
         if not self.train:
-            return list(range(self.rank, self.size, self.world_size))
+            shard = list(range(self.rank, self.size, self.world_size))
+            if not shard and self.size:
+                # A set smaller than the world leaves this rank nothing. It gets a repeat of example 0
+                # (evaluation deduplicates by index): under ZeRO-3 every forward is a collective, and a rank
+                # that runs none breaks the others' (a gloo collective mismatch; a hang on NCCL).
+                shard = [0]
+            return shard
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         total = math.ceil(self.size / self.world_size) * self.world_size
