@@ -104,6 +104,34 @@ def test_each_epoch_ends_on_an_optimizer_step_and_a_crash_resumes_exactly(tmp_pa
     assert [r["loss"] for r in b] == [r["loss"] for r in a] and [r["lr"] for r in b] == [r["lr"] for r in a]
 
 
+def test_a_resume_after_a_crash_between_checkpoints_logs_each_step_once(tmp_path, monkeypatch):
+    # 2 steps an epoch, a checkpoint and an evaluation at each epoch's end. The crash comes in step 4's
+    # update: step 3 is logged past the step-2 checkpoint. The resumed run logs step 3 again, and that line
+    # must replace the interrupted run's, not follow it (the curves showed such steps twice).
+    train = {**ODD_TRAIN, "eval_every": 0}
+    full, split = tmp_path / "full", tmp_path / "split"
+    run(make_config(full, train=train, eval=NO_FINAL_EVAL), CPU, fake_factory(train_size=6))
+    adamw_step, calls = torch.optim.AdamW.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(len(calls) + 1)
+        if len(calls) == 4:
+            raise RuntimeError("injected crash")
+        return adamw_step(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="injected crash"):
+        patch.setattr(torch.optim.AdamW, "step", step)
+        run(make_config(split, train=train, eval=NO_FINAL_EVAL), CPU, fake_factory(train_size=6))
+    assert [r["step"] for r in _steps(split)] == [1, 2, 3]  # step 3 logged, not checkpointed
+    with open(split / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "split": "va')  # and a line cut short by the crash
+    resumed = make_config(split, train={**train, "resume": "auto"}, eval=NO_FINAL_EVAL)
+    assert run(resumed, CPU, fake_factory(train_size=6))["step"] == 4
+    assert [r["step"] for r in _steps(split)] == [1, 2, 3, 4]
+    assert [r["loss"] for r in _steps(split)] == [r["loss"] for r in _steps(full)]
+    assert [(e["step"], e["split"]) for e in _metrics(split)] == [(2, "val"), (4, "val")]
+
+
 def test_an_overflow_skipped_update_still_steps_the_schedule(tmp_path, monkeypatch):
     # DeepSpeed's fp16 optimizers report a loss-scale overflow through `optimizer.overflow` and skip the
     # update; the engine then skips the LR scheduler too. Simulated on fp32 AdamW at the 2nd optimizer step.

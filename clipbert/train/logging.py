@@ -1,7 +1,8 @@
 """One rank-aware logger for the trainer: rank 0 logs, the others stay quiet; `warn_once` per message.
 
 `RunLog` writes what a run records on disk: TensorBoard scalars and <output_dir>/metrics.jsonl (one JSON
-object per evaluation, with the step and every metric).
+object per evaluation, with the step and every metric), and rewinds both, with the trainer's steps.jsonl, when
+a run resumes.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def _jsonable(value):
     return value
 
 
+def _step_of(line: str, default: float) -> float:
+    """The step of a JSON line, or `default` for a line that is not one (e.g. cut short by a crash)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return default
+
+
 class RunLog:
     """TensorBoard scalars (rank 0, optional) and the metrics.jsonl evaluation record."""
 
@@ -76,6 +85,33 @@ class RunLog:
                     self.tb = SummaryWriter(str(self.dir / "tensorboard"))
                 except ImportError:
                     warn_once("tensorboard is not installed; no TensorBoard scalars will be written")
+
+    def rewind(self, step: int) -> None:
+        """A resumed run goes on from `step`: drop what the interrupted run logged after it (steps.jsonl,
+        metrics.jsonl, TensorBoard events), which the resumed run logs again. Why: a crash between checkpoints
+        leaves the steps since the last one on disk, and the curves would show them twice. A line cut short
+        by the crash is dropped too."""
+        if not self.enabled:
+            return
+        for name in ("steps.jsonl", "metrics.jsonl"):
+            path = self.dir / name
+            if not path.is_file():
+                continue
+            lines = path.read_text().splitlines()
+            kept = [line for line in lines if _step_of(line, default=math.inf) <= step]
+            if len(kept) < len(lines):
+                path.write_text("".join(line + "\n" for line in kept))
+                get_logger().info(
+                    "resume from step %d: dropped %d line(s) of %s logged after it",
+                    step,
+                    len(lines) - len(kept),
+                    name,
+                )
+        if self.tb is not None:  # events at step > `step` go
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb.close()
+            self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=step + 1)
 
     def scalars(self, step: int, values: dict, prefix: str = "train") -> None:
         if self.tb is None:

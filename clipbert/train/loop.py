@@ -130,6 +130,7 @@ class Trainer:
     def resume(self, root: Path, tag: str) -> None:
         self.state = TrainerState(**ckpt.load(self.engine, root, tag))
         self.last_saved_step = self.state.step
+        self.runlog.rewind(self.state.step)
 
     def _lrs(self) -> dict:
         groups = self.engine.optimizer.param_groups
