@@ -41,3 +41,14 @@ def cpu_world():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def train_log(caplog):
+    """caplog for the trainer's logger, which does not propagate to the root logger where caplog listens."""
+    import logging
+
+    logger = logging.getLogger("clipbert.train")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)

@@ -1,7 +1,5 @@
 """Evaluation metrics against hand-computed cases."""
 
-import logging
-
 import pytest
 import torch
 
@@ -73,15 +71,6 @@ def test_v2t_matches_a_brute_force_count():
         got = retrieval_metrics(scores, owner)
         assert got["v2t_meanr"] == pytest.approx(sum(expected) / len(expected))
         assert got["v2t_r1"] == pytest.approx(100.0 * sum(r == 1 for r in expected) / len(expected))
-
-
-@pytest.fixture
-def train_log(caplog):
-    # the trainer's logger does not propagate to the root logger, where caplog listens
-    logger = logging.getLogger("clipbert.train")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def test_nan_scores_rank_worst_and_are_counted(train_log):

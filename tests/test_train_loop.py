@@ -43,7 +43,7 @@ def _schedule_ran_to_its_end(cfg, steps) -> bool:
 RESUME_TRAIN = {"epochs": 3, "grad_accum": 2, "save_every": 0, "eval_every": 0, "plot": True}
 
 
-def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, train_log):
     full, split = tmp_path / "full", tmp_path / "split"
     cfg = make_config(full, train=RESUME_TRAIN)
     summary = run(cfg, CPU, fake_factory())
@@ -53,7 +53,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     assert first["reason"] == "stop_after_steps" and first["step"] == 3
     assert (ckpt.checkpoint_root(split) / "latest").read_text().strip() == ckpt.tag_for(3)
     second = run(make_config(split, train={**RESUME_TRAIN, "resume": "auto"}), CPU, fake_factory())
-    assert second["step"] == 6
+    assert second["step"] == 6 and "plan changed" not in train_log.text
     a, b = _steps(full), _steps(split)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]  # exactly, step for step
@@ -79,6 +79,18 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     assert perf["data_backend"] == "pyav" and perf["frame_store_reader"] is None and perf["compile"] == "none"
     # the schedule: warm-up then linear decay to exactly 0 at the last step
     assert _schedule_ran_to_its_end(cfg, a) and max(r["lr"] for r in a) == cfg.train.lr
+
+
+def test_a_resume_under_another_plan_says_what_changed(tmp_path, train_log):
+    first = run(make_config(tmp_path, train={**RESUME_TRAIN, "stop_after_steps": 3}), CPU, fake_factory())
+    assert first["step"] == 3
+    longer = {**RESUME_TRAIN, "epochs": 4, "grad_accum": 1, "resume": "auto"}
+    # the new plan has 16 steps of 1 micro batch; the position (step 3, epoch 1, micro batch 2) is the old
+    # plan's, so the 3 remaining epochs' 10 micro batches end the run at step 13
+    assert run(make_config(tmp_path, train=longer), CPU, fake_factory())["step"] == 13
+    assert "the run's plan changed since the checkpoint (train.grad_accum 2 -> 1, total_steps 6 -> 16)" in (
+        train_log.text
+    )
 
 
 # 6 examples, batch 2, accumulation 2 -> 3 micro batches per epoch: a window of 2 then the leftover 1, so 2

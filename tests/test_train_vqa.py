@@ -2,7 +2,6 @@
 official accuracy, the per-type summary and the results file."""
 
 import json
-import logging
 
 import pytest
 import torch
@@ -108,18 +107,16 @@ def _tiny(**overrides):
     )
 
 
-def test_fine_tuning_from_pretraining_starts_a_new_head_but_evaluation_refuses(tmp_path, caplog):
+def test_fine_tuning_from_pretraining_starts_a_new_head_but_evaluation_refuses(tmp_path, train_log):
     from clipbert.train import checkpoint as ckpt
-
-    logging.getLogger("clipbert.train").addHandler(caplog.handler)  # the trainer's logger does not propagate
 
     pretrained = _tiny()  # the 2-way matching head of pre-training
     pretrained.save_pretrained(tmp_path / "model")
     vqa = _tiny(head="qa", num_answers=7)
     fresh_head = vqa.classifier[2].weight.detach().clone()
     ckpt.load_pretrained_weights(vqa, tmp_path / "model", "train.init_checkpoint", new_head=True)
-    logging.getLogger("clipbert.train").removeHandler(caplog.handler)
-    assert "a new task head" in caplog.text and "classifier.2.weight [2, 256] -> [7, 256]" in caplog.text
+    assert "a new task head" in train_log.text
+    assert "classifier.2.weight [2, 256] -> [7, 256]" in train_log.text
     torch.testing.assert_close(vqa.encoder.state_dict(), pretrained.encoder.state_dict())
     assert torch.equal(vqa.classifier[2].weight, fresh_head)  # kept its initialization
     with pytest.raises(

@@ -37,6 +37,9 @@ class TrainerState:
     bad_total: int = 0  # micro batches skipped for a NaN/Inf loss, whole run
     bad_streak: int = 0  # ... in a row, up to now
     overflow_total: int = 0  # optimizer steps DeepSpeed skipped (fp16 loss-scale overflow), whole run
+    plan: dict = dataclasses.field(
+        default_factory=dict
+    )  # what the position above is counted in (Trainer.plan)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,7 +75,7 @@ class Trainer:
         self.words = None
         if cfg.train.visual_word_loss:
             self.words = VisualWords.from_vocab(self.train_set.word_vocab, cfg.train.visual_word_loss, device)
-        self.state = TrainerState()
+        self.state = TrainerState(plan=self.plan())
         self.throughput = Throughput(model_cfg, device, _world(), cfg.train.peak_tflops)
         self.out = Path(cfg.train.output_dir)
         self.log = get_logger()
@@ -127,9 +130,34 @@ class Trainer:
         self.last_saved_step = self.state.step
         self.throughput.reset()
 
+    def plan(self) -> dict:
+        """What a checkpoint's position (epoch, micro batches into it, step) means: the epoch's micro batches
+        are this rank's shard in batches, and the steps are a fraction of the schedule."""
+        return {
+            "train.batch_size": self.cfg.train.batch_size,
+            "train.grad_accum": self.cfg.train.grad_accum,
+            "world_size": _world(),
+            "data.seed": self.cfg.data.seed,
+            "micro_batches_per_epoch": len(self.train_loader),
+            "total_steps": self.total_steps,
+        }
+
     def resume(self, root: Path, tag: str) -> None:
         self.state = TrainerState(**ckpt.load(self.engine, root, tag))
         self.last_saved_step = self.state.step
+        now = self.plan()
+        changed = [
+            f"{k} {self.state.plan[k]} -> {v}" for k, v in now.items() if self.state.plan.get(k, v) != v
+        ]
+        if changed:  # allowed (more epochs, another cluster), but not the run that was interrupted
+            self.log.warning(
+                "resume from %s: the run's plan changed since the checkpoint (%s), so the resumed run does "
+                "not repeat the interrupted one: the position in the epoch counts micro batches of the old "
+                "shard, and the LR schedule follows the new total",
+                tag,
+                ", ".join(changed),
+            )
+        self.state.plan = now
         self.runlog.rewind(self.state.step)
 
     def _lrs(self) -> dict:
