@@ -93,6 +93,24 @@ def test_a_resume_under_another_plan_says_what_changed(tmp_path, train_log):
     )
 
 
+def test_a_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, train_log):
+    # e.g. going back to before a divergence. The newer checkpoints used to stay: pruning (newest tags kept)
+    # then deleted the new run's checkpoints instead, and a new checkpoint landed in an old one's directory.
+    train = {**RESUME_TRAIN, "save_every": 1, "keep_checkpoints": 2}
+    run(make_config(tmp_path, train=train), CPU, fake_factory())
+    root = ckpt.checkpoint_root(tmp_path)
+    assert sorted(p.name for p in root.glob("step_*")) == [ckpt.tag_for(5), ckpt.tag_for(6)]
+    first = _steps(tmp_path)
+    again = {**train, "resume": str(root / ckpt.tag_for(5))}
+    assert run(make_config(tmp_path, train=again), CPU, fake_factory())["step"] == 6
+    aside = root / f"abandoned_after_{ckpt.tag_for(5)}"
+    assert [p.name for p in aside.iterdir()] == [ckpt.tag_for(6)]
+    assert sorted(p.name for p in root.glob("step_*")) == [ckpt.tag_for(5), ckpt.tag_for(6)]
+    assert (root / "latest").read_text().strip() == ckpt.tag_for(6)
+    assert f"moved the 1 newer checkpoint(s) of the abandoned run ({ckpt.tag_for(6)}" in train_log.text
+    assert [r["loss"] for r in _steps(tmp_path)] == [r["loss"] for r in first]  # step 6 replaced, once
+
+
 # 6 examples, batch 2, accumulation 2 -> 3 micro batches per epoch: a window of 2 then the leftover 1, so 2
 # optimizer steps per epoch; 2 epochs -> 4 steps. A checkpoint at each epoch's end.
 ODD_TRAIN = {"epochs": 2, "grad_accum": 2, "save_every": 0, "eval_every": -1}

@@ -3,7 +3,8 @@
 Layout: <output_dir>/checkpoints/step_<N>/ (DeepSpeed's files, `trainer_state.json`, `rng_rank<r>.pt`)
 and DeepSpeed's `latest` file naming the newest complete tag. A tag is never rewritten: a new checkpoint
 gets a new directory and `latest` moves only after every rank has written, so an interrupted save or a
-bad state can never replace the last good checkpoint.
+bad state can never replace the last good checkpoint. A resume from an older checkpoint moves the newer ones
+aside (checkpoints/abandoned_after_<tag>/).
 """
 
 from __future__ import annotations
@@ -91,6 +92,51 @@ def _prune(root: Path, keep: int) -> None:
     for old in tags[:-keep]:
         if old.name != latest:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def set_aside_newer(output_dir: str | Path, step: int) -> None:
+    """Move this run's checkpoints newer than the resumed `step` to checkpoints/abandoned_after_<tag>/.
+
+    Why: they belong to a run that is being abandoned (a resume from an older checkpoint, e.g. from before a
+    divergence). Left in place, pruning, which keeps the newest tags, would delete the new run's checkpoints
+    instead of them, and a new checkpoint could land in one of their directories. Nothing is deleted. Call
+    on every rank: rank 0 moves, the others wait."""
+    if is_rank0():  # only rank 0 looks and moves: another rank could look after the move
+        _move_newer(checkpoint_root(output_dir), step)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _move_newer(root: Path, step: int) -> None:
+    newer = sorted(p for p in root.glob("step_*") if p.is_dir() and _tag_step(p.name) > step)
+    if not newer:
+        return
+    dest, k = root / f"abandoned_after_{tag_for(step)}", 1
+    while dest.exists():  # abandoned at this step before
+        dest, k = root / f"abandoned_after_{tag_for(step)}_{k}", k + 1
+    dest.mkdir()
+    for path in newer:
+        path.rename(dest / path.name)
+    latest = root / LATEST
+    if latest.is_file() and (dest / latest.read_text().strip()).exists():
+        # `latest` named a moved tag: it names the resumed one where that is here, else none until a save
+        if (root / tag_for(step)).is_dir():
+            latest.write_text(tag_for(step))
+        else:
+            latest.unlink()
+    get_logger().warning(
+        "resume from step %d: moved the %d newer checkpoint(s) of the abandoned run (%s..%s) to %s",
+        step,
+        len(newer),
+        newer[0].name,
+        newer[-1].name,
+        dest,
+    )
+
+
+def _tag_step(name: str) -> int:
+    digits = name.removeprefix("step_")
+    return int(digits) if digits.isdigit() else -1
 
 
 def find_resume(resume: str, output_dir: str | Path) -> tuple[Path, str] | None:

@@ -158,6 +158,7 @@ class Trainer:
                 ", ".join(changed),
             )
         self.state.plan = now
+        ckpt.set_aside_newer(self.out, self.state.step)
         self.runlog.rewind(self.state.step)
 
     def _lrs(self) -> dict:
