@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import json
+import math
 import os
 import signal
 
@@ -222,8 +223,27 @@ def test_single_nan_batches_are_skipped_and_counted(tmp_path):
     )
     assert summary["reason"] == "done" and summary["bad_steps"] == 2
     steps = _steps(out)
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
-    assert sum(r["skipped"] for r in steps) == 2
+    # one micro batch a step: a bad one is a step without an update, and the run keeps its planned 8 steps
+    assert summary["step"] == 8 and [r["step"] for r in steps] == list(range(1, 9))
+    assert [r["skipped"] for r in steps].count(1) == 2 and sum(r["skipped"] for r in steps) == 2
+    assert all((r["loss"] is None) == (r["skipped"] == 1) for r in steps)
+    assert all(math.isfinite(r["loss"]) for r in steps if r["loss"] is not None)
+
+
+def test_bad_micro_batches_keep_the_planned_steps_and_schedule(tmp_path, train_log):
+    # Accumulation windows are counted by position: a bad micro batch leaves its window one short, and a bad
+    # window end is a step without an update (the window's good gradients join the next step's). Before, the
+    # windows were counted in good micro batches, so each bad one cost its epoch a step: the run ended short
+    # of total_steps and its LR schedule short of its end.
+    cfg = make_config(tmp_path, train={"epochs": 2, "grad_accum": 2, "max_bad_steps": 2})
+    summary = run(cfg, CPU, fake_factory(nan_indices={2}))
+    steps = _steps(tmp_path)
+    assert (summary["reason"], summary["step"], summary["bad_steps"]) == ("done", 4, 2)
+    assert [r["epoch"] for r in steps] == [0, 0, 1, 1] and sum(r["skipped"] for r in steps) == 2
+    assert _schedule_ran_to_its_end(cfg, steps)
+    assert _micro_batch_of(2) == 2  # epoch 0: the first window's end, after one good micro batch
+    assert steps[0]["loss"] is not None and steps[0]["skipped"] == 1
+    assert "step 1: no update (its last micro batch was bad); the gradients of its 1 good" in train_log.text
 
 
 def test_too_many_bad_steps_stop_and_keep_the_last_good_checkpoint(tmp_path):
@@ -271,8 +291,8 @@ def test_a_stop_on_a_bad_micro_batch_waits_for_the_next_good_step(tmp_path, grad
     assert (ckpt.checkpoint_root(out) / "latest").read_text().strip() == ckpt.tag_for(summary["step"])
     assert not (out / "metrics.jsonl").exists()  # nor an end-of-epoch evaluation after the signal
     resumed = run(make_config(out, train={**train, "resume": "auto"}), CPU, fake_factory())
-    # 4 micro batches per epoch; with grad_accum=1 the skipped one was a whole step
-    assert resumed["reason"] == "done" and resumed["step"] == {1: 7, 2: 4}[grad_accum]
+    # 4 micro batches per epoch: the planned steps, a bad boundary being a step without an update
+    assert resumed["reason"] == "done" and resumed["step"] == {1: 8, 2: 4}[grad_accum]
 
 
 def test_a_stop_after_the_epochs_last_all_reduce_keeps_the_end_of_epoch_evaluation(tmp_path, monkeypatch):
@@ -305,11 +325,12 @@ def test_a_stop_after_the_epochs_last_all_reduce_keeps_the_end_of_epoch_evaluati
 
 
 def test_a_stop_on_the_runs_last_micro_batch_when_bad_is_not_a_finished_run(tmp_path):
-    # No good step follows, so nothing can be saved; the run must not export or evaluate after the signal.
+    # The last step has no update (its micro batch is bad) and no good step follows, so nothing can be saved;
+    # the run must not export or evaluate after the signal.
     out = tmp_path / "term_last"
     train = {"epochs": 1, "eval_every": -1}
     summary = run(make_config(out, train=train), CPU, fake_factory(sigterm_at=(0, 3), nan_indices={3}))
-    assert (summary["reason"], summary["step"], summary["bad_steps"]) == ("signal", 3, 1)
+    assert (summary["reason"], summary["step"], summary["bad_steps"]) == ("signal", 4, 1)
     assert "metrics" not in summary and not (out / "model").exists()
 
 

@@ -193,7 +193,11 @@ class Trainer:
             if bar is not None:
                 bar.close()
         reason = "done" if reason == "continue" else reason
-        if reason == "done" and self.stop_agreed and self.state.step < self.total_steps:
+        if (
+            reason == "done"
+            and self.stop_agreed
+            and (self.state.step < self.total_steps or self.state.bad_streak)
+        ):
             # the stop met a bad last micro batch and no good step followed: not a finished run (no export
             # or final evaluation after the signal)
             reason = "signal"
@@ -245,12 +249,14 @@ class Trainer:
         return "done" if self.state.step >= self.total_steps else "continue"
 
     def _accumulation_boundary(self, last_in_epoch: bool) -> bool:
-        """Whether this micro batch, if its loss is finite, ends the accumulation: after train.grad_accum good
-        micro batches, and always on the epoch's last one. Why the trainer decides and tells DeepSpeed: the
-        engine counts micro steps over the whole run, so its windows would straddle epoch ends. Each epoch
-        would then run fewer than the planned ceil(batches / grad_accum) steps (the LR never reaching 0), and
-        an end-of-epoch checkpoint would drop the pending gradients, so a resumed run would differ."""
-        return last_in_epoch or self.accumulated + 1 >= self.cfg.train.grad_accum
+        """Whether this micro batch ends its accumulation window: every train.grad_accum micro batches of the
+        epoch, counted by position (skipped bad ones included), and always on the epoch's last one. Why the
+        trainer decides and tells DeepSpeed: the engine counts micro steps over the whole run, so its windows
+        would straddle epoch ends. Each epoch would then run fewer than the planned ceil(batches / grad_accum)
+        steps, and an end-of-epoch checkpoint would drop the pending gradients, so a resumed run would differ.
+        Why by position: whatever is skipped, every epoch runs its planned steps, so the run reaches
+        total_steps and the LR schedule its end."""
+        return last_in_epoch or (self.state.micro_in_epoch + 1) % self.cfg.train.grad_accum == 0
 
     def _micro_step(self, batch: dict, stop_signal, bar, window, last_in_epoch: bool) -> str | None:
         t = self.cfg.train
@@ -282,9 +288,11 @@ class Trainer:
         self.stop_agreed = self.stop_agreed or bool(stop)
         if bad:
             # A stop waits for the next good boundary: here nothing could be saved (the last loss is bad, and
-            # the window's good micro batches hold pending gradients), so the run would end unsaved.
+            # the window's good micro batches may hold pending gradients), so the run would end unsaved.
             self._skip_bad(window)
             del loss
+            if boundary:
+                return self._step_without_update(window, bar)
             return None
         with prof.phase("backward"):
             engine.backward(loss)
@@ -305,7 +313,7 @@ class Trainer:
         if not engine.was_step_applied():
             self._skipped_update()
         prof.boundary(self.state.step)
-        self._after_step(window, extra, lrs, bar)
+        self._after_step(window, extra, lrs, bar, overflow=not engine.was_step_applied())
         if self.state.step >= self.total_steps:
             return "done"
         if t.stop_after_steps and self.state.step >= t.stop_after_steps:
@@ -314,6 +322,27 @@ class Trainer:
         if stop:
             return "signal"
         return None
+
+    def _step_without_update(self, window, bar) -> str | None:
+        """The window's last micro batch was bad: the step ends without an update, yet it counts and the
+        scheduler steps, as for an fp16 overflow (_skipped_update), so the epochs keep their planned steps.
+        Gradients of the window's good micro batches stay pending in the engine (DeepSpeed applies them only
+        after a backward at the boundary) and join the next step's. A stop or stop_after_steps waits for the
+        next good step, which can be saved."""
+        lrs = self._lrs()  # the LRs this step would have applied
+        if self.engine.lr_scheduler is not None:
+            self.engine.lr_scheduler.step()
+        if self.accumulated:
+            self.log.warning(
+                "step %d: no update (its last micro batch was bad); the gradients of its %d good micro "
+                "batch(es) join the next step's",
+                self.state.step + 1,
+                self.accumulated,
+            )
+        self.state.step += 1
+        self.profiler.boundary(self.state.step)
+        self._after_step(window, {}, lrs, bar, overflow=False)
+        return "done" if self.state.step >= self.total_steps else None
 
     def _skipped_update(self) -> None:
         """DeepSpeed skipped this step's update and its scheduler step (fp16 loss-scale overflow: it lowers
@@ -351,16 +380,16 @@ class Trainer:
                 "data."
             )
 
-    def _after_step(self, window, extra: dict, lrs: dict, bar) -> None:
+    def _after_step(self, window, extra: dict, lrs: dict, bar, overflow: bool) -> None:
         t = self.cfg.train
         step = self.state.step
-        loss = window["loss"] / max(1, window["good"])
+        loss = window["loss"] / window["good"] if window["good"] else None  # None: every micro batch was bad
         record = {
             "step": step,
             "epoch": self.state.epoch,
             "loss": loss,
             "skipped": window["bad"],
-            "overflow": not self.engine.was_step_applied(),
+            "overflow": overflow,
             **lrs,
             **extra,
         }
@@ -369,12 +398,13 @@ class Trainer:
         if bar is not None:
             bar.update(1)
         if step % t.log_every == 0 or step == self.total_steps:
+            shown = "n/a" if loss is None else f"{loss:.4f}"
             perf = self.throughput.snapshot()
             self.last_perf = perf
             self.runlog.scalars(step, {**record, **perf})
             if bar is not None:
                 bar.set_postfix(
-                    loss=f"{loss:.4f}",
+                    loss=shown,
                     lr=f"{lrs.get('lr', 0):.2e}",
                     fps=f"{perf['frames_per_s']:.1f}",
                     data_wait=f"{100 * perf['data_wait_frac']:.0f}%",
@@ -382,10 +412,10 @@ class Trainer:
             else:
                 mfu = perf["mfu"]
                 self.log.info(
-                    "step %d/%d loss %.4f lr %.3g frames/s %.1f MFU %s data wait %.0f%%",
+                    "step %d/%d loss %s lr %.3g frames/s %.1f MFU %s data wait %.0f%%",
                     step,
                     self.total_steps,
-                    loss,
+                    shown,
                     lrs.get("lr", 0.0),
                     perf["frames_per_s"],
                     "n/a" if mfu is None else f"{100 * mfu:.1f}%",

@@ -39,7 +39,10 @@ def plot_curves(output_dir: str | Path) -> Path | None:
         return None
     fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
     if steps:
-        ax_loss.plot([s["step"] for s in steps], [s["loss"] for s in steps], lw=1)
+        updated = [
+            s for s in steps if s.get("loss") is not None
+        ]  # a step whose micro batches were all bad has none
+        ax_loss.plot([s["step"] for s in updated], [s["loss"] for s in updated], lw=1)
     ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="loss")
     for split in sorted({e.get("split", "") for e in evals}):
         rows = [e for e in evals if e.get("split", "") == split]
