@@ -100,6 +100,11 @@ def test_unknown_key_names_the_full_key_and_the_allowed_ones():
         ("train.betas=[0.9,1.0]", r"train\.betas\[1\] must be < 1"),
         ("eval.word_score_weight=NaN", r"eval\.word_score_weight must be a finite number"),
         ("model.layer_norm_eps=NaN", r"layer_norm_eps must be a finite number > 0"),
+        # Python's spelling arrives as a string, which is truthy: the run did the opposite
+        ("eval.only=False", r"eval\.only must be true or false \(JSON\), got 'False'"),
+        ("train.plot=no", r"train\.plot must be true or false"),
+        ("model.channels_last=False", r"channels_last must be true or false, got 'False'"),
+        ("train.resume=1", r"train\.resume must be a string, got 1"),
         ("model.pixel_std=[NaN,1,1]", r"pixel_mean and pixel_std must be finite"),
         ("train.device=tpu", r"train\.device must be one of auto, cpu, cuda"),
         ("train.compile=all", r"train\.compile must be one of none, cnn, full"),

@@ -72,6 +72,9 @@ class ClipBertConfig:
     checkpoint_transformer: bool = False  # activation checkpointing per BERT layer
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # "False" (a string, so truthy) from a command line is not False
+            if isinstance(f.default, bool) and not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
         self.backbone_layers = tuple(int(x) for x in self.backbone_layers)
         _check_choice("head", self.head, HEADS)
         _check_choice("backbone_style", self.backbone_style, BACKBONE_STYLES)

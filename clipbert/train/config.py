@@ -316,12 +316,26 @@ def _build_section(name: str, cls, values: dict[str, Any]):
     for key in values:
         if key not in allowed:
             raise ConfigError(f"unknown key {name}.{key}; allowed keys in [{name}]: {', '.join(allowed)}")
+    _check_flags_and_strings(name, cls, values)
     try:
         return cls(**values)
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{name}: {err}") from err
+
+
+def _check_flags_and_strings(name: str, cls, values: dict[str, Any]) -> None:
+    """A bool key takes only true/false, a string key only a string. Why: `--set eval.only=False` (Python's
+    spelling, not JSON's) arrives as the string "False", which is truthy, so the run did the opposite."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if isinstance(f.default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{name}.{f.name} must be true or false (JSON), got {value!r}")
+        if isinstance(f.default, str) and not isinstance(value, str):
+            raise ConfigError(f"{name}.{f.name} must be a string, got {value!r}")
 
 
 def _build_data(values: dict[str, Any]):
