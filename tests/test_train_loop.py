@@ -14,6 +14,7 @@ from test_train_fakes import fake_factory, make_config
 from clipbert.data.config import DataConfig
 from clipbert.data.loader import ShardedSampler, build_loader, ignore_interrupts
 from clipbert.train import checkpoint as ckpt
+from clipbert.train.config import ConfigError
 from clipbert.train.engine import warmup_linear_decay
 from clipbert.train.loop import TrainingDiverged
 from clipbert.train.run import run
@@ -213,6 +214,35 @@ def test_eval_only_from_checkpoint_and_export_agree(tmp_path):
         cfg = make_config(tmp_path / "eval", eval={"only": True, "checkpoint": str(source)})
         got = run(cfg, CPU, fake_factory())["metrics"]
         assert {k: v for k, v in got.items() if k != "eval_seconds"} == expected, source
+
+
+def test_eval_only_in_the_runs_own_dir_leaves_its_record(tmp_path):
+    # The README's evaluation command shares the trained run's output_dir: it used to replace the run's
+    # config.json, log the evaluation at step 0 and add TensorBoard events to the run's curves.
+    tb = {"tensorboard": True}
+    run(make_config(tmp_path, train={"epochs": 1, "eval_every": -1, **tb}), CPU, fake_factory())
+    config, events = (tmp_path / "config.json").read_text(), sorted((tmp_path / "tensorboard").iterdir())
+    for source, step in ((tmp_path, 4), (tmp_path / "model", None)):
+        cfg = make_config(tmp_path, train=tb, eval={"only": True, "checkpoint": str(source)})
+        run(cfg, CPU, fake_factory())
+        assert _metrics(tmp_path)[-1]["step"] == step and _metrics(tmp_path)[-1]["split"] == "test"
+    assert (tmp_path / "config.json").read_text() == config
+    assert json.loads((tmp_path / "eval_config.json").read_text())["eval"]["only"] is True
+    assert sorted((tmp_path / "tensorboard").iterdir()) == events
+
+
+def test_a_fresh_run_into_a_previous_runs_dir_is_refused(tmp_path):
+    train = {"epochs": 1, "eval_every": -1}
+    run(make_config(tmp_path, train={**train, "stop_after_steps": 2}), CPU, fake_factory())
+    with pytest.raises(
+        ConfigError, match=r"holds a previous run \(steps.jsonl, checkpoints up to step_00000002\)"
+    ):
+        run(make_config(tmp_path, train=train), CPU, fake_factory())
+    assert [r["step"] for r in _steps(tmp_path)] == [1, 2]  # untouched
+    # a run that stopped before its first checkpoint: resume=auto starts over, without its stale lines
+    (tmp_path / "checkpoints").rename(tmp_path / "elsewhere")
+    assert run(make_config(tmp_path, train={**train, "resume": "auto"}), CPU, fake_factory())["step"] == 4
+    assert [r["step"] for r in _steps(tmp_path)] == [1, 2, 3, 4]
 
 
 def test_single_nan_batches_are_skipped_and_counted(tmp_path):

@@ -152,6 +152,15 @@ def find_resume(resume: str, output_dir: str | Path) -> tuple[Path, str] | None:
     return locate(resume, key="train.resume")
 
 
+def step_of(path: str | Path) -> int | None:
+    """The optimizer step of a trainer checkpoint (its trainer_state.json); None for an exported model dir."""
+    try:
+        root, tag = locate(path, key="eval.checkpoint")
+        return int(json.loads((root / tag / STATE_FILE).read_text())["step"])
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+
+
 def locate(path: str | Path, key: str) -> tuple[Path, str]:
     """A checkpoint given as a tag dir, a checkpoints/ dir with `latest`, or an output_dir."""
     path = Path(path)

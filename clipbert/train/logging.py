@@ -61,12 +61,14 @@ def _jsonable(value):
     return value
 
 
-def _step_of(line: str, default: float) -> float:
-    """The step of a JSON line, or `default` for a line that is not one (e.g. cut short by a crash)."""
+def _step_of(line: str) -> float:
+    """The step of a JSON line: -inf for none (an eval.only record of an exported model, kept), +inf for a
+    line that is not JSON (cut short by a crash, dropped)."""
     try:
-        return int(json.loads(line)["step"])
+        step = json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
-        return default
+        return math.inf
+    return -math.inf if step is None else step
 
 
 class RunLog:
@@ -98,7 +100,7 @@ class RunLog:
             if not path.is_file():
                 continue
             lines = path.read_text().splitlines()
-            kept = [line for line in lines if _step_of(line, default=math.inf) <= step]
+            kept = [line for line in lines if _step_of(line) <= step]
             if len(kept) < len(lines):
                 path.write_text("".join(line + "\n" for line in kept))
                 get_logger().info(

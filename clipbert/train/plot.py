@@ -39,13 +39,15 @@ def plot_curves(output_dir: str | Path) -> Path | None:
         return None
     fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
     if steps:
-        updated = [
-            s for s in steps if s.get("loss") is not None
-        ]  # a step whose micro batches were all bad has none
+        # a step whose micro batches were all bad has no loss
+        updated = [s for s in steps if s.get("loss") is not None]
         ax_loss.plot([s["step"] for s in updated], [s["loss"] for s in updated], lw=1)
     ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="loss")
     for split in sorted({e.get("split", "") for e in evals}):
-        rows = [e for e in evals if e.get("split", "") == split]
+        # eval.only records of an exported model have no step
+        rows = [e for e in evals if e.get("split", "") == split and e.get("step") is not None]
+        if not rows:
+            continue
         for key in rows[0]:
             if key in SKIP_KEYS or not isinstance(rows[0][key], (int, float)) or "meanr" in key:
                 continue

@@ -82,10 +82,31 @@ def resolved_model_config(cfg, data):
 
 
 def write_resolved_config(cfg, model_cfg, out: Path) -> None:
+    """config.json for a training run; eval_config.json for eval.only, which often shares the output_dir of
+    the run it evaluates and must not replace that run's record."""
     if is_rank0():
         out.mkdir(parents=True, exist_ok=True)
         resolved = {**cfg.to_dict(), "resolved_model": model_cfg.to_dict()}
-        (out / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        name = "eval_config.json" if cfg.eval.only else "config.json"
+        (out / name).write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+
+
+def refuse_previous_run(cfg, out: Path) -> None:
+    """A fresh training run into an output_dir that holds another run's steps or checkpoints would interleave
+    its logs, checkpoints and exported model with that run's: an error, which says how to continue it."""
+    if (
+        cfg.eval.only or cfg.train.resume
+    ):  # resume=auto without a checkpoint starts over a run that saved none
+        return
+    found = ["steps.jsonl"] if (out / "steps.jsonl").is_file() else []
+    tags = sorted(p.name for p in ckpt.checkpoint_root(out).glob("step_*"))
+    if tags:
+        found.append(f"checkpoints up to {tags[-1]}")
+    if found:
+        raise C.ConfigError(
+            f"train.output_dir={str(out)!r} holds a previous run ({', '.join(found)}): continue it with "
+            "--set train.resume=auto, or give a new train.output_dir (or remove that one)"
+        )
 
 
 def run(cfg, device: torch.device, data_factory=None) -> dict:
@@ -102,22 +123,25 @@ def run(cfg, device: torch.device, data_factory=None) -> dict:
     data = (data_factory or TaskData)(cfg, cfg.model_config(), device)
     model_cfg = resolved_model_config(cfg, data)
     out = Path(cfg.train.output_dir)
+    refuse_previous_run(cfg, out)
     write_resolved_config(cfg, model_cfg, out)
     model, engine_init, init_key = build_model(cfg, model_cfg)
     dtype = DTYPES[C.precision(cfg.deepspeed)]
-    runlog = RunLog(out, cfg.train.tensorboard)
+    # eval.only keeps out of TensorBoard: its events would land in the evaluated run's curves
+    runlog = RunLog(out, cfg.train.tensorboard and not cfg.eval.only)
     try:
         if cfg.eval.only:
             engine, _, _ = build_engine(cfg, model, 1, device)
             if engine_init:
                 ckpt.load_module_only(engine, engine_init, init_key)
-            return {"metrics": _final_eval(cfg, engine, data, runlog, device, dtype, step=0)}
+            step = ckpt.step_of(cfg.eval.checkpoint)  # metrics.jsonl: the evaluated checkpoint's step
+            return {"metrics": _final_eval(cfg, engine, data, runlog, device, dtype, step=step)}
         return _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, dtype, start)
     finally:
         runlog.close()
 
 
-def _final_eval(cfg, engine, data, runlog, device, dtype, step: int) -> dict | None:
+def _final_eval(cfg, engine, data, runlog, device, dtype, step: int | None) -> dict | None:
     from clipbert.train.evaluate import evaluate
 
     split = cfg.eval.test_split
@@ -127,7 +151,8 @@ def _final_eval(cfg, engine, data, runlog, device, dtype, step: int) -> dict | N
     metrics = evaluate(engine, cfg, data.eval(split), split, device, dtype, data.visual_words(device))
     runlog.evaluation(step, split, metrics)
     if is_rank0():
-        print(format_table(metrics, f"{cfg.task.name} / {split} (step {step})"), flush=True)
+        at = "" if step is None else f" (step {step})"
+        print(format_table(metrics, f"{cfg.task.name} / {split}{at}"), flush=True)
     return metrics
 
 
@@ -149,6 +174,8 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
     resume = ckpt.find_resume(cfg.train.resume, cfg.train.output_dir)
     if resume:
         trainer.resume(*resume)
+    elif cfg.train.resume == "auto":  # a run that stopped before its first checkpoint: its logs go
+        runlog.rewind(0)
     log.info(
         "task %s: %d optimizer steps (%d micro batches/epoch/rank, accumulation %d), world %d, %s, ZeRO-%d",
         cfg.task.name,
