@@ -9,7 +9,7 @@ video (ITM head, LSE clip aggregation + NLL). The largest batch is found by prob
 fraction; on the CPU by a byte budget against the live-tensor peak (see clipbert/perf/memory.py).
 
   python benchmarks/memory_vs_ntrain.py --device cuda --time-budget-s 300        # the GPU run
-  python benchmarks/memory_vs_ntrain.py --device cpu --small                     # tiny preset, seconds
+  python benchmarks/memory_vs_ntrain.py --device cpu --small                     # tiny preset, minutes
 
 Writes <out-dir>/<tag>.{json,csv,md,png} (tag: fig5_<device>[_small]) and prints the table.
 """
