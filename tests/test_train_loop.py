@@ -113,6 +113,21 @@ def test_a_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, t
     assert [r["loss"] for r in _steps(tmp_path)] == [r["loss"] for r in first]  # step 6 replaced, once
 
 
+def test_a_resume_with_another_lr_applies_it(tmp_path, train_log):
+    # The checkpoint's optimizer and scheduler state carried the old base LR: a changed train.lr went
+    # unheeded (while a changed total_steps took effect).
+    first = make_config(tmp_path, train={**RESUME_TRAIN, "stop_after_steps": 3})
+    run(first, CPU, fake_factory())
+    faster = make_config(tmp_path, train={**RESUME_TRAIN, "lr": 2 * first.train.lr, "resume": "auto"})
+    run(faster, CPU, fake_factory())
+    assert f"train.lr {first.train.lr} -> {faster.train.lr}" in train_log.text
+    lrs = [r["lr"] for r in _steps(tmp_path)]
+    planned = [warmup_linear_decay(t, 6, first.train.warmup_ratio) for t in range(6)]
+    assert lrs == pytest.approx(
+        [first.train.lr * f for f in planned[:3]] + [faster.train.lr * f for f in planned[3:]]
+    )
+
+
 # 6 examples, batch 2, accumulation 2 -> 3 micro batches per epoch: a window of 2 then the leftover 1, so 2
 # optimizer steps per epoch; 2 epochs -> 4 steps. A checkpoint at each epoch's end.
 ODD_TRAIN = {"epochs": 2, "grad_accum": 2, "save_every": 0, "eval_every": -1}

@@ -97,6 +97,25 @@ def param_groups(model: nn.Module, train_cfg) -> list[dict]:
     return [g for g in groups.values() if g["params"]]
 
 
+def apply_hyperparameters(optimizer, scheduler, train_cfg) -> None:
+    """Set each group's LR schedule base, weight decay, betas and eps from `train_cfg`, the LR at the
+    scheduler's current step. Why: a resume loads the optimizer's and the scheduler's state, whose groups
+    carry the interrupted run's values, so a changed train.lr went unheeded while the new total_steps
+    (the schedule's shape) took effect. Values that did not change are set to what they were, bit for bit."""
+    for group in optimizer.param_groups:
+        cnn, decay = group["group"].startswith("cnn"), not group["group"].endswith("_no_decay")
+        group["initial_lr"] = train_cfg.cnn_lr if cnn else train_cfg.lr
+        group["weight_decay"] = (
+            (train_cfg.cnn_weight_decay if cnn else train_cfg.weight_decay) if decay else 0.0
+        )
+        group["betas"], group["eps"] = tuple(train_cfg.betas), train_cfg.eps
+    if scheduler is not None:
+        scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)  # as LambdaLR computes it
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def warmup_linear_decay(step: int, total_steps: int, warmup_ratio: float) -> float:
     """LR multiplier at optimizer step `step` (0-based): linear 0 -> 1 over the warm-up, then 1 -> 0."""
     warmup = int(total_steps * warmup_ratio)

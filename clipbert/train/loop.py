@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from clipbert.train import checkpoint as ckpt
+from clipbert.train.engine import apply_hyperparameters
 from clipbert.train.evaluate import evaluate
 from clipbert.train.logging import get_logger, is_rank0
 from clipbert.train.perf import Throughput
@@ -131,11 +132,13 @@ class Trainer:
         self.throughput.reset()
 
     def plan(self) -> dict:
-        """What a checkpoint's position (epoch, micro batches into it, step) means: the epoch's micro batches
-        are this rank's shard in batches, and the steps are a fraction of the schedule."""
+        """What a checkpoint's position (epoch, micro batches into it, step) means, and the optimizer's
+        settings: the epoch's micro batches are this rank's shard in batches, and the steps a fraction of the
+        schedule."""
+        optimizer = ("lr", "cnn_lr", "weight_decay", "cnn_weight_decay", "betas", "eps", "warmup_ratio")
+        counting = ("batch_size", "grad_accum")
         return {
-            "train.batch_size": self.cfg.train.batch_size,
-            "train.grad_accum": self.cfg.train.grad_accum,
+            **{f"train.{k}": getattr(self.cfg.train, k) for k in optimizer + counting},
             "world_size": _world(),
             "data.seed": self.cfg.data.seed,
             "micro_batches_per_epoch": len(self.train_loader),
@@ -153,11 +156,12 @@ class Trainer:
             self.log.warning(
                 "resume from %s: the run's plan changed since the checkpoint (%s), so the resumed run does "
                 "not repeat the interrupted one: the position in the epoch counts micro batches of the old "
-                "shard, and the LR schedule follows the new total",
+                "shard, and the optimizer and LR schedule follow the new values from this step on",
                 tag,
                 ", ".join(changed),
             )
         self.state.plan = now
+        apply_hyperparameters(self.engine.optimizer, self.engine.lr_scheduler, self.cfg.train)
         ckpt.set_aside_newer(self.out, self.state.step)
         self.runlog.rewind(self.state.step)
 
