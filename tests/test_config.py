@@ -1,6 +1,8 @@
 """The training config: shipped configs load, bad keys and values fail naming the full key, --set parsing."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -175,6 +177,31 @@ def test_set_needs_a_section_and_a_value():
 def test_missing_config_file():
     with pytest.raises(FileNotFoundError, match="no_such_config"):
         C.load("no_such_config.json")
+
+
+def test_train_py_reports_a_missing_path_in_one_line(tmp_path):
+    # a bad path found after the config loads (annotations, videos, checkpoints) used to end in a traceback
+    ann = tmp_path / "annotations"
+    args = ["--set", f"data.ann_dir={ann}", "--set", f"train.output_dir={tmp_path / 'out'}"]
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config", "ds_synthetic.json", *args],
+        cwd=C.CONFIG_DIR.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"annotation file not found: {ann}/msrvtt_ret_train.jsonl" in proc.stderr
+
+
+def test_video_dir_is_checked_when_the_dataset_is_built(tmp_path):
+    from clipbert.data.config import DataConfig
+    from clipbert.data.preprocess import Normalization
+    from clipbert.data.video_source import VideoSource
+
+    norm = Normalization(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), channel_order="RGB")
+    with pytest.raises(FileNotFoundError, match=r"data\.video_dir='.*/none' is not a directory"):
+        VideoSource(DataConfig(video_dir=str(tmp_path / "none")), norm, train=True)
 
 
 def test_eval_only_needs_a_checkpoint():

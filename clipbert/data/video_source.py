@@ -27,6 +27,8 @@ def frame_rng(seed: int, epoch: int, video_id: str) -> np.random.Generator:
 class VideoSource:
     def __init__(self, cfg: DataConfig, norm: Normalization, train: bool):
         self.cfg, self.norm, self.train = cfg, norm, train
+        if cfg.backend != "frame_store" and not Path(cfg.video_dir).is_dir():  # at start-up, not in a worker
+            raise FileNotFoundError(f"data.video_dir={cfg.video_dir!r} is not a directory")
         self.decoder = build_decoder(cfg.backend, cfg.frame_store, cfg.pyav_threads)
         self.num_clips = cfg.num_clips if train else cfg.num_test_clips
         self.strategy = cfg.train_sampling if train else cfg.test_sampling
@@ -39,8 +41,6 @@ class VideoSource:
             return video_id
         if self._paths is None:
             root = Path(self.cfg.video_dir)
-            if not root.is_dir():
-                raise FileNotFoundError(f"video_dir not found: {root}")
             self._paths = {p.stem: str(p) for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES}
         return self._paths.get(video_id, str(Path(self.cfg.video_dir) / f"{video_id}.mp4"))
 

@@ -246,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg, device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.barrier()  # every rank done with its collectives before the group goes away
+    except (
+        C.ConfigError,
+        FileNotFoundError,
+    ) as err:  # a bad key, path or file found after loading: no traceback
+        log.error("%s", err)
+        return 2
     except TrainingDiverged as err:
         log.error("%s", err)
         return 3
