@@ -231,6 +231,18 @@ def test_eval_only_from_checkpoint_and_export_agree(tmp_path):
         assert {k: v for k, v in got.items() if k != "eval_seconds"} == expected, source
 
 
+def test_eval_only_of_another_models_checkpoint_says_so_briefly(tmp_path):
+    out = tmp_path / "train"
+    run(make_config(out, train={"epochs": 1, "eval_every": -1}), CPU, fake_factory())
+    cfg = make_config(tmp_path / "eval", eval={"only": True, "checkpoint": str(out)})
+    cfg.model.overrides["hidden_size"] = 64  # another model than the trained one
+    with pytest.raises(
+        ConfigError, match=r"shapes differ from this model's: .*and \d+ more\. Evaluate it with"
+    ) as err:
+        run(cfg, CPU, fake_factory())
+    assert len(str(err.value)) < 1500  # not torch's whole list
+
+
 def test_eval_only_in_the_runs_own_dir_leaves_its_record(tmp_path):
     # The README's evaluation command shares the trained run's output_dir: it used to replace the run's
     # config.json, log the evaluation at step 0 and add TensorBoard events to the run's curves.

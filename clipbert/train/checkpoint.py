@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from clipbert.train.config import ConfigError
 from clipbert.train.logging import get_logger, is_rank0, rank
 
 LATEST = "latest"
@@ -230,11 +231,13 @@ def load_pretrained_weights(
         missing = [k for k in missing if k not in reshaped]
     elif reshaped:
         shapes = ", ".join(f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in reshaped[:8])
-        raise ValueError(f"{key}={str(path)!r}: checkpoint and model shapes differ: {shapes}")
+        raise ConfigError(f"{key}={str(path)!r}: checkpoint and model shapes differ: {shapes}")
     else:
         missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{key}={str(path)!r}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
+        raise ConfigError(
+            f"{key}={str(path)!r}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}"
+        )
     get_logger().info("loaded weights from %s", path)
 
 
@@ -252,10 +255,17 @@ def load_module_only(engine, path: str | Path, key: str) -> None:
     except RuntimeError as err:
         if "size mismatch" not in str(err):
             raise
-        raise ValueError(
-            f"{key}={str(path)!r}: the checkpoint's shapes differ from this model's ({err}). To fine-tune "
-            "another task from it, point the key at the run's exported model/ directory: a task head of "
-            "another size then starts fresh"
+        # torch lists every mismatched tensor (hundreds of lines for another preset): the first few say it
+        lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        shown = "; ".join(lines[:4]) + (f"; and {len(lines) - 4} more" if len(lines) > 4 else "")
+        hint = (
+            "To fine-tune another task from it, point the key at the run's exported model/ directory: a task "
+            "head of another size then starts fresh"
+            if key == "train.init_checkpoint"
+            else "Evaluate it with the model settings (model.preset and overrides) it was trained with"
+        )
+        raise ConfigError(
+            f"{key}={str(path)!r}: the checkpoint's shapes differ from this model's: {shown}. {hint}"
         ) from err
     if load_path is None:
         raise FileNotFoundError(f"{key}={str(path)!r}: DeepSpeed could not load {root / tag}")

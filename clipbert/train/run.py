@@ -64,7 +64,7 @@ def build_model(cfg, model_cfg):
         try:
             load_resnet(model, cfg.model.init_cnn_from)
         except Exception as err:  # unreadable file, unknown naming, shape mismatch: name the config key
-            raise ValueError(f"{where}: {err}") from err
+            raise C.ConfigError(f"{where}: {err}") from err
     if cfg.train.compile == "cnn":
         model.compile_cnn()
     elif cfg.train.compile == "full":
