@@ -2,6 +2,7 @@
 
 import dataclasses
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,6 +234,25 @@ def test_transcoded_copy_keeps_frame_indices_and_downscales(painted, tmp_path):
     assert (info.num_frames, info.fps, info.codec, info.width, info.height) == (75, 10.0, "h264", 32, 24)
     indices = np.array([[0, 13], [74, 40]])
     np.testing.assert_array_equal(read_indices(decoder.decode(copy, indices)), indices)
+
+
+def test_transcode_cli_skips_a_bad_video_and_resumes(painted, tmp_path, capsys):
+    import shutil
+
+    from clipbert.data.transcode import main
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(painted["vp9"], src / "good.webm")
+    (src / "bad.mp4").write_bytes(Path(painted["vp9"]).read_bytes()[:300])  # truncated: no frame decodes
+    assert main(["--videos", str(src), "--out", str(out), "--max-side", "32"]) == 1  # it stopped at bad.mp4
+    err = capsys.readouterr().err
+    assert "1 video(s) could not be transcoded and were skipped" in err and "bad.mp4" in err
+    assert sorted(p.name for p in out.iterdir()) == ["good.mp4"]  # no partial file left behind
+    stamp = (out / "good.mp4").stat().st_mtime_ns
+    main(["--videos", str(src), "--out", str(out), "--max-side", "32"])
+    assert "1 of 2 already transcoded" in capsys.readouterr().out
+    assert (out / "good.mp4").stat().st_mtime_ns == stamp
 
 
 def test_collate_rejects_items_with_different_text_counts():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,41 +24,75 @@ ENCODERS = {"h264": ("libx264", ".mp4", {"preset": "veryfast", "crf": "20", "bf"
 
 
 def transcode(src: str | os.PathLike, dst_dir: str | os.PathLike, max_side: int = 0, gop: int = 4) -> str:
-    """Write `dst_dir/<stem>.mp4` (H.264, every frame kept); returns its path."""
+    """Write `dst_dir/<stem>.mp4` (H.264, every frame kept); returns its path.
+
+    The file appears only once complete (written as a hidden .partial, then renamed), so a folder that holds
+    `<stem>.mp4` holds a whole copy: the CLI resumes by skipping those. A source that does not decode raises
+    (PyAV's error) and leaves nothing behind."""
     encoder, suffix, options = ENCODERS["h264"]
-    dst = str(Path(dst_dir) / (Path(src).stem + suffix))
-    if Path(dst).resolve() == Path(src).resolve():
+    dst = Path(dst_dir) / (Path(src).stem + suffix)
+    if dst.resolve() == Path(src).resolve():
         raise ValueError(f"transcode would overwrite its source {src}: choose another output folder")
-    with av.open(str(src)) as source, av.open(dst, "w") as out:
-        in_stream = source.streams.video[0]
-        rate = in_stream.average_rate or in_stream.guessed_rate
-        stream = out.add_stream(encoder, rate=Fraction(rate))
-        stream.options = dict(options)
-        stream.codec_context.gop_size = gop
-        stream.pix_fmt = "yuv420p"
-        for i, frame in enumerate(source.decode(in_stream)):
-            rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
-            if max_side and max(rgb.shape[:2]) > max_side:
-                rgb = resize_frames(rgb[None], max_side)[0].to(torch.uint8).permute(1, 2, 0)
-            if i == 0:  # H.264 with yuv420p needs even sides
-                stream.height, stream.width = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
-            rgb = rgb[: stream.height, : stream.width].contiguous().numpy()
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
-    return dst
+    partial = dst.with_name(f".{dst.name}.partial")
+    try:
+        with av.open(str(src)) as source, av.open(str(partial), "w", format="mp4") as out:
+            _copy_frames(source, out, encoder, options, max_side, gop)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.rename(dst)
+    return str(dst)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _copy_frames(source, out, encoder: str, options: dict, max_side: int, gop: int) -> None:
+    in_stream = source.streams.video[0]
+    rate = in_stream.average_rate or in_stream.guessed_rate
+    stream = out.add_stream(encoder, rate=Fraction(rate))
+    stream.options = dict(options)
+    stream.codec_context.gop_size = gop
+    stream.pix_fmt = "yuv420p"
+    for i, frame in enumerate(source.decode(in_stream)):
+        rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+        if max_side and max(rgb.shape[:2]) > max_side:
+            rgb = resize_frames(rgb[None], max_side)[0].to(torch.uint8).permute(1, 2, 0)
+        if i == 0:  # H.264 with yuv420p needs even sides
+            stream.height, stream.width = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
+        rgb = rgb[: stream.height, : stream.width].contiguous().numpy()
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+    out.mux(stream.encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Transcode a folder with a progress bar. Resumes (copies already written are kept), and a video that
+    does not decode is skipped, counted and named at the end instead of stopping the job. Exit code 1 when
+    any was skipped, so a script notices."""
+    from tqdm import tqdm
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--max-side", type=int, default=0)
-    parser.add_argument("--gop", type=int, default=4)
+    parser.add_argument("--videos", required=True, help="folder of source videos")
+    parser.add_argument("--out", required=True, help="folder for the copies, <stem>.mp4 (H.264)")
+    parser.add_argument("--max-side", type=int, default=0, help="longer side at most this (0: keep the size)")
+    parser.add_argument("--gop", type=int, default=4, help="key frame every this many frames")
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    for path in list_videos(args.videos):
-        print(transcode(path, args.out, args.max_side, args.gop))
+    suffix = ENCODERS["h264"][1]
+    videos = list_videos(args.videos)
+    todo = [p for p in videos if not (Path(args.out) / (p.stem + suffix)).is_file()]
+    if len(todo) < len(videos):
+        print(f"{len(videos) - len(todo)} of {len(videos)} already transcoded in {args.out}: skipped")
+    bad = {}
+    for path in tqdm(todo, desc="transcode", unit="video"):
+        try:
+            transcode(path, args.out, args.max_side, args.gop)
+        except (av.FFmpegError, IndexError, ValueError, OSError) as err:  # IndexError: no video stream
+            bad[path.name] = f"{type(err).__name__}: {err}"
+    print(f"transcoded {len(todo) - len(bad)} video(s) into {args.out}")
+    if bad:
+        print(f"{len(bad)} video(s) could not be transcoded and were skipped:", file=sys.stderr)
+        for name, reason in sorted(bad.items()):
+            print(f"  {name}: {reason}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
