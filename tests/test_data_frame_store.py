@@ -75,11 +75,19 @@ def test_build_resumes_and_rewrites_an_interrupted_entry(store, video_dir, tmp_p
     assert build_decoder("frame_store", str(out)).probe("b").num_frames == 17
     with pytest.raises(ValueError, match="fps=5.0, not 2.0"):
         bfs.build_frame_store(video_dir, out, fps=2.0, workers=0, progress=False)
+    # the size and JPEG quality too (a resume wrote frames of another size into the same store)
+    with pytest.raises(ValueError, match="max_side=0, not 32: resume it with the same settings"):
+        bfs.build_frame_store(video_dir, out, fps=5.0, workers=0, progress=False, max_side=32)
+    with pytest.raises(ValueError, match="quality=90, not 75"):
+        bfs.build_frame_store(video_dir, out, fps=5.0, workers=0, progress=False, quality=75)
 
 
 def test_command_line_builds_a_store(video_dir, tmp_path, capsys):
-    bfs.main(["--videos", str(video_dir), "--fps", "2", "--out", str(tmp_path / "cli.h5"), "--workers", "0"])
-    assert "'written': 2" in capsys.readouterr().out
+    args = ["--videos", str(video_dir), "--out", str(tmp_path / "cli.h5"), "--workers", "0"]
+    assert bfs.main([*args, "--fps", "2"]) == 1  # built, but broken.mp4 failed: a script can tell
+    assert "'written': 2, 'skipped': 0, 'failed': 1" in capsys.readouterr().out
+    assert bfs.main([*args, "--fps", "3"]) == 2  # a settings error is one line, not a traceback
+    assert "error: " in capsys.readouterr().err
     assert build_decoder("frame_store", str(tmp_path / "cli.h5")).probe("a").num_frames == 12
 
 

@@ -10,6 +10,7 @@ import argparse
 import logging
 import multiprocessing as mp
 import os
+import sys
 from pathlib import Path
 
 import h5py
@@ -101,9 +102,14 @@ def build_frame_store(
     videos = list_videos(video_dir)
     result = {"written": [], "skipped": [], "failed": []}
     with h5py.File(out, "a") as h5:
-        if "fps" in h5.attrs and float(h5.attrs["fps"]) != fps:
-            raise ValueError(f"{out} was built at fps={h5.attrs['fps']}, not {fps}: use another --out")
-        h5.attrs.update(fps=fps, version=VERSION)
+        # a resume must encode as the store was built: one store, one fps, size and JPEG quality
+        for name, value in (("fps", fps), ("max_side", max_side), ("quality", quality)):
+            if name in h5.attrs and float(h5.attrs[name]) != value:
+                raise ValueError(
+                    f"{out} was built at {name}={h5.attrs[name]}, not {value}: resume it with the same "
+                    "settings, or use another --out"
+                )
+        h5.attrs.update(fps=fps, max_side=max_side, quality=quality, version=VERSION)
         done = h5.require_group("videos")
         jobs = []
         for path in videos:
@@ -132,7 +138,9 @@ def build_frame_store(
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 built, 1 some videos failed (named in the log, the rest built), 2 bad arguments or
+    settings, 130 interrupted (rerun the same command to resume)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", required=True, help="folder of videos")
     parser.add_argument("--fps", type=float, default=2.0, help="stored frames per second")
@@ -142,9 +150,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    result = build_frame_store(args.videos, args.out, args.fps, args.workers, args.max_side, args.quality)
+    try:
+        result = build_frame_store(args.videos, args.out, args.fps, args.workers, args.max_side, args.quality)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the complete videos are in {args.out}; rerun the same command to resume", file=sys.stderr)
+        return 130
     print({key: len(ids) for key, ids in result.items()})
+    return 1 if result["failed"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
