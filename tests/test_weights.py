@@ -318,6 +318,14 @@ def test_pretrained_original_into_finetune_model_reports_missing_head():
     assert report.missing == ["pooler.dense.weight"]
 
 
+def test_convert_cli_refuses_a_file_that_is_not_a_clipbert_checkpoint(tmp_path):
+    from clipbert.models.weights import main
+
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    assert main([str(tmp_path / "other.pt"), str(tmp_path / "out"), "--preset", "tiny"]) == 2
+    assert not (tmp_path / "out").exists()  # no randomly initialized model under the checkpoint's name
+
+
 def test_convert_cli_writes_a_loadable_directory(tmp_path, capsys):
     from clipbert.models.weights import main
 

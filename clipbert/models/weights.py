@@ -331,6 +331,11 @@ def convert_original_checkpoint(source: str | Path, out_dir: str | Path, cfg: Cl
 
     model = ClipBert(cfg)
     report = load_original_clipbert(model, source)
+    if not report.loaded:  # saving would write a randomly initialized model under the checkpoint's name
+        raise ValueError(
+            f"{source}: no tensor matches an original ClipBERT name ({len(report.unexpected)} unexpected, "
+            f"e.g. {report.unexpected[:3]}): not an original ClipBERT checkpoint? Nothing written"
+        )
     model.save_pretrained(out_dir)
     return report
 
@@ -366,12 +371,21 @@ def main(argv: list[str] | None = None) -> int:
         channel_order=None,
     )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    report = convert_original_checkpoint(args.checkpoint, args.out_dir, cfg)
+    try:
+        report = convert_original_checkpoint(args.checkpoint, args.out_dir, cfg)
+    except (ValueError, OSError, RuntimeError) as err:  # unreadable or foreign file
+        logger.error("%s", err)
+        return 2
     print(
         f"loaded {len(report.loaded)}, missing {len(report.missing)}, unexpected {len(report.unexpected)}, "
         f"ignored {len(report.ignored)} -> {args.out_dir}"
     )
-    return 0 if not report.missing and not report.unexpected else 1
+    if report.missing or report.unexpected:  # written, but not the whole checkpoint: say so as an error
+        logger.error(
+            "incomplete conversion: missing %s, unexpected %s", report.missing[:5], report.unexpected[:5]
+        )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
