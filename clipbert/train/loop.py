@@ -38,9 +38,8 @@ class TrainerState:
     bad_total: int = 0  # micro batches skipped for a NaN/Inf loss, whole run
     bad_streak: int = 0  # ... in a row, up to now
     overflow_total: int = 0  # optimizer steps DeepSpeed skipped (fp16 loss-scale overflow), whole run
-    plan: dict = dataclasses.field(
-        default_factory=dict
-    )  # what the position above is counted in (Trainer.plan)
+    # what the position above is counted in, and the optimizer's settings (Trainer.plan)
+    plan: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
