@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from clipbert.train.logging import get_logger
+
 REPO = Path(__file__).resolve().parents[2]
 CNN_PREFIX = "cnn."  # ClipBert.cnn: backbone + grid encoder + temporal fusion
 
@@ -102,6 +104,9 @@ def apply_hyperparameters(optimizer, scheduler, train_cfg) -> None:
     scheduler's current step. Why: a resume loads the optimizer's and the scheduler's state, whose groups
     carry the interrupted run's values, so a changed train.lr went unheeded while the new total_steps
     (the schedule's shape) took effect. Values that did not change are set to what they were, bit for bit."""
+    if not all("group" in group for group in optimizer.param_groups):  # not groups this module built
+        get_logger().warning("resume: optimizer groups without names; the checkpoint's settings are kept")
+        return
     for group in optimizer.param_groups:
         cnn, decay = group["group"].startswith("cnn"), not group["group"].endswith("_no_decay")
         group["initial_lr"] = train_cfg.cnn_lr if cnn else train_cfg.lr
