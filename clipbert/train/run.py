@@ -94,9 +94,8 @@ def write_resolved_config(cfg, model_cfg, out: Path) -> None:
 def refuse_previous_run(cfg, out: Path) -> None:
     """A fresh training run into an output_dir that holds another run's steps or checkpoints would interleave
     its logs, checkpoints and exported model with that run's: an error, which says how to continue it."""
-    if (
-        cfg.eval.only or cfg.train.resume
-    ):  # resume=auto without a checkpoint starts over a run that saved none
+    # (resume=auto without a checkpoint starts over a run that saved none: _train drops its logs)
+    if cfg.eval.only or cfg.train.resume:
         return
     found = ["steps.jsonl"] if (out / "steps.jsonl").is_file() else []
     tags = sorted(p.name for p in ckpt.checkpoint_root(out).glob("step_*"))
@@ -246,10 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg, device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.barrier()  # every rank done with its collectives before the group goes away
-    except (
-        C.ConfigError,
-        FileNotFoundError,
-    ) as err:  # a bad key, path or file found after loading: no traceback
+    except (C.ConfigError, FileNotFoundError) as err:  # a bad key, path or file found later: no traceback
         log.error("%s", err)
         return 2
     except TrainingDiverged as err:
