@@ -152,6 +152,8 @@ class DaliLoader(_OverlappedLoader):
             except RuntimeError:
                 self.decoder.rebuild()
         for i in rows:  # find the offender(s) one sample at a time
+            if job["paths"][i] in self.use_pyav:  # another row of this file failed just now: PyAV's turn
+                continue
             try:
                 frames[i] = self.decoder.collect(self._submit([i], job))[0].to(self.device)
             except RuntimeError as err:

@@ -146,10 +146,10 @@ def test_tracker_counts_across_worker_processes_and_warns_once(data, caplog):
         str(data / "videos" / "truncated.avi"): 1,
         str(data / "videos" / "garbage.mp4"): 2,
     }
-    assert summaries[1]["replacements"] == summaries[0]["replacements"] == 6
+    assert summaries[1]["hits"] == summaries[0]["hits"] == 6  # times met: 4 samples were replaced
     warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("bad input")]
     assert len(warnings) == 4  # once per file, not once per replacement or per epoch
-    assert sum("epoch 1: 4 bad file(s), 6 sample(s) replaced" in r.getMessage() for r in caplog.records) == 1
+    assert sum("epoch 1: 4 bad file(s), met 6 time(s)" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_corrupt_frame_store_entry_counts_as_bad_video(data, tmp_path):

@@ -15,12 +15,15 @@ log = logging.getLogger(__name__)
 class BadInputTracker:
     def __init__(self, logger: logging.Logger | None = None):
         self.log = logger or log
-        self.total: Counter[str] = Counter()  # file -> times replaced, over the whole run
+        self.total: Counter[str] = Counter()  # file -> times met, over the whole run
         self.epoch: Counter[str] = Counter()  # same, since the last summary
 
     def record(self, name: str, reason: str = "") -> None:
         if name not in self.total:
-            self.log.warning("bad input %s replaced%s", name, f": {reason}" if reason else "")
+            # DALI's notes say what became of the sample (decoded by PyAV, dropped); a dataset's entry means
+            # another example stood in for it
+            done = reason.endswith(("used PyAV", "trying PyAV", "sample dropped"))
+            self.log.warning("bad input %s: %s", name, reason if done else f"{reason or 'bad'}; replaced")
         self.total[name] += 1
         self.epoch[name] += 1
 
@@ -32,14 +35,15 @@ class BadInputTracker:
 
     def summary(self, epoch: int | None = None) -> dict:
         """Log and return this epoch's counts, then start a new epoch."""
-        result = {"epoch": epoch, "bad_files": len(self.epoch), "replacements": sum(self.epoch.values())}
+        # "hits": times a bad file was met (a sample that tried two bad videos meets two), not samples
+        result = {"epoch": epoch, "bad_files": len(self.epoch), "hits": sum(self.epoch.values())}
         result["files"] = dict(self.epoch)
         if self.epoch:
             self.log.warning(
-                "epoch %s: %d bad file(s), %d sample(s) replaced: %s",
+                "epoch %s: %d bad file(s), met %d time(s): %s",
                 epoch,
                 result["bad_files"],
-                result["replacements"],
+                result["hits"],
                 ", ".join(sorted(self.epoch)),
             )
         else:
