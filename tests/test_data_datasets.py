@@ -153,6 +153,21 @@ def test_pretrain_masks_tokens_and_swaps_captions(bench, tokenizer):
     assert mask_rate[0] > 0.15 and abs(mask_rate[0] - mask_rate[1]) < 0.1, mask_rate
 
 
+def test_pretrain_negatives_come_from_another_image(bench, tokenizer):
+    # COCO has 5 captions an image: a swapped caption of the same image is a true match labelled 0
+    cfg = make_cfg(bench, mlm_prob=0.0)
+    dataset = build_dataset("pretrain", "train", cfg, tokenizer, IMAGENET_RGB)
+    first, other = (
+        dataset.examples[0],
+        next(e for e in dataset.examples if e["file"] != dataset.examples[0]["file"]),
+    )
+    same = [dict(first, caption=f"the same image, caption {k}") for k in range(6)]
+    dataset.examples = [first, *same, dict(other, caption="another image")]
+    wanted = dataset.tokenizer("another image")["input_ids"]
+    negatives = [it for it in (dataset[(e, 0)] for e in range(40)) if it["itm_labels"] == 0]
+    assert negatives and all(it["input_ids"][0] == wanted for it in negatives)
+
+
 @pytest.mark.parametrize("task", ["pretrain", "vqa"])
 @pytest.mark.parametrize("backend", ["dali", "frame_store"])
 def test_image_tasks_with_a_dali_backend_load_images_in_the_workers(

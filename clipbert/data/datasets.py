@@ -288,6 +288,9 @@ class MultipleChoiceDataset(TaskDataset):
         return item
 
 
+NEGATIVE_DRAWS = 8  # tries for an ITM negative from another image
+
+
 class PretrainDataset(TaskDataset):
     """Image-caption pairs as one-frame clips, with MLM masking and ITM negatives (probability itm_neg_prob).
 
@@ -305,8 +308,13 @@ class PretrainDataset(TaskDataset):
         example = self.examples[index]
         caption, match = example["caption"], 1
         if len(self) > 1 and rng.random() < self.cfg.itm_neg_prob:
-            other = (index + 1 + rng.integers(len(self) - 1)) % len(self)
-            caption, match = self.examples[other]["caption"], 0
+            # another image's caption: a caption of the same image (COCO has 5, Visual Genome dozens) would be
+            # a true match labelled 0. Redrawn a few times; a set of one image gets no negative.
+            for _ in range(NEGATIVE_DRAWS):
+                other = (index + 1 + rng.integers(len(self) - 1)) % len(self)
+                if self.examples[other]["file"] != example["file"]:
+                    caption, match = self.examples[other]["caption"], 0
+                    break
         ids = tokenize(self.tokenizer, [caption], self.max_len)[0]
         masked, mlm_labels = mask_tokens(ids, self.tokenizer, rng, self.cfg.mlm_prob)
         if not match:
