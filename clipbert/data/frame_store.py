@@ -5,10 +5,13 @@ build resumes where it stopped):
     /                         attrs: fps (store frame rate), version
     /videos/<video_id>/       attrs: fps, source_fps, source_num_frames, height, width, complete
         jpeg          vlen uint8 [F]   one JPEG per stored frame
-        times         float64 [F]      presentation time in seconds of each stored frame
+        times         float64 [F]      k / fps: the stored frame's time on the video's frame-rank timeline
         source_index  int64 [F]        frame index in the source video
-Stored frame k shows the source frame nearest to time k / fps. The paper's configurations sample at 2 fps,
-so a 2 fps store serves them exactly.
+Stored frame k shows the source frame nearest to time k / fps, where time is frame rank / mean fps (the
+probe's `fps`): the timeline every backend samples on, so the store and the video decoders pick the same
+frames. For a constant-rate video that is the presentation time. For a variable-rate one (a GIF that holds a
+frame, a phone recording) it is not: a 2 s hold counts as one frame there, as it does for PyAV and DALI.
+The paper's configurations sample at 2 fps, so a 2 fps store serves them exactly.
 """
 
 from __future__ import annotations
