@@ -13,8 +13,9 @@ import torch
 
 from clipbert.data.decoders import VideoDecodeError
 from clipbert.data.decoders.pyav import PyAVDecoder
-from clipbert.data.preprocess import preprocess_frames
+from clipbert.data.preprocess import preprocess_frames, resized_hw
 
+from .color import correct_frames, correction_matrix
 from .common import read_bytes
 from .frame_store import DaliJpegDecoder
 from .pack import Pack
@@ -75,6 +76,7 @@ class DaliLoader(_OverlappedLoader):
     def submit(self, batch: dict) -> dict:
         paths, indices = batch.pop("video_paths"), batch.pop("frame_indices").numpy()
         hw, codecs = batch.pop("video_hw"), batch.pop("video_codecs")
+        spaces = batch.pop("video_colorspaces", None) or [""] * len(paths)
         # With DataConfig.dali_trim the workers sent each video's needed packets and their own indices;
         # `indices` stay the file's, for PyAV.
         trimmed = batch.pop("video_bytes", None)
@@ -87,7 +89,7 @@ class DaliLoader(_OverlappedLoader):
             reasons = self.guard.check([(codecs[i], *hw[i]) for i in rows])
             for i, reason in zip(rows, reasons, strict=True):
                 self._route(paths[i], reason, batch)
-        job = {"batch": batch, "paths": paths, "indices": indices, "hw": hw, "dali": None}
+        job = {"batch": batch, "paths": paths, "indices": indices, "hw": hw, "dali": None, "spaces": spaces}
         job |= {"trimmed": trimmed, "dali_indices": dali_indices}
         rows = [i for i in range(len(paths)) if paths[i] not in self.use_pyav]
         job["packs"] = self._packs(rows, packs, job)
@@ -127,6 +129,7 @@ class DaliLoader(_OverlappedLoader):
         size = self.cfg.image_size
         frames = torch.zeros(b, n, t, 3, size, size, device=self.device)
         self._collect_rows(job, frames, batch["bad_videos"])
+        self._correct_colours(job, frames)
         dropped = []
         for i in range(b):
             if paths[i] in self.use_pyav:
@@ -161,6 +164,20 @@ class DaliLoader(_OverlappedLoader):
                 self.use_pyav.add(job["paths"][i])
                 reason = str(err).strip().splitlines()[-1][:200]
                 bad.append(f"{job['paths'][i]}: DALI could not decode ({reason}); trying PyAV")
+
+    def _correct_colours(self, job: dict, frames: torch.Tensor) -> None:
+        """DALI converted every row by BT.601: rows of BT.709-tagged videos get PyAV's colours (color.py)."""
+        bgr = self.norm.channel_order == "BGR"  # frames are in the model's order; the fix works in RGB
+        mean = self.norm.mean[::-1] if bgr else self.norm.mean
+        std = self.norm.std[::-1] if bgr else self.norm.std
+        for i in job["rows"]:
+            matrix = correction_matrix(job["spaces"][i])
+            if matrix is None or job["paths"][i] in self.use_pyav:
+                continue
+            area = resized_hw(*job["hw"][i], self.cfg.image_size)
+            row = frames[i].flip(-3) if bgr else frames[i]
+            row = correct_frames(row, matrix, mean, std, area)
+            frames[i] = row.flip(-3) if bgr else row
 
     def _single(self, i: int, job: dict) -> Pack:
         data = job["trimmed"][i] if job["trimmed"] is not None else read_bytes(job["paths"][i])

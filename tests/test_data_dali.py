@@ -207,6 +207,60 @@ def test_dali_cpu_falls_back_to_pyav_for_h264_and_handles_undecodable(tmp_path, 
     assert batch["labels"].tolist() == [0, 0] and batch["input_ids"].shape[0] == 2
 
 
+def _write_bars(path: Path, bt709: bool) -> None:
+    """A 10-frame VP9 webm of saturated colour bars, converted and tagged as BT.709 or untagged (BT.601)."""
+    from fractions import Fraction
+
+    import av
+
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:, :21], image[:, 21:43], image[:, 43:] = (220, 30, 30), (30, 200, 40), (40, 40, 230)
+    image[::8] = 128  # some texture for the resize
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libvpx-vp9", rate=Fraction(10))
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "4", "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        if bt709:
+            stream.codec_context.colorspace = stream.codec_context.color_primaries = 1
+            stream.codec_context.color_trc = 1
+        for _ in range(10):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            out.mux(
+                stream.encode(
+                    frame.reformat(format="yuv420p", dst_colorspace="ITU709" if bt709 else "ITU601")
+                )
+            )
+        out.mux(stream.encode())
+
+
+@pytest.mark.parametrize("norm_name", ["rgb", "bgr"])
+def test_dali_gives_pyavs_colours_for_bt709_tagged_videos(tmp_path, norm_name):
+    # DALI converts YUV to RGB by BT.601 whatever the tag, PyAV by the tag: a BT.709 video's frames were
+    # 12.6 grey levels apart on average (up to 76), so DALI-trained models saw other colours than PyAV's.
+    import json
+
+    videos, anns = tmp_path / "videos", tmp_path / "annotations"
+    videos.mkdir()
+    anns.mkdir()
+    _write_bars(videos / "tagged.webm", bt709=True)
+    _write_bars(videos / "plain.webm", bt709=False)
+    with open(anns / "msrvtt_qa_val.jsonl", "w") as f:
+        for name in ("tagged", "plain"):
+            f.write(json.dumps({"question": "what", "answer": "x", "video_id": name}) + "\n")
+    (anns / "msrvtt_qa_ans2label.json").write_text('{"x": 0}')
+    norm = {"rgb": IMAGENET_RGB, "bgr": CAFFE_BGR}[norm_name]
+    pairs = {}
+    for backend in ("dali", "pyav"):
+        cfg = cfg_for(tmp_path, backend=backend, image_size=48)
+        dataset = build_dataset("msrvtt_qa", "val", cfg, build_tokenizer(), norm)
+        (batch,) = list(build_loader(dataset, cfg, 2, False, rank=0, world_size=1, device="cpu"))
+        assert batch["video_ids"] == ["tagged", "plain"] and batch["bad_videos"] == []
+        pairs[backend] = denormalize(batch["frames"], norm)
+    for row in (0, 1):  # within codec and resize tolerance, tagged as untagged
+        diff = (pairs["dali"][row] - pairs["pyav"][row]).abs()
+        assert diff.mean() < 2.0, (row, diff.mean())
+
+
 def _zero_payloads(path: str, first: int) -> None:
     """Zero the data of packets `first`.. in place: the container (chunks, index) stays intact, the JPEGs
     do not decode."""

@@ -151,6 +151,7 @@ class TaskDataset(Dataset):
                 "frame_indices": indices,  # [N, T] in the file: PyAV's, if DALI hands the file back
                 "video_hw": (info.height, info.width),
                 "video_codec": info.codec,
+                "video_colorspace": info.colorspace,
             }
             if self.cfg.dali_trim:  # the packets DALI needs, and the same frames' indices in them
                 from dali_pipelines.trim import trim_video  # PyAV only; dali_pipelines loads lazily

@@ -15,6 +15,9 @@ class VideoInfo:
     height: int = 0  # frame size in pixels (0 = unknown)
     width: int = 0
     codec: str = ""  # codec name as FFmpeg spells it (h264, vp9, mjpeg, ...); "" = not a video file
+    # the stream's YUV->RGB matrix tag as FFmpeg names it ("bt709", "bt470bg", ...); "" = untagged. PyAV
+    # converts by it; DALI always by BT.601, so its loader corrects BT.709 rows (dali_pipelines/color.py).
+    colorspace: str = ""
 
 
 class VideoDecodeError(RuntimeError):
