@@ -22,6 +22,7 @@ from pathlib import Path
 WORDS_CONFIG, DEMO_CONFIG = "ds_synthetic_words.json", "ds_synthetic.json"
 # 185 training videos (the default 260) are memorised, not learned from (docs/TRAINING.md); 2,925 are not.
 DEMO_NUM_VIDEOS = 3000
+STOPPED = 130  # exit code of a demo stopped by Ctrl-C or SIGTERM (checkpointed, resumable)
 
 
 def ensure_benchmark(data_dir: Path, seed: int = 0, num_videos: int = DEMO_NUM_VIDEOS) -> dict:
@@ -91,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             set_aside_if_changed(cfg)
             print(f"[demo] training {name} -> {cfg.train.output_dir}", flush=True)
             summary = run(cfg, device)
+            if summary.get("reason") != "done":  # Ctrl-C: stage 2 must not start from an unfinished stage 1
+                print(
+                    f"[demo] {name} stopped at step {summary.get('step')} ({summary.get('reason')}); its "
+                    "checkpoint is saved: run `make demo` again to continue",
+                    flush=True,
+                )
+                return STOPPED
     finally:
         torch.distributed.destroy_process_group()
     seconds = time.time() - start

@@ -36,3 +36,26 @@ def test_a_rerun_resumes_its_own_run_and_sets_aside_another(tmp_path, capsys):
     assert not out.exists() and (tmp_path / "retrieval.previous" / "checkpoints").is_dir()
     assert "moved to" in capsys.readouterr().out
     demo.set_aside_if_changed(other)  # nothing there any more: nothing to do
+
+
+def test_a_stopped_stage_ends_the_demo(tmp_path, monkeypatch, capsys):
+    # Ctrl-C checkpoints stage 1 and returns; the demo then started stage 2 from the missing stage-1 model.
+    import torch
+
+    import clipbert.train.engine
+    import clipbert.train.run
+
+    calls = []
+
+    def stopped_run(cfg, device):
+        calls.append(cfg.train.output_dir)
+        return {"reason": "signal", "step": 3}
+
+    meta = {"counts": {"msrvtt_ret": {"test": 50}}}
+    monkeypatch.setattr(demo, "ensure_benchmark", lambda data_dir: meta)
+    monkeypatch.setattr(clipbert.train.run, "run", stopped_run)
+    monkeypatch.setattr(clipbert.train.engine, "init_distributed", lambda device: None)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: None)
+    assert demo.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == demo.STOPPED
+    assert calls == [str(tmp_path / "out" / "visual_words")]  # stage 2 never started
+    assert "stopped at step 3 (signal)" in capsys.readouterr().out

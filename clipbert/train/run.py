@@ -23,6 +23,7 @@ from clipbert.train.logging import RunLog, get_logger, is_rank0
 from clipbert.train.loop import Trainer, TrainingDiverged, total_training_steps
 from clipbert.train.metrics import format_table
 
+STOPPED = 130  # exit code of a run stopped by SIGTERM or Ctrl-C after its checkpoint
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -242,9 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(cfg.train.device)
     init_distributed(device)
     try:
-        run(cfg, device)
+        summary = run(cfg, device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.barrier()  # every rank done with its collectives before the group goes away
+        if summary.get("reason") == "signal":  # `train.py && next step` must not go on from an unfinished run
+            log.warning(
+                "stopped by a signal at step %d; resume with --set train.resume=auto", summary["step"]
+            )
+            return STOPPED
     except (C.ConfigError, FileNotFoundError) as err:  # a bad key, path or file found later: no traceback
         log.error("%s", err)
         return 2
