@@ -22,7 +22,6 @@ from pathlib import Path
 WORDS_CONFIG, DEMO_CONFIG = "ds_synthetic_words.json", "ds_synthetic.json"
 # 185 training videos (the default 260) are memorised, not learned from (docs/TRAINING.md); 2,925 are not.
 DEMO_NUM_VIDEOS = 3000
-STOPPED = 130  # exit code of a demo stopped by Ctrl-C or SIGTERM (checkpointed, resumable)
 
 
 def ensure_benchmark(data_dir: Path, seed: int = 0, num_videos: int = DEMO_NUM_VIDEOS) -> dict:
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from clipbert.train import config as C
     from clipbert.train.engine import init_distributed
-    from clipbert.train.run import run
+    from clipbert.train.run import STOPPED, run
 
     data_dir, out = Path(args.data), Path(args.out)
     meta = ensure_benchmark(data_dir)

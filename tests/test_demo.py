@@ -56,6 +56,9 @@ def test_a_stopped_stage_ends_the_demo(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(clipbert.train.run, "run", stopped_run)
     monkeypatch.setattr(clipbert.train.engine, "init_distributed", lambda device: None)
     monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: None)
-    assert demo.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == demo.STOPPED
+    assert (
+        demo.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+        == clipbert.train.run.STOPPED
+    )
     assert calls == [str(tmp_path / "out" / "visual_words")]  # stage 2 never started
     assert "stopped at step 3 (signal)" in capsys.readouterr().out

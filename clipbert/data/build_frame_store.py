@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: the complete videos are in {args.out}; rerun the same command to resume", file=sys.stderr)
+        print(f"interrupted: complete videos are kept in {args.out}; rerun to resume", file=sys.stderr)
         return 130
     print({key: len(ids) for key, ids in result.items()})
     return 1 if result["failed"] else 0

@@ -29,8 +29,8 @@ def transcode(src: str | os.PathLike, dst_dir: str | os.PathLike, max_side: int 
     The file appears only once complete (written as a hidden .partial, then renamed), so a folder that holds
     `<stem>.mp4` holds a whole copy: the CLI resumes by skipping those. A source that does not decode raises
     (PyAV's error) and leaves nothing behind."""
-    encoder, suffix, options = ENCODERS["h264"]
-    dst = Path(dst_dir) / (Path(src).stem + suffix)
+    encoder, _, options = ENCODERS["h264"]
+    dst = copy_path(src, dst_dir)
     if dst.resolve() == Path(src).resolve():
         raise ValueError(f"transcode would overwrite its source {src}: choose another output folder")
     partial = dst.with_name(f".{dst.name}.partial")
@@ -42,6 +42,11 @@ def transcode(src: str | os.PathLike, dst_dir: str | os.PathLike, max_side: int 
         raise
     partial.rename(dst)
     return str(dst)
+
+
+def copy_path(src: str | os.PathLike, dst_dir: str | os.PathLike) -> Path:
+    """Where `transcode` writes the copy of `src`."""
+    return Path(dst_dir) / (Path(src).stem + ENCODERS["h264"][1])
 
 
 def _copy_frames(source, out, encoder: str, options: dict, max_side: int, gop: int) -> None:
@@ -75,9 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gop", type=int, default=4, help="key frame every this many frames")
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    suffix = ENCODERS["h264"][1]
     videos = list_videos(args.videos)
-    todo = [p for p in videos if not (Path(args.out) / (p.stem + suffix)).is_file()]
+    todo = [p for p in videos if not copy_path(p, args.out).is_file()]
     if len(todo) < len(videos):
         print(f"{len(videos) - len(todo)} of {len(videos)} already transcoded in {args.out}: skipped")
     bad = {}

@@ -25,7 +25,9 @@ SEEK_GAP_FRAMES = 16
 EDGE_TOLERANCE_FRAMES = 2
 
 # FFmpeg's AVColorSpace values that name a YUV matrix (2, unspecified, and the rest: "")
-COLORSPACES = {1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020nc", 10: "bt2020c"}
+COLORSPACES = {
+    1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020nc", 10: "bt2020c"
+}
 
 
 class PyAVDecoder:
@@ -180,9 +182,8 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
     ctx = stream.codec_context
     # the codec's name, not the decoder's: PyAV decodes AV1 with "libdav1d"
     codec = str(ctx.codec.canonical_name)
-    info = VideoInfo(
-        int(num_frames), float(fps), int(ctx.height), int(ctx.width), codec, COLORSPACES.get(int(ctx.colorspace), "")
-    )
+    colorspace = COLORSPACES.get(int(ctx.colorspace), "")
+    info = VideoInfo(int(num_frames), float(fps), int(ctx.height), int(ctx.width), codec, colorspace)
     return info, clock
 
 
