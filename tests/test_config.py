@@ -1,6 +1,7 @@
 """The training config: shipped configs load, bad keys and values fail naming the full key, --set parsing."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -183,9 +184,13 @@ def test_train_py_reports_a_missing_path_in_one_line(tmp_path):
     # a bad path found after the config loads (annotations, videos, checkpoints) used to end in a traceback
     ann = tmp_path / "annotations"
     args = ["--set", f"data.ann_dir={ann}", "--set", f"train.output_dir={tmp_path / 'out'}"]
+    # a world of one of its own: an earlier in-process test's RANK/MASTER_PORT would point it at that
+    # test's process group (address in use)
+    world = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     proc = subprocess.run(
         [sys.executable, "train.py", "--config", "ds_synthetic.json", *args],
         cwd=C.CONFIG_DIR.parent,
+        env={k: v for k, v in os.environ.items() if k not in world},
         capture_output=True,
         text=True,
         timeout=300,

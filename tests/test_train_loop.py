@@ -234,6 +234,11 @@ def test_eval_only_from_checkpoint_and_export_agree(tmp_path):
 def test_eval_only_of_another_models_checkpoint_says_so_briefly(tmp_path):
     out = tmp_path / "train"
     run(make_config(out, train={"epochs": 1, "eval_every": -1}), CPU, fake_factory())
+    # a checkpoint that did not record its model config (as earlier versions wrote them): DeepSpeed's shape
+    # error is the first to notice, and it is cut short
+    state_file = out / "checkpoints" / "step_00000004" / ckpt.STATE_FILE
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "model"}))
     cfg = make_config(tmp_path / "eval", eval={"only": True, "checkpoint": str(out)})
     cfg.model.overrides["hidden_size"] = 64  # another model than the trained one
     with pytest.raises(
@@ -241,6 +246,33 @@ def test_eval_only_of_another_models_checkpoint_says_so_briefly(tmp_path):
     ) as err:
         run(cfg, CPU, fake_factory())
     assert len(str(err.value)) < 1500  # not torch's whole list
+
+
+def test_a_checkpoint_loads_only_into_the_model_it_was_trained_as(tmp_path):
+    # num_heads splits the same attention matrices another way: a model with 1 head instead of the tiny
+    # preset's 2 used to load every checkpoint without an error and evaluate (or fine-tune, or resume)
+    # something else than what was trained
+    out = tmp_path / "train"
+    run(make_config(out, train={"epochs": 1, "eval_every": -1}), CPU, fake_factory())
+    fix = r"give the model.preset it was trained with, or --set model.num_heads=2$"
+    for key, source in (("eval.checkpoint", out), ("eval.checkpoint", out / "model")):
+        cfg = make_config(tmp_path / "eval", eval={"only": True, "checkpoint": str(source)})
+        cfg.model.overrides["num_heads"] = 1
+        with pytest.raises(ConfigError, match=rf"^{key}=.*model.num_heads: checkpoint 2, config 1\). .*{fix}"):
+            run(cfg, CPU, fake_factory())
+    cfg = make_config(tmp_path / "tune", train={"epochs": 1, "init_checkpoint": str(out / "model")})
+    cfg.model.overrides["pixel_mean"] = [0.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match=r"^train.init_checkpoint=.*model.pixel_mean: checkpoint \[123.675"):
+        run(cfg, CPU, fake_factory())
+    cfg = make_config(out, train={"epochs": 2, "resume": "auto"})
+    cfg.model.overrides["backbone_style"] = "msra"  # moves a stride: the same shapes, other features
+    with pytest.raises(ConfigError, match=r"^train.resume=.*model.backbone_style: checkpoint \"torchvision\""):
+        run(cfg, CPU, fake_factory())
+    # what a fine-tune may change still loads: the frame size, T, dropout, freezing
+    changed = {"image_size": 96, "frames_per_clip": 2}
+    cfg = make_config(tmp_path / "tune", train={"epochs": 1, "init_checkpoint": str(out / "model")}, data=changed)
+    cfg.model.overrides.update(hidden_dropout=0.0, freeze_at=0)
+    assert run(cfg, CPU, fake_factory())["reason"] == "done"
 
 
 def test_eval_only_in_the_runs_own_dir_leaves_its_record(tmp_path):

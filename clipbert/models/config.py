@@ -15,6 +15,18 @@ TEMPORAL_FUSIONS = ("mean", "conv3d", "conv2plus1d")
 CHANNEL_ORDERS = ("RGB", "BGR")
 HIDDEN_ACTS = ("gelu", "relu", "gelu_new")
 
+# The keys a checkpoint's weights are tied to. Some set shapes (a mismatch would also fail the load, less
+# readably); the others change what the same tensors mean, so a model that disagrees loads without error and
+# computes something else: num_heads splits the attention matrices another way, backbone_style moves a
+# stride, the pixel statistics and channel order feed the CNN other inputs. Keys a fine-tune may change (the
+# head, image size, T, text length, dropout, freezing, checkpointing) are not here.
+WEIGHT_KEYS = (
+    ("backbone_style", "backbone_layers", "backbone_width", "pixel_mean", "pixel_std", "channel_order")
+    + ("temporal_fusion", "max_grid_row", "max_grid_col", "vocab_size", "hidden_size", "num_layers")
+    + ("num_heads", "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size")
+    + ("layer_norm_eps",)
+)
+
 # Pixel values are on the 0..255 scale for both styles: (x - mean) / std per channel, in channel_order.
 # torchvision: ImageNet RGB statistics (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) times 255.
 TORCHVISION_PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -164,6 +176,17 @@ class ClipBertConfig:
     def grid_size(self) -> int:
         """Side of the visual token grid for an L x L frame: stride-32 CNN, then a 2x2 max-pool."""
         return _conv_out(self.image_size) // 2
+
+    def weight_key_differences(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """(key, saved value, this config's value) for each WEIGHT_KEYS key on which a checkpoint's saved
+        config (to_dict of the model that wrote it) disagrees; keys the saved config lacks are not compared."""
+        ours = self.to_dict()
+        plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 - JSON has no tuples
+        return [
+            (key, saved[key], ours[key])
+            for key in WEIGHT_KEYS
+            if key in saved and plain(saved[key]) != plain(ours[key])
+        ]
 
     # --- (de)serialization ---
     def to_dict(self) -> dict[str, Any]:

@@ -195,6 +195,30 @@ def load(engine, root: Path, tag: str) -> dict:
     return client["trainer_state"]
 
 
+def saved_model_config(root: Path, tag: str) -> dict | None:
+    """The model config a trainer checkpoint recorded (its trainer state's "model"); None for checkpoints
+    written before it was recorded."""
+    try:
+        return json.loads((root / tag / STATE_FILE).read_text()).get("model") or None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def check_model_config(saved: dict | None, model_cfg, key: str, path: str | Path) -> None:
+    """Refuse a checkpoint whose model disagrees with this config on a key its weights are tied to
+    (models.config.WEIGHT_KEYS): some of those load without a shape error and compute something else."""
+    if not saved:
+        return
+    diffs = model_cfg.weight_key_differences(saved)
+    if diffs:
+        shown = "; ".join(f"model.{k}: checkpoint {json.dumps(a)}, config {json.dumps(b)}" for k, a, b in diffs)
+        fix = " ".join(f"--set model.{k}={json.dumps(a, separators=(',', ':'))}" for k, a, _ in diffs)
+        raise ConfigError(
+            f"{key}={str(path)!r}: the checkpoint was trained with another model ({shown}). Its weights "
+            f"only mean what they did with its settings: give the model.preset it was trained with, or {fix}"
+        )
+
+
 def is_pretrained_dir(path: str | Path) -> bool:
     from clipbert.models.clipbert import CONFIG_NAME, WEIGHTS_NAME
 
@@ -216,8 +240,13 @@ def load_pretrained_weights(
     """
     from safetensors.torch import load_file
 
-    from clipbert.models.clipbert import WEIGHTS_NAME
+    from clipbert.models.clipbert import CONFIG_NAME, WEIGHTS_NAME
 
+    try:
+        saved = json.loads((Path(path) / CONFIG_NAME).read_text())
+    except ValueError as err:
+        raise ConfigError(f"{key}={str(path)!r}: {CONFIG_NAME} is not valid JSON ({err})") from err
+    check_model_config(saved, model.config, key, path)
     state = load_file(str(Path(path) / WEIGHTS_NAME))
     if getattr(model, "visual_words", None) is None:  # a training-only head: its weights are not needed
         state = {k: v for k, v in state.items() if not k.startswith("visual_words.")}
@@ -244,6 +273,7 @@ def load_pretrained_weights(
 def load_module_only(engine, path: str | Path, key: str) -> None:
     """Weights only (no optimizer/scheduler/position) from a trainer checkpoint, for any ZeRO stage."""
     root, tag = locate(path, key)
+    check_model_config(saved_model_config(root, tag), engine.module.config, key, root / tag)
     try:
         load_path, _ = engine.load_checkpoint(
             str(root),

@@ -40,6 +40,8 @@ class TrainerState:
     overflow_total: int = 0  # optimizer steps DeepSpeed skipped (fp16 loss-scale overflow), whole run
     # what the position above is counted in, and the optimizer's settings (Trainer.plan)
     plan: dict = dataclasses.field(default_factory=dict)
+    # the model's ClipBertConfig.to_dict(): a resume or a load checks its weight keys against the config's
+    model: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -75,7 +77,8 @@ class Trainer:
         self.words = None
         if cfg.train.visual_word_loss:
             self.words = VisualWords.from_vocab(self.train_set.word_vocab, cfg.train.visual_word_loss, device)
-        self.state = TrainerState(plan=self.plan())
+        self.model_cfg = model_cfg
+        self.state = TrainerState(plan=self.plan(), model=model_cfg.to_dict())
         self.throughput = Throughput(model_cfg, device, _world(), cfg.train.peak_tflops)
         self.out = Path(cfg.train.output_dir)
         self.log = get_logger()
@@ -145,6 +148,8 @@ class Trainer:
         }
 
     def resume(self, root: Path, tag: str) -> None:
+        # before DeepSpeed loads: a shape mismatch there would name tensors, not the config keys behind them
+        ckpt.check_model_config(ckpt.saved_model_config(root, tag), self.model_cfg, "train.resume", root / tag)
         self.state = TrainerState(**ckpt.load(self.engine, root, tag))
         self.last_saved_step = self.state.step
         now = self.plan()
@@ -159,7 +164,7 @@ class Trainer:
                 tag,
                 ", ".join(changed),
             )
-        self.state.plan = now
+        self.state.plan, self.state.model = now, self.model_cfg.to_dict()
         apply_hyperparameters(self.engine.optimizer, self.engine.lr_scheduler, self.cfg.train)
         ckpt.set_aside_newer(self.out, self.state.step)
         self.runlog.rewind(self.state.step)
