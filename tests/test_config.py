@@ -180,6 +180,23 @@ def test_missing_config_file():
         C.load("no_such_config.json")
 
 
+def test_train_py_help_shows_only_its_own_flags_and_refuses_a_second_engine_config(capsys):
+    from clipbert.train.run import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert "--config" in shown and "exit codes: 0 done" in shown
+    assert "deepspeed_config" not in shown and "deepscale" not in shown  # DeepSpeed's, which it refuses
+    assert parse_args(["--config", "x.json", "--deepspeed"]).config == "x.json"  # other launchers' habit
+    for flag in ("--deepspeed_config", "--deepscale_config"):
+        with pytest.raises(SystemExit):
+            parse_args(["--config", "x.json", flag, "ds.json"])
+        assert f"{flag} is not used: put the engine settings in the config's deepspeed section" in (
+            capsys.readouterr().err
+        )
+
+
 def test_train_py_reports_a_missing_path_in_one_line(tmp_path):
     # a bad path found after the config loads (annotations, videos, checkpoints) used to end in a traceback
     ann = tmp_path / "annotations"

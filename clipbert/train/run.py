@@ -27,10 +27,22 @@ STOPPED = 130  # exit code of a run stopped by SIGTERM or Ctrl-C after its check
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    import deepspeed
+EPILOG = """examples:
+  python train.py --config ds_synthetic.json                 # one process, CPU or one GPU
+  deepspeed train.py --config ds_msrvtt.json                 # every GPU of this node
+  python train.py --config ds_msrvtt.json --set train.resume=auto
+  python train.py --config ds_msrvtt.json --set eval.only=true --set eval.checkpoint=outputs/msrvtt_ret
 
-    parser = argparse.ArgumentParser(description="Train or evaluate ClipBERT with DeepSpeed.")
+exit codes: 0 done, 2 bad config or path, 3 diverged, 130 stopped by a signal (after its checkpoint).
+The config's own deepspeed section holds the engine settings (docs/TRAINING.md)."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train or evaluate ClipBERT with DeepSpeed.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", required=True, help="a JSON config, or a bare name looked up in configs/")
     parser.add_argument(
         "--set",
@@ -40,12 +52,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override one config value (JSON-parsed when possible); repeatable",
     )
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the launcher")
-    deepspeed.add_config_arguments(parser)
+    # DeepSpeed's own flags (deepspeed.add_config_arguments), accepted so that scripts written for other
+    # DeepSpeed trainers still parse, and kept out of --help: a second engine config would compete with the
+    # config's deepspeed section, so giving one is an error below.
+    for flag in ("--deepspeed", "--deepscale"):
+        parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    for flag in ("--deepspeed_config", "--deepscale_config"):
+        parser.add_argument(flag, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if getattr(args, "deepspeed_config", None):
-        parser.error(
-            "--deepspeed_config is not used: put the engine settings in the config's deepspeed section"
-        )
+    for flag in ("deepspeed_config", "deepscale_config"):
+        if getattr(args, flag):
+            parser.error(f"--{flag} is not used: put the engine settings in the config's deepspeed section")
     return args
 
 
