@@ -74,3 +74,26 @@ def test_temporal_mean(shape, dtype):
     (gx,) = torch.autograd.grad(y, x, g)
     expected = (g.double() / shape[1]).unsqueeze(1).expand(shape)
     torch.testing.assert_close(gx.double(), expected, rtol=tol, atol=tol)
+
+
+def test_an_out_of_range_target_is_a_device_assert_not_a_silent_read():
+    # The Triton NLL kernels index the target column unchecked: target = K read the next row's logits
+    # (2026-11-28 review). lse.py now asserts on the device, which ends the CUDA context: a subprocess.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from clipbert import ops\n"
+        "x = torch.randn(2, 3, 4, device='cuda'); t = torch.tensor([0, 4], device='cuda')\n"
+        "for op in (lambda: ops.lse_aggregate_nll(x, t, backend='triton'),\n"
+        "           lambda: ops.lse_aggregate_nll_value_and_grad(x, t, backend='triton')):\n"
+        "    try:\n"
+        "        op(); torch.cuda.synchronize(); print('NO ERROR')\n"
+        "    except RuntimeError as err:\n"
+        "        print('ERROR', str(err).splitlines()[0]); break\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "NO ERROR" not in proc.stdout, proc.stdout
+    assert "ERROR" in proc.stdout or proc.returncode != 0, (proc.stdout, proc.stderr[-2000:])

@@ -258,7 +258,9 @@ def test_a_checkpoint_loads_only_into_the_model_it_was_trained_as(tmp_path):
     for key, source in (("eval.checkpoint", out), ("eval.checkpoint", out / "model")):
         cfg = make_config(tmp_path / "eval", eval={"only": True, "checkpoint": str(source)})
         cfg.model.overrides["num_heads"] = 1
-        with pytest.raises(ConfigError, match=rf"^{key}=.*model.num_heads: checkpoint 2, config 1\). .*{fix}"):
+        with pytest.raises(
+            ConfigError, match=rf"^{key}=.*model.num_heads: checkpoint 2, config 1\). .*{fix}"
+        ):
             run(cfg, CPU, fake_factory())
     cfg = make_config(tmp_path / "tune", train={"epochs": 1, "init_checkpoint": str(out / "model")})
     cfg.model.overrides["pixel_mean"] = [0.0, 0.0, 0.0]
@@ -266,11 +268,15 @@ def test_a_checkpoint_loads_only_into_the_model_it_was_trained_as(tmp_path):
         run(cfg, CPU, fake_factory())
     cfg = make_config(out, train={"epochs": 2, "resume": "auto"})
     cfg.model.overrides["backbone_style"] = "msra"  # moves a stride: the same shapes, other features
-    with pytest.raises(ConfigError, match=r"^train.resume=.*model.backbone_style: checkpoint \"torchvision\""):
+    with pytest.raises(
+        ConfigError, match=r"^train.resume=.*model.backbone_style: checkpoint \"torchvision\""
+    ):
         run(cfg, CPU, fake_factory())
     # what a fine-tune may change still loads: the frame size, T, dropout, freezing
     changed = {"image_size": 96, "frames_per_clip": 2}
-    cfg = make_config(tmp_path / "tune", train={"epochs": 1, "init_checkpoint": str(out / "model")}, data=changed)
+    cfg = make_config(
+        tmp_path / "tune", train={"epochs": 1, "init_checkpoint": str(out / "model")}, data=changed
+    )
     cfg.model.overrides.update(hidden_dropout=0.0, freeze_at=0)
     assert run(cfg, CPU, fake_factory())["reason"] == "done"
 

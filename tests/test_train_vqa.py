@@ -126,5 +126,7 @@ def test_fine_tuning_from_pretraining_starts_a_new_head_but_evaluation_refuses(t
     wider = _tiny(
         head="qa", num_answers=7, intermediate_size=64
     )  # not a head: an error even when fine-tuning
-    with pytest.raises(ValueError, match=r"another model \(model.intermediate_size: checkpoint 512, config 64\)"):
+    with pytest.raises(
+        ValueError, match=r"another model \(model.intermediate_size: checkpoint 512, config 64\)"
+    ):
         ckpt.load_pretrained_weights(wider, tmp_path / "model", "train.init_checkpoint", new_head=True)

@@ -179,7 +179,7 @@ class ClipBertConfig:
 
     def weight_key_differences(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         """(key, saved value, this config's value) for each WEIGHT_KEYS key on which a checkpoint's saved
-        config (to_dict of the model that wrote it) disagrees; keys the saved config lacks are not compared."""
+        config (to_dict of the model that wrote it) disagrees; keys it lacks are not compared."""
         ours = self.to_dict()
         plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 - JSON has no tuples
         return [

@@ -40,8 +40,16 @@ def _check_target(target: torch.Tensor, logits: torch.Tensor, op: str, backend: 
         raise ValueError(f"{op}: target must be on {logits.device}, got {target.device}")
     # The C++ kernels check the range themselves (one pass, no extra ops) and CUDA ones assert in-kernel
     # (a host check would synchronize), so only the Python backends are checked here.
-    checked = backend in ("reference", "triton") and target.device.type == "cpu" and B > 0
-    if checked and not torch.compiler.is_compiling():
+    if backend not in ("reference", "triton") or B == 0:
+        return
+    if target.device.type != "cpu":
+        # Triton's kernels index with the target unchecked (tl.device_assert is off outside debug mode): an
+        # out-of-range one would read another row's logits or past the tensor, silently. A device-side
+        # assert costs no synchronization. (The reference's gather asserts by itself.)
+        if backend == "triton":
+            torch._assert_async(((target >= 0) & (target < K)).all(), f"{op}: a target is outside [0, K={K})")
+        return
+    if not torch.compiler.is_compiling():
         bad = (target < 0) | (target >= K)
         if bool(bad.any()):
             b = int(bad.nonzero()[0, 0])

@@ -211,7 +211,9 @@ def check_model_config(saved: dict | None, model_cfg, key: str, path: str | Path
         return
     diffs = model_cfg.weight_key_differences(saved)
     if diffs:
-        shown = "; ".join(f"model.{k}: checkpoint {json.dumps(a)}, config {json.dumps(b)}" for k, a, b in diffs)
+        shown = "; ".join(
+            f"model.{k}: checkpoint {json.dumps(a)}, config {json.dumps(b)}" for k, a, b in diffs
+        )
         fix = " ".join(f"--set model.{k}={json.dumps(a, separators=(',', ':'))}" for k, a, _ in diffs)
         raise ConfigError(
             f"{key}={str(path)!r}: the checkpoint was trained with another model ({shown}). Its weights "

@@ -149,7 +149,9 @@ class Trainer:
 
     def resume(self, root: Path, tag: str) -> None:
         # before DeepSpeed loads: a shape mismatch there would name tensors, not the config keys behind them
-        ckpt.check_model_config(ckpt.saved_model_config(root, tag), self.model_cfg, "train.resume", root / tag)
+        ckpt.check_model_config(
+            ckpt.saved_model_config(root, tag), self.model_cfg, "train.resume", root / tag
+        )
         self.state = TrainerState(**ckpt.load(self.engine, root, tag))
         self.last_saved_step = self.state.step
         now = self.plan()

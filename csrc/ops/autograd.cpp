@@ -59,6 +59,15 @@ const auto& temporal_backward_op() {
   return op;
 }
 
+// The backward kernels have no derivative of their own. Under create_graph (GradMode is on while autograd
+// runs a backward then) their outputs would come out detached and a second derivative silently 0, so that
+// is an error that names the way out.
+void check_first_order(const char* op) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), op,
+              ": double backward (create_graph=True) is not supported by the fused kernels; use "
+              "backend='reference' (or clipbert.ops.set_backend('reference')) for higher-order gradients");
+}
+
 // out [B, K] = log of Eq. 5; lse_all [B] is saved for backward and is not differentiable.
 struct LseAggregate : public torch::autograd::Function<LseAggregate> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& logits) {
@@ -72,6 +81,7 @@ struct LseAggregate : public torch::autograd::Function<LseAggregate> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     if (!grads[0].defined()) return {at::Tensor()};
+    check_first_order("clipbert::lse_aggregate");
     return {lse_backward_op().call(grads[0], saved[0], saved[1], saved[2])};
   }
 };
@@ -91,6 +101,7 @@ struct LseAggregateNll : public torch::autograd::Function<LseAggregateNll> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    check_first_order("clipbert::lse_aggregate_nll");
     auto reduction = ctx->saved_data["reduction"].toInt();
     return {nll_backward_op().call(grads[0], saved[0], saved[1], saved[2], reduction), at::Tensor(),
             at::Tensor()};
@@ -107,7 +118,13 @@ struct TemporalMean : public torch::autograd::Function<TemporalMean> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     if (!grads[0].defined()) return {at::Tensor()};
-    return {temporal_backward_op().call(grads[0], ctx->saved_data["frames"].toInt())};
+    const int64_t frames = ctx->saved_data["frames"].toInt();
+    if (at::GradMode::is_enabled()) {  // create_graph: the same values from differentiable ATen ops
+      auto sizes = grads[0].sizes().vec();
+      sizes.insert(sizes.begin() + 1, frames);
+      return {grads[0].div(static_cast<double>(frames)).unsqueeze(1).expand(sizes)};
+    }
+    return {temporal_backward_op().call(grads[0], frames)};
   }
 };
 

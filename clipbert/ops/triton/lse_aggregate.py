@@ -29,8 +29,10 @@ def _column_lse(x_ptr, row, N, K, stride_b, stride_n, stride_k, ACC: tl.constexp
         s = s * tl.exp(m - shift) + tl.exp(v - shift)
         m = m_new
     shift = tl.where(m == float("-inf"), 0.0, m)
-    # Masked columns (s = 0) become -inf without evaluating log(0).
-    return tl.where(s > 0, shift + tl.log(tl.where(s > 0, s, 1.0)), float("-inf"))
+    # Masked columns (s = 0) become -inf without evaluating log(0). A NaN sum (a NaN logit, or +inf - +inf)
+    # compares false with 0 too: it stays NaN, as torch.logsumexp's, instead of reading as masked.
+    lse = tl.where(s > 0, shift + tl.log(tl.where(s > 0, s, 1.0)), float("-inf"))
+    return tl.where(s == s, lse, s)
 
 
 @triton.jit

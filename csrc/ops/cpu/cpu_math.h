@@ -12,8 +12,10 @@
 namespace clipbert::cpu {
 
 // Cephes-style expf: Cody-Waite reduction x = n ln2 + r, degree-6 polynomial on |r| <= ln2/2,
-// 2^n by exponent bits. Relative error ~1e-7 (1-2 ulp). Inputs below -87.3 flush to ~1e-38 (not 0),
-// which is harmless here because every result feeds a sum that holds at least one exp(0) = 1 term.
+// 2^n by exponent bits. Relative error ~1e-7 (1-2 ulp). Inputs below -87.3 flush to ~1e-38 (not 0): a
+// select to 0 cost the lse forwards 7-19% (2 cores, 2026-11-28). Harmless where every sum holds its max's
+// exp(0) = 1 term; a slice that is -inf throughout sums to under 1, and lse_of() reads that as -inf.
+// NaN in, NaN out.
 inline float fast_exp(float x) {
   x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
   // Round to nearest with the 1.5 * 2^23 trick (floor/rint would be a libm call without SSE4.1).
@@ -36,11 +38,14 @@ inline float fast_exp(float x) {
 
 inline double fast_exp(double x) { return std::exp(x); }
 
-// Cephes-style logf for the per-column sums of exps, which are normal and finite (fast_exp never returns
-// less than exp(-87.3) > FLT_MIN): x = 2^e m with m in [sqrt(1/2), sqrt(2)), log(m) by a degree-9
-// polynomial in m - 1; error under 1e-7. Branch-free so that a loop of them vectorizes: a libm log per
-// column was a third of lse_aggregate's CPU time at [128, 16, 1540].
-inline float fast_log(float x) {
+// Cephes-style logf for the per-column sums of exps: x = 2^e m with m in [sqrt(1/2), sqrt(2)), log(m) by a
+// degree-9 polynomial in m - 1; error under 1e-7. Branch-free so that a loop of them vectorizes: a libm log
+// per column was a third of lse_aggregate's CPU time at [128, 16, 1540]. The polynomial serves normal
+// finite x > 0, which covers every sum that holds its max's exp(0) = 1; the sums that do not (0 for a
+// column that is -inf in every clip, NaN or inf from a non-finite logit) take std::log's value by select
+// (-inf, NaN, inf), so that a NaN logit stays NaN instead of reading as a large log (89 from its bits).
+// fast_log_normal is the polynomial alone; fast_log adds the selects.
+inline float fast_log_normal(float x) {
   int32_t bits;
   std::memcpy(&bits, &x, sizeof(bits));
   float e = static_cast<float>(((bits >> 23) & 0xff) - 127);
@@ -66,6 +71,12 @@ inline float fast_log(float x) {
   return f + y + 0.693359375f * e;
 }
 
+inline float fast_log(float x) {
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  const float special = x == 0.0f ? -inf : (x > 0.0f ? x : std::numeric_limits<float>::quiet_NaN());
+  return x > 0.0f && x < inf ? fast_log_normal(x) : special;
+}
+
 inline double fast_log(double x) { return std::log(x); }
 
 template <typename acc_t>
@@ -77,6 +88,17 @@ constexpr acc_t neg_inf() {
 template <typename acc_t>
 inline acc_t safe_shift(acc_t m) {
   return m == neg_inf<acc_t>() ? acc_t(0) : m;
+}
+
+// The logsumexp of a slice from its shift (safe_shift of its max) and its sum of fast_exp(x - shift).
+// A slice with a finite max sums to >= 1 (its max's exp(0) is exactly 1); one that is -inf throughout sums
+// to under 1 (N flushed exps of ~1e-38, or 0): -inf, as torch.logsumexp. NaN sums (a NaN or +inf logit)
+// compare false and stay NaN through the log. FastLog: fast_log for loops that vectorize; a single call is
+// faster through libm's (measured: the narrow rows' three calls a row cost 3 us more at [128, 16, 2]).
+template <bool FastLog = false, typename acc_t>
+inline acc_t lse_of(acc_t shift, acc_t sum) {
+  const acc_t log_sum = FastLog ? fast_log(sum) : std::log(sum);
+  return sum < acc_t(1) ? neg_inf<acc_t>() : shift + log_sum;
 }
 
 }  // namespace clipbert::cpu

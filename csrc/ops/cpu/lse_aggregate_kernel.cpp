@@ -74,7 +74,7 @@ void column_lse(const scalar_t* x, int64_t N, int64_t K, acc_t* m, acc_t* s) {
     for (int64_t k = 0; k < K; ++k) s[k] += fast_exp(static_cast<acc_t>(xn[k]) - m[k]);
   }
 #pragma omp simd
-  for (int64_t k = 0; k < K; ++k) m[k] += fast_log(s[k]);
+  for (int64_t k = 0; k < K; ++k) m[k] = lse_of<true>(m[k], s[k]);
 }
 
 // logsumexp of n values at stride `stride`: used for the target column (n = N, small).
@@ -88,7 +88,7 @@ acc_t strided_lse(const scalar_t* v, int64_t n, int64_t stride) {
   m = safe_shift(m);
   acc_t s = 0;
   for (int64_t i = 0; i < n; ++i) s += fast_exp(static_cast<acc_t>(v[i * stride]) - m);
-  return m + std::log(s);
+  return lse_of(m, s);
 }
 
 // logsumexp of a contiguous row: a max pass, then a sum of exps. `omp simd reduction` lets the compiler
@@ -106,7 +106,7 @@ acc_t contiguous_lse(const scalar_t* v, int64_t n) {
   acc_t s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += fast_exp(static_cast<acc_t>(v[i]) - m);
-  return m + std::log(s);
+  return lse_of(m, s);
 }
 
 // Row losses [B] -> the loss for `reduction`: themselves (0), their mean (1, NaN for B = 0) or sum (2).

@@ -51,6 +51,10 @@ __device__ __forceinline__ acc_t neg_inf() {
 }
 
 // Online logsumexp state: m = running max, s = sum of exp(v - m).
+// NaN: a NaN value makes the state NaN for good, as torch.logsumexp's result is, so that a NaN logit reads
+// as NaN downstream and is never dropped. Every NaN compares false, so add() and fmax-style max() would skip
+// it; the state it leaves is (NaN, NaN), or (m, NaN) with m finite once merged, and value() is NaN either
+// way. The one state to avoid is (-inf, NaN): merge() takes an m of -inf for empty and drops it.
 template <typename acc_t>
 struct Lse {
   acc_t m, s;
@@ -60,6 +64,8 @@ struct Lse {
       m = v;
     } else if (v > neg_inf<acc_t>()) {
       s += exp(v - m);
+    } else if (v != v) {
+      m = s = v;
     }
   }
   // VEC values at once: one max over the vector, VEC independent exps and a single rescale, instead of a
@@ -70,13 +76,18 @@ struct Lse {
     acc_t vm = v[0];
 #pragma unroll
     for (int j = 1; j < VEC; ++j) vm = max(vm, v[j]);
-    if (vm == neg_inf<acc_t>()) return;
+    if (vm == neg_inf<acc_t>()) {  // all -inf, or -inf and NaN (max drops NaN): keep a NaN (rare path)
+#pragma unroll
+      for (int j = 0; j < VEC; ++j)
+        if (v[j] != v[j]) m = s = v[j];
+      return;
+    }
     const acc_t mn = max(m, vm);
     acc_t t = 0;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) t += exp(v[j] - mn);
+    for (int j = 0; j < VEC; ++j) t += exp(v[j] - mn);  // NaN when any v[j] is
     s = s * exp(m - mn) + t;  // exp(-inf) = 0 while nothing was added yet
-    m = mn;
+    m = t != t ? t : mn;      // an all-NaN vector leaves mn = m, which may be -inf
   }
   __device__ __forceinline__ void merge(acc_t m2, acc_t s2) {
     if (m2 == neg_inf<acc_t>()) return;
