@@ -56,7 +56,12 @@ def test_a_videos_own_captions_do_not_rank_against_each_other():
     assert retrieval_metrics(scores, torch.tensor([0, 0, 1]))["v2t_medr"] == 1.5  # ranks 2 and 1
 
 
-def test_v2t_matches_a_brute_force_count():
+@pytest.mark.parametrize("chunk_pairs", [None, 9, 20])  # all texts at once, one text, two at a time
+def test_v2t_matches_a_brute_force_count(chunk_pairs, monkeypatch):
+    from clipbert.train import metrics
+
+    if chunk_pairs:
+        monkeypatch.setattr(metrics, "V2T_CHUNK_PAIRS", chunk_pairs)
     gen = torch.Generator().manual_seed(0)
     for _ in range(50):
         q, v = 9, 4
@@ -119,3 +124,31 @@ def test_dedupe_keeps_one_record_per_index():
 def test_format_table():
     text = format_table({"t2v_r1": 12.345, "num_videos": 50}, "demo")
     assert "12.35" in text and "num_videos" in text and text.startswith("demo")
+
+
+@pytest.mark.parametrize("mode", ["lse", "mean", "max"])
+def test_confident_matches_still_rank_by_their_margin(mode):
+    # log p(match) as clip_aggregate(...)[:, 1] rounds to 0.0 in float32 from a margin of about 17: the
+    # true video (margins 28-30) tied with a worse one (17-18) and lost R@1 by the pessimistic tie rule
+    from clipbert.train.tasks import clip_aggregate, match_log_prob
+
+    true_video, distractor = [[0.0, 30.0], [0.0, 28.0]], [[0.0, 18.0], [0.0, 17.0]]
+    logits = torch.tensor([true_video, distractor])  # [V=2, N=2 clips, 2]
+    assert clip_aggregate(logits, mode)[:, 1].tolist() == [0.0, 0.0]  # the saturation this avoids
+    scores = match_log_prob(logits, mode)
+    expected = torch.nn.functional.logsigmoid(clip_aggregate(logits.double(), mode).diff(dim=1)[:, 0])
+    torch.testing.assert_close(scores.double(), expected, rtol=1e-5, atol=0)
+    assert retrieval_metrics(scores[None, :], torch.tensor([0]))["t2v_r1"] == 100.0
+
+
+def test_multiple_choice_by_matching_picks_the_most_confident_option():
+    from clipbert.train.tasks import predict
+
+    class Margins(torch.nn.Module):  # per-clip matching logits [B=1, M=3 options, N=2, 2]
+        def forward(self, frames, input_ids, attention_mask):
+            s = torch.zeros(1, 3, 2, 2)
+            s[..., 1] = torch.tensor([17.0, 25.0, 3.0])[None, :, None]  # option 1 is the best match
+            return s
+
+    batch = {"frames": None, "input_ids": None, "attention_mask": None, "labels": torch.tensor([1])}
+    assert predict(Margins(), batch, "mc_itm", "lse")["pred"].tolist() == [1]  # argmax of ties gave 0

@@ -371,6 +371,24 @@ def test_forward_flops_match_flop_counter(overrides):
     assert abs(analytic - counted) <= 0.02 * counted, (analytic, counted)
 
 
+def test_pretraining_flops_count_the_mlm_and_itm_heads():
+    # the MLM head's vocabulary projection was left out: half of the tiny preset's pre-training FLOPs with
+    # its real vocabulary (30,522); a 4,000-word one here keeps the test quick and the head still large
+    cfg = tiny(vocab_size=4000)
+    model = ClipBert(cfg).eval()
+    model.encoder.config._attn_implementation = "eager"
+    lt = 9
+    ids, mask = text_batch(2, 1, lt)
+    labels = torch.full_like(ids, -100)
+    labels[..., 2] = 5
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.pretrain_forward(torch.randn(2, 1, 1, 3, L, L), ids, mask, labels, torch.tensor([0, 1]))
+    counted = counter.get_total_flops() / 2  # per image-text pair
+    analytic = forward_flops(cfg, num_clips=1, frames_per_clip=1, text_len=lt, pretrain=True)
+    assert abs(analytic - counted) <= 0.02 * counted, (analytic, counted)
+    assert counted - forward_flops(cfg, 1, 1, lt) > 0.05 * counted  # the task head's count: 8% short
+
+
 def test_training_flops_count_frozen_prefix_forward_only():
     cfg = tiny(backbone_style="msra", frozen_bn=True, freeze_at=2, pixel_random_sampling_size=3)
     model = ClipBert(cfg).eval()

@@ -145,8 +145,10 @@ def test_an_unreadable_init_cnn_from_file_names_the_key(tmp_path):
         build_model(cfg, cfg.model_config())
 
 
-def test_load_torchvision_resnet50_matches_torchvision_float64():
-    """torchvision style + a torchvision state dict reproduces torchvision's ResNet-50 features."""
+@pytest.mark.parametrize("frozen_bn,freeze_at", [(False, 0), (True, 2)])
+def test_load_torchvision_resnet50_matches_torchvision_float64(frozen_bn, freeze_at):
+    """torchvision style + a torchvision state dict reproduces torchvision's ResNet-50 features, into
+    BatchNorm and FrozenBatchNorm2d layers alike (its num_batches_tracked counters are no unexpected keys)."""
     import torchvision
 
     reference = torchvision.models.resnet50().double().eval()
@@ -156,7 +158,7 @@ def test_load_torchvision_resnet50_matches_torchvision_float64():
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.2, 1.0)
-    ours = ResNetBackbone(style="torchvision", frozen_bn=False, freeze_at=0).double().eval()
+    ours = ResNetBackbone(style="torchvision", frozen_bn=frozen_bn, freeze_at=freeze_at).double().eval()
     report = load_resnet(ours, reference.state_dict(), prefix="")
     assert report.missing == [] and report.unexpected == []
     assert report.ignored == ["fc.weight", "fc.bias"]
@@ -324,6 +326,15 @@ def test_convert_cli_refuses_a_file_that_is_not_a_clipbert_checkpoint(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
     assert main([str(tmp_path / "other.pt"), str(tmp_path / "out"), "--preset", "tiny"]) == 2
     assert not (tmp_path / "out").exists()  # no randomly initialized model under the checkpoint's name
+
+
+def test_convert_cli_reports_a_bad_head_setting_as_a_usage_error(tmp_path, capsys):
+    from clipbert.models.weights import main
+
+    with pytest.raises(SystemExit) as exit_info:  # was a ValueError traceback
+        main([str(tmp_path / "x.pt"), str(tmp_path / "out"), "--preset", "tiny", "--head", "qa"])
+    assert exit_info.value.code == 2
+    assert "num_answers must be >= 1 when head == 'qa'" in capsys.readouterr().err
 
 
 def test_convert_cli_writes_a_loadable_directory(tmp_path, capsys):

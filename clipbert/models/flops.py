@@ -58,12 +58,20 @@ def visual_flops(cfg: ClipBertConfig, frames_per_clip: int, image_size: int) -> 
     return flops, grid * grid
 
 
-def transformer_flops(cfg: ClipBertConfig, seq_len: int) -> int:
-    """FLOPs of the BERT encoder + pooler + task head on one sequence of seq_len tokens."""
+def transformer_flops(cfg: ClipBertConfig, seq_len: int, text_len: int = 0, pretrain: bool = False) -> int:
+    """FLOPs of the BERT encoder + pooler + heads on one sequence of seq_len tokens.
+
+    The heads: the task's 2-layer classifier on the pooled output, or for pre-training (pretrain_forward)
+    the ITM head on it and the MLM head on the text_len text positions: a dense transform, then the tied
+    projection onto the vocabulary (at the tiny preset's 128 hidden, the largest matmul in the model)."""
     h, inter = cfg.hidden_size, cfg.intermediate_size
     per_layer = 2 * seq_len * h * (4 * h + 2 * inter)  # Q, K, V, output projections + FFN
     per_layer += 2 * 2 * seq_len * seq_len * h  # Q K^T and P V over all heads
-    head = 2 * (h * h + h * 2 * h + 2 * h * cfg.num_classes)  # pooler dense + 2-layer classifier
+    if pretrain:
+        head = 2 * (h * h + h * 2)  # pooler dense + ITM (seq_relationship)
+        head += 2 * text_len * (h * h + h * cfg.vocab_size)  # MLM transform + vocabulary projection
+    else:
+        head = 2 * (h * h + h * 2 * h + 2 * h * cfg.num_classes)  # pooler dense + 2-layer classifier
     return cfg.num_layers * per_layer + head
 
 
@@ -76,16 +84,18 @@ def forward_flops(
     *,
     image_size: int | None = None,
     pixel_sampling: bool = False,
+    pretrain: bool = False,
 ) -> int:
     """Forward FLOPs of ClipBert for one video: N clips of T frames, M texts of length Lt, eval mode.
 
     The CNN runs once per clip (N*T frames), the transformer once per (text, clip) pair (M*N sequences of
     Lt + Lv tokens). pixel_sampling=True counts Lv as cfg.pixel_random_sampling_size (train-mode sampling).
+    pretrain=True counts pretrain_forward's MLM and ITM heads instead of the task head.
     """
     clip_flops, num_tokens = visual_flops(cfg, frames_per_clip, image_size or cfg.image_size)
     if pixel_sampling and 0 < cfg.pixel_random_sampling_size < num_tokens:
         num_tokens = cfg.pixel_random_sampling_size
-    seq_flops = transformer_flops(cfg, text_len + num_tokens)
+    seq_flops = transformer_flops(cfg, text_len + num_tokens, text_len, pretrain)
     return int(num_clips * clip_flops + num_texts * num_clips * seq_flops)
 
 
@@ -97,12 +107,20 @@ def training_flops(
     num_texts: int = 1,
     *,
     image_size: int | None = None,
+    pretrain: bool = False,
 ) -> int:
     """FLOPs of one training step per video: 3x the forward (forward + input and weight gradients),
     except the frozen CNN prefix (stem..res{freeze_at}), which runs forward only: nothing before it
-    needs gradients. Train-mode pixel random sampling is counted."""
+    needs gradients. Train-mode pixel random sampling is counted; pretrain as in forward_flops."""
     forward = forward_flops(
-        cfg, num_clips, frames_per_clip, text_len, num_texts, image_size=image_size, pixel_sampling=True
+        cfg,
+        num_clips,
+        frames_per_clip,
+        text_len,
+        num_texts,
+        image_size=image_size,
+        pixel_sampling=True,
+        pretrain=pretrain,
     )
     stages, _ = backbone_stage_flops(cfg, image_size or cfg.image_size)
     frozen = num_clips * frames_per_clip * sum(stages[: cfg.freeze_at])

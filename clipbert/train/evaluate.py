@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from clipbert.train import metrics as M
 from clipbert.train.logging import get_logger, is_rank0
-from clipbert.train.tasks import clip_aggregate, predict, pretrain_eval, to_device
+from clipbert.train.tasks import match_log_prob, predict, pretrain_eval, to_device
 
 
 def all_gather_objects(obj) -> list:
@@ -81,7 +81,7 @@ def retrieval_scores(model, tokens, input_ids, attention_mask, aggregation, vide
             tb = ids.shape[0]
             ids, mask = ids.expand(vb, tb, -1), mask.expand(vb, tb, -1)  # same texts for every video
             scores = model.score(VisualTokens(vis), ids, mask)  # [vb, tb, N, 2]
-            match = clip_aggregate(scores.reshape(vb * tb, n, -1), aggregation)[:, 1]  # log p(match)
+            match = match_log_prob(scores.reshape(vb * tb, n, -1), aggregation)
             out[q0 : q0 + tb, v0 : v0 + vb] = match.view(vb, tb).t().float().cpu()
     return out
 

@@ -14,6 +14,7 @@ import torch
 from clipbert.train.logging import get_logger
 
 RECALL_AT = (1, 5, 10)
+V2T_CHUNK_PAIRS = 1 << 25  # (text, text) pairs compared at a time for video-to-text ranks: about 300 MB
 
 
 def _rank_summary(ranks: torch.Tensor, prefix: str) -> dict[str, float]:
@@ -42,9 +43,16 @@ def retrieval_metrics(scores: torch.Tensor, text_to_video: torch.Tensor) -> dict
     rows = torch.arange(scores.shape[0])
     true = scores[rows, text_to_video]  # [Q]
     t2v_ranks = (scores >= true[:, None]).sum(1)  # [Q], includes the true video itself
-    # v2t: compare each text score against the other videos' texts in its video's column
-    other_video = text_to_video[None, :] != text_to_video[:, None]  # [Q, Q]
-    text_rank_in_column = ((scores.t()[text_to_video] >= true[:, None]) & other_video).sum(1) + 1  # [Q]
+    # v2t: compare each text score against the other videos' texts in its video's column; in chunks of
+    # texts, since a whole [Q, Q] comparison is 9 bytes a pair (MSRVTT's full test split, 59,800 texts: 32 GB)
+    columns = scores.t()  # [V, Q]
+    text_rank_in_column = torch.empty_like(text_to_video)
+    step = max(1, V2T_CHUNK_PAIRS // max(1, scores.shape[0]))
+    for q0 in range(0, scores.shape[0], step):
+        video = text_to_video[q0 : q0 + step]  # [c]
+        other_video = text_to_video[None, :] != video[:, None]  # [c, Q]
+        above = (columns[video] >= true[q0 : q0 + step, None]) & other_video
+        text_rank_in_column[q0 : q0 + step] = above.sum(1) + 1
     best = torch.full((scores.shape[1],), scores.shape[0] + 1, dtype=torch.long)
     best.scatter_reduce_(0, text_to_video, text_rank_in_column, reduce="amin")
     v2t_ranks = best[torch.unique(text_to_video)]

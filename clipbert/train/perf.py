@@ -66,7 +66,8 @@ class Throughput:
         """
         b, n, t, m, lt = batch_shape(batch)
         self.frames += b * n * t
-        self.flops += b * step_flops(self.model_cfg, n, t, lt, m, batch["frames"].shape[-1], cnn_only)
+        size, pretrain = batch["frames"].shape[-1], "mlm_labels" in batch  # pre-training: MLM + ITM heads
+        self.flops += b * step_flops(self.model_cfg, n, t, lt, m, size, cnn_only, pretrain)
 
     def snapshot(self) -> dict:
         if self.device.type == "cuda":
@@ -89,10 +90,19 @@ class Throughput:
         }
 
 
-def step_flops(model_cfg, n: int, t: int, lt: int, m: int, image_size: int, cnn_only: bool = False) -> float:
+def step_flops(
+    model_cfg,
+    n: int,
+    t: int,
+    lt: int,
+    m: int,
+    image_size: int,
+    cnn_only: bool = False,
+    pretrain: bool = False,
+) -> float:
     """Model FLOPs of one training step on one video: N clips of T frames, M texts of Lt tokens."""
     if not cnn_only:
-        return float(training_flops(model_cfg, n, t, lt, m, image_size=image_size))
+        return float(training_flops(model_cfg, n, t, lt, m, image_size=image_size, pretrain=pretrain))
     stages, _ = backbone_stage_flops(model_cfg, image_size)
     frozen = n * t * sum(stages[: model_cfg.freeze_at])
     return float(TRAIN_FLOPS_FACTOR * n * visual_flops(model_cfg, t, image_size)[0] - 2 * frozen)

@@ -66,6 +66,18 @@ def clip_aggregate(logits: torch.Tensor, mode: str) -> torch.Tensor:
     return F.log_softmax(fused, dim=-1)
 
 
+def match_log_prob(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """Matching scores [B, N, 2] -> log p(match) [B] of the clip-aggregated prediction, for ranking.
+
+    Why not clip_aggregate(...)[:, 1]: that log-prob is lse(match) - lse(all), a difference of two nearly
+    equal numbers once the model is confident, and rounds to exactly 0.0 in float32 from a margin of about
+    17. Every confident candidate then ties, and the tie rule ranks the true video below a worse one (a
+    multiple-choice argmax takes option 0). With two classes log p(match) = logsigmoid(log-odds), and the
+    log-odds (the difference of the two log-probs) keep their precision: 30 gives -9.4e-14, not 0."""
+    agg = clip_aggregate(logits, mode)
+    return F.logsigmoid(agg[:, 1] - agg[:, 0])
+
+
 def aggregate_nll(logits: torch.Tensor, target: torch.Tensor, mode: str) -> torch.Tensor:
     """Mean NLL of the clip-aggregated prediction; logits [B, N, K], target [B] int64."""
     if mode == "lse" and _ops_lse_aggregate_nll is not None:
@@ -181,7 +193,7 @@ def predict(model, batch: dict, kind: str, aggregation: str) -> dict:
     elif kind == "mc":
         pred = clip_aggregate(scores[..., 0].transpose(1, 2), aggregation).argmax(-1)
     elif kind == "mc_itm":  # rank the options by the retrieval model's log p(match)
-        match = clip_aggregate(scores.reshape(b * m, n, k), aggregation)[:, 1].view(b, m)
+        match = match_log_prob(scores.reshape(b * m, n, k), aggregation).view(b, m)
         pred = match.argmax(-1)
     else:
         raise ValueError(f"predict() handles qa, vqa, mc and mc_itm, not {kind!r}")
