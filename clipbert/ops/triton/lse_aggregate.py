@@ -47,7 +47,7 @@ def _row_lse(v):
 def _lse_fwd_kernel(
     x_ptr, out_ptr, lse_ptr, N, K, stride_b, stride_n, stride_k, ACC: tl.constexpr, BLOCK_K: tl.constexpr
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # row * stride_b passes 2^31 on large batches
     offs = tl.arange(0, BLOCK_K)
     lse_k = _column_lse(x_ptr, row, N, K, stride_b, stride_n, stride_k, ACC, BLOCK_K)
     lse_all = _row_lse(lse_k)
@@ -71,7 +71,7 @@ def _lse_bwd_kernel(
     BLOCK_K: tl.constexpr,
 ):
     # grad[b,n,j] = g[b,j] exp(x - lse_all - out[j]) - (sum_k g[b,k]) exp(x - lse_all)
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # row * stride_b passes 2^31 on large batches
     offs = tl.arange(0, BLOCK_K)
     mask = offs < K
     g = tl.load(g_ptr + row * K + offs, mask=mask, other=0.0).to(ACC)

@@ -17,7 +17,7 @@ BLOCK = 1024
 def _temporal_mean_fwd_kernel(
     x_ptr, out_ptr, T, R, stride_b, stride_t, ACC: tl.constexpr, BLOCK: tl.constexpr
 ):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)  # b * stride_b passes 2^31 on large batches
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < R
     acc = tl.zeros([BLOCK], ACC)
@@ -29,7 +29,7 @@ def _temporal_mean_fwd_kernel(
 
 @triton.jit
 def _temporal_mean_bwd_kernel(g_ptr, gx_ptr, T, R, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    bt = tl.program_id(0)  # flattened (b, t) row of grad_x [B, T, R]
+    bt = tl.program_id(0).to(tl.int64)  # flattened (b, t) row of grad_x [B, T, R]; bt * R may pass 2^31
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < R
     g = tl.load(g_ptr + (bt // T) * R + offs, mask=mask, other=0.0).to(ACC)
@@ -45,6 +45,20 @@ def _inner_dense(x: torch.Tensor) -> bool:
     return True
 
 
+MAX_GRID_Y = 65535  # CUDA's limit on the second grid dimension
+
+
+def _grid(rows: int, R: int) -> tuple[int, int]:
+    """(rows, chunks of R): a launch past CUDA's grid limit fails with an unclear error, so say which."""
+    chunks = triton.cdiv(R, BLOCK)
+    if chunks > MAX_GRID_Y:
+        raise ValueError(
+            f"temporal_mean (triton): {R} elements per sample need {chunks} blocks of {BLOCK}, over the "
+            f"grid's {MAX_GRID_Y}; use backend='cuda' or 'reference' for samples over {MAX_GRID_Y * BLOCK}"
+        )
+    return rows, chunks
+
+
 def _tl_acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -58,8 +72,7 @@ def temporal_mean_fwd(x: torch.Tensor) -> torch.Tensor:
     B, T = x.shape[:2]
     R = out[0].numel() if B > 0 else 0
     if out.numel() > 0:
-        grid = (B, triton.cdiv(R, BLOCK))
-        _temporal_mean_fwd_kernel[grid](
+        _temporal_mean_fwd_kernel[_grid(B, R)](
             x, out, T, R, x.stride(0), x.stride(1), ACC=_tl_acc(x.dtype), BLOCK=BLOCK
         )
     return out
@@ -73,7 +86,5 @@ def temporal_mean_bwd(grad: torch.Tensor, T: int) -> torch.Tensor:
     if grad_x.numel() > 0:
         B = grad.shape[0]
         R = grad.numel() // B
-        _temporal_mean_bwd_kernel[(B * T, triton.cdiv(R, BLOCK))](
-            grad, grad_x, T, R, ACC=_tl_acc(grad.dtype), BLOCK=BLOCK
-        )
+        _temporal_mean_bwd_kernel[_grid(B * T, R)](grad, grad_x, T, R, ACC=_tl_acc(grad.dtype), BLOCK=BLOCK)
     return grad_x
