@@ -301,9 +301,17 @@ class Trainer:
             # the window's good micro batches may hold pending gradients), so the run would end unsaved.
             self._skip_bad(window)
             del loss
-            if boundary:
-                return self._step_without_update(window, bar)
-            return None
+            if not boundary:
+                return None
+            if self.accumulated and self._backward_at_boundary(batch, words_only):
+                lrs = self._lrs()
+                with prof.phase("optimizer"):
+                    engine.step()
+                self.accumulated = 0
+                self._end_step(window, {}, lrs, bar)
+                # a stop or stop_after_steps waits for the next good step: a bad last loss is never saved
+                return "done" if self.state.step >= self.total_steps else None
+            return self._step_without_update(window, bar)
         with prof.phase("backward"):
             engine.backward(loss)
         # the LRs this update applies: engine.step() steps the scheduler on a boundary, so read them first
@@ -319,11 +327,7 @@ class Trainer:
             self.accumulated += 1
             return None
         self.accumulated = 0
-        self.state.step += 1
-        if not engine.was_step_applied():
-            self._skipped_update()
-        prof.boundary(self.state.step)
-        self._after_step(window, extra, lrs, bar, overflow=not engine.was_step_applied())
+        self._end_step(window, extra, lrs, bar)
         if self.state.step >= self.total_steps:
             return "done"
         if t.stop_after_steps and self.state.step >= t.stop_after_steps:
@@ -333,12 +337,38 @@ class Trainer:
             return "signal"
         return None
 
+    def _end_step(self, window, extra: dict, lrs: dict, bar) -> None:
+        """After engine.step() at a boundary: count the step, and log it."""
+        self.state.step += 1
+        applied = self.engine.was_step_applied()
+        if not applied:
+            self._skipped_update()
+        self.profiler.boundary(self.state.step)
+        self._after_step(window, extra, lrs, bar, overflow=not applied)
+
+    def _backward_at_boundary(self, batch: dict, words_only: bool) -> bool:
+        """The window's last micro batch was bad, and earlier ones left gradients, which DeepSpeed applies
+        only after a backward at the boundary: run one on a loss of 0 that reaches every parameter, the
+        forward of this batch with its frames zeroed (NaN frames, the usual cause, gone) times 0. The update
+        is then the good micro batches' gradients, each scaled by 1/grad_accum as always: a bad micro batch
+        adds 0 at the end of a window as anywhere in it. False when that loss is not finite on every rank
+        either (0 times it would not be 0): nothing runs."""
+        zeroed = {**batch, "frames": torch.zeros_like(batch["frames"])}
+        loss, _ = training_loss(
+            self.engine, zeroed, self.cfg.task.kind, self.cfg.task.aggregation, self.words, words_only
+        )
+        finite = bool(torch.isfinite(loss.detach().float()).item())
+        if _sum_over_ranks([0.0 if finite else 1.0], self.device)[0]:
+            return False
+        self.engine.backward(loss * 0.0)
+        return True
+
     def _step_without_update(self, window, bar) -> str | None:
-        """The window's last micro batch was bad: the step ends without an update, yet it counts and the
+        """The window's last micro batch was bad, and no good one before it left gradients (or a loss of 0
+        could not be formed: _backward_at_boundary): the step ends without an update, yet it counts and the
         scheduler steps, as for an fp16 overflow (_skipped_update), so the epochs keep their planned steps.
-        Gradients of the window's good micro batches stay pending in the engine (DeepSpeed applies them only
-        after a backward at the boundary) and join the next step's. A stop or stop_after_steps waits for the
-        next good step, which can be saved."""
+        Gradients of good micro batches, if any, stay pending in the engine and join the next step's. A stop
+        or stop_after_steps waits for the next good step, which can be saved."""
         lrs = self._lrs()  # the LRs this step would have applied
         if self.engine.lr_scheduler is not None:
             self.engine.lr_scheduler.step()
