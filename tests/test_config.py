@@ -262,3 +262,16 @@ def test_init_bert_from_takes_the_checkpoint_sizes(tmp_path):
     assert C.load("ds_synthetic", ["model.init_bert_from="]).model.init_bert_from == ""
     with pytest.raises(C.ConfigError, match="init_bert_from.*no config.json"):
         C.load("ds_synthetic", [f"model.init_bert_from={tmp_path / 'missing'}"])
+
+
+def test_a_base_model_from_random_weights_is_warned_about(train_log):
+    # the shipped video configs set no weights (each runs on its own); the paper's Table 5 shows that fail
+    from clipbert.train.run import _warn_if_from_scratch
+
+    _warn_if_from_scratch(C.load("ds_msrvtt.json"))
+    assert "training the base model without model.init_cnn_from or model.init_bert_from" in train_log.text
+    train_log.clear()
+    _warn_if_from_scratch(C.load("ds_msrvtt.json", ["train.init_checkpoint=outputs/pretrain/model"]))
+    _warn_if_from_scratch(C.load("ds_vqa.json"))  # fine-tunes from the pre-trained model
+    _warn_if_from_scratch(C.load("ds_synthetic.json"))  # the tiny preset, from scratch on purpose
+    assert "training the base model" not in train_log.text

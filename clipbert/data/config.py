@@ -47,7 +47,7 @@ class DataConfig:
     frame_store_reader: str = "cpu"  # cpu: workers decode JPEGs | dali: workers read bytes, DALI decodes
     image_size: int = 448  # L: longer side after resize, then zero-padded to L x L
     num_clips: int = 1  # Ntrain clips per video in training
-    num_test_clips: int = 4  # Ntest clips per video in evaluation
+    num_test_clips: int = 16  # Ntest clips per video in evaluation (the paper's main results use 16)
     frames_per_clip: int = 1  # T
     clip_seconds: float = 1.0  # length of one clip
     train_sampling: str = "rand"  # rand | uniform | middle

@@ -26,7 +26,7 @@ TASK_KINDS = {
     "tgif_transition": "mc",
     "msrvtt_mc": "mc_itm",  # MC scored by a retrieval (itm) model: pick the best-matching caption
     "pretrain": "pretrain",
-    "vqa": "vqa",  # image QA: soft answer targets, binary cross-entropy (paper Table 9)
+    "vqa": "vqa",  # image QA (paper Table 9): soft answer targets, binary cross-entropy (the original code's)
 }
 # The model head each task kind trains or evaluates.
 HEAD_OF_KIND = {"retrieval": "itm", "qa": "qa", "mc": "mc", "mc_itm": "itm", "pretrain": "itm", "vqa": "qa"}
@@ -194,8 +194,9 @@ class ModelSection:
     # bundled all-MiniLM-L6-v2 package (as the paper starts from a pretrained BERT). Its sizes (width,
     # heads, vocabulary, ...) replace the preset's; model.num_layers may keep only its first layers.
     init_bert_from: str = ""
-    # Initialise the ResNet from an ImageNet state dict file: torchvision (resnet50-*.pth) or detectron2 /
-    # grid-feat (R-50.pkl). The paper's CNN starts from ImageNet weights; nothing here downloads them.
+    # Initialise the ResNet from a state dict file: torchvision (resnet50-*.pth) or detectron2 /
+    # grid-feat (R-50.pkl). The paper's CNN starts from grid-feat's (detectron2 R-50 trained on Visual Genome
+    # detection; ImageNet is its Table 5 ablation); nothing here downloads them.
     init_cnn_from: str = ""
 
     @classmethod
