@@ -111,7 +111,14 @@ def make_videos(args, root: Path) -> dict[str, Path]:
         folder.mkdir()
     frames = int(args.seconds * args.fps)
     repeats = max(1, math.ceil((args.batches + 3) * args.batch_size / args.num_videos))
-    sources = sorted(Path(args.videos).iterdir()) if args.videos else []
+    if args.videos and not Path(args.videos).is_dir():
+        raise SystemExit(f"--videos {args.videos}: not a directory")
+    sources = sorted(p for p in Path(args.videos).iterdir() if p.is_file()) if args.videos else []
+    if args.videos and len(sources) < args.num_videos:
+        raise SystemExit(
+            f"--videos {args.videos}: {len(sources)} file(s) for --num-videos {args.num_videos}; "
+            f"give a folder with at least that many videos, or --num-videos {max(1, len(sources))}"
+        )
     (root / "gop4_src").mkdir()
     size = dict(height=args.height, width=args.width, fps=args.fps, gop=args.gop)
     jobs = [

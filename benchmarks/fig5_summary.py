@@ -87,7 +87,11 @@ def _size_table(result: dict, panel: str, key: str) -> list[str]:
         lambda e, o: [
             _batch_cell(e),
             _batch_cell(o),
-            _fmt(_ratio(o, e, "batch"), ".2f"),
+            # a search cut by its budget gave a lower bound: no ratio of bounds
+            _fmt(
+                _ratio(o, e, "batch") if e.get("max_batch_exact") and o.get("max_batch_exact") else None,
+                ".2f",
+            ),
             *(_fmt(r.get("bytes_per_sample_gib"), ".3f") for r in (e, o)),
         ],
     )
@@ -147,7 +151,9 @@ def _ablation(result: dict) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        rel = r["frames_per_s"] / base if base and r.get("frames_per_s") else None
+        # against the eager row of the row's own run (merged files each bring theirs); older rows: this one
+        own = r.get("eager_frames_per_s") or base
+        rel = r["frames_per_s"] / own if own and r.get("frames_per_s") else None
         cell = r["error"] if r.get("error") else _fmt(r.get("median_ms"))
         lines.append(
             f"| {r['path']} | {cell} | {_fmt(r.get('frames_per_s'), '.0f')} | {_fmt(rel, '.2f')}x | "
@@ -163,7 +169,8 @@ def _profile(result: dict) -> list[str]:
     if prof.get("error"):
         return [f"## Where the time goes\n\nThe profile of {prof['options']['name']} failed: {prof['error']}"]
     lines = [
-        f"## Where the time goes (optimized path, Ntrain={prof['n_clips']}, batch {prof['batch']})",
+        f"## Where the time goes ({prof['options']['name']} path, Ntrain={prof['n_clips']}, "
+        f"batch {prof['batch']})",
         "",
         "| part | ms | share of the step |",
         "|---|---|---|",

@@ -182,10 +182,15 @@ class Recorder:
     """Collects the points and rewrites <tag>.partial.json after each one: a run killed by its caller's
     timeout (the GPU call has a hard limit) keeps every point measured so far (`--merge` reads it back)."""
 
-    def __init__(self, args, rows: list[Point]):
+    def __init__(self, args, rows: list[Point], setup: dict):
         self.rows = rows
         self.path = Path(args.out_dir) / f"{args.tag}.partial.json"
-        self.meta = {"argv": sys.argv[1:], "mem_cap_gib": args.mem_cap_gib}
+        # setup: what --merge checks a file against the first one on (device, config, time_batch)
+        self.meta = {"argv": sys.argv[1:], "mem_cap_gib": args.mem_cap_gib, **setup}
+        if self.path.is_file():  # an interrupted run's points: this run would overwrite, then delete them
+            kept = self.path.with_name(f"{args.tag}.partial.{time.strftime('%Y%m%d-%H%M%S')}.json")
+            self.path.rename(kept)
+            print(f"  an earlier run's unfinished points kept as {kept} (--merge reads them)", flush=True)
 
     def __call__(self, point: Point) -> None:
         self.rows.append(point)
@@ -224,18 +229,37 @@ def _ladder_step(args, name: str, flag: str = "--profile-step") -> PathOptions:
     raise SystemExit(f"{flag}: unknown {[name]}; the steps are {[o.name for o in ladder]}")
 
 
+def check_host_cap(device: torch.device, cap: int) -> None:
+    """On a CPU the cap is checked after each probe's step (host memory has no allocator limit), and a
+    probe that does not fit has allocated up to about 4x the cap by then (3.6x measured, --small): a cap
+    over a quarter of the host's memory could exhaust it, so it is refused."""
+    if device.type != "cpu":
+        return
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if cap > host / 4:
+        raise SystemExit(
+            f"--mem-cap-gib {cap / GIB:g} on a CPU: a batch-size probe can allocate about 4x the cap before "
+            f"the cap is checked, and this host has {host / GIB:.0f} GiB; give at most {host / 4 / GIB:.1f} "
+            "(--small sets a small one)"
+        )
+
+
 def run(args) -> dict:
     if args.profile_step:  # a misspelt step must not cost the whole run first
         _ladder_step(args, args.profile_step)
+    for name in args.ablation_steps or ():  # nor one of the ablation's (it runs after every panel)
+        _ladder_step(args, name, flag="--ablation-steps")
     device = torch.device(args.device)
     cfg = bench_config(args)
     cap = int(args.mem_cap_gib * GIB)
+    check_host_cap(device, cap)
     fraction = apply_memory_cap(cap, device)
     peak = device_peak(device, args.peak_tflops)
     timed, sized = path_options(args)
     budget = Budget(args.time_budget_s)
     rows: list[Point] = []
-    record = Recorder(args, rows)
+    setup = {"device": peak.name, "config": cfg.to_dict(), "time_batch": args.time_batch}
+    record = Recorder(args, rows, setup)
     time_points = [("b", n, 1) for n in args.ntrain if "b" in args.panels]
     time_points += [("d", 1, t) for t in args.frames if "d" in args.panels]
     size_points = [("a", n, 1) for n in args.ntrain if "a" in args.panels]
@@ -300,6 +324,7 @@ def run(args) -> dict:
             for name in args.ablation_steps:
                 _ladder_step(args, name, flag="--ablation-steps")
             ladder = [o for o in ladder if o.name in {"eager", *args.ablation_steps}]
+        eager_fps = None  # the ladder's first step, the baseline of every ratio
         for options in ladder:
             left = budget.left()
             if left is not None and left < 20:
@@ -308,19 +333,21 @@ def run(args) -> dict:
             step = _build(cfg, options, device, rows, optimizer=False)
             if step is None:
                 continue
-            record(
-                measure_time(
-                    step,
-                    cfg,
-                    peak,
-                    panel="ablation",
-                    n_clips=max(args.ntrain),
-                    frames=1,
-                    batch=args.time_batch,
-                    warmup=args.warmup,
-                    steps=args.steps,
-                )
+            point = measure_time(
+                step,
+                cfg,
+                peak,
+                panel="ablation",
+                n_clips=max(args.ntrain),
+                frames=1,
+                batch=args.time_batch,
+                warmup=args.warmup,
+                steps=args.steps,
             )
+            if options.name == "eager":
+                eager_fps = point.frames_per_s
+            point.eager_frames_per_s = eager_fps
+            record(point)
             del step
             release_memory(device)
     profile = None
@@ -372,6 +399,14 @@ def run(args) -> dict:
     }
 
 
+MERGE_SAME = ("device", "config", "mem_cap_gib", "time_batch")  # keys every merged file must share
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def merge_results(paths: list[str]) -> dict:
     """One result from several runs' JSON files: the first gives the setup, every file gives its rows, and
     the first profile found is kept. Points measured twice keep the later file's row."""
@@ -385,6 +420,15 @@ def merge_results(paths: list[str]) -> dict:
     missing = [k for k in ("config", "device", "date_utc", "rows") if k not in first]
     if missing:
         raise SystemExit(f"--merge: {paths[0]} is not a complete run's JSON (no {', '.join(missing)})")
+    # Rows of another machine, model or batch would sit beside these under one header, and an ablation
+    # step's ratio would be taken against another run's eager row: refused, naming the file and key.
+    for path, result in zip(paths[1:], results[1:]):
+        for key in MERGE_SAME:
+            if key in result and result[key] != first.get(key):
+                raise SystemExit(
+                    f"--merge: {path} differs from {paths[0]} in {key!r} "
+                    f"({_short(result[key])} vs {_short(first.get(key))}); merge runs of one setup only"
+                )
     rows: dict[tuple, dict] = {}
     for result in results:
         for row in result.get("rows", []):

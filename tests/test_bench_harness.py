@@ -167,6 +167,10 @@ def test_time_steps_median_and_budget():
         ("NVIDIA H100 PCIe", 756.0),
         ("NVIDIA H200", 989.4),
         ("Tesla V100-SXM2-32GB", 125.0),
+        # whole words: as substrings these read as the L4 (121) and the H200 SXM (989.4)
+        ("NVIDIA L40", 181.0),
+        ("NVIDIA H200 NVL", 835.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
     ],
 )
 def test_peak_table(name, tflops):
@@ -181,6 +185,7 @@ def test_peak_table(name, tflops):
         ("NVIDIA H100 PCIe", "h100pcie"),
         ("NVIDIA H200", "h200"),
         ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA GH200 480GB", "gh200"),  # its results must not land under the H200's names
         ("NVIDIA RTX 6000 Ada Generation", "rtx"),
         ("cpu", "cpu"),
     ],
@@ -314,3 +319,37 @@ def test_summary_does_not_judge_a_cut_search_below_its_range(tmp_path):
     assert "max batch at Ntrain=16: >=2 (search cut)" in text
     assert "target >= 48): not established (search cut)" in text
     assert "max batch at Ntrain=2: 2..299 (search cut)" in text and "target >= 380): NOT met" in text
+
+
+def test_summary_ratios_only_of_exact_searches_and_of_each_runs_own_eager(tmp_path):
+    from fig5_summary import write_summary
+
+    result = _fake_result(tmp_path)
+    for row in result["rows"]:
+        if row["panel"] == "a" and row["path"] == "eager" and row["n_train"] == 2:
+            row.update(max_batch_exact=False, first_failure=None)  # a lower bound: no ratio (was 0.01 etc.)
+    ablation = dict(panel="ablation", n_train=16, frames_per_clip=1, batch=8, mfu=None, peak_gib=1.0)
+    result["rows"] += [
+        dict(ablation, path="eager", median_ms=100.0, frames_per_s=80.0, eager_frames_per_s=80.0),
+        # merged from another run, whose eager row (100 frames/s) was replaced by this file's
+        dict(ablation, path="+channels_last", median_ms=70.0, frames_per_s=125.0, eager_frames_per_s=100.0),
+    ]
+    result["profile"] = dict(
+        options={"name": "eager"}, n_clips=16, batch=8, parts_ms={"full_step": 10.0, "cnn": 5.0}
+    )
+    md = tmp_path / "s.md"
+    write_summary(result, str(md))
+    text = md.read_text()
+    assert "| 2 | >=128 (search cut) | 400 | - |" in text and "| 16 | 16 | 50 | 3.12 |" in text
+    assert "| +channels_last | 70.0 | 125 | 1.25x |" in text  # not 125 / 80 = 1.56x
+    assert "Where the time goes (eager path" in text
+
+
+def test_plot_labels_the_timed_batch_it_was_given(tmp_path, monkeypatch):
+    import fig5_plot
+
+    labels = []
+    monkeypatch.setattr(fig5_plot.plt.Axes, "set_xlabel", lambda ax, text, *a, **k: labels.append(text))
+    rows = [r | {"batch": 2} if r["panel"] == "b" else r for r in _fake_result(tmp_path)["rows"]]
+    fig5_plot.plot_figure5(rows, "t", str(tmp_path / "f.png"), 32)
+    assert "Ntrain (T=1, batch 2)" in labels and "Ntrain (T=1, batch 8)" not in labels

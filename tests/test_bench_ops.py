@@ -86,16 +86,22 @@ def test_nll_variant_rows_switch_the_kernel_and_count_value_and_grad_bytes():
     def make_vg(b):
         return lambda: seen.append((b + bench_ops.VG, ops.get_nll_kernel()))
 
+    bench_ops._START_NLL_KERNEL.clear()
     previous = ops.set_nll_kernel("stream4")  # the "start" value the plain rows are pinned to
     try:
-        fns = {"eager": lambda: None, "cpu": make("cpu"), "cpu_vg": make_vg("cpu")}
-        bench_ops.add_nll_variants(fns, "cpu", make, make_vg)
-        ops.set_nll_kernel("auto")  # as another row would leave it
-        for name, fn in fns.items():
-            if name != "eager":
-                fn()
+        for _case in range(2):  # the second case's rows are made after the first's ran (a variant left set)
+            fns = {"eager": lambda: None, "cpu": make("cpu"), "cpu_vg": make_vg("cpu")}
+            bench_ops.add_nll_variants(fns, "cpu", make, make_vg)
+            ops.set_nll_kernel("auto")  # as another row would leave it
+            for name, fn in fns.items():
+                if name != "eager":
+                    fn()
+            seen_first, seen = seen, []
     finally:
         ops.set_nll_kernel(previous)
+        bench_ops._START_NLL_KERNEL.clear()
+    assert seen_first[:2] == [("cpu", "stream4"), ("cpu_vg", "stream4")]
+    seen = seen_first + seen
     variants = bench_ops.NLL_VARIANTS
     expected = {f"cpu[{v}]" for v in variants} | {f"cpu[{v}]_vg" for v in variants}
     assert expected | {"eager", "cpu", "cpu_vg"} == set(fns)

@@ -307,6 +307,23 @@ def test_figure5_split_runs_merge(tmp_path, monkeypatch):
     assert "(b)" in (tmp_path / "all.md").read_text()
     with pytest.raises(SystemExit, match="not a complete run"):
         memory_vs_ntrain.main(common + ["--merge", str(tmp_path / "d.partial.json"), "--tag", "x"])
+    # another setup's rows (here another timed batch) are refused, naming the file and the key; --merge
+    # used to join any files, a CPU run's header over an H100 run's rows among them
+    other = json.loads((tmp_path / "b.json").read_text())
+    (tmp_path / "other.json").write_text(json.dumps({**other, "time_batch": 8}))
+    with pytest.raises(SystemExit, match=r"other.json differs from .*b.json in 'time_batch' \(8 vs 2\)"):
+        memory_vs_ntrain.main(common + ["--merge", str(tmp_path / "b.json"), str(tmp_path / "other.json")])
+    # a new run under an interrupted one's tag keeps that run's points aside (it deleted them)
+    monkeypatch.setattr(memory_vs_ntrain, "measure_time", real_measure)
+    assert memory_vs_ntrain.main(common + ["--panels", "d", "--frames", "1", "--tag", "d"]) == 0
+    kept = list(tmp_path.glob("d.partial.*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["rows"] == partial["rows"]
+    # a misspelt ablation step fails before any panel is measured
+    with pytest.raises(SystemExit, match=r"--ablation-steps: unknown \['\+bogus'\]"):
+        memory_vs_ntrain.main(
+            common + ["--panels", "b", "--ablation", "--ablation-steps", "+bogus", "--tag", "e"]
+        )
+    assert not list(tmp_path.glob("e*"))
 
 
 @pytest.mark.slow
@@ -386,3 +403,14 @@ def test_profile_compiles_the_parts_of_a_whole_loss_path(tmp_path, monkeypatch):
     assert record["top_kernels"] == []  # no device kernels on the CPU
     text = (tmp_path / "p_profile.md").read_text()
     assert "## Convolutions, GEMMs and attention by input shape (CPU time" in text and "[1,3,64,64]" in text
+
+
+def test_a_compiled_path_compiles_every_shape_a_benchmark_makes(monkeypatch):
+    # past dynamo's default 8 recompiles, (d) T=16 (the 9th shape of panels b and d) ran uncompiled under
+    # the "optimized" label, and so did most batch-search probes
+    import torch._dynamo.config as dynamo
+
+    monkeypatch.setattr(dynamo, "recompile_limit", 8)
+    monkeypatch.setattr(dynamo, "accumulated_recompile_limit", 256)
+    build_train_step(_cfg(), PathOptions("c", compile="cnn", precision="fp32"), "cpu", optimizer=False)
+    assert dynamo.recompile_limit >= 1024 and dynamo.accumulated_recompile_limit >= 1024

@@ -8,21 +8,25 @@ upper bounds: a large bf16 matrix product reaches about 80% of them on an H100/H
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import torch
 
-# Matched in order against torch.cuda.get_device_name(); the first substring that matches wins, so the
-# more specific names (PCIe, NVL) come before the plain family name.
+# Matched in order against torch.cuda.get_device_name() by whole words (split at spaces and hyphens, so
+# "A100-SXM4-80GB" has the word A100); the first match wins, so the more specific names (PCIe, NVL) come
+# before the plain family name. Whole words: as substrings, "L4" matched the L40 and "H200" the GH200.
 _BF16_DENSE_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
     ("H100", 989.4),  # SXM5
+    ("H200 NVL", 835.0),
     ("H200", 989.4),  # same chip as the H100 SXM, more memory
     ("GH200", 989.4),
     ("B200", 2250.0),
     ("A100", 312.0),
     ("A10G", 70.0),
     ("L40S", 362.0),
+    ("L40", 181.0),
     ("L4", 121.0),
     ("V100", 125.0),  # fp16 tensor cores: V100 has no bf16; the paper's card
 )
@@ -53,10 +57,20 @@ def peak_for_name(name: str, override_tflops: float | None = None) -> DevicePeak
         if override_tflops <= 0:
             raise ValueError(f"peak TFLOPS override must be positive, got {override_tflops}")
         return DevicePeak(name, override_tflops * 1e12, "override")
-    for key, tflops in _BF16_DENSE_TFLOPS:
-        if key in name:
-            return DevicePeak(name, tflops * 1e12, "table")
+    key = _table_key(name)
+    if key is not None:
+        return DevicePeak(name, dict(_BF16_DENSE_TFLOPS)[key] * 1e12, "table")
     return DevicePeak(name, None, "unknown")
+
+
+def _table_key(name: str) -> str | None:
+    """The first table entry whose words appear in `name`'s words, in a row."""
+    words = [w for w in re.split(r"[\s\-_]+", name.upper()) if w]
+    for key, _ in _BF16_DENSE_TFLOPS:
+        want = key.upper().split()
+        if any(words[i : i + len(want)] == want for i in range(len(words) - len(want) + 1)):
+            return key
+    return None
 
 
 def card_slug(name: str) -> str:
@@ -65,9 +79,9 @@ def card_slug(name: str) -> str:
     The table's family names come first (its order puts "H100 PCIe" before "H100"); an unlisted card
     keeps the letters and digits of its name's first word after the vendor.
     """
-    for key, _ in _BF16_DENSE_TFLOPS:
-        if key in name:
-            return "".join(c for c in key.lower() if c.isalnum())
+    key = _table_key(name)
+    if key is not None:
+        return "".join(c for c in key.lower() if c.isalnum())
     words = [w for w in name.split() if w.upper() not in ("NVIDIA", "TESLA", "GEFORCE", "AMD")]
     return "".join(c for c in (words[0] if words else "gpu").lower() if c.isalnum()) or "gpu"
 

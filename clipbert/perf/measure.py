@@ -43,6 +43,8 @@ class Point:
     notes: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
     probes: list[dict] | None = None
+    # ablation rows: the eager row's frames/s of the same run, so that a ratio survives --merge of runs
+    eager_frames_per_s: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

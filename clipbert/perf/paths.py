@@ -22,6 +22,8 @@ from clipbert.perf.frozen_fuse import fuse_frozen_prefix
 from clipbert.perf.stem import PaddedStemConv, SpaceToDepthStemConv
 from clipbert.perf.trainable_fuse import fuse_trainable_stages
 
+RECOMPILE_LIMIT = 1024  # graphs per compiled function: one per benchmark shape (_compile)
+
 CNN_CHECKPOINTS = ("none", "stage", "chunk")
 COMPILES = ("none", "cnn", "full")
 
@@ -268,6 +270,11 @@ class TrainStep:
         # A fresh model per path: forget graphs guarded on the previous model, so they neither pile up
         # towards dynamo's recompile limit (past it, dynamo silently runs eager) nor get reused.
         torch._dynamo.reset()
+        # One compiled function serves every point of a path: panels (b) and (d) alone are 9 input shapes
+        # by default, and past dynamo's limit of 8 recompiles the 9th ((d) T=16) ran uncompiled under the
+        # "optimized" label; each batch a search probes is one more shape. Every shape gets its own graph.
+        for key in ("recompile_limit", "accumulated_recompile_limit"):
+            setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), RECOMPILE_LIMIT))
         if o.compile == "cnn":
             self._encode = torch.compile(self.model.encode_visual, **kwargs)
         else:
