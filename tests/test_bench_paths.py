@@ -405,12 +405,16 @@ def test_profile_compiles_the_parts_of_a_whole_loss_path(tmp_path, monkeypatch):
     assert "## Convolutions, GEMMs and attention by input shape (CPU time" in text and "[1,3,64,64]" in text
 
 
-def test_a_compiled_path_compiles_every_shape_a_benchmark_makes(monkeypatch):
+def test_a_compiled_path_compiles_every_shape_a_benchmark_makes():
     # past dynamo's default 8 recompiles, (d) T=16 (the 9th shape of panels b and d) ran uncompiled under
     # the "optimized" label, and so did most batch-search probes
     import torch._dynamo.config as dynamo
 
-    monkeypatch.setattr(dynamo, "recompile_limit", 8)
-    monkeypatch.setattr(dynamo, "accumulated_recompile_limit", 256)
-    build_train_step(_cfg(), PathOptions("c", compile="cnn", precision="fp32"), "cpu", optimizer=False)
-    assert dynamo.recompile_limit >= 1024 and dynamo.accumulated_recompile_limit >= 1024
+    # set and restored by hand: monkeypatch's undo deleted the config module's keys for the later tests
+    saved = dynamo.recompile_limit, dynamo.accumulated_recompile_limit
+    try:
+        dynamo.recompile_limit, dynamo.accumulated_recompile_limit = 8, 256
+        build_train_step(_cfg(), PathOptions("c", compile="cnn", precision="fp32"), "cpu", optimizer=False)
+        assert dynamo.recompile_limit >= 1024 and dynamo.accumulated_recompile_limit >= 1024
+    finally:
+        dynamo.recompile_limit, dynamo.accumulated_recompile_limit = saved
