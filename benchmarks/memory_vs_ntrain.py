@@ -190,7 +190,8 @@ class Recorder:
         if self.path.is_file():  # an interrupted run's points: this run would overwrite, then delete them
             kept = self.path.with_name(f"{args.tag}.partial.{time.strftime('%Y%m%d-%H%M%S')}.json")
             self.path.rename(kept)
-            print(f"  an earlier run's unfinished points kept as {kept} (--merge adds them after a complete run's JSON)", flush=True)
+            print(f"  an earlier run's unfinished points kept as {kept}", flush=True)
+            print("  (--merge adds them after a complete run's JSON)", flush=True)
 
     def __call__(self, point: Point) -> None:
         self.rows.append(point)
