@@ -200,7 +200,8 @@ def write_summary(result: dict, path: str) -> None:
             f"`{m['file']}`" + (" (stopped by its caller's time limit)" if "partial" in m["file"] else "")
             for m in result["merged_from"]
         )
-        lines += [f"Joined from separate runs (the wall time is the first one's): {runs}.", ""]
+        wall = "their sum" if "wall_s_runs" in result else "the first one's"  # older joins kept the first
+        lines += [f"Joined from separate runs (the wall time is {wall}): {runs}.", ""]
     for title, fn, panel, key in (
         ("(a) largest batch vs Ntrain, T=1", _size_table, "a", "n_train"),
         ("(b) forward+backward time vs Ntrain, T=1", _time_table, "b", "n_train"),

@@ -111,8 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--merge",
         nargs="+",
         metavar="JSON",
-        help="measure nothing: join the rows of runs made in separate calls (the first a complete run's "
-        "<tag>.json, others may be <tag>.partial.json) and write <tag>.{json,csv,md,png} from them",
+        help="measure nothing: join the rows of runs made in separate calls (each a <tag>.json, or the "
+        "<tag>.partial.json of a run that was stopped) and write <tag>.{json,csv,md,png} from them",
     )
     args = p.parse_args(argv)
     if args.small:
@@ -182,22 +182,24 @@ class Recorder:
     """Collects the points and rewrites <tag>.partial.json after each one: a run killed by its caller's
     timeout (the GPU call has a hard limit) keeps every point measured so far (`--merge` reads it back)."""
 
-    def __init__(self, args, rows: list[Point], setup: dict):
+    def __init__(self, args, rows: list[Point], header: dict):
         self.rows = rows
         self.path = Path(args.out_dir) / f"{args.tag}.partial.json"
-        # setup: what --merge checks a file against the first one on (device, config, time_batch)
-        self.meta = {"argv": sys.argv[1:], "mem_cap_gib": args.mem_cap_gib, **setup}
+        # the complete result's header (device, config, date ...): a partial file can head a --merge
+        self.meta = header
+        self.start = time.monotonic()
         if self.path.is_file():  # an interrupted run's points: this run would overwrite, then delete them
             kept = self.path.with_name(f"{args.tag}.partial.{time.strftime('%Y%m%d-%H%M%S')}.json")
             self.path.rename(kept)
             print(f"  an earlier run's unfinished points kept as {kept}", flush=True)
-            print("  (--merge adds them after a complete run's JSON)", flush=True)
+            print("  (--merge joins them with other runs' JSON)", flush=True)
 
     def __call__(self, point: Point) -> None:
         self.rows.append(point)
         _log(point)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = {**self.meta, "complete": False, "rows": [r.to_dict() for r in self.rows]}
+        partial = {**self.meta, "complete": False, "wall_s": time.monotonic() - self.start}
+        partial["rows"] = [r.to_dict() for r in self.rows]
         self.path.write_text(json.dumps(partial, indent=1) + "\n")
 
 
@@ -259,8 +261,8 @@ def run(args) -> dict:
     timed, sized = path_options(args)
     budget = Budget(args.time_budget_s)
     rows: list[Point] = []
-    setup = {"device": peak.name, "config": cfg.to_dict(), "time_batch": args.time_batch}
-    record = Recorder(args, rows, setup)
+    header = _header(args, device, cfg, peak, fraction, timed, sized)
+    record = Recorder(args, rows, header)
     time_points = [("b", n, 1) for n in args.ntrain if "b" in args.panels]
     time_points += [("d", 1, t) for t in args.frames if "d" in args.panels]
     size_points = [("a", n, 1) for n in args.ntrain if "a" in args.panels]
@@ -373,6 +375,18 @@ def run(args) -> dict:
             profile = {"options": options.to_dict(), "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
             release_memory(device)
     return {
+        **header,
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "wall_s": time.monotonic() - budget.start,
+        "rows": [r.to_dict() for r in rows],
+        "profile": profile,
+    }
+
+
+def _header(args, device, cfg, peak, fraction, timed, sized) -> dict:
+    """What the result says of its run besides the rows: written first into <tag>.partial.json, so a run
+    stopped by its caller's limit can head a --merge like a complete one (MERGE_SAME is checked on it)."""
+    return {
         "benchmark": "ClipBERT Figure 5: memory and time vs Ntrain and T",
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": peak.name,
@@ -394,9 +408,6 @@ def run(args) -> dict:
         "time_batch": args.time_batch,
         "texts_per_video": 1,
         "argv": sys.argv[1:],
-        "wall_s": time.monotonic() - budget.start,
-        "rows": [r.to_dict() for r in rows],
-        "profile": profile,
     }
 
 
@@ -419,8 +430,8 @@ def merge_results(paths: list[str]) -> dict:
             raise SystemExit(f"--merge: cannot read {path}: {err}") from err
     first = results[0]
     missing = [k for k in ("config", "device", "date_utc", "rows") if k not in first]
-    if missing:
-        raise SystemExit(f"--merge: {paths[0]} is not a complete run's JSON (no {', '.join(missing)})")
+    if missing:  # e.g. a partial file written before partial files carried the header
+        raise SystemExit(f"--merge: {paths[0]} has no run header (no {', '.join(missing)}); put it later")
     # Rows of another machine, model or batch would sit beside these under one header, and an ablation
     # step's ratio would be taken against another run's eager row: refused, naming the file and key.
     for path, result in zip(paths[1:], results[1:]):
@@ -436,6 +447,9 @@ def merge_results(paths: list[str]) -> dict:
             rows[(row["panel"], row["path"], row["n_train"], row["frames_per_clip"])] = row
     profile = next((r["profile"] for r in results if r.get("profile")), None)
     merged = {**first, "rows": list(rows.values()), "profile": profile}
+    merged.pop("complete", None)  # a stopped run may head the list; the join is the finished result
+    merged["wall_s_runs"] = [r.get("wall_s") for r in results]
+    merged["wall_s"] = sum(w or 0.0 for w in merged["wall_s_runs"])
     merged["merged_from"] = [{"file": Path(p).name, "argv": r.get("argv")} for p, r in zip(paths, results)]
     return merged
 

@@ -305,8 +305,20 @@ def test_figure5_split_runs_merge(tmp_path, monkeypatch):
     assert keys == {("b", p, n, 1) for p in ("eager", "optimized") for n in (1, 2)} | {("d", "eager", 1, 1)}
     assert [m["file"] for m in result["merged_from"]] == ["b.json", "d.partial.json"]
     assert "(b)" in (tmp_path / "all.md").read_text()
-    with pytest.raises(SystemExit, match="not a complete run"):
-        memory_vs_ntrain.main(common + ["--merge", str(tmp_path / "d.partial.json"), "--tag", "x"])
+    assert result["wall_s"] == pytest.approx(sum(result["wall_s_runs"])) and result["wall_s"] > 0
+    # the stopped run's partial file carries the run header, so it can come first (it used to be refused)
+    assert partial["device"] and partial["config"] and partial["date_utc"] and partial["wall_s"] > 0
+    first_partial = ["--merge", str(tmp_path / "d.partial.json"), str(tmp_path / "b.json"), "--tag", "x"]
+    assert memory_vs_ntrain.main(common + first_partial) == 0
+    flipped = json.loads((tmp_path / "x.json").read_text())
+    assert sorted(map(str, flipped["rows"])) == sorted(map(str, result["rows"]))
+    assert "complete" not in flipped and "(d)" in (tmp_path / "x.md").read_text()
+    headless = {"complete": False, "rows": partial["rows"]}  # as partial files were written before
+    (tmp_path / "old.partial.json").write_text(json.dumps(headless))
+    with pytest.raises(
+        SystemExit, match=r"old.partial.json has no run header \(no config, device, date_utc\)"
+    ):
+        memory_vs_ntrain.main(common + ["--merge", str(tmp_path / "old.partial.json"), "--tag", "y"])
     # another setup's rows (here another timed batch) are refused, naming the file and the key; --merge
     # used to join any files, a CPU run's header over an H100 run's rows among them
     other = json.loads((tmp_path / "b.json").read_text())
