@@ -343,11 +343,15 @@ def test_bf16_autocast_close_to_fp32():
     frames = torch.randn(1, 1, 1, 3, L, L)
     ids, mask = text_batch(1, 2, 8)
     with torch.no_grad():
+        # the fresh head's scores are ~1e-2, under any useful absolute tolerance: scale them to ~1
+        model.classifier[2].weight.mul_(100.0)
         fp32 = model(frames, ids, mask)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = model(frames, ids, mask)
     assert bf16.dtype == torch.bfloat16
-    torch.testing.assert_close(bf16.float(), fp32, rtol=5e-2, atol=5e-2)
+    assert fp32.abs().max() > 0.1
+    # relative error measured 0.005 at this seed, at most 0.016 over seeds 0-14; zeros give 1, -fp32 gives 2
+    assert (bf16.float() - fp32).norm() / fp32.norm() < 3e-2
 
 
 @pytest.mark.parametrize(
