@@ -15,7 +15,8 @@ from clipbert.train.engine import (
     param_groups,
     warmup_linear_decay,
 )
-from clipbert.train.tasks import predict, training_loss
+from clipbert.train.evaluate import summarize
+from clipbert.train.tasks import predict, pretrain_eval, training_loss
 
 CPU = torch.device("cpu")
 
@@ -155,6 +156,60 @@ def test_msrvtt_mc_prediction_ranks_options_by_match_probability():
     batch = {"frames": None, "input_ids": None, "attention_mask": None, "labels": torch.tensor([3, 0])}
     out = predict(FixedScores(scores), batch, "mc_itm", "lse")
     assert out["pred"].tolist() == [3, 1]
+
+
+def _one_loud_clip(b: int, n: int, k: int) -> torch.Tensor:
+    """[B, N, K] logits where clip 0 says class 2 loudly (6) and every other clip says class 1 (4): LSE and
+    max predict 2, the mean over the clips predicts 1 (8/3 > 6/3 at N=3)."""
+    logits = torch.zeros(b, n, k)
+    logits[:, 0, 2] = 6.0
+    logits[:, 1:, 1] = 4.0
+    return logits
+
+
+@pytest.mark.parametrize("aggregation, expected", [("lse", 2), ("max", 2), ("mean", 1)])
+def test_qa_and_mc_predictions_follow_the_clip_aggregation(aggregation, expected):
+    batch = {"frames": None, "input_ids": None, "attention_mask": None, "labels": torch.tensor([2, 1])}
+    logits = _one_loud_clip(2, 3, 5)
+    qa = predict(FixedScores(logits[:, None]), batch, "qa", aggregation)  # [B, 1, N, K]
+    assert qa["pred"].tolist() == [expected] * 2 and qa["label"].tolist() == [2, 1]
+    mc = predict(FixedScores(logits.transpose(1, 2)[..., None]), batch, "mc", aggregation)  # [B, M, N, 1]
+    assert mc["pred"].tolist() == [expected] * 2
+
+
+def test_summaries_count_hits_per_task():
+    qa = [
+        {"pred": 2, "label": 2, "answer_type": "what"},
+        {"pred": 1, "label": 2, "answer_type": "what"},
+        {"pred": 0, "label": 0, "answer_type": "who"},
+        {"pred": 3, "label": -100, "answer_type": "who"},  # outside ans2label: always wrong
+    ]
+    out = summarize("qa", qa)
+    assert out == {"acc": 50.0, "acc_what": 50.0, "acc_who": 50.0, "num_examples": 4}
+    mc = [{"pred": p, "label": t} for p, t in [(0, 0), (3, 3), (1, 4)]]
+    assert summarize("mc", mc) == {"acc": pytest.approx(200 / 3), "num_examples": 3}
+    pretrain = [
+        {"itm_pred": 1, "itm_label": 1, "mlm_correct": 3, "mlm_total": 4},
+        {"itm_pred": 0, "itm_label": 1, "mlm_correct": 0, "mlm_total": 0},  # nothing masked in this one
+        {"itm_pred": 0, "itm_label": 0, "mlm_correct": 2, "mlm_total": 6},
+    ]
+    out = summarize("pretrain", pretrain)
+    assert out == {"mlm_acc": 50.0, "itm_acc": pytest.approx(200 / 3), "num_examples": 3}
+
+
+def test_pretrain_eval_counts_masked_tokens_and_matches():
+    class FixedHeads(nn.Module):
+        def pretrain_forward(self, frames, input_ids, attention_mask, mlm_labels, itm_labels):
+            mlm = torch.zeros(2, 3, 5)  # [B, Lt, vocab]: predicts token 4 everywhere
+            mlm[..., 4] = 1.0
+            return {"mlm_logits": mlm, "itm_logits": torch.tensor([[0.0, 1.0], [2.0, 1.0]])}
+
+    batch = {"frames": None, "input_ids": None, "attention_mask": None}
+    batch["mlm_labels"] = torch.tensor([[[4, -100, 1]], [[-100, -100, 4]]])  # [B, 1, Lt]
+    batch["itm_labels"] = torch.tensor([1, 1])
+    out = pretrain_eval(FixedHeads(), batch)
+    assert out["mlm_correct"].tolist() == [1, 1] and out["mlm_total"].tolist() == [2, 1]
+    assert out["itm_pred"].tolist() == [1, 0] and out["itm_label"].tolist() == [1, 1]
 
 
 def test_training_an_evaluation_only_task_fails():
