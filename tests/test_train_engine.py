@@ -309,3 +309,44 @@ def test_retrieval_eval_ranks_a_dropped_video_last_instead_of_stopping():
     out = evaluate.evaluate_retrieval(Stub(), data, loader, cfg, CPU, torch.float32, balance=False)
     assert out["unscored_videos"] == 1 and out["num_videos"] == videos
     assert out["t2v_r1"] == pytest.approx(75.0)  # texts of videos 0, 1 and 3 find them; video 2's cannot
+
+
+@pytest.mark.parametrize("weight, r1", [(10.0, 100.0), (0.01, 0.0)])
+def test_retrieval_eval_adds_the_weighted_word_score(monkeypatch, weight, r1):
+    # eval.word_score_weight: the ranking uses match + weight * word score; the matching head alone is
+    # reported beside it. Here the matching head ranks every text's video second and the word score puts
+    # it first: a large weight fixes every rank, a tiny one fixes none, and itm_only_* stays the head's.
+    from types import SimpleNamespace
+
+    from clipbert.train import evaluate
+
+    class Stub:  # video v's tokens are v + 1; text id i matches the video whose token is i best
+        visual_words = object()  # a visual-word head is present
+
+        def encode_visual(self, frames):  # [B, N, T, 3, L, L] -> tokens [B, N, 1, 1]
+            return SimpleNamespace(tokens=frames[:, :, :1, :1, 0, 0])
+
+        def score(self, visual, ids, mask):  # ids [vb, tb, Lt] -> [vb, tb, N, 2]
+            match = -(visual.tokens[:, None, :, 0, 0] - ids[:, :, None, 0].float()).abs()  # [vb, tb, N]
+            return torch.stack([torch.zeros_like(match), match], dim=-1)
+
+    def words_point_at_the_true_video(model, tokens, input_ids, words):  # [Q, V local]: 3 on text q's video
+        return 3.0 * (tokens[None, :, 0, 0, 0] == torch.arange(1, len(input_ids) + 1)[:, None].float())
+
+    monkeypatch.setattr(evaluate, "word_log_likelihood", words_point_at_the_true_video)
+    videos = 4
+    frames = (torch.arange(videos).float() + 1).view(videos, 1, 1, 1, 1, 1).expand(videos, 2, 1, 3, 2, 2)
+    loader = [{"index": torch.tensor([i]), "frames": frames[i : i + 1]} for i in range(videos)]
+    data = SimpleNamespace(
+        video_ids=[f"v{i}" for i in range(videos)],
+        input_ids=torch.tensor([[2], [3], [4], [1]]),  # text t's matching head prefers the wrong video
+        attention_mask=torch.ones(videos, 1, dtype=torch.int64),
+        text_to_video=torch.arange(videos),
+    )
+    cfg = SimpleNamespace(
+        eval=SimpleNamespace(word_score_weight=weight, video_batch=2, text_batch=3),
+        task=SimpleNamespace(aggregation="lse"),
+    )
+    out = evaluate.evaluate_retrieval(Stub(), data, loader, cfg, CPU, torch.float32, False, words=object())
+    assert out["itm_only_t2v_r1"] == 0.0
+    assert out["t2v_r1"] == r1
