@@ -115,11 +115,18 @@ def test_score_shapes_per_head(head, k):
 
 @pytest.mark.parametrize("fusion", ["mean", "conv3d", "conv2plus1d"])
 def test_temporal_fusion_variants(fusion):
-    """Shapes for T=3, and the Dirac init makes the conv variants start equal to mean pooling."""
+    """Shapes for T=3; "mean" averages the frame grids, and the Dirac init makes the conv variants start
+    equal to it. The reference is the same weights with a float64 mean over T in place of the fusion."""
+
+    class Float64Mean(torch.nn.Module):
+        def forward(self, grid):  # [B, T, H, h, w] -> [B, H, h, w]
+            return grid.double().mean(1).to(grid.dtype)
+
     torch.manual_seed(1)
     model = ClipBert(tiny(temporal_fusion=fusion)).eval()
     reference = ClipBert(tiny(temporal_fusion="mean")).eval()
     reference.load_state_dict(model.state_dict(), strict=False)
+    reference.cnn.temporal = Float64Mean()
     frames = torch.randn(1, 2, 3, 3, L, L)
     ids, mask = text_batch(1, 2, 8)
     with torch.no_grad():
