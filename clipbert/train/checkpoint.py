@@ -10,6 +10,7 @@ aside (checkpoints/abandoned_after_<tag>/).
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -69,22 +70,37 @@ def save(engine, output_dir: str | Path, trainer_state: dict, keep: int) -> Path
     if (root / LATEST).is_file() and (root / LATEST).read_text().strip() == tag:
         get_logger().info("checkpoint %s already exists; not rewriting it", tag_dir)
         return tag_dir
-    # RNG files first; DeepSpeed writes `latest` at the end of save_checkpoint, after its barrier.
     tag_dir.mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), tag_dir / f"rng_rank{rank()}.pt")
     if is_rank0():
         (tag_dir / STATE_FILE).write_text(json.dumps(trainer_state, indent=1, sort_keys=True))
     if dist.is_initialized():
         dist.barrier()
+    # Why save_latest=False: DeepSpeed's rank 0 writes `latest` when its own files are done and only then
+    # waits at a barrier, so other ranks may still be writing their ZeRO shards; a kill in that window
+    # (the SIGKILL after a SIGTERM) left `latest` naming a tag that cannot be loaded.
     engine.save_checkpoint(
-        str(root), tag=tag, client_state={"trainer_state": trainer_state}, save_latest=True
+        str(root), tag=tag, client_state={"trainer_state": trainer_state}, save_latest=False
     )
+    if dist.is_initialized():  # every rank has written its files (DeepSpeed's own barrier, said again)
+        dist.barrier()
     if is_rank0():
+        write_latest(root, tag)
         _prune(root, keep)
     if dist.is_initialized():
         dist.barrier()
     get_logger().info("saved checkpoint %s", tag_dir)
     return tag_dir
+
+
+def write_latest(root: Path, tag: str) -> None:
+    """Point `latest` at tag atomically: a kill mid-write must leave the old name, not an empty file."""
+    tmp = root / f"{LATEST}.tmp"
+    with open(tmp, "w") as f:
+        f.write(tag)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / LATEST)
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -122,7 +138,7 @@ def _move_newer(root: Path, step: int) -> None:
     if latest.is_file() and (dest / latest.read_text().strip()).exists():
         # `latest` named a moved tag: it names the resumed one where that is here, else none until a save
         if (root / tag_for(step)).is_dir():
-            latest.write_text(tag_for(step))
+            write_latest(root, tag_for(step))
         else:
             latest.unlink()
     get_logger().warning(
