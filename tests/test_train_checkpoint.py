@@ -1,5 +1,7 @@
 """checkpoint.save against a stand-in engine that writes files as DeepSpeed's does."""
 
+import json
+
 import pytest
 
 from clipbert.train import checkpoint as ckpt
@@ -34,3 +36,26 @@ def test_latest_moves_only_after_every_rank_has_written(tmp_path):
     assert (root / ckpt.LATEST).read_text() == ckpt.tag_for(2)
     assert ckpt.find_resume("auto", tmp_path) == (root, ckpt.tag_for(2))
     assert not (root / f"{ckpt.LATEST}.tmp").exists()
+
+
+def test_each_epochs_bad_files_of_every_rank_are_reported_once(tmp_path, monkeypatch, caplog):
+    # Each rank meets its own shard's bad files and only rank 0 logs: the epoch summary gathers them.
+    from types import SimpleNamespace
+
+    from clipbert.data.bad_input import BadInputTracker
+    from clipbert.train import loop
+
+    tracker = BadInputTracker()
+    tracker.update({"bad_videos": ["a.mp4: missing", "a.mp4: missing"]})  # this rank's (rank 0's) files
+    rank1 = {"b.mp4": 1, "a.mp4": 1}  # what rank 1 met in the same epoch
+    monkeypatch.setattr(loop, "all_gather_objects", lambda mine: [mine, rank1])
+    trainer = SimpleNamespace(tracker=tracker, state=SimpleNamespace(epoch=1, step=7), out=tmp_path)
+    with caplog.at_level("WARNING"):
+        loop.Trainer._bad_input_summary(trainer)
+    assert "epoch 0: 2 bad file(s), met 4 time(s): a.mp4, b.mp4" in caplog.text
+    record = json.loads((tmp_path / "bad_inputs.jsonl").read_text())
+    assert record == {"step": 7, "epoch": 0, "bad_files": 2, "hits": 4, "files": {"a.mp4": 3, "b.mp4": 1}}
+    assert not tracker.epoch  # the next epoch counts afresh
+    monkeypatch.setattr(loop, "all_gather_objects", lambda mine: [mine, {}])
+    loop.Trainer._bad_input_summary(trainer)  # a clean epoch adds no line
+    assert len((tmp_path / "bad_inputs.jsonl").read_text().splitlines()) == 1

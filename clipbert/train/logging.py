@@ -90,12 +90,12 @@ class RunLog:
 
     def rewind(self, step: int) -> None:
         """A resumed run goes on from `step`: drop what the interrupted run logged after it (steps.jsonl,
-        metrics.jsonl, TensorBoard events), which the resumed run logs again. Why: a crash between checkpoints
-        leaves the steps since the last one on disk, and the curves would show them twice. A line cut short
-        by the crash is dropped too."""
+        metrics.jsonl, bad_inputs.jsonl, TensorBoard events), which the resumed run logs again. Why: a crash
+        between checkpoints leaves the steps since the last one on disk, and the curves would show them
+        twice. A line cut short by the crash is dropped too."""
         if not self.enabled:
             return
-        for name in ("steps.jsonl", "metrics.jsonl"):
+        for name in ("steps.jsonl", "metrics.jsonl", "bad_inputs.jsonl"):
             path = self.dir / name
             if not path.is_file():
                 continue

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ import torch.distributed as dist
 
 from clipbert.train import checkpoint as ckpt
 from clipbert.train.engine import apply_hyperparameters
-from clipbert.train.evaluate import evaluate
+from clipbert.train.evaluate import all_gather_objects, evaluate
 from clipbert.train.logging import get_logger, is_rank0
 from clipbert.train.perf import Throughput
 from clipbert.train.step_profile import StepProfiler
@@ -251,12 +252,26 @@ class Trainer:
         self.state.epoch += 1
         self.state.micro_in_epoch = 0
         if self.tracker is not None:
-            self.tracker.summary(self.state.epoch - 1)
+            self._bad_input_summary()
         if t.eval_every == 0 and not self.stop_agreed:  # a stop waits for a step, not an evaluation
             self.run_eval(self.cfg.eval.split)
         if t.save_every == 0:
             self.save()
         return "done" if self.state.step >= self.total_steps else "continue"
+
+    def _bad_input_summary(self) -> None:
+        """The epoch's bad files of every rank, logged once by rank 0 and appended to bad_inputs.jsonl.
+
+        Why gather: each rank meets only its shard's files and only rank 0 logs warnings, so on 8 GPUs 7/8
+        of the bad files went unreported and the summary could say "no bad input"."""
+        merged: Counter[str] = Counter()
+        for part in all_gather_objects(dict(self.tracker.epoch)):
+            merged.update(part)
+        self.tracker.epoch = merged
+        result = self.tracker.summary(self.state.epoch - 1)  # logs, then starts the next epoch's count
+        if is_rank0() and result["bad_files"]:
+            with open(self.out / "bad_inputs.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.state.step, **result}) + "\n")
 
     def _accumulation_boundary(self, last_in_epoch: bool) -> bool:
         """Whether this micro batch ends its accumulation window: every train.grad_accum micro batches of the
