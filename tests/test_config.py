@@ -127,6 +127,19 @@ def test_unknown_key_names_the_full_key_and_the_allowed_ones():
             "deepspeed.train_micro_batch_size_per_gpu=4",
             r"deepspeed\.train_micro_batch_size_per_gpu is set from",
         ),
+        ("deepspeed.train_batch_size=16", r"deepspeed\.train_batch_size is set from train\.\*"),
+        # DeepSpeed's own parse, at load time: a misspelt top-level key used to be ignored (ZeRO-0 ran), a
+        # misspelt inner one failed with a pydantic traceback after the model was built
+        (
+            "deepspeed.zero_optimisation.stage=3",
+            r"deepspeed\.zero_optimisation: DeepSpeed does not.*did you mean deepspeed\.zero_optimization",
+        ),
+        ("deepspeed.bf16.enable=true", r"deepspeed: bf16\.enable: unknown key"),
+        (
+            "deepspeed.zero_optimization.overlap_comm=maybe",
+            r"deepspeed: zero_optimization\.overlap_comm: Input should be a valid boolean.*\(got 'maybe'\)",
+        ),
+        ("deepspeed.bfloat16.enabled=true", r"deepspeed\.bfloat16 is DeepSpeed's old name"),
         ("data.backend=opencv", r"backend must be one of pyav, dali, frame_store"),
         ("data.num_frames=3", r"unknown data config key 'num_frames'"),
         ("model.head=qa", r"model\.head='qa' disagrees"),

@@ -8,6 +8,7 @@ Every error names the full key (`train.lr`) and, for choices, the allowed values
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -376,17 +377,95 @@ def check_deepspeed(ds: dict[str, Any]) -> None:
     _choice("deepspeed.optimizer.type", optimizer.get("type"), ("AdamW", "Adam", "adamw", "adam"))
     if not isinstance(optimizer.get("params", {}), dict):
         raise ConfigError(f"deepspeed.optimizer.params must be a JSON object, got {optimizer['params']!r}")
+    if "bfloat16" in ds:  # DeepSpeed's old name: it enables bf16, but the trainer would cast to fp32
+        raise ConfigError("deepspeed.bfloat16 is DeepSpeed's old name for deepspeed.bf16; write bf16")
     # The trainer owns these (train.*): a conflicting copy in the engine section would be ambiguous.
-    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+    for key in (
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+        "train_batch_size",
+    ):
         if key in ds:
             raise ConfigError(
-                f"deepspeed.{key} is set from train.* (batch_size, grad_accum, grad_clip); drop it"
+                f"deepspeed.{key} is set from train.* (batch_size, grad_accum, grad_clip and the world "
+                "size); drop it"
             )
     for key in ("lr", "betas", "eps", "weight_decay"):
         if key in optimizer.get("params", {}):
             raise ConfigError(f"deepspeed.optimizer.params.{key} is set from train.*; drop it")
     if "scheduler" in ds:
         raise ConfigError("deepspeed.scheduler: the trainer builds the warm-up/decay schedule; drop it")
+    _check_with_deepspeed(ds)
+
+
+class _KeysRead(dict):
+    """A dict that notes every top-level key looked up in it, however it is looked up."""
+
+    def __init__(self, values: dict, read: set):
+        super().__init__(values)
+        self.read = read
+
+    def get(self, key, *default):
+        self.read.add(key)
+        return super().get(key, *default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def keys(self):
+        return _SeenKeys(super().keys(), self.read)
+
+
+class _SeenKeys(set):
+    def __init__(self, keys, read: set):
+        super().__init__(keys)
+        self.read = read
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+def _check_with_deepspeed(ds: dict[str, Any]) -> None:
+    """DeepSpeed's own parse of the section, at load time, not after the data and the model are built.
+
+    Why: its sections are pydantic models that refuse a misspelt key (`bf16.enable`) with a traceback and
+    exit code 1, and a top-level key it never reads is silently ignored (`zero_optimisation` ran ZeRO-0).
+    The keys it reads are noted while it parses, so the check follows the installed DeepSpeed's keys."""
+    try:
+        from deepspeed.runtime.config import DeepSpeedConfig
+    except ImportError:  # the trainer needs DeepSpeed anyway; a config check alone need not
+        return
+    read: set = set()
+    probe = _KeysRead({**ds, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1}, read)
+    try:
+        DeepSpeedConfig(probe)
+    except Exception as err:  # pydantic's ValidationError (a ValueError), DeepSpeed's asserts
+        raise ConfigError(f"deepspeed: {_deepspeed_error(err, ds)}") from err
+    for key in sorted(set(ds) - read):
+        close = difflib.get_close_matches(key, sorted(map(str, read)), n=1, cutoff=0.75)
+        hint = f"; did you mean deepspeed.{close[0]}?" if close else ""
+        raise ConfigError(f"deepspeed.{key}: DeepSpeed does not read this key, so it would be ignored{hint}")
+
+
+def _deepspeed_error(err: Exception, ds: dict[str, Any]) -> str:
+    """One line naming the key: pydantic errors carry the key's place inside an unnamed section."""
+    errors = getattr(err, "errors", None)
+    if not callable(errors):
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    first = errors()[0]
+    where = ".".join(map(str, first["loc"]))
+    sections = [k for k, v in ds.items() if isinstance(v, dict) and first["loc"] and first["loc"][0] in v]
+    section = sections[0] if len(sections) == 1 else getattr(err, "title", "section")  # else pydantic's name
+    if first["type"] == "extra_forbidden":
+        return f"{section}.{where}: unknown key ({first['msg'].lower()})"
+    return f"{section}.{where}: {first['msg']} (got {first.get('input')!r})"
 
 
 def precision(ds: dict[str, Any]) -> str:
