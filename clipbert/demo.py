@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir, out = Path(args.data), Path(args.out)
     meta = ensure_benchmark(data_dir)
     data = [f"data.ann_dir={data_dir / 'annotations'}", f"data.video_dir={data_dir / 'videos'}"]
-    resume = "train.resume=auto"  # a second `make demo` finishes (or just re-evaluates) the earlier runs
+    resume = "train.resume=auto"  # a second `make demo` finishes the earlier runs, or reports their results
     words_out, retrieval_out = out / "visual_words", out / "retrieval"
     init = f"train.init_checkpoint={words_out / 'model'}"
     stages = [

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from clipbert.train import config as C
 
@@ -288,3 +289,11 @@ def test_a_base_model_from_random_weights_is_warned_about(train_log):
     _warn_if_from_scratch(C.load("ds_vqa.json"))  # fine-tunes from the pre-trained model
     _warn_if_from_scratch(C.load("ds_synthetic.json"))  # the tiny preset, from scratch on purpose
     assert "training the base model" not in train_log.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_asking_for_cuda_without_a_gpu_is_a_config_error(capfd):
+    from clipbert.train.run import main
+
+    assert main(["--config", "ds_synthetic", "--set", "train.device=cuda"]) == 2  # not a traceback, rc 1
+    assert "config error: train.device=cuda but no CUDA device is visible" in capfd.readouterr().err

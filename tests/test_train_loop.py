@@ -179,6 +179,49 @@ def test_a_resume_after_a_crash_between_checkpoints_logs_each_step_once(tmp_path
     assert [(e["step"], e["split"]) for e in _metrics(split)] == [(2, "val"), (4, "val")]
 
 
+def test_a_checkpoint_on_an_epochs_last_step_comes_after_its_evaluation(tmp_path):
+    # 3 micro batches, accumulation 2: 2 steps an epoch, save_every=2 falls on each epoch's last step. That
+    # checkpoint used to be written before the end-of-epoch evaluation, so the resumed run found the epoch
+    # done but not its evaluation, and evaluated step 2 again.
+    train = {**ODD_TRAIN, "save_every": 2, "eval_every": 0}
+    full, split = tmp_path / "full", tmp_path / "split"
+    run(make_config(full, train=train, eval=NO_FINAL_EVAL), CPU, fake_factory(train_size=6))
+    with pytest.raises(RuntimeError):
+        run(
+            make_config(split, train=train, eval=NO_FINAL_EVAL),
+            CPU,
+            fake_factory(train_size=6, crash_epoch=1),
+        )
+    assert (split / "checkpoints" / ckpt.LATEST).read_text() == ckpt.tag_for(2)
+    resumed = make_config(split, train={**train, "resume": "auto"}, eval=NO_FINAL_EVAL)
+    run(resumed, CPU, fake_factory(train_size=6))
+    assert [(e["step"], e["split"]) for e in _metrics(split)] == [(2, "val"), (4, "val")]
+    assert [r["loss"] for r in _steps(split)] == [r["loss"] for r in _steps(full)]
+
+
+def test_the_same_command_again_after_stop_after_steps_takes_no_step(tmp_path):
+    # a requeue loop that reruns one command used to move the run on by one step per job
+    train = {**ODD_TRAIN, "stop_after_steps": 2}
+    first = run(make_config(tmp_path, train=train, eval=NO_FINAL_EVAL), CPU, fake_factory(train_size=6))
+    again = make_config(tmp_path, train={**train, "resume": "auto"}, eval=NO_FINAL_EVAL)
+    second = run(again, CPU, fake_factory(train_size=6))
+    assert (first["reason"], first["step"]) == (second["reason"], second["step"]) == ("stop_after_steps", 2)
+    assert [r["step"] for r in _steps(tmp_path)] == [1, 2]
+
+
+def test_resuming_a_finished_run_keeps_its_evaluation_and_perf_record(tmp_path):
+    # as a second `make demo` does: the run is done, so nothing trains; the test row is not logged twice and
+    # perf.json keeps the training's figures (it was overwritten by the empty record of a run of no steps)
+    train = {"epochs": 1, "save_every": 0, "eval_every": 0}
+    first = run(make_config(tmp_path, train=train), CPU, fake_factory(train_size=6))
+    perf = json.loads((tmp_path / "perf.json").read_text())
+    assert perf["frames_per_s"] > 0 and first["metrics"]
+    second = run(make_config(tmp_path, train={**train, "resume": "auto"}), CPU, fake_factory(train_size=6))
+    assert second["reason"] == "done" and second["metrics"] == first["metrics"]
+    assert json.loads((tmp_path / "perf.json").read_text()) == perf == second["perf"]
+    assert [(e["step"], e["split"]) for e in _metrics(tmp_path)] == [(3, "val"), (3, "test")]
+
+
 def test_an_overflow_skipped_update_still_steps_the_schedule(tmp_path, monkeypatch):
     # DeepSpeed's fp16 optimizers report a loss-scale overflow through `optimizer.overflow` and skip the
     # update; the engine then skips the LR scheduler too. Simulated on fp32 AdamW at the 2nd optimizer step.

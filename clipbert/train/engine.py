@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from clipbert.train.config import ConfigError
 from clipbert.train.logging import get_logger
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ def setup_environment() -> None:
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is visible")
+            raise ConfigError("train.device=cuda but no CUDA device is visible (train.device=cpu runs here)")
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)

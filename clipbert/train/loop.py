@@ -97,6 +97,7 @@ class Trainer:
         # and another into the checkpoint, and the run would hang.
         self.stop_agreed = False
         self._eval_data = {}
+        self.epoch_batches = 0  # micro batches of the epoch being run, the resumed part included (_epoch)
         try:
             from clipbert.data.bad_input import BadInputTracker
 
@@ -194,6 +195,13 @@ class Trainer:
         self.throughput.reset()
         self.profiler.boundary(self.state.step)
         reason = "done"
+        stop_at = t.stop_after_steps
+        if stop_at and self.state.step >= stop_at and self.state.step < self.total_steps:
+            # the same command again (a requeue) must not take one more step each time
+            self.log.info("train.stop_after_steps=%d already reached at step %d", stop_at, self.state.step)
+            if bar is not None:
+                bar.close()
+            return "stop_after_steps"
         try:
             while self.state.step < self.total_steps and self.state.epoch < t.epochs + self._extra_epochs():
                 reason = self._epoch(stop_signal, bar, window)
@@ -233,6 +241,7 @@ class Trainer:
         sampler = _sampler(self.train_loader)
         sampler.set_epoch(self.state.epoch, self.state.micro_in_epoch)
         epoch_batches = self.state.micro_in_epoch + len(self.train_loader)
+        self.epoch_batches = epoch_batches
         with torch.random.fork_rng(devices=[]):
             batches = iter(self.train_loader)
         while True:
@@ -255,7 +264,7 @@ class Trainer:
             self._bad_input_summary()
         if t.eval_every == 0 and not self.stop_agreed:  # a stop waits for a step, not an evaluation
             self.run_eval(self.cfg.eval.split)
-        if t.save_every == 0:
+        if t.save_every == 0 or self.state.step % t.save_every == 0:  # _after_step left this one to here
             self.save()
         return "done" if self.state.step >= self.total_steps else "continue"
 
@@ -478,7 +487,10 @@ class Trainer:
                 )
         if t.eval_every > 0 and step % t.eval_every == 0:
             self.run_eval(self.cfg.eval.split)
-        if t.save_every > 0 and step % t.save_every == 0:
+        # Not on the epoch's last step: that checkpoint is written after the end-of-epoch work (_epoch).
+        # Written here, a resume would find the epoch finished but not its evaluation, and run it again.
+        epoch_ends = self.state.micro_in_epoch == self.epoch_batches
+        if t.save_every > 0 and step % t.save_every == 0 and not epoch_ends:
             self.save()
 
 

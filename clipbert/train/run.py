@@ -210,6 +210,7 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
         trainer.resume(*resume)
     elif cfg.train.resume == "auto":  # a run that stopped before its first checkpoint: its logs go
         runlog.rewind(0)
+    finished_before = bool(resume) and trainer.state.step >= total  # e.g. a second `make demo`
     log.info(
         "task %s: %d optimizer steps (%d micro batches/epoch/rank, accumulation %d), world %d, %s, ZeRO-%d",
         cfg.task.name,
@@ -223,16 +224,54 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
     with ckpt.StopSignal() as stop:
         reason = trainer.fit(stop)
     summary = {"reason": reason, "step": trainer.state.step, "bad_steps": trainer.state.bad_total}
+    recorded = _recorded_run(cfg, trainer.state.step) if finished_before else {}
     if reason == "done":
         ckpt.export_pretrained(engine, Path(cfg.train.output_dir) / "model")
-        if cfg.eval.final_eval:
+        if recorded.get("metrics"):
+            log.info("the run had finished at step %d: its test evaluation stands", trainer.state.step)
+            summary["metrics"] = recorded["metrics"]
+        elif cfg.eval.final_eval:
             summary["metrics"] = _final_eval(cfg, engine, data, runlog, device, dtype, trainer.state.step)
-    summary["perf"] = _write_perf(cfg, trainer, engine, model_cfg, start)
+    # a run resumed after its end trained nothing: its perf.json (the training's) stays
+    summary["perf"] = recorded.get("perf") or _write_perf(cfg, trainer, engine, model_cfg, start)
     if is_rank0() and cfg.train.plot:
         from clipbert.train.plot import plot_curves
 
         plot_curves(cfg.train.output_dir)
     return summary
+
+
+def _recorded_run(cfg, step: int) -> dict:
+    """What a finished run recorded at its last `step`: the test split's metrics (metrics.jsonl) and
+    perf.json, read by rank 0 and sent to every rank, which must agree on whether to evaluate again.
+
+    Why: resuming a finished run (train.resume=auto, as a second `make demo` does) used to evaluate it again,
+    logging the test row twice, and to overwrite perf.json with the empty record of a run of no steps."""
+    out, found = Path(cfg.train.output_dir), {}
+    if is_rank0():
+        rows = [r for r in _read_jsonl(out / "metrics.jsonl") if r.get("step") == step]
+        test = [r for r in rows if r.get("split") == cfg.eval.test_split]
+        if test:
+            found["metrics"] = {k: v for k, v in test[-1].items() if k not in ("step", "split")}
+        if (out / "perf.json").is_file():
+            found["perf"] = json.loads((out / "perf.json").read_text())
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [found]
+        dist.broadcast_object_list(box, src=0)
+        found = box[0]
+    return found
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+    return rows
 
 
 def _write_perf(cfg, trainer, engine, model_cfg, start: float) -> dict:
@@ -271,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     log = get_logger()
     try:
         cfg = C.load(args.config, args.set)
+        device = pick_device(cfg.train.device)
     except (C.ConfigError, FileNotFoundError) as err:
         log.error("config error: %s", err)
         return 2
-    device = pick_device(cfg.train.device)
     init_distributed(device)
     try:
         summary = run(cfg, device)
