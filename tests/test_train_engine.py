@@ -350,3 +350,44 @@ def test_retrieval_eval_adds_the_weighted_word_score(monkeypatch, weight, r1):
     out = evaluate.evaluate_retrieval(Stub(), data, loader, cfg, CPU, torch.float32, False, words=object())
     assert out["itm_only_t2v_r1"] == 0.0
     assert out["t2v_r1"] == r1
+
+
+def test_evaluation_shows_progress_bars_when_asked(capsys):
+    # a full retrieval evaluation can take minutes: rank 0 shows its videos and its score matrix advance
+    from types import SimpleNamespace
+
+    from clipbert.train import evaluate
+
+    class Stub:
+        def encode_visual(self, frames):  # [B, N, T, 3, L, L] -> tokens [B, N, 1, 1]
+            return SimpleNamespace(tokens=frames[:, :, :1, :1, 0, 0])
+
+        def score(self, visual, ids, mask):  # -> [vb, tb, N, 2]
+            match = -(visual.tokens[:, None, :, 0, 0] - ids[:, :, None, 0].float()).abs()
+            return torch.stack([torch.zeros_like(match), match], dim=-1)
+
+    videos = 3
+    frames = (torch.arange(videos).float() + 1).view(videos, 1, 1, 1, 1, 1).expand(videos, 2, 1, 3, 2, 2)
+    loader = [{"index": torch.tensor([i]), "frames": frames[i : i + 1]} for i in range(videos)]
+    data = SimpleNamespace(
+        video_ids=[f"v{i}" for i in range(videos)],
+        input_ids=torch.tensor([[1], [2], [3]]),
+        attention_mask=torch.ones(videos, 1, dtype=torch.int64),
+        text_to_video=torch.arange(videos),
+    )
+    cfg = SimpleNamespace(
+        eval=SimpleNamespace(word_score_weight=0.0, video_batch=2, text_batch=2),
+        task=SimpleNamespace(aggregation="lse"),
+        train=SimpleNamespace(progress_bar=True),
+    )
+    out = evaluate.evaluate_retrieval(Stub(), data, loader, cfg, CPU, torch.float32, False, split="val")
+    err = capsys.readouterr().err
+    assert out["t2v_r1"] == 100.0
+    assert "eval val: videos" in err and "/3 " in err and "eval val: scores" in err
+    cfg.train.progress_bar = False  # train.progress_bar=false: no bar
+    evaluate.evaluate_retrieval(Stub(), data, loader, cfg, CPU, torch.float32, False, split="val")
+    assert "eval val" not in capsys.readouterr().err
+    records = evaluate.evaluate_examples(
+        lambda b: {"pred": b["index"]}, loader, CPU, torch.float32, False, "eval x"
+    )
+    assert [r["pred"] for r in records] == [0, 1, 2] and "eval x" in capsys.readouterr().err

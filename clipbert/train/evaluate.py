@@ -52,37 +52,73 @@ def balanced(loader, balance: bool, device):
         yield last, False
 
 
-def _visual_tokens(model, loader, device, dtype, balance) -> tuple[list[int], torch.Tensor | None]:
-    """(video indices of this rank's shard, their visual tokens [V_local, N, Lv, H] on `device`)."""
+class _Progress:
+    """A tqdm bar (rank 0, when `desc` is given) that closes itself; a no-op otherwise. Why: a full
+    retrieval evaluation (every text against every video) can take minutes while the training bar stands."""
+
+    def __init__(self, total: int | None, desc: str | None):
+        self.bar = None
+        if desc and is_rank0():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _visual_tokens(model, loader, device, dtype, balance, progress: str | None = None):
+    """(video indices of this rank's shard, their visual tokens [V_local, N, Lv, H] on `device`, or None)."""
     indices, tokens = [], []
-    for batch, real in balanced(loader, balance, device):
-        batch = to_device(batch, device, dtype)
-        visual = model.encode_visual(batch["frames"]).tokens
-        if real:
-            tokens.append(visual)
-            indices += batch["index"].tolist()
+    with _Progress(len(loader), progress) as bar:
+        for batch, real in balanced(loader, balance, device):
+            batch = to_device(batch, device, dtype)
+            visual = model.encode_visual(batch["frames"]).tokens
+            if real:
+                tokens.append(visual)
+                indices += batch["index"].tolist()
+            bar.update()
     return indices, (torch.cat(tokens) if tokens else None)
 
 
 @torch.no_grad()
-def retrieval_scores(model, tokens, input_ids, attention_mask, aggregation, video_batch, text_batch):
+def retrieval_scores(
+    model,
+    tokens,
+    input_ids,
+    attention_mask,
+    aggregation,
+    video_batch,
+    text_batch,
+    progress: str | None = None,
+):
     """tokens [V, N, Lv, H], ids/mask [Q, Lt] -> log p(match) [Q, V] (float32, CPU)."""
     from clipbert.models import VisualTokens
 
     device = tokens.device
     q, v = input_ids.shape[0], tokens.shape[0]
     out = torch.empty(q, v)
-    for v0 in range(0, v, video_batch):
-        vis = tokens[v0 : v0 + video_batch]  # [vb, N, Lv, H], reused for every text chunk
-        vb, n = vis.shape[:2]
-        for q0 in range(0, q, text_batch):
-            ids = input_ids[q0 : q0 + text_batch].to(device)  # [tb, Lt]
-            mask = attention_mask[q0 : q0 + text_batch].to(device)
-            tb = ids.shape[0]
-            ids, mask = ids.expand(vb, tb, -1), mask.expand(vb, tb, -1)  # same texts for every video
-            scores = model.score(VisualTokens(vis), ids, mask)  # [vb, tb, N, 2]
-            match = match_log_prob(scores.reshape(vb * tb, n, -1), aggregation)
-            out[q0 : q0 + tb, v0 : v0 + vb] = match.view(vb, tb).t().float().cpu()
+    with _Progress(v, progress) as bar:  # counts videos scored against every text
+        for v0 in range(0, v, video_batch):
+            vis = tokens[v0 : v0 + video_batch]  # [vb, N, Lv, H], reused for every text chunk
+            vb, n = vis.shape[:2]
+            for q0 in range(0, q, text_batch):
+                ids = input_ids[q0 : q0 + text_batch].to(device)  # [tb, Lt]
+                mask = attention_mask[q0 : q0 + text_batch].to(device)
+                tb = ids.shape[0]
+                ids, mask = ids.expand(vb, tb, -1), mask.expand(vb, tb, -1)  # same texts for every video
+                scores = model.score(VisualTokens(vis), ids, mask)  # [vb, tb, N, 2]
+                match = match_log_prob(scores.reshape(vb * tb, n, -1), aggregation)
+                out[q0 : q0 + tb, v0 : v0 + vb] = match.view(vb, tb).t().float().cpu()
+            bar.update(vb)
     return out
 
 
@@ -103,9 +139,11 @@ def word_log_likelihood(model, tokens, input_ids, words) -> torch.Tensor:
     return present @ log_p.T
 
 
-def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance, words=None) -> dict:
-    """words: tasks.VisualWords of the training set, to add the visual-word score (eval.word_score_weight)."""
-    indices, tokens = _visual_tokens(model, loader, device, dtype, balance)
+def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance, words=None, split=None) -> dict:
+    """words: tasks.VisualWords of the training set, to add the visual-word score (eval.word_score_weight);
+    split: shown on the progress bars (train.progress_bar), none without it."""
+    show = split if split and getattr(cfg.train, "progress_bar", False) else None
+    indices, tokens = _visual_tokens(model, loader, device, dtype, balance, show and f"eval {show}: videos")
     local = torch.empty(len(data.text_to_video), 0)
     use_words = words is not None and cfg.eval.word_score_weight > 0
     use_words = use_words and getattr(model, "visual_words", None) is not None
@@ -124,6 +162,7 @@ def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance, words=N
             cfg.task.aggregation,
             cfg.eval.video_batch,
             cfg.eval.text_batch,
+            show and f"eval {show}: scores",
         )[:, : len(indices)]  # drop the ZeRO-3 padding columns
     columns, word_columns = {}, {}
     for rank_indices, rank_scores, rank_words in all_gather_objects((indices, local, word_local)):
@@ -155,22 +194,29 @@ def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance, words=N
     return out
 
 
-def evaluate_examples(model_fn: Callable, loader, device, dtype, balance) -> list[dict]:
+def _records(batch: dict, out: dict) -> list[dict]:
+    """One record per example of the batch: its index, the outputs, its answer type and question id."""
+    types, question_ids = batch.get("answer_types"), batch.get("question_ids")
+    records = []
+    for i, example in enumerate(batch["index"].tolist()):
+        record = {"index": example, **{k: v[i].item() for k, v in out.items()}}
+        if types is not None:
+            record["answer_type"] = types[i]
+        if question_ids is not None:
+            record["question_id"] = question_ids[i]
+        records.append(record)
+    return records
+
+
+def evaluate_examples(model_fn: Callable, loader, device, dtype, balance, progress: str | None = None):
     """Per-example records of this rank, gathered from all ranks and deduplicated by index."""
     records = []
-    for batch, real in balanced(loader, balance, device):
-        types, question_ids = batch.get("answer_types"), batch.get("question_ids")
-        index = batch["index"].tolist()
-        out = model_fn(to_device(batch, device, dtype))
-        if not real:
-            continue
-        for i, example in enumerate(index):
-            record = {"index": example, **{k: v[i].item() for k, v in out.items()}}
-            if types is not None:
-                record["answer_type"] = types[i]
-            if question_ids is not None:
-                record["question_id"] = question_ids[i]
-            records.append(record)
+    with _Progress(len(loader), progress) as bar:
+        for batch, real in balanced(loader, balance, device):
+            bar.update()
+            out = model_fn(to_device(batch, device, dtype))
+            if real:
+                records += _records(batch, out)
     gathered = [r for part in all_gather_objects(records) for r in part]
     return M.dedupe_by_index(gathered)
 
@@ -270,14 +316,15 @@ def evaluate(engine, cfg, eval_data, split: str, device, dtype, words=None) -> d
     balance = engine.zero_optimization_partition_weights()
     try:
         with torch.no_grad():
+            show = f"eval {split}" if cfg.train.progress_bar else None
             if kind == "retrieval":
-                out = evaluate_retrieval(model, dataset, loader, cfg, device, dtype, balance, words)
+                out = evaluate_retrieval(model, dataset, loader, cfg, device, dtype, balance, words, split)
             else:
                 if kind == "pretrain":
                     fn = lambda b: pretrain_eval(model, b)  # noqa: E731
                 else:
                     fn = lambda b: predict(model, b, kind, cfg.task.aggregation)  # noqa: E731
-                records = evaluate_examples(fn, loader, device, dtype, balance)
+                records = evaluate_examples(fn, loader, device, dtype, balance, show)
                 out = summarize(kind, records)
                 if kind == "vqa" and is_rank0():
                     path = Path(cfg.train.output_dir) / f"vqa_{split}_predictions.json"
