@@ -136,7 +136,12 @@ def test_confident_matches_still_rank_by_their_margin(mode):
     logits = torch.tensor([true_video, distractor])  # [V=2, N=2 clips, 2]
     assert clip_aggregate(logits, mode)[:, 1].tolist() == [0.0, 0.0]  # the saturation this avoids
     scores = match_log_prob(logits, mode)
-    expected = torch.nn.functional.logsigmoid(clip_aggregate(logits.double(), mode).diff(dim=1)[:, 0])
+    # float64 by the paper's definitions, not through clip_aggregate: Eq. 5 (LSE over the clips, then the
+    # softmax over the 2 classes) or the softmax of the clip-mean / clip-max logits; with 2 classes each
+    # log p(match) is -log1p(exp(-margin))
+    x = logits.double()
+    pooled = {"lse": x.logsumexp(1), "mean": x.mean(1), "max": x.amax(1)}[mode]  # [V, 2]
+    expected = -torch.log1p(torch.exp(-(pooled[:, 1] - pooled[:, 0])))
     torch.testing.assert_close(scores.double(), expected, rtol=1e-5, atol=0)
     assert retrieval_metrics(scores[None, :], torch.tensor([0]))["t2v_r1"] == 100.0
 
