@@ -62,6 +62,12 @@ def test_a_short_trial_logs_loss_and_r1(diagnosis, bench, tmp_path, oracle):
     assert diagnosis.main(argv) == 0
     record = json.loads(log.read_text().splitlines()[-1])
     assert record["step"] == 50 and math.isfinite(record["loss"]) and 0.0 <= record["test_r1"] <= 100.0
+    # R@1 counts whole texts: one caption per test video, one per training video (the first 50)
+    for key, split, cap in (("test_r1", "test", None), ("train_r1", "train", 50)):
+        n = len(diagnosis.read_captions(bench / "annotations", split))
+        n = min(n, cap or n)
+        hits = record[key] * n / 100.0
+        assert hits == pytest.approx(round(hits), abs=1e-4), (key, record[key], n)
 
 
 def test_a_visual_word_trial_logs_word_accuracy(diagnosis, bench, tmp_path):
