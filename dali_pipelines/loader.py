@@ -77,13 +77,14 @@ class DaliLoader(_OverlappedLoader):
         paths, indices = batch.pop("video_paths"), batch.pop("frame_indices").numpy()
         hw, codecs = batch.pop("video_hw"), batch.pop("video_codecs")
         spaces = batch.pop("video_colorspaces", None) or [""] * len(paths)
+        rotations = batch.pop("video_rotations", None) or [0] * len(paths)
         # With DataConfig.dali_trim the workers sent each video's needed packets and their own indices;
         # `indices` stay the file's, for PyAV.
         trimmed = batch.pop("video_bytes", None)
         dali_indices = batch.pop("dali_indices").numpy() if trimmed is not None else indices
         packs = batch.pop("video_packs", None)  # DataConfig.dali_pack: several rows' cuts per DALI sample
         for i, codec in enumerate(codecs):
-            self._route(paths[i], dali_unreadable(self.dali_device, codec, *hw[i]), batch)
+            self._route(paths[i], dali_unreadable(self.dali_device, codec, *hw[i], rotations[i]), batch)
         if self.guard is not None:
             rows = [i for i in range(len(paths)) if paths[i] not in self.use_pyav]
             reasons = self.guard.check([(codecs[i], *hw[i]) for i in rows])
@@ -238,7 +239,8 @@ class DaliFrameStoreLoader(_OverlappedLoader):
                 dropped.append(i)
         kept = drop_rows(batch, dropped)
         size = self.cfg.image_size
-        kept["frames"] = torch.cat(frames) if frames else torch.zeros(0, *shape[1:], 3, size, size)
+        empty = torch.zeros(0, *shape[1:], 3, size, size, device=self.device)  # every row dropped
+        kept["frames"] = torch.cat(frames) if frames else empty
         return kept
 
 

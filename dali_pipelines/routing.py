@@ -1,8 +1,9 @@
 """Which videos DALI must not decode, and why: each goes to PyAV instead, and the loader reports it.
 
-Two kinds, both decided from the probe (codec, display height and width) before DALI sees the file:
+Two kinds, both decided from the probe (codec, display height, width and rotation) before DALI sees the file:
 - what DALI cannot read at all: any codec outside the decoder's list (H.264 on the CPU decoder; GIF, MPEG-2
-  anywhere), videos below NVDEC's minimum size;
+  anywhere), videos below NVDEC's minimum size, and videos with a display rotation (phone recordings), whose
+  frames DALI 2.4 decodes as stored, sideways (measured with its CPU decoder on a 90-degree MP4);
 - what NVDEC would decode with the wrong colours because of DALI's decoder cache (`NvdecCacheGuard`).
 """
 
@@ -31,8 +32,13 @@ GPU_READABLE = (*NVDEC_MIN_HW, "mjpeg")
 CODED_ALIGN = {"h264": 16, "mpeg4": 16, "vp8": 16, "hevc": 8, "vp9": 8, "av1": 8}
 
 
-def dali_unreadable(dali_device: str, codec: str, height: int, width: int) -> str | None:
-    """Why DALI on `dali_device` ("cpu" or "gpu") cannot decode such a video, or None when it can."""
+def dali_unreadable(dali_device: str, codec: str, height: int, width: int, rotation: int = 0) -> str | None:
+    """Why DALI on `dali_device` ("cpu" or "gpu") cannot decode such a video, or None when it can.
+
+    `rotation`: VideoInfo.rotation, degrees counterclockwise; PyAV turns such frames upright, DALI does not.
+    """
+    if rotation:
+        return f"display rotation of {rotation} degrees, which DALI ignores (its frames would be sideways)"
     if dali_device == "cpu":
         return None if codec in CPU_READABLE else f"codec {codec or 'unknown'} unreadable by DALI on CPU"
     if codec not in GPU_READABLE:

@@ -53,3 +53,11 @@ def test_an_uncropped_video_in_the_same_batch_counts():
 def test_one_guard_per_gpu_for_the_process():
     assert nvdec_cache_guard(0) is nvdec_cache_guard(0)
     assert nvdec_cache_guard(0) is not nvdec_cache_guard(1)
+
+
+def test_rotated_videos_go_to_pyav_on_either_decoder():
+    # DALI decodes a phone's portrait video as stored, sideways; PyAV turns it upright (VideoInfo.rotation).
+    for device in ("cpu", "gpu"):
+        reason = dali_unreadable(device, "vp9", 640, 480, rotation=270)
+        assert reason == "display rotation of 270 degrees, which DALI ignores (its frames would be sideways)"
+        assert dali_unreadable(device, "vp9", 480, 640, rotation=0) is None

@@ -3,6 +3,7 @@ once, and summarized; a malformed annotation line names its file and line."""
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import h5py
@@ -125,6 +126,57 @@ def test_replacement_wraps_around_and_all_bad_is_a_clear_error(data, tmp_path):
     ds = shared_video_dataset(data, tmp_path, ["missing", "missing", "empty"], max_bad_retries=8)
     with pytest.raises(RuntimeError, match=r"msrvtt_qa/val: example 1: every example's video is bad"):
         ds[(0, 1)]
+
+
+def test_two_files_for_one_video_id_are_a_bad_video_naming_both(tmp_path):
+    # twin.mp4 and twin.webm: the id matched whichever the folder scan met last, silently
+    videos, anns = tmp_path / "videos", tmp_path / "annotations"
+    videos.mkdir()
+    anns.mkdir()
+    first = write_painted_video(videos / "twin", 10, codec="h264")
+    second = write_painted_video(videos / "twin", 10, codec="vp9")
+    write_painted_video(videos / "solo", 10, codec="h264")
+    (anns / "msrvtt_qa_ans2label.json").write_text(json.dumps({"shape": 0}))
+    with open(anns / "msrvtt_qa_val.jsonl", "w") as f:
+        for name in ("twin", "solo"):
+            f.write(json.dumps({"question": "what", "answer": "shape", "video_id": name}) + "\n")
+    item = dataset(tmp_path)[(0, 0)]
+    assert item["video_id"] == "solo" and item["source_index"] == 1
+    assert item["bad_videos"] == [
+        f"{videos / 'twin'}: ambiguous video id 'twin': {first} and {second} both match; keep one"
+    ]
+
+
+GOOD_LINES = {
+    "tgif_action": {"question": "q", "options": ["a", "b"], "answer": 1, "gif_name": "g"},
+    "msrvtt_mc": {"clip_name": "v", "options": ["a", "b"], "answer": 0},
+    "msrvtt_ret": {"caption": "c", "clip_name": "v"},
+    "didemo_ret": {"clip_name": "v", "sentences": ["s", "t"]},
+    "msrvtt_qa": {"question": "q", "answer": "shape", "video_id": "v"},
+}
+GOOD_LINES["tgif_transition"] = GOOD_LINES["tgif_action"]
+
+
+@pytest.mark.parametrize(
+    "task, key, value, message",
+    [
+        ("tgif_action", "answer", None, "answer must be an integer, got null"),
+        ("tgif_transition", "answer", "first", 'answer must be an integer, got "first"'),
+        ("msrvtt_mc", "options", "one option", 'options must be a list of strings, got "one option"'),
+        ("msrvtt_ret", "caption", None, "caption must be a string, got null"),
+        ("didemo_ret", "sentences", "a b c", 'sentences must be a list of strings, got "a b c"'),
+        ("msrvtt_qa", "answer", True, "answer must be a string, got true"),
+    ],
+)
+def test_malformed_annotation_values_name_file_and_line(tmp_path, task, key, value, message):
+    # They crashed mid-epoch without a file or line (int(None)), or were coerced: str(None) became the
+    # caption "None", and a string of sentences was joined character by character.
+    lines = [json.dumps(GOOD_LINES[task]), "", json.dumps({**GOOD_LINES[task], key: value})]
+    (tmp_path / f"{task}_train.jsonl").write_text("\n".join(lines) + "\n")  # the blank line counts
+    (tmp_path / f"{task}_ans2label.json").write_text(json.dumps({"shape": 0}))
+    cfg = DataConfig(ann_dir=str(tmp_path), video_dir=str(tmp_path))
+    with pytest.raises(AnnotationError, match=rf"{task}_train\.jsonl:3: {re.escape(message)}"):
+        build_dataset(task, "train", cfg, build_tokenizer(), IMAGENET_RGB)
 
 
 def test_tracker_counts_across_worker_processes_and_warns_once(data, caplog):

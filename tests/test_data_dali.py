@@ -207,6 +207,51 @@ def test_dali_cpu_falls_back_to_pyav_for_h264_and_handles_undecodable(tmp_path, 
     assert batch["labels"].tolist() == [0, 0] and batch["input_ids"].shape[0] == 2
 
 
+@pytest.mark.parametrize("trim", [True, False])
+def test_dali_sends_rotated_videos_to_pyav_and_reports_them(tmp_path, trim):
+    import json
+
+    # DALI's decoder ignores the display matrix: a VP9 it reads well would come out sideways
+    videos, anns = tmp_path / "videos", tmp_path / "annotations"
+    videos.mkdir()
+    anns.mkdir()
+    write_painted_video(videos / "a", 30, codec="vp9")
+    write_painted_video(videos / "r", 30, codec="vp9", rotation=90)
+    with open(anns / "msrvtt_qa_val.jsonl", "w") as f:
+        for name in "arr":
+            f.write(json.dumps({"question": "what", "answer": "x", "video_id": name}) + "\n")
+    (anns / "msrvtt_qa_ans2label.json").write_text('{"x": 0}')
+    (batch,) = loader_batches(tmp_path, "msrvtt_qa", "val", batch_size=3, backend="dali", dali_trim=trim)
+    assert batch["bad_videos"] == [  # once per file, as the other files routed to PyAV
+        f"{videos / 'r.webm'}: display rotation of 90 degrees, which DALI ignores (its frames would be "
+        "sideways); used PyAV"
+    ]
+    (ref,) = loader_batches(tmp_path, "msrvtt_qa", "val", batch_size=3, backend="pyav")
+    torch.testing.assert_close(batch["frames"][1:], ref["frames"][1:])  # PyAV's upright frames
+    diff = (batch["frames"][0] - ref["frames"][0]) * torch.tensor(IMAGENET_RGB.std).view(3, 1, 1)
+    assert diff.abs().mean() < 2.0
+
+
+def test_frame_store_loader_keeps_an_all_dropped_batch_on_its_device():
+    from dali_pipelines.loader import DaliFrameStoreLoader
+
+    class Corrupt:  # every entry fails, as corrupt JPEGs do
+        def decode(self, *args):
+            raise RuntimeError("corrupt")
+
+        def rebuild(self):
+            pass
+
+    # "meta" stands in for a GPU here: the empty frames were made on the CPU whatever the device
+    loader = DaliFrameStoreLoader.__new__(DaliFrameStoreLoader)
+    loader.cfg, loader.device, loader.decoder = cfg_for(Path(".")), torch.device("meta"), Corrupt()
+    batch = {"index": torch.arange(2), "video_ids": ["a", "b"], "bad_videos": []}
+    job = {"batch": batch, "jpegs": [[b""], [b""]], "hw": [(4, 4)] * 2, "dali": None, "shape": (2, 1, 1)}
+    out = loader.finish(job)
+    assert out["frames"].shape == (0, 1, 1, 3, 32, 32) and out["frames"].device.type == "meta"
+    assert len(out["bad_videos"]) == 2 and out["video_ids"] == []
+
+
 def _write_bars(path: Path, bt709: bool) -> None:
     """A 10-frame VP9 webm of saturated colour bars, converted and tagged as BT.709 or untagged (BT.601)."""
     from fractions import Fraction

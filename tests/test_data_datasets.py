@@ -10,6 +10,7 @@ from clipbert.data.config import DataConfig
 from clipbert.data.datasets import RetrievalEvalData, build_dataset
 from clipbert.data.loader import NormalizingLoader, ShardedSampler, build_loader
 from clipbert.data.preprocess import IMAGENET_RGB
+from clipbert.data.text import tokenize
 from clipbert.data.tokenizer import build_tokenizer
 
 L = 24  # tiny frames keep the CPU tests fast
@@ -166,6 +167,25 @@ def test_pretrain_negatives_come_from_another_image(bench, tokenizer):
     wanted = dataset.tokenizer("another image")["input_ids"]
     negatives = [it for it in (dataset[(e, 0)] for e in range(40)) if it["itm_labels"] == 0]
     assert negatives and all(it["input_ids"][0] == wanted for it in negatives)
+
+
+def test_retrieval_negatives_are_never_a_positive_text(tokenizer, tmp_path):
+    # Captions repeat across videos ("a man is talking"): another video's copy of the positive, labelled 0,
+    # contradicts the positive. Redrawn, as pretraining redraws a caption of the same image.
+    texts = {"a": ["a dog runs"], "b": ["a dog runs", "a cat sleeps"], "c": ["a bird"], "d": ["a fish"]}
+    with open(tmp_path / "msrvtt_ret_train.jsonl", "w") as f:
+        for video, captions in texts.items():
+            f.writelines(json.dumps({"caption": c, "clip_name": video}) + "\n" for c in captions)
+    cfg = DataConfig(ann_dir=str(tmp_path), video_dir=str(tmp_path), itm_neg_size=3, seed=3)
+    dataset = build_dataset("msrvtt_ret", "train", cfg, tokenizer, IMAGENET_RGB)
+    dataset.visual = lambda video_id, epoch: {"video_id": video_id}  # the texts alone: no decoding
+    by_ids = {tuple(tokenize(tokenizer, [t], dataset.max_len)[0]): t for ts in texts.values() for t in ts}
+    for epoch in range(20):
+        for index, (_, positives) in enumerate(dataset.videos):
+            item = dataset.load(index, epoch)
+            chosen = [by_ids[tuple(ids)] for ids in item["input_ids"]]
+            assert chosen[0] in positives and not set(chosen[1:]) & set(positives), (epoch, index, chosen)
+            assert dataset.load(index, epoch)["input_ids"] == item["input_ids"]  # (seed, epoch, index) only
 
 
 @pytest.mark.parametrize("task", ["pretrain", "vqa"])

@@ -115,6 +115,85 @@ def test_av1_is_named_by_its_codec_not_its_decoder(tmp_path):
     assert build_decoder("pyav").probe(path).codec == "av1"
 
 
+# What a player shows: FFmpeg's CLI turns a display rotation of -90 (a phone's portrait recording, tkhd matrix
+# (0, 1, 0, -1, 0, 0, 0, 0, 1)) 90 degrees clockwise ("transpose=clock"), and +90 counterclockwise.
+SHOWN = {-90: lambda f: np.rot90(f, -1), 90: lambda f: np.rot90(f, 1), 180: lambda f: f[::-1, ::-1]}
+
+
+@pytest.mark.parametrize("codec, rotation", [("h264", -90), ("vp9", 90), ("h264", 180)])
+def test_rotated_videos_decode_upright_at_their_displayed_size(tmp_path, codec, rotation):
+    # Every backend decoded such videos sideways, and resize/pad fitted the stored size, not the shown one.
+    path = write_painted_video(tmp_path / "rot", 12, codec=codec, rotation=rotation)
+    decoder = build_decoder("pyav")
+    info = decoder.probe(path)
+    shown_hw = (48, 64) if rotation == 180 else (64, 48)
+    assert (info.height, info.width) == shown_hw
+    indices = np.array([[0, 5], [11, 7]])
+    frames = decoder.decode(path, indices)
+    assert frames.shape == (2, 2, *shown_hw, 3) and frames.flags.c_contiguous
+    for frame, index in zip(frames.reshape(-1, *shown_hw, 3), indices.ravel()):
+        assert np.abs(frame.astype(int) - SHOWN[rotation](paint_index(index, 48, 64))).mean() < 6
+    assert info.rotation == rotation % 360  # degrees counterclockwise, for DALI's routing
+
+
+def test_transcoded_copy_of_a_rotated_video_is_upright(tmp_path):
+    from clipbert.data.transcode import transcode
+
+    # the copy has no display matrix: its frames must be stored as shown
+    (tmp_path / "out").mkdir()
+    copy = transcode(write_painted_video(tmp_path / "rot", 6, codec="h264", rotation=-90), tmp_path / "out")
+    decoder = build_decoder("pyav")
+    info = decoder.probe(copy)
+    assert (info.height, info.width) == (64, 48)
+    frame = decoder.decode(copy, np.array([[3]]))[0, 0]
+    assert np.abs(frame.astype(int) - SHOWN[-90](paint_index(3, 48, 64))).mean() < 6
+
+
+@pytest.mark.parametrize("container", ["webm", "mkv"])
+@pytest.mark.parametrize("keep", [0.3, 0.6])
+def test_a_cut_off_matroska_video_is_truncated_not_shorter(tmp_path, container, keep):
+    # Matroska counts no frames (stream.frames == 0), so the frame-count check never fired and a cut-off
+    # download was read as a shorter video. The header's 4 s duration gives it away.
+    if container == "webm":
+        path = write_painted_video(tmp_path / "full", 40, codec="vp9")
+    else:
+        path = write_resizing_video(tmp_path / "full", [(48, 64)] * 40)  # MJPEG in .mkv
+    decoder = build_decoder("pyav")
+    assert decoder.probe(path).num_frames == 40  # whole, it is not flagged
+    data = Path(path).read_bytes()
+    cut = tmp_path / f"cut.{container}"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(VideoDecodeError, match=r"truncated: the header declares 4\.00 s, the packets cover"):
+        decoder.probe(str(cut))
+
+
+def test_whole_webm_videos_with_a_longer_audio_track_or_a_variable_rate_are_not_truncated(tmp_path):
+    import av
+
+    # The container's 5 s duration is the audio's; the video track's own DURATION tag says 2 s.
+    if "libopus" not in av.codecs_available:
+        pytest.skip("this FFmpeg has no Opus encoder")
+    path = str(tmp_path / "audio.webm")
+    with av.open(path, "w") as container:
+        video = container.add_stream("libvpx-vp9", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("libopus", rate=48000)
+        for index in range(20):
+            container.mux(
+                video.encode(av.VideoFrame.from_ndarray(paint_index(index, 48, 64), format="rgb24"))
+            )
+        container.mux(video.encode())
+        for k in range(250):  # 5 s of 20 ms silence
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 48000, k * 960
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+    decoder = build_decoder("pyav")
+    assert decoder.probe(path).num_frames == 20
+    vfr = write_vfr_video(tmp_path / "vfr", [50, 150, 100, 200, 2000], "vp9")  # the last frame shown 2 s
+    assert decoder.probe(vfr).num_frames == 5
+
+
 def test_probe_cache_is_lru_within_its_byte_budget(painted, tmp_path):
     from clipbert.data.decoders.pyav import PyAVDecoder
 

@@ -123,3 +123,34 @@ def test_a_failing_video_is_reported_by_name_and_the_build_goes_on(tmp_path, mon
         result = bfs.build_frame_store(videos, tmp_path / "b.h5", fps=5.0, workers=0, progress=False)
     assert result["written"] == [] and sorted(result["failed"]) == ["good", "resized"]
     assert f"{videos / 'good.avi'}: unexpected ZeroDivisionError (an error no decoder foresaw)" in caplog.text
+
+
+def test_a_rotated_video_is_stored_upright(tmp_path):
+    # The build decodes with PyAV, which turns a phone's portrait video upright; the store keeps no rotation.
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_painted_video(videos / "portrait", 10, fps=10, codec="h264", rotation=-90)
+    out = tmp_path / "frames.h5"
+    assert bfs.build_frame_store(videos, out, fps=5.0, workers=0, progress=False)["written"] == ["portrait"]
+    store = build_decoder("frame_store", str(out))
+    info = store.probe("portrait")
+    assert (info.height, info.width) == (64, 48)
+    frames = store.decode("portrait", np.array([[0, 3]]))[0]  # source frames 0 and 6
+    np.testing.assert_array_equal([read_index(np.rot90(f, 1)) for f in frames], [0, 6])  # turned clockwise
+
+
+def test_videos_sharing_a_stem_fail_by_name_and_the_rest_is_built(tmp_path, caplog, capsys):
+    # a.mp4 and a.webm are both video id "a": the second write hit the first's HDF5 group with a bare h5py
+    # ValueError, which stopped the build and exited with 2 ("bad arguments").
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    first = write_painted_video(videos / "a", 6, codec="h264")
+    second = write_painted_video(videos / "a", 6, codec="vp9")
+    write_painted_video(videos / "b", 6, codec="mjpeg")
+    with caplog.at_level(logging.WARNING, logger="clipbert.data.build_frame_store"):
+        result = bfs.build_frame_store(videos, tmp_path / "s.h5", fps=5.0, workers=0, progress=False)
+    assert result["written"] == ["b"] and result["failed"] == ["a", "a"]
+    assert f"{first} and {second}: they share the video id 'a'" in caplog.text
+    args = ["--videos", str(videos), "--out", str(tmp_path / "cli.h5"), "--workers", "0"]
+    assert bfs.main(args) == 1  # some videos failed, the rest built
+    assert "'written': 1, 'skipped': 0, 'failed': 2" in capsys.readouterr().out

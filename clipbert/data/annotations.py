@@ -12,8 +12,31 @@ class AnnotationError(ValueError):
     """A malformed annotation file; the message names the file and line."""
 
 
-def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """One JSON object per non-blank line; each must hold the `required` keys."""
+# What a value may be (`kinds` of read_jsonl). Checked, not coerced: str(None) made a caption "None", and a
+# string of options or sentences was read character by character.
+TEXT = "a string"
+TEXTS = "a list of strings"
+INDEX = "an integer"
+ID = "a string or an integer"
+
+
+def is_kind(value: Any, kind: str) -> bool:
+    if kind == TEXT:
+        return isinstance(value, str)
+    if kind == TEXTS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == INDEX:  # bool is an int to Python, not to an annotation
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == ID:
+        return isinstance(value, str) or is_kind(value, INDEX)
+    raise ValueError(f"unknown value kind {kind!r}")
+
+
+def read_jsonl(
+    path: str | os.PathLike, required: tuple[str, ...] = (), kinds: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """One JSON object per non-blank line; each must hold the `required` keys, and each key of `kinds`
+    it holds must be of that kind (TEXT, TEXTS, INDEX, ID)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
@@ -33,6 +56,11 @@ def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[
             missing = [key for key in required if key not in record]
             if missing:
                 raise AnnotationError(f"{path}:{line_no}: missing key(s) {', '.join(missing)}")
+            for key, kind in (kinds or {}).items():
+                if key in record and not is_kind(record[key], kind):
+                    shown = json.dumps(record[key])
+                    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                    raise AnnotationError(f"{path}:{line_no}: {key} must be {kind}, got {shown}")
             records.append(record)
     return records
 

@@ -87,6 +87,26 @@ def list_videos(video_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
 
 
+def _drop_shared_stems(videos: list[Path], result: dict[str, list[str]]) -> list[Path]:
+    """The videos whose stem (their id in the store) no other video has; the others count as failed.
+
+    a.mp4 and a.webm would both be stored as "a": the second write met the first's HDF5 group (a bare
+    h5py ValueError that stopped the build), and which file the id meant is unknown, so neither is stored.
+    """
+    by_stem: dict[str, list[Path]] = {}
+    for path in videos:
+        by_stem.setdefault(path.stem, []).append(path)
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            log.warning(
+                "frame store: skipping %s: they share the video id %r; keep one",
+                " and ".join(map(str, paths)),
+                stem,
+            )
+            result["failed"] += [stem] * len(paths)
+    return [path for path in videos if len(by_stem[path.stem]) == 1]
+
+
 def build_frame_store(
     video_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -99,8 +119,8 @@ def build_frame_store(
     """Build or resume a store; returns {"written": ids, "skipped": ids, "failed": ids}."""
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    videos = list_videos(video_dir)
-    result = {"written": [], "skipped": [], "failed": []}
+    videos, result = list_videos(video_dir), {"written": [], "skipped": [], "failed": []}
+    videos = _drop_shared_stems(videos, result)
     with h5py.File(out, "a") as h5:
         # a resume must encode as the store was built: one store, one fps, size and JPEG quality
         for name, value in (("fps", fps), ("max_side", max_side), ("quality", quality)):

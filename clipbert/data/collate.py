@@ -42,6 +42,7 @@ class Collator:
             batch["video_paths"] = [item["video_path"] for item in items]
             batch["video_codecs"] = [item["video_codec"] for item in items]
             batch["video_colorspaces"] = [item.get("video_colorspace", "") for item in items]
+            batch["video_rotations"] = [item.get("video_rotation", 0) for item in items]
         if "video_bytes" in items[0]:  # trimmed videos (dali_pipelines/trim.py) and their frames' indices
             batch["video_bytes"] = [item["video_bytes"] for item in items]
             batch["dali_indices"] = torch.from_numpy(np.stack([item["dali_indices"] for item in items]))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .annotations import read_json, read_jsonl
+from .annotations import ID, INDEX, TEXT, TEXTS, AnnotationError, read_json, read_jsonl
 from .collate import pad_token_lists
 from .config import SPLITS, TASKS, DataConfig
 from .decoders import VideoDecodeError
@@ -30,18 +30,24 @@ RET_TASKS = ("msrvtt_ret", "didemo_ret", "anet_ret")
 QA_TASKS = ("msrvtt_qa", "tgif_frameqa")
 MC_TASKS = ("tgif_action", "tgif_transition", "msrvtt_mc")
 IMAGE_TASKS = ("pretrain", "vqa")
+# Every line's keys and the kind of value each must hold (annotations.py): a null caption or a string of
+# options is a malformed line, named with its file and line, not a crash mid-epoch or a silent coercion.
+_TGIF_MC = {"question": TEXT, "options": TEXTS, "answer": INDEX, "gif_name": ID}
 REQUIRED_KEYS = {
-    "msrvtt_ret": ("caption", "clip_name"),
-    "didemo_ret": ("clip_name", "sentences"),
-    "anet_ret": ("clip_name", "sentences"),
-    "msrvtt_qa": ("question", "answer", "video_id"),
-    "tgif_frameqa": ("question", "answer", "gif_name"),
-    "tgif_action": ("question", "options", "answer", "gif_name"),
-    "tgif_transition": ("question", "options", "answer", "gif_name"),
-    "msrvtt_mc": ("clip_name", "options", "answer"),
-    "pretrain": ("image_id", "caption", "file"),
-    "vqa": ("question_id", "question", "file"),
+    "msrvtt_ret": {"caption": TEXT, "clip_name": ID},
+    "didemo_ret": {"clip_name": ID, "sentences": TEXTS},
+    "anet_ret": {"clip_name": ID, "sentences": TEXTS},
+    "msrvtt_qa": {"question": TEXT, "answer": TEXT, "video_id": ID},
+    "tgif_frameqa": {"question": TEXT, "answer": TEXT, "gif_name": ID},
+    "tgif_action": _TGIF_MC,
+    "tgif_transition": _TGIF_MC,
+    "msrvtt_mc": {"clip_name": ID, "options": TEXTS, "answer": INDEX},
+    "pretrain": {"image_id": ID, "caption": TEXT, "file": TEXT},
+    "vqa": {"question_id": ID, "question": TEXT, "file": TEXT},
 }
+
+
+NEGATIVE_DRAWS = 8  # tries for a negative text unlike the positives (retrieval) or from another image (ITM)
 
 
 def split_key(key) -> tuple[int, int]:
@@ -57,7 +63,7 @@ class TaskDataset(Dataset):
         self.train = split == "train"
         self.max_len = cfg.max_text_len[task]
         self.ann_path = Path(cfg.ann_dir) / f"{task}_{split}.jsonl"
-        self.examples = read_jsonl(self.ann_path, REQUIRED_KEYS[task])
+        self.examples = read_jsonl(self.ann_path, tuple(REQUIRED_KEYS[task]), REQUIRED_KEYS[task])
         if not self.examples:
             raise ValueError(f"{self.ann_path}: no examples")
         self.source = VideoSource(cfg, norm, self.train) if task not in IMAGE_TASKS else None
@@ -152,6 +158,7 @@ class TaskDataset(Dataset):
                 "video_hw": (info.height, info.width),
                 "video_codec": info.codec,
                 "video_colorspace": info.colorspace,
+                "video_rotation": info.rotation,  # DALI ignores it: such videos go to PyAV
             }
             if self.cfg.dali_trim:  # the packets DALI needs, and the same frames' indices in them
                 from dali_pipelines.trim import trim_video  # PyAV only; dali_pipelines loads lazily
@@ -188,16 +195,25 @@ class RetrievalTrainDataset(TaskDataset):
         rng = rng_for(self.cfg.seed, epoch, index)
         video_id, texts = self.videos[index]
         chosen = [texts[rng.integers(len(texts))]]
-        for _ in range(self.cfg.itm_neg_size):
-            other = (index + 1 + rng.integers(len(self.videos) - 1)) % len(self.videos)  # never `index`
-            other_texts = self.videos[other][1]
-            chosen.append(other_texts[rng.integers(len(other_texts))])
+        chosen += [self._negative(index, set(texts), rng) for _ in range(self.cfg.itm_neg_size)]
         item = self.visual(video_id, epoch)
         item["input_ids"] = tokenize(self.tokenizer, chosen, self.max_len)
         item["labels"] = [1] + [0] * self.cfg.itm_neg_size
         if self.word_vocab is not None:
             item["word_targets"] = self.word_vocab.targets[index]
         return item
+
+    def _negative(self, index: int, positives: set[str], rng) -> str:
+        """A text of another video, redrawn (NEGATIVE_DRAWS tries) while it equals one of this video's own:
+        captions repeat across videos ("a man is talking"), and the same words labelled 0 teach the
+        matching head to contradict itself. After the last try the draw stands."""
+        for _ in range(NEGATIVE_DRAWS):
+            other = (index + 1 + rng.integers(len(self.videos) - 1)) % len(self.videos)  # never `index`
+            other_texts = self.videos[other][1]
+            text = other_texts[rng.integers(len(other_texts))]
+            if text not in positives:
+                break
+        return text
 
 
 class VideoOnlyDataset(TaskDataset):
@@ -267,8 +283,8 @@ class MultipleChoiceDataset(TaskDataset):
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
         for line_no, example in enumerate(self.examples, start=1):
-            if not 0 <= int(example["answer"]) < len(example["options"]):
-                raise ValueError(
+            if not 0 <= example["answer"] < len(example["options"]):
+                raise AnnotationError(
                     f"{self.ann_path}:{line_no}: answer {example['answer']} is not an option index"
                 )
 
@@ -287,9 +303,6 @@ class MultipleChoiceDataset(TaskDataset):
             item["input_ids"] = tokenize(self.tokenizer, questions, self.max_len, pairs=options)
         item["labels"] = int(example["answer"])
         return item
-
-
-NEGATIVE_DRAWS = 8  # tries for an ITM negative from another image
 
 
 class PretrainDataset(TaskDataset):

@@ -67,12 +67,19 @@ def write_painted_video(
     width: int = 64,
     codec: str = "h264",
     gop: int = 12,
+    rotation: int = 0,
 ) -> str:
-    """Encode frames 0..num_frames-1 with their index painted in; returns the path (suffix by codec)."""
+    """Encode frames 0..num_frames-1 with their index painted in; returns the path (suffix by codec).
+
+    `rotation`: a display matrix turning the picture that many degrees counterclockwise, as a phone's
+    portrait recording has (the usual -90 writes the MP4 tkhd matrix (0, 1, 0, -1, 0, 0, 0, 0, 1)).
+    """
     path, encoder, pix_fmt = _target(path, codec)
     with av.open(path, "w") as container:
         stream = container.add_stream(encoder, rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
         stream.codec_context.gop_size = gop
         stream.options = ENCODER_OPTIONS.get(codec, {})
         for index in range(num_frames):

@@ -18,6 +18,7 @@ import av
 import torch
 
 from .build_frame_store import list_videos
+from .decoders.pyav import display_rotation, upright
 from .preprocess import resize_frames
 
 ENCODERS = {"h264": ("libx264", ".mp4", {"preset": "veryfast", "crf": "20", "bf": "0"})}
@@ -57,7 +58,8 @@ def _copy_frames(source, out, encoder: str, options: dict, max_side: int, gop: i
     stream.codec_context.gop_size = gop
     stream.pix_fmt = "yuv420p"
     for i, frame in enumerate(source.decode(in_stream)):
-        rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+        # upright: the copy carries no display matrix, so a phone's portrait video would stay sideways
+        rgb = torch.from_numpy(upright(frame.to_ndarray(format="rgb24"), display_rotation(frame)))
         if max_side and max(rgb.shape[:2]) > max_side:
             rgb = resize_frames(rgb[None], max_side)[0].to(torch.uint8).permute(1, 2, 0)
         if i == 0:  # H.264 with yuv420p needs even sides

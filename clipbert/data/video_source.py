@@ -32,7 +32,7 @@ class VideoSource:
         self.decoder = build_decoder(cfg.backend, cfg.frame_store, cfg.pyav_threads)
         self.num_clips = cfg.num_clips if train else cfg.num_test_clips
         self.strategy = cfg.train_sampling if train else cfg.test_sampling
-        self._paths: dict[str, str] | None = None  # video id -> file, scanned once
+        self._paths: dict[str, list[str]] | None = None  # video id -> its files (one, unless ambiguous)
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     def key(self, video_id: str) -> str:
@@ -40,9 +40,14 @@ class VideoSource:
         if self.cfg.backend == "frame_store":
             return video_id
         if self._paths is None:
-            root = Path(self.cfg.video_dir)
-            self._paths = {p.stem: str(p) for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES}
-        return self._paths.get(video_id, str(Path(self.cfg.video_dir) / f"{video_id}.mp4"))
+            self._paths = files_by_id(self.cfg.video_dir)
+        paths = self._paths.get(video_id, [str(Path(self.cfg.video_dir) / f"{video_id}.mp4")])
+        if len(paths) > 1:  # a.mp4 and a.webm: either could be the annotated video, so neither is taken
+            raise VideoDecodeError(
+                str(Path(self.cfg.video_dir) / video_id),
+                f"ambiguous video id {video_id!r}: {' and '.join(paths)} both match; keep one",
+            )
+        return paths[0]
 
     def info(self, video_id: str) -> VideoInfo:
         return self.decoder.probe(self.key(video_id))
@@ -80,6 +85,15 @@ class VideoSource:
             while len(self._cache) > self.cfg.frame_cache_size:
                 self._cache.popitem(last=False)
         return result
+
+
+def files_by_id(video_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """Video id (the file's stem) -> the video files in `video_dir` with that stem, sorted."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(Path(video_dir).iterdir()):
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            out.setdefault(path.stem, []).append(str(path))
+    return out
 
 
 def load_image(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -12,12 +12,15 @@ import numpy as np
 class VideoInfo:
     num_frames: int  # decodable frames (at the backend's frame rate)
     fps: float  # frames per second of those frames
-    height: int = 0  # frame size in pixels (0 = unknown)
+    height: int = 0  # frame size in pixels as shown, after `rotation` (0 = unknown)
     width: int = 0
     codec: str = ""  # codec name as FFmpeg spells it (h264, vp9, mjpeg, ...); "" = not a video file
     # the stream's YUV->RGB matrix tag as FFmpeg names it ("bt709", "bt470bg", ...); "" = untagged. PyAV
     # converts by it; DALI always by BT.601, so its loader corrects BT.709 rows (dali_pipelines/color.py).
     colorspace: str = ""
+    # display rotation in degrees counterclockwise (0, 90, 180, 270): PyAV turns frames upright by it; DALI
+    # ignores it, so such videos go to PyAV (dali_pipelines/routing.py)
+    rotation: int = 0
 
 
 class VideoDecodeError(RuntimeError):

@@ -1,10 +1,14 @@
 """Exact CPU decoding with PyAV: seek to the key frame before each wanted frame and decode forward.
 
 Frame k is the k-th frame in presentation order, as DALI's decoder and dali_pipelines/trim.py count. The
-probe reads every packet's timestamp (demuxing, no decoding). For a constant-frame-rate video the index
-follows from the time, round(pts * time_base * fps), so the result is exact whatever the GOP, B-frames or
-container. A variable-rate video (GIFs, phone recordings, a stream with a gap) keeps its sorted timestamps,
-and the index is the timestamp's rank; its fps is then the mean rate over the video.
+probe reads every packet's timestamp (demuxing; it decodes only the first frame, for its display rotation).
+For a constant-frame-rate video the index follows from the time, round(pts * time_base * fps), so the result
+is exact whatever the GOP, B-frames or container. A variable-rate video (GIFs, phone recordings, a stream
+with a gap) keeps its sorted timestamps, and the index is the timestamp's rank; its fps is then the mean rate
+over the video.
+
+Frames come out as a player shows them: a video with a display rotation (a phone's portrait recording) is
+rotated upright, and the probe reports the rotated height and width.
 """
 
 from __future__ import annotations
@@ -23,10 +27,23 @@ SEEK_GAP_FRAMES = 16
 # Container frame counts can exceed the decodable frames by a frame or two (edit lists, a short last
 # packet); the last decoded frame stands in for those instead of failing the whole video.
 EDGE_TOLERANCE_FRAMES = 2
+# A Matroska/WebM header counts no frames, so a cut-off file is found by time instead: its packets must reach
+# the declared duration within max(1 s, 5%). Not closer: an audio track can outlast the video, and the last
+# frame's display time is the container's guess.
+TRUNCATION_SLACK_S, TRUNCATION_SLACK_FRACTION = 1.0, 0.05
+# Packets fed to the decoder at probe time to get the first frame (and its display rotation); B-frame
+# reordering holds back the first frame by a few. A stream that shows no frame by then counts as upright.
+ROTATION_PACKETS = 32
 
 # FFmpeg's AVColorSpace values that name a YUV matrix (2, unspecified, and the rest: "")
 COLORSPACES = {
-    1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020nc", 10: "bt2020c"
+    1: "bt709",
+    4: "fcc",
+    5: "bt470bg",
+    6: "smpte170m",
+    7: "smpte240m",
+    9: "bt2020nc",
+    10: "bt2020c",
 }
 
 
@@ -35,8 +52,8 @@ class PyAVDecoder:
     frame threading delays output by a frame per thread and refills after every seek.
 
     Probes are cached, least recently used first out, within `probe_cache_bytes`: a probe demuxes the whole
-    file (about 13 ms for a 60 s 360p H.264 video here). A constant-rate entry costs about 600 bytes, a
-    variable-rate one its timestamp table too (8 bytes a frame)."""
+    file and decodes its first frame (about 13 + 3 ms for a 60 s 360p H.264 video here). A constant-rate
+    entry costs about 600 bytes, a variable-rate one its timestamp table too (8 bytes a frame)."""
 
     # A VideoInfo, a FrameClock without a table, the key and the cache's node: 550 bytes measured with
     # tracemalloc for 15-character paths; real paths are longer.
@@ -71,7 +88,7 @@ class PyAVDecoder:
         with open_video(key) as container:
             wanted = sorted(set(indices.ravel().tolist()))
             frames = _decode_wanted(key, container, wanted, clock, self.threads)
-        return _stack_frames(key, frames, indices)
+        return upright(_stack_frames(key, frames, indices), info.rotation)
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,23 @@ def _stack_frames(key: str, frames: dict[int, np.ndarray], indices: np.ndarray) 
     return stacked.reshape(*indices.shape, *stacked.shape[1:])
 
 
+def display_rotation(frame) -> int:
+    """A decoded frame's display rotation in degrees counterclockwise: 0, 90, 180 or 270.
+
+    PyAV reads it from the stream's display matrix (an MP4's tkhd matrix, a phone's portrait recording)
+    as -180..180; the nearest quarter turn, since players and np.rot90 turn by quarter turns only.
+    """
+    return 90 * (round(frame.rotation / 90) % 4)
+
+
+def upright(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """uint8 [..., H, W, 3] as a player shows them, after a display rotation of `rotation` degrees
+    counterclockwise (np.rot90 turns counterclockwise too). Contiguous, as torch.from_numpy needs."""
+    if not rotation:
+        return frames
+    return np.ascontiguousarray(np.rot90(frames, rotation // 90, axes=(-3, -2)))
+
+
 def open_video(key: str):
     """The PyAV container of a readable video file; VideoDecodeError naming the file and why otherwise."""
     if not os.path.isfile(key):
@@ -148,11 +182,15 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
     if not rate or rate <= 0:
         raise VideoDecodeError(key, "unknown frame rate")
     start, time_base, fps = stream.start_time or 0, float(stream.time_base), float(rate)
-    stamps, packets, damaged = [], 0, False  # every shown frame's timestamp, from the packets (no decoding)
+    stamps, packets, damaged = [], 0, False  # every shown frame's timestamp, from the packets
+    end = start  # where the last packet's display ends
+    first_frame = _FirstFrame(stream)  # the display rotation comes with decoded frames only
     try:
         for p in container.demux(stream):
+            first_frame.feed(p)
             if p.size > 0 and p.pts is not None:
                 packets += 1
+                end = max(end, p.pts + (p.duration or 0))
                 # a discard-flagged packet (before an edit list's start) decodes to no frame
                 if not getattr(p, "is_discard", False):
                     stamps.append(p.pts)
@@ -164,6 +202,8 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
         raise VideoDecodeError(
             key, f"truncated: the header counts {stream.frames} frames, the file holds {packets}"
         )
+    if stream.frames <= 0:  # Matroska/WebM: no count to compare, so compare times
+        _check_duration(key, container, stream, (end - start) * time_base)
     stamps = np.sort(np.asarray(stamps, dtype=np.int64))
     # The packets count the frames exactly (a header can count discarded ones). A damaged tail keeps the
     # header's count: the frames before the damage still decode, and those past it are reported.
@@ -183,8 +223,62 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
     # the codec's name, not the decoder's: PyAV decodes AV1 with "libdav1d"
     codec = str(ctx.codec.canonical_name)
     colorspace = COLORSPACES.get(int(ctx.colorspace), "")
-    info = VideoInfo(int(num_frames), float(fps), int(ctx.height), int(ctx.width), codec, colorspace)
+    height, width = int(ctx.height), int(ctx.width)
+    if first_frame.rotation in (90, 270):  # the size as shown, so that resize and padding fit the picture
+        height, width = width, height
+    info = VideoInfo(int(num_frames), float(fps), height, width, codec, colorspace, first_frame.rotation)
     return info, clock
+
+
+class _FirstFrame:
+    """Decodes a probe's packets until the first frame comes out, for its display rotation.
+
+    PyAV 18 exposes the stream's display matrix only on decoded frames (`VideoFrame.rotation`). A packet
+    that fails to decode, or no frame within ROTATION_PACKETS packets, leaves the video upright: the probe
+    reports damage from the demux, not from here.
+    """
+
+    def __init__(self, stream):
+        self.rotation, self.done, self.fed = 0, False, 0
+        stream.codec_context.thread_count = 1  # one frame: threads would only cost their start-up
+
+    def feed(self, packet) -> None:
+        if self.done:
+            return
+        self.fed += 1
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            frames, self.done = [], True
+        if frames:
+            self.rotation, self.done = display_rotation(frames[0]), True
+        self.done = self.done or self.fed >= ROTATION_PACKETS
+
+
+def _declared_seconds(container, stream) -> float | None:
+    """How long the video stream says it lasts: the stream's duration, Matroska's per-track DURATION tag
+    ("00:00:04.000000000", written in the header, so a cut-off file keeps it), else the container's."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION", "")
+    try:
+        hours, minutes, seconds = tag.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        pass
+    return container.duration / 1e6 if container.duration else None
+
+
+def _check_duration(key: str, container, stream, covered_s: float) -> None:
+    """VideoDecodeError when the packets (`covered_s` seconds from the stream's start) end well before the
+    declared duration: a cut-off WebM/MKV must be reported, not read as a shorter video."""
+    declared = _declared_seconds(container, stream)
+    if declared is None:
+        return
+    if declared - covered_s > max(TRUNCATION_SLACK_S, TRUNCATION_SLACK_FRACTION * declared):
+        raise VideoDecodeError(
+            key, f"truncated: the header declares {declared:.2f} s, the packets cover {covered_s:.2f} s"
+        )
 
 
 def _decode_wanted(
