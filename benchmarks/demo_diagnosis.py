@@ -1,10 +1,10 @@
 """Why the demo's retrieval model learns slowly: a fast, in-memory matching (ITM) trainer for trials.
 
-The trials in docs/TRAINING.md ("Earlier trials: why the demo stopped at 2x chance") come from this script. It decodes 8
-evenly spaced frames of every msrvtt_ret video once (cached next to the benchmark), then trains the model
-on them with the demo's loss (2-way matching against random negative captions, LogSumExp over clips), so
-one trial of 1,000 steps takes a few minutes on 2 cores. Every `--eval-every` steps it prints the test
-text-to-video R@1 (Ntest=4 clips per video).
+The trials in docs/TRAINING.md ("Earlier trials: why the demo stopped at 2x chance") come from this
+script. It decodes 8 evenly spaced frames of every msrvtt_ret video once (cached next to the benchmark),
+then trains the model on them with the demo's loss (2-way matching against random negative captions,
+LogSumExp over clips), so one trial of 1,000 steps takes a few minutes on 2 cores. Every `--eval-every`
+steps it prints the test text-to-video R@1 (Ntest=4 clips per video).
 
     python benchmarks/demo_diagnosis.py --data data/synthetic --steps 1000 --lr 5e-4
     python benchmarks/demo_diagnosis.py --data data/synthetic --oracle --lr 1e-3     # ideal visual input
