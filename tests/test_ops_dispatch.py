@@ -1,5 +1,6 @@
 """Backend selection, error messages, opcheck on every registered op, and torch.compile(fullgraph=True)."""
 
+import types
 import warnings
 
 import pytest
@@ -68,6 +69,20 @@ def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ops.lse_aggregate(x, backend="auto")  # warned once only
+
+
+def test_a_failed_kernel_import_is_reported_with_its_error_and_the_rebuild(monkeypatch):
+    # A stale build (linked against another torch) fails with an undefined symbol: that text says why.
+    def broken_import(name):
+        raise ImportError(f"{name}.so: undefined symbol: _ZN3c10")
+
+    monkeypatch.setattr(_backend, "importlib", types.SimpleNamespace(import_module=broken_import))
+    monkeypatch.delitem(_backend._native, "cpu")
+    monkeypatch.setattr(_backend, "_warned", set())
+    with pytest.warns(RuntimeWarning, match=r"clipbert\._C\.so: undefined symbol: _ZN3c10; .*`make setup`"):
+        assert _backend.resolve("auto", torch.device("cpu")) == "reference"
+    with pytest.raises(RuntimeError, match=r"not available: ImportError: .*undefined symbol.*`make setup`"):
+        _backend.resolve("cpu", torch.device("cpu"))
 
 
 def test_unavailable_backend_raises(monkeypatch):

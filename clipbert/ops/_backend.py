@@ -25,6 +25,9 @@ BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
 NLL_KERNELS = ("auto", "stream2", "stream4", "resident")
 NLL_KERNEL_ENV = "CLIPBERT_NLL_KERNEL"
 
+# A module that is missing or fails to load (built against another torch, say) comes back with a rebuild.
+REBUILD_HINT = "build the kernels with `make setup` (or `pip install --no-build-isolation -e .`)"
+
 _selected = {"name": "auto"}
 _nll_kernel: dict[str, str] = {}  # "name" -> the choice, once set or read from the environment
 _native: dict[str, object] = {}  # "cpu" / "cuda" -> loaded module, or the ImportError text
@@ -74,7 +77,7 @@ def _load(kind: str) -> bool:
         try:
             _native[kind] = importlib.import_module("clipbert._C" if kind == "cpu" else "clipbert._cuda")
         except ImportError as err:
-            _native[kind] = f"{type(err).__name__}: {err}"
+            _native[kind] = f"{type(err).__name__}: {err}; {REBUILD_HINT}"
         else:
             if kind == "cuda":
                 _native[kind]._set_nll_kernel(NLL_KERNELS.index(get_nll_kernel()))
