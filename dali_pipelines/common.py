@@ -85,5 +85,12 @@ def collect_samples(started, device: torch.device) -> list[torch.Tensor]:
     return outs
 
 
+def drain_outputs(started) -> None:
+    """Wait for the started pipelines and drop their outputs: a job abandoned before its collect must not
+    leave them queued, or the pipelines' next collect would return them instead of its own."""
+    for pipe in started:
+        pipe.outputs()
+
+
 def read_bytes(path: str) -> np.ndarray:
     return np.fromfile(path, dtype=np.uint8)

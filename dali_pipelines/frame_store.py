@@ -11,7 +11,7 @@ import torch
 
 from clipbert.data.preprocess import Normalization, resized_hw
 
-from .common import build_pipeline, collect_outputs, start_pipelines
+from .common import build_pipeline, collect_outputs, drain_outputs, start_pipelines
 from .video import resize_normalize_pad
 
 
@@ -64,6 +64,10 @@ class DaliJpegDecoder:
             "resize_y": [np.float32(h) for h, _ in targets],
         }
         return {"started": start_pipelines(self.pipes, inputs), "shape": (b, n, t)}
+
+    def drain(self, job: dict) -> None:
+        """Wait for a job from `submit` and drop its output (a batch nobody will collect)."""
+        drain_outputs(job["started"])
 
     def collect(self, job: dict) -> torch.Tensor:
         b, n, t = job["shape"]

@@ -25,28 +25,60 @@ from .video import DaliVideoDecoder
 
 class _OverlappedLoader:
     """Iterates the torch DataLoader and keeps one batch decoding in DALI while the caller trains on the
-    previous one: finish(k), submit(k + 1), yield k."""
+    previous one: finish(k), submit(k + 1), yield k.
+
+    A caller that stops early (`break`, an exception, a closed iterator) leaves batch k + 1 scheduled in
+    DALI, whose pipelines hand out outputs first in, first out: the next iteration's first collect would
+    return that batch's frames, and every batch after it would be one behind. So the iteration drops its
+    pending job when it ends, and a new one first drops what an earlier iteration, paused and not closed
+    yet, left pending.
+    """
 
     loader = None
+    _pending: dict | None = None  # submitted to DALI and not handed to finish() yet
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        pending = None
-        for batch in self.loader:
-            done = self.finish(pending) if pending is not None else None
-            pending = self.submit(batch)
+        self._drop_pending()
+        mine = None
+        try:
+            for batch in self.loader:
+                done = self._finish_pending()
+                mine = self._pending = self.submit(batch)
+                if done is not None:
+                    yield done
+            done = self._finish_pending()
             if done is not None:
                 yield done
-        if pending is not None:
-            yield self.finish(pending)
+        finally:
+            if self._pending is mine:  # not a job of a newer iteration, when this one is closed late
+                self._drop_pending()
+
+    def _finish_pending(self) -> dict | None:
+        job, self._pending = self._pending, None
+        return self.finish(job) if job is not None else None
+
+    def _drop_pending(self) -> None:
+        job, self._pending = self._pending, None
+        if job is not None:
+            self.drop(job)
 
     def submit(self, batch: dict) -> dict:
         raise NotImplementedError
 
     def finish(self, job: dict) -> dict:
         raise NotImplementedError
+
+    def drop(self, job: dict) -> None:
+        """Wait for a submitted job's DALI outputs and throw them away."""
+        if job["dali"] is None:
+            return
+        try:
+            self.decoder.drain(job["dali"])
+        except RuntimeError:
+            self.decoder.rebuild()  # a failed run leaves the pipelines unusable, as in finish()
 
 
 class DaliLoader(_OverlappedLoader):
@@ -167,7 +199,8 @@ class DaliLoader(_OverlappedLoader):
                 bad.append(f"{job['paths'][i]}: DALI could not decode ({reason}); trying PyAV")
 
     def _correct_colours(self, job: dict, frames: torch.Tensor) -> None:
-        """DALI converted every row by BT.601: rows of BT.709-tagged videos get PyAV's colours (color.py)."""
+        """DALI converted every row by BT.601: rows of videos tagged with another matrix (BT.709, BT.2020 ...)
+        get PyAV's colours (color.py)."""
         bgr = self.norm.channel_order == "BGR"  # frames are in the model's order; the fix works in RGB
         mean = self.norm.mean[::-1] if bgr else self.norm.mean
         std = self.norm.std[::-1] if bgr else self.norm.std

@@ -11,7 +11,8 @@ so cuts of one stream format decode back to back like the runs inside one cut. C
 stream format (container, codec, coded size, pixel format, time base and the codec's extradata: its
 SPS/PPS for H.264), up to `max_rows` a pack, and muxed one after the other with timestamps shifted to keep
 increasing. The k-th cut's frame i is then frame i + (frames of the cuts before it) of the pack. Cuts that
-differ in format, or that do not remux, stay single.
+differ in format, or that do not remux, stay single. A cut that starts on an HEVC CRA picture opens a new
+pack: like a cut's later runs, a later cut must start on an IDR or BLA picture (trim.py says why).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import io
 
 import numpy as np
 
-from .trim import MUXERS, frame_step, mux_runs
+from .trim import MUXERS, frame_step, is_clean_start, mux_runs, nal_length_size
 
 
 @dataclasses.dataclass
@@ -49,6 +50,7 @@ def pack_cuts(cuts: list[np.ndarray], indices: list[np.ndarray], max_rows: int) 
     packs: list[Pack] = []
     with contextlib.ExitStack() as stack:
         groups: dict[tuple, list[tuple[int, object, list]]] = {}
+        heads: set[int] = set()  # rows whose cut can only open a pack
         for i, cut in enumerate(cuts):
             try:
                 src = stack.enter_context(av.open(io.BytesIO(cut.tobytes())))
@@ -58,11 +60,30 @@ def pack_cuts(cuts: list[np.ndarray], indices: list[np.ndarray], max_rows: int) 
                 packs.append(singles[i])  # the loader finds out about it when it decodes the row alone
                 continue
             groups.setdefault(_format_key(src, stream), []).append((i, stream, packets))
+            if packets and not _starts_clean(stream, packets[0]):
+                heads.add(i)
         for key, members in groups.items():
             muxer = MUXERS.get(key[0].split(",")[0], "matroska")
-            for lo in range(0, len(members), max_rows):
-                packs += _pack_group(members[lo : lo + max_rows], muxer, indices, singles)
+            for chunk in _chunks(members, max_rows, heads):
+                packs += _pack_group(chunk, muxer, indices, singles)
     return sorted(packs, key=lambda pack: pack.rows[0])
+
+
+def _starts_clean(stream, first_packet) -> bool:
+    """Whether a cut's first packet may follow another cut's pictures (not an HEVC CRA picture)."""
+    ctx = stream.codec_context
+    codec = ctx.codec.canonical_name
+    return is_clean_start(bytes(first_packet), codec, nal_length_size(codec, ctx.extradata))
+
+
+def _chunks(members: list[tuple[int, object, list]], max_rows: int, heads: set[int]) -> list[list]:
+    """The members in order, at most `max_rows` a chunk; a member whose row is in `heads` opens a chunk."""
+    chunks: list[list] = []
+    for member in members:
+        if not chunks or len(chunks[-1]) == max_rows or member[0] in heads:
+            chunks.append([])
+        chunks[-1].append(member)
+    return chunks
 
 
 def _format_key(container, stream) -> tuple:

@@ -21,6 +21,15 @@ packet's NAL units (the container's key flag also marks recovery-point I-frames,
 has no key frame for DALI's index). Open GOPs: pictures shown before their key frame but decoded after it
 (HEVC RASL) reference the previous GOP, so a wanted one starts its run a key frame earlier, and a run drops
 the leading pictures of the key frame it starts on, which decoders skip at a stream's start.
+
+Only the first run may start on an HEVC CRA picture (open GOP). A CRA after other pictures is decoded as the
+continuation of the stream, not as a new start: its picture order count follows on from the previous run's
+and the decoded pictures waiting for output are not flushed, so with runs far apart in the file the frames
+come out of the decoder in the wrong order (FFmpeg's HEVC decoder on an x265 open-GOP video, runs at frames
+0-3 and 192-200: frame 192 came out before frames 3 and 4). Later runs start on an IDR or BLA picture, which
+restarts the count, or continue the run before them: with x265's defaults (CRA key frames, one IDR at the
+start) a cut holds every packet from its first run's key frame to its last wanted frame. pack.py keeps a cut
+that starts on a CRA at the head of its pack for the same reason.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ def trim_video(path: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 shown_to_packet_ranks(packets, np.asarray(indices), path),
                 path,
                 disposable=lambda pos: is_disposable(bytes(packets[pos]), codec, length_size),
+                clean=[key and is_clean_start(bytes(p), codec, length_size) for key, p in zip(keys, packets)],
             )
             muxer = MUXERS.get(src.format.name.split(",")[0], "matroska")
             try:
@@ -104,11 +114,14 @@ def plan_runs(
     indices: np.ndarray,
     path: str = "<video>",
     disposable=lambda pos: False,
+    clean: list[bool] | None = None,
 ):
     """Which packets to keep: (runs, wanted_at).
 
     pts, keyframe: per packet in decode order. indices: wanted presentation ranks. disposable(pos): whether
     the packet at a decode position is referenced by no other, so that it is left out unless wanted.
+    clean: per packet, whether a key frame may also start a run after another (HEVC: an IDR or BLA picture,
+    not a CRA); None: every key frame may.
     runs: per run, the kept decode positions, ascending; runs ascend and do not overlap. wanted_at: for each
     entry of `indices` (flattened), the position of its packet in the concatenation of the runs.
     """
@@ -120,9 +133,13 @@ def plan_runs(
     flat = np.minimum(flat, n - 1)
     decode_pos = np.argsort(pts, kind="stable")  # presentation rank -> decode position
     keys = [pos for pos in range(n) if keyframe[pos]]
+    clean_keys = keys if clean is None else [pos for pos in keys if clean[pos]]
     wanted_pos = decode_pos[flat]
     wanted_set = set(wanted_pos.tolist())
-    spans = _merge_spans([(_run_start(pos, pts, keys), pos) for pos in wanted_set])
+    # The first run may start on any key frame; a later one needs a clean key frame, or else it continues
+    # the first (decoding on from the first run's start reaches every later frame).
+    first = min((_run_start(pos, pts, keys) for pos in wanted_set), default=0)
+    spans = _merge_spans([(max(_run_start(pos, pts, clean_keys), first), pos) for pos in wanted_set])
     # Pictures shown before the run's first key frame are its leading pictures: without the previous GOP they
     # do not decode, so they are left out unless wanted (a wanted one started its run a GOP earlier); so are
     # pictures nothing references, unless wanted: fewer to decode, and with B-frames fewer decoded out of
@@ -179,6 +196,15 @@ def is_random_access(data: bytes, codec: str, length_size: int = 4) -> bool:
     if codec == "hevc":
         return any(16 <= (header >> 1) & 0x3F <= 21 for header in _nal_headers(data, length_size))
     return True
+
+
+def is_clean_start(data: bytes, codec: str, length_size: int = 4) -> bool:
+    """Whether a random-access packet may also start a run that follows other pictures: for HEVC an IDR or
+    BLA picture (NAL types 16-20), not a CRA (21), which decoders take for a fresh start only at the stream's
+    beginning (module docstring); other codecs' key frames (H.264 IDR, VP9, MJPEG) always may."""
+    if codec == "hevc":
+        return any(16 <= (header >> 1) & 0x3F <= 20 for header in _nal_headers(data, length_size))
+    return is_random_access(data, codec, length_size)
 
 
 def is_disposable(data: bytes, codec: str, length_size: int = 4) -> bool:

@@ -24,7 +24,7 @@ import torch
 
 from clipbert.data.preprocess import Normalization, resized_hw
 
-from .common import build_pipeline, collect_samples, start_pipelines
+from .common import build_pipeline, collect_samples, drain_outputs, start_pipelines
 from .pack import Pack
 
 
@@ -158,6 +158,10 @@ class DaliVideoDecoder:
             "rows": [len(pack.rows) for pack in packs],
             "nt": (n, t),
         }
+
+    def drain(self, job: dict) -> None:
+        """Wait for a job from `submit` and drop its output (a batch nobody will collect)."""
+        drain_outputs(job["started"])
 
     def collect(self, job: dict) -> torch.Tensor:
         (n, t), orders = job["nt"], job["orders"]

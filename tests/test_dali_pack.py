@@ -5,6 +5,7 @@ import io
 import av
 import numpy as np
 import pytest
+from test_dali_trim import write_open_gop_hevc
 
 from clipbert.data.config import DataConfig
 from clipbert.data.painted import read_index, write_painted_video
@@ -13,8 +14,12 @@ from dali_pipelines.trim import trim_video
 
 
 def decode_all(data: np.ndarray) -> list[np.ndarray]:
+    """The frames in the decoder's output order, as DALI counts them: it must be presentation order."""
     with av.open(io.BytesIO(data.tobytes())) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+    pts = [p for p, _ in frames]
+    assert pts == sorted(pts), f"decoded out of presentation order: {pts}"
+    return [frame for _, frame in frames]
 
 
 def painted_cuts(tmp_path, codec, sizes, seed=0):
@@ -49,6 +54,18 @@ def test_packs_group_one_stream_format_and_keep_every_frame_exact(tmp_path, code
     assert all(p.indices.shape == (len(p.rows), 4, 2) and p.indices.dtype == np.int32 for p in packs)
     assert_exact(packs, wanted)
     assert sum(p.data.size for p in packs) < sum(c.size for c in cuts)  # one header a pack, not a row
+
+
+def test_hevc_cuts_that_start_on_a_cra_picture_open_their_pack(tmp_path):
+    # A CRA after another cut's pictures continued their picture order count: frames of the second cut came
+    # out of the decoder between the first cut's. A cut that starts on an IDR may follow; one on a CRA opens a
+    # pack.
+    path = write_open_gop_hevc(str(tmp_path / "open_hevc.mp4"), 48)
+    wanted = [np.array([[38, 40]]), np.array([[25, 26]]), np.array([[5, 6]])]
+    cuts = [trim_video(path, indices) for indices in wanted]  # their key frames: CRA 36, CRA 24, IDR 0
+    packs = pack_cuts([c for c, _ in cuts], [n for _, n in cuts], max_rows=3)
+    assert [p.rows for p in packs] == [[0], [1, 2]]  # one pack of all three came out as frames 36, 24, 38 ...
+    assert_exact(packs, wanted)
 
 
 def test_one_row_a_pack_sends_the_cuts_as_they_are(tmp_path):

@@ -13,6 +13,7 @@ from clipbert.data.decoders import VideoDecodeError
 from clipbert.data.painted import read_index, write_painted_video
 from dali_pipelines.trim import (
     EDGE_TOLERANCE_FRAMES,
+    is_clean_start,
     is_disposable,
     is_random_access,
     nal_length_size,
@@ -61,6 +62,20 @@ def test_open_gop_leading_pictures():
     assert runs == [list(range(12))] and at.tolist() == [7, 9, 11]
 
 
+def test_only_the_first_run_may_start_on_an_open_key_frame():
+    # key frames at 0 (IDR), 12 and 24 (CRA: open, no clean start after other pictures) and 36 (IDR)
+    pts, keys = list(range(48)), [i % 12 == 0 for i in range(48)]
+    clean = [i in (0, 36) for i in range(48)]
+    runs, at = plan_runs(pts, keys, np.array([15, 40]), clean=clean)  # CRA 12 opens the stream; IDR 36
+    assert spans(runs) == [(12, 15), (36, 40)] and at.tolist() == [3, 8]
+    runs, at = plan_runs(pts, keys, np.array([15, 30]), clean=clean)  # 30 continues the run from CRA 12
+    assert spans(runs) == [(12, 30)] and at.tolist() == [3, 18]
+    runs, _ = plan_runs(pts, keys, np.array([3, 30]), clean=clean)  # 30 from IDR 0, as part of the first run
+    assert spans(runs) == [(0, 30)]
+    runs, _ = plan_runs(pts, keys, np.array([3, 30]))  # every key frame clean: two runs
+    assert spans(runs) == [(0, 3), (24, 30)]
+
+
 def test_a_stream_without_a_leading_key_frame_decodes_from_its_first_packet():
     runs, _ = plan_runs(list(range(6)), [False, False, False, True, False, False], np.array([1, 4]))
     assert spans(runs) == [(0, 1), (3, 4)]
@@ -93,6 +108,26 @@ def test_runs_cover_each_wanted_frame_from_its_key_frame(keys, data):
         key = max([k for k in range(w + 1) if keys[k]], default=0)
         assert any(first <= key and w <= last for first, last in runs)  # decodable from its key frame
     assert all(keys[first] or first == 0 for first, _ in runs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_runs_after_the_first_start_on_clean_key_frames(data):
+    # open key frames (HEVC CRA) may start the first run only; every wanted frame stays decodable from a key
+    # frame: its own run's, or the first run's start when it lies in the first run
+    n = data.draw(st.integers(1, 40))
+    keys = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    clean = [k and c for k, c in zip(keys, data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))]
+    wanted = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=8)))
+    runs, at = plan_runs(list(range(n)), keys, wanted, clean=clean)
+    runs = spans(runs)
+    concat = [pos for first, last in runs for pos in range(first, last + 1)]
+    assert [concat[k] for k in at] == wanted.tolist()
+    assert keys[runs[0][0]] or runs[0][0] == 0
+    assert all(clean[first] or first == 0 for first, _ in runs[1:])
+    for w in wanted:
+        key = max([k for k in range(w + 1) if keys[k]], default=0)
+        assert any(first <= key and w <= last for first, last in runs)
 
 
 @settings(max_examples=60, deadline=None)
@@ -149,6 +184,24 @@ def test_nal_units_say_random_access_and_disposable():
     assert not is_disposable(avcc(trail), "hevc")
 
 
+def test_hevc_idr_and_bla_pictures_are_clean_starts_and_cra_pictures_are_not():
+    def hevc(nal_type):  # a two-byte NAL unit header: forbidden bit, type, layer 0, temporal id 1
+        return bytes([nal_type << 1, 1])
+
+    vps, sps, pps, prefix_sei = hevc(32), hevc(33), hevc(34), hevc(39)
+    for nal_type in (16, 17, 18, 19, 20):  # BLA_W_LP, BLA_W_RADL, BLA_N_LP, IDR_W_RADL, IDR_N_LP
+        packet = avcc(vps, sps, pps, prefix_sei, hevc(nal_type), hevc(nal_type))  # parameter sets, 2 slices
+        assert is_random_access(packet, "hevc") and is_clean_start(packet, "hevc")
+        assert is_clean_start(b"\0\0\0\1" + vps + b"\0\0\1" + hevc(nal_type), "hevc", length_size=0)
+    cra = avcc(vps, sps, pps, hevc(21))
+    assert is_random_access(cra, "hevc") and not is_clean_start(cra, "hevc")
+    for nal_type in (0, 1, 8, 9):  # TRAIL_N, TRAIL_R, RASL_N, RASL_R
+        assert not is_clean_start(avcc(hevc(nal_type)), "hevc")
+    idr, non_idr = bytes([0x65, 0x88]), bytes([0x41, 0x9A])
+    assert is_clean_start(avcc(idr), "h264") and not is_clean_start(avcc(non_idr), "h264")
+    assert is_clean_start(b"anything", "vp9")
+
+
 def test_nal_length_size_comes_from_the_codec_record():
     assert nal_length_size("h264", bytes([1, 0x4D, 0x40, 0x0D, 0xFF, 0xE1])) == 4
     assert nal_length_size("h264", bytes([1, 0x4D, 0x40, 0x0D, 0xFD, 0xE1])) == 2
@@ -159,10 +212,13 @@ def test_nal_length_size_comes_from_the_codec_record():
 
 
 def decode_all(data: np.ndarray) -> list[np.ndarray]:
-    """Every frame of an in-memory video, in presentation order."""
+    """Every frame of an in-memory video, in the order the decoder gives them out, as DALI counts them; that
+    must be presentation order."""
     with av.open(io.BytesIO(data.tobytes())) as container:
         frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
-    return [frame for _, frame in sorted(frames, key=lambda x: x[0])]
+    pts = [p for p, _ in frames]
+    assert pts == sorted(pts), f"decoded out of presentation order: {pts}"
+    return [frame for _, frame in frames]
 
 
 @pytest.mark.parametrize("codec", ["h264", "vp9", "mjpeg"])  # h264 with 2 B-frames
@@ -208,29 +264,53 @@ def test_open_gop_h264_cuts_start_on_idr_pictures_only(tmp_path):
         np.testing.assert_array_equal(got, indices)
 
 
-def test_open_gop_hevc_cut_keeps_a_wanted_cra_and_its_leading_pictures(tmp_path):
-    # x265's open GOPs: CRA pictures every 12 frames, each with leading RASL pictures shown before it
+def write_open_gop_hevc(path: str, num_frames: int) -> str:
+    """x265's open GOPs: an IDR picture at frame 0, then CRA pictures every 12 frames, each with leading RASL
+    pictures shown before it. Skips the test where PyAV's FFmpeg has no libx265."""
     if "libx265" not in av.codecs_available:
         pytest.skip("PyAV's FFmpeg has no libx265")
     from fractions import Fraction
 
     from clipbert.data.painted import paint_index
 
-    path = str(tmp_path / "open_hevc.mp4")
     with av.open(path, "w") as container:
         stream = container.add_stream("libx265", rate=Fraction(30))
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         x265 = "open-gop=1:keyint=12:min-keyint=12:scenecut=0:bframes=3:b-adapt=0:log-level=error"
         stream.options = {"crf": "18", "preset": "ultrafast", "x265-params": x265}
-        for i in range(36):
+        for i in range(num_frames):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(paint_index(i, 48, 64), format="rgb24")))
         container.mux(stream.encode())
+    return path
+
+
+def test_open_gop_hevc_cut_keeps_a_wanted_cra_and_its_leading_pictures(tmp_path):
+    path = write_open_gop_hevc(str(tmp_path / "open_hevc.mp4"), 36)
     # CRA 12 with its leading 9..11, CRA 24 with its leading 22: each cut was a KeyError when runs were
     # merged in decode order (the CRA first, its leading pictures then filtered out)
     for indices in ([[9, 12]], [[12, 10], [11, 25]], [[22, 24]], [[3, 33]]):
         data, new = trim_video(path, np.array(indices))
         frames = decode_all(data)
         assert [read_index(frames[i]) for i in new.ravel()] == np.ravel(indices).tolist()
+
+
+def test_open_gop_hevc_runs_after_the_first_start_on_idr_pictures(tmp_path):
+    # A run starting on a CRA after other pictures continued their picture order count: runs at frames 0-3
+    # and 192-200 of this video came out of FFmpeg's decoder as frames 0, 1, 2, 192, 3, 4, ... (frames far
+    # apart in the file: the count's low bits wrap every 256 pictures).
+    path = write_open_gop_hevc(str(tmp_path / "open_hevc.mp4"), 240)
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        size = nal_length_size("hevc", stream.codec_context.extradata)
+        flagged = [bytes(p) for p in container.demux(stream) if p.size and p.is_keyframe]
+    assert is_clean_start(flagged[0], "hevc", size)  # the IDR picture at frame 0
+    assert len(flagged) == 20 and not any(is_clean_start(p, "hevc", size) for p in flagged[1:])  # CRAs
+    for indices in ([[3, 200]], [[3, 150], [40, 201]], [[100, 235]], [[130, 131]]):
+        data, new = trim_video(path, np.array(indices))
+        frames = decode_all(data)  # in the decoder's output order
+        assert [read_index(frames[i]) for i in new.ravel()] == np.ravel(indices).tolist()
+    data, _ = trim_video(path, np.array([[130, 131]]))  # one run: it may start on the CRA at 120
+    assert len(decode_all(data)) <= 24
 
 
 def test_dali_cpu_decodes_the_trimmed_frames_exactly(tmp_path):

@@ -252,8 +252,9 @@ def test_frame_store_loader_keeps_an_all_dropped_batch_on_its_device():
     assert len(out["bad_videos"]) == 2 and out["video_ids"] == []
 
 
-def _write_bars(path: Path, bt709: bool) -> None:
-    """A 10-frame VP9 webm of saturated colour bars, converted and tagged as BT.709 or untagged (BT.601)."""
+def _write_bars(path: Path, tag: int | None) -> None:
+    """A 10-frame VP9 webm of saturated colour bars, converted by and tagged with FFmpeg's colour space `tag`
+    (1 BT.709, 7 SMPTE 240M, 9 BT.2020 non-constant luminance), or by BT.601 and untagged (None)."""
     from fractions import Fraction
 
     import av
@@ -265,30 +266,32 @@ def _write_bars(path: Path, bt709: bool) -> None:
         stream = out.add_stream("libvpx-vp9", rate=Fraction(10))
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.options = {"crf": "4", "b": "0", "deadline": "realtime", "cpu-used": "8"}
-        if bt709:
-            stream.codec_context.colorspace = stream.codec_context.color_primaries = 1
-            stream.codec_context.color_trc = 1
+        if tag is not None:
+            # the matrix is what the conversion reads; primaries and transfer stay BT.709's
+            stream.codec_context.colorspace = tag
+            stream.codec_context.color_primaries = stream.codec_context.color_trc = 1
         for _ in range(10):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             out.mux(
                 stream.encode(
-                    frame.reformat(format="yuv420p", dst_colorspace="ITU709" if bt709 else "ITU601")
+                    frame.reformat(format="yuv420p", dst_colorspace=tag if tag is not None else "ITU601")
                 )
             )
         out.mux(stream.encode())
 
 
-@pytest.mark.parametrize("norm_name", ["rgb", "bgr"])
-def test_dali_gives_pyavs_colours_for_bt709_tagged_videos(tmp_path, norm_name):
+@pytest.mark.parametrize("norm_name, tag", [("rgb", 1), ("bgr", 1), ("rgb", 7), ("rgb", 9)])
+def test_dali_gives_pyavs_colours_for_tagged_videos(tmp_path, norm_name, tag):
     # DALI converts YUV to RGB by BT.601 whatever the tag, PyAV by the tag: a BT.709 video's frames were
     # 12.6 grey levels apart on average (up to 76), so DALI-trained models saw other colours than PyAV's.
+    # VP9 carries BT.709, SMPTE 240M and BT.2020 tags (not FCC's: test_dali_color covers its matrix).
     import json
 
     videos, anns = tmp_path / "videos", tmp_path / "annotations"
     videos.mkdir()
     anns.mkdir()
-    _write_bars(videos / "tagged.webm", bt709=True)
-    _write_bars(videos / "plain.webm", bt709=False)
+    _write_bars(videos / "tagged.webm", tag)
+    _write_bars(videos / "plain.webm", None)
     with open(anns / "msrvtt_qa_val.jsonl", "w") as f:
         for name in ("tagged", "plain"):
             f.write(json.dumps({"question": "what", "answer": "x", "video_id": name}) + "\n")
@@ -370,6 +373,48 @@ def test_dali_loader_isolates_a_failed_batch_from_the_cut_videos(vp9_bench, monk
     for x, y in zip(dali, pyav, strict=True):
         diff = (x["frames"] - y["frames"]) * torch.tensor(IMAGENET_RGB.std).view(3, 1, 1)
         assert diff.abs().mean() < 2.0
+
+
+def _qa_set(root: Path, videos: dict[str, str]) -> None:
+    """An msrvtt_qa val split under `root`, one question per video id; videos: id -> written path."""
+    import json
+
+    (root / "annotations").mkdir()
+    with open(root / "annotations" / "msrvtt_qa_val.jsonl", "w") as f:
+        for name in videos:
+            f.write(json.dumps({"question": "what", "answer": "x", "video_id": name}) + "\n")
+    (root / "annotations" / "msrvtt_qa_ans2label.json").write_text('{"x": 0}')
+
+
+@pytest.mark.timeout(60)  # a pipeline left waiting would hang the next iteration: fail instead
+@pytest.mark.parametrize("trim", [False, True])
+def test_dali_loader_starts_clean_after_an_abandoned_iteration(tmp_path, trim):
+    # Breaking out of `for batch in loader` leaves the next batch scheduled in DALI; its frames came out as
+    # the next iteration's first batch, and every batch after it was one behind.
+    (tmp_path / "videos").mkdir()
+    lengths = {"a": 20, "b": 35, "c": 50, "d": 65}  # other lengths, other sampled frames
+    _qa_set(
+        tmp_path,
+        {n: write_painted_video(tmp_path / "videos" / n, k, codec="vp9") for n, k in lengths.items()},
+    )
+    cfg = cfg_for(tmp_path, backend="dali", dali_trim=trim)
+    dataset = build_dataset("msrvtt_qa", "val", cfg, build_tokenizer(), IMAGENET_RGB)
+    loader = build_loader(dataset, cfg, 1, False, rank=0, world_size=1, device="cpu")
+    expected = list(loader)
+    assert [b["video_ids"] for b in expected] == [["a"], ["b"], ["c"], ["d"]]
+    assert not torch.equal(expected[0]["frames"], expected[1]["frames"])  # a leftover would show
+    for _ in loader:
+        break
+    again = list(loader)
+    assert [b["video_ids"] for b in again] == [["a"], ["b"], ["c"], ["d"]]
+    assert all(torch.equal(x["frames"], y["frames"]) for x, y in zip(again, expected, strict=True))
+    paused = iter(loader)  # a paused iteration, closed only after a new one started
+    next(paused)
+    fresh = iter(loader)
+    assert torch.equal(next(fresh)["frames"], expected[0]["frames"])
+    paused.close()  # must leave the newer iteration's pending batch alone
+    rest = list(fresh)
+    assert all(torch.equal(x["frames"], y["frames"]) for x, y in zip(rest, expected[1:], strict=True))
 
 
 def test_dali_frame_store_reader_matches_cpu_reader(vp9_bench, tmp_path):

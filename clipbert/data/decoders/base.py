@@ -16,7 +16,8 @@ class VideoInfo:
     width: int = 0
     codec: str = ""  # codec name as FFmpeg spells it (h264, vp9, mjpeg, ...); "" = not a video file
     # the stream's YUV->RGB matrix tag as FFmpeg names it ("bt709", "bt470bg", ...); "" = untagged. PyAV
-    # converts by it; DALI always by BT.601, so its loader corrects BT.709 rows (dali_pipelines/color.py).
+    # converts by it; DALI always by BT.601, so its loader corrects the rows of other matrices (BT.709,
+    # BT.2020 ...: dali_pipelines/color.py).
     colorspace: str = ""
     # display rotation in degrees counterclockwise (0, 90, 180, 270): PyAV turns frames upright by it; DALI
     # ignores it, so such videos go to PyAV (dali_pipelines/routing.py)
