@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,23 @@ import pytest
 # PyAV is a hard dependency, but the GPU test machine runs `-m needs_cuda` without it: skip, not error.
 av = pytest.importorskip("av", reason="PyAV is not installed")
 
-from clipbert.data.synthetic import PALETTE, color_at, fully_visible, generate, object_by_id, positions  # noqa: E402
+from clipbert.data.synthetic import (  # noqa: E402
+    PALETTE,
+    VERSION,
+    color_at,
+    fully_visible,
+    generate,
+    not_ready_reason,
+    object_by_id,
+    positions,
+    split_sizes,
+)
+from clipbert.data.synthetic import video as video_module  # noqa: E402
 from clipbert.data.synthetic.__main__ import main as cli_main  # noqa: E402
 from clipbert.data.synthetic.encode import rgb_to_yuv420  # noqa: E402
 from clipbert.data.synthetic.render import render_frames  # noqa: E402
 from clipbert.data.synthetic.scene import SIZE_PRESETS, build_scene, sample_attributes  # noqa: E402
-from clipbert.data.synthetic.text import TEMPLATE_WORDS, full_caption  # noqa: E402
+from clipbert.data.synthetic.text import TEMPLATE_WORDS, event_phrase, full_caption, transition_item  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = REPO / "clipbert" / "assets" / "bert-base-uncased-vocab.txt"
@@ -167,6 +179,69 @@ def test_cli_writes_meta(tmp_path, capsys):
     }
 
 
+@pytest.mark.parametrize(
+    "argv, flag",
+    [(["--num-videos", "2"], "--num-videos"), (["--workers", "0"], "--workers"), (["--seed", "x"], "--seed")],
+)
+def test_cli_rejects_bad_flags_by_name(tmp_path, capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--out", str(tmp_path / "out"), "--size", "tiny", *argv])
+    assert exit_info.value.code == 2 and f"argument {flag}:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # rejected before anything is written
+
+
+def test_cli_rejects_an_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--out", str(tmp_path / "file"), "--size", "tiny", "--num-videos", "3"])
+    assert exit_info.value.code == 2 and "argument --out:" in capsys.readouterr().err
+
+
+def test_every_split_has_a_video():
+    for n in range(3, 400):
+        sizes = split_sizes(n)
+        assert sum(sizes.values()) == n and min(sizes.values()) >= 1, (n, sizes)
+    with pytest.raises(ValueError, match="num_videos=2"):
+        split_sizes(2)
+
+
+def test_a_finished_benchmark_is_ready_until_something_changes(tmp_path):
+    meta = generate(tmp_path, num_videos=3, seed=0, size="tiny", workers=1)
+    assert meta["version"] == VERSION
+    assert not_ready_reason(tmp_path, 3, 0, "h264", "tiny") is None
+    assert "want" in not_ready_reason(tmp_path, 4, 0, "h264", "tiny")
+    meta_path = tmp_path / "meta.json"
+    text = meta_path.read_text()
+    meta_path.write_text(text[: len(text) // 2])  # cut off
+    assert "cut off" in not_ready_reason(tmp_path, 3, 0, "h264", "tiny")
+    meta_path.write_text(json.dumps({**meta, "version": VERSION - 1}))
+    assert f"version {VERSION - 1}" in not_ready_reason(tmp_path, 3, 0, "h264", "tiny")
+    meta_path.write_text(text)
+    (tmp_path / "videos" / "video0001.mp4").unlink()
+    assert "videos/video0001.mp4" in not_ready_reason(tmp_path, 3, 0, "h264", "tiny")
+
+
+def test_a_cut_off_generation_leaves_no_ready_benchmark_nor_a_partial_video(tmp_path, monkeypatch):
+    generate(tmp_path, num_videos=3, seed=0, size="tiny", workers=1)
+    first = (tmp_path / "videos" / "video0000.mp4").read_bytes()
+    real_write = video_module.write_video
+
+    def cut_off(path, chunks, fps, codec):  # the encoder is killed halfway through the first video
+        real_write(path, chunks, fps, codec)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video_module, "write_video", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path, num_videos=3, seed=0, size="tiny", workers=1)
+    assert "missing" in not_ready_reason(tmp_path, 3, 0, "h264", "tiny")
+    assert (tmp_path / "videos" / "video0000.mp4").read_bytes() == first  # not the cut-off file
+    monkeypatch.undo()
+    generate(tmp_path, num_videos=3, seed=0, size="tiny", workers=1)
+    assert not_ready_reason(tmp_path, 3, 0, "h264", "tiny") is None
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == [f"video000{i}.mp4" for i in range(3)]
+
+
 # ---------------------------------------------------------------- annotations
 
 
@@ -297,9 +372,54 @@ def test_multiple_choice_items(bench):
             assert len(set(row["options"])) == 5
             assert row["options"][row["answer"]] == f"move {a['direction']} {a['speed']}"
         for row in read_jsonl(ann / f"tgif_transition_{split}.jsonl"):
-            events = gts[row["gif_name"]]["events"]
+            scene = gts[row["gif_name"]]
+            events = [e["type"] for e in scene["events"]]
             assert events and len(set(row["options"])) == 5
-            assert 0 <= row["answer"] < 5
+            # the event after the one the question names (or the only one); no option is named in it
+            assert row["options"][row["answer"]] == event_phrase(events[-1], scene["attributes"])
+            assert not any(option in row["question"] for option in row["options"])
+
+
+def _transition_items(seed: int, num_videos: int) -> list[tuple[str, list[str], int]]:
+    """tgif_transition items of `num_videos` scenes (no rendering: the items need only the events)."""
+    rng, task_rng = np.random.default_rng(seed), np.random.default_rng([seed, 3])
+    scenes = [build_scene(rng, f"v{i}", sample_attributes(rng), "tiny", "h264") for i in range(num_videos)]
+    return [item for item in (transition_item(sc, task_rng) for sc in scenes) if item is not None]
+
+
+def _form_and_type(question: str, option: str) -> tuple[str, str]:
+    """The event the question names ('moves' for none) and the option's: turns / enters / leaves."""
+    named = question.split()[-1] if question.endswith(("enters", "leaves")) else question.split()[-2]
+    return named, "turns" if " turns " in option else option.split()[-1]
+
+
+def _text_only_accuracy(fit: list, scored: list, key) -> float:
+    """Pick the option whose key was most often the answer among the options of `fit`; accuracy on
+    `scored`."""
+    right, seen = Counter(), Counter()
+    for question, options, answer in fit:
+        for k, option in enumerate(options):
+            seen[key(question, option)] += 1
+            right[key(question, option)] += k == answer
+    hits = 0
+    for question, options, answer in scored:
+        rates = [right[key(question, o)] / max(seen[key(question, o)], 1) for o in options]
+        hits += int(np.argmax(rates)) == answer
+    return hits / len(scored)
+
+
+def test_transition_options_do_not_give_the_answer_away():
+    """Text-only guesses, fitted on one set and scored on another, stay near the 20% of chance. With the
+    wrong options drawn from a fixed pool, guessing by how often an option string was the answer scored 42%,
+    by the event types of the question and of the option 46% (42% of the true options were a colour change,
+    13% of the wrong ones), and the first of two events, named in the question, was always a wrong option."""
+    fit, scored = _transition_items(0, 2000), _transition_items(1, 2000)
+    assert len(scored) > 1500
+    assert _text_only_accuracy(fit, scored, lambda q, o: o) < 0.25
+    assert _text_only_accuracy(fit, scored, _form_and_type) < 0.25
+    frequent = Counter(option for _, options, _ in fit for option in options)
+    hits = [int(np.argmax([frequent[o] for o in options])) == a for _, options, a in scored]
+    assert np.mean(hits) < 0.25
 
 
 def test_qa_answers_match_ground_truth(bench):

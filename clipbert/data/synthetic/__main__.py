@@ -5,26 +5,55 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from .encode import CODECS
 from .generate import DEFAULT_NUM_VIDEOS, generate
 from .scene import SIZE_PRESETS
 
 
-def main(argv: list[str] | None = None) -> dict:
+def at_least(low: int, why: str = ""):
+    """An argparse type: an int >= low; argparse names the flag in its error, so no traceback."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            because = f" ({why})" if why else ""
+            raise argparse.ArgumentTypeError(f"must be at least {low}{because}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m clipbert.data.synthetic", description=__doc__)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(
         "--num-videos",
-        type=int,
+        type=at_least(3, "one video for each of train, val and test"),
         default=None,
-        help=f"number of videos (default per size: {DEFAULT_NUM_VIDEOS})",
+        help=f"number of videos, at least 3 (default per size: {DEFAULT_NUM_VIDEOS})",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--codec", choices=sorted(CODECS), default="h264")
     parser.add_argument("--size", choices=sorted(SIZE_PRESETS), default="default")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: min(2, CPUs))")
+    parser.add_argument(
+        "--workers",
+        type=at_least(1),
+        default=None,
+        help="worker processes (default: min(2, CPUs))",
+    )
     args = parser.parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"argument --out: {args.out} is a file, not a directory")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     start = time.perf_counter()
     meta = generate(args.out, args.num_videos, args.seed, args.codec, args.size, args.workers, progress=True)
     elapsed = time.perf_counter() - start

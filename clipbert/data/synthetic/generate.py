@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -15,7 +16,10 @@ from .encode import CODECS
 from .scene import SIZE_PRESETS, sample_attributes
 from .video import dump_json, make_video
 
-VERSION = 1
+# Bumped whenever the same arguments give other files, so that a benchmark of another version is regenerated.
+# 2: tgif_transition's wrong options are answers drawn like the true one (were a fixed pool).
+VERSION = 2
+META = "meta.json"  # written last and removed first: its presence says a generation ran to its end
 DEFAULT_NUM_VIDEOS = {"tiny": 12, "default": 260}
 MAX_TEST, MAX_VAL = 50, 25  # 50 test videos: R@1 chance 2%, small enough to evaluate in seconds
 
@@ -44,6 +48,15 @@ def _sample_all_attributes(rng: np.random.Generator, num_videos: int) -> list[di
     return out
 
 
+def video_file(index: int, codec: str) -> str:
+    """Path of video `index` relative to the benchmark directory."""
+    return f"videos/{_video_id(index)}.{CODECS[codec]['ext']}"
+
+
+def _video_id(index: int) -> str:
+    return f"video{index:04d}"
+
+
 def _assign_splits(rng: np.random.Generator, num_videos: int) -> list[str]:
     sizes = split_sizes(num_videos)
     labels = ["train"] * sizes["train"] + ["val"] * sizes["val"] + ["test"] * sizes["test"]
@@ -62,33 +75,23 @@ def generate(
     """Write the synthetic benchmark to `out_dir` (layout in docs/ARCHITECTURE.md); return meta.json's dict.
 
     The output is a pure function of (num_videos, seed, codec, size): `workers` changes only the speed.
+    meta.json goes first and comes back last, so a cut-off generation leaves a directory that
+    `not_ready_reason` rejects.
     """
-    if codec not in CODECS:
-        raise ValueError(f"codec {codec!r} not one of {sorted(CODECS)}")
-    if size not in SIZE_PRESETS:
-        raise ValueError(f"size {size!r} not one of {sorted(SIZE_PRESETS)}")
-    num_videos = DEFAULT_NUM_VIDEOS[size] if num_videos is None else int(num_videos)
-    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
-    if workers < 1:
-        raise ValueError(f"workers={workers}: need at least 1")
+    num_videos, workers = _checked_args(num_videos, codec, size, workers)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir {out} is a file, not a directory")
     for sub in ("videos", "images", "ground_truth", "annotations"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    (out / META).unlink(missing_ok=True)  # until the new one is written, the directory is not a benchmark
 
     rng = np.random.default_rng(seed)
     attributes = _sample_all_attributes(rng, num_videos)
     splits = _assign_splits(rng, num_videos)
+    common = {"seed": seed, "size": size, "codec": codec, "out_dir": str(out)}
     jobs = [
-        {
-            "index": i,
-            "video_id": f"video{i:04d}",
-            "split": splits[i],
-            "attributes": attributes[i],
-            "seed": seed,
-            "size": size,
-            "codec": codec,
-            "out_dir": str(out),
-        }
+        {"index": i, "video_id": _video_id(i), "split": splits[i], "attributes": attributes[i], **common}
         for i in range(num_videos)
     ]
     results = _run_jobs(jobs, workers, progress)
@@ -108,8 +111,80 @@ def generate(
         "total_frames": sum(r["scene"]["num_frames"] for r in results),
         "total_seconds": round(sum(r["scene"]["duration"] for r in results), 3),
     }
-    dump_json(out / "meta.json", meta)
+    tmp = out / f"{META}.partial"
+    dump_json(tmp, meta)
+    os.replace(tmp, out / META)  # atomic: a cut-off write leaves no meta.json, never a truncated one
     return meta
+
+
+def _checked_args(num_videos: int | None, codec: str, size: str, workers: int | None) -> tuple[int, int]:
+    """(num_videos, workers) with the defaults filled in; checked before anything on disk changes."""
+    if codec not in CODECS:
+        raise ValueError(f"codec {codec!r} not one of {sorted(CODECS)}")
+    if size not in SIZE_PRESETS:
+        raise ValueError(f"size {size!r} not one of {sorted(SIZE_PRESETS)}")
+    num_videos = _num_videos(num_videos, size)
+    split_sizes(num_videos)  # raises for fewer than 3
+    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers={workers}: need at least 1")
+    return num_videos, workers
+
+
+def not_ready_reason(
+    out_dir: str | os.PathLike,
+    num_videos: int | None = None,
+    seed: int = 0,
+    codec: str = "h264",
+    size: str = "default",
+) -> str | None:
+    """Why `out_dir` holds no finished benchmark of these arguments and of this VERSION; None if it does.
+
+    meta.json says that a generation ran to its end; the files it implies are checked too, as they can be
+    deleted afterwards.
+    """
+    out = Path(out_dir)
+    meta, reason = _read_meta(out / META)
+    if meta is None:
+        return reason
+    if meta.get("version") != VERSION:
+        return f"{out / META} is of generator version {meta.get('version')}, this is version {VERSION}"
+    want = {"num_videos": _num_videos(num_videos, size), "seed": seed, "codec": codec, "size": size}
+    if meta.get("args") != want:
+        return f"{out / META} has args {meta.get('args')}, want {want}"
+    return _missing_files(out, meta)
+
+
+def _num_videos(num_videos: int | None, size: str) -> int:
+    return DEFAULT_NUM_VIDEOS[size] if num_videos is None else int(num_videos)
+
+
+def _read_meta(path: Path) -> tuple[dict | None, str | None]:
+    if not path.is_file():
+        return None, f"{path} is missing (never generated, or its generation was cut off)"
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return None, f"{path} is cut off or corrupt ({err})"
+    if not isinstance(meta, dict):
+        return None, f"{path} holds no JSON object"
+    return meta, None
+
+
+def _missing_files(out: Path, meta: dict) -> str | None:
+    """The videos of meta's args that are absent or empty, and the annotation files of its counts that are
+    absent (a task can have no item in a split of a small benchmark, so those may be empty)."""
+    args, counts = meta["args"], meta.get("counts", {})
+    videos = [video_file(i, args["codec"]) for i in range(args["num_videos"])]
+    missing = [f for f in videos if not (out / f).is_file() or (out / f).stat().st_size == 0]
+    for task, splits in counts.items():
+        if task in ("videos", "images"):  # counts of files, not annotation files
+            continue
+        files = [f"annotations/{task}_{split}.jsonl" for split in splits]
+        missing += [f for f in files if not (out / f).is_file()]
+    if missing:
+        return f"{len(missing)} of its video and annotation files are missing or empty, e.g. {missing[:3]}"
+    return None
 
 
 def _remove_stale(out: Path, results: list[dict]) -> None:

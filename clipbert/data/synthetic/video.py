@@ -7,6 +7,7 @@ the same for any number of workers.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +33,24 @@ def make_video(job: dict) -> dict:
     scene = build_scene(rng, job["video_id"], job["attributes"], job["size"], job["codec"])
     scene["file"] = f"videos/{job['video_id']}.{video_extension(job['codec'])}"
     scene["split"] = job["split"]
-    chunks = iter_video_yuv420(scene, full_range=pix_fmt(job["codec"]) == "yuvj420p")
-    written = write_video(out / scene["file"], chunks, scene["fps"], job["codec"])
-    if written != scene["num_frames"]:
-        raise RuntimeError(f"{scene['file']}: wrote {written} frames, scene declares {scene['num_frames']}")
+    _encode(scene, out / scene["file"], job["codec"])
     images = []
     if job["split"] in ("train", "val"):  # test videos never leak into pre-training
         images = _write_stills(scene, out, rng)
     dump_json(out / "ground_truth" / f"{job['video_id']}.json", scene, indent=None)
     return {"scene": scene, "images": images}
+
+
+def _encode(scene: dict, path: Path, codec: str) -> None:
+    """Encode under a temporary name, then rename: a cut-off generation never leaves a partial file under
+    a video's name. The temporary name keeps the extension, from which PyAV picks the container, and
+    matches generate's stale-file pattern, so the next generation removes a leftover."""
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    chunks = iter_video_yuv420(scene, full_range=pix_fmt(codec) == "yuvj420p")
+    written = write_video(partial, chunks, scene["fps"], codec)
+    if written != scene["num_frames"]:
+        raise RuntimeError(f"{scene['file']}: wrote {written} frames, scene declares {scene['num_frames']}")
+    os.replace(partial, path)
 
 
 def _still_frames(scene: dict, rng: np.random.Generator) -> list[int]:
