@@ -1,11 +1,14 @@
-"""Training curves (loss and evaluation metrics per step) as one PNG, from steps.jsonl and metrics.jsonl."""
+"""Training curves as one PNG, from steps.jsonl and metrics.jsonl: the loss (raw and smoothed, with its
+terms), the learning rates, the evaluation scores in percent and the ranks (lower is better), each on its own
+axes. One axes for all metrics drew rsum (~400) over R@1 (~20) and hid the curves under a legend."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-# counts, not metrics: on the metrics' axis they would flatten every curve
+# counts and sums, not scores: plotted next to the percentages they would flatten every curve
 SKIP_KEYS = {
     "step",
     "split",
@@ -16,13 +19,101 @@ SKIP_KEYS = {
     "num_answered",
     "bad_videos",
     "unscored_videos",
+    "rsum",
 }
+# a split's points keep their metric's colour; the split shows in the marker and line
+SPLIT_STYLE = {"val": dict(marker="o", ls="-"), "test": dict(marker="*", ls="--", ms=12)}
+OTHER_SPLIT_STYLE = dict(marker="s", ls=":")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Bias-corrected exponential moving average over about `window` points, so the trend shows through
+    per-step noise without the lag of a plain EMA at the start."""
+    beta = 1.0 - 1.0 / max(window, 1)
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = beta * avg + (1.0 - beta) * v
+        out.append(avg / (1.0 - beta**i) if beta > 0 else v)
+    return out
+
+
+def metric_kind(key: str) -> str | None:
+    """'rank' for median/mean ranks, 'percent' for scores, None for what is not plotted."""
+    if key in SKIP_KEYS:
+        return None
+    return "rank" if key.endswith(("medr", "meanr")) else "percent"
+
+
+def eval_series(evals: list[dict]) -> dict[str, dict[str, dict[str, tuple[list, list]]]]:
+    """{kind: {metric: {split: (steps, values)}}} from metrics.jsonl rows; eval.only records of an exported
+    model have no step and are left out, as are non-numeric values."""
+    series: dict = {}
+    for row in evals:
+        if row.get("step") is None:
+            continue
+        split = row.get("split", "")
+        for key, value in row.items():
+            kind = metric_kind(key)
+            if kind is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                continue
+            steps, values = series.setdefault(kind, {}).setdefault(key, {}).setdefault(split, ([], []))
+            steps.append(row["step"])
+            values.append(value)
+    return series
+
+
+def _plot_loss(ax, steps: list[dict]) -> None:
+    # a step whose micro batches were all bad has no loss
+    updated = [s for s in steps if s.get("loss") is not None]
+    xs = [s["step"] for s in updated]
+    window = max(1, len(xs) // 50)
+    ax.plot(xs, [s["loss"] for s in updated], lw=0.6, alpha=0.3, color="C0")
+    ax.plot(xs, smooth([s["loss"] for s in updated], window), lw=1.5, color="C0", label="loss")
+    terms = sorted({k for s in updated for k in s if k.endswith("_loss") and s[k] is not None})
+    for i, key in enumerate(terms, start=1):
+        rows = [s for s in updated if s.get(key) is not None]
+        ax.plot(
+            [s["step"] for s in rows], smooth([s[key] for s in rows], window), lw=1, color=f"C{i}", label=key
+        )
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=f"loss (smoothed over ~{window} steps)")
+    ax.legend(fontsize=7)
+
+
+def _plot_lr(ax, steps: list[dict], keys: list[str]) -> None:
+    for key in keys:
+        rows = [s for s in steps if s.get(key) is not None]
+        ax.plot([s["step"] for s in rows], [s[key] for s in rows], lw=1, label=key)
+    ax.set(xlabel="optimizer step", ylabel="learning rate", title="learning rate")
+    ax.legend(fontsize=7)
+
+
+def _plot_metrics(ax, by_metric: dict, title: str, ylabel: str) -> None:
+    for i, (key, by_split) in enumerate(sorted(by_metric.items())):
+        color = f"C{i % 10}" if len(by_metric) <= 10 else _tab20(i)
+        # the metric's name once, on its val curve where there is one; the splits' styles are in the title
+        labelled = "val" if "val" in by_split else min(by_split)
+        for split, (xs, ys) in sorted(by_split.items()):
+            style = SPLIT_STYLE.get(split, OTHER_SPLIT_STYLE)
+            label = key if split == labelled else None
+            ax.plot(xs, ys, color=color, label=label, **style)
+    splits = sorted({s for by_split in by_metric.values() for s in by_split})
+    names = ", ".join(f"{s} {'line' if s == 'val' else 'star' if s == 'test' else 'dotted'}" for s in splits)
+    ax.set(xlabel="optimizer step", ylabel=ylabel, title=f"{title} ({names})")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def _tab20(i: int):
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)
 
 
 def plot_curves(output_dir: str | Path) -> Path | None:
@@ -34,29 +125,26 @@ def plot_curves(output_dir: str | Path) -> Path | None:
 
     output_dir = Path(output_dir)
     steps = _read_jsonl(output_dir / "steps.jsonl")
-    evals = _read_jsonl(output_dir / "metrics.jsonl")
-    if not steps and not evals:
-        return None
-    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
+    series = eval_series(_read_jsonl(output_dir / "metrics.jsonl"))
+    lr_keys = sorted({k for s in steps for k in s if k == "lr" or k.endswith("_lr")})
+    panels = []
     if steps:
-        # a step whose micro batches were all bad has no loss
-        updated = [s for s in steps if s.get("loss") is not None]
-        ax_loss.plot([s["step"] for s in updated], [s["loss"] for s in updated], lw=1)
-    ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="loss")
-    for split in sorted({e.get("split", "") for e in evals}):
-        # eval.only records of an exported model have no step
-        rows = [e for e in evals if e.get("split", "") == split and e.get("step") is not None]
-        if not rows:
-            continue
-        for key in rows[0]:
-            if key in SKIP_KEYS or not isinstance(rows[0][key], (int, float)) or "meanr" in key:
-                continue
-            ax_eval.plot(
-                [r["step"] for r in rows], [r.get(key) for r in rows], marker="o", label=f"{split}/{key}"
-            )
-    ax_eval.set(xlabel="optimizer step", title="evaluation")
-    if evals:
-        ax_eval.legend(fontsize=7, ncol=2)
+        panels.append(lambda ax: _plot_loss(ax, steps))
+    if lr_keys:
+        panels.append(lambda ax: _plot_lr(ax, steps, lr_keys))
+    if "percent" in series:
+        panels.append(lambda ax: _plot_metrics(ax, series["percent"], "evaluation", "score (%)"))
+    if "rank" in series:
+        panels.append(lambda ax: _plot_metrics(ax, series["rank"], "ranks, lower is better", "rank"))
+    if not panels:
+        return None
+    ncols = min(len(panels), 2)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 4 * nrows), squeeze=False)
+    for draw, ax in zip(panels, axes.flat):
+        draw(ax)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     path = output_dir / "training_curves.png"
     fig.savefig(path, dpi=100)
