@@ -1,0 +1,160 @@
+"""`python -m clipbert.predict`: score your own videos with an exported model (see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from clipbert.predict import report
+from clipbert.predict.inputs import FileSource, expand_videos, iter_clips, read_texts
+from clipbert.predict.loading import (
+    PredictError,
+    check_supported,
+    find_model_dir,
+    find_run_config,
+    load_predictor,
+    read_run_settings,
+)
+from clipbert.predict.scoring import score_answers, score_options, score_retrieval
+
+EPILOG = """examples:
+  python -m clipbert.predict --model outputs/demo/retrieval/model --video clips/ \\
+      --text "a red circle moves left" --text "a blue square grows" --json scores.json
+  python -m clipbert.predict --model outputs/msrvtt_qa/model --video a.mp4 --question "what is moving?"
+  python -m clipbert.predict --model outputs/tgif_action/model --video a.gif \\
+      --question "what does the circle do?" --option "jumps" --option "spins" --option "waves"
+
+The run's config.json (next to model/) gives the task, Ntest, the clip sampling and the aggregation.
+exit codes: 0 done, 1 no usable video, 2 bad arguments, model dir, run config or task."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m clipbert.predict",
+        description="Score your own videos with an exported ClipBERT model (retrieval, QA, multiple choice).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--model", required=True, help="an exported model dir (<output_dir>/model) or a run's output dir")
+    add("--config", help="the run's config.json (default: in the model dir, else the one above it)")
+    add("--ann-dir", help="the run's annotations, where its data.ann_dir is not (QA answers, word score)")
+    add("--video", action="append", required=True, metavar="PATH", help="a file, directory or quoted glob")
+    add("--text", action="append", default=[], help="retrieval: a text scored against every video")
+    add("--texts-file", metavar="FILE", help="retrieval: texts, one per line")
+    add("--question", action="append", default=[], help="QA: a question; multiple choice: the question")
+    add("--option", action="append", default=[], help="multiple choice: an answer option")
+    add("--top-k", type=_positive_int, default=5, help="QA: answers shown per question (default 5)")
+    add(
+        "--word-score-weight",
+        type=_non_negative_float,
+        help="retrieval: replaces the run's eval.word_score_weight (0: the matching head alone)",
+    )
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
+    add("--json", metavar="OUT", help="write every result, the score table included, as JSON to OUT")
+    return parser
+
+
+def _flags_for(parser, args, run) -> list[str]:
+    """Check the flags against the model's task kind; returns its texts (retrieval) or questions (QA)."""
+    name = f"{run.task.name} ({run.kind})"
+    allowed = {
+        "retrieval": ("text", "texts_file"),
+        "qa": ("question",),
+        "mc": ("question", "option"),
+        "mc_itm": ("option",),
+    }[run.kind]
+    for flag in ("text", "texts_file", "question", "option"):
+        if getattr(args, flag) and flag not in allowed:
+            parser.error(f"--{flag.replace('_', '-')} is not used by a {name} model")
+    if run.kind == "retrieval":
+        try:
+            texts = read_texts(args.text, args.texts_file)
+        except OSError as err:
+            parser.error(f"--texts-file {args.texts_file}: {err.strerror or err}")
+        if not texts:
+            parser.error(f"a {name} model scores texts: give --text or --texts-file (with a text)")
+        return texts
+    if run.kind == "qa" and not args.question:
+        parser.error(f"a {name} model answers questions: give --question")
+    if run.kind == "mc" and len(args.question) != 1:
+        parser.error(f"--question: a {name} model takes one question, got {len(args.question)}")
+    if run.kind in ("mc", "mc_itm") and len(args.option) < 2:
+        parser.error(f"--option: a {name} model chooses among options, give at least 2")
+    return args.question
+
+
+def _device(parser, choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible (--device cpu runs here)")
+    return torch.device(
+        "cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+
+
+def _predict(predictor, args, texts: list[str]) -> tuple[dict, list[str]]:
+    """(the JSON results, the stdout lines) of every readable video."""
+    paths, skipped = expand_videos(args.video)
+    clips = iter_clips(FileSource(predictor.run.data, predictor.norm), paths, predictor.device, skipped)
+    kind = predictor.run.kind
+    if kind == "retrieval":
+        out = report.retrieval_json(predictor, score_retrieval(predictor, clips, texts), texts, skipped)
+        body = report.format_retrieval(out)
+    elif kind == "qa":
+        result = score_answers(predictor, clips, texts)
+        out = report.answers_json(predictor, result, texts, args.top_k, skipped)
+        body = report.format_answers(out)
+    else:
+        question = args.question[0] if args.question else None
+        result = score_options(predictor, clips, question, args.option)
+        out = report.options_json(predictor, result, question, args.option, skipped)
+        body = report.format_options(out)
+    return out, report.format_header(out) + body + report.format_skipped(out)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clipbert.train.engine import setup_environment
+
+    setup_environment()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        model_dir = find_model_dir(args.model)
+        run = read_run_settings(find_run_config(model_dir, args.config), args.ann_dir)
+        check_supported(run)
+        texts = _flags_for(parser, args, run)
+        predictor = load_predictor(run, model_dir, _device(parser, args.device), args.word_score_weight)
+    except PredictError as err:
+        return _fail(str(err), 2)
+    out, lines = _predict(predictor, args, texts)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    if not out["videos"]:
+        listed = "; ".join(f"{s['video']}: {s['reason']}" for s in out["skipped"])
+        return _fail(f"no usable video among {len(out['skipped'])} input(s): {listed}", 1)
+    print("\n".join(lines), flush=True)
+    return 0

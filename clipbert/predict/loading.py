@@ -1,0 +1,225 @@
+"""An exported model directory, made ready to predict: the model, its run settings, tokenizer, vocabularies.
+
+An export (`<output_dir>/model`, `ClipBert.save_pretrained`) holds the model config and the weights only.
+What the model was trained for (the task, Ntest and the clip sampling, the aggregation, the word score) is in
+the run's resolved `config.json`, one level up. The answer vocabulary (open-ended QA) and the visual-word
+vocabulary (retrieval with `eval.word_score_weight`) are read from the run's annotation files, as the
+trainer's evaluation reads them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from clipbert.train import config as C
+
+RUN_CONFIG = "config.json"  # the resolved config a training run writes next to its model/
+SUPPORTED_KINDS = ("retrieval", "qa", "mc", "mc_itm")  # pretrain and vqa score images, not videos
+SUPPORTED_TASKS = tuple(t for t, kind in C.TASK_KINDS.items() if kind in SUPPORTED_KINDS)
+
+
+class PredictError(Exception):
+    """A bad model dir, run config or vocabulary file: exit status 2; the message names the file or key."""
+
+
+@dataclass
+class RunSettings:
+    """The parts of a run's config that decide how it scores (the model section is the export's own)."""
+
+    path: Path  # the config file they come from
+    task: C.TaskConfig
+    data: object  # clipbert.data.config.DataConfig: Ntest, T, L, clip_seconds, test_sampling, ann_dir
+    eval: C.EvalConfig
+    visual_word_loss: float  # > 0: the model has the visual-word head and eval adds its word score
+
+    @property
+    def kind(self) -> str:
+        return self.task.kind
+
+
+@dataclass
+class Predictor:
+    model: torch.nn.Module  # a ClipBert in eval mode on `device`
+    model_dir: Path
+    run: RunSettings
+    tokenizer: object
+    norm: object  # clipbert.data.preprocess.Normalization of the model
+    device: torch.device
+    answers: list[str] | None = None  # label -> answer, for open-ended QA
+    words: object | None = None  # tasks.VisualWords of the training set, when the word score is used
+    word_score_weight: float = 0.0
+
+    @property
+    def max_text_len(self) -> int:
+        return self.run.data.max_text_len[self.run.task.name]
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """The export dir itself, or `<output_dir>/model` when given a run's output dir; PredictError naming
+    the missing file otherwise."""
+    from clipbert.models.clipbert import CONFIG_NAME, WEIGHTS_NAME
+
+    path = Path(path)
+    if not path.is_dir():
+        raise PredictError(f"--model {path}: no such directory")
+    if not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
+        path = path / "model"
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (path / name).is_file():
+            raise PredictError(
+                f"{path / name} not found: an exported model dir holds {CONFIG_NAME} and {WEIGHTS_NAME} "
+                "(a training run writes it to <output_dir>/model)"
+            )
+    return path
+
+
+def find_run_config(model_dir: Path, given: str | None) -> Path:
+    """--config, else a config.json in the model dir, else the run's config.json one level up."""
+    if given:
+        if not Path(given).is_file():
+            raise PredictError(f"--config {given}: no such file")
+        return Path(given)
+    candidates = (model_dir / RUN_CONFIG, model_dir.parent / RUN_CONFIG)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise PredictError(
+        f"no run config for {model_dir}: neither {candidates[0]} nor {candidates[1]} exists. The run's "
+        "config.json says the task, Ntest and the aggregation: pass it with --config"
+    )
+
+
+def read_run_settings(path: Path, ann_dir: str | None) -> RunSettings:
+    """The task, data, eval and visual-word settings of a run's config.json (or of a shipped config).
+
+    Why not config.load: it also resolves the model section (init weights that need not exist here) and
+    parses the deepspeed section through DeepSpeed, none of which prediction uses."""
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise C.ConfigError("expected a JSON object with task, data and eval sections")
+        task = C._build_section("task", C.TaskConfig, raw.get("task", {}))
+        data = C._build_data(raw.get("data", {}))
+        evaluation = C._build_section("eval", C.EvalConfig, {**raw.get("eval", {}), "only": False})
+        train = C._build_section("train", C.TrainConfig, raw.get("train", {}))
+    except (ValueError, TypeError, C.ConfigError) as err:  # JSONDecodeError is a ValueError
+        raise PredictError(f"run config {path}: {err}") from err
+    data.ann_dir = ann_dir or _resolve_relative(data.ann_dir, path, train.output_dir)
+    return RunSettings(path, task, data, evaluation, train.visual_word_loss)
+
+
+def _resolve_relative(ann_dir: str, config_path: Path, output_dir: str) -> str:
+    """A relative data.ann_dir, as the run saw it. Why: the run resolved it against its working directory,
+    which is the config's folder less the (relative) train.output_dir it was written to."""
+    if not ann_dir or Path(ann_dir).is_absolute() or Path(ann_dir).is_dir():
+        return ann_dir
+    folder, out = config_path.resolve().parent, Path(output_dir)
+    if not out.is_absolute() and folder.parts[-len(out.parts) :] == out.parts:
+        root = Path(*folder.parts[: -len(out.parts)])
+        if (root / ann_dir).is_dir():
+            return str(root / ann_dir)
+    return ann_dir
+
+
+def check_supported(run: RunSettings) -> None:
+    if run.kind not in SUPPORTED_KINDS:
+        raise PredictError(
+            f"task {run.task.name} ({run.kind}) is not supported by predict; supported tasks: "
+            f"{', '.join(SUPPORTED_TASKS)}"
+        )
+
+
+def _check_model_fits(model_cfg, run: RunSettings) -> None:
+    """The export and the run config must describe the same model (a --config of another run would
+    sample other frames or read another head)."""
+    expected = {
+        "head": C.HEAD_OF_KIND[run.kind],
+        "image_size": run.data.image_size,
+        "frames_per_clip": run.data.frames_per_clip,
+        "max_text_len": run.data.max_text_len[run.task.name],
+    }
+    wrong = [
+        f"{key}: model {getattr(model_cfg, key)!r}, config {value!r}"
+        for key, value in expected.items()
+        if getattr(model_cfg, key) != value
+    ]
+    if wrong:
+        raise PredictError(
+            f"the model and the run config {run.path} (task {run.task.name}) disagree: {'; '.join(wrong)}"
+        )
+
+
+def _answers(run: RunSettings, num_answers: int) -> list[str]:
+    """label -> answer from the task's ans2label file, which sized the model's QA head."""
+    from clipbert.data.annotations import read_json
+
+    path = Path(run.data.ann_dir) / f"{run.task.name}_ans2label.json"
+    try:
+        ans2label = read_json(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise PredictError(f"answer vocabulary: {err} (give the run's annotations with --ann-dir)") from err
+    if len(ans2label) != num_answers or sorted(ans2label.values()) != list(range(num_answers)):
+        raise PredictError(
+            f"answer vocabulary {path}: {len(ans2label)} answers labelled "
+            f"{min(ans2label.values(), default=None)}..{max(ans2label.values(), default=None)}, but the "
+            f"model's head has {num_answers}"
+        )
+    return [answer for answer, _ in sorted(ans2label.items(), key=lambda item: item[1])]
+
+
+def _training_words(run: RunSettings, tokenizer, device):
+    """The training set's visual-word vocabulary, built as the trainer builds it
+    (RetrievalTrainDataset.enable_visual_words, through TaskData.visual_words) from the texts alone, so the
+    training videos need not be here."""
+    from clipbert.data.annotations import read_jsonl
+    from clipbert.data.datasets import REQUIRED_KEYS, group_texts
+    from clipbert.data.text import tokenize
+    from clipbert.data.visual_words import build_word_vocab
+    from clipbert.train.tasks import VisualWords
+
+    task = run.task.name
+    path = Path(run.data.ann_dir) / f"{task}_train.jsonl"
+    try:
+        examples = read_jsonl(path, tuple(REQUIRED_KEYS[task]), REQUIRED_KEYS[task])
+    except (FileNotFoundError, ValueError) as err:
+        raise PredictError(
+            f"the word score (eval.word_score_weight={run.eval.word_score_weight}) needs the training "
+            f"captions: {err}. Give the run's annotations with --ann-dir, or --word-score-weight 0 for the "
+            "matching head alone"
+        ) from err
+    max_len = run.data.max_text_len[task]
+    texts = [tokenize(tokenizer, video_texts, max_len) for _, video_texts in group_texts(task, examples)]
+    vocab = build_word_vocab(texts, tokenizer.all_special_ids)
+    return VisualWords.from_vocab(vocab, run.visual_word_loss, device)
+
+
+def load_predictor(run: RunSettings, model_dir: Path, device: torch.device, word_weight: float | None):
+    """The model of `model_dir` on `device` with what scoring it needs; word_weight overrides the run's
+    eval.word_score_weight (None keeps it)."""
+    from safetensors import SafetensorError
+
+    from clipbert.data.preprocess import normalization_for
+    from clipbert.data.tokenizer import build_tokenizer
+    from clipbert.models import ClipBert
+
+    try:
+        model = ClipBert.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as err:  # a cut file, key mismatch
+        raise PredictError(f"model {model_dir}: {type(err).__name__}: {err}") from err
+    _check_model_fits(model.config, run)
+    model.to(device).eval()
+    tokenizer = build_tokenizer()  # the trainer's (TaskData): the bundled uncased vocabulary
+    predictor = Predictor(model, model_dir, run, tokenizer, normalization_for(model.config), device)
+    if run.kind == "qa":
+        predictor.answers = _answers(run, model.config.num_answers)
+    weight = run.eval.word_score_weight if word_weight is None else word_weight
+    # as evaluate_retrieval: the word score needs the word loss's vocabulary, the head and a weight
+    uses_words = run.kind == "retrieval" and run.visual_word_loss > 0 and weight > 0
+    if uses_words and getattr(model, "visual_words", None) is not None:
+        predictor.words = _training_words(run, tokenizer, device)
+        predictor.word_score_weight = float(weight)
+    return predictor

@@ -1,0 +1,176 @@
+"""The results as one JSON-ready dict (--json) and as readable tables (stdout)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+def _number(x: float) -> float | None:
+    """JSON has no NaN or Infinity: a diverged model's scores are written as null."""
+    return x if math.isfinite(x) else None
+
+
+def _matrix(t: torch.Tensor | None) -> list[list[float | None]] | None:
+    return None if t is None else [[_number(x) for x in row] for row in t.tolist()]
+
+
+def header(predictor, skipped) -> dict:
+    run = predictor.run
+    data = run.data
+    return {
+        "model": str(predictor.model_dir),
+        "run_config": str(run.path),
+        "task": run.task.name,
+        "kind": run.kind,
+        "device": str(predictor.device),
+        "settings": {
+            "num_test_clips": data.num_test_clips,
+            "frames_per_clip": data.frames_per_clip,
+            "clip_seconds": data.clip_seconds,
+            "sampling": data.test_sampling,
+            "image_size": data.image_size,
+            "aggregation": run.task.aggregation,
+        },
+        "skipped": [{"video": s.video, "reason": s.reason} for s in skipped],
+    }
+
+
+def retrieval_json(predictor, result, texts: list[str], skipped) -> dict:
+    out = header(predictor, skipped)
+    out["settings"]["word_score_weight"] = predictor.word_score_weight if result.word is not None else 0.0
+    score = result.score  # [V, Q]
+    out.update(
+        videos=result.videos,
+        texts=texts,
+        scores=_matrix(score),  # the table: videos x texts, higher = better match
+        match_log_prob=_matrix(result.match),
+        word_score=_matrix(result.word),
+        best_video_per_text=[],
+        best_text_per_video=[],
+    )
+    if score.numel():
+        for q, v in enumerate(score.argmax(0).tolist()):
+            best = {"text": texts[q], "video": result.videos[v], "score": _number(score[v, q].item())}
+            out["best_video_per_text"].append(best)
+        for v, q in enumerate(score.argmax(1).tolist()):
+            best = {"video": result.videos[v], "text": texts[q], "score": _number(score[v, q].item())}
+            out["best_text_per_video"].append(best)
+    return out
+
+
+def answers_json(predictor, result, questions: list[str], top_k: int, skipped) -> dict:
+    out = header(predictor, skipped)
+    out.update(videos=result.videos, questions=questions, results=[])
+    k = min(top_k, len(predictor.answers))
+    for video, log_probs in zip(result.videos, result.log_probs):
+        for q, question in enumerate(questions):
+            top = log_probs[q].exp().topk(k)  # probabilities of the clip-aggregated prediction
+            answers = [
+                {"answer": predictor.answers[i], "prob": _number(p)}
+                for p, i in zip(top.values.tolist(), top.indices.tolist())
+            ]
+            out["results"].append({"video": video, "question": question, "top_answers": answers})
+    return out
+
+
+def options_json(predictor, result, question: str | None, options: list[str], skipped) -> dict:
+    out = header(predictor, skipped)
+    # mc: log p(option), a distribution over the options; mc_itm: each option's own log p(match)
+    measure = "log_prob" if predictor.run.kind == "mc" else "match_log_prob"
+    out.update(videos=result.videos, question=question, options=options, score=measure, results=[])
+    for video, log_p in zip(result.videos, result.log_probs):
+        scores = log_p[0]  # [O]
+        chosen = int(scores.argmax())
+        out["results"].append(
+            {
+                "video": video,
+                "scores": [_number(x) for x in scores.tolist()],
+                "probs": [_number(x) for x in scores.exp().tolist()],
+                "chosen": chosen,
+                "chosen_option": options[chosen],
+            }
+        )
+    return out
+
+
+def _names(videos: list[str]) -> dict[str, str]:
+    """Short display names: the file names where they are unique, else the paths."""
+    names = [Path(v).name for v in videos]
+    return dict(zip(videos, names if len(set(names)) == len(names) else videos))
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_header(out: dict) -> list[str]:
+    s = out["settings"]
+    return [
+        f"{out['task']} ({out['kind']}) model {out['model']}",
+        f"{s['num_test_clips']} clips x {s['frames_per_clip']} frame(s) per video, {s['sampling']} sampling, "
+        f"L={s['image_size']}, {s['aggregation']} aggregation, {out['device']}",
+    ]
+
+
+def format_retrieval(out: dict) -> list[str]:
+    weight = out["settings"]["word_score_weight"]
+    words = f" + {weight:g} x word log-likelihood ratio" if out["word_score"] is not None else ""
+    lines = [f"score = log p(match){words} (higher = better match)", "", "texts:"]
+    lines += [f"  t{q + 1}  {_clip(t)}" for q, t in enumerate(out["texts"])]
+    names = _names(out["videos"])
+    width = max([len(n) for n in names.values()] + [5])
+    lines += ["", f"{'video':<{width}}" + "".join(f"{f't{q + 1}':>10}" for q in range(len(out["texts"])))]
+    for video, row in zip(out["videos"], out["scores"]):
+        lines.append(f"{names[video]:<{width}}" + "".join(_cell(x) for x in row))
+    lines += ["", "best video per text:"]
+    lines += [
+        f"  t{q + 1}  {names[b['video']]}  ({_cell(b['score']).strip()})"
+        for q, b in enumerate(out["best_video_per_text"])
+    ]
+    lines += ["best text per video:"]
+    texts = {t: q for q, t in reversed(list(enumerate(out["texts"])))}
+    lines += [
+        f"  {names[b['video']]:<{width}}  t{texts[b['text']] + 1}  ({_cell(b['score']).strip()})"
+        for b in out["best_text_per_video"]
+    ]
+    return lines
+
+
+def _cell(x: float | None, digits: int = 3) -> str:
+    return f"{'nan':>10}" if x is None else f"{x:>10.{digits}f}"
+
+
+def format_answers(out: dict) -> list[str]:
+    names, lines = _names(out["videos"]), []
+    for r in out["results"]:
+        lines += ["", f"{names[r['video']]}  Q: {r['question']}"]
+        width = max(len(a["answer"]) for a in r["top_answers"])
+        lines += [
+            f"  {i}. {a['answer']:<{width}}  p={_cell(a['prob']).strip()}"
+            for i, a in enumerate(r["top_answers"], start=1)
+        ]
+    return lines
+
+
+def format_options(out: dict) -> list[str]:
+    names = _names(out["videos"])
+    label = "p" if out["score"] == "log_prob" else "p(match)"
+    lines = [] if out["question"] is None else ["", f"Q: {out['question']}"]
+    width = max(len(_clip(text)) for text in out["options"])
+    for r in out["results"]:
+        lines += ["", names[r["video"]]]
+        for o, (text, score, p) in enumerate(zip(out["options"], r["scores"], r["probs"])):
+            mark = "*" if o == r["chosen"] else " "
+            numbers = f"log {label}={_cell(score, 4).strip()}  {label}={_cell(p).strip()}"
+            lines.append(f"  {mark} {o + 1}. {_clip(text):<{width}}  {numbers}")
+    return lines
+
+
+def format_skipped(out: dict) -> list[str]:
+    if not out["skipped"]:
+        return []
+    lines = ["", f"skipped {len(out['skipped'])} input(s), scored {len(out['videos'])} video(s):"]
+    return lines + [f"  {s['video']}: {s['reason']}" for s in out["skipped"]]

@@ -1,0 +1,96 @@
+"""Scoring the user's videos with the trainer's own functions.
+
+Retrieval: evaluate.retrieval_scores (log p(match) of the clip-aggregated matching head) plus, when the run
+scored with it, eval.word_score_weight x evaluate.word_log_likelihood, exactly the matrix evaluate_retrieval
+ranks. QA and multiple choice: the model's clip scores aggregated as tasks.predict aggregates them, kept as
+log-probabilities instead of only their argmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from clipbert.train.evaluate import retrieval_scores, word_log_likelihood
+from clipbert.train.tasks import clip_aggregate, match_log_prob
+
+Clips = Iterable[tuple[str, torch.Tensor]]  # (path, frames [1, N, T, 3, L, L])
+
+
+def encode_texts(predictor, texts: list[str], pairs: list[str] | None = None):
+    """(ids, mask) int64 [Q, Lt] on the device, tokenized and padded as the evaluation datasets do."""
+    from clipbert.data.collate import pad_token_lists
+    from clipbert.data.text import tokenize
+
+    rows = tokenize(predictor.tokenizer, texts, predictor.max_text_len, pairs=pairs)
+    ids, mask = pad_token_lists(rows, predictor.tokenizer.pad_token_id)
+    return ids.to(predictor.device), mask.to(predictor.device)
+
+
+@dataclass
+class RetrievalScores:
+    videos: list[str]
+    score: torch.Tensor  # float32 [V, Q]: what evaluation ranks (match + weight x word)
+    match: torch.Tensor  # float32 [V, Q]: log p(match), the matching head alone
+    word: torch.Tensor | None  # float32 [V, Q]: the word log-likelihood ratio, when used
+
+
+@torch.no_grad()
+def score_retrieval(predictor, clips: Clips, texts: list[str]) -> RetrievalScores:
+    ids, mask = encode_texts(predictor, texts)
+    model, run = predictor.model, predictor.run
+    videos, match, word = [], [], []
+    for path, frames in clips:
+        tokens = model.encode_visual(frames).tokens  # [1, N, Lv, H]
+        # one video at a time: its visual tokens are dropped once scored, so memory does not grow with V
+        match.append(
+            retrieval_scores(model, tokens, ids, mask, run.task.aggregation, 1, run.eval.text_batch)[:, 0]
+        )
+        if predictor.words is not None:
+            word.append(word_log_likelihood(model, tokens, ids, predictor.words)[:, 0])  # [Q]
+        videos.append(path)
+    empty = torch.empty(0, len(texts))
+    match_vq = torch.stack(match) if match else empty  # [V, Q]
+    word_vq = (torch.stack(word) if word else empty) if predictor.words is not None else None
+    score = match_vq if word_vq is None else match_vq + predictor.word_score_weight * word_vq
+    return RetrievalScores(videos, score, match_vq, word_vq)
+
+
+@dataclass
+class ClassScores:
+    videos: list[str]
+    log_probs: list[torch.Tensor]  # per video, float32 [Q, K]: QA [questions, answers]; MC [1, options]
+
+
+@torch.no_grad()
+def score_answers(predictor, clips: Clips, questions: list[str]) -> ClassScores:
+    """Open-ended QA: log p(answer) [Q, K] per video, the clip scores aggregated as in tasks.predict."""
+    ids, mask = encode_texts(predictor, questions)
+    out = ClassScores([], [])
+    for path, frames in clips:
+        scores = predictor.model(frames, ids[None], mask[None])  # [1, Q, N, K]
+        out.videos.append(path)
+        out.log_probs.append(clip_aggregate(scores[0], predictor.run.task.aggregation).cpu())  # [Q, K]
+    return out
+
+
+@torch.no_grad()
+def score_options(predictor, clips: Clips, question: str | None, options: list[str]) -> ClassScores:
+    """Multiple choice, [1, O] per video. mc (TGIF): log p(option) of the clip-aggregated option scores
+    (the question paired with each option); mc_itm (MSRVTT-MC, a retrieval model): each option caption's
+    log p(match), which tasks.predict ranks."""
+    pairs = None if question is None else options
+    ids, mask = encode_texts(predictor, [question] * len(options) if question else options, pairs)
+    aggregation = predictor.run.task.aggregation
+    out = ClassScores([], [])
+    for path, frames in clips:
+        scores = predictor.model(frames, ids[None], mask[None])  # [1, O, N, K]
+        if predictor.run.kind == "mc":
+            log_p = clip_aggregate(scores[..., 0].transpose(1, 2), aggregation)  # [1, O]
+        else:
+            log_p = match_log_prob(scores[0], aggregation)[None]  # [1, O]
+        out.videos.append(path)
+        out.log_probs.append(log_p.cpu())
+    return out

@@ -1,0 +1,225 @@
+"""`python -m clipbert.predict` on tiny exports: the scores are the evaluation's, bad inputs are reported."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from test_train_fakes import make_config
+
+from clipbert.data.annotations import read_jsonl
+from clipbert.data.datasets import group_texts
+from clipbert.models import ClipBert
+from clipbert.predict.cli import main
+from clipbert.predict.loading import read_run_settings
+from clipbert.train import metrics as M
+from clipbert.train.data import TaskData
+from clipbert.train.evaluate import evaluate_retrieval
+from clipbert.train.run import resolved_model_config, write_resolved_config
+from clipbert.train.tasks import predict, to_device
+
+CPU = torch.device("cpu")
+RET_VIDEOS = 5  # the retrieval test split is rewritten to this many videos, two captions each
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    from clipbert.data import synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(out, 12, 0, size="tiny", workers=1)
+    # the generated test split has 2 videos: take 5 training videos' first two captions instead
+    ann = out / "annotations"
+    groups = group_texts("msrvtt_ret", read_jsonl(ann / "msrvtt_ret_train.jsonl"))[:RET_VIDEOS]
+    lines = [{"caption": c, "clip_name": video} for video, captions in groups for c in captions[:2]]
+    (ann / "msrvtt_ret_test.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return out
+
+
+def _export(root, bench, task, **train):
+    """A run's output dir as training leaves it: config.json (write_resolved_config) and model/ (an untrained
+    tiny model, save_pretrained). Returns (cfg, output dir)."""
+    data = {"ann_dir": str(bench / "annotations"), "video_dir": str(bench / "videos")}
+    cfg = make_config(root, task=task, train=train, data=data)
+    model_cfg = resolved_model_config(cfg, TaskData(cfg, cfg.model_config(), CPU))
+    write_resolved_config(cfg, model_cfg, root)
+    torch.manual_seed(0)
+    ClipBert(model_cfg).save_pretrained(root / "model")
+    return cfg, root
+
+
+@pytest.fixture(scope="module")
+def retrieval_run(bench, tmp_path_factory):
+    return _export(tmp_path_factory.mktemp("ret"), bench, "msrvtt_ret", visual_word_loss=1.0)
+
+
+def _video(bench, video_id):
+    return str(bench / "videos" / f"{video_id}.mp4")
+
+
+def _predict(argv, tmp_path, capsys):
+    """(exit code, the --json results, stdout, stderr) of one in-process run."""
+    out = tmp_path / "out.json"
+    code = main([*argv, "--json", str(out), "--device", "cpu"])
+    captured = capsys.readouterr()
+    return code, json.loads(out.read_text()), captured.out, captured.err
+
+
+def _retrieval_eval_scores(cfg, out_dir, monkeypatch):
+    """The [Q, V] matrices evaluate_retrieval ranks: with the word score, then the matching head alone."""
+    model = ClipBert.from_pretrained(out_dir / "model").eval()
+    data = TaskData(cfg, model.config, CPU)
+    dataset, loader = data.eval("test")
+    seen = []
+    rank = M.retrieval_metrics
+    monkeypatch.setattr(M, "retrieval_metrics", lambda s, t: seen.append(s) or rank(s, t))
+    evaluate_retrieval(model, dataset, loader, cfg, CPU, torch.float32, False, data.visual_words(CPU))
+    return dataset, seen
+
+
+def test_retrieval_scores_are_the_evaluations(bench, retrieval_run, tmp_path, capsys, monkeypatch):
+    cfg, out_dir = retrieval_run
+    dataset, (with_words, itm_only) = _retrieval_eval_scores(cfg, out_dir, monkeypatch)
+    groups = group_texts("msrvtt_ret", read_jsonl(bench / "annotations" / "msrvtt_ret_test.jsonl"))
+    texts = [text for _, captions in groups for text in captions]  # the evaluation's text order
+    videos = [_video(bench, v) for v in dataset.video_ids]
+    argv = ["--model", str(out_dir / "model"), *[f"--video={v}" for v in videos]]
+    code, out, stdout, _ = _predict([*argv, *[f"--text={t}" for t in texts]], tmp_path, capsys)
+    assert code == 0 and out["videos"] == videos and out["texts"] == texts
+    assert out["settings"]["num_test_clips"] == 3 and out["settings"]["word_score_weight"] == 1.0
+    torch.testing.assert_close(torch.tensor(out["scores"]), with_words.t())  # [V, Q]
+    torch.testing.assert_close(torch.tensor(out["match_log_prob"]), itm_only.t())
+    assert not torch.equal(with_words, itm_only)  # the word score was on, and counted
+    best = with_words.argmax(1).tolist()  # per text
+    assert [b["video"] for b in out["best_video_per_text"]] == [videos[v] for v in best]
+    assert "best video per text:" in stdout and "video0" in stdout
+
+
+def test_word_score_weight_zero_gives_the_matching_head_alone(retrieval_run, bench, tmp_path, capsys):
+    _, out_dir = retrieval_run
+    argv = ["--model", str(out_dir), "--video", str(bench / "videos"), "--text", "a red circle"]
+    _, with_words, _, _ = _predict(argv, tmp_path, capsys)
+    code, alone, _, _ = _predict([*argv, "--word-score-weight", "0"], tmp_path, capsys)
+    assert code == 0 and alone["word_score"] is None and alone["settings"]["word_score_weight"] == 0.0
+    assert alone["scores"] == with_words["match_log_prob"] and alone["scores"] != with_words["scores"]
+
+
+def test_qa_top_answers_are_the_models_prediction(bench, tmp_path_factory, tmp_path, capsys):
+    cfg, out_dir = _export(tmp_path_factory.mktemp("qa"), bench, "msrvtt_qa")
+    model = ClipBert.from_pretrained(out_dir / "model").eval()
+    dataset, loader = TaskData(cfg, model.config, CPU).eval("test")
+    batch = to_device(next(iter(loader)), CPU, torch.float32)
+    preds = predict(model, batch, "qa", cfg.task.aggregation)["pred"].tolist()
+    label2ans = {label: answer for answer, label in dataset.ans2label.items()}
+    examples = [dataset.examples[i] for i in batch["index"].tolist()]
+    videos = sorted({_video(bench, e["video_id"]) for e in examples})
+    questions = sorted({e["question"] for e in examples})
+    argv = ["--model", str(out_dir / "model"), *[f"--video={v}" for v in videos]]
+    code, out, stdout, _ = _predict([*argv, *[f"--question={q}" for q in questions]], tmp_path, capsys)
+    assert code == 0 and len(out["results"]) == len(videos) * len(questions)
+    results = {(r["video"], r["question"]): r["top_answers"] for r in out["results"]}
+    for example, pred in zip(examples, preds):
+        top = results[(_video(bench, example["video_id"]), example["question"])]
+        probs = [a["prob"] for a in top]
+        assert len(top) == 5 and sum(probs) <= 1 + 1e-6 and probs == sorted(probs, reverse=True)
+        assert all(0 < p <= 1 for p in probs)
+        assert top[0]["answer"] == label2ans[pred]
+    assert "1. " in stdout and "p=" in stdout
+
+
+def test_multiple_choice_picks_the_models_option(bench, tmp_path_factory, tmp_path, capsys):
+    cfg, out_dir = _export(tmp_path_factory.mktemp("mc"), bench, "tgif_action")
+    model = ClipBert.from_pretrained(out_dir / "model").eval()
+    dataset, loader = TaskData(cfg, model.config, CPU).eval("test")
+    batch = to_device(next(iter(loader)), CPU, torch.float32)
+    pred = predict(model, batch, "mc", cfg.task.aggregation)["pred"][0].item()
+    example = dataset.examples[batch["index"][0].item()]
+    options = [f"--option={o}" for o in example["options"]]
+    argv = ["--model", str(out_dir), "--video", _video(bench, example["gif_name"]), *options]
+    code, out, _, _ = _predict([*argv, "--question", example["question"]], tmp_path, capsys)
+    assert code == 0 and out["results"][0]["chosen"] == pred
+    assert sum(out["results"][0]["probs"]) == pytest.approx(1.0, abs=1e-5)  # a distribution over options
+
+
+def test_corrupt_and_missing_videos_are_reported_and_skipped(bench, retrieval_run, tmp_path, capsys):
+    _, out_dir = retrieval_run
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    missing = tmp_path / "missing.mp4"
+    good = [_video(bench, "video0000"), _video(bench, "video0001")]
+    videos = [good[0], str(corrupt), str(missing), good[1]]
+    argv = ["--model", str(out_dir), *[f"--video={v}" for v in videos], "--text", "a blue square"]
+    code, out, stdout, _ = _predict(argv, tmp_path, capsys)
+    assert code == 0 and out["videos"] == good and len(out["scores"]) == 2
+    reasons = {s["video"]: s["reason"] for s in out["skipped"]}
+    assert set(reasons) == {str(corrupt), str(missing)} and reasons[str(missing)] == "missing file"
+    assert "skipped 2 input(s), scored 2 video(s):" in stdout and f"{corrupt}: " in stdout
+    code = main(["--model", str(out_dir), "--video", str(corrupt), "--video", str(missing), "--text", "x"])
+    err = capsys.readouterr().err
+    assert code == 1 and "no usable video among 2 input(s)" in err and "missing.mp4: missing file" in err
+
+
+@pytest.mark.parametrize("removed", ["model.safetensors", "clipbert_config.json"])
+def test_a_bad_model_dir_exits_2_naming_the_file(retrieval_run, bench, tmp_path, capsys, removed):
+    _, out_dir = retrieval_run
+    broken = tmp_path / "run"
+    shutil.copytree(out_dir, broken)
+    (broken / "model" / removed).unlink()
+    code = main(["--model", str(broken / "model"), "--video", _video(bench, "video0000"), "--text", "a"])
+    assert code == 2 and f"{broken / 'model' / removed} not found" in capsys.readouterr().err
+
+
+def test_an_unsupported_task_exits_2_naming_it(retrieval_run, bench, tmp_path, capsys):
+    _, out_dir = retrieval_run
+    run = tmp_path / "run"
+    shutil.copytree(out_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["task"]["name"] = "pretrain"
+    (run / "config.json").write_text(json.dumps(config))
+    code = main(["--model", str(run / "model"), "--video", _video(bench, "video0000"), "--text", "a"])
+    err = capsys.readouterr().err
+    assert code == 2 and "task pretrain (pretrain) is not supported" in err
+    assert "supported tasks: msrvtt_ret, didemo_ret, anet_ret, msrvtt_qa" in err
+
+
+def test_flags_the_task_does_not_use_are_argument_errors(retrieval_run, bench, capsys):
+    _, out_dir = retrieval_run
+    argv = ["--model", str(out_dir), "--video", _video(bench, "video0000")]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--text", "a", "--question", "what?"])
+    assert stop.value.code == 2 and "--question is not used by a msrvtt_ret (retrieval) model" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "give --text or --texts-file" in capsys.readouterr().err
+
+
+def test_json_holds_the_table_and_runs_repeat_exactly(retrieval_run, bench, tmp_path, capsys):
+    _, out_dir = retrieval_run
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red circle moves left\n\na small blue square\n")
+    pattern = str(bench / "videos" / "video000[0-2].mp4")
+    argv = ["--model", str(out_dir), "--video", pattern, "--texts-file", str(texts)]
+    code, out, stdout, _ = _predict(argv, tmp_path, capsys)
+    assert code == 0 and out["texts"] == ["a red circle moves left", "a small blue square"]
+    assert [v[-13:] for v in out["videos"]] == ["video0000.mp4", "video0001.mp4", "video0002.mp4"]
+    assert [len(row) for row in out["scores"]] == [2, 2, 2] and out["task"] == "msrvtt_ret"
+    assert len(out["best_video_per_text"]) == 2 and len(out["best_text_per_video"]) == 3
+    for video, row in zip(out["videos"], out["scores"]):  # the stdout table shows the same numbers
+        assert f"{video[-13:]:<13}" + "".join(f"{x:>10.3f}" for x in row) in stdout
+    assert _predict(argv, tmp_path, capsys)[1] == out  # deterministic: the same inputs, the same scores
+
+
+def test_a_relative_ann_dir_is_found_from_the_runs_working_directory(bench, tmp_path):
+    # a run started in ROOT with data.ann_dir=data/annotations writes ROOT/outputs/r/config.json
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "annotations").symlink_to(bench / "annotations")
+    (root / "outputs" / "r").mkdir(parents=True)
+    config = {"task": {"name": "msrvtt_ret"}, "data": {"ann_dir": "data/annotations"}}
+    config["train"] = {"output_dir": "outputs/r"}
+    (root / "outputs" / "r" / "config.json").write_text(json.dumps(config))
+    settings = read_run_settings(root / "outputs" / "r" / "config.json", None)
+    assert settings.data.ann_dir == str(root / "data" / "annotations")
+    assert read_run_settings(root / "outputs" / "r" / "config.json", "/x").data.ann_dir == "/x"
