@@ -102,10 +102,10 @@ def read_run_settings(path: Path, ann_dir: str | None) -> RunSettings:
         raw = json.loads(path.read_text())
         if not isinstance(raw, dict):
             raise C.ConfigError("expected a JSON object with task, data and eval sections")
-        task = C._build_section("task", C.TaskConfig, raw.get("task", {}))
-        data = C._build_data(raw.get("data", {}))
-        evaluation = C._build_section("eval", C.EvalConfig, {**raw.get("eval", {}), "only": False})
-        train = C._build_section("train", C.TrainConfig, raw.get("train", {}))
+        task = C.build_section("task", C.TaskConfig, raw.get("task", {}))
+        data = C.build_data(raw.get("data", {}))
+        evaluation = C.build_section("eval", C.EvalConfig, {**raw.get("eval", {}), "only": False})
+        train = C.build_section("train", C.TrainConfig, raw.get("train", {}))
     except (ValueError, TypeError, C.ConfigError) as err:  # JSONDecodeError is a ValueError
         raise PredictError(f"run config {path}: {err}") from err
     data.ann_dir = ann_dir or _resolve_relative(data.ann_dir, path, train.output_dir)

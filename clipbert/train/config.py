@@ -313,7 +313,9 @@ class Config:
             raise ConfigError(f"model: {err}") from err
 
 
-def _build_section(name: str, cls, values: dict[str, Any]):
+def build_section(name: str, cls, values: dict[str, Any]):
+    """One config section's dataclass from its dict, unknown keys and bad values refused by name (public:
+    clipbert.predict reads a run's task, data and eval sections without load()'s DeepSpeed parse)."""
     allowed = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in allowed:
@@ -340,7 +342,7 @@ def _check_flags_and_strings(name: str, cls, values: dict[str, Any]) -> None:
             raise ConfigError(f"{name}.{f.name} must be a string, got {value!r}")
 
 
-def _build_data(values: dict[str, Any]):
+def build_data(values: dict[str, Any]):
     from clipbert.data.config import DataConfig
 
     try:
@@ -520,11 +522,11 @@ def from_dict(raw: dict[str, Any]) -> Config:
     if not isinstance(model, dict):
         raise ConfigError("model must be an object {preset, overrides...}")
     cfg = Config(
-        task=_build_section("task", TaskConfig, raw.get("task", {})),
+        task=build_section("task", TaskConfig, raw.get("task", {})),
         model=ModelSection.from_dict(model),
-        data=_build_data(raw.get("data", {})),
-        train=_build_section("train", TrainConfig, raw.get("train", {})),
-        eval=_build_section("eval", EvalConfig, raw.get("eval", {})),
+        data=build_data(raw.get("data", {})),
+        train=build_section("train", TrainConfig, raw.get("train", {})),
+        eval=build_section("eval", EvalConfig, raw.get("eval", {})),
         deepspeed=ds,
     )
     cfg.model_config()  # validates the model section now rather than after the data is loaded
