@@ -15,7 +15,8 @@ from clipbert.predict.loading import read_run_settings
 from clipbert.train import metrics as M
 from clipbert.train.data import TaskData
 from clipbert.train.evaluate import evaluate_retrieval
-from clipbert.train.run import resolved_model_config, write_resolved_config
+from clipbert.train.export import PREDICT_INFO, predict_info, write_predict_info
+from clipbert.train.run import resolved_model_config, run, write_resolved_config
 from clipbert.train.tasks import predict, to_device
 
 CPU = torch.device("cpu")
@@ -36,21 +37,32 @@ def bench(tmp_path_factory):
     return out
 
 
+def _bench_config(root, bench, task, **train):
+    data = {"ann_dir": str(bench / "annotations"), "video_dir": str(bench / "videos")}
+    return make_config(root, task=task, train=train, data=data)
+
+
 def _export(root, bench, task, **train):
     """A run's output dir as training leaves it: config.json (write_resolved_config) and model/ (an untrained
-    tiny model, save_pretrained). Returns (cfg, output dir)."""
-    data = {"ann_dir": str(bench / "annotations"), "video_dir": str(bench / "videos")}
-    cfg = make_config(root, task=task, train=train, data=data)
-    model_cfg = resolved_model_config(cfg, TaskData(cfg, cfg.model_config(), CPU))
+    tiny model, save_pretrained, and predict.json as run._export writes it). Returns (cfg, output dir)."""
+    cfg = _bench_config(root, bench, task, **train)
+    data = TaskData(cfg, cfg.model_config(), CPU)
+    model_cfg = resolved_model_config(cfg, data)
     write_resolved_config(cfg, model_cfg, root)
     torch.manual_seed(0)
     ClipBert(model_cfg).save_pretrained(root / "model")
+    write_predict_info(root / "model", predict_info(cfg, model_cfg, data))
     return cfg, root
 
 
 @pytest.fixture(scope="module")
 def retrieval_run(bench, tmp_path_factory):
     return _export(tmp_path_factory.mktemp("ret"), bench, "msrvtt_ret", visual_word_loss=1.0)
+
+
+@pytest.fixture(scope="module")
+def qa_run(bench, tmp_path_factory):
+    return _export(tmp_path_factory.mktemp("qa"), bench, "msrvtt_qa")
 
 
 def _video(bench, video_id):
@@ -104,8 +116,8 @@ def test_word_score_weight_zero_gives_the_matching_head_alone(retrieval_run, ben
     assert alone["scores"] == with_words["match_log_prob"] and alone["scores"] != with_words["scores"]
 
 
-def test_qa_top_answers_are_the_models_prediction(bench, tmp_path_factory, tmp_path, capsys):
-    cfg, out_dir = _export(tmp_path_factory.mktemp("qa"), bench, "msrvtt_qa")
+def test_qa_top_answers_are_the_models_prediction(bench, qa_run, tmp_path, capsys):
+    cfg, out_dir = qa_run
     model = ClipBert.from_pretrained(out_dir / "model").eval()
     dataset, loader = TaskData(cfg, model.config, CPU).eval("test")
     batch = to_device(next(iter(loader)), CPU, torch.float32)
@@ -171,12 +183,13 @@ def test_a_bad_model_dir_exits_2_naming_the_file(retrieval_run, bench, tmp_path,
 
 def test_an_unsupported_task_exits_2_naming_it(retrieval_run, bench, tmp_path, capsys):
     _, out_dir = retrieval_run
-    run = tmp_path / "run"
-    shutil.copytree(out_dir, run)
-    config = json.loads((run / "config.json").read_text())
+    old = tmp_path / "run"  # an export from before predict.json: the run's config.json decides
+    shutil.copytree(out_dir, old)
+    (old / "model" / PREDICT_INFO).unlink()
+    config = json.loads((old / "config.json").read_text())
     config["task"]["name"] = "pretrain"
-    (run / "config.json").write_text(json.dumps(config))
-    code = main(["--model", str(run / "model"), "--video", _video(bench, "video0000"), "--text", "a"])
+    (old / "config.json").write_text(json.dumps(config))
+    code = main(["--model", str(old / "model"), "--video", _video(bench, "video0000"), "--text", "a"])
     err = capsys.readouterr().err
     assert code == 2 and "task pretrain (pretrain) is not supported" in err
     assert "supported tasks: msrvtt_ret, didemo_ret, anet_ret, msrvtt_qa" in err
@@ -223,3 +236,76 @@ def test_a_relative_ann_dir_is_found_from_the_runs_working_directory(bench, tmp_
     settings = read_run_settings(root / "outputs" / "r" / "config.json", None)
     assert settings.data.ann_dir == str(root / "data" / "annotations")
     assert read_run_settings(root / "outputs" / "r" / "config.json", "/x").data.ann_dir == "/x"
+
+
+def _without_paths(out: dict) -> dict:
+    return {k: v for k, v in out.items() if k not in ("model", "run_config")}
+
+
+def _alone(out_dir, tmp_path):
+    """The export copied alone to another place, its annotations (data.ann_dir) gone as on another machine."""
+    alone = tmp_path / "elsewhere" / "exported"
+    shutil.copytree(out_dir / "model", alone)
+    info = json.loads((alone / PREDICT_INFO).read_text())
+    info["data"]["ann_dir"] = str(tmp_path / "no_annotations")
+    (alone / PREDICT_INFO).write_text(json.dumps(info))
+    return alone
+
+
+@pytest.mark.parametrize("task", ["msrvtt_ret", "msrvtt_qa"])
+def test_a_model_dir_copied_alone_scores_as_with_its_run(request, bench, tmp_path, capsys, task):
+    _, out_dir = request.getfixturevalue("retrieval_run" if task == "msrvtt_ret" else "qa_run")
+    asks = ["--text", "a red circle moves left", "--text", "a blue square"]
+    if task == "msrvtt_qa":
+        asks = ["--question", "what is moving?", "--question", "what color is the square?"]
+    videos = ["--video", str(bench / "videos" / "video000[0-3].mp4")]
+    # with the run: its config.json (--config) and the annotations, the path of exports before predict.json
+    with_run = ["--model", str(out_dir / "model"), "--config", str(out_dir / "config.json")]
+    code, expected, _, _ = _predict([*with_run, *videos, *asks], tmp_path, capsys)
+    alone = _alone(out_dir, tmp_path)
+    code_alone, got, _, _ = _predict(["--model", str(alone), *videos, *asks], tmp_path, capsys)
+    assert code == code_alone == 0 and got["run_config"] == str(alone / PREDICT_INFO)
+    assert _without_paths(got) == _without_paths(expected)
+    if task == "msrvtt_ret":
+        assert got["word_score"] is not None and got["settings"]["word_score_weight"] == 1.0
+
+
+def test_an_export_without_predict_json_still_uses_its_runs_files(retrieval_run, bench, tmp_path, capsys):
+    _, out_dir = retrieval_run
+    old = tmp_path / "run"
+    shutil.copytree(out_dir, old)
+    (old / "model" / PREDICT_INFO).unlink()
+    argv = ["--video", _video(bench, "video0000"), "--text", "a red circle"]
+    code, got, _, _ = _predict(["--model", str(old / "model"), *argv], tmp_path, capsys)
+    _, expected, _, _ = _predict(["--model", str(out_dir / "model"), *argv], tmp_path, capsys)
+    assert code == 0 and got["run_config"] == str(old / "config.json")
+    assert _without_paths(got) == _without_paths(expected)
+
+
+@pytest.mark.usefixtures("cpu_world")
+def test_a_training_runs_export_holds_predict_json(bench, tmp_path):
+    cfg = _bench_config(tmp_path, bench, "msrvtt_qa", max_steps=1, eval_every=-1)
+    cfg.eval.final_eval = False
+    assert run(cfg, CPU)["reason"] == "done"
+    info = json.loads((tmp_path / "model" / PREDICT_INFO).read_text())
+    ans2label = json.loads((bench / "annotations" / "msrvtt_qa_ans2label.json").read_text())
+    assert info["task"]["name"] == "msrvtt_qa" and info["data"]["num_test_clips"] == 3
+    assert info["answers"] == sorted(ans2label, key=ans2label.get)
+    assert not (tmp_path / "model" / f"{PREDICT_INFO}.tmp").exists()
+
+
+def test_ann_dir_makes_the_vocabularies_come_from_the_annotations(retrieval_run, qa_run):
+    ret, qa = (out_dir / "model" / PREDICT_INFO for _, out_dir in (retrieval_run, qa_run))
+    assert read_run_settings(ret, None).word_vocab is not None and read_run_settings(qa, None).answers
+    given = read_run_settings(qa, "/x")
+    assert given.answers is None and given.data.ann_dir == "/x" and given.task.name == "msrvtt_qa"
+    assert read_run_settings(ret, "/x").word_vocab is None
+
+
+def test_a_predict_json_of_another_format_exits_2_naming_it(retrieval_run, bench, tmp_path, capsys):
+    _, out_dir = retrieval_run
+    alone = _alone(out_dir, tmp_path)
+    info = json.loads((alone / PREDICT_INFO).read_text())
+    (alone / PREDICT_INFO).write_text(json.dumps({**info, "format": 99}))
+    code = main(["--model", str(alone), "--video", _video(bench, "video0000"), "--text", "a"])
+    assert code == 2 and f"{alone / PREDICT_INFO}: format 99" in capsys.readouterr().err

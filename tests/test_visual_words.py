@@ -145,6 +145,12 @@ def test_warm_up_then_joint_training_resumes_step_for_step(tmp_path):
     assert [r["word_loss"] for r in a] == [r["word_loss"] for r in b]
     exported = ClipBert.from_pretrained(full / "model")
     assert exported.visual_words is not None
+    # predict.json carries the training vocabulary, so the model dir scores words without the run's data
+    info = json.loads((full / "model" / "predict.json").read_text())
+    vocab = fake_factory()(make_config(full, train=WORDS_TRAIN), None, CPU).visual_words(CPU)
+    assert info["task"]["name"] == "msrvtt_ret" and info["train"]["visual_word_loss"] == 0.5
+    assert info["visual_words"]["word_ids"] == vocab.word_ids.tolist()
+    torch.testing.assert_close(torch.tensor(info["visual_words"]["prior"]), vocab.prior)
     # A model without the head (e.g. msrvtt_mc evaluation) still loads the exported weights.
     from clipbert.train import checkpoint as ckpt
 

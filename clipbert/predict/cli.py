@@ -28,7 +28,8 @@ EPILOG = """examples:
   python -m clipbert.predict --model outputs/tgif_action/model --video a.gif \\
       --question "what does the circle do?" --option "jumps" --option "spins" --option "waves"
 
-The run's config.json (next to model/) gives the task, Ntest, the clip sampling and the aggregation.
+The export's predict.json gives the task, Ntest, the clip sampling, the aggregation and the vocabularies;
+an older export without one uses its run's config.json (next to model/) and annotations.
 exit codes: 0 done, 1 no usable video, 2 bad arguments, model dir, run config or task."""
 
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--model", required=True, help="an exported model dir (<output_dir>/model) or a run's output dir")
-    add("--config", help="the run's config.json (default: in the model dir, else the one above it)")
+    add("--config", help="the run's config.json (default: the model dir's predict.json, else the run's)")
     add("--ann-dir", help="the run's annotations, where its data.ann_dir is not (QA answers, word score)")
     add("--video", action="append", required=True, metavar="PATH", help="a file, directory or quoted glob")
     add("--text", action="append", default=[], help="retrieval: a text scored against every video")

@@ -1,10 +1,11 @@
 """An exported model directory, made ready to predict: the model, its run settings, tokenizer, vocabularies.
 
-An export (`<output_dir>/model`, `ClipBert.save_pretrained`) holds the model config and the weights only.
-What the model was trained for (the task, Ntest and the clip sampling, the aggregation, the word score) is in
-the run's resolved `config.json`, one level up. The answer vocabulary (open-ended QA) and the visual-word
-vocabulary (retrieval with `eval.word_score_weight`) are read from the run's annotation files, as the
-trainer's evaluation reads them.
+A training run's export (`<output_dir>/model`) holds the model config, the weights and `predict.json`
+(clipbert/train/export.py): what the model was trained for (the task, Ntest and the clip sampling, the
+aggregation, the word score), the answer vocabulary (open-ended QA) and the visual-word vocabulary (retrieval
+with `eval.word_score_weight`), so the dir predicts on its own. Older exports have no predict.json: their
+settings are the run's resolved `config.json`, one level up, and their vocabularies are read from the run's
+annotation files, as the trainer's evaluation reads them. `--config` and `--ann-dir` replace either source.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from clipbert.train import config as C
+from clipbert.train.export import FORMAT, PREDICT_INFO, answer_list, word_vocab_of
 
 RUN_CONFIG = "config.json"  # the resolved config a training run writes next to its model/
 SUPPORTED_KINDS = ("retrieval", "qa", "mc", "mc_itm")  # pretrain and vqa score images, not videos
@@ -35,6 +37,8 @@ class RunSettings:
     data: object  # clipbert.data.config.DataConfig: Ntest, T, L, clip_seconds, test_sampling, ann_dir
     eval: C.EvalConfig
     visual_word_loss: float  # > 0: the model has the visual-word head and eval adds its word score
+    answers: list[str] | None = None  # label -> answer, from predict.json (None: from the annotations)
+    word_vocab: object | None = None  # data.visual_words.WordVocab from predict.json (None: rebuilt)
 
     @property
     def kind(self) -> str:
@@ -78,23 +82,25 @@ def find_model_dir(path: str | Path) -> Path:
 
 
 def find_run_config(model_dir: Path, given: str | None) -> Path:
-    """--config, else a config.json in the model dir, else the run's config.json one level up."""
+    """--config, else the export's predict.json, else a config.json in the model dir, else the run's
+    config.json one level up (exports from before predict.json)."""
     if given:
         if not Path(given).is_file():
             raise PredictError(f"--config {given}: no such file")
         return Path(given)
-    candidates = (model_dir / RUN_CONFIG, model_dir.parent / RUN_CONFIG)
+    candidates = (model_dir / PREDICT_INFO, model_dir / RUN_CONFIG, model_dir.parent / RUN_CONFIG)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise PredictError(
-        f"no run config for {model_dir}: neither {candidates[0]} nor {candidates[1]} exists. The run's "
+        f"no run config for {model_dir}: none of {', '.join(map(str, candidates))} exists. The run's "
         "config.json says the task, Ntest and the aggregation: pass it with --config"
     )
 
 
 def read_run_settings(path: Path, ann_dir: str | None) -> RunSettings:
-    """The task, data, eval and visual-word settings of a run's config.json (or of a shipped config).
+    """The task, data, eval and visual-word settings of a run's config.json (or of a shipped config), or
+    of an export's predict.json with its vocabularies (unless --ann-dir asks for the annotations').
 
     Why not config.load: it also resolves the model section (init weights that need not exist here) and
     parses the deepspeed section through DeepSpeed, none of which prediction uses."""
@@ -106,10 +112,25 @@ def read_run_settings(path: Path, ann_dir: str | None) -> RunSettings:
         data = C.build_data(raw.get("data", {}))
         evaluation = C.build_section("eval", C.EvalConfig, {**raw.get("eval", {}), "only": False})
         train = C.build_section("train", C.TrainConfig, raw.get("train", {}))
-    except (ValueError, TypeError, C.ConfigError) as err:  # JSONDecodeError is a ValueError
+        run = RunSettings(path, task, data, evaluation, train.visual_word_loss)
+        if not ann_dir:
+            _exported_vocabularies(raw, run)
+    except (ValueError, TypeError, KeyError, C.ConfigError) as err:  # JSONDecodeError is a ValueError
         raise PredictError(f"run config {path}: {err}") from err
     data.ann_dir = ann_dir or _resolve_relative(data.ann_dir, path, train.output_dir)
-    return RunSettings(path, task, data, evaluation, train.visual_word_loss)
+    return run
+
+
+def _exported_vocabularies(raw: dict, run: RunSettings) -> None:
+    """predict.json's answers and visual words into `run` (a run's config.json has neither key)."""
+    if raw.get("format", FORMAT) != FORMAT:
+        raise C.ConfigError(f"format {raw['format']!r}: this version reads {PREDICT_INFO} format {FORMAT}")
+    if "answers" in raw:
+        if not isinstance(raw["answers"], list) or not all(isinstance(a, str) for a in raw["answers"]):
+            raise C.ConfigError("answers: expected a list of strings")
+        run.answers = raw["answers"]
+    if "visual_words" in raw:
+        run.word_vocab = word_vocab_of(raw["visual_words"])
 
 
 def _resolve_relative(ann_dir: str, config_path: Path, output_dir: str) -> str:
@@ -154,25 +175,21 @@ def _check_model_fits(model_cfg, run: RunSettings) -> None:
 
 
 def _answers(run: RunSettings, num_answers: int) -> list[str]:
-    """label -> answer from the task's ans2label file, which sized the model's QA head."""
-    from clipbert.data.annotations import read_json
-
-    path = Path(run.data.ann_dir) / f"{run.task.name}_ans2label.json"
+    """label -> answer: predict.json's, else the task's ans2label file, which sized the model's QA head."""
+    if run.answers is not None:
+        if len(run.answers) != num_answers:
+            raise PredictError(
+                f"{run.path}: {len(run.answers)} answers, but the model's head has {num_answers}"
+            )
+        return run.answers
     try:
-        ans2label = read_json(path)
+        return answer_list(run.data.ann_dir, run.task.name, num_answers)
     except (FileNotFoundError, ValueError) as err:
         raise PredictError(f"answer vocabulary: {err} (give the run's annotations with --ann-dir)") from err
-    if len(ans2label) != num_answers or sorted(ans2label.values()) != list(range(num_answers)):
-        raise PredictError(
-            f"answer vocabulary {path}: {len(ans2label)} answers labelled "
-            f"{min(ans2label.values(), default=None)}..{max(ans2label.values(), default=None)}, but the "
-            f"model's head has {num_answers}"
-        )
-    return [answer for answer, _ in sorted(ans2label.items(), key=lambda item: item[1])]
 
 
 def _training_words(run: RunSettings, tokenizer, device):
-    """The training set's visual-word vocabulary, built as the trainer builds it
+    """The training set's visual-word vocabulary: predict.json's, else built as the trainer builds it
     (RetrievalTrainDataset.enable_visual_words, through TaskData.visual_words) from the texts alone, so the
     training videos need not be here."""
     from clipbert.data.annotations import read_jsonl
@@ -181,6 +198,8 @@ def _training_words(run: RunSettings, tokenizer, device):
     from clipbert.data.visual_words import build_word_vocab
     from clipbert.train.tasks import VisualWords
 
+    if run.word_vocab is not None:  # predict.json's: the training set's, saved at export
+        return VisualWords.from_vocab(run.word_vocab, run.visual_word_loss, device)
     task = run.task.name
     path = Path(run.data.ann_dir) / f"{task}_train.jsonl"
     try:

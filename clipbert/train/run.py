@@ -226,7 +226,7 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
     summary = {"reason": reason, "step": trainer.state.step, "bad_steps": trainer.state.bad_total}
     recorded = _recorded_run(cfg, trainer.state.step) if finished_before else {}
     if reason == "done":
-        ckpt.export_pretrained(engine, Path(cfg.train.output_dir) / "model")
+        _export(cfg, engine, model_cfg, data)
         if recorded.get("metrics"):
             log.info("the run had finished at step %d: its test evaluation stands", trainer.state.step)
             summary["metrics"] = recorded["metrics"]
@@ -239,6 +239,16 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
 
         plot_curves(cfg.train.output_dir)
     return summary
+
+
+def _export(cfg, engine, model_cfg, data) -> None:
+    """<output_dir>/model: the weights, and predict.json so that the dir predicts without the run's files."""
+    from clipbert.train.export import predict_info, write_predict_info
+
+    model_dir = Path(cfg.train.output_dir) / "model"
+    ckpt.export_pretrained(engine, model_dir)
+    if is_rank0():
+        write_predict_info(model_dir, predict_info(cfg, model_cfg, data))
 
 
 def _recorded_run(cfg, step: int) -> dict:
