@@ -181,7 +181,7 @@ def _stages(data_dir: Path, out: Path, sets: list[str]) -> list[tuple[str, list[
 
 
 def _train(stages, configs, meta: dict, words_model: Path, device) -> list[dict] | None:
-    """Run the stages in order; each summary gains `ran_now` (False: a finished run's recorded results).
+    """Run the stages in order; each summary's `finished_before` says it reports a finished run's results.
     None if a stage stopped: stage 2 must not start from an unfinished stage 1."""
     from clipbert.train.run import run
 
@@ -191,7 +191,6 @@ def _train(stages, configs, meta: dict, words_model: Path, device) -> list[dict]
         if summaries:  # stage 2 starts from stage 1's model: a retrained stage 1 makes its run stale
             inputs = {**inputs, "stage1_model": model_digest(words_model)}
         set_aside_if_changed(cfg, inputs)
-        before = _perf_stamp(cfg)
         print(f"[demo] training {name} -> {cfg.train.output_dir}", flush=True)
         summary = run(cfg, device)
         if summary.get("reason") != "done":  # Ctrl-C
@@ -201,14 +200,8 @@ def _train(stages, configs, meta: dict, words_model: Path, device) -> list[dict]
                 flush=True,
             )
             return None
-        # a resumed finished run keeps its perf.json (the training's); one that trained writes it anew
-        summaries.append({**summary, "ran_now": _perf_stamp(cfg) != before})
+        summaries.append(summary)
     return summaries
-
-
-def _perf_stamp(cfg) -> int | None:
-    path = Path(cfg.train.output_dir) / "perf.json"
-    return path.stat().st_mtime_ns if path.is_file() else None
 
 
 def _summary(summaries: list[dict], names: list[str], meta: dict, seconds: float) -> dict:
@@ -217,7 +210,7 @@ def _summary(summaries: list[dict], names: list[str], meta: dict, seconds: float
     r1, chance = metrics.get("t2v_r1"), _chance_r1(meta, metrics)
     return {
         "this_run_seconds": round(seconds, 1),
-        "stages_trained_now": [n for n, s in zip(names, summaries) if s["ran_now"]],
+        "stages_trained_now": [n for n, s in zip(names, summaries) if not s.get("finished_before")],
         # wall time each stage's perf.json recorded: of this run, or of the earlier run whose results stand
         "recorded_stage_seconds": {n: (s.get("perf") or {}).get("wall_s") for n, s in zip(names, summaries)},
         "test_t2v_r1": r1,

@@ -122,14 +122,16 @@ TENSOR = {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
 
 class FakeTraining:
     """Writes what a run leaves in its output dir: config.json, perf.json when it trains (a finished run
-    keeps its own), stage 1's exported model (`stage1_weights`); returns perf.json and stage 2's `metrics`."""
+    keeps its own), stage 1's exported model (`stage1_weights`); returns perf.json, stage 2's `metrics` and,
+    as run() does, whether the run had finished before."""
 
     def __init__(self):
         self.stage1_weights, self.metrics, self.trained = b"\0\0\0\0", {}, []
 
     def __call__(self, cfg, device):
         out = Path(cfg.train.output_dir)
-        if not (out / "perf.json").exists():
+        finished_before = (out / "perf.json").exists()
+        if not finished_before:
             _write_run(cfg, out)
             (out / "perf.json").write_text(json.dumps({"wall_s": 90.0}))
             self.trained.append(out.name)
@@ -142,6 +144,7 @@ class FakeTraining:
             "step": 5,
             "metrics": metrics,
             "perf": json.loads((out / "perf.json").read_text()),
+            "finished_before": finished_before,
         }
 
 

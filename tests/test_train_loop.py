@@ -218,6 +218,7 @@ def test_resuming_a_finished_run_keeps_its_evaluation_and_perf_record(tmp_path):
     assert perf["frames_per_s"] > 0 and first["metrics"]
     second = run(make_config(tmp_path, train={**train, "resume": "auto"}), CPU, fake_factory(train_size=6))
     assert second["reason"] == "done" and second["metrics"] == first["metrics"]
+    assert not first["finished_before"] and second["finished_before"]
     assert json.loads((tmp_path / "perf.json").read_text()) == perf == second["perf"]
     assert [(e["step"], e["split"]) for e in _metrics(tmp_path)] == [(3, "val"), (3, "test")]
 

@@ -169,6 +169,13 @@ class TaskDataset(Dataset):
         return {"video_id": video_id, "frames": frames, "frames_hw": hw}
 
 
+def caption_word_vocab(videos: list[tuple[str, list[str]]], tokenizer, max_len: int) -> WordVocab:
+    """The visual-word vocabulary of [(video_id, [texts])] as group_texts gives them: the training set's
+    (enable_visual_words), and clipbert.predict's for an export without predict.json, built alike."""
+    texts = [tokenize(tokenizer, video_texts, max_len) for _, video_texts in videos]
+    return build_word_vocab(texts, tokenizer.all_special_ids)
+
+
 class RetrievalTrainDataset(TaskDataset):
     """One item per video: its positive text (column 0) and itm_neg_size texts of other videos."""
 
@@ -181,8 +188,7 @@ class RetrievalTrainDataset(TaskDataset):
 
     def enable_visual_words(self) -> WordVocab:
         """From now on every item carries `word_targets` (uint8 [W]) for train.visual_word_loss."""
-        texts = [tokenize(self.tokenizer, t, self.max_len) for _, t in self.videos]
-        self.word_vocab = build_word_vocab(texts, self.tokenizer.all_special_ids)
+        self.word_vocab = caption_word_vocab(self.videos, self.tokenizer, self.max_len)
         return self.word_vocab
 
     def __len__(self) -> int:

@@ -193,9 +193,7 @@ def _training_words(run: RunSettings, tokenizer, device):
     (RetrievalTrainDataset.enable_visual_words, through TaskData.visual_words) from the texts alone, so the
     training videos need not be here."""
     from clipbert.data.annotations import read_jsonl
-    from clipbert.data.datasets import REQUIRED_KEYS, group_texts
-    from clipbert.data.text import tokenize
-    from clipbert.data.visual_words import build_word_vocab
+    from clipbert.data.datasets import REQUIRED_KEYS, caption_word_vocab, group_texts
     from clipbert.train.tasks import VisualWords
 
     if run.word_vocab is not None:  # predict.json's: the training set's, saved at export
@@ -210,9 +208,7 @@ def _training_words(run: RunSettings, tokenizer, device):
             f"captions: {err}. Give the run's annotations with --ann-dir, or --word-score-weight 0 for the "
             "matching head alone"
         ) from err
-    max_len = run.data.max_text_len[task]
-    texts = [tokenize(tokenizer, video_texts, max_len) for _, video_texts in group_texts(task, examples)]
-    vocab = build_word_vocab(texts, tokenizer.all_special_ids)
+    vocab = caption_word_vocab(group_texts(task, examples), tokenizer, run.data.max_text_len[task])
     return VisualWords.from_vocab(vocab, run.visual_word_loss, device)
 
 

@@ -224,6 +224,7 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
     with ckpt.StopSignal() as stop:
         reason = trainer.fit(stop)
     summary = {"reason": reason, "step": trainer.state.step, "bad_steps": trainer.state.bad_total}
+    summary["finished_before"] = finished_before  # nothing trained now: the results are the recorded ones
     recorded = _recorded_run(cfg, trainer.state.step) if finished_before else {}
     if reason == "done":
         _export(cfg, engine, model_cfg, data)
