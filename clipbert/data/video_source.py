@@ -102,8 +102,14 @@ def load_image(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tuple[
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "missing file")
     try:
-        image = decode_image(path, mode=ImageReadMode.RGB)  # [3, H, W]
+        image = decode_image(path, mode=ImageReadMode.RGB)  # [3, H, W]; an animated GIF: [F, 3, H, W]
     except (RuntimeError, ValueError) as err:
         raise VideoDecodeError(path, f"undecodable image ({err})") from err
+    if image.ndim == 4:  # an animated GIF or WebP: its first frame, the one an image viewer shows
+        image = image[0]
+    if image.dtype == torch.uint16:  # a 16-bit PNG: rescaled (65535 -> 255, rounded), not wrapped
+        image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
+    if image.dtype != torch.uint8 or image.ndim != 3 or 0 in image.shape:
+        raise VideoDecodeError(path, f"unsupported image: {image.dtype} {tuple(image.shape)}")
     padded, hw = resize_pad(image.permute(1, 2, 0)[None], size)
     return padded.view(1, 1, 3, size, size), hw
