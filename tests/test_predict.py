@@ -9,6 +9,7 @@ from test_train_fakes import make_config
 
 from clipbert.data.annotations import read_jsonl
 from clipbert.data.datasets import group_texts
+from clipbert.data.preprocess import normalization_for
 from clipbert.models import ClipBert
 from clipbert.predict.cli import main
 from clipbert.predict.loading import read_run_settings
@@ -65,8 +66,23 @@ def qa_run(bench, tmp_path_factory):
     return _export(tmp_path_factory.mktemp("qa"), bench, "msrvtt_qa")
 
 
+@pytest.fixture(scope="module")
+def vqa_run(bench, tmp_path_factory):
+    return _export(tmp_path_factory.mktemp("vqa"), bench, "vqa")
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(bench, tmp_path_factory):
+    return _export(tmp_path_factory.mktemp("pretrain"), bench, "pretrain")
+
+
 def _video(bench, video_id):
     return str(bench / "videos" / f"{video_id}.mp4")
+
+
+def _image(bench, line: int, split: str = "val", task: str = "pretrain"):
+    """The image file of annotation line `line` (image tasks' files are relative to the benchmark root)."""
+    return str(bench / read_jsonl(bench / "annotations" / f"{task}_{split}.jsonl")[line]["file"])
 
 
 def _predict(argv, tmp_path, capsys):
@@ -181,18 +197,22 @@ def test_a_bad_model_dir_exits_2_naming_the_file(retrieval_run, bench, tmp_path,
     assert code == 2 and f"{broken / 'model' / removed} not found" in capsys.readouterr().err
 
 
-def test_an_unsupported_task_exits_2_naming_it(retrieval_run, bench, tmp_path, capsys):
-    _, out_dir = retrieval_run
-    old = tmp_path / "run"  # an export from before predict.json: the run's config.json decides
-    shutil.copytree(out_dir, old)
-    (old / "model" / PREDICT_INFO).unlink()
-    config = json.loads((old / "config.json").read_text())
-    config["task"]["name"] = "pretrain"
-    (old / "config.json").write_text(json.dumps(config))
-    code = main(["--model", str(old / "model"), "--video", _video(bench, "video0000"), "--text", "a"])
+def test_an_input_of_the_other_kind_is_an_argument_error_naming_the_flag(
+    retrieval_run, vqa_run, bench, capsys
+):
+    _, ret_dir = retrieval_run
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", str(ret_dir), "--image", _image(bench, 0), "--text", "a"])
     err = capsys.readouterr().err
-    assert code == 2 and "task pretrain (pretrain) is not supported" in err
-    assert "supported tasks: msrvtt_ret, didemo_ret, anet_ret, msrvtt_qa" in err
+    assert stop.value.code == 2 and "--image is not used by a msrvtt_ret (retrieval) model" in err
+    assert "give --video" in err
+    _, vqa_dir = vqa_run
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", str(vqa_dir), "--video", _video(bench, "video0000"), "--question", "what?"])
+    assert stop.value.code == 2 and "it scores images, give --image" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", str(vqa_dir), "--question", "what?"])
+    assert "a vqa (vqa) model scores images: give --image" in capsys.readouterr().err
 
 
 def test_flags_the_task_does_not_use_are_argument_errors(retrieval_run, bench, capsys):
@@ -309,3 +329,99 @@ def test_a_predict_json_of_another_format_exits_2_naming_it(retrieval_run, bench
     (alone / PREDICT_INFO).write_text(json.dumps({**info, "format": 99}))
     code = main(["--model", str(alone), "--video", _video(bench, "video0000"), "--text", "a"])
     assert code == 2 and f"{alone / PREDICT_INFO}: format 99" in capsys.readouterr().err
+
+
+def test_vqa_top_answers_are_the_models_prediction_with_sigmoid_scores(bench, vqa_run, tmp_path, capsys):
+    cfg, out_dir = vqa_run
+    model = ClipBert.from_pretrained(out_dir / "model").eval()
+    dataset, loader = TaskData(cfg, model.config, CPU).eval("val")
+    batch = to_device(next(iter(loader)), CPU, torch.float32)
+    preds = predict(model, batch, "vqa", cfg.task.aggregation)["pred"].tolist()
+    label2ans = {label: answer for answer, label in dataset.ans2label.items()}
+    examples = [dataset.examples[i] for i in batch["index"].tolist()]
+    images = sorted({str(bench / e["file"]) for e in examples})
+    questions = sorted({e["question"] for e in examples})
+    argv = ["--model", str(out_dir), *[f"--image={i}" for i in images]]
+    code, out, stdout, _ = _predict([*argv, *[f"--question={q}" for q in questions]], tmp_path, capsys)
+    assert code == 0 and out["unit"] == "image" and out["images"] == images and "videos" not in out
+    assert out["settings"] == {"image_size": cfg.data.image_size} and "sigmoid" in out["prob"]
+    results = {(r["image"], r["question"]): r["top_answers"] for r in out["results"]}
+    assert len(results) == len(images) * len(questions)
+    for example, pred in zip(examples, preds):
+        assert results[(str(bench / example["file"]), example["question"])][0]["answer"] == label2ans[pred]
+    # the scores are the head's own sigmoids, answer by answer (VQA trains each answer with BCE)
+    frames = batch["frames"][:1]  # [1, 1, 1, 3, L, L]
+    ids, mask = batch["input_ids"][:1], batch["attention_mask"][:1]
+    logits = model(frames, ids, mask)[0, 0, 0]  # [K]
+    top = results[(str(bench / examples[0]["file"]), examples[0]["question"])]
+    expected = logits.sigmoid().topk(5)
+    assert [a["answer"] for a in top] == [label2ans[i] for i in expected.indices.tolist()]
+    torch.testing.assert_close(torch.tensor([a["prob"] for a in top]), expected.values)
+    assert "score=" in stdout and "predicted VQA accuracy" in stdout
+
+
+def test_pretrain_match_table_is_the_pretraining_heads(bench, pretrain_run, tmp_path, capsys):
+    cfg, out_dir = pretrain_run
+    model = ClipBert.from_pretrained(out_dir / "model").eval()
+    lines = read_jsonl(bench / "annotations" / "pretrain_train.jsonl")
+    images = list(dict.fromkeys(str(bench / line["file"]) for line in lines))[:3]
+    texts = [lines[0]["caption"], "a small blue square", "nothing at all"]
+    argv = ["--model", str(out_dir), *[f"--image={i}" for i in images], *[f"--text={t}" for t in texts]]
+    code, out, stdout, _ = _predict(argv, tmp_path, capsys)
+    assert code == 0 and out["images"] == images and len(out["best_image_per_text"]) == 3
+    # expected: pretrain_forward's itm_logits of each (image, text) pair, as pre-training evaluates them
+    from clipbert.predict.inputs import image_frames
+    from clipbert.predict.scoring import encode_texts
+
+    predictor = type("P", (), {"tokenizer": TaskData(cfg, model.config, CPU).tokenizer, "device": CPU})()
+    predictor.max_text_len = cfg.data.max_text_len["pretrain"]
+    ids, mask = encode_texts(predictor, texts)
+    norm = normalization_for(model.config)
+    expected = torch.empty(len(images), len(texts))
+    with torch.no_grad():
+        for v, image in enumerate(images):
+            frames = image_frames(image, cfg.data.image_size, norm, CPU)
+            for q in range(len(texts)):
+                text, text_mask = ids[q][None, None], mask[q][None, None]  # [1, 1, Lt]
+                no_mlm = torch.full_like(text, -100)
+                itm = model.pretrain_forward(frames, text, text_mask, no_mlm, torch.tensor([1]))[
+                    "itm_logits"
+                ][0]
+                expected[v, q] = torch.nn.functional.logsigmoid(itm[1] - itm[0])
+    torch.testing.assert_close(torch.tensor(out["scores"]), expected)
+    assert "best image per text:" in stdout and out["word_score"] is None
+
+
+def test_bad_and_non_image_files_are_reported_and_skipped(bench, pretrain_run, tmp_path, capsys):
+    _, out_dir = pretrain_run
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(_image(bench, 0), folder / "good.jpg")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(100)))
+    (folder / "notes.txt").write_text("not an image")
+    argv = [
+        "--model",
+        str(out_dir),
+        "--image",
+        str(folder),
+        "--image",
+        str(tmp_path / "gone.jpg"),
+        "--text",
+        "a",
+    ]
+    code, out, stdout, _ = _predict(argv, tmp_path, capsys)
+    assert code == 0 and out["images"] == [str(folder / "good.jpg")]
+    reasons = {s["image"]: s["reason"] for s in out["skipped"]}
+    assert reasons[str(tmp_path / "gone.jpg")] == "missing file"
+    assert reasons[str(folder / "corrupt.png")].startswith("undecodable image")
+    assert reasons[str(folder / "notes.txt")].startswith("not an image suffix (.jpg")
+    assert "skipped 3 input(s), scored 1 image(s):" in stdout
+    code = main(["--model", str(out_dir), "--image", str(folder / "corrupt.png"), "--text", "a"])
+    assert code == 1 and "no usable image among 1 input(s)" in capsys.readouterr().err
+
+
+def test_a_vqa_export_holds_its_answers(vqa_run, bench):
+    _, out_dir = vqa_run
+    info = json.loads((out_dir / "model" / PREDICT_INFO).read_text())
+    ans2label = json.loads((bench / "annotations" / "vqa_ans2label.json").read_text())
+    assert info["task"]["name"] == "vqa" and info["answers"] == sorted(ans2label, key=ans2label.get)

@@ -276,6 +276,21 @@ class ClipBert(nn.Module):
             itm_logits=itm_logits,
         )
 
+    def pretrain_match(
+        self, visual: VisualTokens, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The pre-training ITM head (cls.seq_relationship, label 1 = match) on every (text, clip) pair:
+        visual.tokens [B, N, Lv, H], input_ids/attention_mask [B, M, Lt] -> logits [B, M, N, 2].
+
+        Why not score(): a pre-trained model's matching head is cls.seq_relationship, which pretrain_forward
+        trains; `classifier` is the fine-tuning head, untrained until a downstream task starts from here."""
+        if self.cls is None:
+            raise ValueError("pretrain_match needs pretrain_heads=True in ClipBertConfig")
+        self._check_text(visual, input_ids, attention_mask)
+        pooled, _ = self._fuse(visual.tokens, input_ids, attention_mask)  # [B*M*N, H]
+        b, m = input_ids.shape[:2]
+        return self.cls.seq_relationship(pooled).view(b, m, visual.tokens.shape[1], 2)
+
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path) -> None:
         """Writes clipbert_config.json and model.safetensors (tied MLM weights stored once)."""

@@ -10,10 +10,16 @@ from pathlib import Path
 import torch
 
 from clipbert.predict import report
-from clipbert.predict.inputs import FileSource, expand_videos, iter_clips, read_texts
+from clipbert.predict.inputs import (
+    FileSource,
+    clip_frames,
+    expand_inputs,
+    image_frames,
+    iter_clips,
+    read_texts,
+)
 from clipbert.predict.loading import (
     PredictError,
-    check_supported,
     find_model_dir,
     find_run_config,
     load_predictor,
@@ -27,10 +33,13 @@ EPILOG = """examples:
   python -m clipbert.predict --model outputs/msrvtt_qa/model --video a.mp4 --question "what is moving?"
   python -m clipbert.predict --model outputs/tgif_action/model --video a.gif \\
       --question "what does the circle do?" --option "jumps" --option "spins" --option "waves"
+  python -m clipbert.predict --model outputs/vqa/model --image photos/ --question "what color is the car?"
+  python -m clipbert.predict --model outputs/pretrain/model --image a.jpg --text "a dog on a sofa"
 
 The export's predict.json gives the task, Ntest, the clip sampling, the aggregation and the vocabularies;
 an older export without one uses its run's config.json (next to model/) and annotations.
-exit codes: 0 done, 1 no usable video, 2 bad arguments, model dir, run config or task."""
+Video models take --video; image models (vqa, pretrain) take --image, each image one clip of one frame.
+exit codes: 0 done, 1 no usable video or image, 2 bad arguments, model dir, run config or task."""
 
 
 def _positive_int(text: str) -> int:
@@ -50,7 +59,8 @@ def _non_negative_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m clipbert.predict",
-        description="Score your own videos with an exported ClipBERT model (retrieval, QA, multiple choice).",
+        description="Score your own videos or images with an exported ClipBERT model (retrieval, QA, "
+        "multiple choice, VQA, image-text matching).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -58,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", required=True, help="an exported model dir (<output_dir>/model) or a run's output dir")
     add("--config", help="the run's config.json (default: the model dir's predict.json, else the run's)")
     add("--ann-dir", help="the run's annotations, where its data.ann_dir is not (QA answers, word score)")
-    add("--video", action="append", required=True, metavar="PATH", help="a file, directory or quoted glob")
-    add("--text", action="append", default=[], help="retrieval: a text scored against every video")
-    add("--texts-file", metavar="FILE", help="retrieval: texts, one per line")
-    add("--question", action="append", default=[], help="QA: a question; multiple choice: the question")
+    add("--video", action="append", default=[], metavar="PATH", help="a file, directory or quoted glob")
+    add("--image", action="append", default=[], metavar="PATH", help="vqa, pretrain: as --video, for images")
+    add("--text", action="append", default=[], help="retrieval, pretrain: a text scored against every input")
+    add("--texts-file", metavar="FILE", help="retrieval, pretrain: texts, one per line")
+    add("--question", action="append", default=[], help="QA, VQA: a question; multiple choice: the question")
     add("--option", action="append", default=[], help="multiple choice: an answer option")
     add("--top-k", type=_positive_int, default=5, help="QA: answers shown per question (default 5)")
     add(
@@ -79,14 +90,21 @@ def _flags_for(parser, args, run) -> list[str]:
     name = f"{run.task.name} ({run.kind})"
     allowed = {
         "retrieval": ("text", "texts_file"),
+        "pretrain": ("text", "texts_file"),
         "qa": ("question",),
+        "vqa": ("question",),
         "mc": ("question", "option"),
         "mc_itm": ("option",),
     }[run.kind]
     for flag in ("text", "texts_file", "question", "option"):
         if getattr(args, flag) and flag not in allowed:
             parser.error(f"--{flag.replace('_', '-')} is not used by a {name} model")
-    if run.kind == "retrieval":
+    unit, other = (run.unit, "video" if run.unit == "image" else "image")
+    if getattr(args, other):
+        parser.error(f"--{other} is not used by a {name} model: it scores {unit}s, give --{unit}")
+    if not getattr(args, unit):
+        parser.error(f"a {name} model scores {unit}s: give --{unit} (a file, directory or quoted glob)")
+    if run.kind in ("retrieval", "pretrain"):
         try:
             texts = read_texts(args.text, args.texts_file)
         except OSError as err:
@@ -94,7 +112,7 @@ def _flags_for(parser, args, run) -> list[str]:
         if not texts:
             parser.error(f"a {name} model scores texts: give --text or --texts-file (with a text)")
         return texts
-    if run.kind == "qa" and not args.question:
+    if run.kind in ("qa", "vqa") and not args.question:
         parser.error(f"a {name} model answers questions: give --question")
     if run.kind == "mc" and len(args.question) != 1:
         parser.error(f"--question: a {name} model takes one question, got {len(args.question)}")
@@ -111,15 +129,25 @@ def _device(parser, choice: str) -> torch.device:
     )
 
 
+def _loader(predictor):
+    """path -> frames [1, N, T, 3, L, L] on the device, as the model's evaluation loads its inputs."""
+    if predictor.run.unit == "image":
+        size, norm, device = predictor.run.data.image_size, predictor.norm, predictor.device
+        return lambda path: image_frames(path, size, norm, device)
+    source = FileSource(predictor.run.data, predictor.norm)
+    return lambda path: clip_frames(source, path, predictor.device)
+
+
 def _predict(predictor, args, texts: list[str]) -> tuple[dict, list[str]]:
-    """(the JSON results, the stdout lines) of every readable video."""
-    paths, skipped = expand_videos(args.video)
-    clips = iter_clips(FileSource(predictor.run.data, predictor.norm), paths, predictor.device, skipped)
+    """(the JSON results, the stdout lines) of every readable video or image."""
+    unit = predictor.run.unit
+    paths, skipped = expand_inputs(getattr(args, unit), unit)
+    clips = iter_clips(_loader(predictor), paths, skipped, unit)
     kind = predictor.run.kind
-    if kind == "retrieval":
+    if kind in ("retrieval", "pretrain"):
         out = report.retrieval_json(predictor, score_retrieval(predictor, clips, texts), texts, skipped)
         body = report.format_retrieval(out)
-    elif kind == "qa":
+    elif kind in ("qa", "vqa"):
         result = score_answers(predictor, clips, texts)
         out = report.answers_json(predictor, result, texts, args.top_k, skipped)
         body = report.format_answers(out)
@@ -145,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_dir = find_model_dir(args.model)
         run = read_run_settings(find_run_config(model_dir, args.config), args.ann_dir)
-        check_supported(run)
         texts = _flags_for(parser, args, run)
         predictor = load_predictor(run, model_dir, _device(parser, args.device), args.word_score_weight)
     except PredictError as err:
@@ -154,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    if not out["videos"]:
-        listed = "; ".join(f"{s['video']}: {s['reason']}" for s in out["skipped"])
-        return _fail(f"no usable video among {len(out['skipped'])} input(s): {listed}", 1)
+    unit = out["unit"]
+    if not out[f"{unit}s"]:
+        listed = "; ".join(f"{s[unit]}: {s['reason']}" for s in out["skipped"])
+        return _fail(f"no usable {unit} among {len(out['skipped'])} input(s): {listed}", 1)
     print("\n".join(lines), flush=True)
     return 0

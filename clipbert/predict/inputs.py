@@ -1,42 +1,47 @@
-"""The user's inputs: video paths (files, directories, globs), texts, and each video's Ntest clips as the
-model's evaluation sees them (PyAV decoding, the run's test sampling, the loader's normalization)."""
+"""The user's inputs: video or image paths (files, directories, globs), texts, and each video's Ntest clips
+(or each image, as one clip of one frame) as the model's evaluation sees them (PyAV decoding, the run's test
+sampling, the loader's normalization)."""
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from clipbert.data.video_source import VIDEO_SUFFIXES, VideoSource
+from clipbert.data.video_source import VIDEO_SUFFIXES, VideoSource, load_image
 
-PROGRESS_FROM = 4  # videos: a bar from this many on (a few are done before a bar would say anything)
+PROGRESS_FROM = 4  # inputs: a bar from this many on (a few are done before a bar would say anything)
+# what torchvision's decode_image reads (load_image); an animated GIF or WebP gives its first frame
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+SUFFIXES = {"video": VIDEO_SUFFIXES, "image": IMAGE_SUFFIXES}
 
 
 @dataclass
 class Skipped:
-    video: str  # the path (or pattern, or directory) as the user gave or we expanded it
+    path: str  # the path (or pattern, or directory) as the user gave or we expanded it
     reason: str
 
 
-def expand_videos(specs: list[str]) -> tuple[list[str], list[Skipped]]:
-    """--video values -> (files to score, in order given and without repeats; what named no video).
+def expand_inputs(specs: list[str], unit: str = "video") -> tuple[list[str], list[Skipped]]:
+    """--video (unit "video") or --image ("image") values -> (files to score, in order given and without
+    repeats; what named none).
 
     A directory gives its files, a pattern with * ? or [ its matches, sorted; a plain path is kept as it
-    is, so a missing file is reported by the decoder like any other bad video."""
+    is, so a missing file is reported by the decoder like any other bad input."""
     files: list[str] = []
     skipped: list[Skipped] = []
     for spec in specs:
-        found, problems = _expand_one(spec)
+        found, problems = _expand_one(spec, unit)
         files += found
         skipped += problems
     return list(dict.fromkeys(files)), skipped
 
 
-def _expand_one(spec: str) -> tuple[list[str], list[Skipped]]:
+def _expand_one(spec: str, unit: str) -> tuple[list[str], list[Skipped]]:
     path = Path(spec)
     if path.is_dir():
         entries = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -48,10 +53,12 @@ def _expand_one(spec: str) -> tuple[list[str], list[Skipped]]:
         return [spec], []
     if not entries:
         return [], [Skipped(spec, empty)]
-    videos = [str(p) for p in entries if p.suffix.lower() in VIDEO_SUFFIXES]
+    suffixes = SUFFIXES[unit]
+    kept = [str(p) for p in entries if p.suffix.lower() in suffixes]
     # Why report the rest: a researcher's .m4v or .mpg files must not vanish from a directory unsaid
-    why = f"not a video suffix ({', '.join(VIDEO_SUFFIXES)}); name the file itself to try it"
-    return videos, [Skipped(str(p), why) for p in entries if p.suffix.lower() not in VIDEO_SUFFIXES]
+    article = "an" if unit == "image" else "a"
+    why = f"not {article} {unit} suffix ({', '.join(suffixes)}); name the file itself to try it"
+    return kept, [Skipped(str(p), why) for p in entries if p.suffix.lower() not in suffixes]
 
 
 def read_texts(texts: list[str], texts_file: str | None) -> list[str]:
@@ -89,21 +96,32 @@ def clip_frames(source: FileSource, path: str, device: torch.device) -> torch.Te
     return finish_frames(batch, source.norm, device)["frames"]
 
 
+def image_frames(path: str, size: int, norm, device: torch.device) -> torch.Tensor:
+    """float32 [1, 1, 1, 3, L, L]: an image as the image tasks' datasets load it (one clip of one frame),
+    normalized as their loader does."""
+    from clipbert.data.loader import finish_frames
+
+    padded, hw = load_image(path, size)  # uint8 [1, 1, 3, L, L], content (h, w)
+    batch = {"frames": padded[None], "frames_hw": torch.tensor([hw], dtype=torch.int64)}
+    return finish_frames(batch, norm, device)["frames"]
+
+
 def iter_clips(
-    source: FileSource, paths: list[str], device: torch.device, skipped: list[Skipped]
+    load: Callable[[str], torch.Tensor], paths: list[str], skipped: list[Skipped], unit: str = "video"
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(path, frames [1, N, T, 3, L, L]) of each readable video; the others are appended to `skipped`.
+    """(path, load(path): frames [1, N, T, 3, L, L]) of each readable file; the others are appended to
+    `skipped`.
 
     Why catch every error of a file: a user's file can fail in ways no training video did (PyAV, OS or
-    index errors besides VideoDecodeError), and one bad file must not lose the other videos' results."""
+    index errors besides VideoDecodeError), and one bad file must not lose the other files' results."""
     from tqdm import tqdm
 
     from clipbert.data.decoders import VideoDecodeError
 
-    bar = tqdm(paths, desc="videos", unit="video", disable=len(paths) < PROGRESS_FROM, leave=False)
+    bar = tqdm(paths, desc=f"{unit}s", unit=unit, disable=len(paths) < PROGRESS_FROM, leave=False)
     for path in bar:
         try:
-            frames = clip_frames(source, path, device)
+            frames = load(path)
         except VideoDecodeError as err:
             skipped.append(Skipped(path, err.reason))
             continue

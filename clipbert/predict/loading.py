@@ -20,8 +20,7 @@ from clipbert.train import config as C
 from clipbert.train.export import FORMAT, PREDICT_INFO, answer_list, word_vocab_of
 
 RUN_CONFIG = "config.json"  # the resolved config a training run writes next to its model/
-SUPPORTED_KINDS = ("retrieval", "qa", "mc", "mc_itm")  # pretrain and vqa score images, not videos
-SUPPORTED_TASKS = tuple(t for t, kind in C.TASK_KINDS.items() if kind in SUPPORTED_KINDS)
+IMAGE_KINDS = ("pretrain", "vqa")  # trained on images (one clip of one frame): they score --image inputs
 
 
 class PredictError(Exception):
@@ -44,6 +43,11 @@ class RunSettings:
     def kind(self) -> str:
         return self.task.kind
 
+    @property
+    def unit(self) -> str:
+        """What the model scores: "image" (VQA, pre-training) or "video" (every other task)."""
+        return "image" if self.kind in IMAGE_KINDS else "video"
+
 
 @dataclass
 class Predictor:
@@ -53,7 +57,7 @@ class Predictor:
     tokenizer: object
     norm: object  # clipbert.data.preprocess.Normalization of the model
     device: torch.device
-    answers: list[str] | None = None  # label -> answer, for open-ended QA
+    answers: list[str] | None = None  # label -> answer, for open-ended QA and VQA
     words: object | None = None  # tasks.VisualWords of the training set, when the word score is used
     word_score_weight: float = 0.0
 
@@ -146,14 +150,6 @@ def _resolve_relative(ann_dir: str, config_path: Path, output_dir: str) -> str:
     return ann_dir
 
 
-def check_supported(run: RunSettings) -> None:
-    if run.kind not in SUPPORTED_KINDS:
-        raise PredictError(
-            f"task {run.task.name} ({run.kind}) is not supported by predict; supported tasks: "
-            f"{', '.join(SUPPORTED_TASKS)}"
-        )
-
-
 def _check_model_fits(model_cfg, run: RunSettings) -> None:
     """The export and the run config must describe the same model (a --config of another run would
     sample other frames or read another head)."""
@@ -229,8 +225,12 @@ def load_predictor(run: RunSettings, model_dir: Path, device: torch.device, word
     model.to(device).eval()
     tokenizer = build_tokenizer()  # the trainer's (TaskData): the bundled uncased vocabulary
     predictor = Predictor(model, model_dir, run, tokenizer, normalization_for(model.config), device)
-    if run.kind == "qa":
+    if run.kind in C.ANSWER_KINDS:
         predictor.answers = _answers(run, model.config.num_answers)
+    if run.kind == "pretrain" and model.cls is None:
+        raise PredictError(
+            f"model {model_dir}: a pretrain model needs its pre-training heads (pretrain_heads)"
+        )
     weight = run.eval.word_score_weight if word_weight is None else word_weight
     # as evaluate_retrieval: the word score needs the word loss's vocabulary, the head and a weight
     uses_words = run.kind == "retrieval" and run.visual_word_loss > 0 and weight > 0

@@ -1,4 +1,7 @@
-"""The results as one JSON-ready dict (--json) and as readable tables (stdout)."""
+"""The results as one JSON-ready dict (--json) and as readable tables (stdout).
+
+The keys name what was scored: "videos"/"video" for video models, "images"/"image" for the image tasks'
+(VQA, pre-training), so a results file says which it holds."""
 
 from __future__ import annotations
 
@@ -20,59 +23,76 @@ def _matrix(t: torch.Tensor | None) -> list[list[float | None]] | None:
 def header(predictor, skipped) -> dict:
     run = predictor.run
     data = run.data
-    return {
-        "model": str(predictor.model_dir),
-        "run_config": str(run.path),
-        "task": run.task.name,
-        "kind": run.kind,
-        "device": str(predictor.device),
-        "settings": {
+    if run.unit == "image":  # one clip of one frame: no sampling, and aggregating one clip is the identity
+        settings = {"image_size": data.image_size}
+    else:
+        settings = {
             "num_test_clips": data.num_test_clips,
             "frames_per_clip": data.frames_per_clip,
             "clip_seconds": data.clip_seconds,
             "sampling": data.test_sampling,
             "image_size": data.image_size,
             "aggregation": run.task.aggregation,
-        },
-        "skipped": [{"video": s.video, "reason": s.reason} for s in skipped],
+        }
+    return {
+        "model": str(predictor.model_dir),
+        "run_config": str(run.path),
+        "task": run.task.name,
+        "kind": run.kind,
+        "unit": run.unit,
+        "device": str(predictor.device),
+        "settings": settings,
+        "skipped": [{run.unit: s.path, "reason": s.reason} for s in skipped],
     }
 
 
 def retrieval_json(predictor, result, texts: list[str], skipped) -> dict:
     out = header(predictor, skipped)
+    unit = predictor.run.unit
     out["settings"]["word_score_weight"] = predictor.word_score_weight if result.word is not None else 0.0
     score = result.score  # [V, Q]
     out.update(
-        videos=result.videos,
-        texts=texts,
-        scores=_matrix(score),  # the table: videos x texts, higher = better match
-        match_log_prob=_matrix(result.match),
-        word_score=_matrix(result.word),
-        best_video_per_text=[],
-        best_text_per_video=[],
+        {
+            f"{unit}s": result.videos,
+            "texts": texts,
+            "scores": _matrix(score),  # the table: videos (images) x texts, higher = better match
+            "match_log_prob": _matrix(result.match),
+            "word_score": _matrix(result.word),
+            f"best_{unit}_per_text": [],
+            f"best_text_per_{unit}": [],
+        }
     )
     if score.numel():
         for q, v in enumerate(score.argmax(0).tolist()):
-            best = {"text": texts[q], "video": result.videos[v], "score": _number(score[v, q].item())}
-            out["best_video_per_text"].append(best)
+            best = {"text": texts[q], unit: result.videos[v], "score": _number(score[v, q].item())}
+            out[f"best_{unit}_per_text"].append(best)
         for v, q in enumerate(score.argmax(1).tolist()):
-            best = {"video": result.videos[v], "text": texts[q], "score": _number(score[v, q].item())}
-            out["best_text_per_video"].append(best)
+            best = {unit: result.videos[v], "text": texts[q], "score": _number(score[v, q].item())}
+            out[f"best_text_per_{unit}"].append(best)
     return out
+
+
+# what answers_json's "prob" is, per kind (VQA's head is trained per answer with binary cross-entropy)
+ANSWER_PROBS = {
+    "qa": "softmax over the answers of the clip-aggregated scores",
+    "vqa": "sigmoid of each answer's logit: the predicted VQA accuracy of that answer, not a distribution",
+}
 
 
 def answers_json(predictor, result, questions: list[str], top_k: int, skipped) -> dict:
     out = header(predictor, skipped)
-    out.update(videos=result.videos, questions=questions, results=[])
+    unit = predictor.run.unit
+    out.update({f"{unit}s": result.videos, "questions": questions, "prob": ANSWER_PROBS[predictor.run.kind]})
+    out["results"] = []
     k = min(top_k, len(predictor.answers))
     for video, log_probs in zip(result.videos, result.log_probs):
         for q, question in enumerate(questions):
-            top = log_probs[q].exp().topk(k)  # probabilities of the clip-aggregated prediction
+            top = log_probs[q].exp().topk(k)  # see ANSWER_PROBS
             answers = [
                 {"answer": predictor.answers[i], "prob": _number(p)}
                 for p, i in zip(top.values.tolist(), top.indices.tolist())
             ]
-            out["results"].append({"video": video, "question": question, "top_answers": answers})
+            out["results"].append({unit: video, "question": question, "top_answers": answers})
     return out
 
 
@@ -108,33 +128,37 @@ def _clip(text: str, width: int = 60) -> str:
 
 def format_header(out: dict) -> list[str]:
     s = out["settings"]
-    return [
-        f"{out['task']} ({out['kind']}) model {out['model']}",
-        f"{s['num_test_clips']} clips x {s['frames_per_clip']} frame(s) per video, {s['sampling']} sampling, "
-        f"L={s['image_size']}, {s['aggregation']} aggregation, {out['device']}",
-    ]
+    if out["unit"] == "image":
+        inputs = f"each image as one clip of one frame, L={s['image_size']}, {out['device']}"
+    else:
+        inputs = (
+            f"{s['num_test_clips']} clips x {s['frames_per_clip']} frame(s) per video, {s['sampling']} "
+            f"sampling, L={s['image_size']}, {s['aggregation']} aggregation, {out['device']}"
+        )
+    return [f"{out['task']} ({out['kind']}) model {out['model']}", inputs]
 
 
 def format_retrieval(out: dict) -> list[str]:
+    unit = out["unit"]
     weight = out["settings"]["word_score_weight"]
     words = f" + {weight:g} x word log-likelihood ratio" if out["word_score"] is not None else ""
     lines = [f"score = log p(match){words} (higher = better match)", "", "texts:"]
     lines += [f"  t{q + 1}  {_clip(t)}" for q, t in enumerate(out["texts"])]
-    names = _names(out["videos"])
+    names = _names(out[f"{unit}s"])
     width = max([len(n) for n in names.values()] + [5])
-    lines += ["", f"{'video':<{width}}" + "".join(f"{f't{q + 1}':>10}" for q in range(len(out["texts"])))]
-    for video, row in zip(out["videos"], out["scores"]):
+    lines += ["", f"{unit:<{width}}" + "".join(f"{f't{q + 1}':>10}" for q in range(len(out["texts"])))]
+    for video, row in zip(out[f"{unit}s"], out["scores"]):
         lines.append(f"{names[video]:<{width}}" + "".join(_cell(x) for x in row))
-    lines += ["", "best video per text:"]
+    lines += ["", f"best {unit} per text:"]
     lines += [
-        f"  t{q + 1}  {names[b['video']]}  ({_cell(b['score']).strip()})"
-        for q, b in enumerate(out["best_video_per_text"])
+        f"  t{q + 1}  {names[b[unit]]}  ({_cell(b['score']).strip()})"
+        for q, b in enumerate(out[f"best_{unit}_per_text"])
     ]
-    lines += ["best text per video:"]
+    lines += [f"best text per {unit}:"]
     texts = {t: q for q, t in reversed(list(enumerate(out["texts"])))}
     lines += [
-        f"  {names[b['video']]:<{width}}  t{texts[b['text']] + 1}  ({_cell(b['score']).strip()})"
-        for b in out["best_text_per_video"]
+        f"  {names[b[unit]]:<{width}}  t{texts[b['text']] + 1}  ({_cell(b['score']).strip()})"
+        for b in out[f"best_text_per_{unit}"]
     ]
     return lines
 
@@ -144,12 +168,16 @@ def _cell(x: float | None, digits: int = 3) -> str:
 
 
 def format_answers(out: dict) -> list[str]:
-    names, lines = _names(out["videos"]), []
+    unit = out["unit"]
+    names, lines = _names(out[f"{unit}s"]), []
+    label = "p" if out["kind"] == "qa" else "score"  # VQA: a per-answer sigmoid (ANSWER_PROBS)
+    if out["kind"] == "vqa":
+        lines.append("score = the predicted VQA accuracy of the answer (a sigmoid per answer, not a softmax)")
     for r in out["results"]:
-        lines += ["", f"{names[r['video']]}  Q: {r['question']}"]
+        lines += ["", f"{names[r[unit]]}  Q: {r['question']}"]
         width = max(len(a["answer"]) for a in r["top_answers"])
         lines += [
-            f"  {i}. {a['answer']:<{width}}  p={_cell(a['prob']).strip()}"
+            f"  {i}. {a['answer']:<{width}}  {label}={_cell(a['prob']).strip()}"
             for i, a in enumerate(r["top_answers"], start=1)
         ]
     return lines
@@ -172,5 +200,6 @@ def format_options(out: dict) -> list[str]:
 def format_skipped(out: dict) -> list[str]:
     if not out["skipped"]:
         return []
-    lines = ["", f"skipped {len(out['skipped'])} input(s), scored {len(out['videos'])} video(s):"]
-    return lines + [f"  {s['video']}: {s['reason']}" for s in out["skipped"]]
+    unit = out["unit"]
+    lines = ["", f"skipped {len(out['skipped'])} input(s), scored {len(out[f'{unit}s'])} {unit}(s):"]
+    return lines + [f"  {s[unit]}: {s['reason']}" for s in out["skipped"]]

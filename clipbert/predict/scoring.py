@@ -1,9 +1,11 @@
-"""Scoring the user's videos with the trainer's own functions.
+"""Scoring the user's videos (or images) with the trainer's own functions.
 
 Retrieval: evaluate.retrieval_scores (log p(match) of the clip-aggregated matching head) plus, when the run
 scored with it, eval.word_score_weight x evaluate.word_log_likelihood, exactly the matrix evaluate_retrieval
-ranks. QA and multiple choice: the model's clip scores aggregated as tasks.predict aggregates them, kept as
-log-probabilities instead of only their argmax.
+ranks. Pre-training: the same table from the pre-training matching head (pretrain_forward's itm_logits).
+QA and multiple choice: the model's clip scores aggregated as tasks.predict aggregates them, kept as
+log-probabilities instead of only their argmax. VQA: each answer's log-sigmoid, the head's own estimate of
+that answer's VQA accuracy (it is trained with binary cross-entropy on soft targets, not a softmax).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from clipbert.train.evaluate import retrieval_scores, word_log_likelihood
-from clipbert.train.tasks import clip_aggregate, match_log_prob
+from clipbert.train.tasks import clip_aggregate, match_log_prob, vqa_logits
 
 Clips = Iterable[tuple[str, torch.Tensor]]  # (path, frames [1, N, T, 3, L, L])
 
@@ -31,7 +34,7 @@ def encode_texts(predictor, texts: list[str], pairs: list[str] | None = None):
 
 @dataclass
 class RetrievalScores:
-    videos: list[str]
+    videos: list[str]  # or images (pretrain)
     score: torch.Tensor  # float32 [V, Q]: what evaluation ranks (match + weight x word)
     match: torch.Tensor  # float32 [V, Q]: log p(match), the matching head alone
     word: torch.Tensor | None  # float32 [V, Q]: the word log-likelihood ratio, when used
@@ -45,9 +48,12 @@ def score_retrieval(predictor, clips: Clips, texts: list[str]) -> RetrievalScore
     for path, frames in clips:
         tokens = model.encode_visual(frames).tokens  # [1, N, Lv, H]
         # one video at a time: its visual tokens are dropped once scored, so memory does not grow with V
-        match.append(
-            retrieval_scores(model, tokens, ids, mask, run.task.aggregation, 1, run.eval.text_batch)[:, 0]
-        )
+        if run.kind == "pretrain":
+            match.append(_pretrain_match(predictor, tokens, ids, mask))
+        else:
+            match.append(
+                retrieval_scores(model, tokens, ids, mask, run.task.aggregation, 1, run.eval.text_batch)[:, 0]
+            )
         if predictor.words is not None:
             word.append(word_log_likelihood(model, tokens, ids, predictor.words)[:, 0])  # [Q]
         videos.append(path)
@@ -58,21 +64,39 @@ def score_retrieval(predictor, clips: Clips, texts: list[str]) -> RetrievalScore
     return RetrievalScores(videos, score, match_vq, word_vq)
 
 
+def _pretrain_match(predictor, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log p(match) [Q] of one image's tokens [1, 1, Lv, H] against every text, from the pre-training
+    matching head, eval.text_batch texts at a time."""
+    from clipbert.models import VisualTokens
+
+    out = []
+    for q0 in range(0, ids.shape[0], predictor.run.eval.text_batch):
+        chunk = slice(q0, q0 + predictor.run.eval.text_batch)
+        logits = predictor.model.pretrain_match(VisualTokens(tokens), ids[None, chunk], mask[None, chunk])
+        out.append(match_log_prob(logits[0], predictor.run.task.aggregation).float().cpu())  # [tb]
+    return torch.cat(out) if out else torch.empty(0)
+
+
 @dataclass
 class ClassScores:
-    videos: list[str]
-    log_probs: list[torch.Tensor]  # per video, float32 [Q, K]: QA [questions, answers]; MC [1, options]
+    videos: list[str]  # or images (vqa)
+    log_probs: list[torch.Tensor]  # per input, float32 [Q, K]: QA [questions, answers]; MC [1, options]
 
 
 @torch.no_grad()
 def score_answers(predictor, clips: Clips, questions: list[str]) -> ClassScores:
-    """Open-ended QA: log p(answer) [Q, K] per video, the clip scores aggregated as in tasks.predict."""
+    """Open-ended QA: log p(answer) [Q, K] per video, the clip scores aggregated as in tasks.predict.
+    VQA: log sigmoid(logit) [Q, K] per image: each answer's predicted VQA accuracy, independently."""
     ids, mask = encode_texts(predictor, questions)
     out = ClassScores([], [])
     for path, frames in clips:
         scores = predictor.model(frames, ids[None], mask[None])  # [1, Q, N, K]
+        if predictor.run.kind == "vqa":  # N = 1: one image, one clip
+            log_p = F.logsigmoid(vqa_logits(scores[0].unsqueeze(1)))  # [Q, 1, 1, K] -> [Q, K]
+        else:
+            log_p = clip_aggregate(scores[0], predictor.run.task.aggregation)  # [Q, K]
         out.videos.append(path)
-        out.log_probs.append(clip_aggregate(scores[0], predictor.run.task.aggregation).cpu())  # [Q, K]
+        out.log_probs.append(log_p.float().cpu())
     return out
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipbert.train.config import ANSWER_KINDS
 from clipbert.train.logging import get_logger
 
 PREDICT_INFO = "predict.json"
@@ -58,7 +59,7 @@ def predict_info(cfg, model_cfg, data) -> dict:
     if cfg.data.ann_dir:  # absolute: predict.json is read from another directory than the run's
         info["data"]["ann_dir"] = str(Path(cfg.data.ann_dir).resolve())
     info["train"] = {"visual_word_loss": cfg.train.visual_word_loss}
-    if cfg.task.kind == "qa":
+    if cfg.task.kind in ANSWER_KINDS:
         try:
             info["answers"] = answer_list(cfg.data.ann_dir, cfg.task.name, model_cfg.num_answers)
         except (FileNotFoundError, ValueError) as err:  # predict then reads it from the annotations
