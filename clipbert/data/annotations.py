@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from pathlib import Path
@@ -41,8 +42,9 @@ def read_jsonl(
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:  # bytes: a line that is not UTF-8 is named by its number, as any other
+        for line_no, raw in enumerate(f, start=1):
+            line = _decode(raw.removeprefix(codecs.BOM_UTF8) if line_no == 1 else raw, f"{path}:{line_no}")
             if not line.strip():
                 continue
             try:
@@ -65,11 +67,26 @@ def read_jsonl(
     return records
 
 
+def _decode(raw: bytes, where: str) -> str:
+    """UTF-8 text of an annotation file's bytes, or an AnnotationError naming `where` and the bad byte.
+
+    Why the BOM is dropped by the callers: editors on Windows (and pandas' to_json with utf-8-sig) start
+    files with one; json.loads refuses it, which made a valid file fail on its first line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise AnnotationError(
+            f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+            "re-save the file as UTF-8"
+        ) from err
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_decode(raw, str(path)))
     except json.JSONDecodeError as err:
         raise AnnotationError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from err
