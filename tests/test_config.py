@@ -297,3 +297,13 @@ def test_asking_for_cuda_without_a_gpu_is_a_config_error(capfd):
 
     assert main(["--config", "ds_synthetic", "--set", "train.device=cuda"]) == 2  # not a traceback, rc 1
     assert "config error: train.device=cuda but no CUDA device is visible" in capfd.readouterr().err
+
+
+def test_a_config_with_a_bom_loads_and_one_not_in_utf8_names_the_file(tmp_path):
+    shipped = (C.CONFIG_DIR / "ds_synthetic.json").read_bytes()
+    path = tmp_path / "windows.json"
+    path.write_bytes(b"\xef\xbb\xbf" + shipped)  # a UTF-8 BOM, as Notepad saves it
+    assert C.load(path).task.name == C.load(C.CONFIG_DIR / "ds_synthetic.json").task.name
+    path.write_bytes(shipped.replace(b'"task"', b'"t\xe2sk"'))  # a latin-1 byte, not UTF-8
+    with pytest.raises(C.ConfigError, match=r"windows\.json: not UTF-8 text"):
+        C.load(path)

@@ -109,7 +109,7 @@ def read_run_settings(path: Path, ann_dir: str | None) -> RunSettings:
     Why not config.load: it also resolves the model section (init weights that need not exist here) and
     parses the deepspeed section through DeepSpeed, none of which prediction uses."""
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # UnicodeDecodeError is a ValueError
         if not isinstance(raw, dict):
             raise C.ConfigError("expected a JSON object with task, data and eval sections")
         task = C.build_section("task", C.TaskConfig, raw.get("task", {}))

@@ -541,10 +541,12 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = resolve_path(path)
-    try:
-        raw = json.loads(path.read_text())
+    try:  # utf-8-sig: a config saved by a Windows editor starts with a BOM, which json.loads refuses
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not valid JSON: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte offset {err.start}); re-save it as UTF-8") from err
     for assignment in overrides or []:
         apply_override(raw, assignment)
     return from_dict(raw)
