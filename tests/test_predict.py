@@ -425,3 +425,19 @@ def test_a_vqa_export_holds_its_answers(vqa_run, bench):
     info = json.loads((out_dir / "model" / PREDICT_INFO).read_text())
     ans2label = json.loads((bench / "annotations" / "vqa_ans2label.json").read_text())
     assert info["task"]["name"] == "vqa" and info["answers"] == sorted(ans2label, key=ans2label.get)
+
+
+def test_visual_words_are_checked_against_the_tokenizer(retrieval_run, bench, tmp_path, capsys):
+    _, out_dir = retrieval_run
+    alone = _alone(out_dir, tmp_path)
+    info = json.loads((alone / PREDICT_INFO).read_text())
+    words = info["visual_words"]["words"]
+    assert len(words) == len(info["visual_words"]["word_ids"]) and "red" in words  # tokens, as trained
+    info["visual_words"]["words"] = ["crimson", *words[1:]]  # as if trained with another vocabulary
+    (alone / PREDICT_INFO).write_text(json.dumps(info))
+    argv = ["--model", str(alone), "--video", _video(bench, "video0000"), "--text", "a"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"visual word id {info['visual_words']['word_ids'][0]} is 'crimson' in training but" in err
+    code, out, _, _ = _predict([*argv, "--word-score-weight", "0"], tmp_path, capsys)  # the head alone
+    assert code == 0 and out["word_score"] is None

@@ -38,6 +38,7 @@ class RunSettings:
     visual_word_loss: float  # > 0: the model has the visual-word head and eval adds its word score
     answers: list[str] | None = None  # label -> answer, from predict.json (None: from the annotations)
     word_vocab: object | None = None  # data.visual_words.WordVocab from predict.json (None: rebuilt)
+    word_tokens: list[str] | None = None  # its words as tokens, when predict.json gives them (checked)
 
     @property
     def kind(self) -> str:
@@ -135,6 +136,7 @@ def _exported_vocabularies(raw: dict, run: RunSettings) -> None:
         run.answers = raw["answers"]
     if "visual_words" in raw:
         run.word_vocab = word_vocab_of(raw["visual_words"])
+        run.word_tokens = raw["visual_words"].get("words")  # exports from before they were written: none
 
 
 def _resolve_relative(ann_dir: str, config_path: Path, output_dir: str) -> str:
@@ -184,6 +186,26 @@ def _answers(run: RunSettings, num_answers: int) -> list[str]:
         raise PredictError(f"answer vocabulary: {err} (give the run's annotations with --ann-dir)") from err
 
 
+def _check_word_tokens(run: RunSettings, tokenizer) -> None:
+    """predict.json's visual words are token ids of the training's tokenizer; under another vocabulary they
+    would score other words, silently. Its tokens name the first difference."""
+    if run.word_tokens is None:
+        return
+    ids = run.word_vocab.word_ids.tolist()
+    here = tokenizer.convert_ids_to_tokens(ids)
+    if len(run.word_tokens) != len(ids):
+        raise PredictError(
+            f"{run.path}: visual_words has {len(ids)} word_ids but {len(run.word_tokens)} words"
+        )
+    for token_id, trained, ours in zip(ids, run.word_tokens, here):
+        if trained != ours:
+            raise PredictError(
+                f"{run.path}: visual word id {token_id} is {trained!r} in training but {ours!r} in this "
+                "tokenizer: the export was trained with another vocabulary (--word-score-weight 0 scores "
+                "with the matching head alone)"
+            )
+
+
 def _training_words(run: RunSettings, tokenizer, device):
     """The training set's visual-word vocabulary: predict.json's, else built as the trainer builds it
     (RetrievalTrainDataset.enable_visual_words, through TaskData.visual_words) from the texts alone, so the
@@ -193,6 +215,7 @@ def _training_words(run: RunSettings, tokenizer, device):
     from clipbert.train.tasks import VisualWords
 
     if run.word_vocab is not None:  # predict.json's: the training set's, saved at export
+        _check_word_tokens(run, tokenizer)
         return VisualWords.from_vocab(run.word_vocab, run.visual_word_loss, device)
     task = run.task.name
     path = Path(run.data.ann_dir) / f"{task}_train.jsonl"

@@ -66,7 +66,10 @@ def predict_info(cfg, model_cfg, data) -> dict:
             get_logger().warning("%s: %s holds no answer list", err, PREDICT_INFO)
     words = data.visual_words(torch.device("cpu"))  # None unless retrieval with the word loss
     if words is not None:
-        info["visual_words"] = {"word_ids": words.word_ids.tolist(), "prior": words.prior.tolist()}
+        ids = words.word_ids.tolist()
+        # the tokens too: predict checks them against its tokenizer, since the ids mean nothing under another
+        info["visual_words"] = {"word_ids": ids, "words": data.tokenizer.convert_ids_to_tokens(ids)}
+        info["visual_words"]["prior"] = words.prior.tolist()
     return info
 
 
