@@ -132,14 +132,20 @@ def test_word_score_weight_zero_gives_the_matching_head_alone(retrieval_run, ben
     assert alone["scores"] == with_words["match_log_prob"] and alone["scores"] != with_words["scores"]
 
 
+def _first_eval_batch(cfg, out_dir, split):
+    """(model, the first evaluation batch, its examples, the evaluation's predicted labels, label -> answer)
+    of an open-ended QA or VQA export."""
+    model = ClipBert.from_pretrained(out_dir / "model").eval()
+    dataset, loader = TaskData(cfg, model.config, CPU).eval(split)
+    batch = to_device(next(iter(loader)), CPU, torch.float32)
+    preds = predict(model, batch, cfg.task.kind, cfg.task.aggregation)["pred"].tolist()
+    label2ans = {label: answer for answer, label in dataset.ans2label.items()}
+    return model, batch, [dataset.examples[i] for i in batch["index"].tolist()], preds, label2ans
+
+
 def test_qa_top_answers_are_the_models_prediction(bench, qa_run, tmp_path, capsys):
     cfg, out_dir = qa_run
-    model = ClipBert.from_pretrained(out_dir / "model").eval()
-    dataset, loader = TaskData(cfg, model.config, CPU).eval("test")
-    batch = to_device(next(iter(loader)), CPU, torch.float32)
-    preds = predict(model, batch, "qa", cfg.task.aggregation)["pred"].tolist()
-    label2ans = {label: answer for answer, label in dataset.ans2label.items()}
-    examples = [dataset.examples[i] for i in batch["index"].tolist()]
+    _, batch, examples, preds, label2ans = _first_eval_batch(cfg, out_dir, "test")
     videos = sorted({_video(bench, e["video_id"]) for e in examples})
     questions = sorted({e["question"] for e in examples})
     argv = ["--model", str(out_dir / "model"), *[f"--video={v}" for v in videos]]
@@ -333,12 +339,7 @@ def test_a_predict_json_of_another_format_exits_2_naming_it(retrieval_run, bench
 
 def test_vqa_top_answers_are_the_models_prediction_with_sigmoid_scores(bench, vqa_run, tmp_path, capsys):
     cfg, out_dir = vqa_run
-    model = ClipBert.from_pretrained(out_dir / "model").eval()
-    dataset, loader = TaskData(cfg, model.config, CPU).eval("val")
-    batch = to_device(next(iter(loader)), CPU, torch.float32)
-    preds = predict(model, batch, "vqa", cfg.task.aggregation)["pred"].tolist()
-    label2ans = {label: answer for answer, label in dataset.ans2label.items()}
-    examples = [dataset.examples[i] for i in batch["index"].tolist()]
+    model, batch, examples, preds, label2ans = _first_eval_batch(cfg, out_dir, "val")
     images = sorted({str(bench / e["file"]) for e in examples})
     questions = sorted({e["question"] for e in examples})
     argv = ["--model", str(out_dir), *[f"--image={i}" for i in images]]
