@@ -361,16 +361,9 @@ def test_vqa_top_answers_are_the_models_prediction_with_sigmoid_scores(bench, vq
     assert "score=" in stdout and "predicted VQA accuracy" in stdout
 
 
-def test_pretrain_match_table_is_the_pretraining_heads(bench, pretrain_run, tmp_path, capsys):
-    cfg, out_dir = pretrain_run
-    model = ClipBert.from_pretrained(out_dir / "model").eval()
-    lines = read_jsonl(bench / "annotations" / "pretrain_train.jsonl")
-    images = list(dict.fromkeys(str(bench / line["file"]) for line in lines))[:3]
-    texts = [lines[0]["caption"], "a small blue square", "nothing at all"]
-    argv = ["--model", str(out_dir), *[f"--image={i}" for i in images], *[f"--text={t}" for t in texts]]
-    code, out, stdout, _ = _predict(argv, tmp_path, capsys)
-    assert code == 0 and out["images"] == images and len(out["best_image_per_text"]) == 3
-    # expected: pretrain_forward's itm_logits of each (image, text) pair, as pre-training evaluates them
+def _pretrain_forward_outputs(cfg, model, images, texts):
+    """pretrain_forward's (itm_logits [I, Q, 2], mlm_logits [I, Q, Lt, vocab]) of every (image, text) pair,
+    one pair at a time, as pre-training evaluates them; the texts tokenized as predict tokenizes them."""
     from clipbert.predict.inputs import image_frames
     from clipbert.predict.scoring import encode_texts
 
@@ -378,19 +371,50 @@ def test_pretrain_match_table_is_the_pretraining_heads(bench, pretrain_run, tmp_
     predictor.max_text_len = cfg.data.max_text_len["pretrain"]
     ids, mask = encode_texts(predictor, texts)
     norm = normalization_for(model.config)
-    expected = torch.empty(len(images), len(texts))
+    itm, mlm = [], []
     with torch.no_grad():
-        for v, image in enumerate(images):
+        for image in images:
             frames = image_frames(image, cfg.data.image_size, norm, CPU)
             for q in range(len(texts)):
                 text, text_mask = ids[q][None, None], mask[q][None, None]  # [1, 1, Lt]
-                no_mlm = torch.full_like(text, -100)
-                itm = model.pretrain_forward(frames, text, text_mask, no_mlm, torch.tensor([1]))[
-                    "itm_logits"
-                ][0]
-                expected[v, q] = torch.nn.functional.logsigmoid(itm[1] - itm[0])
-    torch.testing.assert_close(torch.tensor(out["scores"]), expected)
+                out = model.pretrain_forward(
+                    frames, text, text_mask, torch.full_like(text, -100), torch.tensor([1])
+                )
+                itm.append(out["itm_logits"][0])
+                mlm.append(out["mlm_logits"][0])
+    shape = (len(images), len(texts))
+    return torch.stack(itm).view(*shape, 2), torch.stack(mlm).view(*shape, *mlm[0].shape), ids, predictor
+
+
+def test_pretrain_scores_are_the_pretraining_heads(bench, pretrain_run, tmp_path, capsys):
+    cfg, out_dir = pretrain_run
+    model = ClipBert.from_pretrained(out_dir / "model").eval()
+    lines = read_jsonl(bench / "annotations" / "pretrain_train.jsonl")
+    images = list(dict.fromkeys(str(bench / line["file"]) for line in lines))[:3]
+    texts = [lines[0]["caption"], "a small [mask] square", "[MASK] [MASK] at all"]
+    argv = ["--model", str(out_dir), *[f"--image={i}" for i in images], *[f"--text={t}" for t in texts]]
+    code, out, stdout, _ = _predict([*argv, "--top-k", "3"], tmp_path, capsys)
+    assert code == 0 and out["images"] == images and len(out["best_image_per_text"]) == 3
+    assert out["texts"][1] == "a small [MASK] square"  # the tokenizer knows [MASK] in capitals only
+    itm, mlm, ids, predictor = _pretrain_forward_outputs(cfg, model, images, out["texts"])
+    # the matching table: log p(match) of the pre-training ITM head (label 1 = match)
+    torch.testing.assert_close(
+        torch.tensor(out["scores"]), torch.nn.functional.logsigmoid(itm[..., 1] - itm[..., 0])
+    )
     assert "best image per text:" in stdout and out["word_score"] is None
+    # the fillers: the MLM head's top tokens at each [MASK], for every image and masked text
+    fills = {(f["image"], f["text"]): f["masks"] for f in out["fill_mask"]}
+    assert set(fills) == {(i, t) for i in images for t in out["texts"][1:]}
+    for v, image in enumerate(images):
+        for q in (1, 2):
+            positions = (ids[q] == predictor.tokenizer.mask_token_id).nonzero()[:, 0]
+            expected = mlm[v, q, positions].softmax(-1).topk(3)  # [masks, 3]
+            got = fills[(image, out["texts"][q])]
+            assert len(got) == len(positions) == q  # one [MASK] in text 1, two in text 2
+            for candidates, indices, probs in zip(got, expected.indices, expected.values):
+                assert [c["token"] for c in candidates] == predictor.tokenizer.convert_ids_to_tokens(indices)
+                torch.testing.assert_close(torch.tensor([c["prob"] for c in candidates]), probs)
+    assert "[MASK] fillers" in stdout
 
 
 def test_bad_and_non_image_files_are_reported_and_skipped(bench, pretrain_run, tmp_path, capsys):

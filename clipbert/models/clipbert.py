@@ -276,20 +276,28 @@ class ClipBert(nn.Module):
             itm_logits=itm_logits,
         )
 
-    def pretrain_match(
-        self, visual: VisualTokens, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """The pre-training ITM head (cls.seq_relationship, label 1 = match) on every (text, clip) pair:
-        visual.tokens [B, N, Lv, H], input_ids/attention_mask [B, M, Lt] -> logits [B, M, N, 2].
+    def pretrain_scores(
+        self,
+        visual: VisualTokens,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        mlm: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """The pre-training heads on every (text, clip) pair, for inference: visual.tokens [B, N, Lv, H],
+        input_ids/attention_mask [B, M, Lt] -> itm_logits [B, M, N, 2] (cls.seq_relationship, label 1 =
+        match) and, with mlm, mlm_logits [B, M, N, Lt, vocab] of the text positions (cls.predictions).
 
         Why not score(): a pre-trained model's matching head is cls.seq_relationship, which pretrain_forward
         trains; `classifier` is the fine-tuning head, untrained until a downstream task starts from here."""
         if self.cls is None:
-            raise ValueError("pretrain_match needs pretrain_heads=True in ClipBertConfig")
+            raise ValueError("pretrain_scores needs pretrain_heads=True in ClipBertConfig")
         self._check_text(visual, input_ids, attention_mask)
-        pooled, _ = self._fuse(visual.tokens, input_ids, attention_mask)  # [B*M*N, H]
-        b, m = input_ids.shape[:2]
-        return self.cls.seq_relationship(pooled).view(b, m, visual.tokens.shape[1], 2)
+        pooled, hidden = self._fuse(visual.tokens, input_ids, attention_mask)  # [B*M*N, H], [B*M*N, S, H]
+        (b, m, lt), n = input_ids.shape, visual.tokens.shape[1]
+        out = {"itm_logits": self.cls.seq_relationship(pooled).view(b, m, n, 2)}
+        if mlm:
+            out["mlm_logits"] = self.cls.predictions(hidden[:, :lt]).view(b, m, n, lt, -1)
+        return out
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path) -> None:

@@ -9,7 +9,8 @@ frames per clip, normalization), and scores them with the trainer's own function
 - multiple choice (tgif_action, tgif_transition; msrvtt_mc with a retrieval model): the option scores and
   the chosen option;
 - on images (`--image`, one clip of one frame, as the image tasks train): VQA's top-k answers with their
-  sigmoid scores, and a pre-trained model's images x texts table of its image-text matching head.
+  sigmoid scores, and a pre-trained model's images x texts table of its image-text matching head
+  (with its MLM head's top tokens for each [MASK] in a text).
 A missing, unreadable or corrupt video or image is skipped and reported with its reason.
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -34,12 +35,16 @@ EPILOG = """examples:
   python -m clipbert.predict --model outputs/tgif_action/model --video a.gif \\
       --question "what does the circle do?" --option "jumps" --option "spins" --option "waves"
   python -m clipbert.predict --model outputs/vqa/model --image photos/ --question "what color is the car?"
-  python -m clipbert.predict --model outputs/pretrain/model --image a.jpg --text "a dog on a sofa"
+  python -m clipbert.predict --model outputs/pretrain/model --image a.jpg --text "a dog on a sofa" \\
+      --text "a [MASK] on a sofa"                          # matching scores, and the MLM head's fillers
 
 The export's predict.json gives the task, Ntest, the clip sampling, the aggregation and the vocabularies;
 an older export without one uses its run's config.json (next to model/) and annotations.
 Video models take --video; image models (vqa, pretrain) take --image, each image one clip of one frame.
 exit codes: 0 done, 1 no usable video or image, 2 bad arguments, model dir, run config or task."""
+
+
+MASK_WORD = re.compile(r"\[mask\]", re.IGNORECASE)
 
 
 def _positive_int(text: str) -> int:
@@ -74,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--texts-file", metavar="FILE", help="retrieval, pretrain: texts, one per line")
     add("--question", action="append", default=[], help="QA, VQA: a question; multiple choice: the question")
     add("--option", action="append", default=[], help="multiple choice: an answer option")
-    add("--top-k", type=_positive_int, default=5, help="QA: answers shown per question (default 5)")
+    add(
+        "--top-k",
+        type=_positive_int,
+        default=5,
+        help="QA, VQA: answers shown per question; pretrain: tokens per [MASK] in a --text (default 5)",
+    )
     add(
         "--word-score-weight",
         type=_non_negative_float,
@@ -111,6 +121,8 @@ def _flags_for(parser, args, run) -> list[str]:
             parser.error(f"--texts-file {args.texts_file}: {err.strerror or err}")
         if not texts:
             parser.error(f"a {name} model scores texts: give --text or --texts-file (with a text)")
+        if run.kind == "pretrain":  # the uncased tokenizer knows the special token in capitals only
+            texts = [MASK_WORD.sub("[MASK]", text) for text in texts]
         return texts
     if run.kind in ("qa", "vqa") and not args.question:
         parser.error(f"a {name} model answers questions: give --question")
@@ -145,7 +157,8 @@ def _predict(predictor, args, texts: list[str]) -> tuple[dict, list[str]]:
     clips = iter_clips(_loader(predictor), paths, skipped, unit)
     kind = predictor.run.kind
     if kind in ("retrieval", "pretrain"):
-        out = report.retrieval_json(predictor, score_retrieval(predictor, clips, texts), texts, skipped)
+        result = score_retrieval(predictor, clips, texts, args.top_k)
+        out = report.retrieval_json(predictor, result, texts, skipped)
         body = report.format_retrieval(out)
     elif kind in ("qa", "vqa"):
         result = score_answers(predictor, clips, texts)

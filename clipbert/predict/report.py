@@ -62,6 +62,18 @@ def retrieval_json(predictor, result, texts: list[str], skipped) -> dict:
             f"best_text_per_{unit}": [],
         }
     )
+    if result.fills:  # pretrain texts with a [MASK]: the MLM head's top tokens, per image
+        out["fill_mask"] = [
+            {
+                unit: fill.video,
+                "text": texts[fill.text],
+                "masks": [
+                    [{"token": t, "prob": _number(p)} for t, p in zip(words, probs)]
+                    for words, probs in zip(fill.tokens, fill.probs)
+                ],
+            }
+            for fill in result.fills
+        ]
     if score.numel():
         for q, v in enumerate(score.argmax(0).tolist()):
             best = {"text": texts[q], unit: result.videos[v], "score": _number(score[v, q].item())}
@@ -160,6 +172,17 @@ def format_retrieval(out: dict) -> list[str]:
         f"  {names[b[unit]]:<{width}}  t{texts[b['text']] + 1}  ({_cell(b['score']).strip()})"
         for b in out[f"best_text_per_{unit}"]
     ]
+    if out.get("fill_mask"):
+        lines += ["", "[MASK] fillers (the pre-training MLM head; p = softmax over the vocabulary):"]
+        for fill in out["fill_mask"]:
+            masks = "  |  ".join(
+                ", ".join(
+                    f"{c['token']} {'nan' if c['prob'] is None else format(c['prob'], '.3g')}"
+                    for c in candidates
+                )
+                for candidates in fill["masks"]
+            )
+            lines.append(f"  {names[fill[unit]]:<{width}}  t{texts[fill['text']] + 1}  {masks}")
     return lines
 
 

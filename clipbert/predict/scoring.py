@@ -11,7 +11,7 @@ that answer's VQA accuracy (it is trained with binary cross-entropy on soft targ
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,24 +32,39 @@ def encode_texts(predictor, texts: list[str], pairs: list[str] | None = None):
     return ids.to(predictor.device), mask.to(predictor.device)
 
 
+FILL_BATCH = 8  # texts with a [MASK] per forward: their MLM logits are [8, Lt, vocab] floats (~40 MB)
+
+
+@dataclass
+class MaskFill:
+    """The pre-training MLM head's top tokens for each [MASK] of one text, given one image."""
+
+    video: str  # the image
+    text: int  # its index in the texts
+    tokens: list[list[str]]  # [masks][top_k] wordpieces, most probable first
+    probs: list[list[float]]  # [masks][top_k] softmax over the vocabulary
+
+
 @dataclass
 class RetrievalScores:
     videos: list[str]  # or images (pretrain)
     score: torch.Tensor  # float32 [V, Q]: what evaluation ranks (match + weight x word)
     match: torch.Tensor  # float32 [V, Q]: log p(match), the matching head alone
     word: torch.Tensor | None  # float32 [V, Q]: the word log-likelihood ratio, when used
+    fills: list[MaskFill] = field(default_factory=list)  # pretrain: each (image, text with a [MASK])
 
 
 @torch.no_grad()
-def score_retrieval(predictor, clips: Clips, texts: list[str]) -> RetrievalScores:
+def score_retrieval(predictor, clips: Clips, texts: list[str], top_k: int = 5) -> RetrievalScores:
     ids, mask = encode_texts(predictor, texts)
     model, run = predictor.model, predictor.run
-    videos, match, word = [], [], []
+    videos, match, word, fills = [], [], [], []
     for path, frames in clips:
         tokens = model.encode_visual(frames).tokens  # [1, N, Lv, H]
         # one video at a time: its visual tokens are dropped once scored, so memory does not grow with V
         if run.kind == "pretrain":
             match.append(_pretrain_match(predictor, tokens, ids, mask))
+            fills += _fill_masks(predictor, path, tokens, ids, mask, top_k)
         else:
             match.append(
                 retrieval_scores(model, tokens, ids, mask, run.task.aggregation, 1, run.eval.text_batch)[:, 0]
@@ -61,7 +76,7 @@ def score_retrieval(predictor, clips: Clips, texts: list[str]) -> RetrievalScore
     match_vq = torch.stack(match) if match else empty  # [V, Q]
     word_vq = (torch.stack(word) if word else empty) if predictor.words is not None else None
     score = match_vq if word_vq is None else match_vq + predictor.word_score_weight * word_vq
-    return RetrievalScores(videos, score, match_vq, word_vq)
+    return RetrievalScores(videos, score, match_vq, word_vq, fills)
 
 
 def _pretrain_match(predictor, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,9 +87,28 @@ def _pretrain_match(predictor, tokens: torch.Tensor, ids: torch.Tensor, mask: to
     out = []
     for q0 in range(0, ids.shape[0], predictor.run.eval.text_batch):
         chunk = slice(q0, q0 + predictor.run.eval.text_batch)
-        logits = predictor.model.pretrain_match(VisualTokens(tokens), ids[None, chunk], mask[None, chunk])
-        out.append(match_log_prob(logits[0], predictor.run.task.aggregation).float().cpu())  # [tb]
-    return torch.cat(out) if out else torch.empty(0)
+        logits = predictor.model.pretrain_scores(VisualTokens(tokens), ids[None, chunk], mask[None, chunk])
+        out.append(match_log_prob(logits["itm_logits"][0], predictor.run.task.aggregation).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)  # [Q]
+
+
+def _fill_masks(predictor, path: str, tokens, ids: torch.Tensor, mask: torch.Tensor, top_k: int):
+    """MaskFill of each text with a [MASK] token (ids [Q, Lt]) given one image's tokens [1, 1, Lv, H]."""
+    from clipbert.models import VisualTokens
+
+    tokenizer = predictor.tokenizer
+    masked = (ids == tokenizer.mask_token_id).any(1).nonzero()[:, 0].tolist()  # texts with a [MASK]
+    visual, fills = VisualTokens(tokens), []
+    for c0 in range(0, len(masked), FILL_BATCH):
+        rows = masked[c0 : c0 + FILL_BATCH]
+        out = predictor.model.pretrain_scores(visual, ids[None, rows], mask[None, rows], mlm=True)
+        probs = out["mlm_logits"][0, :, 0].float().softmax(-1)  # [rows, Lt, vocab]
+        for r, q in enumerate(rows):
+            positions = (ids[q] == tokenizer.mask_token_id).nonzero()[:, 0]
+            top = probs[r, positions].topk(min(top_k, probs.shape[-1]))  # [masks, k]
+            words = [tokenizer.convert_ids_to_tokens(row) for row in top.indices.tolist()]
+            fills.append(MaskFill(path, q, words, top.values.tolist()))
+    return fills
 
 
 @dataclass
