@@ -466,3 +466,21 @@ def test_visual_words_are_checked_against_the_tokenizer(retrieval_run, bench, tm
     assert f"visual word id {info['visual_words']['word_ids'][0]} is 'crimson' in training but" in err
     code, out, _, _ = _predict([*argv, "--word-score-weight", "0"], tmp_path, capsys)  # the head alone
     assert code == 0 and out["word_score"] is None
+
+
+def test_bfloat16_autocast_scores_close_to_float32(retrieval_run, bench, tmp_path, capsys):
+    _, out_dir = retrieval_run
+    argv = [
+        "--model",
+        str(out_dir),
+        "--video",
+        str(bench / "videos" / "video000[0-2].mp4"),
+        "--text",
+        "a red",
+    ]
+    _, exact, _, _ = _predict(argv, tmp_path, capsys)
+    code, low, stdout, _ = _predict([*argv, "--dtype", "bfloat16"], tmp_path, capsys)
+    assert code == 0 and exact["dtype"] == "float32" and low["dtype"] == "bfloat16"
+    assert "bfloat16 autocast" in stdout
+    torch.testing.assert_close(torch.tensor(low["scores"]), torch.tensor(exact["scores"]), atol=0.05, rtol=0)
+    assert low["scores"] != exact["scores"]  # autocast ran: bf16 rounding moved the numbers

@@ -44,6 +44,7 @@ Video models take --video; image models (vqa, pretrain) take --image, each image
 exit codes: 0 done, 1 no usable video or image, 2 bad arguments, model dir, run config or task."""
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MASK_WORD = re.compile(r"\[mask\]", re.IGNORECASE)
 
 
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrieval: replaces the run's eval.word_score_weight (0: the matching head alone)",
     )
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
+    add(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="float32",
+        help="float32 (default: the evaluation's numbers), or autocast to bfloat16/float16 (faster on a GPU)",
+    )
     add("--json", metavar="OUT", help="write every result, the score table included, as JSON to OUT")
     return parser
 
@@ -156,17 +163,23 @@ def _predict(predictor, args, texts: list[str]) -> tuple[dict, list[str]]:
     paths, skipped = expand_inputs(getattr(args, unit), unit)
     clips = iter_clips(_loader(predictor), paths, skipped, unit)
     kind = predictor.run.kind
+    # autocast, not a cast of the weights: LayerNorm, softmax and the score aggregation stay float32
+    low = predictor.dtype != torch.float32
+    with torch.autocast(predictor.device.type, dtype=predictor.dtype, enabled=low):
+        if kind in ("retrieval", "pretrain"):
+            result = score_retrieval(predictor, clips, texts, args.top_k)
+        elif kind in ("qa", "vqa"):
+            result = score_answers(predictor, clips, texts)
+        else:
+            question = args.question[0] if args.question else None
+            result = score_options(predictor, clips, question, args.option)
     if kind in ("retrieval", "pretrain"):
-        result = score_retrieval(predictor, clips, texts, args.top_k)
         out = report.retrieval_json(predictor, result, texts, skipped)
         body = report.format_retrieval(out)
     elif kind in ("qa", "vqa"):
-        result = score_answers(predictor, clips, texts)
         out = report.answers_json(predictor, result, texts, args.top_k, skipped)
         body = report.format_answers(out)
     else:
-        question = args.question[0] if args.question else None
-        result = score_options(predictor, clips, question, args.option)
         out = report.options_json(predictor, result, question, args.option, skipped)
         body = report.format_options(out)
     return out, report.format_header(out) + body + report.format_skipped(out)
@@ -190,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor = load_predictor(run, model_dir, _device(parser, args.device), args.word_score_weight)
     except PredictError as err:
         return _fail(str(err), 2)
+    predictor.dtype = DTYPES[args.dtype]
     out, lines = _predict(predictor, args, texts)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,7 @@ class Predictor:
     answers: list[str] | None = None  # label -> answer, for open-ended QA and VQA
     words: object | None = None  # tasks.VisualWords of the training set, when the word score is used
     word_score_weight: float = 0.0
+    dtype: torch.dtype = torch.float32  # the autocast dtype of scoring (float32: none)
 
     @property
     def max_text_len(self) -> int:

@@ -41,6 +41,7 @@ def header(predictor, skipped) -> dict:
         "kind": run.kind,
         "unit": run.unit,
         "device": str(predictor.device),
+        "dtype": str(predictor.dtype).removeprefix("torch."),
         "settings": settings,
         "skipped": [{run.unit: s.path, "reason": s.reason} for s in skipped],
     }
@@ -147,6 +148,8 @@ def format_header(out: dict) -> list[str]:
             f"{s['num_test_clips']} clips x {s['frames_per_clip']} frame(s) per video, {s['sampling']} "
             f"sampling, L={s['image_size']}, {s['aggregation']} aggregation, {out['device']}"
         )
+    if out["dtype"] != "float32":
+        inputs += f", {out['dtype']} autocast"
     return [f"{out['task']} ({out['kind']}) model {out['model']}", inputs]
 
 
