@@ -36,7 +36,11 @@ def transcode(src: str | os.PathLike, dst_dir: str | os.PathLike, max_side: int 
         raise ValueError(f"transcode would overwrite its source {src}: choose another output folder")
     partial = dst.with_name(f".{dst.name}.partial")
     try:
-        with av.open(str(src)) as source, av.open(str(partial), "w", format="mp4") as out:
+        # metadata_errors: a Latin-1 tag must not stop a readable video (as decoders/pyav.open_video)
+        with (
+            av.open(str(src), metadata_errors="replace") as source,
+            av.open(str(partial), "w", format="mp4") as out,
+        ):
             _copy_frames(source, out, encoder, options, max_side, gop)
     except BaseException:
         partial.unlink(missing_ok=True)

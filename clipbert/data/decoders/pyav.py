@@ -162,12 +162,21 @@ def open_video(key: str):
     if os.path.getsize(key) == 0:
         raise VideoDecodeError(key, "empty file")
     try:
-        container = av.open(key)
+        # Metadata tags are only read for Matroska's DURATION (ASCII). PyAV decodes every tag as strict UTF-8
+        # when the file opens, so one Latin-1 title (old muxers and taggers write them) made a readable video
+        # "cannot open container"; such bytes become U+FFFD instead.
+        container = av.open(key, metadata_errors="replace")
     except (av.FFmpegError, ValueError, OSError) as err:
         raise VideoDecodeError(key, f"cannot open container ({err})") from err
     if not container.streams.video:
         container.close()
         raise VideoDecodeError(key, "no video stream")
+    if container.streams.video[0].codec_context is None:
+        # PyAV gives a stream no codec context when FFmpeg has no decoder for it: an unknown codec, or an MP4
+        # cut off inside its moov box (the stream's sample description is lost). Probing would then raise a
+        # bare AttributeError, which stops training instead of replacing the video.
+        container.close()
+        raise VideoDecodeError(key, "no decoder for the video stream (unknown codec or damaged header)")
     return container
 
 
@@ -183,6 +192,7 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
         raise VideoDecodeError(key, "unknown frame rate")
     start, time_base, fps = stream.start_time or 0, float(stream.time_base), float(rate)
     stamps, packets, damaged = [], 0, False  # every shown frame's timestamp, from the packets
+    untimed = 0  # packets without a timestamp: frames that cannot be indexed
     end = start  # where the last packet's display ends
     first_frame = _FirstFrame(stream)  # the display rotation comes with decoded frames only
     try:
@@ -194,6 +204,8 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
                 # a discard-flagged packet (before an edit list's start) decodes to no frame
                 if not getattr(p, "is_discard", False):
                     stamps.append(p.pts)
+            elif p.size > 0:
+                untimed += 1
     except av.FFmpegError as err:
         if stream.frames <= 0 and not stamps:
             raise VideoDecodeError(key, f"cannot demux ({err})") from err
@@ -209,7 +221,9 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
     # header's count: the frames before the damage still decode, and those past it are reported.
     num_frames = stream.frames if damaged and stream.frames > 0 else len(stamps)
     if num_frames <= 0:
-        raise VideoDecodeError(key, "no frames")
+        # a raw H.264/HEVC stream (no container, so no timestamps) renamed .mp4 has frames, none indexable
+        why = f"no frames ({untimed} packets carry no timestamp: a raw stream?)" if untimed else "no frames"
+        raise VideoDecodeError(key, why)
     clock = FrameClock(start, time_base, fps)
     by_time = np.rint((stamps - start) * time_base * fps)  # what the constant-rate clock would say
     if not np.array_equal(by_time, np.arange(len(stamps))):
@@ -296,22 +310,27 @@ def _decode_wanted(
             if position is None or target <= position or target - position > SEEK_GAP_FRAMES:
                 container.seek(clock.pts(target), stream=stream, backward=True, any_frame=False)
                 frame_iter = container.decode(stream)
+                position, last_frame = None, None  # nothing decoded since the seek
             decoded = _decode_until(frame_iter, target, wanted_set, frames, clock)
             if decoded[0] is not None:
                 position, last_frame = decoded
+            if target not in frames and (position is None or position > target):
+                # The seek landed past the target, or where no frame decodes: decode from the start instead.
+                # A demuxer that seeks by searching timestamps (MPEG-TS, as in an HLS download saved as .mp4)
+                # can land past the last key frame (no frame decodes), or on the second key frame when
+                # asked for the first frame's own timestamp; so aim a second before the first frame, which
+                # demuxers clamp to the first frame.
+                container.seek(min(clock.start, 0) - int(1 / clock.time_base), stream=stream, backward=True)
+                frame_iter = container.decode(stream)
+                position, last_frame = _decode_until(frame_iter, target, wanted_set, frames, clock)
             if target in frames:
                 continue
-            if position is None or position < target:  # the stream ended first
-                if last_frame is None or target - position > EDGE_TOLERANCE_FRAMES:
-                    raise VideoDecodeError(key, f"frame {target} missing: stream ends at frame {position}")
-                frames[target] = last_frame.to_ndarray(format="rgb24")
-                continue
-            # the seek landed past the target: decode from the start instead
-            container.seek(clock.start, stream=stream, backward=True, any_frame=False)
-            frame_iter = container.decode(stream)
-            position, last_frame = _decode_until(frame_iter, target, wanted_set, frames, clock)
-            if target not in frames:
+            if position is None or position > target:
                 raise VideoDecodeError(key, f"frame {target} not found by its timestamp")
+            # the stream ended first: the last frame stands in for a frame or two the header over-counts
+            if target - position > EDGE_TOLERANCE_FRAMES:
+                raise VideoDecodeError(key, f"frame {target} missing: stream ends at frame {position}")
+            frames[target] = last_frame.to_ndarray(format="rgb24")
     except av.FFmpegError as err:
         raise VideoDecodeError(key, f"decoding failed ({err})") from err
     return frames
