@@ -217,3 +217,25 @@ def test_single_frame_videos_gifs_and_images_named_mp4(tmp_path):
         frames = decoder.decode(path, np.zeros((2, 3), np.int64))
         assert frames.shape == (2, 3, 48, 64, 3) and read_indices(frames) == [[painted] * 3] * 2
         assert np.abs(frames.astype(int) - paint_index(painted, 48, 64)).mean() < 10  # GIF: 256 colours
+
+
+def test_a_timestamp_shown_twice_counts_once_and_every_index_decodes(tmp_path):
+    # A muxer bug gives two frames one timestamp. Frames are found by timestamp, so the second could not be
+    # told apart: asking for it failed, but only in the epochs whose clips sampled it.
+    path = str(tmp_path / "dup.mkv")
+    stamps = [0, 1, 2, 2, 3, 4, 5]  # painted frames 2 and 3 share time 2
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mjpeg", rate=Fraction(10))
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        stream.time_base = Fraction(1, 10)
+        for index, pts in enumerate(stamps):
+            frame = av.VideoFrame.from_ndarray(paint_index(index, 48, 64), format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, 10)  # the encoder wants rising times
+            for packet in stream.encode(frame):
+                packet.pts = packet.dts = pts
+                container.mux(packet)
+    decoder = build_decoder("pyav")
+    info = decoder.probe(path)
+    assert info.num_frames == 6 and info.fps == pytest.approx(10.0)
+    # the first frame decoded at time 2 is frame 2; the one after it in time is painted frame 4
+    assert read_indices(decoder.decode(path, np.array([[0, 1, 2], [3, 4, 5]]))) == [[0, 1, 2], [4, 5, 6]]

@@ -216,7 +216,10 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
         )
     if stream.frames <= 0:  # Matroska/WebM: no count to compare, so compare times
         _check_duration(key, container, stream, (end - start) * time_base)
-    stamps = np.sort(np.asarray(stamps, dtype=np.int64))
+    # Sorted, and a timestamp shown twice (a muxer bug) counts once: frames are found by their timestamps,
+    # so a second frame at one time could not be told apart, and asking for it failed only on the epochs
+    # that sampled it. The first frame decoded at a time is kept, as a player shows one frame per time.
+    stamps = np.unique(np.asarray(stamps, dtype=np.int64))
     # The packets count the frames exactly (a header can count discarded ones). A damaged tail keeps the
     # header's count: the frames before the damage still decode, and those past it are reported.
     num_frames = stream.frames if damaged and stream.frames > 0 else len(stamps)
