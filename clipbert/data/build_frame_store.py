@@ -117,11 +117,28 @@ def build_frame_store(
     progress: bool = True,
 ) -> dict[str, list[str]]:
     """Build or resume a store; returns {"written": ids, "skipped": ids, "failed": ids}."""
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
+    # Checked here, once: each bad setting otherwise failed every video one by one (quality 0, fps inf) or,
+    # worse, built silently (max_side -5 stored 1x1 frames).
+    if not 0 < fps < float("inf"):
+        raise ValueError(f"fps must be a finite number > 0, got {fps}")
+    if max_side < 0:
+        raise ValueError(f"max_side must be >= 0 (0 keeps the size), got {max_side}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be 1..100, got {quality}")
     videos, result = list_videos(video_dir), {"written": [], "skipped": [], "failed": []}
+    if not videos:  # a wrong --videos: an empty store would make every training sample "not in frame store"
+        raise ValueError(
+            f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {video_dir} (subfolders are not searched)"
+        )
     videos = _drop_shared_stems(videos, result)
-    with h5py.File(out, "a") as h5:
+    try:
+        h5 = h5py.File(out, "a")
+    except OSError as err:  # missing folder, a directory, a truncated or non-HDF5 file: not a traceback
+        raise ValueError(
+            f"cannot open {out} to build or resume a frame store ({err}); if it is a damaged store, move it "
+            "away and build again"
+        ) from err
+    with h5:
         # a resume must encode as the store was built: one store, one fps, size and JPEG quality
         for name, value in (("fps", fps), ("max_side", max_side), ("quality", quality)):
             if name in h5.attrs and float(h5.attrs[name]) != value:
@@ -131,8 +148,16 @@ def build_frame_store(
                 )
         h5.attrs.update(fps=fps, max_side=max_side, quality=quality, version=VERSION)
         done = h5.require_group("videos")
+        # On disk now: a build killed (SIGTERM, OOM) before its first entry's flush left a file whose header
+        # was never written, which no later run could open to resume.
+        h5.flush()
         jobs = []
         for path in videos:
+            # "..mp4": HDF5 reads "videos/." as /videos itself, whose delete below raised a bare KeyError
+            if path.stem == ".":
+                log.warning("frame store: skipping %s: its video id '.' cannot name an HDF5 group", path)
+                result["failed"].append(path.stem)
+                continue
             group = done.get(path.stem)
             if group is not None and group.attrs.get("complete", False):
                 result["skipped"].append(path.stem)
@@ -160,7 +185,8 @@ def build_frame_store(
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 built, 1 some videos failed (named in the log, the rest built), 2 bad arguments or
-    settings, 130 interrupted (rerun the same command to resume)."""
+    settings (a folder without videos, an --out that cannot be opened), 130 interrupted (rerun the same
+    command to resume)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", required=True, help="folder of videos")
     parser.add_argument("--fps", type=float, default=2.0, help="stored frames per second")

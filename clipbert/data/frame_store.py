@@ -21,7 +21,7 @@ import os
 import h5py
 import numpy as np
 import torch
-from torchvision.io import decode_jpeg, encode_jpeg
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from .decoders.base import VideoDecodeError, VideoInfo
 
@@ -48,6 +48,17 @@ class FrameStore:
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"frame store not found: {self.path}")
+        # Opened once at start-up (and closed: handles do not survive fork), so that a truncated, foreign or
+        # non-HDF5 file is one error naming it, not every sample of the run failing as a bad video.
+        try:
+            with h5py.File(self.path, "r") as h5:
+                is_store = isinstance(h5.get("videos"), h5py.Group)
+        except OSError as err:
+            raise ValueError(
+                f"frame store {self.path} is not a readable HDF5 file ({err}); rebuild it"
+            ) from err
+        if not is_store:
+            raise ValueError(f"frame store {self.path} has no /videos group: not built by build_frame_store")
         self._file, self._pid = None, None
 
     def _h5(self) -> h5py.File:
@@ -73,9 +84,14 @@ class FrameStore:
             group = self._group(video_id)
             attrs = group.attrs
             height, width = int(attrs.get("height", 0)), int(attrs.get("width", 0))
-            return VideoInfo(int(group["jpeg"].shape[0]), float(attrs["fps"]), height, width, "jpeg")
+            num_frames, fps = int(group["jpeg"].shape[0]), float(attrs["fps"])
         except (KeyError, OSError) as err:
             raise VideoDecodeError(video_id, f"corrupt frame store entry ({err})") from err
+        # the builder stores >= 1 frame at fps > 0; anything else is damage, which clip sampling would raise
+        # as a ValueError mid-training instead of a bad video that the dataset replaces and counts
+        if num_frames < 1 or not 0 < fps < float("inf"):
+            raise VideoDecodeError(video_id, f"corrupt frame store entry ({num_frames} frames at fps {fps})")
+        return VideoInfo(num_frames, fps, height, width, "jpeg")
 
     def times(self, video_id: str) -> np.ndarray:
         return self._group(video_id)["times"][:]
@@ -93,7 +109,11 @@ class FrameStore:
         """Decoded uint8 [H, W, 3] RGB frames for a flat list of stored-frame indices."""
         encoded = dict(zip((int(i) for i in indices), self.read_jpegs(video_id, indices)))
         try:
-            decoded = {i: decode_jpeg(torch.from_numpy(data)) for i, data in encoded.items()}
+            # RGB as DALI's reader decodes them: a greyscale or CMYK JPEG gave 1 or 4 channels, which the
+            # resize raised as a ValueError mid-training
+            decoded = {
+                i: decode_jpeg(torch.from_numpy(data), mode=ImageReadMode.RGB) for i, data in encoded.items()
+            }
         except (RuntimeError, ValueError) as err:
             raise VideoDecodeError(video_id, f"corrupt frame store entry ({err})") from err
         return [decoded[int(i)].permute(1, 2, 0) for i in indices]
