@@ -23,8 +23,8 @@ from .preprocess import Normalization
 from .sampling import rng_for
 from .text import mask_tokens, tokenize
 from .video_source import VideoSource, load_image
-from .vqa_answers import answer_scores, normalize_answer
 from .visual_words import WordVocab, build_word_vocab
+from .vqa_answers import answer_scores, normalize_answer
 
 RET_TASKS = ("msrvtt_ret", "didemo_ret", "anet_ret")
 QA_TASKS = ("msrvtt_qa", "tgif_frameqa")
@@ -383,7 +383,7 @@ class VQADataset(TaskDataset):
         return item
 
     def targets(self, example: dict) -> tuple[list[int], list[float]]:
-        """(labels, scores) of the vocabulary answers the example's humans gave; others cannot be predicted."""
+        """(labels, scores) of the vocabulary answers the example's humans gave; others can't be predicted."""
         if "answers" in example:  # evaluation scores as the official evaluation does (its quirk included)
             scores = answer_scores([str(a) for a in example["answers"]], as_evaluated=not self.train)
         else:

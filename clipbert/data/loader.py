@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, Sampler
 from .collate import Collator
 from .config import DataConfig
 from .datasets import PretrainDataset, VQADataset
+from .preprocess import Normalization, normalize_padded
 
 IMAGE_SETS = (PretrainDataset, VQADataset)  # decoded in the workers into `frames`, whatever the backend
-from .preprocess import Normalization, normalize_padded
 
 
 def dist_rank_world() -> tuple[int, int]:

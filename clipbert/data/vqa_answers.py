@@ -20,7 +20,7 @@ _DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
 # official pattern meant to also keep periods after digits, but its look-behind is misspelled, so "5." loses
 # its period there too; matching it keeps our scores equal to the official ones.
 _NON_DECIMAL_PERIOD = re.compile(r"\.(?!\d)")
-# The official call passes re.UNICODE (32) where `re.sub` takes its count, so only the first 32 such periods go.
+# The official call passes re.UNICODE (32) where `re.sub` takes its count: only the first 32 such periods go.
 _PERIODS_REMOVED = 32
 
 NUMBER_WORDS = {
@@ -42,8 +42,8 @@ ARTICLES = frozenset({"a", "an", "the"})
 
 # The official contraction table, as the evaluation applies it: a lowercased word that is a key is replaced.
 # Its keys with capitals ("Im", "Ive", "Id've", "I'dve") can never match lowercased words, and "let's" and
-# "she's" map to themselves, so those entries are left out; "lets" and "im" stay as they are. Its oddities stay
-# in, because the server scores with them: "somebody'd" becomes "somebodyd", and "twas" becomes "'twas".
+# "she's" map to themselves, so those entries are left out; "lets" and "im" stay as they are. Its oddities
+# stay in, because the server scores with them: "somebody'd" becomes "somebodyd", and "twas" becomes "'twas".
 CONTRACTIONS = {
     "aint": "ain't",
     "arent": "aren't",
