@@ -307,3 +307,34 @@ def test_a_config_with_a_bom_loads_and_one_not_in_utf8_names_the_file(tmp_path):
     path.write_bytes(shipped.replace(b'"task"', b'"t\xe2sk"'))  # a latin-1 byte, not UTF-8
     with pytest.raises(C.ConfigError, match=r"windows\.json: not UTF-8 text"):
         C.load(path)
+
+
+def test_unusable_data_exits_2_naming_the_file_without_a_traceback(tmp_path, capfd):
+    from clipbert.train.run import main
+
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    (tmp_path / "videos").mkdir()
+    (ann / "msrvtt_ret_train.jsonl").write_text('{"caption": "a", "clip_name": "v0"}\n{"caption": 3}\n')
+    argv = [
+        "--config",
+        "ds_synthetic",
+        "--set",
+        f"data.ann_dir={ann}",
+        "--set",
+        f"data.video_dir={tmp_path}/videos",
+    ]
+    argv += ["--set", f"train.output_dir={tmp_path}/out"]
+    assert main(argv) == 2
+    err = capfd.readouterr().err
+    assert f"{ann / 'msrvtt_ret_train.jsonl'}:2: missing key(s) clip_name" in err and "Traceback" not in err
+    (ann / "msrvtt_ret_train.jsonl").write_text("\n")  # a split without examples
+    assert main(argv) == 2
+    err = capfd.readouterr().err
+    assert "msrvtt_ret_train.jsonl: no examples" in err and "Traceback" not in err
+    (tmp_path / "frames.h5").write_bytes(b"not hdf5")  # a damaged frame store
+    (ann / "msrvtt_ret_train.jsonl").write_text('{"caption": "a", "clip_name": "v0"}\n')
+    store = ["--set", "data.backend=frame_store", "--set", f"data.frame_store={tmp_path}/frames.h5"]
+    assert main([*argv, *store]) == 2
+    err = capfd.readouterr().err
+    assert "is not a readable HDF5 file" in err and "Traceback" not in err

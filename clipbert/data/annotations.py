@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 
-class AnnotationError(ValueError):
+class DataError(ValueError):
+    """Data that cannot be used at all (not one bad video, which is replaced and counted): a malformed
+    annotation file, a split without examples, an unreadable frame store. The message names the file;
+    train.py reports it without a traceback and exits 2, as it does a config error."""
+
+
+class AnnotationError(DataError):
     """A malformed annotation file; the message names the file and line."""
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .annotations import ID, INDEX, TEXT, TEXTS, AnnotationError, read_json, read_jsonl
+from .annotations import ID, INDEX, TEXT, TEXTS, AnnotationError, DataError, read_json, read_jsonl
 from .collate import pad_token_lists
 from .config import SPLITS, TASKS, DataConfig
 from .decoders import VideoDecodeError
@@ -65,7 +65,7 @@ class TaskDataset(Dataset):
         self.ann_path = Path(cfg.ann_dir) / f"{task}_{split}.jsonl"
         self.examples = read_jsonl(self.ann_path, tuple(REQUIRED_KEYS[task]), REQUIRED_KEYS[task])
         if not self.examples:
-            raise ValueError(f"{self.ann_path}: no examples")
+            raise DataError(f"{self.ann_path}: no examples")
         self.source = VideoSource(cfg, norm, self.train) if task not in IMAGE_TASKS else None
         # image tasks: each line's "file" is relative to data.image_root ("" = the parent of ann_dir)
         self.image_root = Path(cfg.image_root) if cfg.image_root else Path(cfg.ann_dir).parent
@@ -183,7 +183,7 @@ class RetrievalTrainDataset(TaskDataset):
         super().__init__(task, split, cfg, tokenizer, norm)
         self.videos = group_texts(task, self.examples)  # [(video_id, [texts])]
         if len(self.videos) < 2 and cfg.itm_neg_size:
-            raise ValueError(f"{self.ann_path}: negatives need at least 2 videos, got {len(self.videos)}")
+            raise DataError(f"{self.ann_path}: negatives need at least 2 videos, got {len(self.videos)}")
         self.word_vocab: WordVocab | None = None
 
     def enable_visual_words(self) -> WordVocab:
@@ -367,7 +367,7 @@ class VQADataset(TaskDataset):
         for line_no, example in enumerate(self.examples, start=1):
             given = example.get("answers", example.get("labels", []))
             if not isinstance(given, (list, dict)):
-                raise ValueError(
+                raise AnnotationError(
                     f"{self.ann_path}:{line_no}: answers must be a list of strings and labels a "
                     f"{{answer: score}} object, got {type(given).__name__}"
                 )

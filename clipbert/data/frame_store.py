@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
+from .annotations import DataError
 from .decoders.base import VideoDecodeError, VideoInfo
 
 VERSION = 1
@@ -54,11 +55,11 @@ class FrameStore:
             with h5py.File(self.path, "r") as h5:
                 is_store = isinstance(h5.get("videos"), h5py.Group)
         except OSError as err:
-            raise ValueError(
+            raise DataError(
                 f"frame store {self.path} is not a readable HDF5 file ({err}); rebuild it"
             ) from err
         if not is_store:
-            raise ValueError(f"frame store {self.path} has no /videos group: not built by build_frame_store")
+            raise DataError(f"frame store {self.path} has no /videos group: not built by build_frame_store")
         self._file, self._pid = None, None
 
     def _h5(self) -> h5py.File:

@@ -35,10 +35,24 @@ class _RankFilter(logging.Filter):
         return is_rank0() or record.levelno >= logging.ERROR  # errors from any rank must be seen
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to sys.stderr as it is then, not as it was when the logger was made: a notebook's
+    or a test runner's replaced stderr may be closed by the time a later run logs, and every message then
+    became a "--- Logging error ---" traceback instead of the message."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns one: always sys.stderr instead
+        pass
+
+
 def get_logger() -> logging.Logger:
     logger = logging.getLogger(_LOGGER_NAME)
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
         handler.addFilter(_RankFilter())
         logger.addHandler(handler)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from clipbert.data.annotations import DataError
 from clipbert.train import checkpoint as ckpt
 from clipbert.train import config as C
 from clipbert.train.engine import build_engine, init_distributed, pick_device, setup_environment
@@ -335,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                 "stopped by a signal at step %d; resume with --set train.resume=auto", summary["step"]
             )
             return STOPPED
-    except (C.ConfigError, FileNotFoundError) as err:  # a bad key, path or file found later: no traceback
-        log.error("%s", err)
+    except (C.ConfigError, FileNotFoundError, DataError) as err:  # a bad key, path or file found later
+        log.error("%s", err)  # no traceback: the message names the key or file
         return 2
     except TrainingDiverged as err:
         log.error("%s", err)
