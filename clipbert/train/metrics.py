@@ -1,8 +1,10 @@
 """Evaluation metrics: retrieval recall / ranks in both directions, QA accuracy per answer type, MC accuracy.
 
 Ranks are 1-based and pessimistic on ties (a true item tied with k others ranks k+1), so a model that
-scores everything alike gets chance-level numbers, never perfect ones. A NaN score ranks below every number
-(as -inf, ties again pessimistic), so a diverged model gets the worst ranks, never perfect ones.
+scores everything alike gets chance-level numbers, never perfect ones. A NaN or +inf score ranks below every
+number (as -inf, ties again pessimistic), so a diverged model gets the worst ranks, never perfect ones; -inf
+itself is a real score (an unscored video's), ranked last as it is. The median rank of an even count averages
+the two middle ranks.
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ def retrieval_metrics(scores: torch.Tensor, text_to_video: torch.Tensor) -> dict
             f"scores must be [Q, V] and text_to_video [Q]; "
             f"got {tuple(scores.shape)} and {tuple(text_to_video.shape)}"
         )
+    # Why: a negative index would silently pick another video's column (scores[rows, -1] is the last one)
+    text_to_video = text_to_video.long()
+    outside = (text_to_video < 0) | (text_to_video >= scores.shape[1])
+    if outside.any():
+        raise ValueError(
+            f"text_to_video must index the {scores.shape[1]} videos of scores; texts "
+            f"{outside.nonzero().flatten()[:5].tolist()} point outside (a text whose video is missing "
+            "must get a column, e.g. of -inf scores, not be left out)"
+        )
     scores = _nan_ranks_worst(scores.double())
     rows = torch.arange(scores.shape[0])
     true = scores[rows, text_to_video]  # [Q]
@@ -62,15 +73,16 @@ def retrieval_metrics(scores: torch.Tensor, text_to_video: torch.Tensor) -> dict
 
 
 def _nan_ranks_worst(scores: torch.Tensor) -> torch.Tensor:
-    """NaN -> -inf, with a warning. Why: every comparison with NaN is false, so a NaN true score would count
-    no video above it (rank 0, a hit) and a NaN matrix would score perfectly."""
-    nan = torch.isnan(scores)
-    count = int(nan.sum())
+    """NaN and +inf -> -inf, with a warning. Why: every comparison with NaN is false, so a NaN true score
+    would count no video above it (rank 0, a hit) and a NaN matrix would score perfectly; and +inf is no score
+    the heads give (log p(match) <= 0, finite word scores) but an overflow that would rank its video first."""
+    bad = torch.isnan(scores) | torch.isposinf(scores)
+    count = int(bad.sum())
     if count:
         get_logger().warning(
-            "retrieval metrics: %d of %d scores are NaN; they rank worst", count, scores.numel()
+            "retrieval metrics: %d of %d scores are NaN or +inf; they rank worst", count, scores.numel()
         )
-        scores = scores.masked_fill(nan, float("-inf"))
+        scores = scores.masked_fill(bad, float("-inf"))
     return scores
 
 
