@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from clipbert.train import checkpoint as ckpt
 
@@ -16,7 +17,8 @@ class DeepSpeedLike:
 
     def save_checkpoint(self, save_dir, tag, client_state, save_latest=True):
         self.calls.append(save_latest)
-        (ckpt.Path(save_dir) / tag / "mp_rank_00_model_states.pt").write_text("weights")
+        # a torch file, as DeepSpeed's: a resume checks that each one is whole (checkpoint.incomplete)
+        torch.save({"weights": 1}, ckpt.Path(save_dir) / tag / "mp_rank_00_model_states.pt")
         if save_latest:
             (ckpt.Path(save_dir) / ckpt.LATEST).write_text(tag)
         if self.fail:

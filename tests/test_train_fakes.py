@@ -135,6 +135,13 @@ class FakeData:
     def has_split(self, split):
         return True
 
+    @property
+    def tokenizer(self):
+        # as TaskData.tokenizer: the export names the visual words' tokens with it (train/export.py)
+        from clipbert.data.tokenizer import build_tokenizer
+
+        return build_tokenizer()
+
     def visual_words(self, device):
         # as TaskData.visual_words: the training set's vocabulary, for retrieval with the word loss
         from clipbert.train.tasks import VisualWords

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -157,16 +159,115 @@ def _tag_step(name: str) -> int:
 
 
 def find_resume(resume: str, output_dir: str | Path) -> tuple[Path, str] | None:
-    """(checkpoint root, tag) to resume from: '' = none, 'auto' = newest in output_dir, or a path."""
+    """(checkpoint root, tag) to resume from: '' = none, 'auto' = the newest complete one in output_dir, or a
+    path (which must be complete)."""
     if not resume:
         return None
     if resume == "auto":
-        root = checkpoint_root(output_dir)
-        if not (root / LATEST).is_file():
+        # rank 0 decides for all: the resume moves newer tags aside and rewrites `latest` (set_aside_newer),
+        # which another rank still looking would see half done. Its error goes to every rank too (no hang).
+        try:
+            found = newest_complete(checkpoint_root(output_dir)) if is_rank0() else None
+        except FileNotFoundError as err:
+            found = err
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            box = [found]
+            dist.broadcast_object_list(box, src=0)
+            found = box[0]
+        if isinstance(found, FileNotFoundError):
+            raise found
+        return found
+    root, tag = locate(resume, key="train.resume")
+    problem = incomplete(root / tag)
+    if problem:
+        raise FileNotFoundError(f"train.resume={resume!r}: checkpoint {root / tag} is incomplete: {problem}")
+    return root, tag
+
+
+def newest_complete(root: Path) -> tuple[Path, str] | None:
+    """train.resume=auto: the newest complete checkpoint (`incomplete`) at or before the one `latest` names,
+    with a warning that names each newer one passed over and why.
+
+    Why not `latest` alone: a checkpoint can lose a file or have one cut short after `latest` moved to it (a
+    full disk, a node lost before its writes reached the disk, a clean-up), and `latest` itself can be gone
+    or name a missing tag. Resuming then failed with DeepSpeed's bare AssertionError or a misleading "does not
+    fit this model", went on without its RNG states, or, without `latest`, started over from step 0, dropping
+    the logs and overwriting the checkpoints there. Tags newer than `latest` are saves that did not finish.
+    Without `latest`, the newest complete tag is taken (a first save may have been stopped before writing
+    it); with no complete tag at all the run starts over, as one stopped before its first checkpoint. If
+    `latest` exists and nothing complete is left, that is an error: the run must not silently start again."""
+    named = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
+    tags = sorted(
+        (p.name for p in root.glob("step_*") if p.is_dir() and _tag_step(p.name) >= 0), key=_tag_step
+    )
+    skipped = []
+    if named is not None and named not in tags:
+        skipped.append(f"{named or '(empty)'} named by {LATEST}: no such checkpoint directory")
+    limit = _tag_step(named) if named and _tag_step(named) >= 0 else None
+    for tag in reversed(tags):
+        if limit is not None and _tag_step(tag) > limit:
+            skipped.append(f"{tag}: newer than {LATEST} ({named}), a save that did not finish")
+            continue
+        problem = incomplete(root / tag)
+        if problem:
+            skipped.append(f"{tag}: {problem}")
+            continue
+        if skipped or named is None:
+            why = "; ".join(skipped) if skipped else f"no {LATEST} file"
+            get_logger().warning(
+                "train.resume=auto: resuming from %s, the newest complete checkpoint (%s)", tag, why
+            )
+        return root, tag
+    if named is None:  # no checkpoint ever completed here: the run starts over (run.py drops its logs)
+        if tags:
+            get_logger().warning(
+                "train.resume=auto: no complete checkpoint in %s (%s), starting fresh",
+                root,
+                "; ".join(skipped),
+            )
+        else:
             get_logger().info("train.resume=auto: no checkpoint in %s, starting fresh", root)
-            return None
-        return root, (root / LATEST).read_text().strip()
-    return locate(resume, key="train.resume")
+        return None
+    raise FileNotFoundError(
+        f"train.resume=auto: no complete checkpoint in {root} ({'; '.join(skipped)}). Resume from a copy "
+        "with train.resume=<checkpoint dir>, or start over in a new train.output_dir"
+    )
+
+
+# DeepSpeed's files of one data-parallel rank each:
+# [bf16_]zero_pp_rank_<r>_mp_rank_<m>_{model,optim}_states.pt
+_PER_RANK = re.compile(r"^(.*zero_pp_rank_)(\d+)(_mp_rank_\d+_\w+_states\.pt)$")
+
+
+def incomplete(tag_dir: Path) -> str | None:
+    """Why the checkpoint `tag_dir` cannot be resumed as saved, or None when it is complete: its
+    trainer_state.json, DeepSpeed's model states, the RNG states and ZeRO files of every rank that saved it,
+    and every torch file whole (a zip archive, whose directory is written last). Cheap: nothing is loaded."""
+    if not tag_dir.is_dir():
+        return "no such directory"
+    try:
+        state = json.loads((tag_dir / STATE_FILE).read_text())
+        world = int(state.get("plan", {}).get("world_size", 1))
+    except FileNotFoundError:
+        return f"no {STATE_FILE}"
+    except (ValueError, AttributeError, TypeError):
+        return f"{STATE_FILE} is cut short or not valid"
+    files = {p.name for p in tag_dir.glob("*.pt")}
+    if not any(name.endswith("model_states.pt") for name in files):
+        return "no DeepSpeed model states (*model_states.pt)"
+    expected = {f"rng_rank{r}.pt" for r in range(world)}
+    for name in files:
+        if match := _PER_RANK.match(name):
+            expected |= {f"{match[1]}{r}{match[3]}" for r in range(world)}
+    missing = sorted(expected - files)
+    if missing:
+        return f"missing {', '.join(missing[:4])}" + (
+            f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        )
+    for name in sorted(files):
+        if not zipfile.is_zipfile(tag_dir / name):
+            return f"{name} is cut short (not a whole torch file)"
+    return None
 
 
 def step_of(path: str | Path) -> int | None:
@@ -218,6 +319,14 @@ def saved_model_config(root: Path, tag: str) -> dict | None:
         return json.loads((root / tag / STATE_FILE).read_text()).get("model") or None
     except (FileNotFoundError, ValueError):
         return None
+
+
+def saved_plan(root: Path, tag: str) -> dict:
+    """The plan a trainer checkpoint recorded (its trainer state's "plan": loop.Trainer.plan), or {}."""
+    try:
+        return json.loads((root / tag / STATE_FILE).read_text()).get("plan") or {}
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def check_model_config(saved: dict | None, model_cfg, key: str, path: str | Path) -> None:

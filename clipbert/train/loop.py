@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from clipbert.train import checkpoint as ckpt
+from clipbert.train.config import ConfigError
 from clipbert.train.engine import apply_hyperparameters
 from clipbert.train.evaluate import all_gather_objects, evaluate
 from clipbert.train.logging import get_logger, is_rank0
@@ -147,9 +148,34 @@ class Trainer:
             "data.seed": self.cfg.data.seed,
             "micro_batches_per_epoch": len(self.train_loader),
             "total_steps": self.total_steps,
+            # What shapes the training batches and the loss, so that a resume that changes one says so (it
+            # went on silently, e.g. with data.num_clips 2 -> 1, a run that is not the interrupted one).
+            # task.name is refused (resume), train.seed is not applied (the RNG states are restored).
+            "task.name": self.cfg.task.name,
+            "task.aggregation": self.cfg.task.aggregation,
+            **{f"train.{k}": getattr(self.cfg.train, k) for k in self.RUN_TRAIN_KEYS},
+            **{f"data.{k}": getattr(self.cfg.data, k) for k in self.RUN_DATA_KEYS},
+            **{f"model.{k}": getattr(self.model_cfg, k) for k in self.RUN_MODEL_KEYS},
         }
 
+    RUN_TRAIN_KEYS = ("seed", "grad_clip", "visual_word_loss", "visual_word_steps")
+    RUN_DATA_KEYS = ("num_clips", "frames_per_clip", "image_size", "clip_seconds", "train_sampling")
+    RUN_DATA_KEYS += ("max_text_len", "itm_neg_size", "mlm_prob", "itm_neg_prob")
+    # the model's keys that change its training but not its weights' shapes (WEIGHT_KEYS are refused)
+    RUN_MODEL_KEYS = ("frozen_bn", "freeze_at", "pixel_random_sampling_size", "hidden_dropout")
+    RUN_MODEL_KEYS += ("attention_dropout",)
+
     def resume(self, root: Path, tag: str) -> None:
+        # Before DeepSpeed loads. Another task's checkpoint (another retrieval set, say) loaded and trained
+        # on silently, mixing two tasks in one run's position, logs and schedule; one with another head
+        # failed with a state-dict dump. Fine-tuning from another task is train.init_checkpoint.
+        saved_task = ckpt.saved_plan(root, tag).get("task.name", self.cfg.task.name)
+        if saved_task != self.cfg.task.name:
+            raise ConfigError(
+                f"train.resume: checkpoint {root / tag} was trained for task.name={saved_task}, the config "
+                f"says task.name={self.cfg.task.name}. Resume it with task.name={saved_task}, or start the "
+                f"new task from it in a new train.output_dir with train.init_checkpoint={root / tag}"
+            )
         # before DeepSpeed loads: a shape mismatch there would name tensors, not the config keys behind them
         ckpt.check_model_config(
             ckpt.saved_model_config(root, tag), self.model_cfg, "train.resume", root / tag
@@ -157,9 +183,17 @@ class Trainer:
         self.state = TrainerState(**ckpt.load(self.engine, root, tag))
         self.last_saved_step = self.state.step
         now = self.plan()
-        changed = [
-            f"{k} {self.state.plan[k]} -> {v}" for k, v in now.items() if self.state.plan.get(k, v) != v
-        ]
+        changed = {k: (self.state.plan[k], v) for k, v in now.items() if self.state.plan.get(k, v) != v}
+        if "train.seed" in changed:  # the restored RNG states make the seed moot: say so, not "changed"
+            old, new = changed.pop("train.seed")
+            self.log.warning(
+                "resume from %s: train.seed %s -> %s is not applied: a resume restores the checkpoint's RNG "
+                "states, so the run goes on with the interrupted run's random streams",
+                tag,
+                old,
+                new,
+            )
+        changed = [f"{k} {old} -> {new}" for k, (old, new) in changed.items()]
         if changed:  # allowed (more epochs, another cluster), but not the run that was interrupted
             self.log.warning(
                 "resume from %s: the run's plan changed since the checkpoint (%s), so the resumed run does "
