@@ -166,3 +166,5 @@ def test_a_resume_for_another_task_is_refused(runs, tmp_path):
         ConfigError, match="trained for task.name=msrvtt_ret, the config says task.name=didemo"
     ):
         _resume(out, task="didemo_ret")
+    # the refused resume left the interrupted run's config.json as it was
+    assert json.loads((out / "config.json").read_text())["task"]["name"] == "msrvtt_ret"

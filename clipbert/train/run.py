@@ -142,7 +142,8 @@ def run(cfg, device: torch.device, data_factory=None) -> dict:
     model_cfg = resolved_model_config(cfg, data)
     out = Path(cfg.train.output_dir)
     refuse_previous_run(cfg, out)
-    write_resolved_config(cfg, model_cfg, out)
+    if cfg.eval.only:  # a training run writes its config.json once its resume is accepted (_train)
+        write_resolved_config(cfg, model_cfg, out)
     model, engine_init, init_key = build_model(cfg, model_cfg)
     dtype = DTYPES[C.precision(cfg.deepspeed)]
     # eval.only keeps out of TensorBoard: its events would land in the evaluated run's curves
@@ -211,6 +212,9 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
         trainer.resume(*resume)
     elif cfg.train.resume == "auto":  # a run that stopped before its first checkpoint: its logs go
         runlog.rewind(0)
+    # only now: a refused resume (another task, a damaged checkpoint) must not replace the config.json of
+    # the run it would have continued
+    write_resolved_config(cfg, model_cfg, Path(cfg.train.output_dir))
     finished_before = bool(resume) and trainer.state.step >= total  # e.g. a second `make demo`
     log.info(
         "task %s: %d optimizer steps (%d micro batches/epoch/rank, accumulation %d), world %d, %s, ZeRO-%d",
