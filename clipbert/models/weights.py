@@ -54,34 +54,73 @@ class LoadReport:
 # ---------------------------------------------------------------------------------------------- helpers
 def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
     """A state dict from a mapping, a .safetensors file, a torch file, a plain pickle (detectron2's .pkl),
-    or a HF-style directory.
+    or a HF-style directory (one file, or shards listed by model.safetensors.index.json or
+    pytorch_model.bin.index.json).
 
-    Unwraps {"model": ...} / {"state_dict": ...} containers (detectron2, trainers) and numpy values.
+    Unwraps {"model": ...} / {"state_dict": ...} / {"module": ...} / {"blobs": ...} containers (detectron2,
+    trainers, DeepSpeed, Detectron1) and numpy values.
     """
     if isinstance(source, Mapping):
         state = source
     else:
         path = Path(source)
         if path.is_dir():
-            candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
+            # sharded checkpoints (save_pretrained past max_shard_size, every large hub model) have no single
+            # weights file, only an index that maps each tensor to its shard
+            names = ("model.safetensors", "model.safetensors.index.json")
+            candidates = [path / n for n in names + ("pytorch_model.bin", "pytorch_model.bin.index.json")]
             found = [p for p in candidates if p.is_file()]
             if not found:
-                raise FileNotFoundError(f"{path} holds neither model.safetensors nor pytorch_model.bin")
+                raise FileNotFoundError(
+                    f"{path} holds neither model.safetensors nor pytorch_model.bin (nor a sharded index)"
+                )
             path = found[0]
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} not found")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
+        if path.name.endswith(".index.json"):
+            state = _read_sharded(path)
+        elif path.suffix == ".safetensors":
+            state = _load_safetensors(path)
         else:
             state = _load_torch_or_pickle(path)
     if not isinstance(state, Mapping):
         raise ValueError(f"{source} holds a {type(state).__name__}, not a state dict (a mapping of names)")
-    for wrapper in ("model", "state_dict"):
+    # "module": DeepSpeed's mp_rank_00_model_states.pt; "blobs": Detectron1 / caffe2 model-zoo pickles.
+    # Without them such a file read as an empty state dict: BERT loaded nothing, with only a warning.
+    for wrapper in ("model", "state_dict", "module", "blobs"):
         if isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
-    return {k: torch.as_tensor(v) for k, v in state.items() if hasattr(v, "shape")}
+    tensors = {k: torch.as_tensor(v) for k, v in state.items() if hasattr(v, "shape")}
+    if not tensors:
+        where = "state dict" if isinstance(source, Mapping) else str(source)
+        raise ValueError(f"{where} holds no tensors (top-level keys: {list(state)[:8]})")
+    return tensors
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:  # truncated or empty file: the bare error names no file
+        raise ValueError(f"cannot read {path}: not a complete safetensors file ({err})") from err
+
+
+def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
+    """A sharded HF checkpoint: every shard its index's weight_map names, merged."""
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, AttributeError) as err:
+        raise ValueError(f"cannot read {index}: not a sharded-checkpoint index ({err!r})") from err
+    state: dict[str, torch.Tensor] = {}
+    for name in shards:
+        shard = index.parent / name
+        if not shard.is_file():
+            raise FileNotFoundError(f"{index} names shard {name}, which is not in {index.parent}")
+        part = _load_safetensors(shard) if shard.suffix == ".safetensors" else _load_torch_or_pickle(shard)
+        state.update(part)
+    return state
 
 
 def _load_torch_or_pickle(path: Path):
@@ -99,10 +138,23 @@ def _load_torch_or_pickle(path: Path):
             ) from pickle_err
 
 
-def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix) :]: v for k, v in state.items()}
+def _strip_prefix(state: dict[str, torch.Tensor], *prefixes: str) -> dict[str, torch.Tensor]:
+    """Drop each prefix that every key shares, repeatedly: "module.model.backbone.conv1.weight" (DDP around a
+    Lightning module around a backbone) -> "conv1.weight"."""
+    stripped = True
+    while stripped and state:
+        stripped = False
+        for prefix in prefixes:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                stripped = True
     return state
+
+
+# Containers whose prefix every key of a saved model carries: DataParallel/DDP/DeepSpeed ("module."),
+# Lightning modules that hold the network as self.model ("model."). Only "module." was stripped: a Lightning
+# BERT checkpoint then loaded nothing (every key unexpected, only a warning).
+WRAPPER_PREFIXES = ("module.", "model.")
 
 
 def _rename_legacy_norm(key: str) -> str:
@@ -163,7 +215,7 @@ def config_from_hf_bert(directory: str | Path, preset: str = "base", **overrides
 def load_hf_bert(model: nn.Module, source: str | Path | Mapping) -> LoadReport:
     """Load a Hugging Face BERT checkpoint (dir, file or state dict) into embeddings, encoder, pooler
     (and BERT's cls pre-training heads when the checkpoint has them and the model was built with them)."""
-    state = _strip_prefix(read_state_dict(source), "module.")
+    state = _strip_prefix(read_state_dict(source), *WRAPPER_PREFIXES)
     report = LoadReport()
     mapped: dict[str, torch.Tensor] = {}
     has_cls = getattr(model, "cls", None) is not None
@@ -175,12 +227,29 @@ def load_hf_bert(model: nn.Module, source: str | Path | Mapping) -> LoadReport:
             mapped[name] = value
         else:
             report.unexpected.append(key)
+    where = source if not isinstance(source, Mapping) else "state dict"
+    if not mapped:  # a foreign file left the transformer random with only a warning
+        raise ValueError(
+            f"{where}: no BERT tensor (embeddings.*, encoder.*, pooler.*, with or without 'bert.'); "
+            f"first keys: {list(state)[:5]}"
+        )
+    ours, theirs = _num_layers(model.state_dict()), _num_layers(mapped)
+    if ours > theirs:  # the model's extra layers would stay random with only a "missing keys" warning
+        raise ValueError(
+            f"{where}: the checkpoint has {theirs} encoder layers, the model {ours}: set model.num_layers "
+            f"<= {theirs} (the first layers are kept) or use the checkpoint's config.json"
+        )
     scope = ("embeddings.", "encoder.", "pooler.")
     if has_cls and any(k.startswith("cls.") for k in mapped):
         scope += ("cls.",)
     assign(model, mapped, scope, report)
-    report.log(f"BERT weights from {source if not isinstance(source, Mapping) else 'state dict'}")
+    report.log(f"BERT weights from {where}")
     return report
+
+
+def _num_layers(state: Mapping) -> int:
+    indices = [int(m.group(1)) for k in state if (m := re.match(r"encoder\.layer\.(\d+)\.", k))]
+    return max(indices, default=-1) + 1
 
 
 # ----------------------------------------------------------------------------------------------- ResNet
@@ -209,15 +278,87 @@ def detectron2_to_torchvision(key: str) -> str | None:
     return None
 
 
+_C2_BLOCK = re.compile(r"^res(\d)_(\d+)_branch(1|2a|2b|2c)_(w|bn_s|bn_b|bn_rm|bn_riv)$")
+_C2_SUFFIX = {"w": "weight", "bn_s": "norm.weight", "bn_b": "norm.bias"}
+_C2_SUFFIX.update(bn_rm="norm.running_mean", bn_riv="norm.running_var")
+_C2_CONV = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
+
+
+def caffe2_to_detectron2(key: str) -> str | None:
+    """Map one caffe2 / Detectron1 ResNet name (conv1_w, res_conv1_bn_s, res2_0_branch2a_w, ...) to
+    detectron2's, as detectron2's convert_basic_c2_names does; None for others (fc1000_*, *_momentum)."""
+    stem = {"conv1_w": "weight", "res_conv1_bn_s": "norm.weight", "res_conv1_bn_b": "norm.bias"}
+    if key in stem:
+        return "stem.conv1." + stem[key]
+    match = _C2_BLOCK.match(key)
+    if match is None:
+        return None
+    stage, index, branch, suffix = match.groups()
+    return f"res{stage}.{index}.{_C2_CONV[branch]}.{_C2_SUFFIX[suffix]}"
+
+
+def _caffe2_state_to_detectron2(
+    state: dict[str, torch.Tensor], report: LoadReport
+) -> dict[str, torch.Tensor]:
+    """detectron2 names for a caffe2 model-zoo ResNet (detectron2's ImageNetPretrained/MSRA/R-50.pkl).
+
+    Its norms are AffineChannel (scale and bias, no statistics): they get running mean 0 and variance 1, as
+    detectron2's FrozenBatchNorm2d fills them when it loads such a file.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = caffe2_to_detectron2(key)
+        if name is None:
+            report.ignored.append(key)  # ImageNet classifier (fc1000_*), solver state (*_momentum)
+        else:
+            out[name] = value
+    for key in [k for k in out if k.endswith(".norm.weight")]:
+        norm = key.removesuffix("weight")
+        out.setdefault(norm + "running_mean", torch.zeros_like(out[key]))
+        out.setdefault(norm + "running_var", torch.ones_like(out[key]))
+    return out
+
+
 def _detect_resnet_format(state: dict[str, torch.Tensor]) -> str:
     if any(k.endswith("stem.conv1.weight") for k in state):
         return "detectron2"
+    # caffe2 / Detectron1 names: detectron2's own ImageNet R-50.pkl uses them; they were "unrecognized"
+    if "conv1_w" in state or any(_C2_BLOCK.match(k) for k in state):
+        return "caffe2"
     if "conv1.weight" in state or any(k.startswith("layer1.") for k in state):
         return "torchvision"
     raise ValueError(
-        "unrecognized ResNet checkpoint: expected torchvision names (conv1.weight, layer1.0.conv1.weight) or "
-        f"detectron2 names (stem.conv1.weight, res2.0.conv1.weight); first keys: {list(state)[:5]}"
+        "unrecognized ResNet checkpoint: expected torchvision names (conv1.weight, layer1.0.conv1.weight), "
+        "detectron2 names (stem.conv1.weight, res2.0.conv1.weight) or caffe2 names (conv1_w, "
+        f"res2_0_branch2a_w); first keys: {list(state)[:5]}"
     )
+
+
+def _blocks_per_stage(state: Mapping, prefix: str) -> dict[int, int]:
+    """{stage 1..4: blocks} of torchvision-named keys under prefix."""
+    blocks: dict[int, int] = {}
+    for key in state:
+        match = re.match(re.escape(prefix) + r"layer([1-4])\.(\d+)\.", key)
+        if match:
+            stage, index = int(match.group(1)), int(match.group(2))
+            blocks[stage] = max(blocks.get(stage, 0), index + 1)
+    return blocks
+
+
+def _check_depth(model: nn.Module, mapped: dict[str, torch.Tensor], prefix: str) -> None:
+    """A ResNet of another depth is an error. Why: a ResNet-101 state dict holds every ResNet-50 name with the
+    same shapes plus 17 more res4 blocks, so it loaded "successfully" (a truncated ResNet-101, the extra
+    blocks only logged as unexpected), and a ResNet-50 into a ResNet-101 model left 17 blocks random."""
+    ours, theirs = _blocks_per_stage(model.state_dict(), prefix), _blocks_per_stage(mapped, prefix)
+    convs = {k.rsplit(".", 2)[-2] for k in mapped if k.endswith(("conv2.weight", "conv3.weight"))}
+    basic = convs == {"conv2"}  # ResNet-18/34's 2-conv blocks; ResNet-34 has ResNet-50's block counts
+    if basic or any(theirs.get(stage, blocks) != blocks for stage, blocks in ours.items()):
+        raise ValueError(
+            f"the checkpoint's ResNet has {tuple(theirs.get(i, 0) for i in (1, 2, 3, 4))} blocks per stage"
+            f"{' (basic blocks: a ResNet-18/34)' if basic else ''}, the model "
+            f"{tuple(ours[i] for i in sorted(ours))} bottlenecks (model.backbone_layers; ResNet-50 is "
+            "(3, 4, 6, 3), ResNet-101 (3, 4, 23, 3)): use a checkpoint of the model's depth"
+        )
 
 
 def _warn_if_not_msra(model: nn.Module) -> None:
@@ -235,11 +376,18 @@ def _warn_if_not_msra(model: nn.Module) -> None:
 def load_resnet(model: nn.Module, source: str | Path | Mapping, prefix: str = "cnn.backbone.") -> LoadReport:
     """Load a torchvision or detectron2/grid-feat ResNet state dict into `model` (a ClipBert: prefix
     'cnn.backbone.'; a bare ResNetBackbone: prefix ''). detectron2 names may carry 'backbone.bottom_up.' or
-    'backbone.' prefixes; the fc layer and detector heads are ignored."""
-    state = _strip_prefix(read_state_dict(source), "module.")
+    'backbone.' prefixes; caffe2 / Detectron1 names (res2_0_branch2a_w) are converted to detectron2's. The fc
+    layer and detector heads are ignored; a ResNet of another depth than the model's is an error."""
+    state = _strip_prefix(read_state_dict(source), *WRAPPER_PREFIXES)
+    bare = _strip_prefix(state, "backbone.")
+    if "conv1.weight" in bare:  # torchvision names of a trainer's self.backbone (detectron2's: handled below)
+        state = bare
     report = LoadReport()
     mapped: dict[str, torch.Tensor] = {}
-    if _detect_resnet_format(state) == "torchvision":
+    style = _detect_resnet_format(state)
+    if style == "caffe2":
+        state, style = _caffe2_state_to_detectron2(state, report), "detectron2"
+    if style == "torchvision":
         for key, value in state.items():
             if key.startswith("fc."):
                 report.ignored.append(key)  # ImageNet classifier
@@ -256,6 +404,7 @@ def load_resnet(model: nn.Module, source: str | Path | Mapping, prefix: str = "c
                 report.ignored.append(key)  # detector parts ClipBERT never runs
             else:
                 report.unexpected.append(key)
+    _check_depth(model, mapped, prefix)
     assign(model, mapped, (prefix,), report)
     report.log("ResNet weights")
     return report
