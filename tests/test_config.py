@@ -338,3 +338,16 @@ def test_unusable_data_exits_2_naming_the_file_without_a_traceback(tmp_path, cap
     assert main([*argv, *store]) == 2
     err = capfd.readouterr().err
     assert "is not a readable HDF5 file" in err and "Traceback" not in err
+
+
+def test_a_bert_dir_without_weights_is_a_config_error_naming_init_bert_from(tmp_path):
+    from clipbert.train.run import build_model
+
+    hf = {"vocab_size": 30522, "hidden_size": 96, "num_hidden_layers": 1, "num_attention_heads": 3}
+    (tmp_path / "config.json").write_text(
+        json.dumps({**hf, "intermediate_size": 192, "max_position_embeddings": 64})
+    )
+    cfg = C.load("ds_synthetic", [f"model.init_bert_from={tmp_path}"])
+    # a ConfigError: train.py reports it as a message naming the key and exits 2, as for init_cnn_from
+    with pytest.raises(C.ConfigError, match=rf"model\.init_bert_from='{tmp_path}': "):
+        build_model(cfg, cfg.model_config())

@@ -74,7 +74,10 @@ def build_model(cfg, model_cfg):
     if cfg.model.init_bert_from:  # pretrained BERT weights for the transformer (the CNN stays as built)
         from clipbert.models.weights import load_hf_bert
 
-        load_hf_bert(model, cfg.model.bert_dir())
+        try:
+            load_hf_bert(model, cfg.model.bert_dir())
+        except (OSError, ValueError, KeyError, RuntimeError) as err:  # as init_cnn_from: name the key
+            raise C.ConfigError(f"model.init_bert_from={cfg.model.init_bert_from!r}: {err}") from err
     if cfg.model.init_cnn_from:  # ImageNet ResNet weights for the backbone
         from clipbert.models.weights import load_resnet
 
