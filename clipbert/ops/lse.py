@@ -70,6 +70,13 @@ def lse_aggregate(logits: torch.Tensor, *, backend: str | None = None) -> torch.
     logits: [B, N_clips, K] float32/float16/bfloat16/float64.
     Returns [B, K] float32 (float64 for float64 input) log-probabilities:
     out[b, k] = logsumexp_n logits[b, n, k] - logsumexp_{n, k'} logits[b, n, k'].
+
+    Conventions, the same on every backend: a class -inf in every clip is -inf; a row of -inf throughout, or
+    with a NaN logit, is NaN; a +inf logit makes its row non-finite (the kernels: NaN throughout; the
+    reference: NaN for its class, -inf for the others). A non-finite row never changes another row's values
+    or gradients. The math is float32 for 16/32-bit logits, so out is a difference of two float32 logsumexps
+    of the logits' magnitude: its absolute error is about that magnitude's float32 ulp (2e-4 at 1e4; at 1e10
+    a row of equal logits reads 0 instead of -log K), on the reference as on the kernels.
     """
     _check_logits(logits, "lse_aggregate")
     name = _backend.resolve(backend, logits.device)
@@ -85,6 +92,12 @@ def lse_aggregate_nll(
 
     logits: [B, N_clips, K]; target: [B] int64 in [0, K); reduction: "mean" | "sum" | "none".
     Returns float32 (float64 for float64 logits): [] for mean/sum, [B] for none.
+
+    There is no ignore_index: a target outside [0, K) raises naming the entry (on CUDA, a device-side
+    assert), and int32 targets are refused. A row whose target class is -inf in every clip has loss +inf
+    and NaN gradients in that column; a NaN or +inf logit makes its row's loss non-finite (see
+    `lse_aggregate`). Either way only that row's loss and gradient are non-finite; a mean or sum over the
+    batch is then non-finite too, while the other rows' gradients stay finite.
     """
     _check_logits(logits, "lse_aggregate_nll")
     if reduction not in REDUCTIONS:
@@ -142,6 +155,8 @@ def clip_aggregate(logits: torch.Tensor, mode: str = "lse", *, backend: str | No
 
     logits: [B, N_clips, K]; mode: "lse" (Eq. 5, fused kernel), "mean" or "max" (pool logits over clips,
     then log-softmax; composed from PyTorch ops). Returns [B, K] float32 (float64 for float64 input).
+    "max" at exact ties: clips that share a class's max share its gradient equally (torch.amax's convention,
+    so every backend agrees).
     """
     if mode not in MODES:
         raise ValueError(f"clip_aggregate: mode must be one of {MODES}, got {mode!r}")

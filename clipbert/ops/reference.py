@@ -34,7 +34,9 @@ def lse_aggregate_nll_value_and_grad_reference(
         x = logits.detach().requires_grad_()
         loss = lse_aggregate_nll_reference(x, target, reduction)
         (grad,) = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), grad
+    # autograd lays the gradient out as the logits are (transposed, say); the op promises a contiguous one, as
+    # the kernels and the fake return it
+    return loss.detach(), grad.contiguous()
 
 
 def clip_aggregate_reference(logits: torch.Tensor, mode: str = "lse") -> torch.Tensor:

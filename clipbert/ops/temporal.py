@@ -14,6 +14,8 @@ def temporal_mean(x: torch.Tensor, *, backend: str | None = None) -> torch.Tenso
 
     x: [B, T, ...] float32/float16/bfloat16/float64, any strides (strided B/T are read in place; strided
     inner dims are copied once). Returns [B, ...] in x's dtype. Backward: grad / T broadcast over T.
+    The frames are summed before the division, in float32 for 16/32-bit x: features whose sum over T passes
+    float32's max (about 3.4e38, e.g. bfloat16 near its max) come out inf, on every backend.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"temporal_mean: x must be a Tensor [B, T, ...], got {type(x).__name__}")

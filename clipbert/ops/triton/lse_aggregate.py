@@ -78,10 +78,19 @@ def _lse_bwd_kernel(
     o = tl.load(out_ptr + row * K + offs, mask=mask, other=0.0).to(ACC)
     g_sum = tl.sum(g, axis=0)
     lse_all = tl.load(lse_ptr + row).to(ACC)
+    # x - lse_k is taken as t - o, which is -inf - -inf = NaN where lse_k - lse_all overflowed to o = -inf
+    # while x - lse_all did too (logits near +-max of ACC, e.g. bf16 ones of +-3.4e38). Those columns take
+    # x - lse_k with lse_k read again from the logits, as the reference's; a column -inf in every clip keeps
+    # the formula's value. The extra pass over the row runs only for a row that has such a column.
+    overflow = (o == float("-inf")) & mask
+    lse_k = tl.full([BLOCK_K], float("-inf"), ACC)
+    if tl.max(overflow.to(tl.int32), axis=0) > 0:
+        lse_k = _column_lse(x_ptr, row, N, K, stride_b, stride_n, stride_k, ACC, BLOCK_K)
+    refetch = overflow & (lse_k > float("-inf"))
     for n in range(0, N):
         v = tl.load(x_ptr + row * stride_b + n * stride_n + offs * stride_k, mask=mask, other=float("-inf"))
         t = v.to(ACC) - lse_all
-        gx = g * tl.exp(t - o) - g_sum * tl.exp(t)
+        gx = g * tl.exp(tl.where(refetch, v.to(ACC) - lse_k, t - o)) - g_sum * tl.exp(t)
         tl.store(gx_ptr + (row * N + n) * K + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
 
 

@@ -79,8 +79,11 @@ def _row_stats(
 def _grad(v, idx, K, target, la, lt, w):
     """w * (exp(x - la) - [k == target] exp(x - lt)) for logits v at flat indices idx (k = idx % K)."""
     # x <= lt in column `target`, so the clamp changes nothing there and keeps the other lanes' exp (computed,
-    # then discarded by the where) from overflowing
-    p = tl.exp(v - la) - tl.where(idx % K == target, tl.exp(tl.minimum(v - lt, 0.0)), 0.0)
+    # then discarded by the where) from overflowing. A where, not tl.minimum: minimum(NaN, 0) is 0 on the GPU
+    # (and in the interpreter), so a target column that is -inf in every clip (x - lt = -inf - -inf) got a
+    # finite -w per clip where the C++/CUDA kernels and the reference give NaN, on a loss that is +inf.
+    d = v - lt
+    p = tl.exp(v - la) - tl.where(idx % K == target, tl.exp(tl.where(d > 0.0, 0.0, d)), 0.0)
     return w * p
 
 

@@ -190,6 +190,22 @@ at::Tensor lse_aggregate_backward_cpu(const at::Tensor& grad_in, const at::Tenso
             gn[k] = static_cast<scalar_t>(gb[k] * fast_exp(t - ob[k]) - g_sum * fast_exp(t));
           }
         }
+        // x - lse_k is taken as t - out[k], which is -inf - -inf = NaN where lse_k - lse_all overflowed to
+        // out[k] = -inf while x - lse_all did too (logits near +-max of the accumulation dtype, e.g. bf16
+        // ones of +-3.4e38). Such a column gets its lse again from the logits and its softmax over n from
+        // it, as the reference's; columns -inf in every clip keep the formula's value (lse_k is -inf there
+        // too). A separate pass, so the loop above stays branch-free: K compares a row if nothing overflowed.
+        for (int64_t k = 0; k < K; ++k) {
+          if (ob[k] != neg_inf<acc_t>()) continue;
+          const scalar_t* xk = x + b * N * K + k;
+          const acc_t lse_k = strided_lse<acc_t>(xk, N, K);
+          if (lse_k == neg_inf<acc_t>()) continue;
+          for (int64_t n = 0; n < N; ++n) {
+            const acc_t xv = static_cast<acc_t>(xk[n * K]);
+            gx[(b * N + n) * K + k] =
+                static_cast<scalar_t>(gb[k] * fast_exp(xv - lse_k) - g_sum * fast_exp(xv - lse));
+          }
+        }
       }
     });
   });

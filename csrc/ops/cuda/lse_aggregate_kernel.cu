@@ -79,6 +79,25 @@ __global__ void lse_aggregate_bwd_kernel(const at::opmath_type<scalar_t>* __rest
       const acc_t t = to_acc(xr[i]) - la;
       gxr[i] = static_cast<scalar_t>(gr[k] * exp(t - o[k]) - g_sum * exp(t));
     }
+    // x - lse_k is taken above as t - out[k], which is -inf - -inf = NaN where lse_k - lse_all overflowed
+    // to out[k] = -inf while x - lse_all did too (logits near +-max of acc_t, e.g. bf16 ones of +-3.4e38).
+    // Such a column gets its lse again from the logits, as the CPU kernel and the reference do; a column
+    // -inf in every clip keeps the formula's value. A separate pass, taken by the whole group or none (the
+    // count is reduced), so the loop above stays branch-free; each thread redoes only the elements it wrote.
+    acc_t overflowed = 0;
+    for (int64_t k = lane; k < K; k += GROUP) overflowed += o[k] == neg_inf<acc_t>() ? acc_t(1) : acc_t(0);
+    if (group_reduce_sum<acc_t, GROUP>(overflowed, smem) > acc_t(0)) {
+      for (int64_t i = lane; i < N * K; i += GROUP) {
+        const int64_t k = i % K;
+        if (o[k] != neg_inf<acc_t>()) continue;
+        Lse<acc_t> col = lse_init<acc_t>();
+        for (int64_t n = 0; n < N; ++n) col.add(to_acc(xr[n * K + k]));
+        const acc_t lse_k = col.value();
+        if (lse_k == neg_inf<acc_t>()) continue;
+        const acc_t v = to_acc(xr[i]);
+        gxr[i] = static_cast<scalar_t>(gr[k] * exp(v - lse_k) - g_sum * exp(v - la));
+      }
+    }
   }
 }
 
