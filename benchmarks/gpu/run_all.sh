@@ -103,7 +103,7 @@ elif [[ $DRY == 1 ]]; then
   step tests 60 "$PY" -m pytest -m needs_cuda tests/ --collect-only
 else
   # The kernels' tests first (seconds), then the model's inductor test and DALI's (slower); -rfE lists failures.
-  OPS_TESTS="tests/test_ops_lse.py tests/test_ops_lse_value_and_grad.py tests/test_ops_nll_kernels.py tests/test_ops_nonfinite.py tests/test_ops_temporal_mean.py tests/test_ops_triton_gpu.py"
+  OPS_TESTS="tests/test_ops_lse.py tests/test_ops_lse_value_and_grad.py tests/test_ops_nll_kernels.py tests/test_ops_nonfinite.py tests/test_ops_adversarial.py tests/test_ops_temporal_mean.py tests/test_ops_triton_gpu.py"
   if [[ -n ${TESTS:-} ]]; then  # a chosen subset, e.g. the DALI tests once DALI's wheels are in
     # shellcheck disable=SC2086  # TESTS is a list of test paths
     step tests 120 "$PY" -m pytest -m needs_cuda $TESTS -p no:cacheprovider -rfE --tb=short
