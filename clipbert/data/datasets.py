@@ -9,13 +9,15 @@ replacements) and is reported, once per item, in `bad_videos`.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from .annotations import ID, INDEX, TEXT, TEXTS, AnnotationError, DataError, read_json, read_jsonl
+from .annotations import ID, INDEX, TEXT, TEXTS, AnnotationError, DataError, is_kind, read_json, read_jsonl
 from .collate import pad_token_lists
 from .config import SPLITS, TASKS, DataConfig
 from .decoders import VideoDecodeError
@@ -25,6 +27,8 @@ from .text import mask_tokens, tokenize
 from .video_source import VideoSource, load_image
 from .visual_words import WordVocab, build_word_vocab
 from .vqa_answers import answer_scores, normalize_answer
+
+log = logging.getLogger(__name__)
 
 RET_TASKS = ("msrvtt_ret", "didemo_ret", "anet_ret")
 QA_TASKS = ("msrvtt_qa", "tgif_frameqa")
@@ -169,10 +173,39 @@ class TaskDataset(Dataset):
         return {"video_id": video_id, "frames": frames, "frames_hw": hw}
 
 
+def read_ans2label(path: Path) -> dict[str, int]:
+    """A task's {answer: label} file, checked: the labels must be 0..K-1, each once.
+
+    Why: the QA head has len(ans2label) classes (train/data.py), so a label past it (a gap: 0, 7, 100) crashed
+    the loss at the first batch, a negative one likewise; two answers sharing a label were silently one class
+    (predicting either counted right for both), and a float or bool label was truncated by int() into another
+    answer's class. Checked once here, where the message can name the file."""
+    ans2label = read_json(path)
+    if not isinstance(ans2label, dict) or not ans2label:
+        shown = "an empty object" if ans2label == {} else type(ans2label).__name__
+        raise AnnotationError(f"{path}: expected a non-empty {{answer: label}} object, got {shown}")
+    owners: dict[int, str] = {}
+    for answer, label in ans2label.items():
+        if not is_kind(label, INDEX) or label < 0:
+            raise AnnotationError(
+                f"{path}: answer {answer!r} has label {json.dumps(label)}, not an integer >= 0"
+            )
+        if label in owners:
+            raise AnnotationError(f"{path}: answers {owners[label]!r} and {answer!r} share label {label}")
+        owners[label] = answer
+    if max(owners) != len(owners) - 1:
+        missing = min(set(range(len(owners))) - set(owners))
+        raise AnnotationError(
+            f"{path}: {len(owners)} answers but labels reach {max(owners)} (none is {missing}); the head has "
+            f"one class per answer, so the labels must be 0..{len(owners) - 1}"
+        )
+    return ans2label
+
+
 def caption_word_vocab(videos: list[tuple[str, list[str]]], tokenizer, max_len: int) -> WordVocab:
     """The visual-word vocabulary of [(video_id, [texts])] as group_texts gives them: the training set's
     (enable_visual_words), and clipbert.predict's for an export without predict.json, built alike."""
-    texts = [tokenize(tokenizer, video_texts, max_len) for _, video_texts in videos]
+    texts = [tokenize(tokenizer, video_texts, max_len, literal=True) for _, video_texts in videos]
     return build_word_vocab(texts, tokenizer.all_special_ids)
 
 
@@ -188,7 +221,11 @@ class RetrievalTrainDataset(TaskDataset):
 
     def enable_visual_words(self) -> WordVocab:
         """From now on every item carries `word_targets` (uint8 [W]) for train.visual_word_loss."""
-        self.word_vocab = caption_word_vocab(self.videos, self.tokenizer, self.max_len)
+        # Every caption empty (or [UNK] only) leaves no words: a DataError naming the file, not a traceback.
+        try:
+            self.word_vocab = caption_word_vocab(self.videos, self.tokenizer, self.max_len)
+        except ValueError as err:
+            raise DataError(f"{self.ann_path}: no visual words: {err}") from err
         return self.word_vocab
 
     def __len__(self) -> int:
@@ -203,7 +240,7 @@ class RetrievalTrainDataset(TaskDataset):
         chosen = [texts[rng.integers(len(texts))]]
         chosen += [self._negative(index, set(texts), rng) for _ in range(self.cfg.itm_neg_size)]
         item = self.visual(video_id, epoch)
-        item["input_ids"] = tokenize(self.tokenizer, chosen, self.max_len)
+        item["input_ids"] = tokenize(self.tokenizer, chosen, self.max_len, literal=True)
         item["labels"] = [1] + [0] * self.cfg.itm_neg_size
         if self.word_vocab is not None:
             item["word_targets"] = self.word_vocab.targets[index]
@@ -258,7 +295,8 @@ def build_retrieval_eval(task, split, cfg, tokenizer, norm) -> RetrievalEvalData
     for video_index, (_, video_texts) in enumerate(groups):
         texts += video_texts
         owner += [video_index] * len(video_texts)
-    ids, mask = pad_token_lists(tokenize(tokenizer, texts, cfg.max_text_len[task]), tokenizer.pad_token_id)
+    rows = tokenize(tokenizer, texts, cfg.max_text_len[task], literal=True)
+    ids, mask = pad_token_lists(rows, tokenizer.pad_token_id)
     videos = VideoOnlyDataset(task, split, cfg, tokenizer, norm, video_ids)
     return RetrievalEvalData(videos, video_ids, ids, mask, torch.tensor(owner, dtype=torch.int64))
 
@@ -268,7 +306,7 @@ class QADataset(TaskDataset):
 
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
-        self.ans2label = read_json(Path(cfg.ann_dir) / f"{task}_ans2label.json")
+        self.ans2label = read_ans2label(Path(cfg.ann_dir) / f"{task}_ans2label.json")
         self.video_key = "video_id" if task == "msrvtt_qa" else "gif_name"
 
     def video_of(self, index: int) -> str:
@@ -277,7 +315,7 @@ class QADataset(TaskDataset):
     def load(self, index: int, epoch: int) -> dict:
         example = self.examples[index]
         item = self.visual(self.video_of(index), epoch)
-        item["input_ids"] = tokenize(self.tokenizer, [example["question"]], self.max_len)
+        item["input_ids"] = tokenize(self.tokenizer, [example["question"]], self.max_len, literal=True)
         item["labels"] = int(self.ans2label.get(example["answer"], -100))
         item["answer_type"] = str(example.get("answer_type", "unknown"))
         return item
@@ -288,11 +326,34 @@ class MultipleChoiceDataset(TaskDataset):
 
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
+        num_options = len(self.examples[0]["options"])
+        twins = []  # lines listing their answer twice
         for line_no, example in enumerate(self.examples, start=1):
-            if not 0 <= example["answer"] < len(example["options"]):
+            options, answer = example["options"], example["answer"]
+            if not 0 <= answer < len(options):
+                raise AnnotationError(f"{self.ann_path}:{line_no}: answer {answer} is not an option index")
+            # Why: the options of a batch are the M classes of one [B, M] score matrix, so a line with 4 of
+            # them among lines with 5 crashed the collate mid-epoch, naming neither file nor line.
+            if len(options) != num_options:
                 raise AnnotationError(
-                    f"{self.ann_path}:{line_no}: answer {example['answer']} is not an option index"
+                    f"{self.ann_path}:{line_no}: {len(options)} options, but the first line has "
+                    f"{num_options} (every line of a multiple-choice file needs the same number)"
                 )
+            # Options the uncased tokenizer reads alike get equal scores, and a tie loses (train/tasks.py), so
+            # a line listing its answer twice is always counted wrong. Said, not refused: a real set (MSRVTT's
+            # generic captions drawn as distractors) may hold a few, and one must not stop the whole file.
+            # Wrong options that repeat each other are harmless.
+            read = [" ".join(option.lower().split()) for option in options]
+            if any(k != answer and text == read[answer] for k, text in enumerate(read)):
+                twins.append(line_no)
+        if twins:
+            log.warning(
+                "%s: %d line(s) list their answer twice (lines %s%s): unanswerable, they count as wrong",
+                self.ann_path,
+                len(twins),
+                ", ".join(map(str, twins[:5])),
+                ", ..." if len(twins) > 5 else "",
+            )
 
     def video_of(self, index: int) -> str:
         return str(self.examples[index]["clip_name" if self.task == "msrvtt_mc" else "gif_name"])
@@ -304,9 +365,9 @@ class MultipleChoiceDataset(TaskDataset):
         questions = None if self.task == "msrvtt_mc" else [example["question"]] * len(options)
         item = self.visual(video_id, epoch)
         if questions is None:
-            item["input_ids"] = tokenize(self.tokenizer, options, self.max_len)
+            item["input_ids"] = tokenize(self.tokenizer, options, self.max_len, literal=True)
         else:
-            item["input_ids"] = tokenize(self.tokenizer, questions, self.max_len, pairs=options)
+            item["input_ids"] = tokenize(self.tokenizer, questions, self.max_len, pairs=options, literal=True)
         item["labels"] = int(example["answer"])
         return item
 
@@ -335,7 +396,7 @@ class PretrainDataset(TaskDataset):
                 if self.examples[other]["file"] != example["file"]:
                     caption, match = self.examples[other]["caption"], 0
                     break
-        ids = tokenize(self.tokenizer, [caption], self.max_len)[0]
+        ids = tokenize(self.tokenizer, [caption], self.max_len, literal=True)[0]
         masked, mlm_labels = mask_tokens(ids, self.tokenizer, rng, self.cfg.mlm_prob)
         if not match:
             mlm_labels = [-100] * len(ids)
@@ -363,7 +424,7 @@ class VQADataset(TaskDataset):
 
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
-        self.ans2label = read_json(Path(cfg.ann_dir) / f"{task}_ans2label.json")
+        self.ans2label = read_ans2label(Path(cfg.ann_dir) / f"{task}_ans2label.json")
         for line_no, example in enumerate(self.examples, start=1):
             given = example.get("answers", example.get("labels", []))
             if not isinstance(given, (list, dict)):
@@ -399,7 +460,7 @@ class VQADataset(TaskDataset):
             "frames": frames,  # uint8 [1, 1, 3, L, L]
             "frames_hw": hw,
             "video_id": str(example.get("image_id", example["file"])),
-            "input_ids": tokenize(self.tokenizer, [example["question"]], self.max_len),
+            "input_ids": tokenize(self.tokenizer, [example["question"]], self.max_len, literal=True),
             "answer_labels": labels,
             "answer_scores": scores,
             "answered": "answers" in example or "labels" in example,

@@ -5,9 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 
-def tokenize(tokenizer, texts: list[str], max_len: int, pairs: list[str] | None = None) -> list[list[int]]:
-    """Token ids with [CLS]/[SEP], truncated to max_len; `pairs` gives a second segment per text."""
-    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_len, padding=False)
+def tokenize(
+    tokenizer, texts: list[str], max_len: int, pairs: list[str] | None = None, literal: bool = False
+) -> list[list[int]]:
+    """Token ids with [CLS]/[SEP], truncated to max_len; `pairs` gives a second segment per text.
+
+    `literal`: "[SEP]", "[MASK]", "[CLS]", "[PAD]" written in a text are read as words ("[", "sep", "]"), as
+    the original BERT tokenizer reads them. The datasets pass True: annotation text is data, and a caption
+    saying "[MASK]" became a mask token the MLM never predicts, a "[SEP]" in a question moved the
+    question/option boundary and a "[PAD]" put a padding token inside the text. False (the default) keeps
+    them special tokens, for clipbert.predict's fill-in prompts ("a small [MASK] square")."""
+    encoded = tokenizer(
+        texts, pairs, truncation=True, max_length=max_len, padding=False, split_special_tokens=literal
+    )
     return [list(ids) for ids in encoded["input_ids"]]
 
 

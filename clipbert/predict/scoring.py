@@ -22,12 +22,14 @@ from clipbert.train.tasks import clip_aggregate, match_log_prob, vqa_logits
 Clips = Iterable[tuple[str, torch.Tensor]]  # (path, frames [1, N, T, 3, L, L])
 
 
-def encode_texts(predictor, texts: list[str], pairs: list[str] | None = None):
-    """(ids, mask) int64 [Q, Lt] on the device, tokenized and padded as the evaluation datasets do."""
+def encode_texts(predictor, texts: list[str], pairs: list[str] | None = None, literal: bool = True):
+    """(ids, mask) int64 [Q, Lt] on the device, tokenized and padded as the evaluation datasets do: a
+    "[SEP]" or "[MASK]" typed in a text is words, as in the datasets (text.tokenize's `literal`), except
+    for a pre-trained model's texts (literal=False), whose [MASK] asks for the MLM head's fillers."""
     from clipbert.data.collate import pad_token_lists
     from clipbert.data.text import tokenize
 
-    rows = tokenize(predictor.tokenizer, texts, predictor.max_text_len, pairs=pairs)
+    rows = tokenize(predictor.tokenizer, texts, predictor.max_text_len, pairs=pairs, literal=literal)
     ids, mask = pad_token_lists(rows, predictor.tokenizer.pad_token_id)
     return ids.to(predictor.device), mask.to(predictor.device)
 
@@ -56,8 +58,8 @@ class RetrievalScores:
 
 @torch.no_grad()
 def score_retrieval(predictor, clips: Clips, texts: list[str], top_k: int = 5) -> RetrievalScores:
-    ids, mask = encode_texts(predictor, texts)
     model, run = predictor.model, predictor.run
+    ids, mask = encode_texts(predictor, texts, literal=run.kind != "pretrain")
     videos, match, word, fills = [], [], [], []
     for path, frames in clips:
         tokens = model.encode_visual(frames).tokens  # [1, N, Lv, H]
