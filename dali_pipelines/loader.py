@@ -111,10 +111,12 @@ class DaliLoader(_OverlappedLoader):
         spaces = batch.pop("video_colorspaces", None) or [""] * len(paths)
         rotations = batch.pop("video_rotations", None) or [0] * len(paths)
         # With DataConfig.dali_trim the workers sent each video's needed packets and their own indices;
-        # `indices` stay the file's, for PyAV.
+        # `indices` stay the file's, for PyAV. Without it they sent DALI's indices in the whole file, which
+        # differ from PyAV's where a timestamp repeats (trim.whole_file_indices).
         trimmed = batch.pop("video_bytes", None)
-        dali_indices = batch.pop("dali_indices").numpy() if trimmed is not None else indices
+        dali_indices = batch.pop("dali_indices").numpy() if "dali_indices" in batch else indices
         packs = batch.pop("video_packs", None)  # DataConfig.dali_pack: several rows' cuts per DALI sample
+        self._routed: list[str] = []  # files this batch sends to PyAV first (and reports)
         for i, codec in enumerate(codecs):
             self._route(paths[i], dali_unreadable(self.dali_device, codec, *hw[i], rotations[i]), batch)
         if self.guard is not None:
@@ -123,7 +125,7 @@ class DaliLoader(_OverlappedLoader):
             for i, reason in zip(rows, reasons, strict=True):
                 self._route(paths[i], reason, batch)
         job = {"batch": batch, "paths": paths, "indices": indices, "hw": hw, "dali": None, "spaces": spaces}
-        job |= {"trimmed": trimmed, "dali_indices": dali_indices}
+        job |= {"trimmed": trimmed, "dali_indices": dali_indices, "routed": self._routed}
         rows = [i for i in range(len(paths)) if paths[i] not in self.use_pyav]
         job["packs"] = self._packs(rows, packs, job)
         job["rows"] = [i for pack in job["packs"] for i in pack.rows]  # the order DALI returns them in
@@ -154,7 +156,15 @@ class DaliLoader(_OverlappedLoader):
         """From now on decode `path` with PyAV when there is a reason to; reported once per file."""
         if reason and path not in self.use_pyav:
             self.use_pyav.add(path)
+            self._routed.append(path)
             batch["bad_videos"].append(f"{path}: {reason}; used PyAV")
+
+    def drop(self, job: dict) -> None:
+        # The job's batch, which reported the files it routed to PyAV, is never handed out: without this they
+        # stayed routed and were never reported (an H.264 file first met in a batch abandoned by `break`
+        # never reached the BadInputTracker). Routed again when met, they are reported then.
+        self.use_pyav.difference_update(job["routed"])
+        super().drop(job)
 
     def finish(self, job: dict) -> dict:
         batch, paths, indices = job["batch"], job["paths"], job["indices"]

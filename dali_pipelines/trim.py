@@ -94,18 +94,58 @@ def shown_to_packet_ranks(packets: list, indices: np.ndarray, path: str = "<vide
     They differ where an edit list starts the video after some packets: FFmpeg flags those `is_discard`,
     and they decode (other frames may reference them) but are never shown. They stay in the cut as
     references; in the cut file, which has no edit list, they are frames, and `new_rank` counts them.
+    They differ too where a timestamp is repeated (a muxer bug): PyAV's probe counts it once and shows the
+    first packet decoded at it, while DALI counts every packet, so from the repeat on its frame k was PyAV's
+    frame k - 1 (a VP9 webm with one repeated timestamp: 14 grey levels off). The repeats stay in the cut
+    as references, as discarded packets do.
     """
     discard = np.array([getattr(p, "is_discard", False) for p in packets], dtype=bool)
-    if not discard.any():
+    hidden = hidden_ranks(np.array([p.pts for p in packets], dtype=np.int64), discard)
+    if not hidden.any():
         return indices
-    rank_to_pos = np.argsort(np.array([p.pts for p in packets], dtype=np.int64), kind="stable")
-    shown = np.flatnonzero(~discard[rank_to_pos])  # packet rank of each shown frame
+    shown = np.flatnonzero(~hidden)  # packet rank of each shown frame
     flat = np.asarray(indices, dtype=np.int64)
     if flat.size and (flat.min() < 0 or flat.max() >= len(shown) + EDGE_TOLERANCE_FRAMES):
         raise VideoDecodeError(
             path, f"frame indices {flat.min()}..{flat.max()} outside the {len(shown)} frames"
         )
     return shown[np.minimum(flat, len(shown) - 1)]
+
+
+def hidden_ranks(pts: np.ndarray, discard: np.ndarray) -> np.ndarray:
+    """bool [packets], by presentation rank (pts sorted stably, so ties keep decode order): the packets that
+    are no frame of PyAV's, discard-flagged ones and every shown packet after the first at its timestamp."""
+    rank_to_pos = np.argsort(pts, kind="stable")
+    hidden = discard[rank_to_pos]
+    shown = np.flatnonzero(~hidden)
+    hidden[shown[1:][np.diff(pts[rank_to_pos][shown]) == 0]] = True
+    return hidden
+
+
+def whole_file_indices(path: str, indices: np.ndarray) -> np.ndarray:
+    """The frames `indices` (PyAV's) in DALI's count of the whole file, for `dali_trim` off: DALI skips an
+    edit list's discarded packets itself but counts every packet of a repeated timestamp
+    (shown_to_packet_ranks). The indices as they are when nothing is repeated or the file does not demux
+    (DALI then fails on it and the loader hands it to PyAV)."""
+    import av
+
+    from clipbert.data.decoders.pyav import open_video
+
+    try:
+        with open_video(path) as src:
+            stream = src.streams.video[0]
+            pts = [
+                p.pts
+                for p in src.demux(stream)
+                if p.size > 0 and p.pts is not None and not getattr(p, "is_discard", False)
+            ]
+    except (av.FFmpegError, VideoDecodeError):
+        return indices
+    hidden = hidden_ranks(np.asarray(pts, dtype=np.int64), np.zeros(len(pts), dtype=bool))
+    if not hidden.any():
+        return indices
+    shown = np.flatnonzero(~hidden)
+    return shown[np.clip(np.asarray(indices, dtype=np.int64), 0, len(shown) - 1)].astype(np.int32)
 
 
 def plan_runs(

@@ -159,14 +159,17 @@ def build_loader(
     workers = data_cfg.num_workers
     # Images (pre-training, VQA) carry `frames`, not the `jpegs` or video bytes that DALI's loaders decode.
     images = isinstance(dataset, IMAGE_SETS)
+    collate = Collator(
+        getattr(dataset.tokenizer, "pad_token_id", 0) or 0,
+        pack_rows=data_cfg.dali_pack if data_cfg.backend == "dali" else 1,
+    )
+    if data_cfg.backend == "dali" and not data_cfg.dali_trim and not images:
+        collate = WholeFileDaliIndices(collate)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        collate_fn=Collator(
-            getattr(dataset.tokenizer, "pad_token_id", 0) or 0,
-            pack_rows=data_cfg.dali_pack if data_cfg.backend == "dali" else 1,
-        ),
+        collate_fn=collate,
         num_workers=workers,
         prefetch_factor=data_cfg.prefetch_factor if workers else None,
         persistent_workers=workers > 0,
@@ -184,6 +187,27 @@ def build_loader(
 
         return DaliFrameStoreLoader(loader, dataset, data_cfg, device=device)
     return NormalizingLoader(loader, dataset.norm, device)
+
+
+class WholeFileDaliIndices:
+    """collate_fn for DALI without `dali_trim`: adds `dali_indices`, the sampled frames in DALI's count of
+    each whole file, in the worker. Why: DALI counts every packet of a repeated timestamp, PyAV's frame
+    index (the sampler's) counts it once (dali_pipelines/trim.py: whole_file_indices)."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items: list[dict]) -> dict:
+        import numpy as np
+
+        from dali_pipelines.trim import whole_file_indices
+
+        batch = self.collate(items)
+        if "video_paths" in batch and "dali_indices" not in batch:
+            indices = batch["frame_indices"].numpy()
+            mapped = [whole_file_indices(p, i) for p, i in zip(batch["video_paths"], indices, strict=True)]
+            batch["dali_indices"] = torch.from_numpy(np.stack(mapped).astype(np.int64))
+        return batch
 
 
 class NormalizingLoader:
