@@ -89,7 +89,28 @@ def parse_args(argv=None):
     p.add_argument(
         "--out", default=None, help="JSON path (default benchmarks/results/data_<device>_<date>.json)"
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Usage errors now, not after preparing the videos: --num-videos 0 was a ZeroDivisionError, --fps 0 or
+    # --seconds -1 a traceback from every encoding worker, --batch-size 0 an "error" row per variant and
+    # exit 0, an --out under a file a traceback after the first row was measured.
+    for flag in ("size", "num_videos", "fps", "height", "width", "gop", "batch_size", "batches"):
+        if getattr(args, flag) < 1:
+            p.error(f"argument --{flag.replace('_', '-')}: must be at least 1, got {getattr(args, flag)}")
+    for flag in ("seconds", "store_fps"):
+        if not 0 < getattr(args, flag) < math.inf:  # also nan, which compares false
+            p.error(
+                f"argument --{flag.replace('_', '-')}: must be a positive number, got {getattr(args, flag)}"
+            )
+    if args.videos and not Path(args.videos).is_dir():
+        p.error(f"argument --videos: {args.videos} is not a folder")
+    if args.out is not None:
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            p.error(f"argument --out: cannot create folder {Path(args.out).parent}: {err}")
+        if Path(args.out).is_dir():
+            p.error(f"argument --out: {args.out} is a folder, not a JSON file path")
+    return args
 
 
 def _prepare_video(job: tuple) -> tuple[int, str, str, str | None]:

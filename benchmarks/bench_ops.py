@@ -367,6 +367,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
+    # A negative --reps timed zero calls and wrote negative times as results; 0 meant the default.
+    if args.reps is not None and args.reps < 1:
+        parser.error(f"argument --reps: must be at least 1, got {args.reps}")
+    # Checked before the minutes of timing, which an --out that is a folder or lies under a file threw away
+    # with a traceback at the end.
+    if args.out is not None:
+        if args.out.is_dir():
+            parser.error(f"argument --out: {args.out} is a folder, not a JSON file path")
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"argument --out: cannot create folder {args.out.parent}: {err}")
     torch.manual_seed(0)
     report = run(args.device, args.reps or (100 if args.device == "cuda" else 10))
     report["targets"] = check_targets(report)

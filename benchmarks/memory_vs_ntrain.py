@@ -21,6 +21,7 @@ import csv
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import sys
@@ -123,7 +124,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.mem_cap_gib = 32.0 if args.mem_cap_gib is None else args.mem_cap_gib
     if set(args.panels) - set("abcd"):
         p.error(f"--panels takes letters from 'abcd', got {args.panels!r}")
+    _check_numbers(p, args)
+    try:  # now, not after the run: the rows of a finished run were lost to a traceback
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        p.error(f"argument --out-dir: cannot create folder {args.out_dir}: {err}")
     return args
+
+
+def _check_numbers(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors for values no run can use: --device tpu was a RuntimeError traceback, --steps -1 timed
+    every row as an error and --ntrain 0 probed an empty batch, each only after minutes of setup."""
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        p.error(f"argument --device: not a torch device: {args.device!r}")
+    at_least = {
+        "--time-batch": (args.time_batch, 1),
+        "--steps": (args.steps, 1),
+        "--warmup": (args.warmup, 0),
+    }
+    at_least |= {"--max-batch-limit": (args.max_batch_limit, 1), "--max-probes": (args.max_probes, 1)}
+    at_least |= {"--cnn-chunk-frames": (args.cnn_chunk_frames, 1), "--threads": (args.threads, 1)}
+    at_least |= {"--ntrain": (min(args.ntrain), 1), "--frames": (min(args.frames), 1)}
+    for flag, (value, low) in at_least.items():
+        if value is not None and value < low:
+            p.error(f"argument {flag}: must be at least {low}, got {value}")
+    for flag, value in (("--mem-cap-gib", args.mem_cap_gib), ("--time-budget-s", args.time_budget_s)):
+        if value is not None and not (0 < value < math.inf):  # also nan, which compares false
+            p.error(f"argument {flag}: must be a positive number, got {value}")
 
 
 def bench_config(args) -> ClipBertConfig:

@@ -152,6 +152,13 @@ def _demo(args: argparse.Namespace) -> int:
     stages = _stages(data_dir, out, args.set)
     # both validated before minutes of generation and training
     configs = [C.load(name, overrides) for name, overrides in stages]
+    # An --out (or --data) under a file was a NotADirectoryError traceback, --out's only after the minutes
+    # of generating the benchmark: both folders are made first, a failure reported as a usage error (exit 2).
+    for flag, folder in (("--data", data_dir), ("--out", out)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise C.ConfigError(f"{flag} {folder}: cannot create the folder ({err})") from None
     meta = ensure_benchmark(data_dir)
     device = torch.device("cpu")
     init_distributed(device)

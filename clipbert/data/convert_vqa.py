@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -135,8 +136,12 @@ def _write_atomically(path: Path, text: str) -> None:
     """A failed or interrupted run must not leave a truncated file that later reads as a smaller split."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # an --out that is a folder, Ctrl-C: the .tmp was left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def convert(
@@ -169,6 +174,11 @@ def convert(
                 _require(ann, ("multiple_choice_answer",), Path(extra), f"annotation #{index}")
                 majority.append([str(ann["multiple_choice_answer"])])
         vocab = build_ans2label(majority, min_count)
+    # Both folders first: a vocabulary path under a file failed after the JSONL was written, leaving a split
+    # without its vocabulary although "a bad input leaves no output behind".
+    for path in (out_path, ans2label_path):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for question in questions:
         ann = None if anns is None else anns[question["question_id"]]
@@ -179,7 +189,9 @@ def convert(
     return {"questions": len(lines), "answer_vocab": None if vocab is None else len(vocab)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 written, 2 a bad flag or a missing, malformed or unwritable file, 130 stopped (Ctrl-C);
+    nothing is written unless everything is."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", required=True, help="official questions JSON (v2_OpenEnded_*)")
     parser.add_argument("--annotations", help="official annotations JSON; omit for test splits")
@@ -201,18 +213,30 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--ans2label needs --annotations")
     if args.ans2label_also and not args.ans2label:
         parser.error("--ans2label-also needs --ans2label")
-    counts = convert(
-        args.questions,
-        args.annotations,
-        args.image_dir,
-        args.out,
-        args.ans2label,
-        args.min_count,
-        tuple(args.ans2label_also),
-    )
+    if args.min_count < 1:  # was ignored without --ans2label and a ValueError traceback with it
+        parser.error(f"argument --min-count: must be at least 1, got {args.min_count}")
+    try:
+        counts = convert(
+            args.questions,
+            args.annotations,
+            args.image_dir,
+            args.out,
+            args.ans2label,
+            args.min_count,
+            tuple(args.ans2label_also),
+        )
+    # A missing or malformed input, an empty vocabulary (min_count too high), an --out under a file: each
+    # message names the file; these were tracebacks.
+    except (AnnotationError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # _write_atomically leaves no truncated output
+        print("\ninterrupted: no file was left half-written; rerun to convert", file=sys.stderr)
+        return 130
     vocab = "no answer vocabulary" if counts["answer_vocab"] is None else f"{counts['answer_vocab']} answers"
     print(f"wrote {counts['questions']} questions to {args.out}; {vocab}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

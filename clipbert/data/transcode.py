@@ -76,7 +76,8 @@ def _copy_frames(source, out, encoder: str, options: dict, max_side: int, gop: i
 def main(argv: list[str] | None = None) -> int:
     """Transcode a folder with a progress bar. Resumes (copies already written are kept), and a video that
     does not decode is skipped, counted and named at the end instead of stopping the job. Exit code 1 when
-    any was skipped, so a script notices."""
+    any was skipped, so a script notices; 2 for a bad flag, a missing or empty --videos folder or an --out
+    that cannot be created; 130 when stopped (Ctrl-C: the copy being written is removed)."""
     from tqdm import tqdm
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -85,17 +86,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-side", type=int, default=0, help="longer side at most this (0: keep the size)")
     parser.add_argument("--gop", type=int, default=4, help="key frame every this many frames")
     args = parser.parse_args(argv)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    # A negative --max-side failed every video with a bare IndexError; a --gop below 1 was passed to x264,
+    # which then used its own long GOP: a silent success that defeats the purpose of the copy.
+    if args.max_side < 0:
+        parser.error(f"argument --max-side: must be 0 (keep the size) or more, got {args.max_side}")
+    if args.gop < 1:
+        parser.error(f"argument --gop: must be at least 1, got {args.gop}")
+    # Checked before --out is created: a typo in --videos left an empty --out folder and a traceback.
+    if not Path(args.videos).is_dir():
+        parser.error(f"argument --videos: {args.videos} is not a folder")
     videos = list_videos(args.videos)
+    if not videos:  # "transcoded 0 video(s)", exit 0, hid a wrong folder
+        parser.error(f"argument --videos: no video files in {args.videos}")
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # --out is a file or lies under one, or is not writable
+        parser.error(f"argument --out: cannot create folder {args.out}: {err}")
     todo = [p for p in videos if not copy_path(p, args.out).is_file()]
     if len(todo) < len(videos):
         print(f"{len(videos) - len(todo)} of {len(videos)} already transcoded in {args.out}: skipped")
     bad = {}
-    for path in tqdm(todo, desc="transcode", unit="video"):
-        try:
-            transcode(path, args.out, args.max_side, args.gop)
-        except (av.FFmpegError, IndexError, ValueError, OSError) as err:  # IndexError: no video stream
-            bad[path.name] = f"{type(err).__name__}: {err}"
+    done = 0
+    try:
+        for path in tqdm(todo, desc="transcode", unit="video"):
+            try:
+                transcode(path, args.out, args.max_side, args.gop)
+                done += 1
+            except (av.FFmpegError, IndexError, ValueError, OSError) as err:  # IndexError: no video stream
+                bad[path.name] = f"{type(err).__name__}: {err}"
+    except KeyboardInterrupt:  # transcode removed its .partial: every <stem>.mp4 left is whole
+        print(f"\ninterrupted after {done} of {len(todo)} video(s); rerun to resume", file=sys.stderr)
+        return 130
     print(f"transcoded {len(todo) - len(bad)} video(s) into {args.out}")
     if bad:
         print(f"{len(bad)} video(s) could not be transcoded and were skipped:", file=sys.stderr)

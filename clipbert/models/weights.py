@@ -479,7 +479,7 @@ def load_original_clipbert(model: nn.Module, source: str | Path | Mapping) -> Lo
 # ----------------------------------------------------------------------------------------------- CLI
 def convert_original_checkpoint(source: str | Path, out_dir: str | Path, cfg: ClipBertConfig) -> LoadReport:
     """Original ClipBERT checkpoint -> a ClipBert.save_pretrained directory (config + safetensors)."""
-    from clipbert.models.clipbert import ClipBert
+    from clipbert.models.clipbert import CONFIG_NAME, WEIGHTS_NAME, ClipBert
 
     model = ClipBert(cfg)
     report = load_original_clipbert(model, source)
@@ -488,7 +488,16 @@ def convert_original_checkpoint(source: str | Path, out_dir: str | Path, cfg: Cl
             f"{source}: no tensor matches an original ClipBERT name ({len(report.unexpected)} unexpected, "
             f"e.g. {report.unexpected[:3]}): not an original ClipBERT checkpoint? Nothing written"
         )
-    model.save_pretrained(out_dir)
+    try:
+        model.save_pretrained(out_dir)
+    except BaseException:
+        # Ctrl-C or a full disk mid-save left this config next to a cut-off (or an earlier run's) weights
+        # file, a directory that looks converted: remove both, so it holds a whole conversion or none.
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            path = Path(out_dir) / name
+            if path.is_file():
+                path.unlink()
+        raise
     return report
 
 
@@ -528,9 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         report = convert_original_checkpoint(args.checkpoint, args.out_dir, cfg)
-    except (ValueError, OSError, RuntimeError) as err:  # unreadable or foreign file
+    except (ValueError, OSError, RuntimeError) as err:  # unreadable or foreign file, unwritable out_dir
         logger.error("%s", err)
         return 2
+    except KeyboardInterrupt:  # was a traceback; convert_original_checkpoint removed a half-written out_dir
+        logger.error("interrupted: nothing converted into %s; rerun", args.out_dir)
+        return 130
     print(
         f"loaded {len(report.loaded)}, missing {len(report.missing)}, unexpected {len(report.unexpected)}, "
         f"ignored {len(report.ignored)} -> {args.out_dir}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"number of videos, at least 3 (default per size: {DEFAULT_NUM_VIDEOS})",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    # at_least(0): numpy's SeedSequence rejects a negative seed with a traceback, after --out was created
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--codec", choices=sorted(CODECS), default="h264")
     parser.add_argument("--size", choices=sorted(SIZE_PRESETS), default="default")
     parser.add_argument(
@@ -53,9 +55,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Exit status: 0 done, 2 a bad flag or an --out that cannot be written, 130 stopped (Ctrl-C)."""
     args = parse_args(argv)
     start = time.perf_counter()
-    meta = generate(args.out, args.num_videos, args.seed, args.codec, args.size, args.workers, progress=True)
+    try:
+        meta = generate(
+            args.out, args.num_videos, args.seed, args.codec, args.size, args.workers, progress=True
+        )
+    except OSError as err:  # --out under a file, read-only, disk full: one line, not a traceback
+        print(f"error: cannot write the benchmark to --out {args.out}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:  # meta.json is written last, so the cut-off folder is not taken as a benchmark
+        print(
+            f"\ninterrupted: {args.out} is incomplete (no meta.json); rerun to generate it", file=sys.stderr
+        )
+        raise SystemExit(130) from None
     elapsed = time.perf_counter() - start
     print(json.dumps({"out": args.out, "videos": meta["counts"]["videos"], "seconds": round(elapsed, 1)}))
     return meta
