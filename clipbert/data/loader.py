@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import math
 import os
 import signal
@@ -42,6 +43,11 @@ def ignore_interrupts(worker_id: int, then=None, main_pid: int | None = None) ->
     which it is unless the workers come from a forkserver."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     obey_sigterm_from_parent_only(main_pid)
+    # Everything the fork inherited is left to the parent: the parent's garbage, such as an earlier loader's
+    # iterator in a reference cycle (`make demo`'s first stage, in the same process), was otherwise collected
+    # here, and its __del__ printed "can only test a child process" tracebacks into the run's output.
+    # (Frozen objects are also never touched by this worker's collector, which spares their pages a copy.)
+    gc.freeze()
     if then is not None:
         then(worker_id)
 
