@@ -14,7 +14,7 @@ pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
 from clipbert.data.config import DataConfig  # noqa: E402
 from clipbert.data.datasets import build_dataset  # noqa: E402
 from clipbert.data.loader import build_loader  # noqa: E402
-from clipbert.data.painted import ENCODER_OPTIONS, paint_index, write_painted_video  # noqa: E402
+from clipbert.data.painted import ENCODER_OPTIONS, paint_index, write_painted_video, zero_payloads  # noqa: E402
 from clipbert.data.preprocess import IMAGENET_RGB  # noqa: E402
 from clipbert.data.tokenizer import build_tokenizer  # noqa: E402
 
@@ -92,18 +92,6 @@ def test_dali_reports_a_routed_file_of_an_abandoned_batch_when_met_again(tmp_pat
     assert [batch["bad_videos"] for batch in loader] == [[], [], []]  # once per file, as before
 
 
-def _zero_payloads(path: str, first: int) -> None:
-    """Zero the data of packets `first`.. in place: the AVI still demuxes, the JPEGs do not decode."""
-    import av
-
-    with av.open(path) as container:
-        spans = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
-    data = bytearray(Path(path).read_bytes())
-    for pos, size in spans[first:]:
-        data[pos : pos + size] = bytes(size)
-    Path(path).write_bytes(data)
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("trim, pack, workers", [(True, 3, 1), (False, 1, 0)])
 def test_dali_batch_mixing_bad_files_with_good_ones_in_packs(tmp_path, trim, pack, workers):
@@ -118,7 +106,7 @@ def test_dali_batch_mixing_bad_files_with_good_ones_in_packs(tmp_path, trim, pac
         write_painted_video(videos / name, 20, codec="vp9")
     for name in ("m1", "m2", "mz"):
         write_painted_video(videos / name, 20, codec="mjpeg")
-    _zero_payloads(str(videos / "mz.avi"), first=3)  # probes and cuts, DALI and PyAV fail to decode it
+    zero_payloads(str(videos / "mz.avi"), first=3)  # probes and cuts, DALI and PyAV fail to decode it
     write_painted_video(videos / "h", 20, codec="h264")
     with av.open(str(videos / "vp8.webm"), "w") as out:
         stream = out.add_stream("libvpx", rate=Fraction(10))

@@ -18,6 +18,7 @@ from clipbert.data.painted import (  # noqa: E402
     write_edit_list_video,
     write_painted_video,
     write_vfr_video,
+    zero_payloads,
 )
 from clipbert.data.preprocess import CAFFE_BGR, IMAGENET_RGB, preprocess_frames  # noqa: E402
 from clipbert.data.tokenizer import build_tokenizer  # noqa: E402
@@ -189,7 +190,7 @@ def test_dali_cpu_falls_back_to_pyav_for_h264_and_handles_undecodable(tmp_path, 
     anns.mkdir()
     write_painted_video(videos / "a", 30, codec="vp9")
     write_painted_video(videos / "b", 30, codec="h264")
-    _zero_payloads(write_painted_video(videos / "c", 60, codec="mjpeg"), first=5)  # probes, fails to decode
+    zero_payloads(write_painted_video(videos / "c", 60, codec="mjpeg"), first=5)  # probes, fails to decode
     with open(anns / "msrvtt_qa_val.jsonl", "w") as f:
         for name in "abcc":  # two questions on c
             f.write(json.dumps({"question": "what", "answer": "x", "video_id": name}) + "\n")
@@ -307,19 +308,6 @@ def test_dali_gives_pyavs_colours_for_tagged_videos(tmp_path, norm_name, tag):
     for row in (0, 1):  # within codec and resize tolerance, tagged as untagged
         diff = (pairs["dali"][row] - pairs["pyav"][row]).abs()
         assert diff.mean() < 2.0, (row, diff.mean())
-
-
-def _zero_payloads(path: str, first: int) -> None:
-    """Zero the data of packets `first`.. in place: the container (chunks, index) stays intact, the JPEGs
-    do not decode."""
-    import av
-
-    with av.open(path) as container:
-        spans = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
-    data = bytearray(Path(path).read_bytes())
-    for pos, size in spans[first:]:
-        data[pos : pos + size] = bytes(size)
-    Path(path).write_bytes(data)
 
 
 def test_dali_loader_sends_what_the_nvdec_guard_flags_to_pyav(vp9_bench, monkeypatch):

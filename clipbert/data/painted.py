@@ -161,3 +161,14 @@ def write_resizing_video(path: str | os.PathLike, sizes: list[tuple[int, int]], 
                 packet.pts = packet.dts = index
                 container.mux(packet)
     return path
+
+
+def zero_payloads(path: str | os.PathLike, first: int) -> None:
+    """Zero the data of packets `first`.. in place: the container (chunks, index) stays intact and still
+    demuxes, but those frames do not decode (a bad video that passes every probe)."""
+    with av.open(str(path)) as container:
+        spans = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    with open(path, "r+b") as f:
+        for pos, size in spans[first:]:
+            f.seek(pos)
+            f.write(bytes(size))
