@@ -494,3 +494,15 @@ def test_special_token_words_in_a_retrieval_text_are_words_as_in_the_datasets(
     texts = ["a red [SEP] circle [MASK]", "a red [ sep ] circle [ mask ]"]  # the tokenizer reads both alike
     code, out, _, _ = _predict([*argv, *[f"--text={t}" for t in texts]], tmp_path, capsys)
     assert code == 0 and out["scores"][0][0] == out["scores"][0][1]
+
+
+def test_answer_list_checks_the_vocabulary_as_the_datasets_do(tmp_path):
+    from clipbert.train.export import answer_list
+
+    (tmp_path / "msrvtt_qa_ans2label.json").write_text(json.dumps({"red": 1, "blue": 0}))
+    assert answer_list(tmp_path, "msrvtt_qa", 2) == ["blue", "red"]
+    with pytest.raises(ValueError, match="2 answers, but the model's head has 3"):
+        answer_list(tmp_path, "msrvtt_qa", 3)
+    (tmp_path / "msrvtt_qa_ans2label.json").write_text(json.dumps({"red": 2, "blue": 0}))  # a gap
+    with pytest.raises(ValueError, match="labels reach 2"):
+        answer_list(tmp_path, "msrvtt_qa", 2)

@@ -27,16 +27,13 @@ def answer_list(ann_dir: str | Path, task: str, num_answers: int) -> list[str]:
     """label -> answer from the task's ans2label file, which sized the model's QA head.
 
     Raises FileNotFoundError or ValueError naming the file."""
-    from clipbert.data.annotations import read_json
+    from clipbert.data.datasets import read_ans2label
 
     path = Path(ann_dir) / f"{task}_ans2label.json"
-    ans2label = read_json(path)
-    if len(ans2label) != num_answers or sorted(ans2label.values()) != list(range(num_answers)):
-        raise ValueError(
-            f"{path}: {len(ans2label)} answers labelled {min(ans2label.values(), default=None)}.."
-            f"{max(ans2label.values(), default=None)}, but the model's head has {num_answers}"
-        )
-    return [answer for answer, _ in sorted(ans2label.items(), key=lambda item: item[1])]
+    ans2label = read_ans2label(path)  # labels 0..K-1, each once: the datasets' check
+    if len(ans2label) != num_answers:
+        raise ValueError(f"{path}: {len(ans2label)} answers, but the model's head has {num_answers}")
+    return sorted(ans2label, key=ans2label.get)
 
 
 def word_vocab_of(entry: dict):
