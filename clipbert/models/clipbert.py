@@ -134,6 +134,17 @@ class ClipBert(nn.Module):
             raise ValueError(f"frames must have shape {expected} with B, N, T >= 1 and L >= 64, got {shape}")
         if not frames.is_floating_point():
             raise ValueError(f"frames must be a normalized float tensor, got dtype {frames.dtype}")
+        weight = next(self.cnn.backbone.parameters())
+        if weight.numel() and frames.device != weight.device:  # numel 0: a ZeRO-3 placeholder, skipped
+            raise ValueError(f"frames are on {frames.device} but the model is on {weight.device}")
+        # The first convolution needs the weights' dtype unless autocast casts the frames (it leaves float64
+        # alone); torch's own error ("expected scalar type Half but found Float") named neither the frames
+        # nor the dtype to cast them to.
+        if frames.dtype != weight.dtype and not _autocast_casts(frames):
+            raise ValueError(
+                f"frames have dtype {frames.dtype} but the model's weights are {weight.dtype}: cast the "
+                f"frames (frames.to({weight.dtype})) or run the model under torch.autocast"
+            )
 
     # ------------------------------------------------------------------ fusion
     def score(
@@ -181,6 +192,15 @@ class ClipBert(nn.Module):
             raise ValueError(
                 f"input_ids must have shape [B, M, Lt] with Lt <= {limit}, got {tuple(input_ids.shape)}"
             )
+        # Lt=0 passed silently: the pooler read the first visual token instead of [CLS]; M=0 failed in a
+        # reshape deep in the attention.
+        if min(input_ids.shape[1:]) < 1:
+            raise ValueError(
+                "input_ids must have shape [B, M, Lt] with M >= 1 texts and Lt >= 1 tokens ([CLS] first), "
+                f"got {tuple(input_ids.shape)}"
+            )
+        if input_ids.dtype not in (torch.int64, torch.int32):  # what the embedding lookup takes
+            raise ValueError(f"input_ids must be int64 (or int32) token ids, got dtype {input_ids.dtype}")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
@@ -195,6 +215,38 @@ class ClipBert(nn.Module):
             raise ValueError(
                 f"visual.tokens must have shape [B={input_ids.shape[0]}, N, Lv, H={self.config.hidden_size}],"
                 f" got {tuple(tokens.shape)}"
+            )
+        for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+            if tensor is not None and tensor.device != tokens.device:
+                raise ValueError(
+                    f"{name} is on {tensor.device} but the visual tokens (frames) are on {tokens.device}: "
+                    "move the inputs to one device"
+                )
+        # Reading values back from an accelerator would synchronize every step, and compiled graphs cannot
+        # branch on them: the value checks run on CPU tensors (prediction, tests, CPU training) only.
+        if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
+            self._check_text_values(input_ids, attention_mask)
+
+    def _check_text_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        vocab = self.config.vocab_size
+        low, high = (int(x) for x in torch.aminmax(input_ids))
+        if low < 0 or high >= vocab:
+            # torch raised IndexError("index out of range in self"): it named neither input nor vocabulary
+            raise ValueError(
+                f"input_ids must be token ids in [0, vocab_size={vocab}), got values from {low} to {high}: "
+                "were the texts tokenized with another vocabulary than the model's?"
+            )
+        if attention_mask is None:
+            return
+        first_masked = ~attention_mask[..., 0].bool()  # [B, M]
+        if first_masked.any():
+            # The pooler reads the first position ([CLS]); a masked one there meant a left-padded or empty
+            # text, and the scores silently came from a [PAD] token.
+            rows = first_masked.nonzero().tolist()[:5]
+            raise ValueError(
+                "attention_mask masks the first token of some texts ([b, m] = "
+                f"{', '.join(map(str, rows))}): texts must start with [CLS] and be right-padded, and the "
+                "mask is 1 (or True) where a token is attended, 0 at padding"
             )
 
     def _fuse(
@@ -256,6 +308,9 @@ class ClipBert(nn.Module):
                 f"mlm_labels must be {tuple(input_ids.shape)} and itm_labels [{input_ids.shape[0]}], "
                 f"got {tuple(mlm_labels.shape)} and {tuple(itm_labels.shape)}"
             )
+        if mlm_labels.device.type == "cpu" and not torch.compiler.is_compiling():
+            _check_labels("mlm_labels", mlm_labels, self.config.vocab_size, ignore=-100)
+            _check_labels("itm_labels", itm_labels, 2)
         visual = self.encode_visual(frames)
         self._check_text(visual, input_ids, attention_mask)
         pooled, hidden = self._fuse(visual.tokens, input_ids, attention_mask)
@@ -313,6 +368,7 @@ class ClipBert(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides) -> ClipBert:
         """Builds the model from clipbert_config.json (+ overrides) and loads model.safetensors strictly."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -321,7 +377,57 @@ class ClipBert(nn.Module):
                 raise FileNotFoundError(
                     f"{directory / name} not found (expected a ClipBert.save_pretrained dir)"
                 )
-        values = json.loads((directory / CONFIG_NAME).read_text())
-        model = cls(ClipBertConfig.from_dict({**values, **overrides}))
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
+        values = _read_config(directory / CONFIG_NAME)
+        cfg = ClipBertConfig.from_dict({**values, **overrides})
+        # Some of these keys load without a shape error and compute something else (num_heads splits the
+        # attention another way, backbone_style moves a stride): refuse them, as the trainer does.
+        changed = cfg.weight_key_differences(values)
+        if changed:
+            shown = "; ".join(f"{key}: saved {saved!r}, override {ours!r}" for key, saved, ours in changed)
+            raise ValueError(
+                f"{directory}: the overrides change settings the saved weights are tied to ({shown}); "
+                "drop those overrides"
+            )
+        model = cls(cfg)
+        try:
+            state = load_file(str(directory / WEIGHTS_NAME))
+        except SafetensorError as err:  # its message named no file ("incomplete metadata, file not ...")
+            raise ValueError(
+                f"{directory / WEIGHTS_NAME}: unreadable ({err}); was the copy cut short?"
+            ) from err
+        model.load_state_dict(state, strict=True)
         return model
+
+
+def _read_config(path: Path) -> dict:
+    """The saved config's keys. Why: a cut file raised a bare JSONDecodeError, a list a TypeError from
+    deep in from_dict, neither naming the file."""
+    try:
+        values = json.loads(path.read_text())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path}: not valid JSON ({err}); was the copy cut short?") from err
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"{path}: expected a JSON object of ClipBertConfig keys, got {type(values).__name__}"
+        )
+    return values
+
+
+def _autocast_casts(frames: torch.Tensor) -> bool:
+    """Whether autocast is on for the frames' device and casts them (it leaves float64 alone)."""
+    if frames.dtype == torch.float64 or frames.device.type == "meta":  # meta: autocast knows no such device
+        return False
+    return torch.is_autocast_enabled(frames.device.type)
+
+
+def _check_labels(name: str, labels: torch.Tensor, classes: int, ignore: int | None = None) -> None:
+    """Integer class labels in [0, classes) (or `ignore`). Why: cross_entropy raised IndexError("Target 2 is
+    out of bounds"), naming neither the labels nor the class count."""
+    if labels.dtype != torch.int64:  # what cross_entropy takes (int32 failed there too)
+        raise ValueError(f"{name} must be int64 class indices, got dtype {labels.dtype}")
+    valid = labels if ignore is None else labels[labels != ignore]
+    if valid.numel() and (valid.min() < 0 or valid.max() >= classes):
+        allowed = f"[0, {classes})" + ("" if ignore is None else f" or {ignore} (ignored)")
+        raise ValueError(
+            f"{name} must be in {allowed}, got values from {int(valid.min())} to {int(valid.max())}"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ class ClipBertConfig:
         for f in dataclasses.fields(self):  # "False" (a string, so truthy) from a command line is not False
             if isinstance(f.default, bool) and not isinstance(getattr(self, f.name), bool):
                 raise ValueError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
-        self.backbone_layers = tuple(int(x) for x in self.backbone_layers)
+        self._check_number_types()
         _check_choice("head", self.head, HEADS)
         _check_choice("backbone_style", self.backbone_style, BACKBONE_STYLES)
         _check_choice("temporal_fusion", self.temporal_fusion, TEMPORAL_FUSIONS)
@@ -95,6 +96,25 @@ class ClipBertConfig:
         self._fill_normalization()
         _check_choice("channel_order", self.channel_order, CHANNEL_ORDERS)
         self._check_numbers()
+
+    def _check_number_types(self) -> None:
+        """Counts must be integers and rates numbers, converted to int and float. Why: a string from a JSON
+        config or `--set` ("256") failed later with a TypeError that named no key ("not all arguments
+        converted during string formatting"), and a float count (pixel_random_sampling_size=100.0) passed
+        every check here, then failed in the first training step."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, bool) or not isinstance(f.default, (int, float)):
+                continue  # flags are checked above; strings by their choices; tuples below
+            if isinstance(f.default, int):
+                if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                    raise ValueError(f"{f.name} must be an integer, got {value!r}")
+                setattr(self, f.name, int(value))
+            else:
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    raise ValueError(f"{f.name} must be a number, got {value!r}")
+                setattr(self, f.name, float(value))
+        self.backbone_layers = _int_tuple("backbone_layers", self.backbone_layers)
 
     def _fill_normalization(self) -> None:
         msra = self.backbone_style == "msra"
@@ -104,10 +124,14 @@ class ClipBertConfig:
             self.pixel_std = MSRA_PIXEL_STD if msra else TORCHVISION_PIXEL_STD
         if self.channel_order is None:
             self.channel_order = "BGR" if msra else "RGB"
-        self.pixel_mean = tuple(float(x) for x in self.pixel_mean)
-        self.pixel_std = tuple(float(x) for x in self.pixel_std)
         for key in ("pixel_mean", "pixel_std"):
             value = getattr(self, key)
+            if not isinstance(value, (list, tuple)) or not all(
+                isinstance(x, numbers.Real) and not isinstance(x, bool) for x in value
+            ):
+                raise ValueError(f"{key} must be a list of 3 numbers (one per channel), got {value!r}")
+            value = tuple(float(x) for x in value)
+            setattr(self, key, value)
             if len(value) != 3:
                 raise ValueError(f"{key} must have 3 values (one per channel), got {value}")
         if not all(math.isfinite(x) for x in self.pixel_mean + self.pixel_std):
@@ -240,6 +264,15 @@ class ClipBertConfig:
 def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _int_tuple(key: str, value: Any) -> tuple[int, ...]:
+    """A list or tuple of integers, as a tuple. Why: a string ("3463") was read digit by digit."""
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value
+    ):
+        raise ValueError(f"{key} must be a list of integers, got {value!r}")
+    return tuple(int(x) for x in value)
 
 
 def _conv_out(size: int) -> int:

@@ -38,8 +38,9 @@ class VisualEmbeddings(nn.Module):
             or width > self.col_position_embeddings.num_embeddings
         ):
             raise ValueError(
-                f"visual grid {height}x{width} exceeds the position tables "
-                f"({self.row_position_embeddings.num_embeddings}x{self.col_position_embeddings.num_embeddings})"
+                f"visual grid {height}x{width} exceeds the position tables (max_grid_row x max_grid_col = "
+                f"{self.row_position_embeddings.num_embeddings}x{self.col_position_embeddings.num_embeddings}):"
+                " give smaller frames or a model built with larger tables"
             )
         grid = grid.permute(0, 2, 3, 1)  # [B, h, w, H]
         # The tables are read through their modules' forward, not `.weight[:h]`: ZeRO-3 gathers a partitioned

@@ -73,6 +73,24 @@ class VisualWordHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
         """tokens [B, N, Lv, H], word_ids int64 [W] -> float32 logits [B, W]."""
+        self._check_word_ids(word_ids)
         words = F.normalize(F.embedding(word_ids, self.word_embeddings.weight).float(), dim=-1)  # [W, H]
         video = F.normalize(tokens.float().mean((1, 2)), dim=-1)  # [B, H]
         return self.scale.float() * (video @ words.T)
+
+    def _check_word_ids(self, word_ids: torch.Tensor) -> None:
+        # torch's errors named neither input: a batched [B, W] gave a matmul shape error, an id past the
+        # vocabulary IndexError("index out of range in self")
+        if word_ids.dim() != 1 or word_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"word_ids must be int64 vocabulary ids [W], got shape {tuple(word_ids.shape)} and dtype "
+                f"{word_ids.dtype}"
+            )
+        vocab = self.word_embeddings.num_embeddings
+        # values only on the CPU: reading them back from an accelerator would synchronize every step
+        if word_ids.device.type == "cpu" and not torch.compiler.is_compiling() and word_ids.numel():
+            low, high = (int(x) for x in torch.aminmax(word_ids))
+            if low < 0 or high >= vocab:
+                raise ValueError(
+                    f"word_ids must be in [0, vocab_size={vocab}), got values from {low} to {high}"
+                )
