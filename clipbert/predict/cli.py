@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from clipbert.predict.loading import (
     load_predictor,
     read_run_settings,
 )
-from clipbert.predict.scoring import score_answers, score_options, score_retrieval
+from clipbert.predict.scoring import score_answers, score_options, score_retrieval, token_counts
 
 EPILOG = """examples:
   python -m clipbert.predict --model outputs/demo/retrieval/model --video clips/ \\
@@ -41,7 +42,8 @@ EPILOG = """examples:
 The export's predict.json gives the task, Ntest, the clip sampling, the aggregation and the vocabularies;
 an older export without one uses its run's config.json (next to model/) and annotations.
 Video models take --video; image models (vqa, pretrain) take --image, each image one clip of one frame.
-exit codes: 0 done, 1 no usable video or image, 2 bad arguments, model dir, run config or task."""
+exit codes: 0 done, 1 no usable video or image (or --json could not be written), 2 bad arguments, model dir,
+run config or task."""
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -115,7 +117,9 @@ def _flags_for(parser, args, run) -> list[str]:
     }[run.kind]
     for flag in ("text", "texts_file", "question", "option"):
         if getattr(args, flag) and flag not in allowed:
-            parser.error(f"--{flag.replace('_', '-')} is not used by a {name} model")
+            takes = " and ".join(f"--{a.replace('_', '-')}" for a in allowed)
+            parser.error(f"--{flag.replace('_', '-')} is not used by a {name} model: it takes {takes}")
+    _refuse_blank(parser, args)
     unit, other = (run.unit, "video" if run.unit == "image" else "image")
     if getattr(args, other):
         parser.error(f"--{other} is not used by a {name} model: it scores {unit}s, give --{unit}")
@@ -126,6 +130,8 @@ def _flags_for(parser, args, run) -> list[str]:
             texts = read_texts(args.text, args.texts_file)
         except OSError as err:
             parser.error(f"--texts-file {args.texts_file}: {err.strerror or err}")
+        except UnicodeDecodeError as err:  # a Latin-1 or UTF-16 file: say so, not a traceback
+            parser.error(f"--texts-file {args.texts_file}: not UTF-8 text (byte {err.start}: {err.reason})")
         if not texts:
             parser.error(f"a {name} model scores texts: give --text or --texts-file (with a text)")
         if run.kind == "pretrain":  # the uncased tokenizer knows the special token in capitals only
@@ -138,6 +144,33 @@ def _flags_for(parser, args, run) -> list[str]:
     if run.kind in ("mc", "mc_itm") and len(args.option) < 2:
         parser.error(f"--option: a {name} model chooses among options, give at least 2")
     return args.question
+
+
+def _refuse_blank(parser, args) -> None:
+    """An empty --text, --question or --option (an unset shell variable, a stray "") is an argument error.
+    Why: it would be scored as [CLS] [SEP] and could rank as the best text of every video, unsaid."""
+    for flag in ("text", "question", "option"):
+        for number, value in enumerate(getattr(args, flag), start=1):
+            if not value.strip():
+                parser.error(f"--{flag} number {number} is {'empty' if not value else 'blank'} ({value!r})")
+
+
+def _check_json_out(parser, out: str | None) -> None:
+    """--json OUT must be a file path whose folder exists or can be made: checked before any scoring, so a
+    typo does not lose a long run's results to a traceback at the end."""
+    if out is None:
+        return
+    if not out.strip():  # an unset shell variable: no file would be written, unsaid
+        parser.error(f"--json {out!r}: an empty path; give a file path such as scores.json")
+    path = Path(out)
+    if path.is_dir():
+        parser.error(f"--json {out}: is a directory; give a file path such as {path / 'scores.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--json {out}: cannot make its folder {path.parent} ({err.strerror or err})")
+    if not path.parent.is_dir():
+        parser.error(f"--json {out}: {path.parent} is not a folder")
 
 
 def _device(parser, choice: str) -> torch.device:
@@ -182,7 +215,23 @@ def _predict(predictor, args, texts: list[str]) -> tuple[dict, list[str]]:
     else:
         out = report.options_json(predictor, result, question, args.option, skipped)
         body = report.format_options(out)
-    return out, report.format_header(out) + body + report.format_skipped(out)
+    _report_truncation(predictor, out, texts, args.option, kind)
+    lines = report.format_header(out) + body + report.format_truncated(out) + report.format_skipped(out)
+    return out, lines
+
+
+def _report_truncation(predictor, out: dict, texts: list[str], options: list[str], kind: str) -> None:
+    """out["truncated"]: the texts, questions or options (with the question, for multiple choice) that are
+    longer than the model reads."""
+    if kind in ("retrieval", "pretrain"):
+        key, counts = "text", token_counts(predictor, texts, literal=kind != "pretrain")
+    elif kind in ("qa", "vqa"):
+        key, counts = "question", token_counts(predictor, texts)
+    else:  # mc: the question and each option are one pair; mc_itm: the options alone
+        key, question = "option", texts[0] if kind == "mc" else None
+        pairs = (options, None) if question is None else ([question] * len(options), options)
+        counts, texts = token_counts(predictor, *pairs), options
+    report.add_truncated(out, key, texts, counts, predictor.max_text_len)
 
 
 def _fail(message: str, code: int) -> int:
@@ -196,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_json_out(parser, args.json)
     try:
         model_dir = find_model_dir(args.model)
         run = read_run_settings(find_run_config(model_dir, args.config), args.ann_dir)
@@ -205,12 +255,37 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(err), 2)
     predictor.dtype = DTYPES[args.dtype]
     out, lines = _predict(predictor, args, texts)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     unit = out["unit"]
+    unwritten = _write_json(args.json, out)
+    if out[f"{unit}s"]:
+        _print_lines(lines)
+    if unwritten:
+        return _fail(unwritten, 1)
     if not out[f"{unit}s"]:
         listed = "; ".join(f"{s[unit]}: {s['reason']}" for s in out["skipped"])
         return _fail(f"no usable {unit} among {len(out['skipped'])} input(s): {listed}", 1)
-    print("\n".join(lines), flush=True)
     return 0
+
+
+def _write_json(out_path: str | None, out: dict) -> str | None:
+    """Writes --json (ASCII: json.dumps escapes every other character); the error to report, else None."""
+    if out_path is None:
+        return None
+    try:
+        Path(out_path).write_text(json.dumps(out, indent=1) + "\n")
+    except OSError as err:  # a full disk, a folder removed meanwhile: the table is still printed
+        return f"--json {out_path}: cannot write it ({err.strerror or err})"
+    return None
+
+
+def _print_lines(lines: list[str]) -> None:
+    """Prints the tables in what stdout can encode. Why: a file name that is not UTF-8 (bytes kept as
+    surrogates by os.listdir) or an emoji on a Latin-1 console raised UnicodeEncodeError after all the
+    scoring; such characters are written as backslash escapes instead."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    text = "\n".join(lines).encode(encoding, errors="backslashreplace").decode(encoding)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `| head`: the reader took what it wanted; the --json file is written
+        # as the Python docs advise: stdout to devnull, so the flush at exit does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

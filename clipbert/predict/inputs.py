@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 
 from clipbert.data.video_source import VIDEO_SUFFIXES, VideoSource, load_image
 
+NOT_UTF8 = "a file name that is not UTF-8, which the decoders cannot open: rename it"
 PROGRESS_FROM = 4  # inputs: a bar from this many on (a few are done before a bar would say anything)
 # what torchvision's decode_image reads (load_image); an animated GIF or WebP gives its first frame
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
@@ -30,42 +32,62 @@ def expand_inputs(specs: list[str], unit: str = "video") -> tuple[list[str], lis
     """--video (unit "video") or --image ("image") values -> (files to score, in order given and without
     repeats; what named none).
 
-    A directory gives its files, a pattern with * ? or [ its matches, sorted; a plain path is kept as it
-    is, so a missing file is reported by the decoder like any other bad input."""
-    files: list[str] = []
+    A directory gives its files, a pattern with * ? or [ its matches, sorted (`**` matches folders at any
+    depth); an existing file or a plain path is kept as it is, so a missing file is reported by the decoder
+    like any other bad input. A file named twice (`a.mp4`, `./a.mp4`, or through a link: `**` follows
+    a link to a parent folder 40 times) is scored once, and a skipped one listed once; a file that a
+    directory skips (its suffix) but that is also named itself is scored."""
+    files: dict[str, str] = {}  # real path -> the path as first given
     skipped: list[Skipped] = []
     for spec in specs:
         found, problems = _expand_one(spec, unit)
-        files += found
+        for path in found:
+            files.setdefault(os.path.realpath(path), path)
         skipped += problems
-    return list(dict.fromkeys(files)), skipped
+    listed: dict[str, Skipped] = {}  # each skipped path once, as each file is scored once
+    for entry in skipped:
+        key = os.path.realpath(entry.path)
+        if key not in files:
+            listed.setdefault(key, entry)
+    return list(files.values()), list(listed.values())
 
 
 def _expand_one(spec: str, unit: str) -> tuple[list[str], list[Skipped]]:
     path = Path(spec)
     if path.is_dir():
-        entries = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
         empty = f"directory {spec} holds no files"
-    elif any(ch in spec for ch in "*?["):
-        entries = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
-        empty = f"pattern {spec} matches no file"
-    else:
+        folders = [Skipped(str(p), _NOT_SEARCHED.format(p=p, unit=unit)) for p in entries if p.is_dir()]
+    elif path.is_file() or not any(ch in spec for ch in "*?["):
+        # an existing file first: "[HD] clip.mp4" is a real name, not a pattern matching "H.mp4" or "D.mp4"
         return [spec], []
-    if not entries:
+    else:
+        # the folders a pattern matches are not inputs: `clips/**` matches each folder besides its files
+        entries = sorted(Path(p) for p in glob.glob(spec, recursive=True))
+        empty = "no such file, and as a pattern it matches no file"
+        folders = []
+    files = [p for p in entries if not p.is_dir()]
+    if not files and not folders:
         return [], [Skipped(spec, empty)]
     suffixes = SUFFIXES[unit]
-    kept = [str(p) for p in entries if p.suffix.lower() in suffixes]
-    # Why report the rest: a researcher's .m4v or .mpg files must not vanish from a directory unsaid
+    # Why report a directory's folders and the other suffixes: a researcher's subfolder of clips, or .m4v
+    # and .mpg files, must not vanish unsaid. A broken link keeps its suffix, and the decoder reports it.
+    kept = [str(p) for p in files if p.suffix.lower() in suffixes]
     article = "an" if unit == "image" else "a"
     why = f"not {article} {unit} suffix ({', '.join(suffixes)}); name the file itself to try it"
-    return kept, [Skipped(str(p), why) for p in entries if p.suffix.lower() not in suffixes]
+    return kept, folders + [Skipped(str(p), why) for p in files if p.suffix.lower() not in suffixes]
+
+
+# a directory's subfolders are not entered: a folder of outputs or of frames must not be scored by surprise
+_NOT_SEARCHED = "a folder, not searched: give it with --{unit} too, or a pattern such as '{p}/**/*'"
 
 
 def read_texts(texts: list[str], texts_file: str | None) -> list[str]:
-    """--text values, then the non-blank lines of --texts-file (raises OSError if it cannot be read)."""
+    """--text values, then the non-blank lines of --texts-file (UTF-8, a leading BOM dropped); raises
+    OSError if it cannot be read and UnicodeDecodeError if it is not UTF-8."""
     out = list(texts)
     if texts_file:
-        lines = Path(texts_file).read_text(encoding="utf-8").splitlines()
+        lines = Path(texts_file).read_text(encoding="utf-8-sig").splitlines()
         out += [line.strip() for line in lines if line.strip()]
     return out
 
@@ -120,6 +142,9 @@ def iter_clips(
 
     bar = tqdm(paths, desc=f"{unit}s", unit=unit, disable=len(paths) < PROGRESS_FROM, leave=False)
     for path in bar:
+        if not _utf8(path):  # os.listdir keeps a Latin-1 name's bytes as surrogates; the decoders take UTF-8
+            skipped.append(Skipped(path, NOT_UTF8))
+            continue
         try:
             frames = load(path)
         except VideoDecodeError as err:
@@ -129,3 +154,11 @@ def iter_clips(
             skipped.append(Skipped(path, f"{type(err).__name__}: {err}"))
             continue
         yield path, frames
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

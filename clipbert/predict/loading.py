@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from clipbert.train import config as C
-from clipbert.train.export import FORMAT, PREDICT_INFO, answer_list, word_vocab_of
+from clipbert.train.export import FORMAT, PREDICT_INFO, SECTIONS, answer_list, word_vocab_of
 
 RUN_CONFIG = "config.json"  # the resolved config a training run writes next to its model/
 IMAGE_KINDS = ("pretrain", "vqa")  # trained on images (one clip of one frame): they score --image inputs
@@ -75,7 +75,8 @@ def find_model_dir(path: str | Path) -> Path:
 
     path = Path(path)
     if not path.is_dir():
-        raise PredictError(f"--model {path}: no such directory")
+        what = "is a file, not the export's directory" if path.exists() else "no such directory"
+        raise PredictError(f"--model {path}: {what}")
     if not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
         path = path / "model"
     for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -114,6 +115,7 @@ def read_run_settings(path: Path, ann_dir: str | None) -> RunSettings:
         raw = json.loads(path.read_text(encoding="utf-8-sig"))  # UnicodeDecodeError is a ValueError
         if not isinstance(raw, dict):
             raise C.ConfigError("expected a JSON object with task, data and eval sections")
+        _check_sections(raw, export="format" in raw or path.name == PREDICT_INFO)
         task = C.build_section("task", C.TaskConfig, raw.get("task", {}))
         data = C.build_data(raw.get("data", {}))
         evaluation = C.build_section("eval", C.EvalConfig, {**raw.get("eval", {}), "only": False})
@@ -127,6 +129,25 @@ def read_run_settings(path: Path, ann_dir: str | None) -> RunSettings:
     return run
 
 
+def _check_sections(raw: dict, export: bool) -> None:
+    """Each section a JSON object; and an export's predict.json (`export`) holds every section it is
+    written with. Why: a run's config.json may leave a section to its defaults, as the run did, but a
+    predict.json without one was edited or damaged, and the defaults (task msrvtt_ret, Ntest, L, no word
+    score) are not what the model was trained with."""
+    for name in ("task", "data", "eval", "train"):
+        if name in raw and not isinstance(raw[name], dict):
+            raise C.ConfigError(f"{name}: expected a JSON object, got {type(raw[name]).__name__}")
+    if export:
+        missing = [name for name in (*SECTIONS, "train") if name not in raw]
+        if "task" in raw and "name" not in raw["task"]:
+            missing.append("task.name")
+        if missing:
+            raise C.ConfigError(
+                f"missing {', '.join(missing)}: an export's {PREDICT_INFO} holds the run's task, data, eval "
+                "and train settings (give the run's config.json with --config)"
+            )
+
+
 def _exported_vocabularies(raw: dict, run: RunSettings) -> None:
     """predict.json's answers and visual words into `run` (a run's config.json has neither key)."""
     if raw.get("format", FORMAT) != FORMAT:
@@ -136,7 +157,13 @@ def _exported_vocabularies(raw: dict, run: RunSettings) -> None:
             raise C.ConfigError("answers: expected a list of strings")
         run.answers = raw["answers"]
     if "visual_words" in raw:
-        run.word_vocab = word_vocab_of(raw["visual_words"])
+        entry = raw["visual_words"]
+        missing = [key for key in ("word_ids", "prior") if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            raise C.ConfigError(
+                f"visual_words: expected an object with word_ids, prior and words; no {missing}"
+            )
+        run.word_vocab = word_vocab_of(entry)
         run.word_tokens = raw["visual_words"].get("words")  # exports from before they were written: none
 
 

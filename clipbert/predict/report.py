@@ -27,7 +27,8 @@ def header(predictor, skipped) -> dict:
         settings = {"image_size": data.image_size}
     else:
         settings = {
-            "num_test_clips": data.num_test_clips,
+            # as VideoSource.indices samples: the middle strategy takes one clip whatever Ntest says
+            "num_test_clips": 1 if data.test_sampling == "middle" else data.num_test_clips,
             "frames_per_clip": data.frames_per_clip,
             "clip_seconds": data.clip_seconds,
             "sampling": data.test_sampling,
@@ -153,6 +154,9 @@ def format_header(out: dict) -> list[str]:
     return [f"{out['task']} ({out['kind']}) model {out['model']}", inputs]
 
 
+TABLE_TEXTS = 10  # text columns per block of the stdout table (10 characters each)
+
+
 def format_retrieval(out: dict) -> list[str]:
     unit = out["unit"]
     weight = out["settings"]["word_score_weight"]
@@ -161,9 +165,13 @@ def format_retrieval(out: dict) -> list[str]:
     lines += [f"  t{q + 1}  {_clip(t)}" for q, t in enumerate(out["texts"])]
     names = _names(out[f"{unit}s"])
     width = max([len(n) for n in names.values()] + [5])
-    lines += ["", f"{unit:<{width}}" + "".join(f"{f't{q + 1}':>10}" for q in range(len(out["texts"])))]
-    for video, row in zip(out[f"{unit}s"], out["scores"]):
-        lines.append(f"{names[video]:<{width}}" + "".join(_cell(x) for x in row))
+    # Why blocks: one row of hundreds of texts is a line thousands of characters wide, which a terminal
+    # wraps into an unreadable table; blocks of TABLE_TEXTS columns keep each line one screen wide.
+    for q0 in range(0, len(out["texts"]), TABLE_TEXTS):
+        columns = range(q0, min(q0 + TABLE_TEXTS, len(out["texts"])))
+        lines += ["", f"{unit:<{width}}" + "".join(f"{f't{q + 1}':>10}" for q in columns)]
+        for video, row in zip(out[f"{unit}s"], out["scores"]):
+            lines.append(f"{names[video]:<{width}}" + "".join(_cell(row[q]) for q in columns))
     lines += ["", f"best {unit} per text:"]
     lines += [
         f"  t{q + 1}  {names[b[unit]]}  ({_cell(b['score']).strip()})"
@@ -220,6 +228,29 @@ def format_options(out: dict) -> list[str]:
             mark = "*" if o == r["chosen"] else " "
             numbers = f"log {label}={_cell(score, 4).strip()}  {label}={_cell(p).strip()}"
             lines.append(f"  {mark} {o + 1}. {_clip(text):<{width}}  {numbers}")
+    return lines
+
+
+def add_truncated(out: dict, key: str, texts: list[str], counts: list[int], max_len: int) -> None:
+    """The texts (questions, options) longer than the model's max_text_len tokens into out["truncated"]:
+    the model reads their first max_len tokens only, as the evaluation does, so a user must be told."""
+    out["max_text_len"] = max_len  # the model's, in tokens with [CLS] and [SEP]
+    out["truncated"] = [{key: t, "tokens": n} for t, n in zip(texts, counts) if n > max_len]
+
+
+def format_truncated(out: dict) -> list[str]:
+    cut = out.get("truncated")
+    if not cut:
+        return []
+    max_len = out["max_text_len"]
+    lines = [
+        "",
+        f"truncated {len(cut)} text(s) to the model's max_text_len={max_len} tokens (the rest is not read):",
+    ]
+    for entry in cut:
+        key = next(k for k in entry if k != "tokens")
+        paired = " with the question" if key == "option" and out.get("question") else ""
+        lines.append(f"  {_clip(entry[key])}  ({entry['tokens']} tokens{paired}, [CLS] and [SEP] included)")
     return lines
 
 

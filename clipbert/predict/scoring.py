@@ -25,13 +25,61 @@ Clips = Iterable[tuple[str, torch.Tensor]]  # (path, frames [1, N, T, 3, L, L])
 def encode_texts(predictor, texts: list[str], pairs: list[str] | None = None, literal: bool = True):
     """(ids, mask) int64 [Q, Lt] on the device, tokenized and padded as the evaluation datasets do: a
     "[SEP]" or "[MASK]" typed in a text is words, as in the datasets (text.tokenize's `literal`), except
-    for a pre-trained model's texts (literal=False), whose [MASK] asks for the MLM head's fillers."""
+    for a pre-trained model's texts (literal=False), whose "[MASK]" asks for the MLM head's fillers (their
+    "[SEP]", "[CLS]" and "[PAD]" stay words)."""
     from clipbert.data.collate import pad_token_lists
     from clipbert.data.text import tokenize
 
-    rows = tokenize(predictor.tokenizer, texts, predictor.max_text_len, pairs=pairs, literal=literal)
-    ids, mask = pad_token_lists(rows, predictor.tokenizer.pad_token_id)
+    tokenizer, max_len = predictor.tokenizer, predictor.max_text_len
+    if literal:
+        rows = tokenize(tokenizer, texts, max_len, pairs=pairs, literal=True)
+    else:
+        cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        rows = [[cls, *ids[: max_len - 2], sep] for ids in _masked_words(tokenizer, texts)]  # tokenize's cut
+    ids, mask = pad_token_lists(rows, tokenizer.pad_token_id)
     return ids.to(predictor.device), mask.to(predictor.device)
+
+
+def _masked_words(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids, without [CLS]/[SEP] and uncut, of texts whose "[MASK]" is the mask token and whose other
+    special-token words are words. Why not tokenize(literal=False): it would also make a typed "[SEP]" a
+    segment break and a "[PAD]" a padding token inside the text, which pre-training never showed the model."""
+    rows = []
+    for text in texts:
+        pieces = tokenizer(
+            text.split("[MASK]"), add_special_tokens=False, split_special_tokens=True, verbose=False
+        )["input_ids"]
+        ids = list(pieces[0])
+        for piece in pieces[1:]:
+            ids += [tokenizer.mask_token_id, *piece]
+        rows.append(ids)
+    return rows
+
+
+def token_counts(
+    predictor, texts: list[str], pairs: list[str] | None = None, literal: bool = True
+) -> list[int]:
+    """Each text's (or text pair's) length in tokens with [CLS] and [SEP], before encode_texts truncates it
+    to the model's max_text_len as the evaluation does: what the report names as cut."""
+    if not literal:
+        return [len(ids) + 2 for ids in _masked_words(predictor.tokenizer, texts)]
+    encoded = predictor.tokenizer(
+        texts, pairs, truncation=False, padding=False, split_special_tokens=True, verbose=False
+    )
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def _text_chunks(predictor, frames: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """logits [1, M, N, K] of one video's frames [1, N, T, 3, L, L] against M texts (ids/mask [M, Lt]),
+    eval.text_batch texts per forward as retrieval scores them. Why: hundreds of questions or options in one
+    forward are M x N BERT sequences at once; its clips are encoded once and reused for every chunk."""
+    model, batch = predictor.model, predictor.run.eval.text_batch
+    visual = model.encode_visual(frames)
+    chunks = [
+        model.score(visual, ids[None, m0 : m0 + batch], mask[None, m0 : m0 + batch])  # [1, tb, N, K]
+        for m0 in range(0, ids.shape[0], batch)
+    ]
+    return torch.cat(chunks, 1)
 
 
 FILL_BATCH = 8  # texts with a [MASK] per forward: their MLM logits are [8, Lt, vocab] floats (~40 MB)
@@ -126,7 +174,7 @@ def score_answers(predictor, clips: Clips, questions: list[str]) -> ClassScores:
     ids, mask = encode_texts(predictor, questions)
     out = ClassScores([], [])
     for path, frames in clips:
-        scores = predictor.model(frames, ids[None], mask[None])  # [1, Q, N, K]
+        scores = _text_chunks(predictor, frames, ids, mask)  # [1, Q, N, K]
         if predictor.run.kind == "vqa":  # N = 1: one image, one clip
             log_p = F.logsigmoid(vqa_logits(scores[0].unsqueeze(1)))  # [Q, 1, 1, K] -> [Q, K]
         else:
@@ -146,7 +194,7 @@ def score_options(predictor, clips: Clips, question: str | None, options: list[s
     aggregation = predictor.run.task.aggregation
     out = ClassScores([], [])
     for path, frames in clips:
-        scores = predictor.model(frames, ids[None], mask[None])  # [1, O, N, K]
+        scores = _text_chunks(predictor, frames, ids, mask)  # [1, O, N, K]
         if predictor.run.kind == "mc":
             log_p = clip_aggregate(scores[..., 0].transpose(1, 2), aggregation)  # [1, O]
         else:
