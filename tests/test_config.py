@@ -351,3 +351,36 @@ def test_a_bert_dir_without_weights_is_a_config_error_naming_init_bert_from(tmp_
     # a ConfigError: train.py reports it as a message naming the key and exits 2, as for init_cnn_from
     with pytest.raises(C.ConfigError, match=rf"model\.init_bert_from='{tmp_path}': "):
         build_model(cfg, cfg.model_config())
+
+
+@pytest.mark.parametrize(
+    "override, ok",
+    [
+        ("model.num_heads=4", False),  # the same matrices split into other heads
+        ('model.hidden_act="relu"', False),
+        ("model.layer_norm_eps=1e-5", False),
+        ("model.hidden_size=128", False),
+        ("model.num_layers=8", False),  # more layers than the checkpoint's would stay random
+        ("model.num_heads=3", True),  # the checkpoint's own value
+        ("model.num_layers=2", True),  # the first 2 of 4 are kept
+    ],
+)
+def test_overrides_of_the_bert_checkpoints_sizes_are_refused_by_name(tmp_path, override, ok):
+    hf = {
+        "vocab_size": 30522,
+        "hidden_size": 96,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 3,
+        "intermediate_size": 192,
+        "hidden_act": "gelu",
+        "max_position_embeddings": 64,
+        "layer_norm_eps": 1e-12,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    overrides = [f"model.init_bert_from={tmp_path}", override]
+    if ok:
+        C.load("ds_synthetic", overrides).model_config()
+        return
+    key = override.split("=")[0]
+    with pytest.raises(C.ConfigError, match=rf"{key}=.*disagrees with the init_bert_from checkpoint"):
+        C.load("ds_synthetic", overrides)  # load builds the model config to check it

@@ -304,13 +304,31 @@ class Config:
                 raise ConfigError(
                     f"model.{key}={given!r} disagrees with the task/data setting {value!r}; drop model.{key}"
                 )
+        sizes = self.model.bert_sizes()
+        _check_overrides_fit_the_checkpoint(sizes, self.model.overrides, self.model.init_bert_from)
         try:
             return ClipBertConfig.from_preset(
                 self.model.preset,
-                **{**self.model.bert_sizes(), **self.model.overrides, **derived, **extra},
+                **{**sizes, **self.model.overrides, **derived, **extra},
             )
         except ValueError as err:
             raise ConfigError(f"model: {err}") from err
+
+
+def _check_overrides_fit_the_checkpoint(sizes: dict[str, Any], overrides: dict[str, Any], source: str):
+    """An override of a size init_bert_from's checkpoint fixes would load its weights into another function
+    (num_heads splits the same matrices differently, hidden_act changes every layer) with no error: refuse
+    it by name. Fewer layers than the checkpoint's is allowed: the first ones are kept."""
+    for key, theirs in sizes.items():
+        if key not in overrides or overrides[key] == theirs:
+            continue
+        if key == "num_layers" and type(overrides[key]) is int and 0 < overrides[key] <= theirs:
+            continue
+        raise ConfigError(
+            f"model.{key}={overrides[key]!r} disagrees with the init_bert_from checkpoint ({source}), whose "
+            f"{key} is {theirs!r}: drop model.{key}"
+            + (f" or set it to at most {theirs}" if key == "num_layers" else "")
+        )
 
 
 def build_section(name: str, cls, values: dict[str, Any]):
