@@ -306,10 +306,89 @@ def load(engine, root: Path, tag: str) -> dict:
     rng_file = root / tag / f"rng_rank{rank()}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
-    else:
-        get_logger().warning("%s missing (resumed with a different world size?): RNG not restored", rng_file)
+    # Said by rank 0, for every rank: only rank 0 logs warnings, and a resume on more processes than saved
+    # the checkpoint leaves the new ranks without one (their warning went unseen)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    missing = [r for r in range(world) if not (root / tag / f"rng_rank{r}.pt").is_file()]
+    if missing:
+        get_logger().warning(
+            "%s has no RNG state for rank(s) %s (saved by fewer processes?): they go on with fresh random "
+            "streams (dropout, frame sampling), so the run does not repeat one of the saved world size",
+            root / tag,
+            ", ".join(map(str, missing)),
+        )
     get_logger().info("resumed from %s", root / tag)
     return client["trainer_state"]
+
+
+def saved_zero_stage(tag_dir: Path, plan: dict) -> int | None:
+    """The ZeRO stage a checkpoint was saved under: its plan's (loop.Trainer.plan), else read off DeepSpeed's
+    file names for checkpoints from before the plan had it: per-rank model states are ZeRO-3's, per-rank
+    optimizer states ZeRO-1/2's (one layout, told as 1). None when the names do not say (bf16's files)."""
+    if "zero_stage" in plan:
+        return int(plan["zero_stage"])
+    names = [p.name for p in tag_dir.glob("*.pt")]
+    if any(_PER_RANK.match(n) and n.endswith("model_states.pt") for n in names):
+        return 3
+    if any(_PER_RANK.match(n) and n.startswith("zero_pp_rank_") for n in names):
+        return 1
+    if any(n.startswith("bf16_") for n in names):
+        return None
+    return 0
+
+
+def _zero_layout(stage: int) -> str:
+    # ZeRO-1 and 2 save the same partitioned optimizer state; ZeRO-3's is another; ZeRO-0 has none
+    return {0: "unpartitioned", 1: "partitioned", 2: "partitioned"}.get(stage, "partitioned parameters")
+
+
+def _agreed(problem: str | None) -> None:
+    """Raise ConfigError(problem) as rank 0 found it, on every rank. Why rank 0's: ranks that looked at the
+    files apart (node-local disks) could decide apart, and one going on into DeepSpeed's collectives while
+    another raised would hang the run."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [problem if is_rank0() else None]
+        dist.broadcast_object_list(box, src=0)
+        problem = box[0]
+    if problem:
+        raise ConfigError(problem)
+
+
+def check_engine_layout(engine, root: Path, tag: str, world: int) -> None:
+    """Refuse, before DeepSpeed loads, a checkpoint whose optimizer state this engine cannot take: one saved
+    under a ZeRO stage of another layout, or one whose ZeRO state is partitioned over another world size.
+
+    Why: DeepSpeed failed on these with errors that name nothing (ZeRO-2 -> 0: "'NoneType' object has no
+    attribute 'copy'"; 2 <-> 3: a bare AssertionError; 0 -> 2: a missing *optim_states.pt) or with a
+    traceback about "DP world size" that says nothing of what to do."""
+    _agreed(_engine_layout_problem(engine, root, tag, world) if is_rank0() else None)
+
+
+def _engine_layout_problem(engine, root: Path, tag: str, world: int) -> str | None:
+    plan = saved_plan(root, tag)
+    saved, now = saved_zero_stage(root / tag, plan), engine.zero_optimization_stage()
+    warm_start = (
+        f"or start a new run from its weights: train.init_checkpoint={root / tag} in a new "
+        "train.output_dir (the optimizer state and the data position start over)"
+    )
+    if saved is not None and _zero_layout(saved) != _zero_layout(now):
+        if (saved == 3) != (now == 3):  # ZeRO-3's weights are per rank: no other stage reads them (below)
+            warm_start = "or start from the finished run's exported model/ directory (train.init_checkpoint)"
+        return (
+            f"train.resume: checkpoint {root / tag} was saved under ZeRO-{saved}, this run's "
+            f"deepspeed.zero_optimization.stage is {now}: DeepSpeed cannot load the optimizer state of one "
+            f"into the other. Resume it with --set deepspeed.zero_optimization.stage={saved}, {warm_start}"
+        )
+    saved_world = int(plan.get("world_size", world))
+    partitioned = any(_PER_RANK.match(p.name) for p in (root / tag).glob("*optim_states.pt"))
+    if partitioned and saved_world != world and not engine.load_universal_checkpoint():
+        return (
+            f"train.resume: checkpoint {root / tag} was saved by {saved_world} process(es), this run has "
+            f"{world}: DeepSpeed cannot re-partition its per-rank optimizer state (ZeRO-{now}) to another "
+            f"world size. Resume it with {saved_world} processes (torchrun --nproc_per_node ..., as it was "
+            f"launched), {warm_start}. (ZeRO-0 without bf16 saves one optimizer file: any world resumes it.)"
+        )
+    return None
 
 
 def saved_model_config(root: Path, tag: str) -> dict | None:
@@ -401,6 +480,7 @@ def load_module_only(engine, path: str | Path, key: str) -> None:
     """Weights only (no optimizer/scheduler/position) from a trainer checkpoint, for any ZeRO stage."""
     root, tag = locate(path, key)
     check_model_config(saved_model_config(root, tag), engine.module.config, key, root / tag)
+    _agreed(_module_layout_problem(engine, root / tag, key, path) if is_rank0() else None)
     try:
         load_path, _ = engine.load_checkpoint(
             str(root),
@@ -427,6 +507,25 @@ def load_module_only(engine, path: str | Path, key: str) -> None:
     if load_path is None:
         raise FileNotFoundError(f"{key}={str(path)!r}: DeepSpeed could not load {root / tag}")
     get_logger().info("loaded weights from checkpoint %s", root / tag)
+
+
+def _module_layout_problem(engine, tag_dir: Path, key: str, path) -> str | None:
+    """Why DeepSpeed cannot read a trainer checkpoint's weights under this engine's ZeRO stage, or None.
+
+    ZeRO-3 saves them per rank (zero_pp_rank_<r>_..._model_states.pt), the other stages in one file; each
+    engine reads only its own kind. Why: it failed with a bare AssertionError from DeepSpeed's file lookup."""
+    names = [p.name for p in tag_dir.glob("*model_states.pt")]
+    saved_z3 = any(_PER_RANK.match(n) for n in names)
+    if not names or saved_z3 == bool(engine.zero_optimization_partition_weights()):
+        return None
+    saved = "ZeRO-3" if saved_z3 else "ZeRO-0, 1 or 2"
+    stage = "3" if saved_z3 else "0, 1 or 2"
+    return (
+        f"{key}={str(path)!r}: a {saved} trainer checkpoint ({tag_dir}), but this run's "
+        f"deepspeed.zero_optimization.stage is {engine.zero_optimization_stage()}: DeepSpeed reads those "
+        f"weights only under ZeRO stage {stage} (any world size). Set that stage, or give {key} the finished "
+        "run's exported model/ directory, which every stage loads"
+    )
 
 
 def export_pretrained(engine, directory: str | Path) -> None:

@@ -136,6 +136,14 @@ def build_scheduler(optimizer, total_steps: int, warmup_ratio: float):
     )
 
 
+def replan_schedule(scheduler, total_steps: int, warmup_ratio: float) -> None:
+    """Make build_scheduler's schedule end at `total_steps` (a resume that re-planned the run's length); the
+    groups' LRs are set from it by apply_hyperparameters."""
+    scheduler.lr_lambdas = [
+        lambda step: warmup_linear_decay(step, total_steps, warmup_ratio) for _ in scheduler.lr_lambdas
+    ]
+
+
 def deepspeed_config(cfg, device: torch.device) -> dict:
     """The engine section with the trainer-owned keys filled in from train.*."""
     ds = copy.deepcopy(cfg.deepspeed)

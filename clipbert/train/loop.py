@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from clipbert.train import checkpoint as ckpt
 from clipbert.train.config import ConfigError
-from clipbert.train.engine import apply_hyperparameters
+from clipbert.train.engine import apply_hyperparameters, replan_schedule
 from clipbert.train.evaluate import all_gather_objects, evaluate
 from clipbert.train.logging import get_logger, is_rank0
 from clipbert.train.perf import Throughput
@@ -62,6 +62,40 @@ def _sampler(loader):
 
 def _world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def average_batchnorm_statistics(module: torch.nn.Module) -> None:
+    """Make every rank's BatchNorm running statistics their mean over the ranks (a no-op on one process).
+
+    Why: DeepSpeed, unlike DDP, never syncs buffers after its first broadcast, so a trainable BatchNorm
+    (model.frozen_bn=false, the tiny preset) tracked each rank's shard alone. With 2 ranks an evaluation
+    encoded each rank's videos with another normalization, and its metrics were those of no model: not
+    the exported one's (rank 0's), which evaluated on its own gave others; a resume gave every rank rank 0's.
+    Called at every optimizer step (where a run may stop, save, evaluate or export), so all ranks hold one
+    state there, the one saved, and a resumed run repeats the uninterrupted one."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    stats = [buf for buf in _batchnorm_statistics(module) if buf.is_floating_point()]  # not the counter
+    if not stats:  # frozen BatchNorm (the paper's): nothing moves
+        return
+    flat = torch.cat([buf.detach().float().flatten() for buf in stats])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for buf in stats:
+        buf.copy_(flat[offset : offset + buf.numel()].view_as(buf))
+        offset += buf.numel()
+
+
+def _batchnorm_statistics(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The buffers a trainable BatchNorm's forward moves in training mode (none under frozen_bn)."""
+    return [
+        buf
+        for m in module.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buf is not None
+    ]
 
 
 def _sum_over_ranks(values: list[float], device) -> list[float]:
@@ -145,6 +179,7 @@ class Trainer:
         return {
             **{f"train.{k}": getattr(self.cfg.train, k) for k in optimizer + counting},
             "world_size": _world(),
+            "zero_stage": self.engine.zero_optimization_stage(),
             "data.seed": self.cfg.data.seed,
             "micro_batches_per_epoch": len(self.train_loader),
             "total_steps": self.total_steps,
@@ -180,8 +215,10 @@ class Trainer:
         ckpt.check_model_config(
             ckpt.saved_model_config(root, tag), self.model_cfg, "train.resume", root / tag
         )
+        ckpt.check_engine_layout(self.engine, root, tag, _world())  # another ZeRO stage or partitioning
         self.state = TrainerState(**ckpt.load(self.engine, root, tag))
         self.last_saved_step = self.state.step
+        self._translate_position(tag)
         now = self.plan()
         changed = {k: (self.state.plan[k], v) for k, v in now.items() if self.state.plan.get(k, v) != v}
         if "train.seed" in changed:  # the restored RNG states make the seed moot: say so, not "changed"
@@ -197,15 +234,83 @@ class Trainer:
         if changed:  # allowed (more epochs, another cluster), but not the run that was interrupted
             self.log.warning(
                 "resume from %s: the run's plan changed since the checkpoint (%s), so the resumed run does "
-                "not repeat the interrupted one: the position in the epoch counts micro batches of the old "
-                "shard, and the optimizer and LR schedule follow the new values from this step on",
+                "not repeat the interrupted one: it goes on from the same place in the epoch's data, and "
+                "the optimizer and LR schedule follow the new values from this step on",
                 tag,
                 ", ".join(changed),
             )
         self.state.plan, self.state.model = now, self.model_cfg.to_dict()
+        self._replan_total_steps()
         apply_hyperparameters(self.engine.optimizer, self.engine.lr_scheduler, self.cfg.train)
         ckpt.set_aside_newer(self.out, self.state.step)
         self.runlog.rewind(self.state.step)
+
+    def _translate_position(self, tag: str) -> None:
+        """Restate the checkpoint's position in the epoch (micro batches of each rank's shard) for this run's
+        world size and micro batch.
+
+        Why: the epoch's order is one permutation whatever the world (data/loader.py ShardedSampler), dealt
+        out by rank in turn, so k micro batches of b on each of W ranks consumed exactly its first k*b*W
+        examples. The position used to be kept as k: resumed on another world or batch size, the run skipped
+        examples it had not trained on (2 -> 1 processes: half of those consumed seen again; 1 -> 2: examples
+        never seen). Now it goes on at the same example of the order, rounded down to a whole micro batch of
+        the new world: the few examples of the part that does not divide are seen again, with a warning."""
+        old = self.state.plan
+        world, batch = _world(), self.cfg.train.batch_size
+        old_world, old_batch = int(old.get("world_size", world)), int(old.get("train.batch_size", batch))
+        if (old_world, old_batch) == (world, batch) or not self.state.micro_in_epoch:
+            return
+        consumed = self.state.micro_in_epoch * old_batch * old_world  # examples of the epoch's order
+        micro = min(consumed // (batch * world), len(self.train_loader))
+        again = consumed - micro * batch * world
+        self.log.warning(
+            "resume from %s: %d micro batch(es) of %d on each of %d rank(s) consumed the first %d examples "
+            "of epoch %d; with micro batches of %d on %d rank(s) it goes on after micro batch %d%s",
+            tag,
+            self.state.micro_in_epoch,
+            old_batch,
+            old_world,
+            consumed,
+            self.state.epoch,
+            batch,
+            world,
+            micro,
+            f" (the last {again} of those examples are seen again)" if again > 0 else "",
+        )
+        self.state.micro_in_epoch = micro
+
+    def _replan_total_steps(self) -> None:
+        """total_steps of a resumed run by epochs: the steps done plus those the rest of the data gives under
+        this run's plan (the same number when the plan did not change).
+
+        Why: total_steps was epochs x steps per epoch of the new plan while the step count was the old
+        plan's, so a resume under another world size, micro batch or accumulation ended the run before its
+        last epoch's data (with more steps per epoch before) or after the data ran out with the LR schedule
+        short of its end (fewer). The LR schedule is re-planned to end with the run."""
+        if self.cfg.train.max_steps:  # a step budget: the steps are what was asked for
+            return
+        n, accum = len(self.train_loader), self.cfg.train.grad_accum
+        done = min(self.state.micro_in_epoch, n)  # more when the data shrank: the sampler yields none
+        # boundaries left in this epoch: every accum-th position and the epoch's last (_accumulation_boundary)
+        left = n // accum - done // accum + (1 if n % accum and n > done else 0)
+        later = max(0, self.cfg.train.epochs - self.state.epoch - 1) * steps_per_epoch(n, accum)
+        total = (
+            self.state.step + left + later if self.state.epoch < self.cfg.train.epochs else self.state.step
+        )
+        if total == self.total_steps:
+            return
+        self.log.warning(
+            "resume: %d optimizer steps in total (%d done, %d left in the data), not the %d of a fresh run "
+            "with this plan; the LR schedule ends at step %d",
+            total,
+            self.state.step,
+            total - self.state.step,
+            self.total_steps,
+            total,
+        )
+        self.total_steps = total
+        if self.engine.lr_scheduler is not None:
+            replan_schedule(self.engine.lr_scheduler, total, self.cfg.train.warmup_ratio)
 
     def _lrs(self) -> dict:
         groups = self.engine.optimizer.param_groups
@@ -335,6 +440,9 @@ class Trainer:
         boundary = self._accumulation_boundary(last_in_epoch)
         engine.set_gradient_accumulation_boundary(boundary)  # before the forward, as DeepSpeed asks
         words_only = self.state.step < t.visual_word_steps  # the CNN-only warm-up of the visual-word loss
+        # Why: the forward moves BatchNorm's running statistics even when its loss is then skipped; NaN frames
+        # made them NaN, so the exported model and every later evaluation gave NaN scores (a recall of 0)
+        bn_before = [buf.clone() for buf in _batchnorm_statistics(engine.module)]  # none under frozen_bn
         with prof.phase("forward"):
             loss, extra = training_loss(
                 engine, batch, self.cfg.task.kind, self.cfg.task.aggregation, self.words, words_only
@@ -357,11 +465,12 @@ class Trainer:
         if bad:
             # A stop waits for the next good boundary: here nothing could be saved (the last loss is bad, and
             # the window's good micro batches may hold pending gradients), so the run would end unsaved.
+            self._restore_batchnorm(bn_before)
             self._skip_bad(window)
             del loss
             if not boundary:
                 return None
-            if self.accumulated and self._backward_at_boundary(batch, words_only):
+            if self.accumulated and self._backward_at_boundary(batch, words_only, bn_before):
                 lrs = self._lrs()
                 with prof.phase("optimizer"):
                     engine.step()
@@ -404,7 +513,13 @@ class Trainer:
         self.profiler.boundary(self.state.step)
         self._after_step(window, extra, lrs, bar, overflow=not applied)
 
-    def _backward_at_boundary(self, batch: dict, words_only: bool) -> bool:
+    def _restore_batchnorm(self, saved: list[torch.Tensor]) -> None:
+        """Put back trainable BatchNorm statistics (model.frozen_bn=false) after a forward that must leave no
+        trace: a skipped non-finite micro batch, the zero-frames forward of _backward_at_boundary."""
+        for buf, value in zip(_batchnorm_statistics(self.engine.module), saved):
+            buf.copy_(value)
+
+    def _backward_at_boundary(self, batch: dict, words_only: bool, bn_before: list[torch.Tensor]) -> bool:
         """The window's last micro batch was bad, and earlier ones left gradients, which DeepSpeed applies
         only after a backward at the boundary: run one on a loss of 0 that reaches every parameter, the
         forward of this batch with its frames zeroed (NaN frames, the usual cause, gone) times 0. The update
@@ -417,8 +532,11 @@ class Trainer:
         )
         finite = bool(torch.isfinite(loss.detach().float()).item())
         if _sum_over_ranks([0.0 if finite else 1.0], self.device)[0]:
+            self._restore_batchnorm(bn_before)
             return False
         self.engine.backward(loss * 0.0)
+        # the zeroed frames' statistics are no data's (put back after the backward, which needs them)
+        self._restore_batchnorm(bn_before)
         return True
 
     def _step_without_update(self, window, bar) -> str | None:
@@ -481,6 +599,7 @@ class Trainer:
     def _after_step(self, window, extra: dict, lrs: dict, bar, overflow: bool) -> None:
         t = self.cfg.train
         step = self.state.step
+        average_batchnorm_statistics(self.engine.module)  # before any evaluation, checkpoint or export
         loss = window["loss"] / window["good"] if window["good"] else None  # None: every micro batch was bad
         record = {
             "step": step,

@@ -218,6 +218,7 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
     # only now: a refused resume (another task, a damaged checkpoint) must not replace the config.json of
     # the run it would have continued
     write_resolved_config(cfg, model_cfg, Path(cfg.train.output_dir))
+    total = trainer.total_steps  # a resume re-plans it (Trainer._replan_total_steps)
     finished_before = bool(resume) and trainer.state.step >= total  # e.g. a second `make demo`
     log.info(
         "task %s: %d optimizer steps (%d micro batches/epoch/rank, accumulation %d), world %d, %s, ZeRO-%d",
