@@ -5,7 +5,10 @@ Also runs as `python train.py ...` (one process) and under `torchrun`. See docs/
 
 import sys
 
-from clipbert.train.run import main
+from clipbert.train.cli import parse_args
 
 if __name__ == "__main__":
+    parse_args()  # --help and flag errors before the trainer's heavy imports (torch, DeepSpeed: seconds)
+    from clipbert.train.run import main
+
     sys.exit(main())

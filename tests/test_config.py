@@ -211,6 +211,22 @@ def test_train_py_help_shows_only_its_own_flags_and_refuses_a_second_engine_conf
         )
 
 
+def test_train_py_answers_help_and_flag_errors_before_loading_torch():
+    # torch, DeepSpeed and transformers took about 9 s to import before --help or a typo's message
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['train.py'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+        "except SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)\n"
+    )
+    root = C.CONFIG_DIR.parent
+    for args, code in ((["--help"], 0), (["--config", "x.json", "--bogus"], 2)):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, *args], cwd=root, capture_output=True, text=True, timeout=60
+        )
+        assert proc.stdout.strip().splitlines()[-1] == f"exit {code} False", proc.stdout + proc.stderr
+
+
 def test_train_py_reports_a_missing_path_in_one_line(tmp_path):
     # a bad path found after the config loads (annotations, videos, checkpoints) used to end in a traceback
     ann = tmp_path / "annotations"
@@ -297,6 +313,18 @@ def test_asking_for_cuda_without_a_gpu_is_a_config_error(capfd):
 
     assert main(["--config", "ds_synthetic", "--set", "train.device=cuda"]) == 2  # not a traceback, rc 1
     assert "config error: train.device=cuda but no CUDA device is visible" in capfd.readouterr().err
+
+
+def test_a_vocabulary_smaller_than_the_tokenizers_is_a_config_error(tmp_path, capfd):
+    # on a GPU an id past the embedding table is a device-side assert that names nothing
+    from clipbert.train.run import main
+
+    out = f"train.output_dir={tmp_path}"
+    assert main(["--config", "ds_synthetic", "--set", "model.vocab_size=1000", "--set", out]) == 2
+    assert (
+        "model.vocab_size=1000 is smaller than the tokenizer's vocabulary (30522 tokens"
+        in capfd.readouterr().err
+    )
 
 
 def test_a_config_with_a_bom_loads_and_one_not_in_utf8_names_the_file(tmp_path):

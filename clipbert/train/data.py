@@ -18,6 +18,16 @@ class TaskData:
 
         self.cfg, self.device = cfg, device
         self.tokenizer = build_tokenizer()
+        if len(self.tokenizer) > model_cfg.vocab_size:
+            # Why here: the model checks token ids on CPU only; on a GPU an id past its embedding table ends
+            # in a device-side assert that names nothing, steps into training.
+            from clipbert.train.config import ConfigError
+
+            raise ConfigError(
+                f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's vocabulary "
+                f"({len(self.tokenizer)} tokens, clipbert/assets/bert-base-uncased-vocab.txt): drop "
+                "model.vocab_size or set it to at least that"
+            )
         self.norm = normalization_for(model_cfg)
         self._cache = {}
 

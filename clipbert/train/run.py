@@ -7,7 +7,6 @@ torchrun --nproc_per_node 2 train.py --config ...
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import time
@@ -19,6 +18,7 @@ import torch.distributed as dist
 from clipbert.data.annotations import DataError
 from clipbert.train import checkpoint as ckpt
 from clipbert.train import config as C
+from clipbert.train.cli import parse_args
 from clipbert.train.engine import build_engine, init_distributed, pick_device, setup_environment
 from clipbert.train.logging import RunLog, get_logger, is_rank0
 from clipbert.train.loop import Trainer, TrainingDiverged, total_training_steps
@@ -26,45 +26,6 @@ from clipbert.train.metrics import format_table
 
 STOPPED = 130  # exit code of a run stopped by SIGTERM or Ctrl-C after its checkpoint
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-EPILOG = """examples:
-  python train.py --config ds_synthetic.json                 # one process, CPU or one GPU
-  deepspeed train.py --config ds_msrvtt.json                 # every GPU of this node
-  python train.py --config ds_msrvtt.json --set train.resume=auto
-  python train.py --config ds_msrvtt.json --set eval.only=true --set eval.checkpoint=outputs/msrvtt_ret
-
-exit codes: 0 done, 2 bad config or path, 3 diverged, 130 stopped by a signal (after its checkpoint).
-The config's own deepspeed section holds the engine settings (docs/TRAINING.md)."""
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Train or evaluate ClipBERT with DeepSpeed.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", required=True, help="a JSON config, or a bare name looked up in configs/")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value (JSON-parsed when possible); repeatable",
-    )
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the launcher")
-    # DeepSpeed's own flags (deepspeed.add_config_arguments), accepted so that scripts written for other
-    # DeepSpeed trainers still parse, and kept out of --help: a second engine config would compete with the
-    # config's deepspeed section, so giving one is an error below.
-    for flag in ("--deepspeed", "--deepscale"):
-        parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    for flag in ("--deepspeed_config", "--deepscale_config"):
-        parser.add_argument(flag, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    for flag in ("deepspeed_config", "deepscale_config"):
-        if getattr(args, flag):
-            parser.error(f"--{flag} is not used: put the engine settings in the config's deepspeed section")
-    return args
 
 
 def build_model(cfg, model_cfg):
