@@ -85,6 +85,25 @@ def _step_of(line: str) -> float:
     return -math.inf if step is None else step
 
 
+def _replace_text(path: Path, text: str) -> None:
+    """Write `text` under a temporary name, then rename it over `path`. Why: a rewrite in place truncates the
+    file first, so a run killed during a resume's rewind (a preemption) lost every line of the log."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _line_break_if_cut(path: Path) -> str:
+    """A line break when `path` ends in a line cut short (by a crashed run, or an eval.only run into this
+    output_dir killed mid-write), else "". Why: the next record appended to the cut line made one line that is
+    no JSON, so that evaluation was lost from the plot and dropped by the next resume's rewind."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return ""
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return "" if f.read(1) == b"\n" else "\n"
+
+
 class RunLog:
     """TensorBoard scalars (rank 0, optional) and the metrics.jsonl evaluation record."""
 
@@ -106,17 +125,20 @@ class RunLog:
         """A resumed run goes on from `step`: drop what the interrupted run logged after it (steps.jsonl,
         metrics.jsonl, bad_inputs.jsonl, TensorBoard events), which the resumed run logs again. Why: a crash
         between checkpoints leaves the steps since the last one on disk, and the curves would show them
-        twice. A line cut short by the crash is dropped too."""
+        twice. A line cut short by the crash is dropped too, and a last line cut just before its line break
+        gets one back: the resumed run's first record was glued to it, and both were lost."""
         if not self.enabled:
             return
         for name in ("steps.jsonl", "metrics.jsonl", "bad_inputs.jsonl"):
             path = self.dir / name
             if not path.is_file():
                 continue
-            lines = path.read_text().splitlines()
+            text = path.read_text()
+            lines = text.splitlines()
             kept = [line for line in lines if _step_of(line) <= step]
+            if len(kept) < len(lines) or (text and not text.endswith("\n")):
+                _replace_text(path, "".join(line + "\n" for line in kept))
             if len(kept) < len(lines):
-                path.write_text("".join(line + "\n" for line in kept))
                 get_logger().info(
                     "resume from step %d: dropped %d line(s) of %s logged after it",
                     step,
@@ -142,8 +164,9 @@ class RunLog:
         if not self.enabled:
             return
         record = {"step": step, "split": split, **{k: _jsonable(v) for k, v in metrics.items()}}
-        with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.dir / "metrics.jsonl"
+        with open(path, "a") as f:
+            f.write(_line_break_if_cut(path) + json.dumps(record) + "\n")
         self.scalars(step, metrics, prefix=split)
 
     def close(self) -> None:

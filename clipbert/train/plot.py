@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+from clipbert.train.logging import get_logger
+
 # counts and sums, not scores: plotted next to the percentages they would flatten every curve
 SKIP_KEYS = {
     "step",
@@ -27,9 +29,32 @@ OTHER_SPLIT_STYLE = dict(marker="s", ls=":")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a log, without the lines that are not one (a line cut short by a crash, zeros left
+    by a lost write), which are counted in a warning. Why: the plot is drawn at the end of a run, and one bad
+    line raised a JSONDecodeError there, after the training, instead of the curves."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(number)
+    if bad:
+        get_logger().warning(
+            "training curves: %s: skipped %d line(s) that are not a JSON object (line %s), e.g. cut short "
+            "by a crash",
+            path,
+            len(bad),
+            ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else ""),
+        )
+    return rows
 
 
 def smooth(values: list[float], window: int) -> list[float]:
@@ -52,11 +77,11 @@ def metric_kind(key: str) -> str | None:
 
 def eval_series(evals: list[dict]) -> dict[str, dict[str, dict[str, tuple[list, list]]]]:
     """{kind: {metric: {split: (steps, values)}}} from metrics.jsonl rows; eval.only records of an exported
-    model have no step and are left out, as are non-numeric values."""
+    model have no step and are left out, as are non-numeric values. In the order of steps, not of the file:
+    eval.only of an earlier checkpoint appends its row after later ones, and its split's line went back."""
     series: dict = {}
-    for row in evals:
-        if row.get("step") is None:
-            continue
+    stepped = [row for row in evals if isinstance(row.get("step"), (int, float))]
+    for row in sorted(stepped, key=lambda row: row["step"]):  # stable: one step's rows keep their order
         split = row.get("split", "")
         for key, value in row.items():
             kind = metric_kind(key)
@@ -76,21 +101,27 @@ def _plot_loss(ax, steps: list[dict]) -> None:
     xs = [s["step"] for s in updated]
     window = max(1, len(xs) // 50)
     ax.plot(xs, [s["loss"] for s in updated], lw=0.6, alpha=0.3, color="C0")
-    ax.plot(xs, smooth([s["loss"] for s in updated], window), lw=1.5, color="C0", label="loss")
+    ax.plot(xs, smooth([s["loss"] for s in updated], window), lw=1.5, color="C0", label="loss", **_dot(xs))
     terms = sorted({k for s in updated for k in s if k.endswith("_loss") and s[k] is not None})
     for i, key in enumerate(terms, start=1):
         rows = [s for s in updated if s.get(key) is not None]
-        ax.plot(
-            [s["step"] for s in rows], smooth([s[key] for s in rows], window), lw=1, color=f"C{i}", label=key
-        )
+        at = [s["step"] for s in rows]
+        ax.plot(at, smooth([s[key] for s in rows], window), lw=1, color=f"C{i}", label=key, **_dot(at))
     ax.set(xlabel="optimizer step", ylabel="training loss", title=f"loss (smoothed over ~{window} steps)")
     ax.legend(fontsize=7)
+
+
+def _dot(xs: list) -> dict:
+    """A marker for a curve of one point, which a line alone does not draw: a run of one step showed empty
+    loss and learning-rate axes."""
+    return {"marker": "o"} if len(xs) == 1 else {}
 
 
 def _plot_lr(ax, steps: list[dict], keys: list[str]) -> None:
     for key in keys:
         rows = [s for s in steps if s.get(key) is not None]
-        ax.plot([s["step"] for s in rows], [s[key] for s in rows], lw=1, label=key)
+        xs = [s["step"] for s in rows]
+        ax.plot(xs, [s[key] for s in rows], lw=1, label=key, **_dot(xs))
     ax.set(xlabel="optimizer step", ylabel="learning rate", title="learning rate")
     ax.legend(fontsize=7)
 

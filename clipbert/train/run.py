@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 from pathlib import Path
 
@@ -191,11 +192,18 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
         C.precision(cfg.deepspeed),
         engine.zero_optimization_stage(),
     )
+    start_step = trainer.state.step
     with ckpt.StopSignal() as stop:
-        reason = trainer.fit(stop)
+        try:
+            reason = trainer.fit(stop)
+        except TrainingDiverged:
+            _plot(cfg)  # the curves of a diverged run are the ones its user needs most
+            raise
     summary = {"reason": reason, "step": trainer.state.step, "bad_steps": trainer.state.bad_total}
     summary["finished_before"] = finished_before  # nothing trained now: the results are the recorded ones
-    recorded = _recorded_run(cfg, trainer.state.step) if finished_before else {}
+    # A run that took no step now (finished before, or requeued with a stop that comes at once) keeps the
+    # perf.json of the steps it did train, which a record of no steps (0 frames/s) would replace.
+    recorded = _recorded_run(cfg, trainer.state.step) if trainer.state.step == start_step and resume else {}
     if reason == "done":
         _export(cfg, engine, model_cfg, data)
         if recorded.get("metrics"):
@@ -205,11 +213,21 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
             summary["metrics"] = _final_eval(cfg, engine, data, runlog, device, dtype, trainer.state.step)
     # a run resumed after its end trained nothing: its perf.json (the training's) stays
     summary["perf"] = recorded.get("perf") or _write_perf(cfg, trainer, engine, model_cfg, start)
-    if is_rank0() and cfg.train.plot:
-        from clipbert.train.plot import plot_curves
-
-        plot_curves(cfg.train.output_dir)
+    _plot(cfg)
     return summary
+
+
+def _plot(cfg) -> None:
+    """training_curves.png (rank 0, train.plot). A failure (a full disk, a broken matplotlib) is a warning:
+    the run's checkpoints, export and metrics are already written and must not end in a traceback."""
+    if not (is_rank0() and cfg.train.plot):
+        return
+    from clipbert.train.plot import plot_curves
+
+    try:
+        plot_curves(cfg.train.output_dir)
+    except Exception as err:  # noqa: BLE001 - anything the plot raises leaves the run's results standing
+        get_logger().warning("training_curves.png not drawn: %s: %s", type(err).__name__, err)
 
 
 def _export(cfg, engine, model_cfg, data) -> None:
@@ -234,8 +252,12 @@ def _recorded_run(cfg, step: int) -> dict:
         test = [r for r in rows if r.get("split") == cfg.eval.test_split]
         if test:
             found["metrics"] = {k: v for k, v in test[-1].items() if k not in ("step", "split")}
-        if (out / "perf.json").is_file():
+        try:
             found["perf"] = json.loads((out / "perf.json").read_text())
+        except FileNotFoundError:
+            pass
+        except ValueError:  # cut short (older runs wrote it in place): this run's record replaces it
+            get_logger().warning("%s is unreadable: it is written again", out / "perf.json")
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [found]
         dist.broadcast_object_list(box, src=0)
@@ -280,8 +302,11 @@ def _write_perf(cfg, trainer, engine, model_cfg, start: float) -> dict:
     }
     if trainer.profiler.result is not None:
         perf["step_profile"] = trainer.profiler.result
-    if is_rank0():
-        (Path(cfg.train.output_dir) / "perf.json").write_text(json.dumps(perf, indent=2) + "\n")
+    if is_rank0():  # through a temporary file: a kill mid-write must not leave a cut perf.json
+        path = Path(cfg.train.output_dir) / "perf.json"
+        tmp = path.with_name("perf.json.partial")
+        tmp.write_text(json.dumps(perf, indent=2) + "\n")
+        os.replace(tmp, path)
     return perf
 
 
