@@ -367,6 +367,8 @@ def main(argv=None):
         | {"clips": CLIPS, "frames": FRAMES},
         "results": [],
     }
+    only = [o for o in args.only.split(",") if o]
+    _check_only(args, only)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -375,7 +377,6 @@ def main(argv=None):
         workers = max(1, min(os.cpu_count() or 1, 16))
         build_frame_store(sets["h264"], store, fps=args.store_fps, workers=workers, progress=False)
         print(f"prepared {len(list(sets['h264'].iterdir()))} video ids in {time.perf_counter() - t0:.1f} s")
-        only = [o for o in args.only.split(",") if o]
         for name, overrides in variants(args, sets, store):
             if only and not any(name.startswith(o) for o in only):
                 continue
@@ -392,6 +393,21 @@ def main(argv=None):
     print_table(report)
     write_report(report, out)
     print(f"wrote {out}")
+    failed = [r for r in report["results"] if "error" in r]
+    # every variant failing (no DALI in the workers, a broken decoder) is the step's failure, not "OK"
+    return 1 if failed and len(failed) == len(report["results"]) else 0
+
+
+def _check_only(args, only: list[str]) -> None:
+    """Exits naming the --only prefixes no variant starts with, before the minutes of preparing videos: a
+    misspelt prefix (run_all.sh's DATA_ONLY) prepared everything, measured nothing and exited 0."""
+    names = [name for name, _ in variants(args, {k: Path(k) for k in ("h264", "vp9", "h264_gop4")}, None)]
+    unmatched = [o for o in only if not any(name.startswith(o) for name in names)]
+    if unmatched:
+        listed = "\n  ".join(names)
+        sys.exit(
+            f"--only: no variant starts with {', '.join(map(repr, unmatched))}; on {args.device}:\n  {listed}"
+        )
 
 
 def write_report(report: dict, out: Path) -> None:
@@ -410,8 +426,9 @@ def print_table(report):
     print(f"| {'variant':<48} | {'frames/s':>10} |\n|{'-' * 50}|{'-' * 12}|")
     for row in report["results"]:
         value = f"{row['frames_per_s']:10.1f}" if "frames_per_s" in row else f"{'error':>10}"
-        print(f"| {row['variant']:<48} | {value} |")
+        why = f" {row['error'].splitlines()[0][:120]} |" if "error" in row else ""  # e.g. no DALI here
+        print(f"| {row['variant']:<48} | {value} |{why}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

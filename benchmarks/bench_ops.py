@@ -102,12 +102,24 @@ def _time_once(fn, device: str, reps: int) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def time_calls(fns: dict, device: str, reps: int, trials: int = 7) -> dict:
+def time_calls(fns: dict, device: str, reps: int, trials: int = 7, errors: dict | None = None) -> dict:
     """Median over trials of the seconds per call of each fn. Trials interleave the fns, so that load from
-    other processes on a shared machine hits all of them alike."""
-    for fn in fns.values():
-        for _ in range(max(2, reps // 5)):
-            fn()
+    other processes on a shared machine hits all of them alike. With `errors`, a fn that raises in its
+    warm-up (a Triton kernel that fails to compile for one shape) is left out and its error put there;
+    without, it raises."""
+    failed = {}
+    for name, fn in fns.items():
+        try:
+            for _ in range(max(2, reps // 5)):
+                fn()
+        except Exception as err:
+            if errors is None:
+                raise
+            failed[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            print(f"  {name} failed, not timed: {failed[name]}")
+    if errors is not None:
+        errors.update(failed)
+    fns = {name: fn for name, fn in fns.items() if name not in failed}
     _sync(device)
     samples = {name: [] for name in fns}
     for _ in range(trials):
@@ -137,10 +149,11 @@ def eager_nll(x, t):
     return F.cross_entropy(torch.logsumexp(x.float(), dim=1), t)
 
 
-def cases(device: str):
-    """Yields (op, shape, pass, dtype, bytes, {impl: fn}) with impl "eager" or a backend name."""
+def cases(device: str, skipped: dict | None = None):
+    """Yields (op, shape, pass, dtype, bytes, {impl: fn}) with impl "eager" or a backend name; a backend
+    that cannot run here is left out, and with `skipped` its reason is put there."""
     backends = ["cuda", "triton"] if device == "cuda" else ["cpu", "reference"]
-    backends = [b for b in backends if _usable(b, device)]
+    backends = [b for b in backends if _usable(b, device, skipped)]
     for shape, dtype in SHAPES[device]["temporal_mean"]:
         x = torch.randn(shape, device=device).to(dtype)
         nbytes = x.numel() * _es(dtype) * (1 + 1 / shape[1])
@@ -232,12 +245,14 @@ def add_nll_variants(fns: dict, backend: str, make, make_vg=None) -> None:
             fns[f"{backend}[{v}]{VG}"] = with_nll_kernel(v, make_vg(backend))
 
 
-def _usable(backend: str, device: str) -> bool:
+def _usable(backend: str, device: str, skipped: dict | None = None) -> bool:
     try:
         ops._backend.resolve(backend, torch.device(device))
         return True
     except RuntimeError as err:
         print(f"skipping backend {backend}: {err}")
+        if skipped is not None:
+            skipped[backend] = str(err)
         return False
 
 
@@ -254,44 +269,73 @@ def device_name(device: str) -> str:
     return platform.processor() or "cpu"
 
 
-def run(device: str, reps: int) -> dict:
+def write_report(report: dict, out: pathlib.Path) -> None:
+    """Atomic: a kill mid-write (run_all.sh's `timeout`) leaves the previous report, not a truncated one."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run(device: str, reps: int, out: pathlib.Path | None = None) -> dict:
+    """Times every case; with `out`, rewrites it after each case ("complete": false), so a run stopped by
+    its caller's time limit keeps the cases it timed."""
     copy_gbps = copy_bandwidth(device)
     print(f"{device_name(device)} | torch {torch.__version__} | threads {torch.get_num_threads()}")
     print(f"device-to-device copy bandwidth: {copy_gbps:.1f} GB/s\n")
     header = f"{'op':18} {'shape':24} {'pass':8} {'impl':18} {'time_us':>10} {'GB/s':>8} {'%copy':>6}"
     header += f" {'vs eager':>9}"
     print(header + "\n" + "-" * len(header))
-    rows = []
-    for op, shape, kind, dtype, nbytes, fns in cases(device):
-        times = time_calls(fns, device, reps)
-        eager_t = times["eager"]
-        for impl, t in times.items():
-            # the floor moves none of the op's bytes
-            gbps = None if impl == "floor" else impl_bytes(nbytes, impl) / t / 1e9
-            row = dict(
-                op=op,
-                shape=list(shape),
-                dtype=str(dtype).replace("torch.", ""),
-                pass_=kind,
-                impl=impl,
-                time_us=t * 1e6,
-                gbps=gbps,
-                copy_pct=None if gbps is None else 100 * gbps / copy_gbps,
-                speedup=eager_t / t,
-            )
-            rows.append(row)
-            bw = "       -      -" if gbps is None else f"{gbps:8.1f} {row['copy_pct']:6.1f}"
-            head = f"{op:18} {str(tuple(shape)):24} {kind:8} {impl:18}"
-            print(f"{head} {t * 1e6:10.1f} {bw} {row['speedup']:8.2f}x")
-    return dict(
+    report = dict(
         device=device,
         device_name=device_name(device),
         torch=torch.__version__,
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         threads=torch.get_num_threads(),
         copy_gbps=copy_gbps,
-        results=rows,
     )
+    rows = []
+    skipped: dict[str, str] = {}  # backend -> why it cannot run here (no CUDA extension, no Triton)
+    for op, shape, kind, dtype, nbytes, fns in cases(device, skipped):
+        errors: dict[str, str] = {}
+        times = time_calls(fns, device, reps, errors=errors)
+        eager_t = times.get("eager")
+        for impl in fns:
+            t = times.get(impl)
+            ok = t is not None and t > 0  # a timer that read 0 gives no rate, not a ZeroDivisionError
+            # the floor moves none of the op's bytes
+            gbps = None if impl == "floor" or not ok else impl_bytes(nbytes, impl) / t / 1e9
+            row = dict(
+                op=op,
+                shape=list(shape),
+                dtype=str(dtype).replace("torch.", ""),
+                pass_=kind,
+                impl=impl,
+                time_us=None if t is None else t * 1e6,
+                gbps=gbps,
+                copy_pct=None if gbps is None or not copy_gbps else 100 * gbps / copy_gbps,
+                speedup=eager_t / t if ok and eager_t else None,
+            )
+            if impl in errors:
+                row["error"] = errors[impl]
+            rows.append(row)
+            head = f"{op:18} {str(tuple(shape)):24} {kind:8} {impl:18}"
+            if t is None:
+                print(f"{head} {'failed':>10}: {errors.get(impl)}")
+                continue
+            bw = "       -      -" if gbps is None else f"{gbps:8.1f} {_cell(row['copy_pct'], '6.1f')}"
+            print(f"{head} {t * 1e6:10.1f} {bw} {_cell(row['speedup'], '8.2f')}x")
+        if out is not None:
+            write_report(report | {"results": rows, "skipped_backends": skipped, "complete": False}, out)
+    for backend, why in skipped.items():
+        print(f"{'(every op)':18} {'':24} {'':8} {backend:18} {'skipped':>10}: {why}")
+    return report | {"results": rows, "skipped_backends": skipped}
+
+
+def _cell(value, spec: str) -> str:
+    return format(value, spec) if value is not None else format("-", f">{spec.split('.')[0]}")
 
 
 def check_targets(report: dict) -> list[dict]:
@@ -311,11 +355,20 @@ def check_targets(report: dict) -> list[dict]:
                             target=f"{op} {shape} {kind} {metric} >= {minimum}",
                             impl=r["impl"],
                             value=r[metric],
-                            met=r[metric] >= minimum,
+                            met=r[metric] is not None and r[metric] >= minimum,
+                            **({"why": r["error"]} if r.get("error") else {}),
                             variant=variant,
                             **_floor_bound(report, r) if metric == "speedup" and r["impl"] == "cuda" else {},
                         )
                     )
+        if not checks:
+            # No CUDA-kernel row at all (the extension did not build or load): every target is NOT MET, with
+            # the reason. There used to be no check, and targets_met() of no checks said every target held.
+            for (op, shape, kind), (metric, minimum) in GPU_TARGETS.items():
+                target = f"{op} {shape} {kind} {metric} >= {minimum}"
+                checks.append(
+                    dict(target=target, impl="cuda", value=None, met=False, why=_unmeasured(report))
+                )
     else:
         for r in report["results"]:
             if r["impl"] in ("cpu", "cpu" + VG):
@@ -324,16 +377,32 @@ def check_targets(report: dict) -> list[dict]:
                         target=f"{r['op']} {tuple(r['shape'])} {r['pass_']} {r['impl']}/eager speedup >= 1",
                         impl=r["impl"],
                         value=r["speedup"],
-                        met=r["speedup"] >= 1.0,
+                        met=r["speedup"] is not None and r["speedup"] >= 1.0,
+                        **({"why": r["error"]} if r.get("error") else {}),
                     )
                 )
+        if not checks:
+            target = "C++ CPU kernels (backend cpu) timed against eager"
+            checks.append(dict(target=target, impl="cpu", value=None, met=False, why=_unmeasured(report)))
     print()
     for c in checks:
         # The floor bounds what any op measured through autograd.grad can show; the _vg rows bypass it.
         bound = f" (the autograd floor allows at most {c['max_speedup']:.1f}x)" if "max_speedup" in c else ""
         bound += " (a variant: set_nll_kernel picks it; not the default)" if c.get("variant") else ""
-        print(f"{'MET    ' if c['met'] else 'NOT MET'} {c['target']} [{c['impl']}]: {c['value']:.2f}{bound}")
+        value = "not measured" if c["value"] is None else f"{c['value']:.2f}"
+        value += f" ({c['why']})" if c.get("why") else ""
+        print(f"{'MET    ' if c['met'] else 'NOT MET'} {c['target']} [{c['impl']}]: {value}{bound}")
     return checks
+
+
+def _unmeasured(report: dict) -> str:
+    """Why a target has no measured row: the backend that was skipped, or the error of its rows."""
+    backend = "cuda" if report["device"] == "cuda" else "cpu"
+    why = report.get("skipped_backends", {}).get(backend)
+    if why:
+        return f"backend {backend} skipped: {why}"
+    errors = [r["error"] for r in report["results"] if r["impl"] == backend and r.get("error")]
+    return f"backend {backend} failed: {errors[0]}" if errors else f"no {backend} row measured"
 
 
 def targets_met(checks: list[dict]) -> bool:
@@ -349,7 +418,7 @@ def _floor_bound(report: dict, row: dict) -> dict:
     """{"max_speedup": eager / floor} for a fwd+bwd row, when its case measured the autograd floor."""
     for r in report["results"]:
         if (r["op"], r["shape"], r["pass_"], r["impl"]) == (row["op"], row["shape"], row["pass_"], "floor"):
-            return {"max_speedup": r["speedup"]}
+            return {} if r["speedup"] is None else {"max_speedup": r["speedup"]}
     return {}
 
 
@@ -380,13 +449,13 @@ def main(argv=None) -> int:
         except OSError as err:
             parser.error(f"argument --out: cannot create folder {args.out.parent}: {err}")
     torch.manual_seed(0)
-    report = run(args.device, args.reps or (100 if args.device == "cuda" else 10))
-    report["targets"] = check_targets(report)
     if args.out is None:
-        tag = "cpu" if args.device == "cpu" else card_slug(report["device_name"])
+        tag = "cpu" if args.device == "cpu" else card_slug(device_name(args.device))
         args.out = ROOT / "benchmarks" / "results" / f"ops_{tag}_{datetime.date.today().isoformat()}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    report = run(args.device, args.reps or (100 if args.device == "cuda" else 10), out=args.out)
+    report["targets"] = check_targets(report)
+    write_report(report | {"complete": True}, args.out)
     print(f"\nwrote {os.path.relpath(args.out)}")
     return 0 if targets_met(report["targets"]) else 1
 

@@ -70,8 +70,10 @@ def _batch_cell(r: dict) -> str:
         return "-"
     if r.get("error"):
         return "error"
+    if r.get("max_batch_limit_reached"):  # the limit fit: only a lower bound, whatever the search's budget
+        return f">={r['batch']} (--max-batch-limit)"
     if r.get("max_batch_exact") is not False:
-        return str(r["batch"])
+        return str(r["batch"]) + (" (batch 1 over the cap)" if r.get("batch") == 0 else "")
     # a search its budget stopped: the answer is somewhere from `batch` to just below the first failure
     high = r.get("first_failure")
     return f"{r['batch']}..{high - 1} (search cut)" if high else f">={r['batch']} (search cut)"
@@ -101,7 +103,7 @@ def _targets(result: dict) -> list[str]:
     full_size = result["config"].get("hidden_size") == 768 and result["config"].get("image_size") == 448
     scope = (
         ""
-        if full_size and result["mem_cap_gib"] == 32
+        if full_size and result.get("mem_cap_gib") == 32
         else " (not the base preset at L=448 under 32 GiB: these lines check the plumbing, not the targets)"
     )
     lines = [f"## Targets{scope}", ""]
@@ -109,13 +111,13 @@ def _targets(result: dict) -> list[str]:
     if b_e.get("frames_per_s") and b_o.get("frames_per_s"):
         speed = b_o["frames_per_s"] / b_e["frames_per_s"]
         lines.append(
-            f"- speed at Ntrain=16, T=1, batch {result['time_batch']}: {speed:.2f}x eager "
+            f"- speed at Ntrain=16, T=1, batch {result.get('time_batch', b_o['batch'])}: {speed:.2f}x eager "
             f"(target >= {TARGET_SPEEDUP:g}x): {'met' if speed >= TARGET_SPEEDUP else 'NOT met'}"
         )
     if b_o.get("mfu") is not None:
         lines.append(
             f"- optimized MFU at Ntrain=16: {b_o['mfu']:.1%} of bf16 peak "
-            f"{result['peak_bf16_tflops']} TFLOP/s "
+            f"{result.get('peak_bf16_tflops', '?')} TFLOP/s "
             f"(target >= {TARGET_MFU:.0%}): {'met' if b_o['mfu'] >= TARGET_MFU else 'NOT met'}"
         )
     a_o = _rows(result, "a", "optimized")
@@ -130,6 +132,8 @@ def _targets(result: dict) -> list[str]:
                 verdict = "met"
             elif exact or (high and high - 1 < target):
                 verdict = "NOT met"
+            elif r.get("max_batch_limit_reached"):
+                verdict = "not established (raise --max-batch-limit)"
             else:
                 verdict = "not established (search cut)"
             lines.append(
@@ -143,7 +147,9 @@ def _ablation(result: dict) -> list[str]:
     rows = [r for r in result["rows"] if r["panel"] == "ablation"]
     if not rows:
         return []
-    base = rows[0].get("frames_per_s")
+    # The eager row's, not the first row's: when eager failed to build (its error is a "build" row) or was
+    # not timed, every step was shown "vs eager" against the first step that ran.
+    base = next((r.get("frames_per_s") for r in rows if r["path"] == "eager"), None)
     lines = [
         f"## Each optimization step (Ntrain={rows[0]['n_train']}, T=1, batch {rows[0]['batch']})",
         "",
@@ -184,17 +190,27 @@ def _profile(result: dict) -> list[str]:
 
 
 def write_summary(result: dict, path: str) -> None:
+    # An older run's result may lack a header key (memory_accounting, torch, ...): "?" in its place, not a
+    # KeyError after the rows were joined.
     cfg = result["config"]
+    c = {k: cfg.get(k, "?") for k in ("backbone_style", "freeze_at", "num_layers", "hidden_size")}
+    c |= {k: cfg.get(k, "?") for k in ("image_size", "max_text_len")}
+    layers = tuple(cfg["backbone_layers"]) if "backbone_layers" in cfg else "?"
+    cap = result.get("mem_cap_gib")
     lines = [
         f"# ClipBERT Figure 5 on {result['device']} ({result['date_utc']})",
         "",
-        f"Model: {cfg['backbone_style']} ResNet {tuple(cfg['backbone_layers'])} "
-        f"(FrozenBN, freeze_at={cfg['freeze_at']}) + BERT {cfg['num_layers']}x{cfg['hidden_size']}, "
-        f"L={cfg['image_size']}, text length {cfg['max_text_len']}, "
-        f"1 text per video. Memory cap {result['mem_cap_gib']:g} GiB ({result['memory_accounting']}). "
-        f"torch {result['torch']}. Wall time {result['wall_s']:.0f} s.",
+        f"Model: {c['backbone_style']} ResNet {layers} "
+        f"(FrozenBN, freeze_at={c['freeze_at']}) + BERT {c['num_layers']}x{c['hidden_size']}, "
+        f"L={c['image_size']}, text length {c['max_text_len']}, "
+        f"1 text per video. Memory cap {'?' if cap is None else format(cap, 'g')} GiB "
+        f"({result.get('memory_accounting', 'accounting not recorded')}). "
+        f"torch {result.get('torch', '?')}. Wall time {_fmt(result.get('wall_s'), '.0f', '?')} s.",
         "",
     ]
+    if result.get("complete") is False:  # <tag>.partial.md of a run stopped part-way
+        stopped = f" ({result['stopped']})" if result.get("stopped") else ""
+        lines += [f"**Stopped before the end{stopped}: only the points measured before it.**", ""]
     if result.get("merged_from"):
         runs = "; ".join(
             f"`{m['file']}`" + (" (stopped by its caller's time limit)" if "partial" in m["file"] else "")

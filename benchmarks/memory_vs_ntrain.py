@@ -17,6 +17,7 @@ Writes <out-dir>/<tag>.{json,csv,md,png} (tag: fig5_<device>[_small]) and prints
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -24,7 +25,9 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,9 +56,9 @@ GIB = 2**30
 SMALL_CAP_GIB = 0.0625  # --small: about twice the tiny model's weights, grads and AdamW state
 SMALL_VOCAB = 2048  # --small: a short vocabulary keeps the embedding from dominating the tiny model
 CSV_KEYS = [
-    "panel", "path", "n_train", "frames_per_clip", "batch", "max_batch_exact", "first_failure", "median_ms",
-    "p10_ms", "p90_ms", "frames_per_s", "peak_gib", "bytes_per_sample_gib", "model_tflop_per_step", "mfu",
-    "flops_source", "error",
+    "panel", "path", "n_train", "frames_per_clip", "batch", "max_batch_exact", "first_failure",
+    "max_batch_limit_reached", "median_ms", "p10_ms", "p90_ms", "frames_per_s", "peak_gib",
+    "bytes_per_sample_gib", "model_tflop_per_step", "mfu", "flops_source", "error",
 ]  # fmt: skip
 
 
@@ -150,7 +153,9 @@ def _check_numbers(p: argparse.ArgumentParser, args: argparse.Namespace) -> None
     for flag, (value, low) in at_least.items():
         if value is not None and value < low:
             p.error(f"argument {flag}: must be at least {low}, got {value}")
-    for flag, value in (("--mem-cap-gib", args.mem_cap_gib), ("--time-budget-s", args.time_budget_s)):
+    positive = [("--mem-cap-gib", args.mem_cap_gib), ("--time-budget-s", args.time_budget_s)]
+    positive.append(("--peak-tflops", args.peak_tflops))  # nan made every MFU nan (NaN in the JSON)
+    for flag, value in positive:
         if value is not None and not (0 < value < math.inf):  # also nan, which compares false
             p.error(f"argument {flag}: must be a positive number, got {value}")
 
@@ -197,6 +202,19 @@ class Budget:
         return None if self.total is None else self.total - (time.monotonic() - self.start)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file in the same folder: a run killed mid-write (the GPU
+    step's `timeout` sends SIGTERM, then SIGKILL) leaves the previous file whole, not a truncated JSON that
+    would lose every point measured before it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _log(point: Point) -> None:
     value = f"max batch {point.batch}" if point.panel in "ac" else f"{point.median_ms or float('nan'):.1f} ms"
     extra = f" error: {point.error}" if point.error else ""
@@ -224,12 +242,30 @@ class Recorder:
             print("  (--merge joins them with other runs' JSON)", flush=True)
 
     def __call__(self, point: Point) -> None:
-        self.rows.append(point)
-        _log(point)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = {**self.meta, "complete": False, "wall_s": time.monotonic() - self.start}
-        partial["rows"] = [r.to_dict() for r in self.rows]
-        self.path.write_text(json.dumps(partial, indent=1) + "\n")
+        with _stop_signals_deferred():  # a SIGTERM here stopped the run with the point measured, not saved
+            self.rows.append(point)
+            _log(point)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = {**self.meta, "complete": False, "wall_s": time.monotonic() - self.start}
+            partial["rows"] = [r.to_dict() for r in self.rows]
+            write_atomic(self.path, json.dumps(partial, indent=1) + "\n")
+
+
+_DEFERRED: dict = {"depth": 0, "pending": None}  # a stop signal that came while a point was being saved
+
+
+@contextlib.contextmanager
+def _stop_signals_deferred():
+    """SIGTERM and Ctrl-C (under `_stop_signals`) wait until the block ends, then stop the run as usual.
+    (Masking the signal would not do: it only masks this thread, and torch's threads would take it.)"""
+    _DEFERRED["depth"] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED["depth"] -= 1
+    if not _DEFERRED["depth"] and _DEFERRED["pending"] is not None:
+        stop, _DEFERRED["pending"] = _DEFERRED["pending"], None
+        raise stop
 
 
 def _build(cfg, options: PathOptions, device, rows: list[Point], optimizer: bool = True):
@@ -301,30 +337,33 @@ def run(args) -> dict:
     # carry the speed target and cost a small, fixed time; the searches share what the budget has left.
     searches_left = len(size_points) * len(sized)
     for name in timed if time_points or size_points else ():
-        step = _build(cfg, timed[name], device, rows)
-        if step is None:
-            continue
-        for i, (panel, n, t) in enumerate(time_points):
-            left = budget.left()
-            per_point = None if left is None else max(2.0, 0.2 * left / max(1, len(time_points) - i))
-            record(
-                measure_time(
-                    step,
-                    cfg,
-                    peak,
-                    panel=panel,
-                    n_clips=n,
-                    frames=t,
-                    batch=args.time_batch,
-                    warmup=args.warmup,
-                    steps=args.steps,
-                    max_seconds=per_point,
+        # The time panels' path, then the memory panels' when it differs; a path that fails to build loses
+        # only its own panels (a failing speed path used to skip the memory path's searches too).
+        step = _build(cfg, timed[name], device, rows) if time_points else None
+        if step is not None:
+            for i, (panel, n, t) in enumerate(time_points):
+                left = budget.left()
+                per_point = None if left is None else max(2.0, 0.2 * left / max(1, len(time_points) - i))
+                record(
+                    measure_time(
+                        step,
+                        cfg,
+                        peak,
+                        panel=panel,
+                        n_clips=n,
+                        frames=t,
+                        batch=args.time_batch,
+                        warmup=args.warmup,
+                        steps=args.steps,
+                        max_seconds=per_point,
+                    )
                 )
-            )
-        if sized[name] != timed[name]:
+        if size_points and (step is None or sized[name] != timed[name]):
+            if step is None and time_points and sized[name] == timed[name]:
+                continue  # these very options just failed to build: their "build" row says why
             del step
             release_memory(device)
-            step = _build(cfg, sized[name], device, rows) if size_points else None
+            step = _build(cfg, sized[name], device, rows)
             if step is None:
                 continue
         for panel, n, t in size_points:
@@ -441,6 +480,7 @@ def _header(args, device, cfg, peak, fraction, timed, sized) -> dict:
 
 
 MERGE_SAME = ("device", "config", "mem_cap_gib", "time_batch")  # keys every merged file must share
+ROW_KEYS = ("panel", "path", "n_train", "frames_per_clip", "batch")  # what the tables and the plot read
 
 
 def _short(value) -> str:
@@ -448,17 +488,33 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _check_rows(path: str, result) -> None:
+    """Exits naming the file, row and key when `result` is not a Figure-5 result with rows: another
+    benchmark's JSON (ops_*.json, data_*.json) or a hand-edited file was a KeyError or AttributeError
+    traceback naming neither, or (with no "rows") was joined as if it had none."""
+    if not isinstance(result, dict) or not isinstance(result.get("rows"), list):
+        what = f"a JSON {type(result).__name__}" if not isinstance(result, dict) else "no list of 'rows'"
+        raise SystemExit(f"--merge: {path} is not a Figure-5 result ({what})")
+    for i, row in enumerate(result["rows"]):
+        missing = [k for k in ROW_KEYS if k not in row] if isinstance(row, dict) else list(ROW_KEYS)
+        if missing:
+            raise SystemExit(f"--merge: {path}: row {i} has no {', '.join(map(repr, missing))}")
+
+
 def merge_results(paths: list[str]) -> dict:
     """One result from several runs' JSON files: the first gives the setup, every file gives its rows, and
-    the first profile found is kept. Points measured twice keep the later file's row."""
+    the first profile found is kept. Points measured twice keep the later file's row, unless only the
+    earlier one has no error."""
     results = []
     for path in paths:
         try:
             results.append(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as err:
             raise SystemExit(f"--merge: cannot read {path}: {err}") from err
+    for path, result in zip(paths, results):
+        _check_rows(path, result)
     first = results[0]
-    missing = [k for k in ("config", "device", "date_utc", "rows") if k not in first]
+    missing = [k for k in ("config", "device", "date_utc") if k not in first]
     if missing:  # e.g. a partial file written before partial files carried the header
         raise SystemExit(f"--merge: {paths[0]} has no run header (no {', '.join(missing)}); put it later")
     # Rows of another machine, model or batch would sit beside these under one header, and an ablation
@@ -471,12 +527,23 @@ def merge_results(paths: list[str]) -> dict:
                     f"({_short(result[key])} vs {_short(first.get(key))}); merge runs of one setup only"
                 )
     rows: dict[tuple, dict] = {}
-    for result in results:
-        for row in result.get("rows", []):
-            rows[(row["panel"], row["path"], row["n_train"], row["frames_per_clip"])] = row
+    for path, result in zip(paths, results):
+        for row in result["rows"]:
+            key = (row["panel"], row["path"], row["n_train"], row["frames_per_clip"])
+            kept = rows.get(key)
+            if row.get("error") and kept is not None and not kept.get("error"):
+                # a rerun that failed (e.g. out of memory beside another process) does not erase the point
+                # an earlier run measured; its error stays on record in that row's notes
+                notes = list(kept.get("notes") or [])
+                kept["notes"] = notes + [f"{Path(path).name} failed here: {row['error']}"]
+                continue
+            rows[key] = row
+    if not rows:
+        raise SystemExit(f"--merge: no measured rows in {', '.join(paths)}")
     profile = next((r["profile"] for r in results if r.get("profile")), None)
     merged = {**first, "rows": list(rows.values()), "profile": profile}
-    merged.pop("complete", None)  # a stopped run may head the list; the join is the finished result
+    for key in ("complete", "stopped"):  # a stopped run may head the list; the join is the finished result
+        merged.pop(key, None)
     merged["wall_s_runs"] = [r.get("wall_s") for r in results]
     merged["wall_s"] = sum(w or 0.0 for w in merged["wall_s_runs"])
     merged["merged_from"] = [{"file": Path(p).name, "argv": r.get("argv")} for p, r in zip(paths, results)]
@@ -504,7 +571,7 @@ def write_outputs(result: dict, args) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = args.tag or f"fig5_{torch.device(args.device).type}{'_small' if args.small else ''}"
     files = {ext: str(out_dir / f"{tag}.{ext}") for ext in ("json", "csv", "md", "png")}
-    Path(files["json"]).write_text(json.dumps(result, indent=1) + "\n")
+    write_atomic(Path(files["json"]), json.dumps(result, indent=1) + "\n")
     with open(files["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_KEYS, extrasaction="ignore")
         writer.writeheader()
@@ -513,10 +580,57 @@ def write_outputs(result: dict, args) -> dict[str, str]:
     if args.no_plot:
         del files["png"]
     else:
-        date, size = result["date_utc"][:10], result["config"]["image_size"]
+        date, size = result["date_utc"][:10], result["config"].get("image_size", "?")
         title = f"ClipBERT Figure 5 on {result['device']} ({date}), L={size}"
         plot_figure5(result["rows"], title, files["png"], args.mem_cap_gib)
     return files
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is: a KeyboardInterrupt, so that no `except Exception` of a point
+    records it as that point's error and carries on."""
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """SIGTERM raises Terminated and SIGINT KeyboardInterrupt where the run is, or once the point being
+    saved is saved (`_stop_signals_deferred`)."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
+        yield
+        return
+
+    def stop(signum, frame):
+        exc = Terminated(f"signal {signal.Signals(signum).name}") if signum == signal.SIGTERM else None
+        exc = exc or KeyboardInterrupt()
+        if _DEFERRED["depth"]:
+            _DEFERRED["pending"] = exc
+            return
+        raise exc
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _DEFERRED["pending"] = None
+
+
+def _write_stopped_outputs(args, stop: KeyboardInterrupt) -> None:
+    """<tag>.partial.{csv,md,png} beside <tag>.partial.json, from the points measured before the stop: the
+    table and figure of a run its caller's timeout stopped used to need a --merge by hand."""
+    partial = Path(args.out_dir) / f"{args.tag}.partial.json"
+    if not partial.is_file():
+        print("  stopped before any point was measured", flush=True)
+        return
+    try:
+        result = json.loads(partial.read_text())
+        result["stopped"] = f"{type(stop).__name__}: {stop}" if str(stop) else type(stop).__name__
+        files = write_outputs(result, argparse.Namespace(**{**vars(args), "tag": f"{args.tag}.partial"}))
+    except Exception as err:  # the partial JSON is what matters; its table is a convenience
+        print(f"  stopped; the table of the points so far failed: {type(err).__name__}: {err}", flush=True)
+        return
+    print(f"  stopped ({result['stopped']}): wrote {', '.join(files.values())}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -533,9 +647,17 @@ def main(argv=None) -> int:
         print(Path(files["md"]).read_text())
         print("wrote " + ", ".join(files.values()))
         return 0
-    result = run(args)
+    try:
+        with _stop_signals():
+            result = run(args)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or the caller's timeout (SIGTERM, then SIGKILL 10 s later)
+        _write_stopped_outputs(args, stop)
+        if isinstance(stop, Terminated):
+            return 128 + signal.SIGTERM
+        raise
     files = write_outputs(result, args)
-    Path(args.out_dir, f"{args.tag}.partial.json").unlink(missing_ok=True)  # the complete JSON replaces it
+    for ext in ("json", "csv", "md", "png"):  # the complete files replace a stopped run's
+        Path(args.out_dir, f"{args.tag}.partial.{ext}").unlink(missing_ok=True)
     print(Path(files["md"]).read_text())
     print("wrote " + ", ".join(files.values()))
     errors = [r for r in result["rows"] if r["error"]]

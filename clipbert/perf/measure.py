@@ -7,6 +7,7 @@ drops it before building the next path, so one path's memory never shrinks anoth
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 from clipbert.perf.devices import DevicePeak, mfu
@@ -45,6 +46,8 @@ class Point:
     probes: list[dict] | None = None
     # ablation rows: the eager row's frames/s of the same run, so that a ratio survives --merge of runs
     eager_frames_per_s: float | None = None
+    # panel a/c: the search's --max-batch-limit fit, so `batch` is that limit, a lower bound of the answer
+    max_batch_limit_reached: bool | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,9 +98,17 @@ def measure_max_batch(
     """Panel a/c point: the largest batch whose training step (forward, backward, AdamW) fits the cap."""
     options = step.options
     point = Point(panel, options.name, n_clips, frames, 0, options=options.to_dict(), notes=list(step.notes))
+    seen: list[Probe] = []  # the probes run so far, kept when a later probe raises
+    run_probe = _probe_fn(step, cfg, n_clips, frames, cap_bytes)
+
+    def probe(b: int) -> Probe:
+        seen.append(Probe(b, False, None, 0.0, "raised"))  # replaced below when the probe returns
+        seen[-1] = run_probe(b)
+        return seen[-1]
+
     try:
         result: BatchSearchResult = find_max_batch(
-            _probe_fn(step, cfg, n_clips, frames, cap_bytes),
+            probe,
             cap_bytes,
             limit=limit,
             deadline=deadline,
@@ -115,8 +126,28 @@ def measure_max_batch(
             point.bytes_per_sample_gib = result.bytes_per_sample / GIB
         if not result.exact:
             point.notes.append("search stopped by its probe or time budget: max_batch is a lower bound")
+        elif result.first_failure is None and result.max_batch:
+            # The search is exact within [1, limit], but the answer is not: it was reported as the largest
+            # batch (a ratio, a "NOT met" verdict below a target), when the limit only bounds it from below.
+            point.max_batch_exact, point.max_batch_limit_reached = False, True
+            point.notes.append(f"--max-batch-limit {limit} fit: the largest batch is at least {limit}")
+        elif result.max_batch == 0:
+            over = result.probes[0]
+            why = over.error or (
+                f"its step peaked at {over.peak_bytes / GIB:.3f} GiB" if over.peak_bytes else ""
+            )
+            point.notes.append(
+                f"batch {over.batch} does not fit the {cap_bytes / GIB:g} GiB cap" + (why and f": {why}")
+            )
     except Exception as exc:  # one failing point must not lose the rest of the run
+        # ... nor the probes it ran (minutes each on the GPU): the batches that fit bound the answer below
+        fit = max((p.batch for p in seen if p.fits), default=0)
         point.error = _short(exc)
+        if seen and seen[-1].error == "raised":  # the exception came from this probe
+            seen[-1].error = point.error
+            point.error += f" (probing batch {seen[-1].batch}; largest that fit: {fit})"
+        point.batch, point.max_batch_exact = fit, False
+        point.probes = [dataclasses.asdict(p) for p in seen]
     finally:
         step.optimizer.zero_grad(set_to_none=True)
         release_memory(step.device)
@@ -166,16 +197,22 @@ def measure_time(
             run()
         point.peak_gib = meter.peak_bytes / GIB
         timing = time_steps(run, device, warmup=max(0, warmup - 2), steps=steps, max_seconds=max_seconds)
+        if not 0 < timing.median_s < math.inf:  # also nan: frames/s and MFU would be nan, inf or 1/0
+            raise RuntimeError(f"step timing gave a median of {timing.median_s} s ({timing.steps} steps)")
         point.median_ms, point.p10_ms, point.p90_ms = (
             1e3 * timing.median_s,
             1e3 * timing.p10_s,
             1e3 * timing.p90_s,
         )
         point.frames_per_s = data.num_frames / timing.median_s
-        flops = _flops_per_sample(step, cfg, n_clips, frames)
-        point.model_tflop_per_step = flops.step * batch / 1e12
-        point.flops_source = flops.source
-        point.mfu = mfu(flops.step * batch, timing.median_s, peak)
+        try:
+            flops = _flops_per_sample(step, cfg, n_clips, frames)
+        except Exception as exc:  # the time is measured: a FLOP count that fails costs only the MFU
+            point.notes.append(f"FLOPs not counted, no MFU: {_short(exc)}")
+        else:
+            point.model_tflop_per_step = flops.step * batch / 1e12
+            point.flops_source = flops.source
+            point.mfu = mfu(flops.step * batch, timing.median_s, peak)
     except Exception as exc:
         point.error = ("out of memory at the timed batch: " if is_oom(exc) else "") + _short(exc)
     finally:
