@@ -217,7 +217,43 @@ class RetrievalTrainDataset(TaskDataset):
         self.videos = group_texts(task, self.examples)  # [(video_id, [texts])]
         if len(self.videos) < 2 and cfg.itm_neg_size:
             raise DataError(f"{self.ann_path}: negatives need at least 2 videos, got {len(self.videos)}")
+        # Each text's identity as the model reads it: the hash of its token ids. Why not the string: the
+        # uncased tokenizer reads "A dog runs" and "a  dog runs" alike (and truncation can make longer texts
+        # alike), so a string test let another video's copy of the positive in as a negative. A hash, not
+        # the ids, keeps this at one int per text (MSRVTT has 180k captions; every worker holds a copy).
+        self.text_keys = [
+            [hash(tuple(ids)) for ids in tokenize(tokenizer, texts, self.max_len, literal=True)]
+            for _, texts in self.videos
+        ]
+        if cfg.itm_neg_size:
+            self._check_negatives_exist()
+        else:  # every pair a match: the loss is met by answering "match" to anything, which ranks nothing
+            log.warning(
+                "%s: data.itm_neg_size=0: every training pair is a match, so the matching head learns no "
+                "ranking (the paper's retrieval training draws negatives; set itm_neg_size >= 1)",
+                self.ann_path,
+            )
         self.word_vocab: WordVocab | None = None
+
+    def _check_negatives_exist(self) -> None:
+        """Say which videos have no negative: their texts include every distinct text of the set (a set where
+        every caption is the same, or empty), so any draw is one of their own texts labelled "no match".
+        Said, not refused, as multiple-choice lines listing their answer twice are: such a set still loads
+        (its visual words, say, are checked later), and the draw then stands."""
+        distinct = len({key for keys in self.text_keys for key in keys})
+        stuck = [
+            video_id for (video_id, _), keys in zip(self.videos, self.text_keys) if len(set(keys)) == distinct
+        ]
+        if stuck:
+            log.warning(
+                "%s: %d video(s) (%s%s) have no negative text: every other video's text reads the same as "
+                "one of theirs, so their negatives (itm_neg_size=%d) repeat a positive labelled no-match",
+                self.ann_path,
+                len(stuck),
+                ", ".join(map(repr, stuck[:5])),
+                ", ..." if len(stuck) > 5 else "",
+                self.cfg.itm_neg_size,
+            )
 
     def enable_visual_words(self) -> WordVocab:
         """From now on every item carries `word_targets` (uint8 [W]) for train.visual_word_loss."""
@@ -238,7 +274,9 @@ class RetrievalTrainDataset(TaskDataset):
         rng = rng_for(self.cfg.seed, epoch, index)
         video_id, texts = self.videos[index]
         chosen = [texts[rng.integers(len(texts))]]
-        chosen += [self._negative(index, set(texts), rng) for _ in range(self.cfg.itm_neg_size)]
+        chosen += [
+            self._negative(index, set(self.text_keys[index]), rng) for _ in range(self.cfg.itm_neg_size)
+        ]
         item = self.visual(video_id, epoch)
         item["input_ids"] = tokenize(self.tokenizer, chosen, self.max_len, literal=True)
         item["labels"] = [1] + [0] * self.cfg.itm_neg_size
@@ -246,17 +284,27 @@ class RetrievalTrainDataset(TaskDataset):
             item["word_targets"] = self.word_vocab.targets[index]
         return item
 
-    def _negative(self, index: int, positives: set[str], rng) -> str:
-        """A text of another video, redrawn (NEGATIVE_DRAWS tries) while it equals one of this video's own:
-        captions repeat across videos ("a man is talking"), and the same words labelled 0 teach the
-        matching head to contradict itself. After the last try the draw stands."""
+    def _negative(self, index: int, positives: set[int], rng) -> str:
+        """A text of another video that does not read as one of this video's own (`positives`: their
+        text_keys): captions repeat across videos ("a man is talking"), and the same words labelled 0 teach
+        the matching head to contradict itself. Drawn at random (NEGATIVE_DRAWS tries); should every try
+        hit a copy (a set where most videos share one caption), drawn among all the texts that qualify, so the
+        draw ends with a true negative whenever one exists (else the last draw stands: _check_negatives_exist
+        said so)."""
         for _ in range(NEGATIVE_DRAWS):
             other = (index + 1 + rng.integers(len(self.videos) - 1)) % len(self.videos)  # never `index`
-            other_texts = self.videos[other][1]
-            text = other_texts[rng.integers(len(other_texts))]
-            if text not in positives:
-                break
-        return text
+            k = rng.integers(len(self.videos[other][1]))
+            text = self.videos[other][1][k]
+            if self.text_keys[other][k] not in positives:
+                return text
+        pool = [
+            text
+            for other, (_, texts) in enumerate(self.videos)
+            if other != index
+            for text, key in zip(texts, self.text_keys[other])
+            if key not in positives
+        ]
+        return pool[rng.integers(len(pool))] if pool else text
 
 
 class VideoOnlyDataset(TaskDataset):
@@ -302,12 +350,45 @@ def build_retrieval_eval(task, split, cfg, tokenizer, norm) -> RetrievalEvalData
 
 
 class QADataset(TaskDataset):
-    """Open-ended QA: one question per item; label = ans2label[answer], -100 for unknown answers."""
+    """Open-ended QA: one question per item; label = ans2label[answer]. Questions with an answer outside
+    ans2label are dropped from training and labelled -100 (counted wrong) in evaluation."""
 
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
         self.ans2label = read_ans2label(Path(cfg.ann_dir) / f"{task}_ans2label.json")
         self.video_key = "video_id" if task == "msrvtt_qa" else "gif_name"
+        self._report_unknown_answers()
+
+    def _report_unknown_answers(self) -> None:
+        """Questions whose answer is not in ans2label: counted and said; in training dropped, as the original
+        does, in evaluation kept (label -100, counted wrong). Why dropped: kept, they cost a forward each and
+        gave no loss, so a micro batch's mean ran over fewer questions and each of its questions weighed
+        more than one of a full batch (accumulated micro batches no longer averaged like one big batch). Why
+        said: it was silent, and a training file none of whose answers is in ans2label (another
+        normalization, the wrong task's file) trained on a loss of exactly 0 for the whole run; refused."""
+        unknown = [
+            line for line, ex in enumerate(self.examples, start=1) if ex["answer"] not in self.ans2label
+        ]
+        if not unknown:
+            return
+        ans2label_path = Path(self.cfg.ann_dir) / f"{self.task}_ans2label.json"
+        if self.train and len(unknown) == len(self.examples):
+            raise DataError(
+                f"{self.ann_path}: none of the {len(unknown)} answers is in {ans2label_path} (e.g. "
+                f"{self.examples[0]['answer']!r}): there is nothing to train on"
+            )
+        log.warning(
+            "%s: %d of %d question(s) have an answer not in %s (lines %s%s): %s",
+            self.ann_path,
+            len(unknown),
+            len(self.examples),
+            ans2label_path.name,
+            ", ".join(map(str, unknown[:5])),
+            ", ..." if len(unknown) > 5 else "",
+            "dropped from training" if self.train else "they count as wrong",
+        )
+        if self.train:
+            self.examples = [ex for ex in self.examples if ex["answer"] in self.ans2label]
 
     def video_of(self, index: int) -> str:
         return str(self.examples[index][self.video_key])
@@ -380,22 +461,44 @@ class PretrainDataset(TaskDataset):
     match away (the matching head reached 88% on held-out images from that alone).
     """
 
+    def __init__(self, task, split, cfg, tokenizer, norm):
+        super().__init__(task, split, cfg, tokenizer, norm)
+        # Why said: with one image no caption is another image's, so no pair is a negative and the matching
+        # head learns to answer "match" whatever it sees.
+        self.one_image = len({str(example["file"]) for example in self.examples}) == 1
+        if self.one_image and cfg.itm_neg_prob > 0:
+            log.warning(
+                "%s: every caption is of one image (%s): image-text matching gets no negative pair "
+                "(itm_neg_prob=%g is not met)",
+                self.ann_path,
+                self.examples[0]["file"],
+                cfg.itm_neg_prob,
+            )
+
     def video_of(self, index: int) -> str:
         # the image file, not image_id: what is decoded (and can be bad) is the file
         return str(self.examples[index]["file"])
+
+    def _negative_caption(self, index: int, rng) -> str:
+        """A caption of another image: one of the same image (COCO has 5, Visual Genome dozens) would be a
+        true match labelled 0. Drawn at random (NEGATIVE_DRAWS tries); should every try hit the same image (a
+        set where it holds most captions), drawn among the other images' captions. Why not give up then: the
+        negative rate fell with the image's share (an image with 30 of 31 captions got 12% negatives, not
+        itm_neg_prob's 50%)."""
+        file = self.examples[index]["file"]
+        for _ in range(NEGATIVE_DRAWS):
+            other = (index + 1 + rng.integers(len(self) - 1)) % len(self)
+            if self.examples[other]["file"] != file:
+                return self.examples[other]["caption"]
+        pool = [example["caption"] for example in self.examples if example["file"] != file]
+        return pool[rng.integers(len(pool))]
 
     def load(self, index: int, epoch: int) -> dict:
         rng = rng_for(self.cfg.seed, epoch, index)
         example = self.examples[index]
         caption, match = example["caption"], 1
-        if len(self) > 1 and rng.random() < self.cfg.itm_neg_prob:
-            # another image's caption: a caption of the same image (COCO has 5, Visual Genome dozens) would be
-            # a true match labelled 0. Redrawn a few times; a set of one image gets no negative.
-            for _ in range(NEGATIVE_DRAWS):
-                other = (index + 1 + rng.integers(len(self) - 1)) % len(self)
-                if self.examples[other]["file"] != example["file"]:
-                    caption, match = self.examples[other]["caption"], 0
-                    break
+        if not self.one_image and rng.random() < self.cfg.itm_neg_prob:
+            caption, match = self._negative_caption(index, rng), 0
         ids = tokenize(self.tokenizer, [caption], self.max_len, literal=True)[0]
         masked, mlm_labels = mask_tokens(ids, self.tokenizer, rng, self.cfg.mlm_prob)
         if not match:
