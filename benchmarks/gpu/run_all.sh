@@ -230,7 +230,9 @@ echo "run_all done in $(( $(date +%s) - START ))s; results in $DEST" | tee -a "$
 tar czf "$DEST/gpu_run.tar.gz" --exclude='checkpoints' --exclude='model' --exclude='*.pt' --exclude='*.safetensors' \
   --exclude='trace_rank*.json' -C "$OUT" . 2>/dev/null || true
 cp "$OUT/steps.txt" "$DEST/"
-find "$OUT" -maxdepth 1 -name '*.json' | head -n 6 | xargs -r cp -t "$DEST/"
+# Complete results first: a step stopped by its budget leaves <tag>.partial.json beside them (the tarball has all)
+{ find "$OUT" -maxdepth 1 -name '*.json' ! -name '*.partial.json' | sort
+  find "$OUT" -maxdepth 1 -name '*.partial.json' | sort; } | head -n 6 | xargs -r cp -t "$DEST/"
 cat "$OUT/steps.txt"
 ls "$OUT"/fig5_*.md > /dev/null 2>&1 && tail -n 40 "$OUT"/fig5_*.md
 exit 0
