@@ -386,3 +386,32 @@ def test_a_training_file_without_a_known_answer_is_refused(tmp_path, tokenizer):
     with pytest.raises(DataError, match=r"msrvtt_qa_train.jsonl: none of the 2 answers is in .*ans2label"):
         qa_set(tmp_path, tokenizer, ["Dog", "zebra"])
     assert len(qa_set(tmp_path, tokenizer, ["Dog", "zebra"], split="test")) == 2  # evaluated: counted wrong
+
+
+# ---------------------------------------------------------------- accumulation windows (loop.py)
+
+
+@pytest.mark.usefixtures("cpu_world")
+def test_every_accumulation_window_updates_with_its_micro_batches_mean(tmp_path, monkeypatch):
+    # 3 micro batches an epoch, grad_accum 2: the epoch's last window holds 1. DeepSpeed divides each loss by
+    # grad_accum, so that window's update was half its micro batch's gradient, a smaller step every epoch end.
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from test_train_fakes import fake_factory, make_config
+
+    from clipbert.train.run import run
+
+    backward, seen = DeepSpeedEngine.backward, []
+
+    def record(self, loss, *args, **kwargs):
+        seen.append(float(loss.detach()))
+        return backward(self, loss, *args, **kwargs)
+
+    monkeypatch.setattr(DeepSpeedEngine, "backward", record)
+    train = {"epochs": 2, "grad_accum": 2, "batch_size": 2, "eval_every": -1, "save_every": 0}
+    run(make_config(tmp_path, train=train), torch.device("cpu"), fake_factory(train_size=6))
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    windows = [seen[0:2], seen[2:3], seen[3:5], seen[5:6]]  # 2 + 1 micro batches in each epoch
+    assert len(seen) == 6 and len(steps) == 4
+    for step, window in zip(steps, windows):
+        # what DeepSpeed applies, sum(loss) / grad_accum, is the window's mean loss that steps.jsonl logs
+        assert sum(window) / 2 == pytest.approx(step["loss"], rel=1e-5), (step, window)

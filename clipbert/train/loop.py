@@ -431,6 +431,17 @@ class Trainer:
         total_steps and the LR schedule its end."""
         return last_in_epoch or (self.state.micro_in_epoch + 1) % self.cfg.train.grad_accum == 0
 
+    def _window_scale(self) -> float:
+        """The loss factor of this micro batch: grad_accum / r in an epoch's last window when it holds only r
+        micro batches (the epoch's count not a multiple of grad_accum), else 1. Why: DeepSpeed divides every
+        loss by grad_accum, so that window's update was the mean gradient times r / grad_accum, a smaller
+        step at each epoch's end than the plan's; now every window's update is its micro batches' mean."""
+        n, accum = len(self.train_loader), self.cfg.train.grad_accum
+        partial = n % accum
+        if partial and n - partial <= self.state.micro_in_epoch < n:
+            return accum / partial
+        return 1.0
+
     def _micro_step(self, batch: dict, stop_signal, bar, window, last_in_epoch: bool) -> str | None:
         t = self.cfg.train
         engine = self.engine
@@ -439,6 +450,7 @@ class Trainer:
             batch = to_device(batch, self.device, self.dtype)
         boundary = self._accumulation_boundary(last_in_epoch)
         engine.set_gradient_accumulation_boundary(boundary)  # before the forward, as DeepSpeed asks
+        scale = self._window_scale()  # before micro_in_epoch moves on
         words_only = self.state.step < t.visual_word_steps  # the CNN-only warm-up of the visual-word loss
         # Why: the forward moves BatchNorm's running statistics even when its loss is then skipped; NaN frames
         # made them NaN, so the exported model and every later evaluation gave NaN scores (a recall of 0)
@@ -480,7 +492,7 @@ class Trainer:
                 return "done" if self.state.step >= self.total_steps else None
             return self._step_without_update(window, bar)
         with prof.phase("backward"):
-            engine.backward(loss)
+            engine.backward(loss * scale if scale != 1.0 else loss)
         # the LRs this update applies: engine.step() steps the scheduler on a boundary, so read them first
         lrs = self._lrs() if boundary else None
         with prof.phase("optimizer"):
