@@ -11,6 +11,17 @@ import torch
 from clipbert.train import config as C
 
 SHIPPED = sorted(p.stem for p in C.CONFIG_DIR.glob("ds_*.json"))
+# a Hugging Face BERT config.json of other sizes than the presets' (init_bert_from takes its sizes)
+SMALL_HF_BERT = {
+    "vocab_size": 30522,
+    "hidden_size": 96,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 3,
+    "intermediate_size": 192,
+    "hidden_act": "gelu",
+    "max_position_embeddings": 64,
+    "layer_norm_eps": 1e-12,
+}
 
 
 def test_every_paper_config_is_shipped():
@@ -274,16 +285,7 @@ def test_video_dir_defaults_to_the_benchmark_layout():
 
 
 def test_init_bert_from_takes_the_checkpoint_sizes(tmp_path):
-    hf = {
-        "vocab_size": 30522,
-        "hidden_size": 96,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 3,
-        "intermediate_size": 192,
-        "hidden_act": "gelu",
-        "max_position_embeddings": 64,
-    }
-    (tmp_path / "config.json").write_text(json.dumps(hf))
+    (tmp_path / "config.json").write_text(json.dumps(SMALL_HF_BERT))
     cfg = C.load("ds_synthetic", [f"model.init_bert_from={tmp_path}", "model.num_layers=1"])
     mc = cfg.model_config()
     assert (mc.hidden_size, mc.num_heads, mc.intermediate_size, mc.num_layers) == (96, 3, 192, 1)
@@ -394,17 +396,7 @@ def test_a_bert_dir_without_weights_is_a_config_error_naming_init_bert_from(tmp_
     ],
 )
 def test_overrides_of_the_bert_checkpoints_sizes_are_refused_by_name(tmp_path, override, ok):
-    hf = {
-        "vocab_size": 30522,
-        "hidden_size": 96,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 3,
-        "intermediate_size": 192,
-        "hidden_act": "gelu",
-        "max_position_embeddings": 64,
-        "layer_norm_eps": 1e-12,
-    }
-    (tmp_path / "config.json").write_text(json.dumps(hf))
+    (tmp_path / "config.json").write_text(json.dumps(SMALL_HF_BERT))
     overrides = [f"model.init_bert_from={tmp_path}", override]
     if ok:
         C.load("ds_synthetic", overrides).model_config()
