@@ -436,7 +436,8 @@ class Trainer:
         micro batches (the epoch's count not a multiple of grad_accum), else 1. Why: DeepSpeed divides every
         loss by grad_accum, so that window's update was the mean gradient times r / grad_accum, a smaller
         step at each epoch's end than the plan's; now every window's update is its micro batches' mean."""
-        n, accum = len(self.train_loader), self.cfg.train.grad_accum
+        # the epoch's whole count: after a mid-epoch resume len(train_loader) leaves out the consumed part
+        n, accum = self.epoch_batches, self.cfg.train.grad_accum
         partial = n % accum
         if partial and n - partial <= self.state.micro_in_epoch < n:
             return accum / partial
