@@ -52,6 +52,12 @@ def balanced(loader, balance: bool, device):
         yield last, False
 
 
+# Videos per visual-word head call. Why: the head averages a float32 copy of its tokens, and a whole shard's
+# at once (5,000 paragraph-retrieval videos x 16 clips x 49 tokens x 768: 12 GB) is far past the memory the
+# scoring chunks (eval.video_batch) are bounded to; 64 such videos are 150 MB.
+WORD_HEAD_VIDEOS = 64
+
+
 class _Progress:
     """A tqdm bar (rank 0, when `desc` is given) that closes itself; a no-op otherwise. Why: a full
     retrieval evaluation (every text against every video) can take minutes while the training bar stands."""
@@ -129,8 +135,12 @@ def word_log_likelihood(model, tokens, input_ids, words) -> torch.Tensor:
     training videos (float32, CPU). The base rate does not change a text's ranking of videos; it keeps
     long texts and common words from dominating a video's ranking of texts. Other words add nothing."""
     logsigmoid = torch.nn.functional.logsigmoid
-    logits = model.visual_words(tokens, words.word_ids) + words.prior  # [V, W]
-    log_p = (logsigmoid(logits.float()) - logsigmoid(words.prior.float())).cpu()
+    base = logsigmoid(words.prior.float())  # [W]
+    log_p = torch.empty(tokens.shape[0], words.word_ids.shape[0])  # [V, W]
+    for v0 in range(0, tokens.shape[0], WORD_HEAD_VIDEOS):
+        chunk = tokens[v0 : v0 + WORD_HEAD_VIDEOS]  # [vb, N, Lv, H]
+        logits = model.visual_words(chunk, words.word_ids) + words.prior  # [vb, W]
+        log_p[v0 : v0 + WORD_HEAD_VIDEOS] = (logsigmoid(logits.float()) - base).cpu()
     column = {int(t): k for k, t in enumerate(words.word_ids.tolist())}
     present = torch.zeros(input_ids.shape[0], len(column))  # [Q, W] multi-hot
     for q, ids in enumerate(input_ids.tolist()):
@@ -145,12 +155,22 @@ def evaluate_retrieval(model, data, loader, cfg, device, dtype, balance, words=N
     show = split if split and getattr(cfg.train, "progress_bar", False) else None
     indices, tokens = _visual_tokens(model, loader, device, dtype, balance, show and f"eval {show}: videos")
     local = torch.empty(len(data.text_to_video), 0)
-    use_words = words is not None and cfg.eval.word_score_weight > 0
-    use_words = use_words and getattr(model, "visual_words", None) is not None
+    has_head = getattr(model, "visual_words", None) is not None
+    use_words = words is not None and cfg.eval.word_score_weight > 0 and has_head
+    # Why said: an eval-only run without the train split (whose captions give the word vocabulary) would
+    # otherwise report the matching head's numbers where training reported the combined score's
+    if words is None and cfg.eval.word_score_weight > 0 and has_head and is_rank0():
+        get_logger().warning(
+            "retrieval eval: the model has a visual-word head and eval.word_score_weight=%s, but no "
+            "training-set word vocabulary (is the train split's annotation file missing?): scored with "
+            "the matching head alone, unlike the evaluations during training",
+            cfg.eval.word_score_weight,
+        )
     word_local = torch.empty(len(data.text_to_video), 0)
     if balance and tokens is not None:  # same number of scoring forwards on every rank (ZeRO-3)
         pad = _max_over_ranks(len(tokens), tokens.device) - len(tokens)
-        tokens = torch.cat([tokens, tokens[:1].expand(pad, *tokens.shape[1:])])
+        if pad:  # why not always: a cat copies the whole shard's tokens, twice their memory at the peak
+            tokens = torch.cat([tokens, tokens[:1].expand(pad, *tokens.shape[1:])])
     if tokens is not None:
         if use_words:
             word_local = word_log_likelihood(model, tokens, data.input_ids, words)[:, : len(indices)]
