@@ -277,3 +277,22 @@ def test_collate_pads_to_the_longest_text_and_a_batch_of_one():
     assert batch["attention_mask"][0].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     ids, mask = pad_token_lists([[], [CLS, SEP]], PAD)
     assert mask[0].sum() == 0 and ids.dtype == mask.dtype == torch.int64
+
+
+def test_texts_cut_to_max_text_len_are_counted_once_per_file(bench, ann, tokenizer, caplog):
+    # paragraph retrieval's texts run past max_text_len; they were cut with no word, train and eval alike
+    from clipbert.data.text import tokenize_and_count_cuts
+
+    texts = ["a red circle " * 30, "a small blue square", "[SEP] " * 20]
+    rows, cut = tokenize_and_count_cuts(tokenizer, texts, 12)
+    assert rows == tokenize(tokenizer, texts, 12, literal=True) and cut == 2  # the tokenizer's own cut
+    cfg = make_cfg(bench, ann, max_text_len={"didemo_ret": 8})
+    train = build_dataset("didemo_ret", "train", cfg, tokenizer, IMAGENET_RGB)
+    build_dataset("didemo_ret", "test", cfg, tokenizer, IMAGENET_RGB)
+    said = [
+        r.getMessage() for r in caplog.records if "longer than data.max_text_len['didemo_ret']=8" in r.message
+    ]
+    assert len(said) == 2 and said[0].startswith(str(train.ann_path)), said  # one line per file
+    caplog.clear()
+    build_dataset("didemo_ret", "test", make_cfg(bench, ann), tokenizer, IMAGENET_RGB)
+    assert "longer than data.max_text_len" not in caplog.text  # the shipped 120 tokens hold these

@@ -23,7 +23,7 @@ from .config import SPLITS, TASKS, DataConfig
 from .decoders import VideoDecodeError
 from .preprocess import Normalization
 from .sampling import rng_for
-from .text import mask_tokens, tokenize
+from .text import mask_tokens, tokenize, tokenize_and_count_cuts
 from .video_source import VideoSource, load_image
 from .visual_words import WordVocab, build_word_vocab
 from .vqa_answers import answer_scores, normalize_answer
@@ -221,10 +221,12 @@ class RetrievalTrainDataset(TaskDataset):
         # uncased tokenizer reads "A dog runs" and "a  dog runs" alike (and truncation can make longer texts
         # alike), so a string test let another video's copy of the positive in as a negative. A hash, not
         # the ids, keeps this at one int per text (MSRVTT has 180k captions; every worker holds a copy).
-        self.text_keys = [
-            [hash(tuple(ids)) for ids in tokenize(tokenizer, texts, self.max_len, literal=True)]
-            for _, texts in self.videos
-        ]
+        self.text_keys, cut = [], 0
+        for _, texts in self.videos:
+            rows, n = tokenize_and_count_cuts(tokenizer, texts, self.max_len)
+            self.text_keys.append([hash(tuple(ids)) for ids in rows])
+            cut += n
+        _say_cut(self.ann_path, cut, sum(map(len, self.text_keys)), task, self.max_len)
         if cfg.itm_neg_size:
             self._check_negatives_exist()
         else:  # every pair a match: the loss is met by answering "match" to anything, which ranks nothing
@@ -335,6 +337,18 @@ class RetrievalEvalData:
     text_to_video: torch.Tensor  # int64 [Ntext]: index into video_ids of each text's true video
 
 
+def _say_cut(path, cut: int, total: int, task: str, max_len: int) -> None:
+    if cut:  # the model never reads those texts' ends: say so once per file, with the key that sets it
+        log.warning(
+            "%s: %d of %d texts are longer than data.max_text_len[%r]=%d tokens and are cut to it",
+            path,
+            cut,
+            total,
+            task,
+            max_len,
+        )
+
+
 def build_retrieval_eval(task, split, cfg, tokenizer, norm) -> RetrievalEvalData:
     base = TaskDataset(task, split, cfg, tokenizer, norm)
     groups = group_texts(task, base.examples)
@@ -343,7 +357,8 @@ def build_retrieval_eval(task, split, cfg, tokenizer, norm) -> RetrievalEvalData
     for video_index, (_, video_texts) in enumerate(groups):
         texts += video_texts
         owner += [video_index] * len(video_texts)
-    rows = tokenize(tokenizer, texts, cfg.max_text_len[task], literal=True)
+    rows, cut = tokenize_and_count_cuts(tokenizer, texts, cfg.max_text_len[task])
+    _say_cut(base.ann_path, cut, len(texts), task, cfg.max_text_len[task])
     ids, mask = pad_token_lists(rows, tokenizer.pad_token_id)
     videos = VideoOnlyDataset(task, split, cfg, tokenizer, norm, video_ids)
     return RetrievalEvalData(videos, video_ids, ids, mask, torch.tensor(owner, dtype=torch.int64))
