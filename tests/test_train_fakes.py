@@ -43,6 +43,7 @@ class FakeSet(torch.utils.data.Dataset):
         sigterm_at=None,
         delay_s=0.0,
         crash_epoch=None,
+        bad_indices=(),
     ):
         self.kind, self.size, self.n, self.m = kind, size, n_clips, m_texts
         self.delay_s = delay_s  # a slow decoder: each example takes this long to load
@@ -50,6 +51,7 @@ class FakeSet(torch.utils.data.Dataset):
         self.num_answers = num_answers
         self.nan_epoch, self.nan_indices, self.sigterm_at = nan_epoch, set(nan_indices), sigterm_at
         self.word_vocab = None  # set by FakeData.train() for train.visual_word_loss
+        self.bad_indices = set(bad_indices)  # examples whose video is reported bad (and stood in for)
 
     def enable_visual_words(self):
         texts = [self[(0, i)]["input_ids"] for i in range(self.size)]
@@ -69,7 +71,8 @@ class FakeSet(torch.utils.data.Dataset):
         frames = torch.randn(self.n, 1, 3, L, L, generator=_gen(index)) + 0.1 * index  # [N, T, 3, L, L]
         if index in self.nan_indices or (self.nan_epoch is not None and epoch >= self.nan_epoch):
             frames[:] = float("nan")
-        item = {"index": index, "video_id": f"v{index}", "bad_videos": [], "frames": frames}
+        bad = [f"bad{index}.mp4: missing file"] if index in self.bad_indices else []
+        item = {"index": index, "video_id": f"v{index}", "bad_videos": bad, "frames": frames}
         if self.kind == "video":
             return item
         m = 1 if self.kind == "qa" else self.m
@@ -94,7 +97,7 @@ def collate(items: list[dict]) -> dict:
     batch = {
         "index": torch.tensor([it["index"] for it in items]),
         "video_ids": [it["video_id"] for it in items],
-        "bad_videos": [],
+        "bad_videos": [entry for it in items for entry in it["bad_videos"]],
         "frames": torch.stack([it["frames"] for it in items]),  # [B, N, T, 3, L, L]
     }
     if "input_ids" in items[0]:

@@ -168,3 +168,16 @@ def test_a_resume_for_another_task_is_refused(runs, tmp_path):
         _resume(out, task="didemo_ret")
     # the refused resume left the interrupted run's config.json as it was
     assert json.loads((out / "config.json").read_text())["task"]["name"] == "msrvtt_ret"
+
+
+def test_bad_files_met_before_a_stop_join_the_resumed_epochs_summary(tmp_path):
+    # the epoch's count lived only in memory: a run stopped mid-epoch and resumed reported only the files
+    # the resumed part met (on several ranks, files only other ranks had met were never reported)
+    train = {"epochs": 1, "eval_every": -1, "save_every": 1}
+    bad = fake_factory(train_size=8, bad_indices=range(8))  # every example's video is bad: met once each
+    run(make_config(tmp_path, train={**train, "stop_after_steps": 2}), CPU, bad)
+    assert not (tmp_path / "bad_inputs.jsonl").exists()  # the epoch has not ended
+    run(make_config(tmp_path, train={**train, "resume": "auto"}), CPU, bad)
+    (record,) = [json.loads(line) for line in (tmp_path / "bad_inputs.jsonl").read_text().splitlines()]
+    assert (record["epoch"], record["bad_files"], record["hits"]) == (0, 8, 8)
+    assert record["files"] == {f"bad{i}.mp4": 1 for i in range(8)}

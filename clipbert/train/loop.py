@@ -40,6 +40,9 @@ class TrainerState:
     bad_total: int = 0  # micro batches skipped for a NaN/Inf loss, whole run
     bad_streak: int = 0  # ... in a row, up to now
     overflow_total: int = 0  # optimizer steps DeepSpeed skipped (fp16 loss-scale overflow), whole run
+    # the epoch's bad files so far, over all ranks (file -> times met): a resume adds them to the epoch's
+    # summary, which would otherwise report only what the resumed part met
+    bad_inputs_epoch: dict = dataclasses.field(default_factory=dict)
     # what the position above is counted in, and the optimizer's settings (Trainer.plan)
     plan: dict = dataclasses.field(default_factory=dict)
     # the model's ClipBertConfig.to_dict(): a resume or a load checks its weight keys against the config's
@@ -96,6 +99,14 @@ def _batchnorm_statistics(module: torch.nn.Module) -> list[torch.Tensor]:
         for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
         if buf is not None
     ]
+
+
+def _bad_inputs_over_ranks(tracker) -> Counter[str]:
+    """The epoch's bad files so far (file -> times met), summed over the ranks (a collective)."""
+    merged: Counter[str] = Counter()
+    for part in all_gather_objects(dict(tracker.epoch)):
+        merged.update(part)
+    return merged
 
 
 def _sum_over_ranks(values: list[float], device) -> list[float]:
@@ -166,6 +177,8 @@ class Trainer:
                 "not checkpointing at step %d: in the middle of an accumulation", self.state.step
             )
             return
+        if self.tracker is not None:  # every rank reaches here (the returns above agree across ranks)
+            self.state.bad_inputs_epoch = dict(_bad_inputs_over_ranks(self.tracker))
         ckpt.save(self.engine, self.out, self.state.to_dict(), self.cfg.train.keep_checkpoints)
         self.last_saved_step = self.state.step
         self.throughput.reset()
@@ -217,6 +230,7 @@ class Trainer:
         )
         ckpt.check_engine_layout(self.engine, root, tag, _world())  # another ZeRO stage or partitioning
         self.state = TrainerState(**ckpt.load(self.engine, root, tag))
+        self._restore_bad_inputs()
         self.last_saved_step = self.state.step
         self._translate_position(tag)
         now = self.plan()
@@ -412,14 +426,20 @@ class Trainer:
 
         Why gather: each rank meets only its shard's files and only rank 0 logs warnings, so on 8 GPUs 7/8
         of the bad files went unreported and the summary could say "no bad input"."""
-        merged: Counter[str] = Counter()
-        for part in all_gather_objects(dict(self.tracker.epoch)):
-            merged.update(part)
-        self.tracker.epoch = merged
+        self.tracker.epoch = _bad_inputs_over_ranks(self.tracker)
         result = self.tracker.summary(self.state.epoch - 1)  # logs, then starts the next epoch's count
         if is_rank0() and result["bad_files"]:
             with open(self.out / "bad_inputs.jsonl", "a") as f:
                 f.write(json.dumps({"step": self.state.step, **result}) + "\n")
+
+    def _restore_bad_inputs(self) -> None:
+        """Put the checkpoint's count of the epoch's bad files back, on rank 0 only (the epoch summary sums
+        the ranks' counts). Why: files met before a stop, by any rank, were never reported when the run
+        resumed mid-epoch; the files are not warned about again."""
+        if self.tracker is None or not is_rank0() or not self.state.bad_inputs_epoch:
+            return
+        self.tracker.epoch.update(self.state.bad_inputs_epoch)
+        self.tracker.total.update(self.state.bad_inputs_epoch)
 
     def _accumulation_boundary(self, last_in_epoch: bool) -> bool:
         """Whether this micro batch ends its accumulation window: every train.grad_accum micro batches of the
