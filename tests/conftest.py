@@ -43,6 +43,17 @@ def cpu_world():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A tiny synthetic benchmark (12 videos, seed 0), generated once per test module that asks for it; a
+    module with other needs defines its own `bench`."""
+    from clipbert.data import synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(out, 12, 0, size="tiny", workers=1)
+    return out
+
+
 @pytest.fixture
 def train_log(caplog):
     """caplog for the trainer's logger, which does not propagate to the root logger where caplog listens."""

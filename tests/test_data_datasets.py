@@ -17,15 +17,6 @@ L = 24  # tiny frames keep the CPU tests fast
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    from clipbert.data import synthetic
-
-    out = tmp_path_factory.mktemp("synthetic")
-    synthetic.generate(out, 12, 0, size="tiny", workers=1)
-    return out
-
-
-@pytest.fixture(scope="module")
 def tokenizer():
     return build_tokenizer()
 

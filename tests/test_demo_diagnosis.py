@@ -11,8 +11,6 @@ import pytest
 pytest.importorskip("av", reason="PyAV is not installed")
 import torch  # noqa: E402
 
-from clipbert.data import synthetic  # noqa: E402
-
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_diagnosis.py"
 
 
@@ -22,13 +20,6 @@ def diagnosis():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    out = tmp_path_factory.mktemp("diag")
-    synthetic.generate(out, 12, 0, size="tiny", workers=1)
-    return out
 
 
 def test_clip_log_probs_is_the_logsumexp_aggregation(diagnosis):

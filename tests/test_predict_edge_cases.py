@@ -22,15 +22,6 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    from clipbert.data import synthetic
-
-    out = tmp_path_factory.mktemp("synthetic")
-    synthetic.generate(out, 12, 0, size="tiny", workers=1)
-    return out
-
-
-@pytest.fixture(scope="module")
 def ret_dir(bench, tmp_path_factory):
     return _export(tmp_path_factory.mktemp("ret"), bench, "msrvtt_ret", visual_word_loss=1.0)[1] / "model"
 
