@@ -67,8 +67,9 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def average_batchnorm_statistics(module: torch.nn.Module) -> None:
-    """Make every rank's BatchNorm running statistics their mean over the ranks (a no-op on one process).
+def average_batchnorm_statistics(buffers: list[torch.Tensor]) -> None:
+    """Make every rank's BatchNorm running statistics (`_batchnorm_statistics`) their mean over the ranks (a
+    no-op on one process).
 
     Why: DeepSpeed, unlike DDP, never syncs buffers after its first broadcast, so a trainable BatchNorm
     (model.frozen_bn=false, the tiny preset) tracked each rank's shard alone. With 2 ranks an evaluation
@@ -78,7 +79,7 @@ def average_batchnorm_statistics(module: torch.nn.Module) -> None:
     state there, the one saved, and a resumed run repeats the uninterrupted one."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return
-    stats = [buf for buf in _batchnorm_statistics(module) if buf.is_floating_point()]  # not the counter
+    stats = [buf for buf in buffers if buf.is_floating_point()]  # not the counter
     if not stats:  # frozen BatchNorm (the paper's): nothing moves
         return
     flat = torch.cat([buf.detach().float().flatten() for buf in stats])
@@ -144,6 +145,8 @@ class Trainer:
         self.stop_agreed = False
         self._eval_data = {}
         self.epoch_batches = 0  # micro batches of the epoch being run, the resumed part included (_epoch)
+        # found once, not on every micro step: the same tensors for the whole run (a resume copies into them)
+        self.bn_stats = _batchnorm_statistics(engine.module)
         try:
             from clipbert.data.bad_input import BadInputTracker
 
@@ -475,7 +478,7 @@ class Trainer:
         words_only = self.state.step < t.visual_word_steps  # the CNN-only warm-up of the visual-word loss
         # Why: the forward moves BatchNorm's running statistics even when its loss is then skipped; NaN frames
         # made them NaN, so the exported model and every later evaluation gave NaN scores (a recall of 0)
-        bn_before = [buf.clone() for buf in _batchnorm_statistics(engine.module)]  # none under frozen_bn
+        bn_before = [buf.clone() for buf in self.bn_stats]  # none under frozen_bn
         with prof.phase("forward"):
             loss, extra = training_loss(
                 engine, batch, self.cfg.task.kind, self.cfg.task.aggregation, self.words, words_only
@@ -549,7 +552,7 @@ class Trainer:
     def _restore_batchnorm(self, saved: list[torch.Tensor]) -> None:
         """Put back trainable BatchNorm statistics (model.frozen_bn=false) after a forward that must leave no
         trace: a skipped non-finite micro batch, the zero-frames forward of _backward_at_boundary."""
-        for buf, value in zip(_batchnorm_statistics(self.engine.module), saved):
+        for buf, value in zip(self.bn_stats, saved):
             buf.copy_(value)
 
     def _backward_at_boundary(self, batch: dict, words_only: bool, bn_before: list[torch.Tensor]) -> bool:
@@ -632,7 +635,7 @@ class Trainer:
     def _after_step(self, window, extra: dict, lrs: dict, bar, overflow: bool) -> None:
         t = self.cfg.train
         step = self.state.step
-        average_batchnorm_statistics(self.engine.module)  # before any evaluation, checkpoint or export
+        average_batchnorm_statistics(self.bn_stats)  # before any evaluation, checkpoint or export
         loss = window["loss"] / window["good"] if window["good"] else None  # None: every micro batch was bad
         record = {
             "step": step,
