@@ -14,7 +14,7 @@ import pytest
 av = pytest.importorskip("av", reason="PyAV is not installed")
 
 from clipbert.data.decoders import VideoDecodeError, build_decoder  # noqa: E402
-from clipbert.data.painted import paint_index, read_index, write_vfr_video  # noqa: E402
+from clipbert.data.painted import paint_index, read_index, write_audio_only, write_vfr_video  # noqa: E402
 from clipbert.data.transcode import transcode  # noqa: E402
 
 X264 = {"crf": "18", "preset": "ultrafast", "bf": "2"}  # B-frames: decode order differs from display
@@ -190,14 +190,7 @@ def test_a_raw_h264_stream_named_mp4_says_it_has_no_timestamps(tmp_path):
 
 
 def test_audio_only_mp4_is_a_decode_error(tmp_path):
-    path = str(tmp_path / "audio.mp4")
-    with av.open(path, "w") as container:
-        stream = container.add_stream("aac", rate=48000)
-        for k in range(5):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 48000, k * 1024
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    path = write_audio_only(tmp_path / "audio.mp4", frames=5, rate=48000)
     with pytest.raises(VideoDecodeError, match="audio.mp4: no video stream"):
         build_decoder("pyav").probe(path)
 

@@ -5,12 +5,11 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from test_predict import _export
 
-from clipbert.data.painted import write_painted_video
+from clipbert.data.painted import write_audio_only, write_painted_video
 from clipbert.predict.cli import main
 from clipbert.predict.inputs import FileSource, clip_frames, expand_inputs
 from clipbert.predict.loading import find_model_dir, load_predictor, read_run_settings
@@ -34,21 +33,13 @@ def qa_dir(bench, tmp_path_factory):
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     """Tiny painted videos at 10 fps: 0.3 s (3 frames), one frame, 3 s; and an audio-only .mp4."""
-    import av
 
     folder = tmp_path_factory.mktemp("clips")
     paths = {
         name: write_painted_video(folder / name, frames, fps=10)
         for name, frames in (("short", 3), ("one", 1), ("normal", 30))
     }
-    paths["audio"] = str(folder / "audio.mp4")
-    with av.open(paths["audio"], "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for i in range(4):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    paths["audio"] = write_audio_only(folder / "audio.mp4")
     return paths
 
 

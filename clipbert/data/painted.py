@@ -172,3 +172,15 @@ def zero_payloads(path: str | os.PathLike, first: int) -> None:
         for pos, size in spans[first:]:
             f.seek(pos)
             f.write(bytes(size))
+
+
+def write_audio_only(path: str | os.PathLike, frames: int = 4, rate: int = 16000) -> str:
+    """An mp4 with one silent AAC stream and no video stream: a file every decoder must report, not read."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        for i in range(frames):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return str(path)
