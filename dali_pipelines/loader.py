@@ -41,10 +41,15 @@ class _OverlappedLoader:
         return len(self.loader)
 
     def __iter__(self):
+        # made now, not at the first next(): a caller's fork_rng must cover the DataLoader's seed draw
+        # (clipbert/data/loader.py, NormalizingLoader.__iter__)
+        return self._overlapped(iter(self.loader))
+
+    def _overlapped(self, batches):
         self._drop_pending()
         mine = None
         try:
-            for batch in self.loader:
+            for batch in batches:
                 done = self._finish_pending()
                 mine = self._pending = self.submit(batch)
                 if done is not None:

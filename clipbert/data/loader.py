@@ -238,7 +238,15 @@ class NormalizingLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for batch in self.loader:
+        # The DataLoader's iterator is made here, not at the first next(): making it draws the workers' base
+        # seed from the global torch RNG, and the trainer makes it under fork_rng so that the draw does not
+        # shift the dropout stream. In a generator body the draw ran at the first batch, outside fork_rng:
+        # every epoch (num_workers=0) or only the first (persistent workers) moved the stream, so runs with
+        # 0 and 2 workers, and a resumed run and the uninterrupted one, trained with different dropout.
+        return self._normalized(iter(self.loader))
+
+    def _normalized(self, batches):
+        for batch in batches:
             yield finish_frames(batch, self.norm, self.device)
 
 

@@ -398,6 +398,8 @@ class Trainer:
         sampler.set_epoch(self.state.epoch, self.state.micro_in_epoch)
         epoch_batches = self.state.micro_in_epoch + len(self.train_loader)
         self.epoch_batches = epoch_batches
+        # the loaders make their DataLoader iterator (and draw its workers' seed) in iter(), not lazily at the
+        # first batch, so this covers the draw (data/loader.py NormalizingLoader.__iter__)
         with torch.random.fork_rng(devices=[]):
             batches = iter(self.train_loader)
         while True:
