@@ -69,10 +69,11 @@ def _check_inputs(num_frames, fps, num_clips, frames_per_clip, clip_seconds, str
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
     if int(num_frames) < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    if not clip_seconds > 0:
-        raise ValueError(f"clip_seconds must be > 0, got {clip_seconds}")
+    # finite too: an infinite rate or length has no clip length in frames (round(inf) overflows)
+    if not 0 < fps < float("inf"):
+        raise ValueError(f"fps must be a finite number > 0, got {fps}")
+    if not 0 < clip_seconds < float("inf"):
+        raise ValueError(f"clip_seconds must be a finite number > 0, got {clip_seconds}")
     if num_clips < 1 or frames_per_clip < 1:
         raise ValueError(f"num_clips and frames_per_clip must be >= 1, got {num_clips}, {frames_per_clip}")
     if strategy == "middle" and num_clips != 1:

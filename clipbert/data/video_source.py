@@ -13,10 +13,13 @@ from torchvision.io import ImageReadMode, decode_image
 
 from .config import DataConfig
 from .decoders import VideoDecodeError, VideoInfo, build_decoder
+from .frame_store import nearest_stored_indices
 from .preprocess import Normalization, resize_pad
 from .sampling import sample_frame_indices
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif")
+# DiDeMo's Flickr videos mix .3gp and .m4v (MP4 family) with .mp4/.avi/.mov; a suffix missing here made such
+# a video a "missing file" <id>.mp4 in training and left it out of the frame store and transcode unsaid.
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif", ".m4v", ".3gp")
 
 
 def frame_rng(seed: int, epoch: int, video_id: str) -> np.random.Generator:
@@ -55,17 +58,24 @@ class VideoSource:
     def indices(self, video_id: str, epoch: int) -> np.ndarray:
         """int64 [N, T] frame indices of this video in this epoch; raises VideoDecodeError if unreadable."""
         info = self.info(video_id)
+        num_frames, fps = info.num_frames, info.fps
+        store = self.decoder.store if self.cfg.backend == "frame_store" else None
+        if store is not None:  # sampled on the source video, as the video backends sample it
+            num_frames, fps = store.source_timeline(video_id)
         num_clips = 1 if self.strategy == "middle" else self.num_clips
         rng = frame_rng(self.cfg.seed, epoch, video_id)
-        return sample_frame_indices(
-            info.num_frames,
-            info.fps,
+        indices = sample_frame_indices(
+            num_frames,
+            fps,
             num_clips,
             self.cfg.frames_per_clip,
             self.cfg.clip_seconds,
             self.strategy,
             rng,
         )
+        if store is not None:  # each sampled frame read as the stored frame nearest it in time
+            indices = nearest_stored_indices(indices, fps, info.fps, info.num_frames)
+        return indices
 
     def frames(self, video_id: str, indices: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """uint8 [N, T, 3, L, L] resized, zero-padded frames and their content (h, w); decoded once per
@@ -97,7 +107,10 @@ def files_by_id(video_dir: str | os.PathLike) -> dict[str, list[str]]:
 
 
 def load_image(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """An image as one clip of one frame: uint8 [1, 1, 3, L, L] padded and its content (h, w)."""
+    """An image as one clip of one frame: uint8 [1, 1, 3, L, L] padded and its content (h, w).
+
+    Pixels as stored: an EXIF orientation (a phone's photo) is not applied, as PIL's Image.open reads it;
+    alpha is dropped (not blended), a palette or grey image comes out RGB."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "missing file")
