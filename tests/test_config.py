@@ -19,7 +19,7 @@ SMALL_HF_BERT = {
     "num_attention_heads": 3,
     "intermediate_size": 192,
     "hidden_act": "gelu",
-    "max_position_embeddings": 64,
+    "max_position_embeddings": 128,
     "layer_norm_eps": 1e-12,
 }
 
@@ -83,7 +83,7 @@ def test_pretrain_and_vqa_configs_match_the_paper():
         ("ds_tgif_frameqa", 15, 32, 1, 1e-4),
         ("ds_msrvtt_qa", 10, 16, 1, 5e-5),
         ("ds_vqa", 13, 32, 1, 5e-5),  # Appendix A
-        ("ds_pretrain", 40, 32, 1, 5e-5),  # Section 4.1
+        ("ds_pretrain", 40, 32, 1, 5e-5),  # Section 3, implementation details
     ],
 )
 def test_paper_tables_10_and_11(name, epochs, batch, accum, lr):
@@ -154,6 +154,11 @@ def test_unknown_key_names_the_full_key_and_the_allowed_ones():
         ("deepspeed.bfloat16.enabled=true", r"deepspeed\.bfloat16 is DeepSpeed's old name"),
         ("data.backend=opencv", r"backend must be one of pyav, dali, frame_store"),
         ("data.num_frames=3", r"unknown data config key 'num_frames'"),
+        # strings and true where numbers or paths belong: a bare TypeError naming no key before
+        ('data.clip_seconds="2"', r"clip_seconds must be a number, got '2'"),
+        ("data.mlm_prob=true", r"mlm_prob must be a number, got True"),
+        ("data.video_dir=3", r"video_dir must be a string \(a path\), got 3"),
+        ('data.max_text_len="40"', r"max_text_len must be an int or an object of task -> int, got '40'"),
         ("model.head=qa", r"model\.head='qa' disagrees"),
         ("model.hidden_size=100", r"model: hidden_size 100 must be divisible"),
     ],
@@ -375,7 +380,7 @@ def test_a_bert_dir_without_weights_is_a_config_error_naming_init_bert_from(tmp_
 
     hf = {"vocab_size": 30522, "hidden_size": 96, "num_hidden_layers": 1, "num_attention_heads": 3}
     (tmp_path / "config.json").write_text(
-        json.dumps({**hf, "intermediate_size": 192, "max_position_embeddings": 64})
+        json.dumps({**hf, "intermediate_size": 192, "max_position_embeddings": 128})
     )
     cfg = C.load("ds_synthetic", [f"model.init_bert_from={tmp_path}"])
     # a ConfigError: train.py reports it as a message naming the key and exits 2, as for init_cnn_from

@@ -149,9 +149,10 @@ def test_retrieval_eval_long_empty_and_special_captions(bench, ann, tokenizer):
         records.append({"caption": "[PAD] [SEP]", "clip_name": records[0]["clip_name"]})
 
     edit_lines(ann, "msrvtt_ret_test.jsonl", edit)
-    data = build_dataset("msrvtt_ret", "test", make_cfg(bench, ann), tokenizer, IMAGENET_RGB)
+    cfg = make_cfg(bench, ann)
+    data = build_dataset("msrvtt_ret", "test", cfg, tokenizer, IMAGENET_RGB)
     ids, mask = data.input_ids, data.attention_mask
-    assert ids.shape[1] == 50 and ids[0, -1] == SEP and mask[0].all()
+    assert ids.shape[1] == cfg.max_text_len["msrvtt_ret"] and ids[0, -1] == SEP and mask[0].all()
     assert mask[-2].sum() == 2 and ids[-2, :2].tolist() == [CLS, SEP]
     last = ids[-1, : mask[-1].sum()].tolist()
     assert not set(inner(last)) & set(tokenizer.all_special_ids)  # no [PAD] inside the attended text

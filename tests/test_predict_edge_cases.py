@@ -177,15 +177,15 @@ def test_a_texts_file_not_in_utf8_is_an_argument_error_and_a_bom_is_dropped(clip
 
 
 def test_texts_longer_than_the_model_reads_are_reported(clips, ret_dir, qa_dir, tmp_path, capsys):
-    long = " ".join(["circle"] * 70)  # 72 tokens with [CLS] and [SEP]
+    long = " ".join(["circle"] * 120)  # 122 tokens with [CLS] and [SEP]
     argv = ["--model", str(ret_dir), "--video", clips["normal"], "--text", long, "--text", "émoji 🎬 ok"]
     code, out, stdout, _ = _run(argv, tmp_path, capsys)
-    assert code == 0 and out["max_text_len"] == 50
-    assert out["truncated"] == [{"text": long, "tokens": 72}]
-    assert "truncated 1 text(s) to the model's max_text_len=50 tokens" in stdout
+    assert code == 0 and out["max_text_len"] == 100
+    assert out["truncated"] == [{"text": long, "tokens": 122}]
+    assert "truncated 1 text(s) to the model's max_text_len=100 tokens" in stdout
     argv = ["--model", str(qa_dir), "--video", clips["normal"], "--question", long, "--question", "what?"]
     code, out, _, _ = _run(argv, tmp_path, capsys)
-    assert code == 0 and out["truncated"] == [{"question": long, "tokens": 72}]
+    assert code == 0 and out["truncated"] == [{"question": long, "tokens": 122}]
 
 
 def test_many_questions_are_scored_in_text_batches_with_the_same_numbers(clips, qa_dir, monkeypatch):

@@ -55,7 +55,7 @@ class VisualEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(tokens))
 
     def _sample(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Pixel random sampling (paper Sec. 4.1): one sorted random subset shared by the batch."""
+        """Pixel random sampling (paper Sec. 3, details): one sorted random subset shared by the batch."""
         keep = self.pixel_random_sampling_size
         if not self.training or keep <= 0 or keep >= tokens.shape[1]:
             return tokens

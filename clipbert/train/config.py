@@ -93,7 +93,7 @@ class TrainConfig:
     weight_decay: float = 1e-3  # transformer; never applied to biases and LayerNorm weights
     cnn_weight_decay: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-8
+    eps: float = 1e-8  # AdamW eps: torch's default; the paper configs set the original release's 1e-6
     warmup_ratio: float = 0.1  # linear warm-up over this fraction of the steps, then linear decay to 0
     grad_clip: float = 5.0  # global grad-norm clip (DeepSpeed gradient_clipping); 0 = off
     init_checkpoint: str = ""  # weights to start from: a save_pretrained dir or a trainer checkpoint dir
@@ -214,6 +214,8 @@ class ModelSection:
                 f"model.init_cnn_from={cnn!r}: no such file (expected a torchvision .pth or detectron2 .pkl)"
             )
         preset = values.pop("preset", "base")
+        if not isinstance(preset, str):  # a list failed in the preset lookup with "unhashable type"
+            raise ConfigError(f"model.preset must be a preset name (a string), got {preset!r}")
         return cls(preset=preset, overrides=values, init_bert_from=init, init_cnn_from=cnn)
 
     def bert_dir(self) -> str:
@@ -384,13 +386,23 @@ def _ds_object(ds: dict[str, Any], section: str, example: str) -> dict[str, Any]
     return value
 
 
+def _precision_flag(ds: dict[str, Any], section: str) -> bool:
+    """ds[section]["enabled"] (False when absent), which must be a JSON bool. Why: DeepSpeed reads the
+    string "false" (or "False" from `--set`, or Hugging Face's "auto") as false and trained in fp32, while
+    precision() took the non-empty string as true and fed the model bf16 frames and logged bf16."""
+    value = _ds_object(ds, section, "enabled").get("enabled", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"deepspeed.{section}.enabled must be true or false (JSON), got {value!r}")
+    return value
+
+
 def check_deepspeed(ds: dict[str, Any]) -> None:
     """The engine section: ZeRO stage 0..3 and at most one of bf16/fp16."""
     if not isinstance(ds, dict):
         raise ConfigError(f"deepspeed must be a JSON object, got {type(ds).__name__}")
     stage = _ds_object(ds, "zero_optimization", "stage").get("stage", 0)
     _choice("deepspeed.zero_optimization.stage", stage, (0, 1, 2, 3))
-    enabled = [k for k in ("bf16", "fp16") if _ds_object(ds, k, "enabled").get("enabled", False)]
+    enabled = [k for k in ("bf16", "fp16") if _precision_flag(ds, k)]
     if len(enabled) > 1:
         raise ConfigError("deepspeed.bf16.enabled and deepspeed.fp16.enabled are both true; pick one")
     optimizer = _ds_object(ds, "optimizer", "type") if "optimizer" in ds else {"type": "AdamW"}
@@ -511,8 +523,8 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     keys = path.strip().split(".")
     if len(keys) < 2 or keys[0] not in SECTIONS:
         raise ConfigError(f"--set key {path!r} must start with a section: {', '.join(SECTIONS)}")
-    node = raw.setdefault(keys[0], {})
-    for key in keys[1:-1]:
+    node = raw
+    for key in keys[:-1]:  # the section too: `"deepspeed": "x"` in the file must not crash the assignment
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {path}: {key} is not an object")
@@ -531,14 +543,19 @@ def resolve_path(name: str | Path) -> Path:
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config is a JSON object of sections ({', '.join(SECTIONS)}), got {raw!r}")
     for key in raw:
         if key not in SECTIONS:
             raise ConfigError(f"unknown section {key!r}; allowed sections: {', '.join(SECTIONS)}")
+    # Why: a section that is a string, a list or null failed with a bare ValueError or TypeError traceback
+    # (`"deepspeed": "ds.json"`, `"eval": null`) or read its characters as keys ("unknown key task.m").
+    for key, section in raw.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"{key} must be a JSON object {{key: value, ...}}, got {section!r}")
     ds = dict(raw.get("deepspeed", {}))
     check_deepspeed(ds)
     model = raw.get("model", {})
-    if not isinstance(model, dict):
-        raise ConfigError("model must be an object {preset, overrides...}")
     cfg = Config(
         task=build_section("task", TaskConfig, raw.get("task", {})),
         model=ModelSection.from_dict(model),
@@ -548,6 +565,13 @@ def from_dict(raw: dict[str, Any]) -> Config:
         deepspeed=ds,
     )
     cfg.model_config()  # validates the model section now rather than after the data is loaded
+    if cfg.eval.checkpoint and not cfg.eval.only:
+        # Why: only eval.only reads it, so a training run set up to evaluate a checkpoint (eval.only left
+        # out) silently trained from scratch instead.
+        raise ConfigError(
+            f"eval.checkpoint={cfg.eval.checkpoint!r} is read only with eval.only=true: set eval.only=true "
+            "to evaluate it, or train.init_checkpoint to train from its weights"
+        )
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if cfg.train.compile != "none" and stage == 3:
         # ZeRO-3 gathers each layer's weights in module hooks, which torch.compile of the bare CNN bypasses.
@@ -565,6 +589,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: not valid JSON: {err}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text (byte offset {err.start}); re-save it as UTF-8") from err
+    if not isinstance(raw, dict):  # before the --set assignments, which would crash on a list
+        raise ConfigError(f"{path}: a config is a JSON object of sections, got {type(raw).__name__}")
     for assignment in overrides or []:
         apply_override(raw, assignment)
     return from_dict(raw)
