@@ -11,6 +11,7 @@ import logging
 import multiprocessing as mp
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import h5py
@@ -22,9 +23,9 @@ from .decoders.base import VideoDecodeError
 from .decoders.pyav import PyAVDecoder
 from .frame_store import VERSION, encode_frames, stored_source_indices
 from .preprocess import resize_frames
+from .video_source import VIDEO_SUFFIXES  # one list: a video training finds is one the store holds
 
 log = logging.getLogger(__name__)
-VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif")
 
 
 def _init_worker() -> None:
@@ -81,10 +82,28 @@ def _write_entry(h5: h5py.File, video_id: str, entry: dict, fps: float) -> None:
 
 
 def list_videos(video_dir: str | os.PathLike) -> list[Path]:
+    """The video files of `video_dir`, sorted; the other files are counted by suffix in a warning.
+
+    Why the warning: a dataset's .mpg or .wmv videos were left out of the store (and of transcode) unsaid,
+    and training then named each as "not in the frame store" with no hint of why."""
     root = Path(video_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"video folder not found: {root}")
-    return sorted(p for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    entries = sorted(root.iterdir())
+    others = Counter(
+        p.suffix.lower() or p.name
+        for p in entries
+        if p.suffix.lower() not in VIDEO_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+    if others:
+        log.warning(
+            "%s: %d file(s) without a video suffix (%s) are not read: %s",
+            root,
+            sum(others.values()),
+            " ".join(VIDEO_SUFFIXES),
+            ", ".join(f"{count} {suffix}" for suffix, count in sorted(others.items())),
+        )
+    return [p for p in entries if p.suffix.lower() in VIDEO_SUFFIXES]
 
 
 def _drop_shared_stems(videos: list[Path], result: dict[str, list[str]]) -> list[Path]:

@@ -70,7 +70,7 @@ def _expand_one(spec: str, unit: str) -> tuple[list[str], list[Skipped]]:
     if not files and not folders:
         return [], [Skipped(spec, empty)]
     suffixes = SUFFIXES[unit]
-    # Why report a directory's folders and the other suffixes: a researcher's subfolder of clips, or .m4v
+    # Why report a directory's folders and the other suffixes: a researcher's subfolder of clips, or .wmv
     # and .mpg files, must not vanish unsaid. A broken link keeps its suffix, and the decoder reports it.
     kept = [str(p) for p in files if p.suffix.lower() in suffixes]
     article = "an" if unit == "image" else "a"

@@ -8,7 +8,8 @@ with a gap) keeps its sorted timestamps, and the index is the timestamp's rank; 
 over the video.
 
 Frames come out as a player shows them: a video with a display rotation (a phone's portrait recording) is
-rotated upright, and the probe reports the rotated height and width.
+rotated upright, and the probe reports the rotated height and width. A non-square sample aspect ratio
+(anamorphic DV, a CIF 3GP at 12:11) is not applied: frames come out as stored, as DALI decodes them.
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
             key, f"truncated: the header counts {stream.frames} frames, the file holds {packets}"
         )
     if stream.frames <= 0:  # Matroska/WebM: no count to compare, so compare times
-        _check_duration(key, container, stream, (end - start) * time_base)
+        _check_duration(key, container, stream, start * time_base, end * time_base)
     # Sorted, and a timestamp shown twice (a muxer bug) counts once: frames are found by their timestamps,
     # so a second frame at one time could not be told apart, and asking for it failed only on the epochs
     # that sampled it. The first frame decoded at a time is kept, as a player shows one frame per time.
@@ -286,15 +287,22 @@ def _declared_seconds(container, stream) -> float | None:
     return container.duration / 1e6 if container.duration else None
 
 
-def _check_duration(key: str, container, stream, covered_s: float) -> None:
-    """VideoDecodeError when the packets (`covered_s` seconds from the stream's start) end well before the
-    declared duration: a cut-off WebM/MKV must be reported, not read as a shorter video."""
+def _check_duration(key: str, container, stream, start_s: float, end_s: float) -> None:
+    """VideoDecodeError when the packets (from `start_s` to `end_s`, seconds on the stream's clock) end well
+    before the declared duration: a cut-off WebM/MKV must be reported, not read as a shorter video.
+
+    Why two readings: FFmpeg's Matroska muxer writes the DURATION tag and the segment duration as the end
+    time (a WebM starting at 3 s and lasting 2 s declares 5 s), while a stream's own duration counts from its
+    start. Judged as a duration only, every whole video that does not start at 0 was "truncated"; so a video
+    is cut off only when its packets fall short of the declared time read either way."""
     declared = _declared_seconds(container, stream)
     if declared is None:
         return
+    covered_s = max(end_s - start_s, end_s)  # as a duration, or as an end time, whichever reaches further
     if declared - covered_s > max(TRUNCATION_SLACK_S, TRUNCATION_SLACK_FRACTION * declared):
+        span = f"{end_s:.2f} s" if not start_s else f"{start_s:.2f} s to {end_s:.2f} s"
         raise VideoDecodeError(
-            key, f"truncated: the header declares {declared:.2f} s, the packets cover {covered_s:.2f} s"
+            key, f"truncated: the header declares {declared:.2f} s, the packets cover {span}"
         )
 
 
