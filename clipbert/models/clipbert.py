@@ -134,7 +134,9 @@ class ClipBert(nn.Module):
             raise ValueError(f"frames must have shape {expected} with B, N, T >= 1 and L >= 64, got {shape}")
         if not frames.is_floating_point():
             raise ValueError(f"frames must be a normalized float tensor, got dtype {frames.dtype}")
-        weight = next(self.cnn.backbone.parameters())
+        # The CNN's first weight: the backbone's, or the grid encoder's when clipbert.perf.frozen_fuse left a
+        # wholly frozen backbone (freeze_at=5) without parameters (next() raised a bare StopIteration).
+        weight = next(self.cnn.parameters())
         if weight.numel() and frames.device != weight.device:  # numel 0: a ZeRO-3 placeholder, skipped
             raise ValueError(f"frames are on {frames.device} but the model is on {weight.device}")
         # The first convolution needs the weights' dtype unless autocast casts the frames (it leaves float64

@@ -5,15 +5,15 @@ input gradient, weight gradient) plus 1x the forward FLOPs of frozen parts (stem
 FREEZE_AT=2 get no backward). Recomputation by activation checkpointing is not model work and is not
 counted, so checkpointing lowers MFU honestly.
 
-The forward count comes from `clipbert.models.forward_flops` when the model package provides it, and is
-cross-checked against torch's FlopCounterMode (matmul/conv/attention FLOPs, 2 per multiply-add) on one
-sample; the frozen share always comes from FlopCounterMode's per-module counts.
+The forward count and its frozen share come from the model package's analytic count
+(`clipbert.models.flops`) when it has one, so a step counts what `clipbert.models.training_flops` counts for
+the trainer, on every path alike; torch's FlopCounterMode (matmul/conv/attention FLOPs, 2 per multiply-add)
+counts one sample as the cross-check, and is the count (with its per-module frozen share) without one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -74,32 +74,25 @@ def counted_forward_flops(model: torch.nn.Module, run_forward) -> tuple[float, f
     return counts.get("Global", 0.0), frozen
 
 
-def _model_forward_flops(cfg, n_clips: int, frames_per_clip: int, texts: int) -> float | None:
-    """clipbert.models.forward_flops for one sample, if the model package has it (signature read live)."""
+def _model_flops(cfg, n_clips: int, frames_per_clip: int, texts: int) -> tuple[float, float] | None:
+    """(forward, frozen forward) FLOPs per sample from the model package's analytic count, if it has one.
+
+    Both come from the configuration, not the module tree, so every path of one configuration counts the
+    same model FLOPs: the stem rewrites and fuse_frozen (clipbert/perf/stem.py, frozen_fuse.py) keep the
+    frozen weights as buffers, where the module walk found no frozen parameters and counted their forward
+    3x (+9% for the base preset's +fuse_frozen step), and the padded stems' extra products are no model
+    work. The forward counts train-mode pixel random sampling, as the benchmark's step runs it: together
+    this is clipbert.models.training_flops, the trainer's count.
+    """
     try:
-        from clipbert.models import forward_flops
+        from clipbert.models.flops import backbone_stage_flops, forward_flops
     except ImportError:
         return None
-    params = inspect.signature(forward_flops).parameters
-    known = {
-        "batch": 1,
-        "batch_size": 1,
-        "n_clips": n_clips,
-        "num_clips": n_clips,
-        "frames_per_clip": frames_per_clip,
-        "num_frames": frames_per_clip,
-        "texts": texts,
-        "num_texts": texts,
-        "text_len": cfg.max_text_len,
-    }
-    kwargs = {k: v for k, v in known.items() if k in params}
-    try:
-        value = forward_flops(cfg, **kwargs)
-    except TypeError:
-        return None
-    if isinstance(value, dict):
-        value = value.get("total", value.get("forward"))
-    return None if value is None else float(value)
+    # make_batch's texts are cfg.max_text_len tokens long
+    forward = forward_flops(cfg, n_clips, frames_per_clip, cfg.max_text_len, texts, pixel_sampling=True)
+    stages, _ = backbone_stage_flops(cfg, cfg.image_size)
+    frozen = n_clips * frames_per_clip * sum(stages[: cfg.freeze_at])  # stem..res{freeze_at}: no backward
+    return float(forward), float(frozen)
 
 
 def step_flops(
@@ -112,7 +105,7 @@ def step_flops(
             model.score(model.encode_visual(batch_one.frames), batch_one.input_ids, batch_one.attention_mask)
 
     total, frozen = counted_forward_flops(model, run)
-    declared = _model_forward_flops(cfg, n_clips, frames_per_clip, texts)
-    if declared is not None and declared > 0:
-        return StepFlops(declared, frozen, "forward_flops", total)
+    declared = _model_flops(cfg, n_clips, frames_per_clip, texts)
+    if declared is not None and declared[0] > 0:
+        return StepFlops(*declared, "forward_flops", total)
     return StepFlops(total, frozen, "FlopCounterMode", total)

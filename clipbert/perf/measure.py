@@ -158,7 +158,8 @@ _FLOPS_CACHE: dict[tuple, StepFlops] = {}
 
 
 def _flops_per_sample(step: TrainStep, cfg, n_clips: int, frames: int) -> StepFlops:
-    key = (id(cfg), cfg.image_size, cfg.hidden_size, n_clips, frames)
+    # repr, not id(): a freed config's id can be reused by another config, which would get its count
+    key = (repr(cfg), n_clips, frames)
     if key not in _FLOPS_CACHE:
         one = make_batch(cfg, 1, n_clips, frames, step.device)
         _FLOPS_CACHE[key] = step_flops(step.model, cfg, one, n_clips, frames)

@@ -33,7 +33,9 @@ class PathOptions:
     name: str
     channels_last: bool = False  # CNN weights and frames in torch.channels_last (NHWC tensor cores)
     fused_ops: bool = False  # clipbert.ops kernels (fused LSE + NLL, temporal mean) instead of eager PyTorch
-    bf16_frozen: bool = False  # store frozen weights and FrozenBN buffers in bf16: no per-step autocast casts
+    # Store the frozen convolutions' weights in bf16: no per-step autocast casts. FrozenBN buffers stay fp32
+    # (FrozenBatchNorm2d casts its folded scale and shift to the input's dtype), so the function is unchanged.
+    bf16_frozen: bool = False
     # "stage": the model's per-stage checkpoint; "chunk": the whole visual encoder checkpointed per chunk
     # of about `cnn_chunk_frames` frames (whole clips: max(1, cnn_chunk_frames // T) of them), so backward
     # recomputes one chunk at a time and peak activation memory is
@@ -224,7 +226,7 @@ class TrainStep:
         if options.fused_ops and self._ops is None:
             self.notes.append("fused ops unavailable (clipbert.ops not importable): eager aggregation used")
         if options.channels_last:
-            self.model.to(memory_format=torch.channels_last)  # 4-D conv weights only
+            _conv2d_channels_last(self.model)
         if options.bf16_frozen:
             self._cast_frozen_bf16()
         if options.stem_channels != 3 or options.stem_s2d:
@@ -360,6 +362,14 @@ class TrainStep:
             for state in self.optimizer.state.values():
                 out += [v for v in state.values() if isinstance(v, torch.Tensor)]
         return out
+
+
+def _conv2d_channels_last(model: torch.nn.Module) -> None:
+    """The 2-D convolutions' weights in torch.channels_last. Not model.to(memory_format=...): that also takes
+    5-D weights (the Conv3d of the conv3d and conv2plus1d temporal fusions) and raised on them."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
 
 
 @contextlib.contextmanager

@@ -59,7 +59,9 @@ def time_steps(
             end.record()
             pairs.append((start, end))
             if max_seconds is not None and i >= 2:
-                end.synchronize()
+                # Wait for the previous step, not this one: the GPU runs this step meanwhile, so the next
+                # one is queued behind it instead of starting on an idle GPU with the host's launch latency.
+                pairs[-2][1].synchronize()
                 if time.monotonic() - began > max_seconds:
                     break
         torch.cuda.synchronize(device)
