@@ -136,11 +136,10 @@ def iter_clips(
 
     Why catch every error of a file: a user's file can fail in ways no training video did (PyAV, OS or
     index errors besides VideoDecodeError), and one bad file must not lose the other files' results."""
-    from tqdm import tqdm
-
     from clipbert.data.decoders import VideoDecodeError
+    from clipbert.progress import progress_bar
 
-    bar = tqdm(paths, desc=f"{unit}s", unit=unit, disable=len(paths) < PROGRESS_FROM, leave=False)
+    bar = progress_bar(paths, desc=f"{unit}s", unit=unit, disable=len(paths) < PROGRESS_FROM, leave=False)
     for path in bar:
         if not _utf8(path):  # os.listdir keeps a Latin-1 name's bytes as surrogates; the decoders take UTF-8
             skipped.append(Skipped(path, NOT_UTF8))

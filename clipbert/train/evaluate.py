@@ -65,9 +65,9 @@ class _Progress:
     def __init__(self, total: int | None, desc: str | None):
         self.bar = None
         if desc and is_rank0():
-            from tqdm import tqdm
+            from clipbert.progress import progress_bar
 
-            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+            self.bar = progress_bar(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
         if self.bar is not None:

@@ -386,9 +386,9 @@ class Trainer:
     def _progress_bar(self):
         if not (is_rank0() and self.cfg.train.progress_bar):
             return None
-        from tqdm import tqdm
+        from clipbert.progress import progress_bar
 
-        return tqdm(
+        return progress_bar(
             total=self.total_steps, initial=self.state.step, desc=self.cfg.task.name, dynamic_ncols=True
         )
 

@@ -9,8 +9,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from ...progress import progress_bar
 from . import annotations, text
 from .encode import CODECS
 from .scene import SIZE_PRESETS, sample_attributes
@@ -200,7 +200,7 @@ def _remove_stale(out: Path, results: list[dict]) -> None:
 
 
 def _run_jobs(jobs: list[dict], workers: int, progress: bool) -> list[dict]:
-    bar = tqdm(total=len(jobs), desc="synthetic videos", unit="video", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="synthetic videos", unit="video", disable=not progress)
     try:
         if workers == 1:
             results = []
