@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .annotations import AnnotationError, read_json
-from .vqa_answers import build_ans2label
+from .vqa_answers import build_ans2label, normalize_answer
 
 QUESTION_KEYS = ("image_id", "question", "question_id")
 ANNOTATION_KEYS = (
@@ -52,6 +52,10 @@ def _is_int(value: Any) -> bool:
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+
+
+def _same_image(a: Any, b: Any) -> bool:
+    return int(a) == int(b) if _is_int(a) and _is_int(b) else a == b
 
 
 def read_questions(path: Path) -> tuple[str, list[dict]]:
@@ -90,10 +94,11 @@ def read_annotations(path: Path, questions: list[dict], questions_path: Path) ->
         if qid in by_id:
             raise AnnotationError(f"{path}: question_id {qid} is annotated twice")
         # A mismatch means the two files are of different splits; every answer would be for another image.
-        if ann["image_id"] != image_of[qid]:
+        # Compared as numbers: image ids may be digit strings (_is_int), and 42 vs "42" is no mismatch.
+        if not _same_image(ann["image_id"], image_of[qid]):
             raise AnnotationError(
-                f"{path}: question_id {qid} has image_id {ann['image_id']}, "
-                f"{questions_path} says {image_of[qid]}"
+                f"{path}: question_id {qid} has image_id {ann['image_id']!r}, "
+                f"{questions_path} says {image_of[qid]!r}"
             )
         if not isinstance(ann["answers"], list):
             raise AnnotationError(f"{path}: question_id {qid}: 'answers' must be a list")
@@ -132,6 +137,31 @@ def to_record(question: dict, subtype: str, image_dir: str, ann: dict | None) ->
     return record
 
 
+def _majority_answers(questions: list[dict], anns: dict, vocab_also: tuple) -> list[list[str]]:
+    """[[multiple_choice_answer]] per question of the annotations and the `vocab_also` files, each question
+    counted once per answer, as the original counts a set of question ids per answer: a file passed twice
+    (train as --annotations and again in --ans2label-also) counted every train question twice, silently
+    growing the vocabulary past the usual 3,129 answers."""
+    counted = set()  # (question_id, normalized answer)
+    majority = []
+
+    def count(qid, answer) -> None:
+        key = (qid, normalize_answer(str(answer)))
+        if key not in counted:
+            counted.add(key)
+            majority.append([str(answer)])
+
+    for question in questions:
+        count(question["question_id"], anns[question["question_id"]]["multiple_choice_answer"])
+    for extra in vocab_also:
+        for index, ann in enumerate(_list_under(read_json(extra), "annotations", Path(extra))):
+            _require(ann, ("question_id", "multiple_choice_answer"), Path(extra), f"annotation #{index}")
+            if not isinstance(ann["question_id"], (int, str)) or isinstance(ann["question_id"], bool):
+                raise AnnotationError(f"{extra}: annotation #{index}: question_id must be an int or a string")
+            count(ann["question_id"], ann["multiple_choice_answer"])
+    return majority
+
+
 def _write_atomically(path: Path, text: str) -> None:
     """A failed or interrupted run must not leave a truncated file that later reads as a smaller split."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,12 +198,7 @@ def convert(
         anns = read_annotations(Path(annotations_path), questions, questions_path)
     vocab = None
     if ans2label_path is not None:
-        majority = [[str(anns[q["question_id"]]["multiple_choice_answer"])] for q in questions]
-        for extra in vocab_also:
-            for index, ann in enumerate(_list_under(read_json(extra), "annotations", Path(extra))):
-                _require(ann, ("multiple_choice_answer",), Path(extra), f"annotation #{index}")
-                majority.append([str(ann["multiple_choice_answer"])])
-        vocab = build_ans2label(majority, min_count)
+        vocab = build_ans2label(_majority_answers(questions, anns, vocab_also), min_count)
     # Both folders first: a vocabulary path under a file failed after the JSONL was written, leaving a split
     # without its vocabulary although "a bad input leaves no output behind".
     for path in (out_path, ans2label_path):

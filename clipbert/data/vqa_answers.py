@@ -206,8 +206,9 @@ def answer_scores(answers: list[str], as_evaluated: bool = False) -> dict[str, f
 
     as_evaluated: score as the official evaluation does, quirk included: when every human gave the same
     string (after stripping), it normalizes nothing, neither the humans' answers nor the prediction, so
-    only that raw string scores (1.0). Ten "none"s then score the vocabulary's "0" as 0 on the server;
-    local evaluation must say so too. Training targets keep the normalized form (as_evaluated=False).
+    only that raw string scores (1.0 from four humans on, as any answer; leaving one out still applies).
+    Ten "none"s then score the vocabulary's "0" as 0 on the server; local evaluation must say so too.
+    Training targets keep the normalized form (as_evaluated=False).
 
     The official score of a prediction is the mean, over the n ways of leaving one human out, of
     min(1, matches among the other n-1 / 3). For an answer given by c of n humans that is
@@ -216,10 +217,13 @@ def answer_scores(answers: list[str], as_evaluated: bool = False) -> dict[str, f
     Answers that normalize to "" count in n but are not candidates.
     """
     n = len(answers)
-    raw = {a.replace("\n", " ").replace("\t", " ").strip() for a in answers}
-    if as_evaluated and n > 1 and len(raw) == 1:
-        return {answer: 1.0 for answer in raw if answer}
-    counts = Counter(normalize_answer(a) for a in answers)
+    raw = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
+    if as_evaluated and n > 1 and len(set(raw)) == 1:
+        # Unnormalized, but still left out one at a time: two or three agreeing humans score 1/3 or 2/3
+        # there, as in training (this returned 1.0 for any number of them)
+        counts = Counter(raw)
+    else:
+        counts = Counter(normalize_answer(a) for a in answers)
     counts.pop("", None)
     if n == 1:
         return {answer: 1.0 for answer in counts}
