@@ -25,6 +25,7 @@ TEXT = "a string"
 TEXTS = "a list of strings"
 INDEX = "an integer"
 ID = "a string or an integer"
+TEXT_OR_TEXTS = "a string or a list of strings"
 
 
 def is_kind(value: Any, kind: str) -> bool:
@@ -36,6 +37,8 @@ def is_kind(value: Any, kind: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == ID:
         return isinstance(value, str) or is_kind(value, INDEX)
+    if kind == TEXT_OR_TEXTS:
+        return is_kind(value, TEXT) or is_kind(value, TEXTS)
     raise ValueError(f"unknown value kind {kind!r}")
 
 
@@ -43,7 +46,17 @@ def read_jsonl(
     path: str | os.PathLike, required: tuple[str, ...] = (), kinds: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """One JSON object per non-blank line; each must hold the `required` keys, and each key of `kinds`
-    it holds must be of that kind (TEXT, TEXTS, INDEX, ID)."""
+    it holds must be of that kind (TEXT, TEXTS, INDEX, ID, TEXT_OR_TEXTS)."""
+    return [record for _, record in read_jsonl_numbered(path, required, kinds)]
+
+
+def read_jsonl_numbered(
+    path: str | os.PathLike, required: tuple[str, ...] = (), kinds: dict[str, str] | None = None
+) -> list[tuple[int, dict[str, Any]]]:
+    """read_jsonl's records, each with its line number in the file (1-based).
+
+    Why: checks made after reading (an answer index, the number of options) must name the line, and a
+    record's place among the non-blank lines is not its line once the file holds a blank line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
@@ -69,7 +82,7 @@ def read_jsonl(
                     shown = json.dumps(record[key])
                     shown = shown if len(shown) <= 60 else shown[:57] + "..."
                     raise AnnotationError(f"{path}:{line_no}: {key} must be {kind}, got {shown}")
-            records.append(record)
+            records.append((line_no, record))
     return records
 
 

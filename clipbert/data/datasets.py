@@ -17,7 +17,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .annotations import ID, INDEX, TEXT, TEXTS, AnnotationError, DataError, is_kind, read_json, read_jsonl
+from .annotations import (
+    ID,
+    INDEX,
+    TEXT,
+    TEXT_OR_TEXTS,
+    TEXTS,
+    AnnotationError,
+    DataError,
+    is_kind,
+    read_json,
+    read_jsonl_numbered,
+)
 from .collate import pad_token_lists
 from .config import SPLITS, TASKS, DataConfig
 from .decoders import VideoDecodeError
@@ -39,8 +50,8 @@ IMAGE_TASKS = ("pretrain", "vqa")
 _TGIF_MC = {"question": TEXT, "options": TEXTS, "answer": INDEX, "gif_name": ID}
 REQUIRED_KEYS = {
     "msrvtt_ret": {"caption": TEXT, "clip_name": ID},
-    "didemo_ret": {"clip_name": ID, "sentences": TEXTS},
-    "anet_ret": {"clip_name": ID, "sentences": TEXTS},
+    "didemo_ret": {"clip_name": ID},  # and a paragraph: PARAGRAPH_KEYS
+    "anet_ret": {"clip_name": ID},
     "msrvtt_qa": {"question": TEXT, "answer": TEXT, "video_id": ID},
     "tgif_frameqa": {"question": TEXT, "answer": TEXT, "gif_name": ID},
     "tgif_action": _TGIF_MC,
@@ -49,6 +60,34 @@ REQUIRED_KEYS = {
     "pretrain": {"image_id": ID, "caption": TEXT, "file": TEXT},
     "vqa": {"question_id": ID, "question": TEXT, "file": TEXT},
 }
+
+# A DiDeMo / ActivityNet line's paragraph, under the first of these keys it holds: this benchmark's
+# "sentences", or the original release's "caption". Why both: the original's run_video_retrieval.py reads
+# every retrieval file's "caption" (there the whole paragraph as one string; later releases give it as a list
+# of sentences), so its didemo_retrieval and anet_retrieval files had no "sentences" and were refused line 1.
+PARAGRAPH_KEYS = ("sentences", "caption")
+PARAGRAPH_KINDS = {"sentences": TEXTS, "caption": TEXT_OR_TEXTS}
+
+
+def read_task_lines(path: Path, task: str) -> list[tuple[int, dict]]:
+    """A task's lines with their line numbers; every line checked (REQUIRED_KEYS, PARAGRAPH_KEYS)."""
+    paragraphs = task in ("didemo_ret", "anet_ret")
+    kinds = {**REQUIRED_KEYS[task], **(PARAGRAPH_KINDS if paragraphs else {})}
+    lines = read_jsonl_numbered(path, tuple(REQUIRED_KEYS[task]), kinds)
+    if not paragraphs:
+        return lines
+    for line_no, record in lines:
+        if not any(key in record for key in PARAGRAPH_KEYS):
+            raise AnnotationError(
+                f"{path}:{line_no}: missing key sentences (a list of strings) or caption (the paragraph, "
+                "as the original release writes it)"
+            )
+    return lines
+
+
+def read_task_annotations(path: Path, task: str) -> list[dict]:
+    """A task's annotation lines, checked as the datasets check them (clipbert.predict reads them too)."""
+    return [record for _, record in read_task_lines(path, task)]
 
 
 NEGATIVE_DRAWS = 8  # tries for a negative text unlike the positives (retrieval) or from another image (ITM)
@@ -67,7 +106,9 @@ class TaskDataset(Dataset):
         self.train = split == "train"
         self.max_len = cfg.max_text_len[task]
         self.ann_path = Path(cfg.ann_dir) / f"{task}_{split}.jsonl"
-        self.examples = read_jsonl(self.ann_path, tuple(REQUIRED_KEYS[task]), REQUIRED_KEYS[task])
+        lines = read_task_lines(self.ann_path, task)
+        self.examples = [record for _, record in lines]
+        self.line_numbers = [line_no for line_no, _ in lines]  # of each example in ann_path, for messages
         if not self.examples:
             raise DataError(f"{self.ann_path}: no examples")
         self.source = VideoSource(cfg, norm, self.train) if task not in IMAGE_TASKS else None
@@ -382,7 +423,7 @@ class QADataset(TaskDataset):
         said: it was silent, and a training file none of whose answers is in ans2label (another
         normalization, the wrong task's file) trained on a loss of exactly 0 for the whole run; refused."""
         unknown = [
-            line for line, ex in enumerate(self.examples, start=1) if ex["answer"] not in self.ans2label
+            line for line, ex in zip(self.line_numbers, self.examples) if ex["answer"] not in self.ans2label
         ]
         if not unknown:
             return
@@ -403,7 +444,9 @@ class QADataset(TaskDataset):
             "dropped from training" if self.train else "they count as wrong",
         )
         if self.train:
-            self.examples = [ex for ex in self.examples if ex["answer"] in self.ans2label]
+            kept = [k for k, ex in enumerate(self.examples) if ex["answer"] in self.ans2label]
+            self.examples = [self.examples[k] for k in kept]
+            self.line_numbers = [self.line_numbers[k] for k in kept]
 
     def video_of(self, index: int) -> str:
         return str(self.examples[index][self.video_key])
@@ -424,7 +467,7 @@ class MultipleChoiceDataset(TaskDataset):
         super().__init__(task, split, cfg, tokenizer, norm)
         num_options = len(self.examples[0]["options"])
         twins = []  # lines listing their answer twice
-        for line_no, example in enumerate(self.examples, start=1):
+        for line_no, example in zip(self.line_numbers, self.examples):
             options, answer = example["options"], example["answer"]
             if not 0 <= answer < len(options):
                 raise AnnotationError(f"{self.ann_path}:{line_no}: answer {answer} is not an option index")
@@ -543,7 +586,7 @@ class VQADataset(TaskDataset):
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
         self.ans2label = read_ans2label(Path(cfg.ann_dir) / f"{task}_ans2label.json")
-        for line_no, example in enumerate(self.examples, start=1):
+        for line_no, example in zip(self.line_numbers, self.examples):
             given = example.get("answers", example.get("labels", []))
             if not isinstance(given, (list, dict)):
                 raise AnnotationError(
@@ -587,16 +630,19 @@ class VQADataset(TaskDataset):
 
 
 def group_texts(task: str, examples: list[dict]) -> list[tuple[str, list[str]]]:
-    """[(video_id, texts)] in first-seen order; didemo/anet sentences are joined into one paragraph."""
+    """[(video_id, texts)] in first-seen order; a didemo/anet line's text is its paragraph (_paragraph)."""
     groups: dict[str, list[str]] = {}
     for example in examples:
         video_id = str(example["clip_name"])
-        if task == "msrvtt_ret":
-            text = str(example["caption"])
-        else:
-            text = " ".join(str(s).strip() for s in example["sentences"])
+        text = str(example["caption"]) if task == "msrvtt_ret" else _paragraph(example)
         groups.setdefault(video_id, []).append(text)
     return list(groups.items())
+
+
+def _paragraph(example: dict) -> str:
+    """A DiDeMo / ActivityNet line's paragraph: its sentences (PARAGRAPH_KEYS) joined, or its one string."""
+    text = next(example[key] for key in PARAGRAPH_KEYS if key in example)
+    return " ".join(s.strip() for s in ([text] if isinstance(text, str) else text))
 
 
 def build_dataset(task: str, split: str, data_cfg: DataConfig, tokenizer, model_norm: Normalization):

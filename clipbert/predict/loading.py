@@ -238,8 +238,7 @@ def _training_words(run: RunSettings, tokenizer, device):
     """The training set's visual-word vocabulary: predict.json's, else built as the trainer builds it
     (RetrievalTrainDataset.enable_visual_words, through TaskData.visual_words) from the texts alone, so the
     training videos need not be here."""
-    from clipbert.data.annotations import read_jsonl
-    from clipbert.data.datasets import REQUIRED_KEYS, caption_word_vocab, group_texts
+    from clipbert.data.datasets import caption_word_vocab, group_texts, read_task_annotations
     from clipbert.train.tasks import VisualWords
 
     if run.word_vocab is not None:  # predict.json's: the training set's, saved at export
@@ -248,7 +247,7 @@ def _training_words(run: RunSettings, tokenizer, device):
     task = run.task.name
     path = Path(run.data.ann_dir) / f"{task}_train.jsonl"
     try:
-        examples = read_jsonl(path, tuple(REQUIRED_KEYS[task]), REQUIRED_KEYS[task])
+        examples = read_task_annotations(path, task)  # as the trainer read them (a paragraph's two forms)
     except (FileNotFoundError, ValueError) as err:
         raise PredictError(
             f"the word score (eval.word_score_weight={run.eval.word_score_weight}) needs the training "
