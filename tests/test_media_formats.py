@@ -347,3 +347,18 @@ def test_unsupported_images_are_decode_errors_naming_the_file(tmp_path, kind):
         Image.fromarray(paint_index(1, 48, 64)).save(path)
     with pytest.raises(VideoDecodeError, match=rf"{path.name}: undecodable image"):
         load_image(path, 64)
+
+
+def test_a_video_id_written_with_its_extension_names_its_file(tmp_path):
+    # annotation files of other sources write "video7.mp4" as the id: looked up as video7.mp4.mp4, every
+    # such video was a missing file
+    from clipbert.data.config import DataConfig
+    from clipbert.data.preprocess import IMAGENET_RGB
+    from clipbert.data.video_source import VideoSource
+
+    paths = write_didemo_mix(tmp_path / "videos")
+    source = VideoSource(DataConfig(video_dir=str(tmp_path / "videos"), image_size=16), IMAGENET_RGB, False)
+    for path in paths.values():
+        assert source.key(Path(path).name) == path
+        assert source.frames(Path(path).name, np.array([[0, 9]]))[0].shape == (1, 2, 3, 16, 16)
+    assert source.key("absent.webm") == str(tmp_path / "videos" / "absent.webm.mp4")  # named as missing

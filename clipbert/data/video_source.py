@@ -44,13 +44,22 @@ class VideoSource:
             return video_id
         if self._paths is None:
             self._paths = files_by_id(self.cfg.video_dir)
-        paths = self._paths.get(video_id, [str(Path(self.cfg.video_dir) / f"{video_id}.mp4")])
+        paths = self._paths.get(video_id) or [self._unlisted_path(video_id)]
         if len(paths) > 1:  # a.mp4 and a.webm: either could be the annotated video, so neither is taken
             raise VideoDecodeError(
                 str(Path(self.cfg.video_dir) / video_id),
                 f"ambiguous video id {video_id!r}: {' and '.join(paths)} both match; keep one",
             )
         return paths[0]
+
+    def _unlisted_path(self, video_id: str) -> str:
+        # An id written with its file's extension ("video7.mp4", as some annotation files write them) is that
+        # file; it was looked up as video7.mp4.mp4 and every such video counted as missing. Any other id
+        # gets <id>.mp4, a path that names the missing file in the bad-input report.
+        exact = Path(self.cfg.video_dir) / video_id
+        if exact.suffix.lower() in VIDEO_SUFFIXES and exact.is_file():
+            return str(exact)
+        return str(Path(self.cfg.video_dir) / f"{video_id}.mp4")
 
     def info(self, video_id: str) -> VideoInfo:
         return self.decoder.probe(self.key(video_id))
