@@ -206,3 +206,20 @@ def test_a_bad_vqa_answers_value_names_its_line_after_blank_lines(tmp_path, toke
     config = DataConfig(ann_dir=str(tmp_path), video_dir=str(tmp_path))
     with pytest.raises(AnnotationError, match=r"vqa_val\.jsonl:3: answers must be a list"):
         build_dataset("vqa", "val", config, tokenizer, IMAGENET_RGB)
+
+
+def test_vqa_label_scores_are_checked_by_line_and_merged_by_their_best(tmp_path, tokenizer):
+    # a score that is not a number in [0, 1] failed float() in a worker, naming nothing; two keys that
+    # normalize alike ("Two", "2") kept whichever came last
+    good = {"question_id": 1, "question": "how many?", "file": "a.jpg", "labels": {"Two": 1.0, "2": 0.3}}
+    (tmp_path / "vqa_ans2label.json").write_text('{"2": 0, "3": 1}')
+    config = DataConfig(ann_dir=str(tmp_path), video_dir=str(tmp_path))
+    for bad in ("high", None, 1.5, True):
+        _with_blank_lines(tmp_path / "vqa_val.jsonl", [good, {**good, "labels": {"3": bad}}])
+        with pytest.raises(
+            AnnotationError, match=r"vqa_val\.jsonl:3: labels scores must be numbers in \[0, 1\]"
+        ):
+            build_dataset("vqa", "val", config, tokenizer, IMAGENET_RGB)
+    _with_blank_lines(tmp_path / "vqa_val.jsonl", [good])
+    data = build_dataset("vqa", "val", config, tokenizer, IMAGENET_RGB)
+    assert data.targets(data.examples[0]) == ([0], [1.0])

@@ -593,6 +593,12 @@ class VQADataset(TaskDataset):
                     f"{self.ann_path}:{line_no}: answers must be a list of strings and labels a "
                     f"{{answer: score}} object, got {type(given).__name__}"
                 )
+            if isinstance(given, dict):  # checked here: a bad score failed float() in a worker, unnamed
+                bad = {a: v for a, v in given.items() if not _is_score(v)}
+                if bad:
+                    raise AnnotationError(
+                        f"{self.ann_path}:{line_no}: labels scores must be numbers in [0, 1], got {bad}"
+                    )
 
     def video_of(self, index: int) -> str:
         return str(self.examples[index]["file"])  # the image file: what is decoded (and can be bad)
@@ -609,7 +615,12 @@ class VQADataset(TaskDataset):
         if "answers" in example:  # evaluation scores as the official evaluation does (its quirk included)
             scores = answer_scores([str(a) for a in example["answers"]], as_evaluated=not self.train)
         else:
-            scores = {normalize_answer(str(a)): float(s) for a, s in example.get("labels", {}).items()}
+            scores = {}
+            for answer, score in example.get("labels", {}).items():
+                key = normalize_answer(
+                    str(answer)
+                )  # "Two" and "2" are one answer: its best score, not the last
+                scores[key] = max(float(score), scores.get(key, 0.0))
         known = sorted((self.ans2label[a], s) for a, s in scores.items() if a in self.ans2label and s > 0)
         return [label for label, _ in known], [score for _, score in known]
 
@@ -662,3 +673,7 @@ def build_dataset(task: str, split: str, data_cfg: DataConfig, tokenizer, model_
     if task == "vqa":
         return VQADataset(task, split, data_cfg, tokenizer, model_norm)
     return PretrainDataset(task, split, data_cfg, tokenizer, model_norm)
+
+
+def _is_score(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
