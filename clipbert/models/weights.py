@@ -85,9 +85,10 @@ def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
             state = _load_torch_or_pickle(path)
     if not isinstance(state, Mapping):
         raise ValueError(f"{source} holds a {type(state).__name__}, not a state dict (a mapping of names)")
-    # "module": DeepSpeed's mp_rank_00_model_states.pt; "blobs": Detectron1 / caffe2 model-zoo pickles.
-    # Without them such a file read as an empty state dict: BERT loaded nothing, with only a warning.
-    for wrapper in ("model", "state_dict", "module", "blobs"):
+    # "module": DeepSpeed's mp_rank_00_model_states.pt; "blobs": Detectron1 / caffe2 model-zoo pickles;
+    # "model_state_dict": the original ClipBERT trainer's restore.pt (E2E_TrainingRestorer). Without them such
+    # a file read as an empty state dict: BERT loaded nothing, with only a warning.
+    for wrapper in ("model", "state_dict", "module", "blobs", "model_state_dict"):
         if isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
     tensors = {k: torch.as_tensor(v) for k, v in state.items() if hasattr(v, "shape")}
@@ -459,21 +460,62 @@ def convert_original_state_dict(state: Mapping) -> tuple[dict[str, torch.Tensor]
     return mapped, report
 
 
+# Top-level modules of the original e2e ClipBert (GridFeatBackbone's detectron2 model, the BERT transformer).
+# cnn.grid_encoder is left out: our own save_pretrained names it the same way.
+_ORIGINAL_ROOTS = ("cnn.feature.", "transformer.")
+
+# Heads a checkpoint may lack, the log level and the note that they stay random: a pre-trained checkpoint
+# has no classifier (the usual case: fine-tuning trains a new one), a fine-tuned one no cls.
+_OPTIONAL_HEADS = {
+    "classifier.": (
+        logging.INFO,
+        "classifier.* (the task head) not in the checkpoint: it stays randomly initialized, to be fine-tuned",
+    ),
+    "cls.": (
+        logging.WARNING,
+        "cls.* (pre-training heads) not in the checkpoint: they stay randomly "
+        "initialized (a fine-tuned checkpoint: convert it with --no-pretrain-heads)",
+    ),
+}
+
+
 def load_original_clipbert(model: nn.Module, source: str | Path | Mapping) -> LoadReport:
     """Load clipbert_image_text_pretrained.pt or a fine-tuned original checkpoint into a ClipBert.
 
     Missing keys are reported for the whole model except the temporal conv variants (new here) and the
-    heads the checkpoint does not have: a pretrained checkpoint has no classifier, a fine-tuned one no cls.
+    heads the checkpoint does not have (a pretrained checkpoint has no classifier, a fine-tuned one no cls):
+    those are logged as staying randomly initialized. A state dict without any original name is an error.
     """
     _warn_if_not_msra(model)
-    mapped, report = convert_original_state_dict(read_state_dict(source))
+    state = read_state_dict(source)
+    _check_original_names(state, source)
+    mapped, report = convert_original_state_dict(state)
     scope = ["cnn.backbone.", "cnn.grid_encoder.", "visual_embeddings.", "embeddings.", "encoder.", "pooler."]
-    for head in ("classifier.", "cls."):
+    targets = model.state_dict()
+    for head, (level, absent) in _OPTIONAL_HEADS.items():
         if any(k.startswith(head) for k in mapped):
             scope.append(head)
+        elif any(k.startswith(head) for k in targets):
+            # was silent: a fine-tuned checkpoint's conversion reported "missing 0" with random cls heads
+            logger.log(level, "original ClipBERT checkpoint: %s", absent)
     assign(model, mapped, tuple(scope), report)
     report.log("original ClipBERT checkpoint")
     return report
+
+
+def _check_original_names(state: Mapping, source: str | Path | Mapping) -> None:
+    """An error unless some key is under the original's cnn.feature / transformer. Why: our own
+    save_pretrained directory shares cnn.grid_encoder.0.weight with the original, so it "converted" into an
+    almost randomly initialized model (loaded 1, missing 129) that was written to out_dir."""
+    if any(k.removeprefix("module.").startswith(_ORIGINAL_ROOTS) for k in state):
+        return
+    where = "state dict" if isinstance(source, Mapping) else str(source)
+    ours = any(k.startswith(("encoder.", "cnn.backbone.")) for k in state)
+    hint = " It holds this project's names: load it with ClipBert.from_pretrained." if ours else ""
+    raise ValueError(
+        f"{where}: not an original ClipBERT checkpoint: no key under {' or '.join(_ORIGINAL_ROOTS)} (first "
+        f"keys: {list(state)[:5]}).{hint}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- CLI
