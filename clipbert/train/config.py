@@ -174,8 +174,14 @@ class EvalConfig:
     # the head's log-likelihood of the text's words given the video to log p(match), a product of the two
     # experts. The metrics also report the matching head alone (itm_only_*). 0 = matching head only.
     word_score_weight: float = 1.0
+    # Model selection (clipbert/train/best.py): each eval.split evaluation that beats the best so far on this
+    # metric exports best_model/, and test_split is evaluated with it too. auto: rsum for retrieval, acc for
+    # QA and MC, vqa_acc for VQA, none for pre-training; none: off; or a metric name (t2v_r1, t2v_medr, ...).
+    best_metric: str = "auto"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.best_metric, str):
+            raise ConfigError(f"eval.best_metric must be a string, got {self.best_metric!r}")
         # Not "train": evaluation samples Ntest clips evenly over each video, and the train split's datasets
         # sample Ntrain random clips (and, for retrieval, pair captions for the matching loss).
         for key in ("split", "test_split"):
@@ -565,6 +571,9 @@ def from_dict(raw: dict[str, Any]) -> Config:
         deepspeed=ds,
     )
     cfg.model_config()  # validates the model section now rather than after the data is loaded
+    from clipbert.train.best import selection_metric
+
+    selection_metric(cfg)  # a metric the task does not report: now, not after the first evaluation
     if cfg.eval.checkpoint and not cfg.eval.only:
         # Why: only eval.only reads it, so a training run set up to evaluate a checkpoint (eval.only left
         # out) silently trained from scratch instead.

@@ -78,3 +78,14 @@ def write_predict_info(directory: str | Path, info: dict) -> Path:
     tmp.write_text(json.dumps(info, indent=1, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def export_model(cfg, engine, model_cfg, data, directory: str | Path) -> None:
+    """The engine's weights (ClipBert.save_pretrained; collective under ZeRO-3) and predict.json, so that the
+    dir predicts without the run's files: the final model/ and the selected best_model/."""
+    from clipbert.train import checkpoint as ckpt
+    from clipbert.train.logging import is_rank0
+
+    ckpt.export_pretrained(engine, directory)
+    if is_rank0():
+        write_predict_info(Path(directory), predict_info(cfg, model_cfg, data))

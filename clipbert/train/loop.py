@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from clipbert.train import best
 from clipbert.train import checkpoint as ckpt
 from clipbert.train.config import ConfigError
 from clipbert.train.engine import apply_hyperparameters, replan_schedule
 from clipbert.train.evaluate import all_gather_objects, evaluate
+from clipbert.train.export import export_model
 from clipbert.train.logging import get_logger, is_rank0
 from clipbert.train.perf import Throughput
 from clipbert.train.step_profile import StepProfiler
@@ -47,6 +49,8 @@ class TrainerState:
     plan: dict = dataclasses.field(default_factory=dict)
     # the model's ClipBertConfig.to_dict(): a resume or a load checks its weight keys against the config's
     model: dict = dataclasses.field(default_factory=dict)
+    # the best eval.split evaluation so far ({"metric", "value", "step", "split"}), exported as best_model/
+    best: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -144,6 +148,7 @@ class Trainer:
         # and another into the checkpoint, and the run would hang.
         self.stop_agreed = False
         self._eval_data = {}
+        self._warned_no_metric = False
         self.epoch_batches = 0  # micro batches of the epoch being run, the resumed part included (_epoch)
         # found once, not on every micro step: the same tensors for the whole run (a resume copies into them)
         self.bn_stats = _batchnorm_statistics(engine.module)
@@ -166,8 +171,37 @@ class Trainer:
                 self.engine, self.cfg, self.eval_data(split), split, self.device, self.dtype, self.words
             )
         self.runlog.evaluation(self.state.step, split, metrics)
+        if split == self.cfg.eval.split:
+            self._select(metrics, split)
         self.throughput.reset()
         return metrics
+
+    def _select(self, metrics: dict, split: str) -> None:
+        """Export best_model/ when this evaluation beats the best so far (clipbert/train/best.py)."""
+        metric = best.selection_metric(self.cfg)
+        if metric is None:
+            return
+        # rank 0's view decides for all: the export below is collective
+        value = all_gather_objects(metrics.get(metric))[0]
+        if not best.finite(value):
+            if metric not in metrics and not self._warned_no_metric:
+                self._warned_no_metric = True
+                self.log.warning("eval %s reports no %s: no best model is selected", split, metric)
+            return
+        if not best.beats(value, self.state.best, metric):
+            return
+        record = {"metric": metric, "value": value, "step": self.state.step, "split": split}
+        export = lambda directory: export_model(self.cfg, self.engine, self.model_cfg, self.data, directory)  # noqa: E731
+        best.export_best(export, self.out / best.BEST_DIR, record)
+        self.state.best = record
+        self.log.info(
+            "best %s %s=%.4g at step %d: exported to %s",
+            split,
+            metric,
+            value,
+            self.state.step,
+            self.out / best.BEST_DIR,
+        )
 
     def save(self) -> None:
         if self.state.bad_streak:  # never replace the last good checkpoint with a state after a bad step
@@ -233,6 +267,7 @@ class Trainer:
         )
         ckpt.check_engine_layout(self.engine, root, tag, _world())  # another ZeRO stage or partitioning
         self.state = TrainerState(**ckpt.load(self.engine, root, tag))
+        best.reconcile(self.out / best.BEST_DIR, self.state.best)
         self._restore_bad_inputs()
         self.last_saved_step = self.state.step
         self._translate_position(tag)

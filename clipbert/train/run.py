@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from clipbert.data.annotations import DataError
+from clipbert.train import best
 from clipbert.train import checkpoint as ckpt
 from clipbert.train import config as C
 from clipbert.train.cli import parse_args
@@ -140,6 +141,30 @@ def _final_eval(cfg, engine, data, runlog, device, dtype, step: int | None) -> d
     return metrics
 
 
+def _best_eval(cfg, engine, data, runlog, device, dtype, state) -> dict | None:
+    """test_split with the weights selected on eval.split (best_model/), as split `test_best` at their step,
+    when they are not the final weights; the engine is done training, so its weights are replaced."""
+    from clipbert.train.evaluate import all_gather_objects, evaluate
+
+    chosen, split = state.best, cfg.eval.test_split
+    if not chosen or chosen["step"] == state.step or not data.has_split(split):
+        return chosen or None
+    directory = Path(cfg.train.output_dir) / best.BEST_DIR
+    if all_gather_objects(best.read_record(directory) if is_rank0() else None)[0] != chosen:
+        # removed on a resume (best.reconcile), and no evaluation after it selected these weights again
+        get_logger().warning("%s does not hold the selected step %d: no test_best", directory, chosen["step"])
+        return chosen
+    best.load_into(engine, directory)
+    metrics = evaluate(engine, cfg, data.eval(split), split, device, dtype, data.visual_words(device))
+    runlog.evaluation(chosen["step"], "test_best", metrics)
+    if is_rank0():
+        title = (
+            f"{cfg.task.name} / {split}, best {chosen['split']} {chosen['metric']} (step {chosen['step']})"
+        )
+        print(format_table(metrics, title), flush=True)
+    return {**chosen, "test": metrics}
+
+
 def _warn_if_from_scratch(cfg) -> None:
     """The paper's model trained from random weights fails (its Table 5: MSRVTT R1 0.3 with a random CNN).
     The shipped configs set no weights, so that each runs on its own: say so for a paper-sized model (the
@@ -177,6 +202,8 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
         trainer.resume(*resume)
     elif cfg.train.resume == "auto":  # a run that stopped before its first checkpoint: its logs go
         runlog.rewind(0)
+    if not resume:  # a best model of an earlier start in this dir is not this run's
+        best.reconcile(Path(cfg.train.output_dir) / best.BEST_DIR, {})
     # only now: a refused resume (another task, a damaged checkpoint) must not replace the config.json of
     # the run it would have continued
     write_resolved_config(cfg, model_cfg, Path(cfg.train.output_dir))
@@ -211,6 +238,7 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
             summary["metrics"] = recorded["metrics"]
         elif cfg.eval.final_eval:
             summary["metrics"] = _final_eval(cfg, engine, data, runlog, device, dtype, trainer.state.step)
+            summary["best"] = _best_eval(cfg, engine, data, runlog, device, dtype, trainer.state)
     # a run resumed after its end trained nothing: its perf.json (the training's) stays
     summary["perf"] = recorded.get("perf") or _write_perf(cfg, trainer, engine, model_cfg, start)
     _plot(cfg)
@@ -232,12 +260,9 @@ def _plot(cfg) -> None:
 
 def _export(cfg, engine, model_cfg, data) -> None:
     """<output_dir>/model: the weights, and predict.json so that the dir predicts without the run's files."""
-    from clipbert.train.export import predict_info, write_predict_info
+    from clipbert.train.export import export_model
 
-    model_dir = Path(cfg.train.output_dir) / "model"
-    ckpt.export_pretrained(engine, model_dir)
-    if is_rank0():
-        write_predict_info(model_dir, predict_info(cfg, model_cfg, data))
+    export_model(cfg, engine, model_cfg, data, Path(cfg.train.output_dir) / "model")
 
 
 def _recorded_run(cfg, step: int) -> dict:
