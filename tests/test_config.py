@@ -409,3 +409,14 @@ def test_overrides_of_the_bert_checkpoints_sizes_are_refused_by_name(tmp_path, o
     key = override.split("=")[0]
     with pytest.raises(C.ConfigError, match=rf"{key}=.*disagrees with the init_bert_from checkpoint"):
         C.load("ds_synthetic", overrides)  # load builds the model config to check it
+
+
+def test_print_config_shows_the_resolved_config_as_json_alone(capsys):
+    from clipbert.train.run import main
+
+    argv = ["--config", "ds_synthetic.json", "--set", "data.num_clips=3", "--print-config"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout: it can be redirected
+    assert printed["data"]["num_clips"] == 3 and printed["eval"]["best_metric"] == "auto"
+    assert printed["model_config"]["image_size"] == printed["data"]["image_size"]
+    assert main(["--config", "ds_synthetic.json", "--set", "data.num_clipz=3", "--print-config"]) == 2

@@ -10,6 +10,7 @@ EPILOG = """examples:
   deepspeed train.py --config ds_msrvtt.json                 # every GPU of this node
   python train.py --config ds_msrvtt.json --set train.resume=auto
   python train.py --config ds_msrvtt.json --set eval.only=true --set eval.checkpoint=outputs/msrvtt_ret
+  python train.py --config ds_msrvtt.json --set data.num_clips=4 --print-config   # check, then run
 
 exit codes: 0 done, 2 bad config or path, 3 diverged, 130 stopped by a signal (after its checkpoint).
 The config's own deepspeed section holds the engine settings (docs/TRAINING.md)."""
@@ -28,6 +29,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="override one config value (JSON-parsed when possible); repeatable",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (file + --set, every default filled in) as JSON and exit",
     )
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the launcher")
     # DeepSpeed's own flags (deepspeed.add_config_arguments), accepted so that scripts written for other

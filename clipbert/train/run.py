@@ -7,9 +7,11 @@ torchrun --nproc_per_node 2 train.py --config ...
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -335,12 +337,23 @@ def _write_perf(cfg, trainer, engine, model_cfg, start: float) -> dict:
     return perf
 
 
+def resolved_config(cfg) -> dict:
+    """The config as the run reads it, and under "model_config" the model it builds, before the data sizes
+    its answer head and vocabulary (the run's config.json has those)."""
+    return {**cfg.to_dict(), "model_config": cfg.model_config().to_dict()}
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_environment()
     args = parse_args(argv)
     log = get_logger()
     try:
-        cfg = C.load(args.config, args.set)
+        # --print-config's stdout is the JSON alone (`> resolved.json`): DeepSpeed's import notes go to stderr
+        with contextlib.redirect_stdout(sys.stderr) if args.print_config else contextlib.nullcontext():
+            cfg = C.load(args.config, args.set)
+        if args.print_config:  # before the device: a login node without the run's GPU may check a config
+            print(json.dumps(resolved_config(cfg), indent=2))
+            return 0
         device = pick_device(cfg.train.device)
     except (C.ConfigError, FileNotFoundError) as err:
         log.error("config error: %s", err)
