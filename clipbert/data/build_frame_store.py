@@ -12,6 +12,9 @@ import multiprocessing as mp
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import h5py
@@ -26,6 +29,8 @@ from .preprocess import resize_frames
 from .video_source import VIDEO_SUFFIXES  # one list: a video training finds is one the store holds
 
 log = logging.getLogger(__name__)
+# Decoded frames a worker holds at once (_encode_entry): about 46 frames of 720p, 23 s of video at 2 fps.
+DECODE_CHUNK_BYTES = 128 << 20
 
 
 def _init_worker() -> None:
@@ -50,15 +55,30 @@ def _encode_video(job: tuple[str, float, int, int]) -> tuple[str, dict | None, s
 
 
 def _encode_entry(path: str, fps: float, max_side: int, quality: int) -> dict:
-    """Decode one video at the store fps and JPEG-encode its frames; raises VideoDecodeError."""
+    """Decode one video at the store fps and JPEG-encode its frames; raises VideoDecodeError.
+
+    Decoded and encoded DECODE_CHUNK_BYTES of frames at a time. Why: the whole video's frames were decoded
+    into one array first, F x H x W x 3 bytes and more while stacking them: over 3.3 GB for a 10-minute 720p
+    video at 2 fps (ActivityNet has such videos) in every worker, which the machine's memory ran out of."""
     decoder = PyAVDecoder()
     info = decoder.probe(path)
     source_index = stored_source_indices(info.num_frames, info.fps, fps)
-    frames = decoder.decode(path, source_index[None, :])[0]  # [F, H, W, 3]
-    if max_side and max(frames.shape[1:3]) > max_side:
-        frames = resize_frames(frames, max_side).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    step = max(1, DECODE_CHUNK_BYTES // max(1, info.height * info.width * 3))  # frames per chunk
+    jpeg, decoded = [], None  # decoded: the first chunk's decoded (height, width)
+    for start in range(0, len(source_index), step):
+        frames = decoder.decode(path, source_index[None, start : start + step])[0]  # [f, H, W, 3]
+        if decoded is not None and frames.shape[1:3] != decoded:  # as one decode reports it within a chunk
+            (h0, w0), (h1, w1) = decoded, frames.shape[1:3]
+            at = source_index[start]
+            raise VideoDecodeError(
+                path, f"frame size changes mid-stream ({h0}x{w0}, {h1}x{w1} at frame {at})"
+            )
+        decoded = frames.shape[1:3]
+        if max_side and max(frames.shape[1:3]) > max_side:
+            frames = resize_frames(frames, max_side).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        jpeg += encode_frames(frames, quality)
     return {
-        "jpeg": encode_frames(frames, quality),
+        "jpeg": jpeg,
         "times": np.arange(len(source_index)) / fps,
         "source_index": source_index,
         "source_fps": info.fps,
@@ -184,9 +204,7 @@ def build_frame_store(
             if group is not None:  # interrupted mid-write
                 del done[path.stem]
             jobs.append((str(path), fps, max_side, quality))
-        # workers=0 encodes in this process (tests, debugging); spawn avoids forking a process holding HDF5.
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker) if workers > 0 else None
-        results = pool.imap_unordered(_encode_video, jobs) if pool else map(_encode_video, jobs)
+        results = _encoded(jobs, workers)
         try:
             for path, entry, error in tqdm(results, total=len(jobs), disable=not progress):
                 video_id = Path(path).stem
@@ -197,9 +215,68 @@ def build_frame_store(
                 _write_entry(h5, video_id, entry, fps)
                 result["written"].append(video_id)
         finally:
-            if pool is not None:
-                pool.terminate()
+            results.close()  # a stopped build ends its workers now
     return result
+
+
+WORKER_DIED = "its worker process died encoding it (out of memory, or a crash in the decoder)"
+
+
+def _encoded(jobs: list[tuple], workers: int) -> Iterator[tuple[str, dict | None, str | None]]:
+    """_encode_video's (path, entry, error) of every job, in completion order; workers=0 encodes here (tests,
+    debugging). Worker processes are spawned: a fork would inherit the open HDF5 file.
+
+    Why not Pool.imap_unordered: a worker killed mid-video (the OOM killer, a crash inside FFmpeg) took its
+    job with it, and the build waited for that result forever. Here a worker's death ends its pool; the jobs
+    that pool had in flight are retried one at a time, each in a pool of its own, so the video whose worker
+    dies again fails, named, and the other jobs go on in a new pool."""
+    if workers == 0:
+        yield from map(_encode_video, jobs)
+        return
+    todo = jobs[::-1]  # taken from the end: in the listed order
+    while todo:
+        for job in (yield from _encode_in_pool(todo, workers)):
+            if (yield from _encode_in_pool([job], 1)):
+                yield job[0], None, f"{job[0]}: {WORKER_DIED}"
+
+
+def _encode_in_pool(todo: list[tuple], workers: int):
+    """Encode jobs taken from the end of `todo` in a new pool of `workers` processes, yielding the results.
+    Returns [] when `todo` is done, or the jobs in flight when a worker died (`todo` keeps the others)."""
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+    running: dict[Future, tuple] = {}  # never more than `workers`: few suspects when one dies
+    ready = []  # results of finished jobs, handed out once their workers have the next jobs
+    try:
+        while todo or running:
+            while todo and len(running) < workers:
+                job = todo.pop()
+                running[pool.submit(_encode_video, job)] = job
+            yield from ready  # the caller writes them to the store meanwhile
+            ready = []
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            if any(isinstance(future.exception(), BrokenProcessPool) for future in done):
+                wait(running)  # the pool fails every unfinished job at once; those finished before count
+                suspects = [job for future, job in running.items() if future.exception() is not None]
+                yield from (future.result() for future in running if future.exception() is None)
+                return suspects
+            for future in done:
+                ready.append(future.result())
+                del running[future]
+        yield from ready
+    finally:  # done, a worker died, Ctrl-C, an error writing the store, or the caller closing
+        _stop(pool)
+    return []
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """End a pool's workers now. Why not shutdown(wait=True): a stopped build waited for each worker to finish
+    its video (minutes for a long one), and even idle workers took seconds to exit."""
+    processes = list((pool._processes or {}).values())  # no public way before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
 
 
 def main(argv: list[str] | None = None) -> int:
