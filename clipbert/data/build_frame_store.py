@@ -20,7 +20,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from tqdm import tqdm
+
+from clipbert.progress import progress_bar
 
 from .decoders.base import VideoDecodeError
 from .decoders.pyav import PyAVDecoder
@@ -206,7 +207,7 @@ def build_frame_store(
             jobs.append((str(path), fps, max_side, quality))
         results = _encoded(jobs, workers)
         try:
-            for path, entry, error in tqdm(results, total=len(jobs), disable=not progress):
+            for path, entry, error in progress_bar(results, total=len(jobs), disable=not progress):
                 video_id = Path(path).stem
                 if entry is None:
                     log.warning("frame store: skipping %s", error)

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     does not decode is skipped, counted and named at the end instead of stopping the job. Exit code 1 when
     any was skipped, so a script notices; 2 for a bad flag, a missing or empty --videos folder or an --out
     that cannot be created; 130 when stopped (Ctrl-C: the copy being written is removed)."""
-    from tqdm import tqdm
+    from clipbert.progress import progress_bar
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", required=True, help="folder of source videos")
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = {}
     done = 0
     try:
-        for path in tqdm(todo, desc="transcode", unit="video"):
+        for path in progress_bar(todo, desc="transcode", unit="video"):
             try:
                 transcode(path, args.out, args.max_side, args.gop)
                 done += 1
