@@ -647,3 +647,13 @@ def test_a_train_split_smaller_than_one_batch_is_an_error_not_an_endless_loop(tm
     cfg = make_config(tmp_path, train={"batch_size": 4, **train})
     with pytest.raises(ConfigError, match=r"msrvtt_ret/train: 3 training items make no full batch of "):
         run(cfg, CPU, fake_factory(train_size=3))
+
+
+def test_bf16_trains_a_model_with_trainable_batchnorm(tmp_path):
+    # DeepSpeed casts parameters, not buffers: bf16 weights met fp32 running statistics in batch_norm
+    # ("expected scalar type BFloat16 but found Float") at the tiny preset's first step
+    cfg = make_config(
+        tmp_path, train={"max_steps": 2, "eval_every": -1}, deepspeed={"bf16": {"enabled": True}}
+    )
+    summary = run(cfg, CPU, fake_factory())
+    assert summary["step"] == 2 and all(math.isfinite(s["loss"]) for s in _steps(tmp_path))

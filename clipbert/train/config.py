@@ -411,6 +411,15 @@ def check_deepspeed(ds: dict[str, Any]) -> None:
     enabled = [k for k in ("bf16", "fp16") if _precision_flag(ds, k)]
     if len(enabled) > 1:
         raise ConfigError("deepspeed.bf16.enabled and deepspeed.fp16.enabled are both true; pick one")
+    if enabled == ["fp16"] and stage == 0:
+        # Why: at ZeRO-0 DeepSpeed's engine.backward never multiplies the loss by the loss scale, while its
+        # fp16 optimizer divides the gradients by it (65536 at first, doubling after every 1000 steps without
+        # an overflow): AdamW got gradients 65536x too small, so eps swamped them, the clipping never acted,
+        # and fp16 gradients underflowed unscaled (DeepSpeed 0.19; deepspeedai/DeepSpeed PR #8393).
+        raise ConfigError(
+            "deepspeed.fp16.enabled=true needs deepspeed.zero_optimization.stage 1, 2 or 3: at stage 0 "
+            "DeepSpeed does not scale the loss but unscales the gradients (use stage 1, or bf16)"
+        )
     optimizer = _ds_object(ds, "optimizer", "type") if "optimizer" in ds else {"type": "AdamW"}
     _choice("deepspeed.optimizer.type", optimizer.get("type"), ("AdamW", "Adam", "adamw", "adam"))
     if not isinstance(optimizer.get("params", {}), dict):
@@ -545,7 +554,17 @@ def resolve_path(name: str | Path) -> Path:
     for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.json"):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"config {name!r} not found (also looked in {CONFIG_DIR})")
+    raise FileNotFoundError(f"config {name!r} not found (also looked in {CONFIG_DIR}){_shipped_hint(path)}")
+
+
+def _shipped_hint(path: Path) -> str:
+    """': did you mean ds_x.json? shipped: ...' for a config name not found: a typo then says what to type."""
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    if not shipped:  # a non-editable install ships no configs/
+        return ""
+    close = difflib.get_close_matches(path.name.removesuffix(".json"), shipped, n=1)  # stems: not ".json"
+    guess = f" did you mean {close[0]}.json?" if close else ""
+    return f":{guess} shipped: {', '.join(f'{stem}.json' for stem in shipped)}"
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
