@@ -5,10 +5,10 @@
 Stage 1 (ds_synthetic_words.json) trains only the CNN side, to predict each video's caption words from its
 frames (the visual-word loss); stage 2 (ds_synthetic.json) starts from it and trains retrieval, keeping the
 visual-word loss. Without pretrained weights the matching loss alone leaves the model at chance
-(docs/TRAINING.md). The benchmark is the default preset with DEMO_NUM_VIDEOS videos (2,925 for training; val
-and test stay 25 and 50), generated once: a finished one of this generator version with the same arguments
-is reused. `--set` applies to both stages. A rerun resumes each stage only if it was trained by the same
-config from the same inputs (the benchmark, and for stage 2 the stage-1 model).
+(docs/TRAINING.md). The benchmark is the default preset with 3,000 videos (DEMO_NUM_VIDEOS; 2,925 for
+training, val and test stay 25 and 50), generated once: a finished one of this generator version with the
+same arguments is reused. `--set` applies to both stages. A rerun resumes each stage only if it was trained by
+the same config from the same inputs (the benchmark, and for stage 2 the stage-1 model).
 
 Exit status: 0 done, 2 a bad config, flag or missing file, 3 the training diverged, 130 stopped (Ctrl-C).
 """
@@ -111,10 +111,23 @@ def _read_json(path: Path) -> dict | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m clipbert.demo", description=__doc__)
-    parser.add_argument("--data", default="data/synthetic", help="synthetic benchmark directory")
-    parser.add_argument("--out", default="outputs/demo", help="run output directory")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    # Raw: the docstring's command line and paragraphs, not argparse's one reflowed block
+    parser = argparse.ArgumentParser(
+        prog="python -m clipbert.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data", default="data/synthetic", help="synthetic benchmark directory (default: data/synthetic)"
+    )
+    parser.add_argument("--out", default="outputs/demo", help="run output directory (default: outputs/demo)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value of both stages, as train.py's --set; repeatable",
+    )
     args = parser.parse_args(argv)
     for flag in ("data", "out"):
         path = Path(getattr(args, flag))

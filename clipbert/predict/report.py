@@ -157,12 +157,19 @@ def format_header(out: dict) -> list[str]:
 TABLE_TEXTS = 10  # text columns per block of the stdout table (10 characters each)
 
 
+def _text_tags(count: int) -> list[str]:
+    """t1 ... tN padded to one width, so that the texts and best videos after them line up past t9."""
+    width = len(f"t{count}")
+    return [f"{f't{q + 1}':<{width}}" for q in range(count)]
+
+
 def format_retrieval(out: dict) -> list[str]:
     unit = out["unit"]
     weight = out["settings"]["word_score_weight"]
     words = f" + {weight:g} x word log-likelihood ratio" if out["word_score"] is not None else ""
     lines = [f"score = log p(match){words} (higher = better match)", "", "texts:"]
-    lines += [f"  t{q + 1}  {_clip(t)}" for q, t in enumerate(out["texts"])]
+    tag = _text_tags(len(out["texts"]))
+    lines += [f"  {tag[q]}  {_clip(t)}" for q, t in enumerate(out["texts"])]
     names = _names(out[f"{unit}s"])
     width = max([len(n) for n in names.values()] + [5])
     # Why blocks: one row of hundreds of texts is a line thousands of characters wide, which a terminal
@@ -174,7 +181,7 @@ def format_retrieval(out: dict) -> list[str]:
             lines.append(f"{names[video]:<{width}}" + "".join(_cell(row[q]) for q in columns))
     lines += ["", f"best {unit} per text:"]
     lines += [
-        f"  t{q + 1}  {names[b[unit]]}  ({_cell(b['score']).strip()})"
+        f"  {tag[q]}  {names[b[unit]]}  ({_cell(b['score']).strip()})"
         for q, b in enumerate(out[f"best_{unit}_per_text"])
     ]
     lines += [f"best text per {unit}:"]

@@ -35,6 +35,7 @@ class TaskData:
         from clipbert.data.datasets import build_dataset
 
         if split not in self._cache:
+            check_ann_dir(self.cfg.data.ann_dir, f"{self.cfg.task.name}_{split}.jsonl")
             self._cache[split] = build_dataset(
                 self.cfg.task.name, split, self.cfg.data, self.tokenizer, self.norm
             )
@@ -81,4 +82,23 @@ class TaskData:
         from clipbert.data.annotations import read_json
 
         path = Path(self.cfg.data.ann_dir) / f"{self.cfg.task.name}_ans2label.json"
+        check_ann_dir(self.cfg.data.ann_dir, path.name)  # read before any dataset: the same advice
         return len(read_json(path))
+
+
+def check_ann_dir(ann_dir: str, file_name: str) -> None:
+    """A FileNotFoundError that says what to do when data.ann_dir is not a directory.
+
+    Why: the likeliest first mistakes (training before generating the benchmark, or from another directory
+    than the one the relative data/... paths start in) otherwise end in "annotation file not found:
+    data/synthetic/annotations/msrvtt_ret_train.jsonl", which says neither where it looked nor what to run."""
+    path = Path(ann_dir)
+    if path.is_dir():
+        return
+    where = "" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+    out = path.parent if path.name == "annotations" else Path("DIR")
+    raise FileNotFoundError(
+        f"annotation file not found: {path / file_name}: data.ann_dir is not a directory{where}; run from "
+        "the directory that holds it, --set data.ann_dir=... to your annotations, or generate the synthetic "
+        f"benchmark there with `python -m clipbert.data.synthetic --out {out}`"
+    )

@@ -133,6 +133,8 @@ def _final_eval(cfg, engine, data, runlog, device, dtype, step: int | None) -> d
 
     split = cfg.eval.test_split
     if not data.has_split(split):
+        if cfg.eval.only:  # the run's one job: a warning and exit 0 would pass for a finished evaluation
+            raise FileNotFoundError(_no_eval_split(cfg, split))
         get_logger().warning("no %s split for %s: skipping the final evaluation", split, cfg.task.name)
         return None
     metrics = evaluate(engine, cfg, data.eval(split), split, device, dtype, data.visual_words(device))
@@ -141,6 +143,16 @@ def _final_eval(cfg, engine, data, runlog, device, dtype, step: int | None) -> d
         at = "" if step is None else f" (step {step})"
         print(format_table(metrics, f"{cfg.task.name} / {split}{at}"), flush=True)
     return metrics
+
+
+def _no_eval_split(cfg, split: str) -> str:
+    """Why an eval.only run has nothing to evaluate: no data.ann_dir at all (check_ann_dir's advice), or no
+    annotation file for the split."""
+    from clipbert.train.data import check_ann_dir
+
+    path = Path(cfg.data.ann_dir) / f"{cfg.task.name}_{split}.jsonl"
+    check_ann_dir(cfg.data.ann_dir, path.name)
+    return f"eval.only: nothing to evaluate, annotation file not found: {path} (eval.test_split={split})"
 
 
 def _best_eval(cfg, engine, data, runlog, device, dtype, state) -> dict | None:

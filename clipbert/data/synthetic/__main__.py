@@ -39,9 +39,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"number of videos, at least 3 (default per size: {DEFAULT_NUM_VIDEOS})",
     )
     # at_least(0): numpy's SeedSequence rejects a negative seed with a traceback, after --out was created
-    parser.add_argument("--seed", type=at_least(0), default=0)
-    parser.add_argument("--codec", choices=sorted(CODECS), default="h264")
-    parser.add_argument("--size", choices=sorted(SIZE_PRESETS), default="default")
+    parser.add_argument(
+        "--seed", type=at_least(0), default=0, help="the same seed, the same files (default 0)"
+    )
+    parser.add_argument(
+        "--codec",
+        choices=sorted(CODECS),
+        default="h264",
+        help=".mp4 / .avi / .webm (default h264; the DALI CPU decoder needs vp9)",
+    )
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZE_PRESETS),
+        default="default",
+        help="default: 3-30 s videos up to 160 px; tiny (tests): 3-4 s, up to 64 px",
+    )
     parser.add_argument(
         "--workers",
         type=at_least(1),
