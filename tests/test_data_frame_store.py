@@ -85,7 +85,7 @@ def test_build_resumes_and_rewrites_an_interrupted_entry(store, video_dir, tmp_p
 def test_command_line_builds_a_store(video_dir, tmp_path, capsys):
     args = ["--videos", str(video_dir), "--out", str(tmp_path / "cli.h5"), "--workers", "0"]
     assert bfs.main([*args, "--fps", "2"]) == 1  # built, but broken.mp4 failed: a script can tell
-    assert "'written': 2, 'skipped': 0, 'failed': 1" in capsys.readouterr().out
+    assert "2 video(s) written, 0 already there, 1 failed" in capsys.readouterr().out
     assert bfs.main([*args, "--fps", "3"]) == 2  # a settings error is one line, not a traceback
     assert "error: " in capsys.readouterr().err
     assert build_decoder("frame_store", str(tmp_path / "cli.h5")).probe("a").num_frames == 12
@@ -153,4 +153,4 @@ def test_videos_sharing_a_stem_fail_by_name_and_the_rest_is_built(tmp_path, capl
     assert f"{first} and {second}: they share the video id 'a'" in caplog.text
     args = ["--videos", str(videos), "--out", str(tmp_path / "cli.h5"), "--workers", "0"]
     assert bfs.main(args) == 1  # some videos failed, the rest built
-    assert "'written': 1, 'skipped': 0, 'failed': 2" in capsys.readouterr().out
+    assert "1 video(s) written, 0 already there, 2 failed" in capsys.readouterr().out

@@ -61,3 +61,12 @@ def test_each_epochs_bad_files_of_every_rank_are_reported_once(tmp_path, monkeyp
     monkeypatch.setattr(loop, "all_gather_objects", lambda mine: [mine, {}])
     loop.Trainer._bad_input_summary(trainer)  # a clean epoch adds no line
     assert len((tmp_path / "bad_inputs.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_checkpoint_path_that_does_not_exist_says_so(tmp_path, monkeypatch):
+    # it said "no trainer checkpoint there (no trainer_state.json or latest file)" of a path that is not there
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        FileNotFoundError, match=r"train\.init_checkpoint='outputs/stage1' does not exist \(relative to "
+    ):
+        ckpt.locate("outputs/stage1", "train.init_checkpoint")

@@ -46,7 +46,7 @@ class BadInputTracker:
                 result["hits"],
                 ", ".join(sorted(self.epoch)),
             )
-        else:
-            self.log.info("epoch %s: no bad input", epoch)
+        else:  # debug: a line every epoch drowned the log of a small set's many short epochs
+            self.log.debug("epoch %s: no bad input", epoch)
         self.epoch = Counter()
         return result

@@ -284,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 built, 1 some videos failed (named in the log, the rest built), 2 bad arguments or
     settings (a folder without videos, an --out that cannot be opened), 130 interrupted (rerun the same
     command to resume)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m clipbert.data.build_frame_store", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--videos", required=True, help="folder of videos")
     parser.add_argument("--fps", type=float, default=2.0, help="stored frames per second")
     parser.add_argument("--out", required=True, help="HDF5 file to create or resume")
@@ -301,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: complete videos are kept in {args.out}; rerun to resume", file=sys.stderr)
         return 130
-    print({key: len(ids) for key, ids in result.items()})
+    counts = {key: len(ids) for key, ids in result.items()}
+    print(
+        f"{args.out}: {counts['written']} video(s) written, {counts['skipped']} already there, "
+        f"{counts['failed']} failed"
+    )
     return 1 if result["failed"] else 0
 
 

@@ -217,7 +217,9 @@ def convert(
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 written, 2 a bad flag or a missing, malformed or unwritable file, 130 stopped (Ctrl-C);
     nothing is written unless everything is."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m clipbert.data.convert_vqa", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--questions", required=True, help="official questions JSON (v2_OpenEnded_*)")
     parser.add_argument("--annotations", help="official annotations JSON; omit for test splits")
     parser.add_argument("--image-dir", required=True, help="written into 'file', relative to the image root")

@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     that cannot be created; 130 when stopped (Ctrl-C: the copy being written is removed)."""
     from clipbert.progress import progress_bar
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m clipbert.data.transcode", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--videos", required=True, help="folder of source videos")
     parser.add_argument("--out", required=True, help="folder for the copies, <stem>.mp4 (H.264)")
     parser.add_argument("--max-side", type=int, default=0, help="longer side at most this (0: keep the size)")

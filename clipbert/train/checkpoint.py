@@ -282,6 +282,8 @@ def step_of(path: str | Path) -> int | None:
 def locate(path: str | Path, key: str) -> tuple[Path, str]:
     """A checkpoint given as a tag dir, a checkpoints/ dir with `latest`, or an output_dir."""
     path = Path(path)
+    if not path.exists():  # a stage not run yet, a typo, or a path relative to another directory
+        raise FileNotFoundError(f"{key}={str(path)!r} does not exist (relative to {Path.cwd()})")
     if (path / STATE_FILE).is_file():
         return path.parent, path.name
     for root in (path, checkpoint_root(path)):
