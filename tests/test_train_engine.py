@@ -276,6 +276,19 @@ def test_evaluation_reports_each_bad_video_file_once():
     assert len(records) == 1 and records[0].levelname == "WARNING"
     message = records[0].getMessage()
     assert "eval val: 2 bad video file(s)" in message and "a.mp4: missing; b.mp4: truncated" in message
+    # a file DALI could not decode and PyAV did is scored as usual: not a bad file "scored with a replacement"
+    records.clear()
+    get_logger().addHandler(handler)
+    try:
+        routed = ["h.mp4: codec h264 (DALI CPU decodes VP8, VP9, MJPEG); used PyAV", "c.mp4: missing"]
+        assert evaluate._report_bad_videos(routed + ["d.mp4: x; used PyAV", "d.mp4: cut"], "val") == 2
+    finally:
+        get_logger().removeHandler(handler)
+    assert [r.levelname for r in records] == ["INFO", "WARNING"]
+    assert "1 video file(s) DALI could not decode were decoded by PyAV and scored as usual: h.mp4" in (
+        records[0].getMessage()
+    )
+    assert "2 bad video file(s)" in records[1].getMessage()
 
 
 def test_retrieval_eval_ranks_a_dropped_video_last_instead_of_stopping():
