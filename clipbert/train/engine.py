@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -43,20 +42,16 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def init_distributed(device: torch.device) -> None:
     """gloo on CPU, nccl on GPU. A plain `python train.py` becomes a world of one."""
     import deepspeed
 
-    if "RANK" not in os.environ:  # not under deepspeed/torchrun: avoid DeepSpeed's MPI discovery
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    from clipbert.train import launch_env
+
+    try:  # not under deepspeed/torchrun: srun's or mpirun's ranks, else a world of one (no MPI discovery)
+        launch_env.apply(os.environ)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     if device.type == "cpu":
         _skip_inference_shm_build()
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")

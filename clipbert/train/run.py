@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from clipbert.data.annotations import DataError
-from clipbert.train import best
+from clipbert.train import best, launch_env
 from clipbert.train import checkpoint as ckpt
 from clipbert.train import config as C
 from clipbert.train.cli import parse_args
@@ -366,8 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:  # before the device: a login node without the run's GPU may check a config
             print(json.dumps(resolved_config(cfg), indent=2))
             return 0
+        # before the device: under srun or mpirun, LOCAL_RANK (which GPU) comes from the launcher's variables
+        launch_env.apply(os.environ)
         device = pick_device(cfg.train.device)
-    except (C.ConfigError, FileNotFoundError) as err:
+    except (C.ConfigError, FileNotFoundError, ValueError) as err:
         log.error("config error: %s", err)
         return 2
     init_distributed(device)
