@@ -239,3 +239,38 @@ def test_a_checkpoint_without_tensors_names_the_file(tmp_path):
     torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "trainer_state.pt")
     with pytest.raises(ValueError, match=r"trainer_state\.pt holds no tensors \(top-level keys: \['epoch'"):
         load_resnet(tiny_backbone(), tmp_path / "trainer_state.pt", prefix="")
+
+
+class _RunsCode:
+    """Unpickled by a full unpickler, it calls a function the file names: what a doctored checkpoint does."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, ("/tmp/clipbert_unpickled_code_ran",))
+
+
+def test_weight_files_are_read_without_running_code_they_name(tmp_path):
+    import os
+    import pickle
+
+    import numpy as np
+    import torch
+
+    from clipbert.models.weights import read_state_dict
+
+    marker = "/tmp/clipbert_unpickled_code_ran"
+    if os.path.isdir(marker):
+        os.rmdir(marker)
+    for name, save in (
+        ("doctored.pth", lambda p: torch.save({"conv1.weight": torch.ones(1), "x": _RunsCode()}, p)),
+        ("doctored.pkl", lambda p: p.write_bytes(pickle.dumps({"model": {"a": _RunsCode()}}))),
+    ):
+        save(tmp_path / name)
+        with pytest.raises(ValueError, match=rf"cannot read .*{name}: not a torch checkpoint of tensors"):
+            read_state_dict(tmp_path / name)
+        assert not os.path.isdir(marker), name
+    # detectron2's model-zoo layout (numpy arrays in a plain pickle) still reads
+    arrays = {"model": {"stem.conv1.weight": np.ones((2, 3), np.float32)}, "__author__": "FAIR"}
+    (tmp_path / "R-50.pkl").write_bytes(pickle.dumps(arrays, protocol=2))
+    assert read_state_dict(tmp_path / "R-50.pkl")["stem.conv1.weight"].shape == (2, 3)

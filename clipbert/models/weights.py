@@ -126,17 +126,43 @@ def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
 
 def _load_torch_or_pickle(path: Path):
     """torch.save's format, else a plain pickle. Why: detectron2's model-zoo .pkl files ({"model": {name:
-    numpy array}, "__author__": ...}) are plain pickles, which torch.load rejects ("Invalid magic number")."""
+    numpy array}, "__author__": ...}) are plain pickles, which torch.load rejects ("Invalid magic number").
+
+    Both are read without running code from the file: torch.load with weights_only (tensors, dicts, lists,
+    numbers), and a pickle through `_ArraysOnly` (numpy arrays and plain containers). Why: weights are
+    downloaded files, and a full unpickler runs whatever a file names, so a doctored checkpoint ran code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as torch_err:
         try:
             with open(path, "rb") as f:
-                return pickle.load(f, encoding="latin1")  # latin1: detectron2's Python 2 era pickles
+                return _ArraysOnly(f, encoding="latin1").load()  # latin1: detectron2's Python 2 era pickles
         except Exception as pickle_err:  # any unpickling failure: report both readers' reasons
+            first = (str(torch_err).strip().splitlines() or [""])[0].split(". ")[0]  # torch's runs to a page
             raise ValueError(
-                f"cannot read {path}: not a torch checkpoint ({torch_err}) nor a pickle ({pickle_err})"
+                f"cannot read {path}: not a torch checkpoint of tensors ({first}) nor a pickle of arrays "
+                f"({pickle_err})"
             ) from pickle_err
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and plain containers and refuses every other class or call."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3: str -> bytes, nothing more
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a file of weights does not need")
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], *prefixes: str) -> dict[str, torch.Tensor]:
