@@ -238,6 +238,9 @@ def _summary(summaries: list[dict], names: list[str], meta: dict, seconds: float
         "r1_over_chance": None if r1 is None or not chance else r1 / chance,
         # the matching head alone, without the visual-word score (eval.word_score_weight)
         "test_t2v_r1_itm_only": metrics.get("itm_only_t2v_r1"),
+        # the weights best on val (best_model/), scored on test when they are not the final ones
+        "best_val_step": (summaries[-1].get("best") or {}).get("step"),
+        "test_t2v_r1_best_val": ((summaries[-1].get("best") or {}).get("test") or {}).get("t2v_r1"),
         "steps": summaries[-1].get("step"),
         "frames_per_s": (summaries[-1].get("perf") or {}).get("frames_per_s"),
     }
@@ -260,9 +263,13 @@ def _report(result: dict, out: Path) -> str:
     r1, chance, ratio = (_fmt(result[k], f) for k, f in _REPORTED)
     itm_only = result["test_t2v_r1_itm_only"]
     alone = "" if itm_only is None else f"; the matching head alone {itm_only:.1f}%"
+    best = result.get("test_t2v_r1_best_val")
+    at_best = (
+        "" if best is None else f"; the weights best on val (step {result['best_val_step']}) {best:.1f}%"
+    )
     return (
-        f"[demo] {_time_part(result)}; test text-to-video R@1 {r1} (chance {chance}, {ratio}{alone}); "
-        f"outputs in {out}"
+        f"[demo] {_time_part(result)}; test text-to-video R@1 {r1} "
+        f"(chance {chance}, {ratio}{alone}{at_best}); outputs in {out}"
     )
 
 

@@ -217,3 +217,14 @@ def test_the_model_digest_ignores_the_safetensors_metadata_order(tmp_path):
         (tmp_path / name / "model.safetensors").write_bytes(data)
     digests = {name: demo.model_digest(tmp_path / name) for name in files}
     assert digests["a"] == digests["b"] != digests["c"]
+
+
+def test_the_report_names_the_weights_best_on_val_when_they_differ_from_the_final_ones(tmp_path):
+    summaries = [{"metrics": {"t2v_r1": 20.0}, "best": {"step": 365, "test": {"t2v_r1": 28.0}}, "step": 1460}]
+    result = demo._summary(summaries, ["retrieval"], META, 60.0)
+    assert (result["best_val_step"], result["test_t2v_r1_best_val"]) == (365, 28.0)
+    assert "R@1 20.0% (chance 2.0%, 10.0x; the weights best on val (step 365) 28.0%)" in demo._report(
+        result, tmp_path
+    )
+    same = demo._summary([{**summaries[0], "best": {"step": 1460}}], ["retrieval"], META, 60.0)
+    assert "best on val" not in demo._report(same, tmp_path)  # the final weights were the best: said once
