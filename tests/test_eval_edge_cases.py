@@ -67,8 +67,9 @@ def test_chunked_scores_equal_one_chunk_and_no_call_exceeds_the_chunk_sizes(mode
         shapes.clear()
         got = retrieval_scores(model, tokens, ids, mask, "lse", video_batch, text_batch)
         # not bit-equal: the chunks' shapes pick other CPU matmul blockings on some CPUs (seen 2026-11-29)
+        where = f"{video_batch, text_batch}"
         torch.testing.assert_close(
-            got, whole, rtol=1e-6, atol=1e-6, msg=lambda m: f"{video_batch, text_batch}: {m}"
+            got, whole, rtol=1e-6, atol=1e-6, msg=lambda m, where=where: f"{where}: {m}"
         )
         assert max(s[0] for s in shapes) <= video_batch and max(s[1] for s in shapes) <= text_batch
         assert sum(s[0] * s[1] for s in shapes) == 7 * 11  # every (video, text) pair scored exactly once
