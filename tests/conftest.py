@@ -54,6 +54,15 @@ def bench(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The shipped BERT vocabulary's tokenizer (reading it costs about 0.2 s: once per run); a module may
+    define its own."""
+    from clipbert.data.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
 @pytest.fixture
 def train_log(caplog):
     """caplog for the trainer's logger, which does not propagate to the root logger where caplog listens."""

@@ -12,12 +12,6 @@ from clipbert.data.annotations import AnnotationError
 from clipbert.data.config import DataConfig
 from clipbert.data.datasets import RetrievalEvalData, build_dataset, read_task_annotations
 from clipbert.data.preprocess import IMAGENET_RGB
-from clipbert.data.tokenizer import build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 def write_lines(path, rows, newline="\n"):

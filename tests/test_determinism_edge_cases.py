@@ -2,35 +2,11 @@
 
 import pytest
 import torch
+from test_data_datasets import make_cfg
 
-from clipbert.data.config import DataConfig
 from clipbert.data.datasets import build_dataset
 from clipbert.data.loader import build_loader
 from clipbert.data.preprocess import IMAGENET_RGB
-from clipbert.data.tokenizer import build_tokenizer
-
-L = 24  # tiny frames keep the CPU tests fast
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-def make_cfg(bench, **overrides):
-    values = dict(
-        ann_dir=str(bench / "annotations"),
-        video_dir=str(bench / "videos"),
-        image_size=L,
-        num_clips=2,
-        num_test_clips=3,
-        frames_per_clip=2,
-        num_workers=0,
-        itm_neg_size=2,
-        seed=3,
-    )
-    values.update(overrides)
-    return DataConfig(**values)
 
 
 def _rng_after_first_batch(loader, epoch: int) -> torch.Tensor:

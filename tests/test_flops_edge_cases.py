@@ -4,6 +4,7 @@ FLOPs, and the counts follow the trainer's convention (clipbert.models.training_
 import dataclasses
 
 import pytest
+import test_bench_paths as _bench_paths
 import torch
 
 import clipbert.models as models
@@ -20,27 +21,9 @@ from clipbert.perf.paths import (
     make_batch,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _cfg(**kw):
-    base = dict(
-        image_size=64,
-        vocab_size=2048,
-        backbone_style="msra",
-        frozen_bn=True,
-        freeze_at=2,
-        pretrain_heads=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-    )
-    return models.ClipBertConfig.from_preset("tiny", **{**base, **kw})
+# the frozen-configuration tiny model and the one-thread fixture of the path tests
+_one_thread = _bench_paths._one_thread
+_cfg = _bench_paths._cfg
 
 
 def _expected_step(cfg, n: int, t: int) -> int:

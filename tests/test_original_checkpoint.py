@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_weights import detectron2_names
 
 from clipbert.models import ClipBert, ClipBertConfig
 from clipbert.models.weights import convert_original_state_dict, load_original_clipbert, main
@@ -27,27 +28,7 @@ def tiny(**overrides) -> ClipBertConfig:
 
 
 # ------------------------------------------------------------------------------------ original names
-def _detectron2_resnet(layers, width) -> dict[str, tuple[int, ...]]:
-    """build_model(R-50-grid).backbone: stem.conv1[.norm], resK.i.{conv1..3,shortcut}[.norm] (FrozenBN)."""
-    names: dict[str, tuple[int, ...]] = {}
-
-    def conv(prefix, cout, cin, k):
-        names[f"{prefix}.weight"] = (cout, cin, k, k)
-        for stat in ("weight", "bias", "running_mean", "running_var"):
-            names[f"{prefix}.norm.{stat}"] = (cout,)
-
-    conv("stem.conv1", width, 3, 7)
-    cin = width
-    for i, blocks in enumerate(layers):
-        mid, cout = width * 2**i, width * 2**i * 4
-        for b in range(blocks):
-            if b == 0:
-                conv(f"res{i + 2}.{b}.shortcut", cout, cin, 1)
-            conv(f"res{i + 2}.{b}.conv1", mid, cin, 1)
-            conv(f"res{i + 2}.{b}.conv2", mid, mid, 3)
-            conv(f"res{i + 2}.{b}.conv3", cout, mid, 1)
-            cin = cout
-    return names
+_detectron2_resnet = detectron2_names  # the original's backbone is detectron2's R-50 (FrozenBN)
 
 
 def _detector_heads(c5: int) -> dict[str, tuple[int, ...]]:
