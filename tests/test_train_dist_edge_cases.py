@@ -200,8 +200,11 @@ def test_a_sigterm_on_one_rank_mid_window_resumes_exactly(launched):
     assert results["sig_second"]["reason"] == "done" and results["sig_second"]["step"] == 4
     full, split = _steps(out / "full0"), _steps(out / "sig")
     assert [r["step"] for r in split] == [1, 2, 3, 4]  # rank 0 alone writes, each step once
-    assert [r["loss"] for r in split] == [r["loss"] for r in full]
-    assert _metrics(results["sig_second"]) == _metrics(results["full0"])
+    # Bit-equal on the AMD EPYC CI machine of 2026-11-28/29; on an Intel Xeon one (2026-11-29, session base
+    # 47a69fc included) step 3 differed by 1.5e-8 relative, with torch's fused AdamW or without: within 1e-6,
+    # where a wrong position or sample is off by 1e-3 and more. Not explained yet (see the closing note).
+    assert [r["loss"] for r in split] == pytest.approx([r["loss"] for r in full], rel=1e-6, abs=0)
+    assert _metrics(results["sig_second"]) == pytest.approx(_metrics(results["full0"]), rel=1e-6)
     assert _seen(out / "sig") == {0: list(range(SIZE)), 1: list(range(SIZE))}
 
 
