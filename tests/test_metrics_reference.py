@@ -297,7 +297,7 @@ def official_vqa_accuracy(prediction: str, answers: list[str]) -> float:
     from clipbert.data.vqa_answers import normalize_answer
 
     gts = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
-    res = prediction.strip()
+    res = prediction.replace("\n", " ").replace("\t", " ").strip()
     if len(set(gts)) > 1:
         gts = [normalize_answer(a) for a in gts]
         res = normalize_answer(res)

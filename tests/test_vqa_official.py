@@ -6,6 +6,7 @@ import json
 
 import pytest
 from PIL import Image
+from test_metrics_reference import official_vqa_accuracy
 
 from clipbert.data.annotations import AnnotationError
 from clipbert.data.config import DataConfig
@@ -60,20 +61,8 @@ def official_annotations(path, subtype, qids, majority=None):
     return path
 
 
-def official_accuracy(prediction: str, humans: list[str]) -> float:
-    """The official per-question accuracy, restated from its description (not its code): answers are
-    stripped; unless all humans typed the same string, the humans' answers and the prediction are
-    normalized; then the mean over leaving each human out of min(1, matches among the rest / 3)."""
-    humans = [h.replace("\n", " ").replace("\t", " ").strip() for h in humans]
-    prediction = prediction.replace("\n", " ").replace("\t", " ").strip()
-    if len(set(humans)) > 1:
-        humans = [normalize_answer(h) for h in humans]
-        prediction = normalize_answer(prediction)
-    accs = []
-    for left_out in range(len(humans)):
-        others = humans[:left_out] + humans[left_out + 1 :]
-        accs.append(min(1.0, sum(h == prediction for h in others) / 3))
-    return sum(accs) / len(accs)
+# the official per-question accuracy, transcribed once (tests/test_metrics_reference.py)
+official_accuracy = official_vqa_accuracy
 
 
 # --- the answer vocabulary ---------------------------------------------------------------------------------
