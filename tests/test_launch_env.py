@@ -77,3 +77,28 @@ def test_train_py_under_srun_without_a_host_list_says_what_to_set(monkeypatch, c
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     assert main(["--config", "ds_synthetic.json"]) == 2
     assert "rank 5 of 8 without MASTER_ADDR" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "tasks_per_node, node_id, local_world",
+    [
+        ("2(x3),1", "3", "1"),  # `srun -n 7 -N 4`: the last node holds one task (it was told 2)
+        ("2(x3),1", "1", "2"),
+        ("3,1(x2)", "2", "1"),
+        ("4(x2)", "1", "4"),
+        (
+            "2(x3),1",
+            "9",
+            "2",
+        ),  # a node id past the step's list (a step on some of the job's nodes): the first
+        ("", "0", "7"),  # no list: the whole world
+    ],
+)
+def test_srun_local_world_is_this_nodes_task_count(tasks_per_node, node_id, local_world):
+    environ = {
+        **SRUN,
+        "SLURM_NTASKS": "7",
+        "SLURM_STEP_TASKS_PER_NODE": tasks_per_node,
+        "SLURM_NODEID": node_id,
+    }
+    assert launch_env(environ)["LOCAL_WORLD_SIZE"] == local_world

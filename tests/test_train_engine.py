@@ -54,6 +54,14 @@ def test_param_groups_split_cnn_transformer_and_decay(cfg):
     assert frozen and all(n not in g["names"] for g in groups.values() for n in frozen)
 
 
+def test_the_visual_word_heads_learned_scale_gets_no_weight_decay(cfg):
+    # its cosine temperature (as CLIP's logit scale) was decayed toward 0 with the transformer's weights
+    model = ClipBert(cfg.model_config(visual_words=True))
+    groups = {g["group"]: g["names"] for g in param_groups(model, cfg.train)}
+    assert "visual_words.scale" in groups["transformer_no_decay"]
+    assert not any("visual_words" in n for n in groups["transformer"])
+
+
 def test_warmup_then_linear_decay_to_zero():
     total, ratio = 20, 0.1  # 2 warm-up steps
     lrs = [warmup_linear_decay(s, total, ratio) for s in range(total)]

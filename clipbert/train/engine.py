@@ -1,8 +1,9 @@
 """Process setup and the DeepSpeed engine: distributed init, parameter groups, the LR schedule.
 
 AdamW with betas (0.9, 0.98); the CNN and the transformer get their own learning rate and weight decay;
-biases and LayerNorm weights get no decay (as the original ClipBERT). The schedule is a 10% linear
-warm-up then a linear decay to 0, applied per group, so each group keeps its own peak LR.
+biases and LayerNorm weights get no decay (as the original ClipBERT), nor does the visual-word head's
+scale. The schedule is a 10% linear warm-up then a linear decay to 0, applied per group, so each group keeps
+its own peak LR.
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ def _skip_inference_shm_build() -> None:
         compatible[builder.NAME] = False
 
 
+# Learned scales that weight decay must not touch, besides biases and LayerNorm weights. Why: the visual-word
+# head's cosine temperature (as CLIP's logit scale, which CLIP leaves undecayed) was pulled toward 0 by decay,
+# flattening its logits for no regularizing gain.
+NO_DECAY_NAMES = ("visual_words.scale",)
+
+
+def _no_decay_by_name(name: str) -> bool:
+    """Biases and NO_DECAY_NAMES, also under a wrapper's prefix ('module.visual_words.scale')."""
+    return any(name == n or name.endswith("." + n) for n in ("bias", *NO_DECAY_NAMES))
+
+
 def param_groups(model: nn.Module, train_cfg) -> list[dict]:
     """Four groups: {cnn, transformer} x {decay, no decay}; frozen parameters are left out."""
     no_decay_ids = set()
@@ -93,7 +105,7 @@ def param_groups(model: nn.Module, train_cfg) -> list[dict]:
         if not param.requires_grad or id(param) in seen:  # tied weights appear once
             continue
         seen.add(id(param))
-        decay = not (name.endswith(".bias") or name == "bias" or id(param) in no_decay_ids)
+        decay = not (_no_decay_by_name(name) or id(param) in no_decay_ids)
         group = groups[(name.startswith(CNN_PREFIX), decay)]
         group["params"].append(param)
         group["names"].append(name)

@@ -28,7 +28,9 @@ def launch_env(environ: Mapping[str, str]) -> dict[str, str]:
             rank=environ["SLURM_PROCID"],
             world=str(slurm_tasks),
             local_rank=environ.get("SLURM_LOCALID", "0"),
-            local_world=_tasks_on_this_node(environ.get("SLURM_STEP_TASKS_PER_NODE", ""), slurm_tasks),
+            local_world=_tasks_on_this_node(
+                environ.get("SLURM_STEP_TASKS_PER_NODE", ""), environ.get("SLURM_NODEID", "0"), slurm_tasks
+            ),
             master=first_host(nodes) if nodes else None,
             port=str(29500 + int(environ.get("SLURM_JOB_ID", "0") or "0") % 20000),  # one per job, all tasks
         )
@@ -82,10 +84,20 @@ def first_host(nodelist: str) -> str:
     return re.sub(r"\[([^\],-]+)[^\]]*\]", r"\1", nodelist[:end])
 
 
-def _tasks_on_this_node(tasks_per_node: str, total: int) -> str:
-    """SLURM_STEP_TASKS_PER_NODE ('4(x2)', '2,1') -> this node's count; the first node's when they differ."""
-    match = re.match(r"(\d+)", tasks_per_node)
-    return match.group(1) if match else str(total)
+def _tasks_on_this_node(tasks_per_node: str, node_id: str, total: int) -> str:
+    """SLURM_STEP_TASKS_PER_NODE ('4(x2)', '2(x3),1') and SLURM_NODEID -> this node's task count.
+
+    Why per node: with `srun -n 7` over 4 nodes ('2(x3),1') the last node holds one task, and reading the
+    first node's count told it 2 (LOCAL_WORLD_SIZE sizes per-node work such as data workers and GPU choice).
+    The first node's count where the node id falls outside the list (a step on a subset of the job's nodes)."""
+    counts = []
+    for part in tasks_per_node.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not match:
+            return str(total) if not counts else str(counts[0])
+        counts += [match.group(1)] * int(match.group(2) or 1)
+    index = int(node_id) if node_id.isdigit() else 0
+    return counts[index] if index < len(counts) else counts[0]
 
 
 def _free_port() -> int:
