@@ -89,7 +89,7 @@ def _tasks_on_this_node(tasks_per_node: str, node_id: str, total: int) -> str:
 
     Why per node: with `srun -n 7` over 4 nodes ('2(x3),1') the last node holds one task, and reading the
     first node's count told it 2 (LOCAL_WORLD_SIZE sizes per-node work such as data workers and GPU choice).
-    The first node's count where the node id falls outside the list (a step on a subset of the job's nodes)."""
+    The first count where the node id is past the list (a step on a subset of the job's nodes)."""
     counts = []
     for part in tasks_per_node.split(","):
         match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
