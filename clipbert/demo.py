@@ -232,7 +232,7 @@ def _summary(summaries: list[dict], names: list[str], meta: dict, seconds: float
         "this_run_seconds": round(seconds, 1),
         "stages_trained_now": [n for n, s in zip(names, summaries) if not s.get("finished_before")],
         # wall time each stage's perf.json recorded: of this run, or of the earlier run whose results stand
-        "recorded_stage_seconds": {n: (s.get("perf") or {}).get("wall_s") for n, s in zip(names, summaries)},
+        "recorded_stage_seconds": {n: _stage_seconds(s.get("perf") or {}) for n, s in zip(names, summaries)},
         "test_t2v_r1": r1,
         "chance_r1": chance,
         "r1_over_chance": None if r1 is None or not chance else r1 / chance,
@@ -244,6 +244,11 @@ def _summary(summaries: list[dict], names: list[str], meta: dict, seconds: float
         "steps": summaries[-1].get("step"),
         "frames_per_s": (summaries[-1].get("perf") or {}).get("frames_per_s"),
     }
+
+
+def _stage_seconds(perf: dict) -> float | None:
+    """The stage's training time over all its sessions (a stopped and resumed stage has several)."""
+    return perf.get("total_wall_s", perf.get("wall_s"))
 
 
 def _chance_r1(meta: dict, metrics: dict) -> float | None:

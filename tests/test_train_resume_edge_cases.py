@@ -181,3 +181,21 @@ def test_bad_files_met_before_a_stop_join_the_resumed_epochs_summary(tmp_path):
     (record,) = [json.loads(line) for line in (tmp_path / "bad_inputs.jsonl").read_text().splitlines()]
     assert (record["epoch"], record["bad_files"], record["hits"]) == (0, 8, 8)
     assert record["files"] == {f"bad{i}.mp4": 1 for i in range(8)}
+
+
+def test_a_resumed_runs_perf_json_chains_the_earlier_session(runs, tmp_path):
+    # it covered the resumed session only: a run stopped at step 3 of 4 said it trained in one step's time
+    out, _ = _copy(runs[1], tmp_path)
+    first = json.loads((out / "perf.json").read_text())
+    assert (first["start_step"], first["steps"], first["total_wall_s"]) == (0, 3, first["wall_s"])
+    assert "earlier_sessions" not in first  # a first session
+    summary = _resume(out)
+    perf = json.loads((out / "perf.json").read_text())
+    assert summary["perf"] == perf and (perf["start_step"], perf["steps"]) == (3, 4)
+    assert perf["earlier_sessions"] == [{k: v for k, v in first.items() if k != "total_wall_s"}]
+    assert perf["total_wall_s"] == pytest.approx(perf["wall_s"] + first["wall_s"])
+    # a third session chains both
+    assert _resume(out, train={"epochs": 3})["step"] == 6
+    third = json.loads((out / "perf.json").read_text())
+    assert [r["start_step"] for r in third["earlier_sessions"]] == [0, 3]
+    assert third["total_wall_s"] == pytest.approx(third["wall_s"] + first["wall_s"] + perf["wall_s"])

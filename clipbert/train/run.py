@@ -254,7 +254,9 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
             summary["metrics"] = _final_eval(cfg, engine, data, runlog, device, dtype, trainer.state.step)
             summary["best"] = _best_eval(cfg, engine, data, runlog, device, dtype, trainer.state)
     # a run resumed after its end trained nothing: its perf.json (the training's) stays
-    summary["perf"] = recorded.get("perf") or _write_perf(cfg, trainer, engine, model_cfg, start)
+    summary["perf"] = recorded.get("perf") or _write_perf(
+        cfg, trainer, engine, model_cfg, start, start_step if resume else None
+    )
     _plot(cfg)
     return summary
 
@@ -316,7 +318,9 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _write_perf(cfg, trainer, engine, model_cfg, start: float) -> dict:
+def _write_perf(cfg, trainer, engine, model_cfg, start: float, resumed_at: int | None) -> dict:
+    """perf.json: this session's figures; `resumed_at` (the step a resume started from, else None) chains
+    the earlier sessions' records of the run under `earlier_sessions`, and `total_wall_s` sums them all."""
     perf = {
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "task": cfg.task.name,
@@ -334,6 +338,7 @@ def _write_perf(cfg, trainer, engine, model_cfg, start: float) -> dict:
         "frame_store_reader": cfg.data.frame_store_reader if cfg.data.backend == "frame_store" else None,
         "channels_last": model_cfg.channels_last,
         "compile": cfg.train.compile,
+        "start_step": resumed_at or 0,
         "steps": trainer.state.step,
         "wall_s": time.time() - start,
         **trainer.throughput.describe(),
@@ -341,12 +346,37 @@ def _write_perf(cfg, trainer, engine, model_cfg, start: float) -> dict:
     }
     if trainer.profiler.result is not None:
         perf["step_profile"] = trainer.profiler.result
+    if is_rank0():
+        _chain_sessions(perf, Path(cfg.train.output_dir) / "perf.json", resumed_at)
     if is_rank0():  # through a temporary file: a kill mid-write must not leave a cut perf.json
         path = Path(cfg.train.output_dir) / "perf.json"
         tmp = path.with_name("perf.json.partial")
         tmp.write_text(json.dumps(perf, indent=2) + "\n")
         os.replace(tmp, path)
     return perf
+
+
+def _chain_sessions(perf: dict, path: Path, resumed_at: int | None) -> None:
+    """Add the earlier sessions of a resumed run (from its perf.json) and the run's total wall time.
+
+    Why: a resumed run's perf.json covered the resumed session only, so a run stopped at 90% and resumed
+    said it trained in the last 10%'s time (the demo's stage times too). Their frames/s and MFU stay per
+    session, as each measured its own steps; steps a stop redoes (after the last checkpoint) count twice in
+    the total, as the time was spent."""
+    earlier = []
+    if resumed_at is not None and path.is_file():
+        try:
+            last = json.loads(path.read_text())
+        except ValueError:  # cut short by an older version's in-place write: unknown, left out
+            last = None
+        if isinstance(last, dict):
+            earlier = [
+                *last.pop("earlier_sessions", []),
+                {k: v for k, v in last.items() if k != "total_wall_s"},
+            ]
+    if earlier:
+        perf["earlier_sessions"] = earlier
+    perf["total_wall_s"] = perf["wall_s"] + sum(float(r.get("wall_s") or 0.0) for r in earlier)
 
 
 def resolved_config(cfg) -> dict:
