@@ -118,13 +118,16 @@ def files_by_id(video_dir: str | os.PathLike) -> dict[str, list[str]]:
 def load_image(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """An image as one clip of one frame: uint8 [1, 1, 3, L, L] padded and its content (h, w).
 
-    Pixels as stored: an EXIF orientation (a phone's photo) is not applied, as PIL's Image.open reads it;
-    alpha is dropped (not blended), a palette or grey image comes out RGB."""
+    Upright, as an image viewer shows it: a JPEG's or PNG's EXIF orientation (a phone's photo) is applied, as
+    DALI's fn.decoders.image does by default (a WebP's is not: torchvision does not read it). Alpha is dropped
+    (not blended), a palette or grey image comes out RGB."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "missing file")
     try:
-        image = decode_image(path, mode=ImageReadMode.RGB)  # [3, H, W]; an animated GIF: [F, 3, H, W]
+        # Why the orientation: read as stored, a phone's portrait photo reached the model lying on its side,
+        # while image viewers and DALI's decoder show it upright. [3, H, W]; animated: [F, 3, H, W]
+        image = decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except (RuntimeError, ValueError) as err:
         raise VideoDecodeError(path, f"undecodable image ({err})") from err
     if image.ndim == 4:  # an animated GIF or WebP: its first frame, the one an image viewer shows

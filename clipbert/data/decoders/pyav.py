@@ -5,7 +5,7 @@ probe reads every packet's timestamp (demuxing; it decodes only the first frame,
 For a constant-frame-rate video the index follows from the time, round(pts * time_base * fps), so the result
 is exact whatever the GOP, B-frames or container. A variable-rate video (GIFs, phone recordings, a stream
 with a gap) keeps its sorted timestamps, and the index is the timestamp's rank; its fps is then the mean rate
-over the video.
+over the video. A GIF is timed as browsers show it: a frame delay under 20 ms counts as 100 ms.
 
 Frames come out as a player shows them: a video with a display rotation (a phone's portrait recording) is
 rotated upright, and the probe reports the rotated height and width. A non-square sample aspect ratio
@@ -35,6 +35,12 @@ TRUNCATION_SLACK_S, TRUNCATION_SLACK_FRACTION = 1.0, 0.05
 # Packets fed to the decoder at probe time to get the first frame (and its display rotation); B-frame
 # reordering holds back the first frame by a few. A stream that shows no frame by then counts as upright.
 ROTATION_PACKETS = 32
+
+# A GIF frame delay under 20 ms (0 or 1 centisecond) is shown for 100 ms: browsers do so, and FFmpeg's GIF
+# demuxer documents it (min_delay=2, default_delay=10, in centiseconds). PyAV 18's FFmpeg applies it to a
+# delay of 0 but reads 1 cs as 10 ms, so a GIF of 1 cs delays counted as 100 fps: a 1 s clip spanned 100
+# frames, the whole GIF and more.
+GIF_MIN_DELAY_S, GIF_DEFAULT_DELAY_S = 0.02, 0.1
 
 # FFmpeg's AVColorSpace values that name a YUV matrix (2, unspecified, and the rest: "")
 COLORSPACES = {
@@ -230,11 +236,14 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
         raise VideoDecodeError(key, why)
     clock = FrameClock(start, time_base, fps)
     by_time = np.rint((stamps - start) * time_base * fps)  # what the constant-rate clock would say
-    if not np.array_equal(by_time, np.arange(len(stamps))):
+    # a GIF with delays too short to be shown as written: its timestamps are not the times shown
+    shown_fps = _gif_shown_fps(stamps, time_base) if container.format.name == "gif" else None
+    if shown_fps is not None or not np.array_equal(by_time, np.arange(len(stamps))):
         # Variable rate: index by rank. The mean rate keeps clip lengths in seconds (the declared one can be
         # wrong: a VFR webm declares its nominal rate).
         span = (stamps[-1] - stamps[0]) * time_base
         fps = (len(stamps) - 1) / span if len(stamps) > 1 and span > 0 else fps
+        fps = shown_fps or fps
         clock = FrameClock(start, time_base, fps, stamps)
         num_frames = len(stamps)
     ctx = stream.codec_context
@@ -246,6 +255,16 @@ def _probe(key: str, container) -> tuple[VideoInfo, FrameClock]:
         height, width = width, height
     info = VideoInfo(int(num_frames), float(fps), height, width, codec, colorspace, first_frame.rotation)
     return info, clock
+
+
+def _gif_shown_fps(stamps: np.ndarray, time_base: float) -> float | None:
+    """A GIF's mean rate as browsers play it, a delay under GIF_MIN_DELAY_S shown for GIF_DEFAULT_DELAY_S;
+    None when no delay is that short (the timestamps are then the times shown). `stamps`: int64 [F] sorted."""
+    delays = np.diff(stamps) * time_base  # [F - 1] seconds each frame is shown, the last one's aside
+    short = delays < GIF_MIN_DELAY_S - 1e-9
+    if not short.any():
+        return None
+    return len(delays) / float(np.where(short, GIF_DEFAULT_DELAY_S, delays).sum())
 
 
 class _FirstFrame:
