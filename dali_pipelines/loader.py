@@ -4,13 +4,15 @@ A file DALI cannot decode (bad file, or H.264 on the CPU decoder) kills the pipe
 are rebuilt, the offending sample is found by decoding the batch's samples one by one, and from then on that
 file is decoded with PyAV. Files DALI cannot read, or would decode wrongly, go to PyAV up front (routing.py).
 A file PyAV cannot decode either is dropped from the batch; all are reported in `bad_videos` so that the
-trainer's BadInputTracker counts them.
+trainer's BadInputTracker counts them: those PyAV decoded as fallbacks, those it dropped as bad files (the
+entries' ends are clipbert.data.bad_input's).
 """
 
 from __future__ import annotations
 
 import torch
 
+from clipbert.data.bad_input import DROPPED, TRYING_PYAV, USED_PYAV
 from clipbert.data.decoders import VideoDecodeError
 from clipbert.data.decoders.pyav import PyAVDecoder
 from clipbert.data.preprocess import preprocess_frames, resized_hw
@@ -162,7 +164,7 @@ class DaliLoader(_OverlappedLoader):
         if reason and path not in self.use_pyav:
             self.use_pyav.add(path)
             self._routed.append(path)
-            batch["bad_videos"].append(f"{path}: {reason}; used PyAV")
+            batch["bad_videos"].append(f"{path}: {reason}; {USED_PYAV}")
 
     def drop(self, job: dict) -> None:
         # The job's batch, which reported the files it routed to PyAV, is never handed out: without this they
@@ -184,7 +186,7 @@ class DaliLoader(_OverlappedLoader):
                 try:
                     raw = self.pyav.decode(paths[i], indices[i])  # uint8 [N, T, H, W, 3]
                 except VideoDecodeError as err:
-                    batch["bad_videos"].append(f"{err.key}: {err.reason}; sample dropped")
+                    batch["bad_videos"].append(f"{err.key}: {err.reason}; {DROPPED}")
                     dropped.append(i)
                     continue
                 flat = preprocess_frames(raw.reshape(n * t, *raw.shape[2:]), size, self.norm)
@@ -211,7 +213,7 @@ class DaliLoader(_OverlappedLoader):
                 self.decoder.rebuild()
                 self.use_pyav.add(job["paths"][i])
                 reason = str(err).strip().splitlines()[-1][:200]
-                bad.append(f"{job['paths'][i]}: DALI could not decode ({reason}); trying PyAV")
+                bad.append(f"{job['paths'][i]}: DALI could not decode ({reason}); {TRYING_PYAV}")
 
     def _correct_colours(self, job: dict, frames: torch.Tensor) -> None:
         """DALI converted every row by BT.601: rows of videos tagged with another matrix (BT.709, BT.2020 ...)
@@ -281,9 +283,7 @@ class DaliFrameStoreLoader(_OverlappedLoader):
                 frames.append(self.decoder.decode([jpegs[i]], (1, *shape[1:]), [hw[i]]))
             except RuntimeError:
                 self.decoder.rebuild()
-                batch["bad_videos"].append(
-                    f"{batch['video_ids'][i]}: corrupt frame store entry; sample dropped"
-                )
+                batch["bad_videos"].append(f"{batch['video_ids'][i]}: corrupt frame store entry; {DROPPED}")
                 dropped.append(i)
         kept = drop_rows(batch, dropped)
         size = self.cfg.image_size

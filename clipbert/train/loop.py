@@ -45,6 +45,11 @@ class TrainerState:
     # the epoch's bad files so far, over all ranks (file -> times met): a resume adds them to the epoch's
     # summary, which would otherwise report only what the resumed part met
     bad_inputs_epoch: dict = dataclasses.field(default_factory=dict)
+    # ... and the DALI loader's PyAV fallbacks (file -> why not DALI): those met this epoch so far, and those
+    # earlier summaries named. A resumed loader reports again the files it meets: these keep its summaries
+    # the uninterrupted run's (BadInputTracker)
+    pyav_fallbacks_epoch: dict = dataclasses.field(default_factory=dict)
+    pyav_fallbacks_reported: list = dataclasses.field(default_factory=list)
     # what the position above is counted in, and the optimizer's settings (Trainer.plan)
     plan: dict = dataclasses.field(default_factory=dict)
     # the model's ClipBertConfig.to_dict(): a resume or a load checks its weight keys against the config's
@@ -111,6 +116,15 @@ def _bad_inputs_over_ranks(tracker) -> Counter[str]:
     merged: Counter[str] = Counter()
     for part in all_gather_objects(dict(tracker.epoch)):
         merged.update(part)
+    return merged
+
+
+def _fallbacks_over_ranks(tracker) -> dict[str, str]:
+    """The epoch's PyAV fallbacks so far (file -> why not DALI), of every rank (a collective)."""
+    merged: dict[str, str] = {}
+    for part in all_gather_objects(dict(tracker.pyav)):
+        for name, reason in part.items():
+            merged.setdefault(name, reason)
     return merged
 
 
@@ -216,6 +230,8 @@ class Trainer:
             return
         if self.tracker is not None:  # every rank reaches here (the returns above agree across ranks)
             self.state.bad_inputs_epoch = dict(_bad_inputs_over_ranks(self.tracker))
+            self.state.pyav_fallbacks_epoch = _fallbacks_over_ranks(self.tracker)
+            self.state.pyav_fallbacks_reported = sorted(self.tracker.pyav_reported)
         ckpt.save(self.engine, self.out, self.state.to_dict(), self.cfg.train.keep_checkpoints)
         self.last_saved_step = self.state.step
         self.throughput.reset()
@@ -465,19 +481,28 @@ class Trainer:
         """The epoch's bad files of every rank, logged once by rank 0 and appended to bad_inputs.jsonl.
 
         Why gather: each rank meets only its shard's files and only rank 0 logs warnings, so on 8 GPUs 7/8
-        of the bad files went unreported and the summary could say "no bad input"."""
+        of the bad files went unreported and the summary could say "no bad input". The DALI loader's PyAV
+        fallbacks are gathered the same way and given apart (BadInputTracker.summary)."""
         self.tracker.epoch = _bad_inputs_over_ranks(self.tracker)
+        self.tracker.pyav = _fallbacks_over_ranks(self.tracker)
         result = self.tracker.summary(self.state.epoch - 1)  # logs, then starts the next epoch's count
-        if is_rank0() and result["bad_files"]:
+        if is_rank0() and (result["bad_files"] or result.get("pyav_fallbacks")):
             with open(self.out / "bad_inputs.jsonl", "a") as f:
                 f.write(json.dumps({"step": self.state.step, **result}) + "\n")
 
     def _restore_bad_inputs(self) -> None:
         """Put the checkpoint's count of the epoch's bad files back, on rank 0 only (the epoch summary sums
         the ranks' counts). Why: files met before a stop, by any rank, were never reported when the run
-        resumed mid-epoch; the files are not warned about again."""
-        if self.tracker is None or not is_rank0() or not self.state.bad_inputs_epoch:
+        resumed mid-epoch; the files are not warned about again.
+
+        The PyAV fallbacks too: the resumed DALI loader reports again every file it sends to PyAV, which
+        would otherwise be named again, as new, in the next summary."""
+        if self.tracker is None:
             return
+        self.tracker.pyav_reported.update(self.state.pyav_fallbacks_reported)  # the same on every rank
+        if not is_rank0():
+            return
+        self.tracker.pyav.update(self.state.pyav_fallbacks_epoch)
         self.tracker.epoch.update(self.state.bad_inputs_epoch)
         self.tracker.total.update(self.state.bad_inputs_epoch)
 
