@@ -285,7 +285,7 @@ def test_negatives_are_fixed_by_seed_and_epoch_and_change_across_epochs(tokenize
 def pretrain_set(tmp_path, tokenizer, monkeypatch):
     """pretrain_set(rows) -> the PretrainDataset of these annotation rows, with blank images."""
     blank = (np.zeros((1, 1, 3, 2, 2), np.uint8), (2, 2))
-    monkeypatch.setattr(datasets, "load_image", lambda path, size: blank)
+    monkeypatch.setattr(datasets, "load_image", lambda path, size, orientation="stored": blank)
 
     def make(rows, **cfg):
         with open(tmp_path / "pretrain_train.jsonl", "w") as f:

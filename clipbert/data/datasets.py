@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -90,7 +91,7 @@ def read_task_annotations(path: Path, task: str) -> list[dict]:
     return [record for _, record in read_task_lines(path, task)]
 
 
-NEGATIVE_DRAWS = 8  # tries for a negative text unlike the positives (retrieval) or from another image (ITM)
+NEGATIVE_DRAWS = 8  # tries for a negative text unlike the positives (retrieval) or the image's captions (ITM)
 
 
 def split_key(key) -> tuple[int, int]:
@@ -451,13 +452,27 @@ class QADataset(TaskDataset):
     def video_of(self, index: int) -> str:
         return str(self.examples[index][self.video_key])
 
+    def __getitem__(self, key) -> dict:
+        return _own_text_in_evaluation(self, super().__getitem__(key))
+
     def load(self, index: int, epoch: int) -> dict:
-        example = self.examples[index]
         item = self.visual(self.video_of(index), epoch)
-        item["input_ids"] = tokenize(self.tokenizer, [example["question"]], self.max_len, literal=True)
-        item["labels"] = int(self.ans2label.get(example["answer"], -100))
-        item["answer_type"] = str(example.get("answer_type", "unknown"))
+        item["input_ids"] = self.text_ids(index)
+        item.update(self.eval_target(index))
         return item
+
+    def text_ids(self, index: int) -> list[list[int]]:
+        """Token ids [1][Lt] of example `index`'s question."""
+        return tokenize(self.tokenizer, [self.examples[index]["question"]], self.max_len, literal=True)
+
+    def eval_target(self, index: int) -> dict:
+        """What evaluation scores example `index` against (its label, -100 outside ans2label, and its answer
+        type), read from its annotation alone: evaluate.py counts an example the loader dropped as wrong."""
+        example = self.examples[index]
+        return {
+            "labels": int(self.ans2label.get(example["answer"], -100)),
+            "answer_type": str(example.get("answer_type", "unknown")),
+        }
 
 
 class MultipleChoiceDataset(TaskDataset):
@@ -497,18 +512,42 @@ class MultipleChoiceDataset(TaskDataset):
     def video_of(self, index: int) -> str:
         return str(self.examples[index]["clip_name" if self.task == "msrvtt_mc" else "gif_name"])
 
+    def __getitem__(self, key) -> dict:
+        return _own_text_in_evaluation(self, super().__getitem__(key))
+
     def load(self, index: int, epoch: int) -> dict:
-        example = self.examples[index]
-        video_id = self.video_of(index)
-        options = [str(option) for option in example["options"]]
-        questions = None if self.task == "msrvtt_mc" else [example["question"]] * len(options)
-        item = self.visual(video_id, epoch)
-        if questions is None:
-            item["input_ids"] = tokenize(self.tokenizer, options, self.max_len, literal=True)
-        else:
-            item["input_ids"] = tokenize(self.tokenizer, questions, self.max_len, pairs=options, literal=True)
-        item["labels"] = int(example["answer"])
+        item = self.visual(self.video_of(index), epoch)
+        item["input_ids"] = self.text_ids(index)
+        item.update(self.eval_target(index))
         return item
+
+    def text_ids(self, index: int) -> list[list[int]]:
+        """Token ids [M][Lt] of example `index`'s options (each after the question, for TGIF)."""
+        example = self.examples[index]
+        options = [str(option) for option in example["options"]]
+        if self.task == "msrvtt_mc":
+            return tokenize(self.tokenizer, options, self.max_len, literal=True)
+        questions = [example["question"]] * len(options)
+        return tokenize(self.tokenizer, questions, self.max_len, pairs=options, literal=True)
+
+    def eval_target(self, index: int) -> dict:
+        """The true option of example `index`, read from its annotation alone (QADataset.eval_target)."""
+        return {"labels": int(self.examples[index]["answer"])}
+
+
+def _own_text_in_evaluation(dataset: QADataset | MultipleChoiceDataset, item: dict) -> dict:
+    """An evaluation item whose video was bad, with the requested example's own text and label again.
+
+    Why: TaskDataset.__getitem__ loads a whole replacement example (a valid training pair), so in evaluation
+    the bad video's example was scored with the replacement's question and label: the replacement counted
+    twice and the example never. Evaluation scores the example itself, shown the replacement's video, as
+    docs/TRAINING.md says; the bad file is reported all the same (bad_videos)."""
+    index = item["index"]
+    if dataset.train or item["source_index"] == index:
+        return item
+    item["input_ids"] = dataset.text_ids(index)
+    item.update(dataset.eval_target(index))
+    return item
 
 
 class PretrainDataset(TaskDataset):
@@ -521,9 +560,10 @@ class PretrainDataset(TaskDataset):
 
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
+        self._grouped = (self.examples, *_group_by_image(self.examples))
         # Why said: with one image no caption is another image's, so no pair is a negative and the matching
         # head learns to answer "match" whatever it sees.
-        self.one_image = len({str(example["file"]) for example in self.examples}) == 1
+        self.one_image = len(self._grouped[3]) == 2  # starts: one per image, and the end
         if self.one_image and cfg.itm_neg_prob > 0:
             log.warning(
                 "%s: every caption is of one image (%s): image-text matching gets no negative pair "
@@ -537,31 +577,60 @@ class PretrainDataset(TaskDataset):
         # the image file, not image_id: what is decoded (and can be bad) is the file
         return str(self.examples[index]["file"])
 
-    def _negative_caption(self, index: int, rng) -> str:
-        """A caption of another image: one of the same image (COCO has 5, Visual Genome dozens) would be a
-        true match labelled 0. Drawn at random (NEGATIVE_DRAWS tries); should every try hit the same image (a
-        set where it holds most captions), drawn among the other images' captions. Why not give up then: the
-        negative rate fell with the image's share (an image with 30 of 31 captions got 12% negatives, not
-        itm_neg_prob's 50%)."""
-        file = self.examples[index]["file"]
+    def _negative_caption(self, index: int, rng) -> str | None:
+        """A caption of another image that reads unlike every caption of this one; None if there is none.
+
+        Why not any caption of another image: one of the same image (COCO has 5, Visual Genome dozens) is a
+        true match labelled 0, and so is another image's copy of one of them, as the model reads it (token
+        ids: the uncased tokenizer reads "A dog  runs" as "a dog runs"). COCO repeats captions across images,
+        Visual Genome's short region captions far more, and the synthetic benchmark gives every frame of a
+        video its caption. Drawn at random (NEGATIVE_DRAWS tries); should every try miss (an image holding
+        most captions), drawn among the other images' captions. Why not give up then: the negative rate fell
+        with the image's share (an image with 30 of 31 captions got 12% negatives, not itm_neg_prob's 50%)."""
+        image_of, by_image, starts = self._images()
+        image = image_of[index]
+        own = set(self._text_keys(by_image[starts[image] : starts[image + 1]]))
+
+        def unlike(other: int) -> bool:
+            return image_of[other] != image and self._text_keys([other])[0] not in own
+
         for _ in range(NEGATIVE_DRAWS):
             other = (index + 1 + rng.integers(len(self) - 1)) % len(self)
-            if self.examples[other]["file"] != file:
+            if unlike(other):
                 return self.examples[other]["caption"]
-        pool = [example["caption"] for example in self.examples if example["file"] != file]
-        return pool[rng.integers(len(pool))]
+        # The first in a random order of the other images' captions that qualifies: uniform among those that
+        # do, and only the ones looked at are tokenized.
+        pool = np.flatnonzero(image_of != image)
+        return next(
+            (self.examples[k]["caption"] for k in pool[rng.permutation(len(pool))] if unlike(k)), None
+        )
+
+    def _images(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """_group_by_image of the examples, regrouped should the list be replaced (a test's edited set)."""
+        if self._grouped[0] is not self.examples:
+            self._grouped = (self.examples, *_group_by_image(self.examples))
+        return self._grouped[1:]
+
+    def _text_keys(self, indices) -> list[int]:
+        """Each caption's identity as the model reads it: the hash of its token ids."""
+        captions = [self.examples[int(k)]["caption"] for k in indices]
+        return [hash(tuple(ids)) for ids in tokenize(self.tokenizer, captions, self.max_len, literal=True)]
 
     def load(self, index: int, epoch: int) -> dict:
         rng = rng_for(self.cfg.seed, epoch, index)
         example = self.examples[index]
         caption, match = example["caption"], 1
         if not self.one_image and rng.random() < self.cfg.itm_neg_prob:
-            caption, match = self._negative_caption(index, rng), 0
+            negative = self._negative_caption(index, rng)
+            if negative is not None:  # None: every other caption reads as one of this image's
+                caption, match = negative, 0
         ids = tokenize(self.tokenizer, [caption], self.max_len, literal=True)[0]
         masked, mlm_labels = mask_tokens(ids, self.tokenizer, rng, self.cfg.mlm_prob)
         if not match:
             mlm_labels = [-100] * len(ids)
-        frames, hw = load_image(self.image_root / example["file"], self.cfg.image_size)
+        frames, hw = load_image(
+            self.image_root / example["file"], self.cfg.image_size, self.cfg.image_orientation
+        )
         return {
             "frames": frames,
             "frames_hw": hw,
@@ -626,7 +695,9 @@ class VQADataset(TaskDataset):
 
     def load(self, index: int, epoch: int) -> dict:
         example = self.examples[index]
-        frames, hw = load_image(self.image_root / example["file"], self.cfg.image_size)
+        frames, hw = load_image(
+            self.image_root / example["file"], self.cfg.image_size, self.cfg.image_orientation
+        )
         labels, scores = self.targets(example)
         return {
             "frames": frames,  # uint8 [1, 1, 3, L, L]
@@ -638,6 +709,21 @@ class VQADataset(TaskDataset):
             "answered": "answers" in example or "labels" in example,
             "answer_type": str(example.get("answer_type", "unknown")),
         }  # __getitem__ adds the question_id
+
+
+def _group_by_image(examples: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each example's image (its "file") as a number, the example indices sorted by image, and where each
+    image's run starts in them: image g's examples are by_image[starts[g] : starts[g + 1]]. Arrays, not a
+    dict of lists: Visual Genome has 5M captions, and every loader worker holds a copy."""
+    numbers: dict[str, int] = {}
+    image_of = np.fromiter(
+        (numbers.setdefault(str(example["file"]), len(numbers)) for example in examples),
+        np.int64,
+        len(examples),
+    )  # [N]
+    by_image = np.argsort(image_of, kind="stable")  # [N]
+    starts = np.searchsorted(image_of[by_image], np.arange(len(numbers) + 1))  # [G + 1]
+    return image_of, by_image, starts
 
 
 def group_texts(task: str, examples: list[dict]) -> list[tuple[str, list[str]]]:

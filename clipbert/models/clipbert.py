@@ -296,7 +296,8 @@ class ClipBert(nn.Module):
         """frames [B, 1, 1, 3, L, L], ids/mask/mlm_labels [B, 1, Lt] (-100 = ignore), itm_labels [B].
 
         MLM (BERT cls.predictions, tied) on the text positions only, ITM (cls.seq_relationship) on the pooled
-        output; loss = mlm_loss + itm_loss, each a mean over its valid targets.
+        output; loss = mlm_loss + itm_loss. itm_loss is the mean over the B examples, mlm_loss the mean over
+        the masked tokens, or with config.mlm_loss_norm="original" their sum over B x max_text_len.
         """
         if self.cls is None:
             raise ValueError("pretrain_forward needs pretrain_heads=True in ClipBertConfig")
@@ -319,11 +320,7 @@ class ClipBert(nn.Module):
         lt = input_ids.shape[-1]
         mlm_logits = self.cls.predictions(hidden[:, :lt])  # [B, Lt, vocab]: text part only
         itm_logits = self.cls.seq_relationship(pooled)  # [B, 2]
-        labels = mlm_labels.reshape(-1, lt)
-        if (labels != -100).any():
-            mlm_loss = F.cross_entropy(mlm_logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-        else:  # no masked token in the batch: a zero that still depends on the graph
-            mlm_loss = mlm_logits.float().sum() * 0.0
+        mlm_loss = self._mlm_loss(mlm_logits, mlm_labels.reshape(-1, lt))
         itm_loss = F.cross_entropy(itm_logits.float(), itm_labels)
         return dict(
             loss=mlm_loss + itm_loss,
@@ -332,6 +329,19 @@ class ClipBert(nn.Module):
             mlm_logits=mlm_logits,
             itm_logits=itm_logits,
         )
+
+    def _mlm_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """logits [B, Lt, vocab], labels [B, Lt] (-100 = ignore) -> the MLM loss (config.mlm_loss_norm)."""
+        if self.config.mlm_loss_norm == "original":
+            # The original's CrossEntropyLoss(reduction="none").mean() over its texts, padded to max_txt_len:
+            # every position counts in the mean, an ignored one as 0. Ours pad to the batch's longest text,
+            # so the divisor is max_text_len (what the trainer sets from data.max_text_len), not Lt.
+            total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
+            return total / (labels.shape[0] * self.config.max_text_len)
+        if (labels != -100).any():
+            return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        # no masked token in the batch: a zero that still depends on the graph
+        return logits.float().sum() * 0.0
 
     def pretrain_scores(
         self,

@@ -15,6 +15,10 @@ BACKBONE_STYLES = ("torchvision", "msra")
 TEMPORAL_FUSIONS = ("mean", "conv3d", "conv2plus1d")
 CHANNEL_ORDERS = ("RGB", "BGR")
 HIDDEN_ACTS = ("gelu", "relu", "gelu_new")
+# How pretrain_forward averages the MLM loss: "masked", BERT's mean over the masked tokens; "original", the
+# original release's (run_pretrain.py): its per-position losses over texts padded to max_txt_len, ignored
+# positions counting 0, averaged over all of them, i.e. the masked tokens' sum over B x max_text_len.
+MLM_LOSS_NORMS = ("masked", "original")
 
 # The keys a checkpoint's weights are tied to. Some set shapes (a mismatch would also fail the load, less
 # readably); the others change what the same tensors mean, so a model that disagrees loads without error and
@@ -84,6 +88,9 @@ class ClipBertConfig:
     initializer_range: float = 0.02  # std of the normal init of linear/embedding weights
     checkpoint_transformer: bool = False  # activation checkpointing per BERT layer
 
+    # --- pre-training losses ---
+    mlm_loss_norm: str = "masked"  # MLM_LOSS_NORMS; "original" weighs MLM <= mlm_prob x as much against ITM
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # "False" (a string, so truthy) from a command line is not False
             if isinstance(f.default, bool) and not isinstance(getattr(self, f.name), bool):
@@ -93,6 +100,7 @@ class ClipBertConfig:
         _check_choice("backbone_style", self.backbone_style, BACKBONE_STYLES)
         _check_choice("temporal_fusion", self.temporal_fusion, TEMPORAL_FUSIONS)
         _check_choice("hidden_act", self.hidden_act, HIDDEN_ACTS)
+        _check_choice("mlm_loss_norm", self.mlm_loss_norm, MLM_LOSS_NORMS)
         self._fill_normalization()
         _check_choice("channel_order", self.channel_order, CHANNEL_ORDERS)
         self._check_numbers()
