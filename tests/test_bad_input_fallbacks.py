@@ -187,3 +187,15 @@ def test_a_file_routed_and_dropped_in_one_batch_is_only_bad(caplog):
     assert caplog.messages == ["bad input a.mp4: cut; sample dropped"]  # not said to be decoded by PyAV
     result = tracker.summary(0)
     assert result["files"] == {"a.mp4": 1} and "pyav_fallbacks" not in result
+
+
+def test_eval_counts_a_file_pyav_decoded_after_dali_failed_as_scored_not_bad(capfd):
+    # "trying PyAV" (DALI failed on the file mid-batch, PyAV then decoded it) was reported as a bad file
+    # "scored with a replacement", though its example was scored as any other; a later drop is bad
+    from clipbert.train.evaluate import _report_bad_videos
+
+    entries = [f"a.mp4: DALI could not decode (x); {TRYING_PYAV}", f"b.mp4: unsupported codec; {USED_PYAV}"]
+    get_logger()  # the trainer's handlers: its messages go to stderr
+    assert _report_bad_videos(entries, "val") == 0
+    assert "2 video file(s) DALI could not decode were decoded by PyAV" in capfd.readouterr().err
+    assert _report_bad_videos([*entries, f"a.mp4: broken; {DROPPED}"], "val") == 1

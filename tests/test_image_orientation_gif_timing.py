@@ -1,6 +1,7 @@
-"""Images come out upright (EXIF orientation applied, as viewers and DALI's image decoder show them), and a
-GIF's frames are timed as browsers and FFmpeg's documented GIF demuxer show them (a delay under 20 ms is shown
-for 100 ms), in the PyAV decoder, the frame store and transcode alike."""
+"""Images with data.image_orientation "exif" come out upright (EXIF orientation applied, as viewers and
+DALI's image decoder show them), with "stored" (the default) as stored; a GIF's frames are timed as browsers
+and FFmpeg's documented GIF demuxer show them (a delay under 20 ms is shown for 100 ms), in the PyAV
+decoder, the frame store and transcode alike."""
 
 import av
 import numpy as np
@@ -37,29 +38,71 @@ def _exif_photo(path, index: int, orientation: int) -> np.ndarray:
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_an_exif_oriented_photo_is_loaded_upright_as_a_viewer_shows_it(tmp_path, orientation, suffix):
-    # A phone's portrait photo was read as stored: on its side (6, 8) or upside down (3), unlike what any
-    # viewer, the annotators and DALI's fn.decoders.image (adjust_orientation=True by default) show.
+    # "exif": a phone's portrait photo was read as stored, on its side (6, 8) or upside down (3), unlike what
+    # any viewer and DALI's fn.decoders.image (adjust_orientation=True by default) show.
     path = tmp_path / f"phone{suffix}"
     shown = _exif_photo(path, 1234 + orientation, orientation)
-    padded, hw = load_image(path, W)  # uint8 [1, 1, 3, L, L]
+    padded, hw = load_image(path, W, "exif")  # uint8 [1, 1, 3, L, L]
     assert tuple(hw) == (H, W)
     content = padded[0, 0, :, :H, :W].permute(1, 2, 0).numpy()
     assert read_index(content) == 1234 + orientation
     assert np.abs(content.astype(int) - shown).mean() < 2  # JPEG: pixels as PIL decodes them, within rounding
+    # "stored", the default: the pixels as the original release's PIL Image.open read them
+    as_stored = np.asarray(Image.open(path).convert("RGB"))
+    padded, hw = load_image(path, W)
+    assert tuple(hw) == as_stored.shape[:2]
+    content = padded[0, 0, :, : hw[0], : hw[1]].permute(1, 2, 0).numpy()
+    assert np.abs(content.astype(int) - as_stored).mean() < 2
 
 
-def test_predict_images_are_upright_as_the_image_datasets_load_them(tmp_path):
+def test_image_orientation_is_validated_by_name():
+    with pytest.raises(ValueError, match="image_orientation must be one of stored, exif; got 'upright'"):
+        DataConfig(image_orientation="upright")
+    with pytest.raises(ValueError, match="orientation must be 'stored' or 'exif'"):
+        load_image("any.jpg", W, "upright")
+
+
+@pytest.mark.parametrize("orientation", ["stored", "exif"])
+def test_the_image_datasets_read_data_image_orientation(tmp_path, tokenizer, orientation):
+    import json
+
+    from clipbert.data.datasets import build_dataset
+
+    upright = _exif_photo(tmp_path / "phone.jpg", 77, 8)
+    shown = (
+        upright if orientation == "exif" else np.asarray(Image.open(tmp_path / "phone.jpg").convert("RGB"))
+    )
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    (ann / "vqa_ans2label.json").write_text('{"red": 0}')
+    row = {"question_id": 1, "question": "what color", "file": "phone.jpg", "answers": ["red"] * 10}
+    (ann / "vqa_val.jsonl").write_text(json.dumps(row) + "\n")
+    cfg = DataConfig(ann_dir=str(ann), image_root=str(tmp_path), image_size=W, image_orientation=orientation)
+    item = build_dataset("vqa", "val", cfg, tokenizer, IMAGENET_RGB)[(0, 0)]
+    h, w = shown.shape[:2]
+    content = item["frames"].reshape(3, W, W)[:, :h, :w].permute(1, 2, 0).numpy()  # uint8 [h, w, 3]
+    assert np.abs(content.astype(int) - shown).mean() < 2
+
+
+@pytest.mark.parametrize("orientation", ["stored", "exif"])
+def test_predict_images_are_oriented_as_the_image_datasets_load_them(tmp_path, orientation):
+    from types import SimpleNamespace
+
     from clipbert.data.loader import finish_frames
-    from clipbert.predict.inputs import image_frames
+    from clipbert.predict.cli import _loader
 
     path = tmp_path / "phone.jpg"
-    shown = _exif_photo(path, 2025, 6)
-    frames = image_frames(str(path), W, IMAGENET_RGB, torch.device("cpu"))  # float32 [1, 1, 1, 3, L, L]
-    expected = torch.zeros(1, 1, 1, 3, W, W, dtype=torch.uint8)  # the upright picture, padded
-    expected[..., :H, :W] = torch.from_numpy(shown.copy()).permute(2, 0, 1)
-    expected = finish_frames({"frames": expected, "frames_hw": torch.tensor([[H, W]])}, IMAGENET_RGB, "cpu")
+    upright = _exif_photo(path, 2025, 6)
+    shown = upright if orientation == "exif" else np.asarray(Image.open(path).convert("RGB"))
+    h, w = shown.shape[:2]
+    run = SimpleNamespace(unit="image", data=DataConfig(image_size=W, image_orientation=orientation))
+    predictor = SimpleNamespace(run=run, norm=IMAGENET_RGB, device=torch.device("cpu"))
+    frames = _loader(predictor)(str(path))  # float32 [1, 1, 1, 3, L, L], as predict reads the image
+    expected = torch.zeros(1, 1, 1, 3, W, W, dtype=torch.uint8)  # the picture, padded
+    expected[..., :h, :w] = torch.from_numpy(shown.copy()).permute(2, 0, 1)
+    expected = finish_frames({"frames": expected, "frames_hw": torch.tensor([[h, w]])}, IMAGENET_RGB, "cpu")
     assert frames.shape == (1, 1, 1, 3, W, W)
-    assert (frames[..., :H, :W] - expected["frames"][..., :H, :W]).abs().mean() < 0.05
+    assert (frames - expected["frames"]).abs().mean() < 0.05
 
 
 # --- GIF timing ---

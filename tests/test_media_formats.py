@@ -296,9 +296,10 @@ def test_transcode_rejects_a_frame_size_change_as_the_decoder_does(tmp_path, siz
 # --- images ---
 
 
-def test_an_exif_rotated_photo_is_read_upright(tmp_path):
-    # EXIF orientation is applied (documented in load_image): upright, as a viewer and DALI's image decoder
-    # show it. More orientations in test_image_orientation_gif_timing.py.
+def test_an_exif_rotated_photo_is_read_as_stored_by_default(tmp_path):
+    # data.image_orientation "stored" (the default, documented in load_image): pixels as stored, as the
+    # original release's PIL Image.open(...).convert("RGB") read them; "exif" turns it upright. More
+    # orientations in test_image_orientation_gif_timing.py.
     from PIL import Image
 
     from clipbert.data.video_source import load_image
@@ -308,6 +309,10 @@ def test_an_exif_rotated_photo_is_read_upright(tmp_path):
     exif[0x0112] = 6  # a viewer turns it 90 degrees clockwise, upright again
     stored.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
     padded, (h, w) = load_image(tmp_path / "phone.jpg", 64)
+    assert (h, w) == (64, 48)
+    shown = padded[0, 0, :, :h, :w].permute(1, 2, 0).numpy()
+    assert read_index(np.rot90(shown, -1)) == 1234  # turned back by hand, it is the painted frame
+    padded, (h, w) = load_image(tmp_path / "phone.jpg", 64, "exif")
     assert (h, w) == (48, 64)
     assert read_index(padded[0, 0, :, :h, :w].permute(1, 2, 0).numpy()) == 1234  # the painted frame, upright
 

@@ -202,7 +202,9 @@ def test_summaries_count_hits_per_task():
         {"itm_pred": 0, "itm_label": 0, "mlm_correct": 2, "mlm_total": 6},
     ]
     out = summarize("pretrain", pretrain)
-    assert out == {"mlm_acc": 50.0, "itm_acc": pytest.approx(200 / 3), "num_examples": 3}
+    assert out == {"mlm_acc": 50.0, "mlm_tokens": 10, "itm_acc": pytest.approx(200 / 3), "num_examples": 3}
+    # nothing masked in the whole split: mlm_acc 0 says nothing, and mlm_tokens says so
+    assert summarize("pretrain", pretrain[1:2])["mlm_tokens"] == 0
 
 
 def test_pretrain_eval_counts_masked_tokens_and_matches():

@@ -50,6 +50,10 @@ class DataConfig:
     frame_store: str = ""  # path to frames.h5 (backend frame_store)
     frame_store_reader: str = "cpu"  # cpu: workers decode JPEGs | dali: workers read bytes, DALI decodes
     image_size: int = 448  # L: longer side after resize, then zero-padded to L x L
+    # Image tasks: "stored" reads a photo's pixels as stored, as the original release (PIL) did and as COCO's
+    # and Visual Genome's annotators saw them (browsers then ignored EXIF), so VQA's "on the left" holds;
+    # "exif" turns a photo tagged with an EXIF orientation upright, as viewers now show it (phone photos).
+    image_orientation: str = "stored"
     num_clips: int = 1  # Ntrain clips per video in training
     num_test_clips: int = 16  # Ntest clips per video in evaluation (the paper's main results use 16)
     frames_per_clip: int = 1  # T
@@ -98,6 +102,7 @@ class DataConfig:
         _check_choice("test_sampling", self.test_sampling, STRATEGIES)
         _check_choice("dali_order", self.dali_order, ("none", "frames"))
         _check_choice("frame_store_reader", self.frame_store_reader, ("cpu", "dali"))
+        _check_choice("image_orientation", self.image_orientation, ("stored", "exif"))
         for key in ("dali_build_index", "dali_affine", "dali_trim"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")

@@ -8,17 +8,47 @@ import numpy as np
 def tokenize(
     tokenizer, texts: list[str], max_len: int, pairs: list[str] | None = None, literal: bool = False
 ) -> list[list[int]]:
-    """Token ids with [CLS]/[SEP], truncated to max_len; `pairs` gives a second segment per text.
+    """Token ids with [CLS]/[SEP], truncated to max_len; `pairs` gives a second text per text, read after it
+    in the same segment: [CLS] text pair [SEP] (a multiple-choice question and one of its options).
+
+    Why one segment, not BERT's pair form ([CLS] text [SEP] pair [SEP]): the original ClipBERT encodes a
+    question and a candidate answer as question + " " + option (run_video_qa.py's collator), so a converted
+    original TGIF-QA model reads what it was trained on. A pair longer than max_len loses the end of its
+    text first, then of its pair: the options of a question share its text, so cutting the text keeps them
+    apart, where cutting the joined end (the original) could cut every option down to the same words.
 
     `literal`: "[SEP]", "[MASK]", "[CLS]", "[PAD]" written in a text are read as words ("[", "sep", "]"), as
     the original BERT tokenizer reads them. The datasets pass True: annotation text is data, and a caption
     saying "[MASK]" became a mask token the MLM never predicts, a "[SEP]" in a question moved the
     question/option boundary and a "[PAD]" put a padding token inside the text. False (the default) keeps
     them special tokens, for clipbert.predict's fill-in prompts ("a small [MASK] square")."""
-    encoded = tokenizer(
-        texts, pairs, truncation=True, max_length=max_len, padding=False, split_special_tokens=literal
-    )
-    return [list(ids) for ids in encoded["input_ids"]]
+    if pairs is None:
+        encoded = tokenizer(
+            texts, truncation=True, max_length=max_len, padding=False, split_special_tokens=literal
+        )
+        return [list(ids) for ids in encoded["input_ids"]]
+    budget = max_len - 2  # words besides [CLS] and [SEP]
+    rows = []
+    for first, second in _word_id_pairs(tokenizer, texts, pairs, literal):
+        second = second[:budget]
+        rows.append([tokenizer.cls_token_id, *first[: budget - len(second)], *second, tokenizer.sep_token_id])
+    return rows
+
+
+def pair_lengths(tokenizer, texts: list[str], pairs: list[str], literal: bool = False) -> list[int]:
+    """Each (text, pair)'s length in tokens as tokenize joins them ([CLS] and [SEP] in), before the cut."""
+    return [
+        len(first) + len(second) + 2 for first, second in _word_id_pairs(tokenizer, texts, pairs, literal)
+    ]
+
+
+def _word_id_pairs(tokenizer, texts: list[str], pairs: list[str], literal: bool):
+    """(text ids, pair ids) without special tokens. Tokenized apart, they are the ids of text + " " + pair:
+    BERT's tokenizer splits words at whitespace before WordPiece, so no word spans the join."""
+    if len(texts) != len(pairs):
+        raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
+    kw = dict(add_special_tokens=False, padding=False, split_special_tokens=literal, verbose=False)
+    return zip(tokenizer(texts, **kw)["input_ids"], tokenizer(pairs, **kw)["input_ids"])
 
 
 def tokenize_and_count_cuts(tokenizer, texts: list[str], max_len: int) -> tuple[list[list[int]], int]:

@@ -115,19 +115,23 @@ def files_by_id(video_dir: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
-def load_image(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def load_image(
+    path: str | os.PathLike, size: int, orientation: str = "stored"
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """An image as one clip of one frame: uint8 [1, 1, 3, L, L] padded and its content (h, w).
 
-    Upright, as an image viewer shows it: a JPEG's or PNG's EXIF orientation (a phone's photo) is applied, as
-    DALI's fn.decoders.image does by default (a WebP's is not: torchvision does not read it). Alpha is dropped
-    (not blended), a palette or grey image comes out RGB."""
+    `orientation` (data.image_orientation): "stored" keeps the pixels as stored, as the original release
+    read them with PIL; "exif" applies a JPEG's or PNG's EXIF orientation (a phone's photo), upright as an
+    image viewer and DALI's fn.decoders.image show it (a WebP's is not read: torchvision ignores it). Alpha
+    is dropped (not blended), a palette or grey image comes out RGB."""
+    if orientation not in ("stored", "exif"):
+        raise ValueError(f"orientation must be 'stored' or 'exif', got {orientation!r}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "missing file")
     try:
-        # Why the orientation: read as stored, a phone's portrait photo reached the model lying on its side,
-        # while image viewers and DALI's decoder show it upright. [3, H, W]; animated: [F, 3, H, W]
-        image = decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        # [3, H, W]; an animated GIF or WebP: [F, 3, H, W]
+        image = decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=orientation == "exif")
     except (RuntimeError, ValueError) as err:
         raise VideoDecodeError(path, f"undecodable image ({err})") from err
     if image.ndim == 4:  # an animated GIF or WebP: its first frame, the one an image viewer shows

@@ -184,8 +184,8 @@ def _device(parser, choice: str) -> torch.device:
 def _loader(predictor):
     """path -> frames [1, N, T, 3, L, L] on the device, as the model's evaluation loads its inputs."""
     if predictor.run.unit == "image":
-        size, norm, device = predictor.run.data.image_size, predictor.norm, predictor.device
-        return lambda path: image_frames(path, size, norm, device)
+        data, norm, device = predictor.run.data, predictor.norm, predictor.device
+        return lambda path: image_frames(path, data.image_size, norm, device, data.image_orientation)
     source = FileSource(predictor.run.data, predictor.norm)
     return lambda path: clip_frames(source, path, predictor.device)
 

@@ -118,12 +118,14 @@ def clip_frames(source: FileSource, path: str, device: torch.device) -> torch.Te
     return finish_frames(batch, source.norm, device)["frames"]
 
 
-def image_frames(path: str, size: int, norm, device: torch.device) -> torch.Tensor:
-    """float32 [1, 1, 1, 3, L, L]: an image as the image tasks' datasets load it (one clip of one frame),
-    normalized as their loader does."""
+def image_frames(
+    path: str, size: int, norm, device: torch.device, orientation: str = "stored"
+) -> torch.Tensor:
+    """float32 [1, 1, 1, 3, L, L]: an image as the image tasks' datasets load it (one clip of one frame, in
+    the run's data.image_orientation), normalized as their loader does."""
     from clipbert.data.loader import finish_frames
 
-    padded, hw = load_image(path, size)  # uint8 [1, 1, 3, L, L], content (h, w)
+    padded, hw = load_image(path, size, orientation)  # uint8 [1, 1, 3, L, L], content (h, w)
     batch = {"frames": padded[None], "frames_hw": torch.tensor([hw], dtype=torch.int64)}
     return finish_frames(batch, norm, device)["frames"]
 

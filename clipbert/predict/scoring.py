@@ -63,8 +63,12 @@ def token_counts(
     to the model's max_text_len as the evaluation does: what the report names as cut."""
     if not literal:
         return [len(ids) + 2 for ids in _masked_words(predictor.tokenizer, texts)]
+    if pairs is not None:  # a question and its option, joined as text.tokenize joins them
+        from clipbert.data.text import pair_lengths
+
+        return pair_lengths(predictor.tokenizer, texts, pairs, literal=True)
     encoded = predictor.tokenizer(
-        texts, pairs, truncation=False, padding=False, split_special_tokens=True, verbose=False
+        texts, truncation=False, padding=False, split_special_tokens=True, verbose=False
     )
     return [len(ids) for ids in encoded["input_ids"]]
 

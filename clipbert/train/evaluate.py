@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from clipbert.data.bad_input import is_fallback
 from clipbert.train import metrics as M
 from clipbert.train.logging import get_logger, is_rank0
-from clipbert.train.tasks import match_log_prob, predict, pretrain_eval, to_device
+from clipbert.train.tasks import NO_PREDICTION, match_log_prob, predict, pretrain_eval, to_device
 
 
 def all_gather_objects(obj) -> list:
@@ -241,6 +242,39 @@ def evaluate_examples(model_fn: Callable, loader, device, dtype, balance, progre
     return M.dedupe_by_index(gathered)
 
 
+ANSWER_KINDS = ("qa", "mc", "mc_itm")  # kinds scored by accuracy over every annotated example
+
+
+def _with_unscored_examples(records: list[dict], dataset, split: str) -> tuple[list[dict], int]:
+    """records plus a wrong one (NO_PREDICTION) for each example of `dataset` that has none, and their count.
+
+    Why: the DALI loader drops a row that neither DALI nor PyAV can decode, and that example then had no
+    record: the accuracy was over the examples left, not the annotated ones (a split with 10% bad videos
+    scored up to 11% too high), unlike retrieval, where such a video ranks last. Counted wrong, as there."""
+    scored = {r["index"] for r in records}
+    missing = [i for i in range(len(dataset)) if i not in scored]
+    if not missing:
+        return records, 0
+    filled = [{"index": i, "pred": NO_PREDICTION, **_target_record(dataset, i)} for i in missing]
+    if is_rank0():
+        get_logger().warning(
+            "eval %s: %d of %d examples unscored (their videos could not be decoded), counted wrong",
+            split,
+            len(missing),
+            len(dataset),
+        )
+    return sorted(records + filled, key=lambda r: r["index"]), len(missing)
+
+
+def _target_record(dataset, index: int) -> dict:
+    """Example `index`'s target as a record holds it: `label`, and `answer_type` for QA."""
+    target = dataset.eval_target(index)
+    record = {"label": target["labels"]}
+    if "answer_type" in target:
+        record["answer_type"] = target["answer_type"]
+    return record
+
+
 def summarize(kind: str, records: list[dict]) -> dict:
     if kind == "pretrain":
         correct = sum(r["mlm_correct"] for r in records)
@@ -250,6 +284,7 @@ def summarize(kind: str, records: list[dict]) -> dict:
         )
         return {
             "mlm_acc": 100.0 * correct / max(1, total),
+            "mlm_tokens": total,  # masked tokens scored: 0 makes mlm_acc 0 with nothing to score
             "itm_acc": itm["acc"],
             "num_examples": len(records),
         }
@@ -310,7 +345,7 @@ def _report_bad_videos(entries: list[str], split: str) -> int:
     for part in all_gather_objects(entries):
         for entry in part:
             name, _, reason = entry.partition(": ")
-            if reason.endswith("used PyAV"):
+            if is_fallback(reason):  # routed up front ("used PyAV") or after DALI failed ("trying PyAV")
                 by_pyav.add(name)
             else:
                 files.setdefault(name, reason)
@@ -360,7 +395,12 @@ def evaluate(engine, cfg, eval_data, split: str, device, dtype, words=None) -> d
                 else:
                     fn = lambda b: predict(model, b, kind, cfg.task.aggregation)  # noqa: E731
                 records = evaluate_examples(fn, loader, device, dtype, balance, show)
+                unscored = None
+                if kind in ANSWER_KINDS:  # every annotated example counts, a dropped one as wrong
+                    records, unscored = _with_unscored_examples(records, dataset, split)
                 out = summarize(kind, records)
+                if unscored is not None:
+                    out["unscored_examples"] = unscored
                 if kind == "vqa" and is_rank0():
                     path = Path(cfg.train.output_dir) / f"vqa_{split}_predictions.json"
                     write_vqa_predictions(records, dataset.ans2label, path)
