@@ -23,10 +23,11 @@ BACKENDS = ("pyav", "dali", "frame_store")
 STRATEGIES = ("rand", "uniform", "middle")
 
 # Token budgets per task, [CLS] and [SEP] included; the paper gives none but pre-training's. Texts are padded
-# to the longest in their batch, so a budget costs nothing until a text reaches it, and a cut is logged once
-# per file. MSRVTT takes the original release's max_txt_len (100); the others are longer than the
-# original's where it cut texts (TGIF 25, VQA 20: a question with a long answer option), and paragraphs
-# (didemo/anet: several sentences joined) get more than its 100.
+# to the longest in their batch (the original padded to its budget), so a budget costs nothing until a text
+# reaches it. MSRVTT takes the original release's max_txt_len (100); the others are longer than the
+# original's, which cut texts: TGIF's 25 (a long question read with an option lost the option's words),
+# VQA's 20 (a long question's end), and the 100 of paragraphs (didemo/anet: several sentences joined).
+# docs/TRAINING.md ("The original release's configs") lists them; the retrieval datasets log their cuts.
 DEFAULT_MAX_TEXT_LEN = {
     "msrvtt_ret": 100,
     "didemo_ret": 120,
