@@ -535,7 +535,7 @@ class MultipleChoiceDataset(TaskDataset):
         return {"labels": int(self.examples[index]["answer"])}
 
 
-def _own_text_in_evaluation(dataset: QADataset | MultipleChoiceDataset, item: dict) -> dict:
+def _own_text_in_evaluation(dataset: QADataset | MultipleChoiceDataset | VQADataset, item: dict) -> dict:
     """An evaluation item whose video was bad, with the requested example's own text and label again.
 
     Why: TaskDataset.__getitem__ loads a whole replacement example (a valid training pair), so in evaluation
@@ -654,28 +654,31 @@ class VQADataset(TaskDataset):
 
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
-        self.ans2label = read_ans2label(Path(cfg.ann_dir) / f"{task}_ans2label.json")
+        ans2label_path = Path(cfg.ann_dir) / f"{task}_ans2label.json"
+        self.ans2label = read_ans2label(ans2label_path)
+        _warn_unreachable_answers(ans2label_path, self.ans2label)
+        unanswered = []  # line numbers of lines with neither answers nor labels (test-dev/test-std form)
         for line_no, example in zip(self.line_numbers, self.examples):
-            given = example.get("answers", example.get("labels", []))
-            if not isinstance(given, (list, dict)):
-                raise AnnotationError(
-                    f"{self.ann_path}:{line_no}: answers must be a list of strings and labels a "
-                    f"{{answer: score}} object, got {type(given).__name__}"
-                )
-            if isinstance(given, dict):  # checked here: a bad score failed float() in a worker, unnamed
-                bad = {a: v for a, v in given.items() if not _is_score(v)}
-                if bad:
-                    raise AnnotationError(
-                        f"{self.ann_path}:{line_no}: labels scores must be numbers in [0, 1], got {bad}"
-                    )
+            _check_vqa_answers(self.ann_path, line_no, example)
+            if "answers" not in example and "labels" not in example:
+                unanswered.append(line_no)
+        # Why refused: such a line trains every answer towards 0 (all-zero targets), as if no human had
+        # answered in the vocabulary; the original's collate fails on it. A test file given as training data.
+        if self.train and unanswered:
+            shown = ", ".join(map(str, unanswered[:5])) + (", ..." if len(unanswered) > 5 else "")
+            raise AnnotationError(
+                f"{self.ann_path}: {len(unanswered)} line(s) (lines {shown}) have no answers (the human "
+                "answers) and no labels ({answer: score}); a training line needs one of them"
+            )
 
     def video_of(self, index: int) -> str:
         return str(self.examples[index]["file"])  # the image file: what is decoded (and can be bad)
 
     def __getitem__(self, key) -> dict:
-        item = super().__getitem__(key)
-        # A bad image's example is answered from a replacement (reported in bad_videos), but its prediction
-        # is filed under its own question, so the results file still has every question exactly once.
+        # A bad image's example is shown a replacement's image (reported in bad_videos). In evaluation it
+        # keeps its own question and answers, filed under its own question id: the results file has every
+        # question exactly once, each answered for itself (it was the replacement's question and answers).
+        item = _own_text_in_evaluation(self, super().__getitem__(key))
         item["question_id"] = self.examples[item["index"]]["question_id"]
         return item
 
@@ -698,17 +701,76 @@ class VQADataset(TaskDataset):
         frames, hw = load_image(
             self.image_root / example["file"], self.cfg.image_size, self.cfg.image_orientation
         )
-        labels, scores = self.targets(example)
         return {
             "frames": frames,  # uint8 [1, 1, 3, L, L]
             "frames_hw": hw,
             "video_id": str(example.get("image_id", example["file"])),
-            "input_ids": tokenize(self.tokenizer, [example["question"]], self.max_len, literal=True),
+            "input_ids": self.text_ids(index),
+            **self.eval_target(index),
+        }  # __getitem__ adds the question_id
+
+    def text_ids(self, index: int) -> list[list[int]]:
+        """Token ids [1][Lt] of example `index`'s question."""
+        return tokenize(self.tokenizer, [self.examples[index]["question"]], self.max_len, literal=True)
+
+    def eval_target(self, index: int) -> dict:
+        """Example `index`'s soft targets and answer type, read from its annotation alone."""
+        example = self.examples[index]
+        labels, scores = self.targets(example)
+        return {
             "answer_labels": labels,
             "answer_scores": scores,
             "answered": "answers" in example or "labels" in example,
             "answer_type": str(example.get("answer_type", "unknown")),
-        }  # __getitem__ adds the question_id
+        }
+
+
+def _check_vqa_answers(path: Path, line_no: int, example: dict) -> None:
+    """A VQA line's answers (a list of strings) or labels ({answer: score in [0, 1]}), checked by line.
+
+    Why each key for its own form: a list under labels failed .items() in a worker, and a dict under answers
+    was read as its keys, one human answer each ({"2": 0.3} trained "2" at 1.0). Why each answer: targets()
+    reads str(answer), so the official annotation file's answer dicts ({"answer": "2", "answer_id": 1, ...})
+    matched no vocabulary answer and the question trained on all-zero targets, and a null answer read as
+    "None", which normalizes to the count "0"."""
+    key = "answers" if "answers" in example else "labels"
+    given = example.get(key, {})
+    if not isinstance(given, list if key == "answers" else dict):
+        raise AnnotationError(
+            f"{path}:{line_no}: answers must be a list of strings and labels a "
+            f"{{answer: score}} object, got {key} as {type(given).__name__}"
+        )
+    if key == "answers":
+        bad = [answer for answer in given if not isinstance(answer, str)]
+        if bad:
+            raise AnnotationError(
+                f"{path}:{line_no}: answers must be a list of strings (the raw human answers, as "
+                f"clipbert.data.convert_vqa writes them), got {json.dumps(bad[0])}"
+            )
+    else:  # checked here: a bad score failed float() in a worker, unnamed
+        bad = {a: v for a, v in given.items() if not _is_score(v)}
+        if bad:
+            raise AnnotationError(f"{path}:{line_no}: labels scores must be numbers in [0, 1], got {bad}")
+
+
+def _warn_unreachable_answers(path: Path, ans2label: dict[str, int]) -> None:
+    """Say which vocabulary answers are not in the normalized form that every target takes.
+
+    Why: targets() looks answers up normalized ("Two" -> "2"), so an entry "Two" (a vocabulary made by
+    other code) is never a target: its class only learns to say no, silently. Said, not refused: the
+    prediction is still written out as the entry, which the official evaluation normalizes."""
+    normalized = {answer: normalize_answer(answer) for answer in ans2label}
+    odd = {answer: read for answer, read in normalized.items() if read != answer}
+    if odd:
+        shown = ", ".join(f"{a!r} (reads as {n!r})" for a, n in list(odd.items())[:5])
+        log.warning(
+            "%s: %d answer(s) not in normalized form, so no training target can reach them: %s%s "
+            "(build the vocabulary with clipbert.data.convert_vqa --ans2label)",
+            path,
+            len(odd),
+            shown,
+            ", ..." if len(odd) > 5 else "",
+        )
 
 
 def _group_by_image(examples: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
