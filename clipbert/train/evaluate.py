@@ -41,15 +41,28 @@ def _max_over_ranks(value: int, device) -> int:
 
 
 def balanced(loader, balance: bool, device):
-    """Yields (batch, real). With `balance` (ZeRO-3, whose forward is a collective) every rank runs the same
-    number of forwards: a rank with a shorter shard repeats its last batch as a discarded `real=False` one."""
+    """Yields (batch, real), never a batch without rows. With `balance` (ZeRO-3, whose forward is a
+    collective) every rank runs the same number of forwards: a rank with a shorter shard, or with skipped
+    batches, repeats its last batch as a discarded `real=False` one.
+
+    Why skipped: the DALI loader drops the rows neither DALI nor PyAV can decode, and a batch of such videos
+    only (eval.batch_size 1, a run of bad files) has B = 0, which the model refuses: the evaluation stopped,
+    where its examples are to be counted unscored (a retrieval video ranks last, a QA example is wrong)."""
     count = _max_over_ranks(len(loader), device) if balance else None
-    last, seen = None, 0
+    last, ran = None, 0
     for batch in loader:
-        last, seen = batch, seen + 1
+        index = batch.get("index")
+        if isinstance(index, torch.Tensor) and index.numel() == 0:  # [B] int64; B = 0: every row dropped
+            continue
+        last, ran = batch, ran + 1
         yield batch, True
-    while count is not None and seen < count and last is not None:
-        seen += 1
+    if count is not None and ran < count and last is None:  # the other ranks would wait for its forwards
+        raise RuntimeError(
+            "evaluation with ZeRO-3: every video of this rank's shard was dropped as undecodable, so it has "
+            "no batch to run the other ranks' collective forwards with"
+        )
+    while count is not None and ran < count:
+        ran += 1
         yield last, False
 
 
