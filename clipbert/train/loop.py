@@ -8,6 +8,7 @@ torch RNG (worker seeds), so it runs under `fork_rng` and never shifts the dropo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -41,6 +42,8 @@ class TrainerState:
     micro_in_epoch: int = 0  # micro batches consumed in `epoch` (including skipped ones)
     bad_total: int = 0  # micro batches skipped for a NaN/Inf loss, whole run
     bad_streak: int = 0  # ... in a row, up to now
+    # micro batches skipped because the loader dropped every row as bad input (no loss; not in bad_streak)
+    empty_total: int = 0
     overflow_total: int = 0  # optimizer steps DeepSpeed skipped (fp16 loss-scale overflow), whole run
     # the epoch's bad files so far, over all ranks (file -> times met): a resume adds them to the epoch's
     # summary, which would otherwise report only what the resumed part met
@@ -128,6 +131,23 @@ def _fallbacks_over_ranks(tracker) -> dict[str, str]:
     return merged
 
 
+def _first_row(batch: dict) -> dict:
+    """A one-row copy of a micro batch (every tensor and list with one entry per row, the rest as they are):
+    an empty micro batch's stand-in (Trainer._forward_batch). A copy: a view would keep the whole batch."""
+    b = batch["frames"].shape[0]  # [B, N, T, 3, L, L]
+    out = {}
+    for key, value in batch.items():
+        if key == "bad_videos":  # the loader's report, not a row's
+            out[key] = []
+        elif isinstance(value, torch.Tensor) and value.shape[:1] == (b,):
+            out[key] = value[:1].clone()
+        elif isinstance(value, list) and len(value) == b:
+            out[key] = value[:1]
+        else:
+            out[key] = value
+    return out
+
+
 def _sum_over_ranks(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
@@ -166,6 +186,10 @@ class Trainer:
         self.epoch_batches = 0  # micro batches of the epoch being run, the resumed part included (_epoch)
         # found once, not on every micro step: the same tensors for the whole run (a resume copies into them)
         self.bn_stats = _batchnorm_statistics(engine.module)
+        # The last non-empty micro batch's first row (_first_row), forwarded in place of an empty one where
+        # a forward must run (_forward_batch, _backward_at_boundary); and whether every rank holds one.
+        self.stand_in: dict | None = None
+        self.stand_in_everywhere = False
         try:
             from clipbert.data.bad_input import BadInputTracker
 
@@ -538,20 +562,26 @@ class Trainer:
         engine.set_gradient_accumulation_boundary(boundary)  # before the forward, as DeepSpeed asks
         scale = self._window_scale()  # before micro_in_epoch moves on
         words_only = self.state.step < t.visual_word_steps  # the CNN-only warm-up of the visual-word loss
+        rows = batch["frames"].shape[0]  # 0: the DALI loader dropped every row as bad input (drop_rows)
+        forward = self._forward_batch(batch, rows)
         # Why: the forward moves BatchNorm's running statistics even when its loss is then skipped; NaN frames
         # made them NaN, so the exported model and every later evaluation gave NaN scores (a recall of 0)
         bn_before = [buf.clone() for buf in self.bn_stats]  # none under frozen_bn
-        with prof.phase("forward"):
-            loss, extra = training_loss(
-                engine, batch, self.cfg.task.kind, self.cfg.task.aggregation, self.words, words_only
-            )
+        loss, extra = None, {}
+        if forward is not None:
+            with prof.phase("forward"), self._rng_untouched(not rows):
+                loss, extra = training_loss(
+                    engine, forward, self.cfg.task.kind, self.cfg.task.aggregation, self.words, words_only
+                )
         with prof.phase("loss_check"):
-            value = loss.detach().float()
+            own = loss is not None and rows > 0  # a stand-in's loss is discarded
+            value = loss.detach().float() if own else torch.zeros(())
             finite = bool(torch.isfinite(value).item())
             # One collective per micro batch: every rank skips together and stops together.
-            bad, stop, loss_sum, good = _sum_over_ranks(
+            bad, empty, stop, loss_sum, good = _sum_over_ranks(
                 [
                     0.0 if finite else 1.0,
+                    0.0 if rows else 1.0,
                     float(stop_signal.requested),
                     value.item() if finite else 0.0,
                     float(finite),
@@ -560,23 +590,32 @@ class Trainer:
             )
         self.state.micro_in_epoch += 1
         self.stop_agreed = self.stop_agreed or bool(stop)
-        if bad:
-            # A stop waits for the next good boundary: here nothing could be saved (the last loss is bad, and
-            # the window's good micro batches may hold pending gradients), so the run would end unsaved.
+        if bad or empty:
+            # A stop after a bad micro batch waits for the next good boundary: here nothing could be saved
+            # (the last loss is bad, and the window's good micro batches may hold pending gradients), so the
+            # run would end unsaved.
             self._restore_batchnorm(bn_before)
-            self._skip_bad(window)
+            if bad:  # a non-finite loss on some rank is the divergence guard's, whatever else was empty
+                self._skip_bad(window)
+            else:
+                self._skip_empty(window, int(empty))
             del loss
             if not boundary:
                 return None
-            if self.accumulated and self._backward_at_boundary(batch, words_only, bn_before):
+            # a good micro batch earlier in the window had rows on every rank: each holds a stand-in
+            zero_batch = batch if rows else self.stand_in
+            if self.accumulated and self._backward_at_boundary(zero_batch, words_only, bn_before):
                 lrs = self._lrs()
                 with prof.phase("optimizer"):
                     engine.step()
                 self.accumulated = 0
                 self._end_step(window, {}, lrs, bar)
+            else:
+                self._step_without_update(window, bar)
+            if bad or self.accumulated or self.state.bad_streak:
                 # a stop or stop_after_steps waits for the next good step: a bad last loss is never saved
                 return "done" if self.state.step >= self.total_steps else None
-            return self._step_without_update(window, bar)
+            return self._stop_after_step(bool(stop))  # an empty one leaves nothing a checkpoint would lose
         with prof.phase("backward"):
             engine.backward(loss * scale if scale != 1.0 else loss)
         # the LRs this update applies: engine.step() steps the scheduler on a boundary, so read them first
@@ -593,6 +632,11 @@ class Trainer:
             return None
         self.accumulated = 0
         self._end_step(window, extra, lrs, bar)
+        return self._stop_after_step(bool(stop))
+
+    def _stop_after_step(self, stop: bool) -> str | None:
+        """Why the run stops after this optimizer step (done | stop_after_steps | signal), or None."""
+        t = self.cfg.train
         if self.state.step >= self.total_steps:
             return "done"
         if t.stop_after_steps and self.state.step >= t.stop_after_steps:
@@ -601,6 +645,33 @@ class Trainer:
         if stop:
             return "signal"
         return None
+
+    def _forward_batch(self, batch: dict, rows: int) -> dict | None:
+        """What this micro step forwards: its batch; for an empty one (rows 0: every sample dropped as bad
+        input, skipped on every rank) nothing, but under ZeRO-3 the stand-in, the last non-empty micro
+        batch's first row, whose loss is discarded. Why: ZeRO-3's forward gathers the parameters with the
+        other ranks, so every rank must run it (as evaluation's `balanced` does); the model refuses B = 0.
+
+        Under ZeRO-3, until every rank holds a stand-in, the ranks first agree (one all-reduce) whether one
+        lacks it (its micro batches so far all empty): then none forwards and the micro batch is skipped on
+        every rank, where that rank alone would have left the others waiting in their forwards."""
+        if rows:
+            self.stand_in = _first_row(batch)
+        if self.engine.zero_optimization_stage() == 3 and not self.stand_in_everywhere:
+            if _sum_over_ranks([float(self.stand_in is None)], self.device)[0]:
+                return None  # a rank without a stand-in has an empty micro batch: it is skipped everywhere
+            self.stand_in_everywhere = True
+        if rows:
+            return batch
+        return self.stand_in if self.engine.zero_optimization_stage() == 3 else None
+
+    def _rng_untouched(self, discarded: bool):
+        """For a discarded forward (the stand-in's): the RNG states as they were after it. Why: its dropout
+        draws would shift the stream of every later step, and ZeRO-3 runs would differ from the others'."""
+        if not discarded:
+            return contextlib.nullcontext()
+        cuda = [self.device] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=cuda)
 
     def _end_step(self, window, extra: dict, lrs: dict, bar) -> None:
         """After engine.step() at a boundary: count the step, and log it."""
@@ -618,12 +689,12 @@ class Trainer:
             buf.copy_(value)
 
     def _backward_at_boundary(self, batch: dict, words_only: bool, bn_before: list[torch.Tensor]) -> bool:
-        """The window's last micro batch was bad, and earlier ones left gradients, which DeepSpeed applies
-        only after a backward at the boundary: run one on a loss of 0 that reaches every parameter, the
-        forward of this batch with its frames zeroed (NaN frames, the usual cause, gone) times 0. The update
-        is then the good micro batches' gradients, each scaled by 1/grad_accum as always: a bad micro batch
-        adds 0 at the end of a window as anywhere in it. False when that loss is not finite on every rank
-        either (0 times it would not be 0): nothing runs."""
+        """The window's last micro batch was bad or empty, and earlier ones left gradients, which DeepSpeed
+        applies only after a backward at the boundary: run one on a loss of 0 that reaches every parameter,
+        the forward of this batch (an empty one's stand-in) with its frames zeroed (NaN frames, the usual
+        cause, gone) times 0. The update is then the good micro batches' gradients, each scaled by
+        1/grad_accum as always: a bad micro batch adds 0 at the end of a window as anywhere in it. False when
+        that loss is not finite on every rank either (0 times it would not be 0): nothing runs."""
         zeroed = {**batch, "frames": torch.zeros_like(batch["frames"])}
         loss, _ = training_loss(
             self.engine, zeroed, self.cfg.task.kind, self.cfg.task.aggregation, self.words, words_only
@@ -637,18 +708,18 @@ class Trainer:
         self._restore_batchnorm(bn_before)
         return True
 
-    def _step_without_update(self, window, bar) -> str | None:
-        """The window's last micro batch was bad, and no good one before it left gradients (or a loss of 0
-        could not be formed: _backward_at_boundary): the step ends without an update, yet it counts and the
-        scheduler steps, as for an fp16 overflow (_skipped_update), so the epochs keep their planned steps.
-        Gradients of good micro batches, if any, stay pending in the engine and join the next step's. A stop
-        or stop_after_steps waits for the next good step, which can be saved."""
+    def _step_without_update(self, window, bar) -> None:
+        """The window's last micro batch was bad or empty, and no good one before it left gradients (or a loss
+        of 0 could not be formed: _backward_at_boundary): the step ends without an update, yet it counts and
+        the scheduler steps, as for an fp16 overflow (_skipped_update), so the epochs keep their planned
+        steps. Gradients of good micro batches, if any, stay pending in the engine and join the next
+        step's."""
         lrs = self._lrs()  # the LRs this step would have applied
         if self.engine.lr_scheduler is not None:
             self.engine.lr_scheduler.step()
         if self.accumulated:
             self.log.warning(
-                "step %d: no update (its last micro batch was bad); the gradients of its %d good micro "
+                "step %d: no update (its last micro batch was skipped); the gradients of its %d good micro "
                 "batch(es) join the next step's",
                 self.state.step + 1,
                 self.accumulated,
@@ -656,7 +727,6 @@ class Trainer:
         self.state.step += 1
         self.profiler.boundary(self.state.step)
         self._after_step(window, {}, lrs, bar, overflow=False)
-        return "done" if self.state.step >= self.total_steps else None
 
     def _skipped_update(self) -> None:
         """DeepSpeed skipped this step's update and its scheduler step (fp16 loss-scale overflow: it lowers
@@ -693,6 +763,23 @@ class Trainer:
                 f"{ckpt.checkpoint_root(self.out)}. Lower train.lr, enable train.grad_clip, or check the "
                 "data."
             )
+
+    def _skip_empty(self, window, ranks: int) -> None:
+        """A micro batch whose every sample was dropped as bad input on `ranks` rank(s) (the DALI loader drops
+        the rows neither DALI nor PyAV decodes): skipped on every rank like a bad one, and counted apart.
+        Not in bad_streak (train.max_bad_steps): undecodable files say nothing of the training diverging;
+        the files themselves are counted and named by the epoch's bad-input summary."""
+        self.state.empty_total += 1
+        window["bad"] += 1
+        self.log.warning(
+            "step %d (epoch %d, micro batch %d): every sample of this micro batch was dropped as bad input "
+            "on %d rank(s): skipped (%d in total)",
+            self.state.step,
+            self.state.epoch,
+            self.state.micro_in_epoch,
+            ranks,
+            self.state.empty_total,
+        )
 
     def _after_step(self, window, extra: dict, lrs: dict, bar, overflow: bool) -> None:
         t = self.cfg.train
