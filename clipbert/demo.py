@@ -158,7 +158,7 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from clipbert.train import config as C
-    from clipbert.train.engine import init_distributed
+    from clipbert.train.engine import close_distributed, init_distributed
     from clipbert.train.run import STOPPED
 
     data_dir, out = Path(args.data), Path(args.out)
@@ -179,7 +179,7 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         summaries = _train(stages, configs, meta, out / "visual_words" / "model", device)
     finally:
-        torch.distributed.destroy_process_group()
+        close_distributed()
     if summaries is None:
         return STOPPED
     result = _summary(summaries, [name for name, _ in stages], meta, time.time() - start)

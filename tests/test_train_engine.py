@@ -414,3 +414,15 @@ def test_evaluation_shows_progress_bars_when_asked(capsys):
         lambda b: {"pred": b["index"]}, loader, CPU, torch.float32, False, "eval x"
     )
     assert [r["pred"] for r in records] == [0, 1, 2] and "eval x" in capsys.readouterr().err
+
+
+def test_a_closed_process_group_lets_a_later_engine_of_the_process_start(cfg):
+    # run.main destroys the group at its end; DeepSpeed kept its clone of the old one, so the next engine of
+    # the process (a second run.main, a notebook, the next test module) failed "Group ... is not registered"
+    from clipbert.train.engine import close_distributed
+
+    build_engine(cfg, ClipBert(cfg.model_config()), 4, CPU)
+    close_distributed()
+    init_distributed(CPU)
+    engine, _, _ = build_engine(cfg, ClipBert(cfg.model_config()), 4, CPU)
+    assert engine is not None

@@ -58,6 +58,19 @@ def init_distributed(device: torch.device) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
 
 
+def close_distributed() -> None:
+    """Destroy the process group, and DeepSpeed's cached clone of it. Why the cache: left set, the next engine
+    of the process (a second `run.main` in a notebook or a test session) broadcast its weights over the
+    destroyed group and failed with "Group ... is not registered"."""
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if hasattr(groups, "_WORLD_GROUP"):  # DeepSpeed's clone of the world group (groups._clone_world_group)
+        groups._WORLD_GROUP = None
+
+
 def _skip_inference_shm_build() -> None:
     """Why: opening the process group on a CPU, DeepSpeed JIT-builds its shared-memory all-reduce, a C++
     extension (about 35 s on 2 cores, once per environment), for its inference collectives. Training reduces

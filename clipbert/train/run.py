@@ -23,7 +23,13 @@ from clipbert.train import best, launch_env
 from clipbert.train import checkpoint as ckpt
 from clipbert.train import config as C
 from clipbert.train.cli import parse_args
-from clipbert.train.engine import build_engine, init_distributed, pick_device, setup_environment
+from clipbert.train.engine import (
+    build_engine,
+    close_distributed,
+    init_distributed,
+    pick_device,
+    setup_environment,
+)
 from clipbert.train.logging import RunLog, get_logger, is_rank0
 from clipbert.train.loop import Trainer, TrainingDiverged, total_training_steps
 from clipbert.train.metrics import format_table
@@ -419,6 +425,5 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 3
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        close_distributed()
     return 0
