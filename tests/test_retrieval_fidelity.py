@@ -93,13 +93,6 @@ def test_a_zero3_rank_left_without_any_video_says_so(monkeypatch):
         list(evaluate.balanced([_batch([]), _batch([])], True, "cpu"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known divergence, not fixed here: an epoch is one random caption per video; the original (and "
-    "so the paper's epochs, Table 10) passes over every caption. Fixing it changes every bench-based "
-    "trainer test's step count (tests/test_determinism_edge_cases.py, tests/test_bad_input_fallbacks.py) "
-    "and the demo's budget (configs/ds_synthetic.json): see the retrieval audit report",
-)
 def test_a_training_epoch_passes_over_every_caption_once(tmp_path, tokenizer):
     # run_video_retrieval.py: mk_input_group(..., max_n_example_per_group=1) makes each caption an example,
     # so 20 MSRVTT epochs are 20 passes over ~140k captions; one caption per video makes them 20 over 7k.
@@ -116,3 +109,26 @@ def test_a_training_epoch_passes_over_every_caption_once(tmp_path, tokenizer):
         for index in range(len(dataset))
     )
     assert positives == Counter(c for cs in captions.values() for c in cs)
+
+
+def test_a_videos_texts_draw_their_own_clips_and_one_text_per_video_keeps_its_order(tmp_path, tokenizer):
+    from clipbert.data.datasets import _text_rounds
+
+    # rounds: every video's first text, then the second texts ...; a one-text-per-video set keeps item v = v
+    pairs, rounds = _text_rounds([2, 1, 3])
+    assert pairs.tolist() == [[0, 0], [1, 0], [2, 0], [0, 1], [2, 1], [2, 2]] and rounds == 3
+    assert _text_rounds([1, 1])[0].tolist() == [[0, 0], [1, 0]]
+    captions = {"v0": ["a dog runs", "a brown dog"], "v1": ["a cat sleeps"]}
+    with open(tmp_path / "msrvtt_ret_train.jsonl", "w") as f:
+        f.writelines(
+            json.dumps({"caption": c, "clip_name": v}) + "\n" for v, cs in captions.items() for c in cs
+        )
+    cfg = DataConfig(ann_dir=str(tmp_path), video_dir=str(tmp_path), itm_neg_size=1, seed=0)
+    dataset = build_dataset("msrvtt_ret", "train", cfg, tokenizer, IMAGENET_RGB)
+    keys = []
+    dataset.visual = lambda video_id, key: keys.append((video_id, key)) or {"video_id": video_id}
+    for epoch in (0, 1):
+        for index in range(len(dataset)):
+            dataset.load(index, epoch)
+    # v0's two texts draw clips apart, and every epoch anew: no two items share a sampling key
+    assert keys == [("v0", 0), ("v1", 0), ("v0", 1), ("v0", 2), ("v1", 2), ("v0", 3)]

@@ -251,12 +251,30 @@ def caption_word_vocab(videos: list[tuple[str, list[str]]], tokenizer, max_len: 
     return build_word_vocab(texts, tokenizer.all_special_ids)
 
 
+def _text_rounds(counts: list[int]) -> tuple[np.ndarray, int]:
+    """Items of one text each, int64 [P, 2] of (video, text), in rounds: every video's text 0, then every
+    video's text 1 that has one, and so on; and the number of rounds. Item v < len(counts) is video v's
+    first text, so a set of one text per video keeps its item order."""
+    counts_np = np.asarray(counts, dtype=np.int64)
+    video = np.repeat(np.arange(len(counts_np)), counts_np)  # [P]
+    text = np.arange(len(video)) - np.repeat(np.cumsum(counts_np) - counts_np, counts_np)  # rank in its video
+    order = np.lexsort((video, text))  # by text rank, then video
+    return np.stack([video[order], text[order]], axis=1), int(counts_np.max(initial=0))
+
+
 class RetrievalTrainDataset(TaskDataset):
-    """One item per video: its positive text (column 0) and itm_neg_size texts of other videos."""
+    """One item per annotated text: its video, the text as the positive (column 0) and itm_neg_size texts of
+    other videos.
+
+    Why per text, not per video: the original makes every caption an example (run_video_retrieval.py,
+    max_n_example_per_group=1), so its epochs, the paper's (Table 10: 20 for MSRVTT), pass over every
+    caption. One random caption per video made an MSRVTT epoch 1/20 of that (about 20 captions a video) and
+    left captions unseen. Paragraph retrieval (one paragraph a video) is unchanged."""
 
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
         self.videos = group_texts(task, self.examples)  # [(video_id, [texts])]
+        self.pairs, self.rounds = _text_rounds([len(texts) for _, texts in self.videos])
         if len(self.videos) < 2 and cfg.itm_neg_size:
             raise DataError(f"{self.ann_path}: negatives need at least 2 videos, got {len(self.videos)}")
         # Each text's identity as the model reads it: the hash of its token ids. Why not the string: the
@@ -309,23 +327,26 @@ class RetrievalTrainDataset(TaskDataset):
         return self.word_vocab
 
     def __len__(self) -> int:
-        return len(self.videos)
+        return len(self.pairs)
 
     def video_of(self, index: int) -> str:
-        return self.videos[index][0]
+        return self.videos[self.pairs[index, 0]][0]
 
     def load(self, index: int, epoch: int) -> dict:
         rng = rng_for(self.cfg.seed, epoch, index)
-        video_id, texts = self.videos[index]
-        chosen = [texts[rng.integers(len(texts))]]
+        video, text = (int(x) for x in self.pairs[index])
+        video_id, texts = self.videos[video]
+        chosen = [texts[text]]
         chosen += [
-            self._negative(index, set(self.text_keys[index]), rng) for _ in range(self.cfg.itm_neg_size)
+            self._negative(video, set(self.text_keys[video]), rng) for _ in range(self.cfg.itm_neg_size)
         ]
-        item = self.visual(video_id, epoch)
+        # Clips drawn per item, as the original draws them per example: keyed by the epoch alone (the
+        # source's key), all of a video's texts would see the same clips in an epoch
+        item = self.visual(video_id, epoch * self.rounds + text)
         item["input_ids"] = tokenize(self.tokenizer, chosen, self.max_len, literal=True)
         item["labels"] = [1] + [0] * self.cfg.itm_neg_size
         if self.word_vocab is not None:
-            item["word_targets"] = self.word_vocab.targets[index]
+            item["word_targets"] = self.word_vocab.targets[video]
         return item
 
     def _negative(self, index: int, positives: set[int], rng) -> str:
