@@ -91,6 +91,7 @@ def test_a_micro_batch_whose_every_sample_was_dropped_is_skipped_not_a_crash(tmp
     assert [r["lr"] for r in steps] == pytest.approx(planned, rel=1e-12, abs=0)
     # said as what it is, and not the divergence guard's (max_bad_steps 1 would have stopped the run)
     assert summary["bad_steps"] == 0 and "non-finite" not in train_log.text
+    assert summary["empty_micro_batches"] == 2
     assert "every sample of this micro batch was dropped as bad input on 1 rank(s): skipped (2 in total)" in (
         train_log.text
     )

@@ -247,6 +247,7 @@ def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, d
             _plot(cfg)  # the curves of a diverged run are the ones its user needs most
             raise
     summary = {"reason": reason, "step": trainer.state.step, "bad_steps": trainer.state.bad_total}
+    summary["empty_micro_batches"] = trainer.state.empty_total  # every sample dropped as bad input: skipped
     summary["finished_before"] = finished_before  # nothing trained now: the results are the recorded ones
     # A run that took no step now (finished before, or requeued with a stop that comes at once) keeps the
     # perf.json of the steps it did train, which a record of no steps (0 frames/s) would replace.
