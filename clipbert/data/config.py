@@ -27,7 +27,7 @@ STRATEGIES = ("rand", "uniform", "middle")
 # reaches it. MSRVTT takes the original release's max_txt_len (100); the others are longer than the
 # original's, which cut texts: TGIF's 25 (a long question read with an option lost the option's words),
 # VQA's 20 (a long question's end), and the 100 of paragraphs (didemo/anet: several sentences joined).
-# docs/TRAINING.md ("The original release's configs") lists them; the retrieval datasets log their cuts.
+# docs/TRAINING.md ("The original release's configs") lists them; every task's dataset logs its cuts.
 DEFAULT_MAX_TEXT_LEN = {
     "msrvtt_ret": 100,
     "didemo_ret": 120,

@@ -35,7 +35,7 @@ from .config import SPLITS, TASKS, DataConfig
 from .decoders import VideoDecodeError
 from .preprocess import Normalization
 from .sampling import rng_for
-from .text import mask_tokens, tokenize, tokenize_and_count_cuts
+from .text import count_cuts, mask_tokens, tokenize, tokenize_and_count_cuts
 from .video_source import VideoSource, load_image
 from .visual_words import WordVocab, build_word_vocab
 from .vqa_answers import answer_scores, normalize_answer
@@ -400,16 +400,28 @@ class RetrievalEvalData:
     text_to_video: torch.Tensor  # int64 [Ntext]: index into video_ids of each text's true video
 
 
-def _say_cut(path, cut: int, total: int, task: str, max_len: int) -> None:
-    if cut:  # the model never reads those texts' ends: say so once per file, with the key that sets it
-        log.warning(
-            "%s: %d of %d texts are longer than data.max_text_len[%r]=%d tokens and are cut to it",
-            path,
-            cut,
-            total,
-            task,
-            max_len,
-        )
+def _say_cut(
+    path, cut: int, total: int, task: str, max_len: int, counted: int | None = None, what: str = "texts"
+) -> None:
+    """`counted`: how many of the `total` texts were looked at (count_cuts' sample), if not all."""
+    if not cut:
+        return
+    # the model never reads those texts' ends: say so once per file, with the key that sets it
+    of = f"{cut} of {total} {what}"
+    if counted is not None and counted < total:  # count_cuts' sample, scaled to the file
+        estimate = round(cut * total / counted)
+        of = f"about {estimate} of {total} {what} ({cut} of an evenly spaced sample of {counted})"
+    log.warning(
+        "%s: %s are longer than data.max_text_len[%r]=%d tokens and are cut to it", path, of, task, max_len
+    )
+
+
+def _say_counted_cuts(dataset: TaskDataset, texts: list[str], options: list[list[str]] | None = None) -> None:
+    """Count (count_cuts) and say how many of a dataset's texts, or (text, option) pairs, its budget cuts."""
+    total = len(texts) if options is None else sum(map(len, options))
+    cut, counted = count_cuts(dataset.tokenizer, texts, dataset.max_len, options)
+    what = "texts" if options is None else "question+option texts"
+    _say_cut(dataset.ann_path, cut, total, dataset.task, dataset.max_len, counted, what)
 
 
 def build_retrieval_eval(task, split, cfg, tokenizer, norm) -> RetrievalEvalData:
@@ -436,6 +448,7 @@ class QADataset(TaskDataset):
         self.ans2label = read_ans2label(Path(cfg.ann_dir) / f"{task}_ans2label.json")
         self.video_key = "video_id" if task == "msrvtt_qa" else "gif_name"
         self._report_unknown_answers()
+        _say_counted_cuts(self, [example["question"] for example in self.examples])  # the kept ones
 
     def _report_unknown_answers(self) -> None:
         """Questions whose answer is not in ans2label: counted and said; in training dropped, as the original
@@ -529,6 +542,15 @@ class MultipleChoiceDataset(TaskDataset):
                 ", ".join(map(str, twins[:5])),
                 ", ..." if len(twins) > 5 else "",
             )
+        self._say_cuts()
+
+    def _say_cuts(self) -> None:
+        """Say the cuts of the texts as text_ids reads them: MSRVTT-MC's options, TGIF's question + option."""
+        options = [[str(option) for option in example["options"]] for example in self.examples]
+        if self.task == "msrvtt_mc":
+            _say_counted_cuts(self, [option for line in options for option in line])
+        else:
+            _say_counted_cuts(self, [example["question"] for example in self.examples], options)
 
     def video_of(self, index: int) -> str:
         return str(self.examples[index]["clip_name" if self.task == "msrvtt_mc" else "gif_name"])
@@ -593,6 +615,7 @@ class PretrainDataset(TaskDataset):
                 self.examples[0]["file"],
                 cfg.itm_neg_prob,
             )
+        _say_counted_cuts(self, [example["caption"] for example in self.examples])
 
     def video_of(self, index: int) -> str:
         # the image file, not image_id: what is decoded (and can be bad) is the file
@@ -691,6 +714,7 @@ class VQADataset(TaskDataset):
                 f"{self.ann_path}: {len(unanswered)} line(s) (lines {shown}) have no answers (the human "
                 "answers) and no labels ({answer: score}); a training line needs one of them"
             )
+        _say_counted_cuts(self, [example["question"] for example in self.examples])
 
     def video_of(self, index: int) -> str:
         return str(self.examples[index]["file"])  # the image file: what is decoded (and can be bad)
