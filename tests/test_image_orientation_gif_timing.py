@@ -172,3 +172,31 @@ def test_the_frame_store_and_transcode_time_a_fast_gif_as_the_decoder(tmp_path):
     with av.open(copy) as container:
         assert float(container.streams.video[0].average_rate) == pytest.approx(10.0)
     assert PyAVDecoder().probe(copy).num_frames == 20
+
+
+def test_a_store_of_the_older_gif_timing_warns_and_is_not_resumed_with_gifs(tmp_path, caplog):
+    # A version-1 store timed fast GIFs at up to 10x their rate: reading it says so, and a resume with GIF
+    # sources would mix two timings in one store. Without GIFs it resumes (every version stores them alike).
+    import h5py
+
+    from clipbert.data.build_frame_store import build_frame_store
+    from clipbert.data.frame_store import VERSION, FrameStore
+    from clipbert.data.painted import write_painted_video
+
+    (tmp_path / "videos").mkdir()
+    _painted_gif(tmp_path / "videos" / "fast.gif", [10] * 4)
+    store_path = tmp_path / "frames.h5"
+    build_frame_store(tmp_path / "videos", store_path, fps=2.0, workers=0, progress=False)
+    with h5py.File(store_path, "a") as h5:
+        h5.attrs["version"] = 1
+    with caplog.at_level("WARNING", logger="clipbert.data.frame_store"):
+        FrameStore(store_path)
+    assert f"built by version 1 (now {VERSION})" in caplog.text
+    with pytest.raises(ValueError, match=r"built by frame store version 1.*include GIFs \(fast.gif\)"):
+        build_frame_store(tmp_path / "videos", store_path, fps=2.0, workers=0, progress=False)
+    (tmp_path / "videos" / "fast.gif").unlink()
+    write_painted_video(tmp_path / "videos" / "clip", 4)
+    result = build_frame_store(tmp_path / "videos", store_path, fps=2.0, workers=0, progress=False)
+    assert result["written"] == ["clip"]
+    with h5py.File(store_path, "r") as h5:
+        assert int(h5.attrs["version"]) == VERSION and set(h5["videos"]) == {"clip", "fast"}

@@ -186,6 +186,7 @@ def build_frame_store(
                     f"{out} was built at {name}={h5.attrs[name]}, not {value}: resume it with the same "
                     "settings, or use another --out"
                 )
+        _check_version(h5, out, videos)
         h5.attrs.update(fps=fps, max_side=max_side, quality=quality, version=VERSION)
         done = h5.require_group("videos")
         # On disk now: a build killed (SIGTERM, OOM) before its first entry's flush left a file whose header
@@ -218,6 +219,20 @@ def build_frame_store(
         finally:
             results.close()  # a stopped build ends its workers now
     return result
+
+
+def _check_version(h5, out, videos: list[Path]) -> None:
+    """Refuse to resume a store of an older version with GIF sources: its GIF entries may be timed as the
+    older code timed them (frame_store.VERSION), and a resume would mix the two timings in one store. Other
+    sources are stored alike by every version, so such a store resumes."""
+    built = int(h5.attrs.get("version", VERSION)) if len(h5.get("videos", {})) else VERSION
+    gifs = [p.name for p in videos if p.suffix.lower() == ".gif"]
+    if built < VERSION and gifs:
+        named = ", ".join(gifs[:3]) + (", ..." if len(gifs) > 3 else "")
+        raise ValueError(
+            f"{out} was built by frame store version {built}, which timed GIFs with frame delays under 20 ms "
+            f"too fast, and the videos include GIFs ({named}): build a new store with another --out"
+        )
 
 
 WORKER_DIED = "its worker process died encoding it (out of memory, or a crash in the decoder)"

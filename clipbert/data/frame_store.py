@@ -20,6 +20,7 @@ quarter of a second; a store at the source fps gives exactly the video decoders'
 
 from __future__ import annotations
 
+import logging
 import os
 
 import h5py
@@ -30,7 +31,11 @@ from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from .annotations import DataError
 from .decoders.base import VideoDecodeError, VideoInfo
 
-VERSION = 1
+log = logging.getLogger(__name__)
+
+# 2 (2026-11-29): a GIF's frame delays under 20 ms count as 100 ms, as browsers and FFmpeg show them. A
+# version-1 store timed such a GIF at up to 10x its rate, so a 1 s clip spanned up to 10 s of it.
+VERSION = 2
 
 
 def stored_source_indices(source_num_frames: int, source_fps: float, fps: float) -> np.ndarray:
@@ -67,12 +72,22 @@ class FrameStore:
         try:
             with h5py.File(self.path, "r") as h5:
                 is_store = isinstance(h5.get("videos"), h5py.Group)
+                version = int(h5.attrs.get("version", 0))
         except OSError as err:
             raise DataError(
                 f"frame store {self.path} is not a readable HDF5 file ({err}); rebuild it"
             ) from err
         if not is_store:
             raise DataError(f"frame store {self.path} has no /videos group: not built by build_frame_store")
+        if version < VERSION:
+            log.warning(
+                "frame store %s was built by version %d (now %d): if its sources include GIFs with frame "
+                "delays under 20 ms, their frames are timed too fast there; rebuild it (build_frame_store "
+                "--out NEW) to read them as the video decoders do",
+                self.path,
+                version,
+                VERSION,
+            )
         self._file, self._pid = None, None
 
     def _h5(self) -> h5py.File:
