@@ -93,3 +93,33 @@ def test_bad_images_raise_the_decode_error_the_tracker_counts(tmp_path, name, wr
     with pytest.raises(VideoDecodeError) as info:
         load_image(path, 32)
     assert info.value.reason.startswith(reason) and info.value.key == str(path)
+
+
+@pytest.mark.parametrize("cache", [8, 0])
+def test_an_images_questions_read_in_order_decode_it_once(tmp_path, tokenizer, monkeypatch, cache):
+    # VQA lists about 5 questions per COCO image in a row: evaluation decoded the image once per question
+    import json
+
+    from clipbert.data import datasets
+    from clipbert.data.config import DataConfig
+    from clipbert.data.preprocess import IMAGENET_RGB
+
+    Image.fromarray(_rgb(1)).save(tmp_path / "a.png")
+    Image.fromarray(_rgb(2)).save(tmp_path / "b.png")
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    (ann / "vqa_ans2label.json").write_text('{"red": 0}')
+    rows = [
+        {"question_id": q, "question": "what color", "file": f, "answers": ["red"] * 10}
+        for q, f in enumerate(["a.png", "a.png", "a.png", "b.png", "b.png"])
+    ]
+    (ann / "vqa_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DataConfig(ann_dir=str(ann), image_root=str(tmp_path), image_size=64, frame_cache_size=cache)
+    dataset = datasets.build_dataset("vqa", "val", cfg, tokenizer, IMAGENET_RGB)
+    calls = []
+    real = datasets.load_image
+    monkeypatch.setattr(datasets, "load_image", lambda *args: calls.append(args[0]) or real(*args))
+    items = [dataset[(0, i)] for i in range(len(rows))]
+    assert len(calls) == (2 if cache else 5)
+    assert torch.equal(items[0]["frames"], load_image(tmp_path / "a.png", 64)[0])
+    assert torch.equal(items[4]["frames"], load_image(tmp_path / "b.png", 64)[0])

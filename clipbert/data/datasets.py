@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,23 @@ class TaskDataset(Dataset):
         self.image_root = Path(cfg.image_root) if cfg.image_root else Path(cfg.ann_dir).parent
         self._bad_cache: dict[str, tuple[str, str]] = {}  # video id -> (key, reason), in epoch _bad_epoch
         self._bad_epoch: int | None = None
+        self._image_cache: OrderedDict[str, tuple[torch.Tensor, tuple[int, int]]] = OrderedDict()  # image()'s
+
+    def image(self, file: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        """load_image of `file` under data.image_root: uint8 [1, 1, 3, L, L] and its content (h, w). The
+        last data.frame_cache_size images are kept per worker. Why: an image's questions (VQA: about 5 a COCO
+        image) and captions are consecutive lines, so evaluation, which reads in order, decoded each image
+        once per text; the videos' VideoSource keeps its frames the same way."""
+        cached = self._image_cache.get(file)
+        if cached is not None:
+            self._image_cache.move_to_end(file)
+            return cached
+        result = load_image(self.image_root / file, self.cfg.image_size, self.cfg.image_orientation)
+        if self.cfg.frame_cache_size:
+            self._image_cache[file] = result
+            while len(self._image_cache) > self.cfg.frame_cache_size:
+                self._image_cache.popitem(last=False)
+        return result
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -672,9 +690,7 @@ class PretrainDataset(TaskDataset):
         masked, mlm_labels = mask_tokens(ids, self.tokenizer, rng, self.cfg.mlm_prob)
         if not match:
             mlm_labels = [-100] * len(ids)
-        frames, hw = load_image(
-            self.image_root / example["file"], self.cfg.image_size, self.cfg.image_orientation
-        )
+        frames, hw = self.image(example["file"])
         return {
             "frames": frames,
             "frames_hw": hw,
@@ -743,9 +759,7 @@ class VQADataset(TaskDataset):
 
     def load(self, index: int, epoch: int) -> dict:
         example = self.examples[index]
-        frames, hw = load_image(
-            self.image_root / example["file"], self.cfg.image_size, self.cfg.image_orientation
-        )
+        frames, hw = self.image(example["file"])
         return {
             "frames": frames,  # uint8 [1, 1, 3, L, L]
             "frames_hw": hw,
