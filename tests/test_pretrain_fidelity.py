@@ -32,7 +32,9 @@ def pretrain_set(tmp_path, tokenizer, monkeypatch):
         rows = [{"image_id": i, "file": f"{i}.jpg", "caption": c} for i, caps in images.items() for c in caps]
         with open(tmp_path / "pretrain_train.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
-        config = DataConfig(ann_dir=str(tmp_path), video_dir=str(tmp_path), seed=5, mlm_prob=0.0, **cfg)
+        config = DataConfig(
+            ann_dir=str(tmp_path), video_dir=str(tmp_path), **{"seed": 5, "mlm_prob": 0.0, **cfg}
+        )
         return build_dataset("pretrain", "train", config, tokenizer, IMAGENET_RGB)
 
     return make
@@ -132,3 +134,20 @@ def test_mlm_loss_norm_is_validated_by_name():
     with pytest.raises(C.ConfigError, match=r"model: mlm_loss_norm must be one of masked, original"):
         C.load("ds_pretrain", ["model.mlm_loss_norm=all"])
     assert C.load("ds_pretrain", ["model.mlm_loss_norm=original"]).model_config().mlm_loss_norm == "original"
+
+
+@pytest.mark.parametrize("on_swapped", [False, True])
+def test_a_swapped_captions_mlm_targets_follow_data_mlm_on_swapped(pretrain_set, on_swapped):
+    # the original masks every caption and predicts the swapped one's tokens too; ours by default does not
+    dataset = pretrain_set(
+        {"a": ["a dog runs fast"], "b": ["a red car parks"]},
+        itm_neg_prob=1.0,
+        mlm_prob=0.5,
+        mlm_on_swapped=on_swapped,
+    )
+    items = [dataset.load(index, epoch) for epoch in range(10) for index in range(len(dataset))]
+    assert items and all(item["itm_labels"] == 0 for item in items)
+    targets = sum(label != -100 for item in items for label in item["mlm_labels"][0])
+    assert (targets > 0) == on_swapped
+    with pytest.raises(ValueError, match="mlm_on_swapped must be true or false"):
+        DataConfig(mlm_on_swapped="yes")

@@ -96,6 +96,14 @@ def test_a_resume_under_another_plan_says_what_changed(tmp_path, train_log):
     )
 
 
+def test_a_resume_that_changes_how_texts_or_images_are_read_says_so(tmp_path, train_log):
+    run(make_config(tmp_path, train={**RESUME_TRAIN, "stop_after_steps": 3}), CPU, fake_factory())
+    data = {"mlm_on_swapped": True, "image_orientation": "exif"}
+    run(make_config(tmp_path, train={**RESUME_TRAIN, "resume": "auto"}, data=data), CPU, fake_factory())
+    assert "data.mlm_on_swapped False -> True" in train_log.text
+    assert "data.image_orientation stored -> exif" in train_log.text
+
+
 def test_a_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, train_log):
     # e.g. going back to before a divergence. The newer checkpoints used to stay: pruning (newest tags kept)
     # then deleted the new run's checkpoints instead, and a new checkpoint landed in an old one's directory.

@@ -65,6 +65,10 @@ class DataConfig:
     itm_neg_size: int = 1  # negative captions per video in retrieval training (M = 1 + itm_neg_size)
     mlm_prob: float = 0.15  # pretrain: fraction of tokens masked
     itm_neg_prob: float = 0.5  # pretrain: probability that the caption is swapped for a random one
+    # pretrain: the swapped caption's masked tokens are MLM targets too, as in the original release (its
+    # collate masks every caption). Off: a caption that does not describe the image has nothing to predict
+    # from it.
+    mlm_on_swapped: bool = False
     num_workers: int = 2  # DataLoader worker processes
     # FFmpeg threads per PyAV decoder. 1: parallelism comes from the workers, and frame threading would
     # refill its pipeline after every seek of sparse sampling (16 workers x 17 threads stalled a 16-core
@@ -104,7 +108,7 @@ class DataConfig:
         _check_choice("dali_order", self.dali_order, ("none", "frames"))
         _check_choice("frame_store_reader", self.frame_store_reader, ("cpu", "dali"))
         _check_choice("image_orientation", self.image_orientation, ("stored", "exif"))
-        for key in ("dali_build_index", "dali_affine", "dali_trim"):
+        for key in ("dali_build_index", "dali_affine", "dali_trim", "mlm_on_swapped"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         for task, length in self.max_text_len.items():

@@ -688,7 +688,7 @@ class PretrainDataset(TaskDataset):
                 caption, match = negative, 0
         ids = tokenize(self.tokenizer, [caption], self.max_len, literal=True)[0]
         masked, mlm_labels = mask_tokens(ids, self.tokenizer, rng, self.cfg.mlm_prob)
-        if not match:
+        if not match and not self.cfg.mlm_on_swapped:  # data.mlm_on_swapped: the original's targets
             mlm_labels = [-100] * len(ids)
         frames, hw = self.image(example["file"])
         return {

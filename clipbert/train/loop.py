@@ -285,10 +285,11 @@ class Trainer:
 
     RUN_TRAIN_KEYS = ("seed", "grad_clip", "visual_word_loss", "visual_word_steps")
     RUN_DATA_KEYS = ("num_clips", "frames_per_clip", "image_size", "clip_seconds", "train_sampling")
-    RUN_DATA_KEYS += ("max_text_len", "itm_neg_size", "mlm_prob", "itm_neg_prob")
+    RUN_DATA_KEYS += ("max_text_len", "itm_neg_size", "mlm_prob", "itm_neg_prob", "mlm_on_swapped")
+    RUN_DATA_KEYS += ("image_orientation",)
     # the model's keys that change its training but not its weights' shapes (WEIGHT_KEYS are refused)
     RUN_MODEL_KEYS = ("frozen_bn", "freeze_at", "pixel_random_sampling_size", "hidden_dropout")
-    RUN_MODEL_KEYS += ("attention_dropout",)
+    RUN_MODEL_KEYS += ("attention_dropout", "mlm_loss_norm")
 
     def resume(self, root: Path, tag: str) -> None:
         # Before DeepSpeed loads. Another task's checkpoint (another retrieval set, say) loaded and trained
