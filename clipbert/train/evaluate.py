@@ -255,7 +255,9 @@ def evaluate_examples(model_fn: Callable, loader, device, dtype, balance, progre
     return M.dedupe_by_index(gathered)
 
 
-ANSWER_KINDS = ("qa", "mc", "mc_itm")  # kinds scored by accuracy over every annotated example
+# Kinds scored by accuracy over every annotated example (config.ANSWER_KINDS are those whose head an
+# ans2label file sizes: another set)
+ACCURACY_KINDS = ("qa", "mc", "mc_itm")
 
 
 def _with_unscored_examples(records: list[dict], dataset, split: str) -> tuple[list[dict], int]:
@@ -409,7 +411,7 @@ def evaluate(engine, cfg, eval_data, split: str, device, dtype, words=None) -> d
                     fn = lambda b: predict(model, b, kind, cfg.task.aggregation)  # noqa: E731
                 records = evaluate_examples(fn, loader, device, dtype, balance, show)
                 unscored = None
-                if kind in ANSWER_KINDS:  # every annotated example counts, a dropped one as wrong
+                if kind in ACCURACY_KINDS:  # every annotated example counts, a dropped one as wrong
                     records, unscored = _with_unscored_examples(records, dataset, split)
                 out = summarize(kind, records)
                 if unscored is not None:

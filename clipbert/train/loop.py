@@ -656,15 +656,18 @@ class Trainer:
         Under ZeRO-3, until every rank holds a stand-in, the ranks first agree (one all-reduce) whether one
         lacks it (its micro batches so far all empty): then none forwards and the micro batch is skipped on
         every rank, where that rank alone would have left the others waiting in their forwards."""
-        if rows:
+        zero3 = self.engine.zero_optimization_stage() == 3
+        # Kept only where it can serve: ZeRO-3's forward, or a window's end after good micro batches (only
+        # with train.grad_accum > 1). Why not always: a copy on every micro step of the hot path for nothing.
+        if rows and (zero3 or self.cfg.train.grad_accum > 1):
             self.stand_in = _first_row(batch)
-        if self.engine.zero_optimization_stage() == 3 and not self.stand_in_everywhere:
+        if zero3 and not self.stand_in_everywhere:
             if _sum_over_ranks([float(self.stand_in is None)], self.device)[0]:
                 return None  # a rank without a stand-in has an empty micro batch: it is skipped everywhere
             self.stand_in_everywhere = True
         if rows:
             return batch
-        return self.stand_in if self.engine.zero_optimization_stage() == 3 else None
+        return self.stand_in if zero3 else None
 
     def _rng_untouched(self, discarded: bool):
         """For a discarded forward (the stand-in's): the RNG states as they were after it. Why: its dropout
