@@ -86,11 +86,68 @@ def test_balanced_evaluation_keeps_every_ranks_forward_count(monkeypatch):
     assert unbalanced == [([0], True), ([1], True)]
 
 
-def test_a_zero3_rank_left_without_any_video_says_so(monkeypatch):
-    # Its peers would wait for its collective forwards: an error naming the cause, not a hang
-    monkeypatch.setattr(evaluate, "_max_over_ranks", lambda value, device: 2)
-    with pytest.raises(RuntimeError, match="every video of this rank's shard was dropped"):
-        list(evaluate.balanced([_batch([]), _batch([])], True, "cpu"))
+class _Peers:
+    """evaluate._max_over_ranks as a 2-rank run answers it: the peer's values, in call order."""
+
+    def __init__(self, peer_values: list[int]):
+        self.peer_values, self.calls = list(peer_values), 0
+
+    def __call__(self, value, device):
+        self.calls += 1
+        return max(value, self.peer_values.pop(0))
+
+
+def _counting(model, monkeypatch) -> dict:
+    """Counts the model's forwards (each a collective under ZeRO-3)."""
+    counts = {"encode_visual": 0, "score": 0}
+    for name in counts:
+        original = getattr(model, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(model, name, counted)
+    return counts
+
+
+def test_a_zero3_rank_left_without_any_video_runs_its_peers_forwards(model, monkeypatch):
+    # ZeRO-3: every forward is a collective. A rank whose whole shard the DALI loader dropped raised, while
+    # its peer waited in a forward for it: a hang in a 2-rank run. It now runs as many forwards as its peer
+    # (a made-up one-row batch, discarded) and its videos rank last.
+    cfg = _cfg(video_batch=1, text_batch=2)
+    peer_loader = [_batch([0, 1]), _batch([2, 3])]
+    counts = _counting(model, monkeypatch)
+    monkeypatch.setattr(evaluate, "_max_over_ranks", _Peers([0, 0]))
+    peer = evaluate.evaluate_retrieval(model, _data(4), peer_loader, cfg, "cpu", torch.float32, True)
+    peer_counts = dict(counts)
+    counts.update(encode_visual=0, score=0)
+    peers = _Peers([2, 4])  # the peer's loader length, then its number of videos
+    monkeypatch.setattr(evaluate, "_max_over_ranks", peers)
+    out = evaluate.evaluate_retrieval(
+        model, _data(4), [_batch([]), _batch([])], cfg, "cpu", torch.float32, True
+    )
+    assert counts == peer_counts == {"encode_visual": 2, "score": 4 * 2}
+    assert peers.calls == 2  # every collective of the peer's, too
+    assert out["unscored_videos"] == 4 and peer["unscored_videos"] == 0
+
+
+def test_a_batch_made_up_for_a_zero3_peer_has_one_row_of_every_field():
+    empty = {
+        "index": torch.zeros(0, dtype=torch.int64),
+        "frames": torch.zeros(0, 2, 1, 3, L, L),
+        "input_ids": torch.zeros(0, 3, LT, dtype=torch.int64),  # [B, M, Lt]: multiple choice
+        "attention_mask": torch.zeros(0, 3, LT, dtype=torch.int64),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "video_ids": [],
+        "bad_videos": ["v7: corrupt"],  # reported already, from the empty batch itself
+        "max_text_len": LT,
+    }
+    got = evaluate.one_row_stand_in(empty)
+    assert got["frames"].shape == (1, 2, 1, 3, L, L) and got["input_ids"].shape == (1, 3, LT)
+    assert got["attention_mask"].eq(1).all() and got["input_ids"].eq(0).all()  # read, not all masked
+    assert got["labels"].shape == (1,) and got["video_ids"] == [""] and got["bad_videos"] == []
+    assert got["max_text_len"] == LT and got["input_ids"].dtype == torch.int64
 
 
 def test_a_training_epoch_passes_over_every_caption_once(tmp_path, tokenizer):
@@ -132,3 +189,31 @@ def test_a_videos_texts_draw_their_own_clips_and_one_text_per_video_keeps_its_or
             dataset.load(index, epoch)
     # v0's two texts draw clips apart, and every epoch anew: no two items share a sampling key
     assert keys == [("v0", 0), ("v1", 0), ("v0", 1), ("v0", 2), ("v1", 2), ("v0", 3)]
+
+
+def test_a_zero3_rank_left_without_any_example_runs_its_peers_forwards(model, monkeypatch):
+    # The same for per-example evaluation (QA, multiple choice, pre-training): the made-up batch is forwarded
+    # as many times as the peer's batches, and yields no record
+    from clipbert.train.tasks import predict
+
+    def mc_batch(indices):
+        b = len(indices)
+        return {
+            "index": torch.tensor(indices, dtype=torch.int64),
+            "frames": torch.randn(b, 1, 1, 3, L, L),
+            "input_ids": torch.randint(1, VOCAB, (b, 3, LT)),  # [B, M, Lt]
+            "attention_mask": torch.ones(b, 3, LT, dtype=torch.int64),
+            "labels": torch.zeros(b, dtype=torch.int64),
+            "video_ids": [f"v{i}" for i in indices],
+            "bad_videos": [],
+        }
+
+    calls = []
+
+    def model_fn(batch):
+        calls.append(batch["input_ids"].shape)
+        return predict(model, batch, "mc_itm", "lse")
+
+    monkeypatch.setattr(evaluate, "_max_over_ranks", _Peers([3]))
+    records = evaluate.evaluate_examples(model_fn, [mc_batch([]), mc_batch([])], "cpu", torch.float32, True)
+    assert records == [] and calls == [(1, 3, LT)] * 3

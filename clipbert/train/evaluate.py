@@ -49,21 +49,44 @@ def balanced(loader, balance: bool, device):
     only (eval.batch_size 1, a run of bad files) has B = 0, which the model refuses: the evaluation stopped,
     where its examples are to be counted unscored (a retrieval video ranks last, a QA example is wrong)."""
     count = _max_over_ranks(len(loader), device) if balance else None
-    last, ran = None, 0
+    last, empty, ran = None, None, 0
     for batch in loader:
         index = batch.get("index")
         if isinstance(index, torch.Tensor) and index.numel() == 0:  # [B] int64; B = 0: every row dropped
+            empty = batch
             continue
         last, ran = batch, ran + 1
         yield batch, True
-    if count is not None and ran < count and last is None:  # the other ranks would wait for its forwards
-        raise RuntimeError(
-            "evaluation with ZeRO-3: every video of this rank's shard was dropped as undecodable, so it has "
-            "no batch to run the other ranks' collective forwards with"
-        )
+    if count is not None and ran < count and last is None:
+        # Every video of this rank's shard was dropped. Why not an error: the other ranks would wait in their
+        # collective forwards for this one (a hang, not a message), and they cannot be told without a
+        # collective of their own at a point where every rank has run equally many forwards.
+        if empty is None:
+            raise RuntimeError(
+                f"evaluation with ZeRO-3: this rank's loader gave no batch but another rank's gives {count}; "
+                "the ranks' shards must have equally many batches (a DistributedSampler pads them so)"
+            )
+        last = one_row_stand_in(empty)
     while count is not None and ran < count:
         ran += 1
         yield last, False
+
+
+def one_row_stand_in(empty: dict) -> dict:
+    """A batch of one made-up row shaped like `empty` (a batch whose every row was dropped, B = 0): zero
+    frames and token ids, attention masks of ones. Only forwarded for its collectives, and discarded."""
+    out = {}
+    for key, value in empty.items():
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == 0:
+            fill = 1 if key.endswith("attention_mask") else 0
+            out[key] = torch.full((1, *value.shape[1:]), fill, dtype=value.dtype, device=value.device)
+        elif key == "bad_videos":  # reported already, as the loader gave the empty batch
+            out[key] = []
+        elif isinstance(value, list):  # per-row: video ids, paths, answer types
+            out[key] = [""] if not value else value[:1]
+        else:
+            out[key] = value
+    return out
 
 
 # Videos per visual-word head call. Why: the head averages a float32 copy of its tokens, and a whole shard's
@@ -97,7 +120,7 @@ class _Progress:
 
 def _visual_tokens(model, loader, device, dtype, balance, progress: str | None = None):
     """(video indices of this rank's shard, their visual tokens [V_local, N, Lv, H] on `device`, or None)."""
-    indices, tokens = [], []
+    indices, tokens, discarded = [], [], None
     with _Progress(len(loader), progress) as bar:
         for batch, real in balanced(loader, balance, device):
             batch = to_device(batch, device, dtype)
@@ -105,7 +128,13 @@ def _visual_tokens(model, loader, device, dtype, balance, progress: str | None =
             if real:
                 tokens.append(visual)
                 indices += batch["index"].tolist()
+            elif not tokens and discarded is None:
+                discarded = visual[:1].clone()
             bar.update()
+    if not tokens and discarded is not None:
+        # ZeRO-3, every video of this shard dropped: a made-up video, scored for the other ranks' collective
+        # scoring forwards and then cut off with the padding columns (none of its `indices`)
+        tokens = [discarded]
     return indices, (torch.cat(tokens) if tokens else None)
 
 
