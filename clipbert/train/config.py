@@ -88,6 +88,10 @@ class TrainConfig:
     stop_after_steps: int = 0  # stop (and checkpoint) after this step, schedule unchanged; 0 = off
     batch_size: int = 16  # videos per micro batch per process (DeepSpeed train_micro_batch_size_per_gpu)
     grad_accum: int = 1  # micro batches per optimizer step
+    # batch_size x grad_accum x world size the learning rates were set for (the paper configs: the paper's
+    # 8 GPUs, 4 for MSRVTT-QA); a run reading another global batch warns, naming the grad_accum that keeps
+    # it. 0 = any (no check).
+    global_batch: int = 0
     lr: float = 5e-5  # transformer (and heads) learning rate
     cnn_lr: float = 5e-5  # CNN backbone + grid encoder learning rate
     weight_decay: float = 1e-3  # transformer; never applied to biases and LayerNorm weights
@@ -134,6 +138,7 @@ class TrainConfig:
             "visual_word_steps",
             "profile_steps",
             "profile_start",
+            "global_batch",
         ):
             _number(f"train.{key}", getattr(self, key), kind=int, low=0)
         for key in ("epochs", "batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps", "log_every"):

@@ -201,12 +201,35 @@ def _warn_if_from_scratch(cfg) -> None:
         )
 
 
+def global_batch_warning(train, world: int) -> str | None:
+    """What to say when a run's global batch is not the one `train.global_batch` names, else None. Why: the
+    paper configs' learning rates and steps were set for 8 GPUs, and on 2 the same config silently trains
+    with a quarter of the batch and 4x the optimizer steps."""
+    got = train.batch_size * train.grad_accum * world
+    if not train.global_batch or got == train.global_batch:
+        return None
+    say = (
+        f"global batch {got} (train.batch_size={train.batch_size} x train.grad_accum={train.grad_accum} x "
+        f"world {world}), but the config's learning rates are for train.global_batch={train.global_batch}: "
+    )
+    per_step = train.batch_size * world
+    if train.global_batch % per_step == 0:
+        return say + f"--set train.grad_accum={train.global_batch // per_step} restores it"
+    return say + (
+        f"no whole train.grad_accum restores it at batch_size {train.batch_size} on {world} rank(s); change "
+        "train.batch_size, or scale train.lr and train.cnn_lr, or --set train.global_batch=0 to accept it"
+    )
+
+
 def _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, dtype, start) -> dict:
     log = get_logger()
     _warn_if_from_scratch(cfg)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    warning = global_batch_warning(cfg.train, world)
+    if warning and is_rank0():
+        log.warning(warning)
     train_set, train_loader = data.train()
     if len(train_loader) == 0:  # nothing to step on: max_steps would loop over empty epochs forever
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         raise C.ConfigError(
             f"{cfg.task.name}/train: {len(train_set)} training items make no full batch of "
             f"train.batch_size={cfg.train.batch_size} on each of {world} rank(s) (a last partial batch is "
