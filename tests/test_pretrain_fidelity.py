@@ -77,6 +77,29 @@ def test_no_itm_negative_when_every_other_caption_reads_the_same(pretrain_set):
     assert all(dataset.load(index, epoch)["itm_labels"] == 1 for epoch in range(20) for index in range(2))
 
 
+def test_each_caption_is_tokenized_once_for_the_negative_checks(pretrain_set, monkeypatch):
+    # An item compares its negative with every caption of its image; those (Visual Genome: dozens an image)
+    # were tokenized again for every item, so a worker tokenized each caption about captions-per-image times
+    # an epoch. Kept per worker now, with the same draws.
+    images = {f"i{k}": [f"caption {k} number {j}" for j in range(6)] for k in range(4)}
+    dataset = pretrain_set(images, itm_neg_prob=1.0)
+    first = [dataset.load(index, 0)["input_ids"] for index in range(len(dataset))]
+    tokenized = []
+    original = datasets.tokenize
+
+    def counting(tokenizer, texts, *args, **kwargs):
+        tokenized.extend(texts)
+        return original(tokenizer, texts, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "tokenize", counting)
+    fresh = pretrain_set(images, itm_neg_prob=1.0)
+    again = [fresh.load(index, 0)["input_ids"] for index in range(len(fresh))]
+    assert again == first  # the same negatives and the same masks
+    checked = [text for text in tokenized if text.startswith("caption")]
+    # the loaded captions themselves (one per item) plus each caption's key at most once
+    assert len(checked) <= 2 * len(fresh), f"{len(checked)} tokenizations for {len(fresh)} items"
+
+
 # -------------------------------------------------------------------------------- loss normalization
 def pretrain_batch(b: int = 3, lt: int = 8):
     torch.manual_seed(3)

@@ -622,6 +622,7 @@ class PretrainDataset(TaskDataset):
     def __init__(self, task, split, cfg, tokenizer, norm):
         super().__init__(task, split, cfg, tokenizer, norm)
         self._grouped = (self.examples, *_group_by_image(self.examples))
+        self._keys: tuple = (None,)  # (examples, hash [n] int64, computed [n] bool): _text_keys
         # Why said: with one image no caption is another image's, so no pair is a negative and the matching
         # head learns to answer "match" whatever it sees.
         self.one_image = len(self._grouped[3]) == 2  # starts: one per image, and the end
@@ -674,9 +675,21 @@ class PretrainDataset(TaskDataset):
         return self._grouped[1:]
 
     def _text_keys(self, indices) -> list[int]:
-        """Each caption's identity as the model reads it: the hash of its token ids."""
-        captions = [self.examples[int(k)]["caption"] for k in indices]
-        return [hash(tuple(ids)) for ids in tokenize(self.tokenizer, captions, self.max_len, literal=True)]
+        """Each caption's identity as the model reads it: the hash of its token ids, computed once per
+        caption and worker. Why kept: every item of an image compares against all its captions (Visual
+        Genome: dozens), which were tokenized again for each of them. In arrays, not a dict: 5.4M captions
+        take 48 MB."""
+        if self._keys[0] is not self.examples:  # a test's edited set: its own keys
+            n = len(self.examples)
+            self._keys = (self.examples, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool))
+        _, keys, known = self._keys
+        indices = [int(k) for k in indices]
+        todo = sorted({k for k in indices if not known[k]})
+        if todo:
+            captions = [self.examples[k]["caption"] for k in todo]
+            for k, ids in zip(todo, tokenize(self.tokenizer, captions, self.max_len, literal=True)):
+                keys[k], known[k] = hash(tuple(ids)), True
+        return [int(keys[k]) for k in indices]
 
     def load(self, index: int, epoch: int) -> dict:
         rng = rng_for(self.cfg.seed, epoch, index)
