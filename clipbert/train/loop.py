@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -281,6 +282,8 @@ class Trainer:
             **{f"train.{k}": getattr(self.cfg.train, k) for k in self.RUN_TRAIN_KEYS},
             **{f"data.{k}": getattr(self.cfg.data, k) for k in self.RUN_DATA_KEYS},
             **{f"model.{k}": getattr(self.model_cfg, k) for k in self.RUN_MODEL_KEYS},
+            # what the QA head's classes mean: _check_heads refuses a resume under other answers
+            **({"data.answers": answers} if (answers := self._answer_vocab_digest()) else {}),
         }
 
     RUN_TRAIN_KEYS = ("seed", "grad_clip", "visual_word_loss", "visual_word_steps")
@@ -306,6 +309,7 @@ class Trainer:
         ckpt.check_model_config(
             ckpt.saved_model_config(root, tag), self.model_cfg, "train.resume", root / tag
         )
+        self._check_heads(root, tag)
         ckpt.check_engine_layout(self.engine, root, tag, _world())  # another ZeRO stage or partitioning
         self.state = TrainerState(**ckpt.load(self.engine, root, tag))
         best.reconcile(self.out / best.BEST_DIR, self.state.best)
@@ -337,6 +341,56 @@ class Trainer:
         apply_hyperparameters(self.engine.optimizer, self.engine.lr_scheduler, self.cfg.train)
         ckpt.set_aside_newer(self.out, self.state.step)
         self.runlog.rewind(self.state.step)
+
+    def _answer_vocab(self) -> Path:
+        return Path(self.cfg.data.ann_dir) / f"{self.cfg.task.name}_ans2label.json"
+
+    def _answer_vocab_digest(self) -> str | None:
+        """A digest of the QA head's answer -> class mapping (the task's ans2label file); None without one."""
+        if self.model_cfg.head != "qa":
+            return None
+        try:
+            ans2label = json.loads(self._answer_vocab().read_text())
+        except (OSError, ValueError):  # in-memory test data; the datasets name a bad file themselves
+            return None
+        return hashlib.sha256(json.dumps(ans2label, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _check_heads(self, root: Path, tag: str) -> None:
+        """Refuse, before DeepSpeed loads, a checkpoint whose heads this model lacks or does not expect: the
+        visual-word head (built while train.visual_word_loss > 0), or a QA head of other answers (another
+        count, or the same count mapped otherwise: the plan's digest of the ans2label file).
+
+        Why: their weights and optimizer state are in the checkpoint or not, and DeepSpeed's load failed
+        with a RuntimeError listing state-dict keys or the classifier's shapes. Not a WEIGHT_KEYS check:
+        fine-tuning (train.init_checkpoint) may start from another head, as the paper fine-tunes each task."""
+        saved = ckpt.saved_model_config(root, tag) or {}
+        where = f"train.resume: checkpoint {root / tag}"
+        if "visual_words" in saved and bool(saved["visual_words"]) != self.model_cfg.visual_words:
+            old = ckpt.saved_plan(root, tag).get(
+                "train.visual_word_loss", "> 0" if saved["visual_words"] else 0
+            )
+            raise ConfigError(
+                f"{where} was trained with train.visual_word_loss={old}, this run has "
+                f"train.visual_word_loss={self.cfg.train.visual_word_loss}: the visual-word head's weights "
+                "and optimizer state are in a checkpoint only while its loss is on, so a resume cannot turn "
+                f"it on or off (another weight > 0 is allowed). Resume with train.visual_word_loss={old}, or "
+                "start over in a new train.output_dir"
+            )
+        if not (saved.get("head") == "qa" and self.model_cfg.head == "qa"):
+            return
+        old_answers, answers = saved.get("num_answers"), self.model_cfg.num_answers
+        old_digest, digest = ckpt.saved_plan(root, tag).get("data.answers"), self._answer_vocab_digest()
+        if old_answers != answers:
+            what = f"a QA head of {old_answers} answers, but {self._answer_vocab()} has {answers}"
+        elif old_digest and digest and old_digest != digest:  # the same count: the classes mean others
+            what = f"a QA head trained on other answers (or in another order) than {self._answer_vocab()}'s"
+        else:
+            return
+        raise ConfigError(
+            f"{where} has {what}: resume it with the answer vocabulary it was trained with (data.ann_dir), "
+            "or fine-tune on this one from its weights with train.init_checkpoint in a new "
+            "train.output_dir (a new head starts fresh)"
+        )
 
     def _translate_position(self, tag: str) -> None:
         """Restate the checkpoint's position in the epoch (micro batches of each rank's shard) for this run's
