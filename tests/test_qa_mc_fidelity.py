@@ -226,3 +226,29 @@ def test_predict_counts_a_question_and_option_as_the_model_reads_them(tokenizer)
     questions, options = ["what does the dog do ?"] * 2, ["runs", "jumps over the [SEP] fence"]
     rows = tokenize(tokenizer, questions, 512, pairs=options, literal=True)
     assert token_counts(predictor, questions, options) == [len(row) for row in rows]
+
+
+@pytest.mark.parametrize("task", ["msrvtt_qa", "tgif_action", "tgif_frameqa"])
+def test_each_question_draws_its_own_clips_as_in_the_original(tmp_path, tokenizer, task):
+    # The original's video QA groups one question per video (max_n_example_per_group 1), each loaded and
+    # sampled on its own; here the clips were keyed by (epoch, video), so a video's questions (MSRVTT-QA:
+    # about 16) saw the same clips in an epoch
+    videos = ["v0", "v0", "v1", "v0", "v2", "v1"]
+    key = "video_id" if task == "msrvtt_qa" else "gif_name"
+    rows = [{"question": f"what is it {k}?", key: video} for k, video in enumerate(videos)]
+    for row in rows:
+        row.update({"answer": "cat"} if task != "tgif_action" else {"options": list("abcde"), "answer": 1})
+    _write_jsonl(tmp_path / f"{task}_train.jsonl", rows)
+    (tmp_path / f"{task}_ans2label.json").write_text(json.dumps({"cat": 0}))
+    dataset = build_dataset(task, "train", _data_cfg(tmp_path), tokenizer, IMAGENET_RGB)
+    keys = []
+    dataset.visual = lambda video_id, key: keys.append((video_id, key)) or {"video_id": video_id}
+    for epoch in range(2):
+        for index in range(len(videos)):
+            dataset.load(index, epoch)
+    assert len(set(keys)) == len(keys) == 2 * len(videos)  # no two items of a video share a key
+    assert [k for video, k in keys if video == "v2"] == [0 * 3, 1 * 3]  # rounds: v0's 3 questions
+    # one question per video: the epoch is the key, so such a set draws the clips it drew before
+    one = build_dataset(task, "train", _data_cfg(tmp_path), tokenizer, IMAGENET_RGB)
+    one.examples = [one.examples[k] for k in (0, 2, 4)]
+    assert [one.clips_key(index, epoch) for epoch in range(2) for index in range(3)] == [0] * 3 + [1] * 3

@@ -77,7 +77,8 @@ class DataConfig:
     prefetch_factor: int = 2  # batches prefetched per worker
     seed: int = 42  # sampling randomness = f(seed, epoch, index)
     max_bad_retries: int = 8  # replacement tries after a bad video before giving up with an error
-    frame_cache_size: int = 8  # decoded videos kept per worker, so texts sharing a video decode it once
+    # decoded videos kept per worker: texts reading a video's same frames (evaluation) decode them once
+    frame_cache_size: int = 8
     dali_threads: int = 4  # CPU threads per DALI pipeline
     dali_pipelines: int = 1  # parallel DALI decoder pipelines (each has its own decoder instance)
     dali_order: str = "frames"  # none | frames: decode a sample's frames in ascending order, restore after

@@ -92,6 +92,25 @@ def read_task_annotations(path: Path, task: str) -> list[dict]:
     return [record for _, record in read_task_lines(path, task)]
 
 
+def _check_image_root(root: Path, configured: str) -> None:
+    """A FileNotFoundError naming data.image_root when it is not a directory, at start-up, as VideoSource
+    checks data.video_dir. Why: every image then failed as a "bad video" one by one, and the run stopped
+    steps in with a worker's RuntimeError traceback ("too many bad videos"), naming no config key; likely
+    when a shipped config's image_root is kept while data.ann_dir points at other data."""
+    if root.is_dir():
+        return
+    where = (
+        f"data.image_root={configured!r}"
+        if configured
+        else f"data.image_root (default: {root}, ann_dir's parent)"
+    )
+    relative = "" if root.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+    raise FileNotFoundError(
+        f"{where} is not a directory{relative}: the image tasks read each line's file under it "
+        "(--set data.image_root=DIR, or '' for the parent of data.ann_dir)"
+    )
+
+
 NEGATIVE_DRAWS = 8  # tries for a negative text unlike the positives (retrieval) or the image's captions (ITM)
 
 
@@ -116,9 +135,30 @@ class TaskDataset(Dataset):
         self.source = VideoSource(cfg, norm, self.train) if task not in IMAGE_TASKS else None
         # image tasks: each line's "file" is relative to data.image_root ("" = the parent of ann_dir)
         self.image_root = Path(cfg.image_root) if cfg.image_root else Path(cfg.ann_dir).parent
+        if task in IMAGE_TASKS:
+            _check_image_root(self.image_root, cfg.image_root)
         self._bad_cache: dict[str, tuple[str, str]] = {}  # video id -> (key, reason), in epoch _bad_epoch
         self._bad_epoch: int | None = None
         self._image_cache: OrderedDict[str, tuple[torch.Tensor, tuple[int, int]]] = OrderedDict()  # image()'s
+
+    _clip_ranks: tuple = (None,)  # (examples, rank [n] int64, rounds): clips_key's, per examples list
+
+    def clips_key(self, index: int, epoch: int) -> int:
+        """The sampling key of example `index`'s clips in `epoch`: epoch x rounds + its rank among its video's
+        examples (rounds: the most examples a video has). Why not the epoch alone: the original draws each
+        example's clips apart (max_n_example_per_group 1), and keyed by the epoch every question of a video
+        saw the same clips in an epoch (MSRVTT-QA: about 16 a video). A set of one example per video keeps
+        the epoch as the key, as retrieval's items do (_text_rounds)."""
+        if self._clip_ranks[0] is not self.examples:  # built once; again for a test's edited list
+            seen: dict[str, int] = {}
+            rank = np.empty(len(self.examples), dtype=np.int64)
+            for k in range(len(self.examples)):
+                video = self.video_of(k)
+                rank[k] = seen.get(video, 0)
+                seen[video] = rank[k] + 1
+            self._clip_ranks = (self.examples, rank, max(seen.values(), default=1))
+        _, rank, rounds = self._clip_ranks
+        return epoch * rounds + int(rank[index])
 
     def image(self, file: str) -> tuple[torch.Tensor, tuple[int, int]]:
         """load_image of `file` under data.image_root: uint8 [1, 1, 3, L, L] and its content (h, w). The
@@ -508,7 +548,7 @@ class QADataset(TaskDataset):
         return _own_text_in_evaluation(self, super().__getitem__(key))
 
     def load(self, index: int, epoch: int) -> dict:
-        item = self.visual(self.video_of(index), epoch)
+        item = self.visual(self.video_of(index), self.clips_key(index, epoch))
         item["input_ids"] = self.text_ids(index)
         item.update(self.eval_target(index))
         return item
@@ -577,7 +617,7 @@ class MultipleChoiceDataset(TaskDataset):
         return _own_text_in_evaluation(self, super().__getitem__(key))
 
     def load(self, index: int, epoch: int) -> dict:
-        item = self.visual(self.video_of(index), epoch)
+        item = self.visual(self.video_of(index), self.clips_key(index, epoch))
         item["input_ids"] = self.text_ids(index)
         item.update(self.eval_target(index))
         return item

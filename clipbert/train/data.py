@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 
@@ -42,17 +43,31 @@ class TaskData:
         return self._cache[split]
 
     def has_split(self, split: str) -> bool:
-        return (Path(self.cfg.data.ann_dir) / f"{self.cfg.task.name}_{split}.jsonl").is_file()
+        """Whether the split's annotation file exists and holds an example (a non-blank line)."""
+        path = Path(self.cfg.data.ann_dir) / f"{self.cfg.task.name}_{split}.jsonl"
+        return path.is_file() and holds_a_line(path)
 
     def train(self):
         from clipbert.data.loader import build_loader
 
         dataset = self._dataset("train")
+        self._read_eval_splits()
         if self.cfg.train.visual_word_loss and dataset.word_vocab is None:  # before any worker starts
             dataset.enable_visual_words()
         return dataset, build_loader(
             dataset, self.cfg.data, self.cfg.train.batch_size, True, device=str(self.device)
         )
+
+    def _read_eval_splits(self) -> None:
+        """Reads the annotations of the splits this training run will evaluate (kept for those evaluations).
+
+        Why now: a missing, empty or malformed eval.split file stopped the run at its first evaluation, an
+        epoch or train.eval_every steps in, and a malformed eval.test_split file after the whole training."""
+        cfg = self.cfg
+        if cfg.train.eval_every != -1:
+            self._dataset(cfg.eval.split)
+        if cfg.eval.final_eval and self.has_split(cfg.eval.test_split):
+            self._dataset(cfg.eval.test_split)
 
     def visual_words(self, device):
         """The training set's visual-word vocabulary as tasks.VisualWords (retrieval with
@@ -84,6 +99,17 @@ class TaskData:
         path = Path(self.cfg.data.ann_dir) / f"{self.cfg.task.name}_ans2label.json"
         check_ann_dir(self.cfg.data.ann_dir, path.name)  # read before any dataset: the same advice
         return len(read_json(path))
+
+
+def holds_a_line(path: Path) -> bool:
+    """Whether a JSON-lines file has a non-blank line (the datasets skip blank ones), reading up to it.
+
+    Why: the synthetic generator writes an empty file for a split with no item (a small benchmark's
+    tgif_transition test split, `null` in its meta.json), which the datasets refuse ("no examples"). A
+    training run then stopped with exit 2 after all its steps, at the final evaluation, where a split
+    without a file is skipped with a warning (docs/TRAINING.md)."""
+    with path.open("rb") as f:
+        return any(line.removeprefix(codecs.BOM_UTF8).strip() for line in f)
 
 
 def check_ann_dir(ann_dir: str, file_name: str) -> None:

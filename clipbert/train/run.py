@@ -158,7 +158,8 @@ def _no_eval_split(cfg, split: str) -> str:
 
     path = Path(cfg.data.ann_dir) / f"{cfg.task.name}_{split}.jsonl"
     check_ann_dir(cfg.data.ann_dir, path.name)
-    return f"eval.only: nothing to evaluate, annotation file not found: {path} (eval.test_split={split})"
+    found = "holds no example" if path.is_file() else "not found"  # data.has_split: empty counts as none
+    return f"eval.only: nothing to evaluate, annotation file {found}: {path} (eval.test_split={split})"
 
 
 def _best_eval(cfg, engine, data, runlog, device, dtype, state) -> dict | None:
