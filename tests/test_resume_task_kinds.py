@@ -195,3 +195,26 @@ def test_a_resume_that_changes_a_kinds_data_stream_says_so(
         == "done"
     )
     assert f"the run's plan changed since the checkpoint ({said})" in train_log.text
+
+
+def test_a_resume_says_what_of_the_text_budget_and_the_training_texts_changed(
+    bench, small, tmp_path, train_log
+):
+    # The plan kept data.max_text_len whole, so another task's budget (retrieval's, in a QA run) was
+    # reported as a change of this run; and it kept the training file's size alone, so a regenerated or
+    # edited annotation file of as many examples resumed as the same run's data without a word
+    task = "msrvtt_qa"
+    _stopped_run(tmp_path, bench, task, small, {"epochs": 1})
+    other_task = {**small, "max_text_len": {"msrvtt_ret": 50}}
+    assert run(_config(tmp_path, bench, task, other_task, {"epochs": 1, "resume": "auto"}), CPU)["step"] == 4
+    assert "plan changed" not in train_log.text
+    _stopped_run(tmp_path / "again", bench, task, small, {"epochs": 1})
+    annotations = tmp_path / "edited"
+    shutil.copytree(small["ann_dir"], annotations)
+    path = annotations / f"{task}_train.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[1:] + lines[:1]))  # the same examples, in another order
+    edited = {**small, "ann_dir": str(annotations), "max_text_len": {task: 40}}
+    run(_config(tmp_path / "again", bench, task, edited, {"epochs": 1, "resume": "auto"}), CPU)
+    said = {r.getMessage() for r in train_log.records if "plan changed" in r.getMessage()}
+    assert len(said) == 1 and "(data.max_text_len 100 -> 40, data.train_annotations " in said.pop()

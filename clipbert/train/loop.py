@@ -281,14 +281,19 @@ class Trainer:
             "task.aggregation": self.cfg.task.aggregation,
             **{f"train.{k}": getattr(self.cfg.train, k) for k in self.RUN_TRAIN_KEYS},
             **{f"data.{k}": getattr(self.cfg.data, k) for k in self.RUN_DATA_KEYS},
+            # this task's budget: another task's entry changes nothing here
+            "data.max_text_len": self.cfg.data.max_text_len[self.cfg.task.name],
             **{f"model.{k}": getattr(self.model_cfg, k) for k in self.RUN_MODEL_KEYS},
             # what the QA head's classes mean: _check_heads refuses a resume under other answers
             **({"data.answers": answers} if (answers := self._answer_vocab_digest()) else {}),
+            # the training texts themselves: a regenerated or edited annotation file of as many examples
+            # went on as the same run's data
+            **({"data.train_annotations": digest} if (digest := self._train_annotations_digest()) else {}),
         }
 
     RUN_TRAIN_KEYS = ("seed", "grad_clip", "visual_word_loss", "visual_word_steps")
     RUN_DATA_KEYS = ("num_clips", "frames_per_clip", "image_size", "clip_seconds", "train_sampling")
-    RUN_DATA_KEYS += ("max_text_len", "itm_neg_size", "mlm_prob", "itm_neg_prob", "mlm_on_swapped")
+    RUN_DATA_KEYS += ("itm_neg_size", "mlm_prob", "itm_neg_prob", "mlm_on_swapped")
     RUN_DATA_KEYS += ("image_orientation",)
     # the model's keys that change its training but not its weights' shapes (WEIGHT_KEYS are refused)
     RUN_MODEL_KEYS = ("frozen_bn", "freeze_at", "pixel_random_sampling_size", "hidden_dropout")
@@ -316,8 +321,10 @@ class Trainer:
         self._restore_bad_inputs()
         self.last_saved_step = self.state.step
         self._translate_position(tag)
-        now = self.plan()
-        changed = {k: (self.state.plan[k], v) for k, v in now.items() if self.state.plan.get(k, v) != v}
+        now, saved = self.plan(), dict(self.state.plan)
+        if isinstance(saved.get("data.max_text_len"), dict):  # saved before the plan kept this task's alone
+            saved["data.max_text_len"] = saved["data.max_text_len"].get(self.cfg.task.name)
+        changed = {k: (saved[k], v) for k, v in now.items() if saved.get(k, v) != v}
         if "train.seed" in changed:  # the restored RNG states make the seed moot: say so, not "changed"
             old, new = changed.pop("train.seed")
             self.log.warning(
@@ -341,6 +348,18 @@ class Trainer:
         apply_hyperparameters(self.engine.optimizer, self.engine.lr_scheduler, self.cfg.train)
         ckpt.set_aside_newer(self.out, self.state.step)
         self.runlog.rewind(self.state.step)
+
+    def _train_annotations_digest(self) -> str | None:
+        """sha256 (16 hex digits) of the training annotation file, read once; None without one."""
+        if not hasattr(self, "_train_digest"):
+            path = getattr(self.train_set, "ann_path", None)
+            try:
+                self._train_digest = (
+                    hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else None
+                )
+            except OSError:
+                self._train_digest = None
+        return self._train_digest
 
     def _answer_vocab(self) -> Path:
         return Path(self.cfg.data.ann_dir) / f"{self.cfg.task.name}_ans2label.json"
