@@ -572,9 +572,18 @@ def _shipped_hint(path: Path) -> str:
     return f":{guess} shipped: {', '.join(f'{stem}.json' for stem in shipped)}"
 
 
+# Sections a run writes next to the ones it reads: config.json's "resolved_model" (the model it built) and
+# --print-config's "model_config". Read back as a config, they are checked, not applied (the model section is)
+DERIVED_SECTIONS = ("resolved_model", "model_config")
+# the resolved model's keys that the data sets (the answer head's size): not in the model section
+DATA_SIZED_MODEL_KEYS = ("num_answers",)
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"a config is a JSON object of sections ({', '.join(SECTIONS)}), got {raw!r}")
+    derived = {key: raw[key] for key in DERIVED_SECTIONS if key in raw}
+    raw = {key: value for key, value in raw.items() if key not in DERIVED_SECTIONS}
     for key in raw:
         if key not in SECTIONS:
             raise ConfigError(f"unknown section {key!r}; allowed sections: {', '.join(SECTIONS)}")
@@ -595,6 +604,8 @@ def from_dict(raw: dict[str, Any]) -> Config:
         deepspeed=ds,
     )
     cfg.model_config()  # validates the model section now rather than after the data is loaded
+    for name, section in derived.items():
+        _check_derived_model(cfg, name, section)
     from clipbert.train.best import selection_metric
 
     selection_metric(cfg)  # a metric the task does not report: now, not after the first evaluation
@@ -614,6 +625,27 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
+def _check_derived_model(cfg: Config, name: str, section: Any) -> None:
+    """A run's own config.json (or --print-config's output) given as --config: its derived model section
+    must be what the model section resolves to. Why: `train.py --config outputs/run/config.json` (evaluate or
+    train again exactly as that run) was refused as an unknown section; read silently instead, an edit made
+    there would look applied while the model section decides."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{name} must be a JSON object {{key: value, ...}}, got {section!r}")
+    sized = {k: section[k] for k in DATA_SIZED_MODEL_KEYS if k in section}
+    try:
+        resolved = json.loads(json.dumps(cfg.model_config(**sized).to_dict(), default=str))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name}: {err}") from err
+    differ = [k for k in sorted(set(section) | set(resolved)) if section.get(k) != resolved.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}={section.get(k)!r} (model: {resolved.get(k)!r})" for k in differ[:5])
+        raise ConfigError(
+            f"{name} is what the run built from the model section, and here it differs: {shown}. Change "
+            f"model.* instead (train.py --print-config shows what it builds), or remove the {name} section"
+        )
+
+
 def load(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = resolve_path(path)
     try:  # utf-8-sig: a config saved by a Windows editor starts with a BOM, which json.loads refuses
@@ -626,4 +658,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: a config is a JSON object of sections, got {type(raw).__name__}")
     for assignment in overrides or []:
         apply_override(raw, assignment)
+        if assignment.strip().startswith("model."):  # the model changes on purpose: its old record goes
+            for name in DERIVED_SECTIONS:
+                raw.pop(name, None)
     return from_dict(raw)
