@@ -506,3 +506,34 @@ def test_answer_list_checks_the_vocabulary_as_the_datasets_do(tmp_path):
     (tmp_path / "msrvtt_qa_ans2label.json").write_text(json.dumps({"red": 2, "blue": 0}))  # a gap
     with pytest.raises(ValueError, match="labels reach 2"):
         answer_list(tmp_path, "msrvtt_qa", 2)
+
+
+@pytest.mark.parametrize(
+    "scores, chosen, why",
+    [
+        ([-1.0, -0.5, -2.0], 1, None),
+        ([-0.5, -0.5, -2.0], None, "tied"),  # evaluation: NO_PREDICTION, counted wrong
+        ([-0.5, float("nan"), -2.0], None, "NaN"),
+    ],
+)
+def test_a_multiple_choice_tie_chooses_no_option_as_the_evaluation_counts_it(
+    scores, chosen, why, monkeypatch
+):
+    # predict marked the first of tied top options as the model's choice, where the evaluation (ties_lose)
+    # counts the question wrong: the two disagreed on what the model answers
+    from types import SimpleNamespace
+
+    from clipbert.predict import report
+
+    predictor = SimpleNamespace(run=SimpleNamespace(kind="mc"))
+    result = SimpleNamespace(videos=["a.mp4"], log_probs=[torch.tensor([scores])])
+    options = ["left", "right", "up"]
+    monkeypatch.setattr(report, "header", lambda predictor, skipped: {})
+    out = report.options_json(predictor, result, "where?", options, [])
+    row = out["results"][0]
+    assert row["chosen"] == chosen
+    assert row["chosen_option"] == (None if chosen is None else options[chosen])
+    lines = report.format_options(out)
+    assert sum(line.lstrip().startswith("*") for line in lines) == (chosen is not None)
+    if why:
+        assert why in row["no_choice"] and any("no option chosen" in line for line in lines)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from clipbert.train.tasks import NO_PREDICTION, checked_argmax
+
 
 def _number(x: float) -> float | None:
     """JSON has no NaN or Infinity: a diverged model's scores are written as null."""
@@ -117,17 +119,25 @@ def options_json(predictor, result, question: str | None, options: list[str], sk
     out.update(videos=result.videos, question=question, options=options, score=measure, results=[])
     for video, log_p in zip(result.videos, result.log_probs):
         scores = log_p[0]  # [O]
-        chosen = int(scores.argmax())
-        out["results"].append(
-            {
-                "video": video,
-                "scores": [_number(x) for x in scores.tolist()],
-                "probs": [_number(x) for x in scores.exp().tolist()],
-                "chosen": chosen,
-                "chosen_option": options[chosen],
-            }
-        )
+        row = {
+            "video": video,
+            "scores": [_number(x) for x in scores.tolist()],
+            "probs": [_number(x) for x in scores.exp().tolist()],
+        }
+        row.update(_choice(scores, options))
+        out["results"].append(row)
     return out
+
+
+def _choice(scores: torch.Tensor, options: list[str]) -> dict:
+    """scores [O] -> the chosen option as the evaluation counts it: none when the top score is tied between
+    options or a score is NaN (tasks.checked_argmax: evaluation counts such a question wrong). Why: an argmax
+    here showed the first tied option as the model's answer, where the evaluation scores no answer."""
+    chosen = int(checked_argmax(scores[None], ties_lose=True)[0])
+    if chosen != NO_PREDICTION:
+        return {"chosen": chosen, "chosen_option": options[chosen]}
+    why = "a NaN score" if bool(torch.isnan(scores).any()) else "the top score is tied between options"
+    return {"chosen": None, "chosen_option": None, "no_choice": why}
 
 
 def _names(videos: list[str]) -> dict[str, str]:
@@ -235,6 +245,8 @@ def format_options(out: dict) -> list[str]:
             mark = "*" if o == r["chosen"] else " "
             numbers = f"log {label}={_cell(score, 4).strip()}  {label}={_cell(p).strip()}"
             lines.append(f"  {mark} {o + 1}. {_clip(text):<{width}}  {numbers}")
+        if r["chosen"] is None:
+            lines.append(f"  no option chosen: {r['no_choice']} (the evaluation counts it wrong)")
     return lines
 
 

@@ -181,7 +181,7 @@ def _retrieval_with_words(model, batch, aggregation, words: VisualWords, words_o
 NO_PREDICTION = -1  # a prediction that matches no label: counted wrong
 
 
-def _checked_argmax(x: torch.Tensor, ties_lose: bool = False) -> torch.Tensor:
+def checked_argmax(x: torch.Tensor, ties_lose: bool = False) -> torch.Tensor:
     """x [B, K] -> argmax [B], NO_PREDICTION for a row with a NaN and, with `ties_lose`, for a row whose top
     score several classes share. Why: argmax takes a NaN as the maximum (an all-NaN row predicts class 0, a
     hit whenever the label is 0), and takes the first of tied classes: a constant multiple-choice model would
@@ -198,7 +198,7 @@ def _checked_argmax(x: torch.Tensor, ties_lose: bool = False) -> torch.Tensor:
 @torch.no_grad()
 def predict(model, batch: dict, kind: str, aggregation: str) -> dict:
     """Per-example predictions of a QA / MC batch (retrieval has its own score-matrix path). A NaN score, or
-    a multiple-choice top score tied between options, predicts NO_PREDICTION (wrong; see _checked_argmax)."""
+    a multiple-choice top score tied between options, predicts NO_PREDICTION (wrong; see checked_argmax)."""
     scores = model(batch["frames"], batch["input_ids"], batch["attention_mask"])  # [B, M, N, K]
     b, m, n, k = scores.shape
     if kind == "vqa":  # the VQA accuracy of the predicted answer: its soft target
@@ -210,12 +210,12 @@ def predict(model, batch: dict, kind: str, aggregation: str) -> dict:
         score = score.masked_fill(torch.isnan(logits).any(-1), 0.0)
         return {"pred": pred.cpu(), "score": score.cpu(), "answered": batch["answered"].cpu()}
     if kind == "qa":
-        pred = _checked_argmax(clip_aggregate(scores[:, 0], aggregation))  # [B]
+        pred = checked_argmax(clip_aggregate(scores[:, 0], aggregation))  # [B]
     elif kind == "mc":
-        pred = _checked_argmax(clip_aggregate(scores[..., 0].transpose(1, 2), aggregation), ties_lose=True)
+        pred = checked_argmax(clip_aggregate(scores[..., 0].transpose(1, 2), aggregation), ties_lose=True)
     elif kind == "mc_itm":  # rank the options by the retrieval model's log p(match)
         match = match_log_prob(scores.reshape(b * m, n, k), aggregation).view(b, m)
-        pred = _checked_argmax(match, ties_lose=True)
+        pred = checked_argmax(match, ties_lose=True)
     else:
         raise ValueError(f"predict() handles qa, vqa, mc and mc_itm, not {kind!r}")
     return {"pred": pred.cpu(), "label": batch["labels"].cpu()}
@@ -229,9 +229,9 @@ def pretrain_eval(model, batch: dict) -> dict:
     )
     mlm_labels = batch["mlm_labels"].reshape(out["mlm_logits"].shape[:-1])
     masked = mlm_labels != -100
-    mlm_hits = (_checked_argmax(out["mlm_logits"]) == mlm_labels) & masked
+    mlm_hits = (checked_argmax(out["mlm_logits"]) == mlm_labels) & masked
     return {
-        "itm_pred": _checked_argmax(out["itm_logits"]).cpu(),  # a NaN row predicts nothing, not "no match"
+        "itm_pred": checked_argmax(out["itm_logits"]).cpu(),  # a NaN row predicts nothing, not "no match"
         "itm_label": batch["itm_labels"].cpu(),
         "mlm_correct": mlm_hits.sum(-1).cpu(),  # [B]
         "mlm_total": masked.sum(-1).cpu(),  # [B]
