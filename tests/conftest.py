@@ -1,5 +1,6 @@
 """Test-wide setup. Environment variables must be set before triton or transformers are imported."""
 
+import gc
 import os
 import pathlib
 
@@ -27,6 +28,9 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+    # TaskData.train() freezes the objects alive for the loader's forked workers (a run does it once); in
+    # this one long process, what a test froze must stay collectable once the test is done
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="module")

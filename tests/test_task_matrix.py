@@ -70,3 +70,19 @@ def test_a_bad_val_file_stops_training_before_its_first_step(bench, tmp_path):
     with pytest.raises(AnnotationError, match=r"tgif_action_val\.jsonl:1: malformed JSON"):
         run(cfg, CPU)
     assert not (tmp_path / "run" / "steps.jsonl").exists()
+
+
+def test_the_datasets_read_before_the_workers_fork_are_frozen_for_the_collector(bench, tmp_path):
+    # The eval splits are read before training (a bad file stops the run at once), so the training loader's
+    # workers inherit them; a worker's garbage collection would write every inherited object's page
+    import gc
+
+    from clipbert.train.data import TaskData
+
+    cfg = make_config(tmp_path, task="msrvtt_qa", data={"ann_dir": str(bench / "annotations")})
+    data = TaskData(cfg, cfg.model_config(num_answers=3), CPU)
+    gc.unfreeze()
+    data.train()
+    val = data._cache[cfg.eval.split]
+    assert gc.get_freeze_count() > 0 and not any(obj is val.examples for obj in gc.get_objects())
+    gc.unfreeze()

@@ -206,25 +206,45 @@ class TaskDataset(Dataset):
         )
 
     def _load_known_good(self, index: int, epoch: int) -> dict:
-        """`load`, but a video already found bad in this epoch (by this worker) fails again at once.
+        """`load`, but a video already found bad in this epoch (by this worker) fails again at once, if it
+        fails whatever its clips (its probe fails; an image) or for the same clips.
 
         Why: in QA/MC datasets up to ~10 consecutive examples share a video, and a bad one would be re-probed
-        (a truncated one even partly decoded) for each. Loading is a pure function of (seed, epoch, video),
-        so the cache changes no replacement, only skips work; it is keyed by epoch because clip sampling
-        (and so whether a partly corrupt video decodes) changes with it, and it is cleared when the epoch
-        does, to stay small.
+        for each. Loading is a pure function of (seed, sample_key, video), so the cache changes no
+        replacement, only skips work. Why not any failure of the video: each example draws its own clips
+        (sample_key), and a partly corrupt video (truncated) fails for some only; one example's failure
+        then replaced its video's other examples in this worker but not in another, or after a resume. It is
+        cleared when the epoch changes, to stay small.
         """
         video_id = self.video_of(index)
         if self._bad_epoch != epoch:
             self._bad_cache, self._bad_epoch = {}, epoch
+        sample = self.sample_key(index, epoch)
         known = self._bad_cache.get(video_id)
-        if known is not None:  # a fresh error: re-raising the cached one would keep growing its traceback
-            raise VideoDecodeError(*known)
+        if known is not None and known[0] in (None, sample):  # a fresh error: a cached one's traceback grows
+            raise VideoDecodeError(*known[1:])
         try:
             return self.load(index, epoch)
         except VideoDecodeError as err:
-            self._bad_cache[video_id] = (err.key, err.reason)
+            self._bad_cache[video_id] = (self._failing_clips(video_id, sample), err.key, err.reason)
             raise
+
+    def sample_key(self, index: int, epoch: int) -> int:
+        """The key example `index`'s clips are drawn with in `epoch` (VideoSource.indices): the epoch, where
+        a video's examples share their clips in an epoch (evaluation's videos)."""
+        return epoch
+
+    def _failing_clips(self, video_id: str, sample: int) -> int | None:
+        """The sample key a video failed for, or None if it fails whatever its clips: an image, clips not
+        drawn at random (evaluation's uniform ones), or a probe that fails (a missing or unreadable file).
+        Only asked after a failure: one probe more."""
+        if self.source is None or self.source.strategy != "rand":
+            return None
+        try:
+            self.source.info(video_id)
+        except VideoDecodeError:
+            return None
+        return sample
 
     def _next_other_video(self, index: int, bad_ids: set[str]) -> int | None:
         """The next example after `index` (cyclically) whose video is not in `bad_ids`; None if none is."""
@@ -390,6 +410,9 @@ class RetrievalTrainDataset(TaskDataset):
     def video_of(self, index: int) -> str:
         return self.videos[self.pairs[index, 0]][0]
 
+    def sample_key(self, index: int, epoch: int) -> int:  # each text its own clips
+        return epoch * self.rounds + int(self.pairs[index, 1])
+
     def load(self, index: int, epoch: int) -> dict:
         rng = rng_for(self.cfg.seed, epoch, index)
         video, text = (int(x) for x in self.pairs[index])
@@ -400,7 +423,7 @@ class RetrievalTrainDataset(TaskDataset):
         ]
         # Clips drawn per item, as the original draws them per example: keyed by the epoch alone (the
         # source's key), all of a video's texts would see the same clips in an epoch
-        item = self.visual(video_id, epoch * self.rounds + text)
+        item = self.visual(video_id, self.sample_key(index, epoch))
         item["input_ids"] = tokenize(self.tokenizer, chosen, self.max_len, literal=True)
         item["labels"] = [1] + [0] * self.cfg.itm_neg_size
         if self.word_vocab is not None:
@@ -547,8 +570,11 @@ class QADataset(TaskDataset):
     def __getitem__(self, key) -> dict:
         return _own_text_in_evaluation(self, super().__getitem__(key))
 
+    def sample_key(self, index: int, epoch: int) -> int:  # each question its own clips
+        return self.clips_key(index, epoch)
+
     def load(self, index: int, epoch: int) -> dict:
-        item = self.visual(self.video_of(index), self.clips_key(index, epoch))
+        item = self.visual(self.video_of(index), self.sample_key(index, epoch))
         item["input_ids"] = self.text_ids(index)
         item.update(self.eval_target(index))
         return item
@@ -616,8 +642,11 @@ class MultipleChoiceDataset(TaskDataset):
     def __getitem__(self, key) -> dict:
         return _own_text_in_evaluation(self, super().__getitem__(key))
 
+    def sample_key(self, index: int, epoch: int) -> int:  # each question its own clips
+        return self.clips_key(index, epoch)
+
     def load(self, index: int, epoch: int) -> dict:
-        item = self.visual(self.video_of(index), self.clips_key(index, epoch))
+        item = self.visual(self.video_of(index), self.sample_key(index, epoch))
         item["input_ids"] = self.text_ids(index)
         item.update(self.eval_target(index))
         return item

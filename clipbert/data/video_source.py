@@ -23,7 +23,9 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif", ".m4v", ".3gp
 
 
 def frame_rng(seed: int, epoch: int, video_id: str) -> np.random.Generator:
-    """Clip sampling depends on (seed, epoch, video), so texts sharing a video share its frames."""
+    """Clip sampling depends on (seed, key, video) alone, never on workers. `epoch` is the dataset's sample
+    key (TaskDataset.sample_key): in training each text or question draws its own clips, so the key counts
+    the example within its video as well as the epoch."""
     return np.random.default_rng([int(seed), int(epoch), zlib.crc32(video_id.encode()), 1])
 
 

@@ -577,6 +577,16 @@ def _shipped_hint(path: Path) -> str:
 DERIVED_SECTIONS = ("resolved_model", "model_config")
 # the resolved model's keys that the data sets (the answer head's size): not in the model section
 DATA_SIZED_MODEL_KEYS = ("num_answers",)
+# --set keys (prefixes) that change the derived model: the model section, and what Config.model_config derives
+# the head, visual-word head, image size, T and text length from
+MODEL_DERIVING_KEYS = (
+    "model.",
+    "task.",
+    "train.visual_word_loss",
+    "data.image_size",
+    "data.frames_per_clip",
+    "data.max_text_len",
+)
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
@@ -637,7 +647,9 @@ def _check_derived_model(cfg: Config, name: str, section: Any) -> None:
         resolved = json.loads(json.dumps(cfg.model_config(**sized).to_dict(), default=str))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{name}: {err}") from err
-    differ = [k for k in sorted(set(section) | set(resolved)) if section.get(k) != resolved.get(k)]
+    # keys the record lacks are not compared: an older run's, written before a model key existed (as
+    # ClipBertConfig.weight_key_differences treats a checkpoint's saved model config)
+    differ = [k for k in sorted(section) if section[k] != resolved.get(k)]
     if differ:
         shown = ", ".join(f"{k}={section.get(k)!r} (model: {resolved.get(k)!r})" for k in differ[:5])
         raise ConfigError(
@@ -658,7 +670,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: a config is a JSON object of sections, got {type(raw).__name__}")
     for assignment in overrides or []:
         apply_override(raw, assignment)
-        if assignment.strip().startswith("model."):  # the model changes on purpose: its old record goes
+        # the model changes on purpose: its old record goes. Why not only for model.*: data.image_size,
+        # say, is derived into it too, and the check then refused the --set, saying to change model.*
+        if assignment.strip().startswith(MODEL_DERIVING_KEYS):
             for name in DERIVED_SECTIONS:
                 raw.pop(name, None)
     return from_dict(raw)

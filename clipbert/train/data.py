@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import codecs
+import gc
 from pathlib import Path
 
 
@@ -54,6 +55,10 @@ class TaskData:
         self._read_eval_splits()
         if self.cfg.train.visual_word_loss and dataset.word_vocab is None:  # before any worker starts
             dataset.enable_visual_words()
+        # The loader's workers fork from here on, sharing these datasets' pages until written. The workers
+        # never touch the evaluation splits', but a worker's garbage collection would walk (write) every
+        # object it inherited: frozen, the collector leaves them alone and the pages stay shared.
+        gc.freeze()
         return dataset, build_loader(
             dataset, self.cfg.data, self.cfg.train.batch_size, True, device=str(self.device)
         )

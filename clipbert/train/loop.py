@@ -352,13 +352,13 @@ class Trainer:
     def _train_annotations_digest(self) -> str | None:
         """sha256 (16 hex digits) of the training annotation file, read once; None without one."""
         if not hasattr(self, "_train_digest"):
-            path = getattr(self.train_set, "ann_path", None)
-            try:
-                self._train_digest = (
-                    hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else None
-                )
-            except OSError:
-                self._train_digest = None
+            path, self._train_digest = getattr(self.train_set, "ann_path", None), None
+            if path:
+                try:
+                    with open(path, "rb") as f:  # read in chunks: no whole copy of a large file per rank
+                        self._train_digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+                except OSError:
+                    pass
         return self._train_digest
 
     def _answer_vocab(self) -> Path:
