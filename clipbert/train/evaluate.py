@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from clipbert.data.bad_input import is_fallback
+from clipbert.data.bad_input import DROPPED, is_fallback
 from clipbert.train import metrics as M
 from clipbert.train.logging import get_logger, is_rank0
 from clipbert.train.tasks import NO_PREDICTION, match_log_prob, predict, pretrain_eval, to_device
@@ -381,9 +381,9 @@ class _BadVideoLog:
 def _report_bad_videos(entries: list[str], split: str) -> int:
     """Bad files met by every rank's evaluation, logged once on rank 0; returns how many.
 
-    Why: a bad video's example is still scored (with the next example's video that the dataset put in its
-    place, or, through DALI, without the dropped row), so the metrics are not over exactly the annotated
-    data; this must be said, not left to be noticed."""
+    Why: a bad video's example is scored with the next example's video that the dataset put in its place,
+    or, through DALI, its row is dropped and it counts unscored; either way the metrics are not over exactly
+    the annotated data, and this must be said, not left to be noticed."""
     files: dict[str, str] = {}
     by_pyav: set[str] = set()  # files DALI could not decode and PyAV did: scored as any other
     for part in all_gather_objects(entries):
@@ -408,13 +408,21 @@ def _report_bad_videos(entries: list[str], split: str) -> int:
         shown = "; ".join(f"{n}: {r}" if r else n for n, r in sorted(files.items())[:5])
         more = f" and {len(files) - 5} more" if len(files) > 5 else ""
         get_logger().warning(
-            "eval %s: %d bad video file(s), their examples scored with a replacement: %s%s",
-            split,
-            len(files),
-            shown,
-            more,
+            "eval %s: %d bad video file(s), %s: %s%s", split, len(files), _bad_video_fate(files), shown, more
         )
     return len(files)
+
+
+def _bad_video_fate(files: dict[str, str]) -> str:
+    """What became of the examples of the bad `files` ({name: reason}), in words. Why: a file the DALI loader
+    dropped ("sample dropped") leaves its examples unscored (a retrieval video ranks last, a QA or MC example
+    counts wrong), and the log said they were "scored with a replacement", as the dataset's are."""
+    dropped = sum(reason.endswith(DROPPED) for reason in files.values())
+    if not dropped:
+        return "their examples scored with a replacement"
+    if dropped == len(files):
+        return "dropped, their examples unscored"
+    return f"{dropped} dropped (their examples unscored), the others' examples scored with a replacement"
 
 
 def evaluate(engine, cfg, eval_data, split: str, device, dtype, words=None) -> dict:
