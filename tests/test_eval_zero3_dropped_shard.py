@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_fakes import FakeData, FakeSet, collate, make_config
+from test_train_fakes import FakeData, FakeSet, collate_dropping, make_config
 from torchrun_helper import run_two_processes
 
 from clipbert.data.bad_input import DROPPED
 from clipbert.train import evaluate as E
 from clipbert.train.run import run
-from dali_pipelines.loader import drop_rows
 
 pytestmark = pytest.mark.usefixtures("cpu_world")
 CPU = torch.device("cpu")
@@ -55,10 +54,7 @@ class DroppingEval(FakeData):
         self.dropped = set(dropped)
 
     def _collate(self, items):
-        batch = collate(items)
-        rows = [r for r, i in enumerate(batch["index"].tolist()) if i in self.dropped]
-        batch["bad_videos"] += [f"bad{batch['index'][r]}.mp4: undecodable; {DROPPED}" for r in rows]
-        return drop_rows(batch, rows)
+        return collate_dropping(items, self.dropped)
 
     def eval(self, split):
         data, loader = super().eval(split)

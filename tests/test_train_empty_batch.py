@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_fakes import FakeData, collate, make_config
+from test_train_fakes import FakeData, collate_dropping, make_config
 from torchrun_helper import run_two_processes
 
-from clipbert.data.bad_input import DROPPED
 from clipbert.data.config import DataConfig
 from clipbert.data.loader import ShardedSampler
 from clipbert.train import checkpoint as ckpt
 from clipbert.train import loop
 from clipbert.train.engine import warmup_linear_decay
 from clipbert.train.run import run
-from dali_pipelines.loader import drop_rows
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("cpu_world")
@@ -35,10 +33,7 @@ class DroppingData(FakeData):
         self.dropped = set(dropped)
 
     def _collate(self, items):
-        batch = collate(items)
-        rows = [r for r, i in enumerate(batch["index"].tolist()) if i in self.dropped]
-        batch["bad_videos"] += [f"bad{batch['index'][r]}.mp4: undecodable; {DROPPED}" for r in rows]
-        return drop_rows(batch, rows)
+        return collate_dropping(items, self.dropped)
 
     def train(self):
         dataset, _ = super().train()

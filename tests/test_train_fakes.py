@@ -115,6 +115,18 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
+def collate_dropping(items: list[dict], dropped: set[int]) -> dict:
+    """collate, then the rows of the `dropped` examples taken out as the DALI loader does (its drop_rows),
+    named in `bad_videos` as dropped: a batch of such examples only has B = 0."""
+    from clipbert.data.bad_input import DROPPED
+    from dali_pipelines.loader import drop_rows
+
+    batch = collate(items)
+    rows = [r for r, i in enumerate(batch["index"].tolist()) if i in dropped]
+    batch["bad_videos"] += [f"bad{batch['index'][r]}.mp4: undecodable; {DROPPED}" for r in rows]
+    return drop_rows(batch, rows)
+
+
 class FakeData:
     """The `TaskData` interface (clipbert/train/data.py) over FakeSet."""
 
