@@ -251,4 +251,4 @@ def test_each_question_draws_its_own_clips_as_in_the_original(tmp_path, tokenize
     # one question per video: the epoch is the key, so such a set draws the clips it drew before
     one = build_dataset(task, "train", _data_cfg(tmp_path), tokenizer, IMAGENET_RGB)
     one.examples = [one.examples[k] for k in (0, 2, 4)]
-    assert [one.clips_key(index, epoch) for epoch in range(2) for index in range(3)] == [0] * 3 + [1] * 3
+    assert [one.sample_key(index, epoch) for epoch in range(2) for index in range(3)] == [0] * 3 + [1] * 3

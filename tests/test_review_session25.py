@@ -48,7 +48,7 @@ def _qa_train_set(tmp_path, tokenizer, videos):
 
 def test_a_question_whose_own_clips_decode_is_not_refused_for_another_questions_clips(tmp_path, tokenizer):
     # A partly corrupt video (truncated: its probe reads, its late frames do not) fails for some clips only.
-    # Each question now draws its own clips (clips_key), but a worker's bad-video cache was kept per epoch:
+    # Each question now draws its own clips, but a worker's bad-video cache was kept per epoch:
     # after question 0's clips failed, question 1 of that video was replaced too in that worker, and loaded
     # its own in another (or after a resume): the data depended on which worker had seen what
     def visual(video_id, key):  # question 0 of v0 draws clips in the truncated part (key 0), question 1 not

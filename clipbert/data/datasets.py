@@ -141,25 +141,6 @@ class TaskDataset(Dataset):
         self._bad_epoch: int | None = None
         self._image_cache: OrderedDict[str, tuple[torch.Tensor, tuple[int, int]]] = OrderedDict()  # image()'s
 
-    _clip_ranks: tuple = (None,)  # (examples, rank [n] int64, rounds): clips_key's, per examples list
-
-    def clips_key(self, index: int, epoch: int) -> int:
-        """The sampling key of example `index`'s clips in `epoch`: epoch x rounds + its rank among its video's
-        examples (rounds: the most examples a video has). Why not the epoch alone: the original draws each
-        example's clips apart (max_n_example_per_group 1), and keyed by the epoch every question of a video
-        saw the same clips in an epoch (MSRVTT-QA: about 16 a video). A set of one example per video keeps
-        the epoch as the key, as retrieval's items do (_text_rounds)."""
-        if self._clip_ranks[0] is not self.examples:  # built once; again for a test's edited list
-            seen: dict[str, int] = {}
-            rank = np.empty(len(self.examples), dtype=np.int64)
-            for k in range(len(self.examples)):
-                video = self.video_of(k)
-                rank[k] = seen.get(video, 0)
-                seen[video] = rank[k] + 1
-            self._clip_ranks = (self.examples, rank, max(seen.values(), default=1))
-        _, rank, rounds = self._clip_ranks
-        return epoch * rounds + int(rank[index])
-
     def image(self, file: str) -> tuple[torch.Tensor, tuple[int, int]]:
         """load_image of `file` under data.image_root: uint8 [1, 1, 3, L, L] and its content (h, w). The
         last data.frame_cache_size images are kept per worker. Why: an image's questions (VQA: about 5 a COCO
@@ -520,7 +501,30 @@ def build_retrieval_eval(task, split, cfg, tokenizer, norm) -> RetrievalEvalData
     return RetrievalEvalData(videos, video_ids, ids, mask, torch.tensor(owner, dtype=torch.int64))
 
 
-class QADataset(TaskDataset):
+class PerExampleClips:
+    """For TaskDatasets whose examples share videos (video QA, multiple choice): each example draws its own
+    clips. sample_key: epoch x rounds + the example's rank among its video's examples (rounds: the most
+    examples a video has). Why not the epoch alone: the original draws each example's clips apart
+    (max_n_example_per_group 1), and keyed by the epoch every question of a video saw the same clips in an
+    epoch (MSRVTT-QA: about 16 a video). A set of one example per video keeps the epoch as the key, as
+    retrieval's items do (_text_rounds)."""
+
+    _clip_ranks: tuple = (None,)  # (examples, rank [n] int64, rounds), per examples list
+
+    def sample_key(self, index: int, epoch: int) -> int:
+        if self._clip_ranks[0] is not self.examples:  # built once; again for a test's edited list
+            seen: dict[str, int] = {}
+            rank = np.empty(len(self.examples), dtype=np.int64)
+            for k in range(len(self.examples)):
+                video = self.video_of(k)
+                rank[k] = seen.get(video, 0)
+                seen[video] = rank[k] + 1
+            self._clip_ranks = (self.examples, rank, max(seen.values(), default=1))
+        _, rank, rounds = self._clip_ranks
+        return epoch * rounds + int(rank[index])
+
+
+class QADataset(PerExampleClips, TaskDataset):
     """Open-ended QA: one question per item; label = ans2label[answer]. Questions with an answer outside
     ans2label are dropped from training and labelled -100 (counted wrong) in evaluation."""
 
@@ -570,9 +574,6 @@ class QADataset(TaskDataset):
     def __getitem__(self, key) -> dict:
         return _own_text_in_evaluation(self, super().__getitem__(key))
 
-    def sample_key(self, index: int, epoch: int) -> int:  # each question its own clips
-        return self.clips_key(index, epoch)
-
     def load(self, index: int, epoch: int) -> dict:
         item = self.visual(self.video_of(index), self.sample_key(index, epoch))
         item["input_ids"] = self.text_ids(index)
@@ -593,7 +594,7 @@ class QADataset(TaskDataset):
         }
 
 
-class MultipleChoiceDataset(TaskDataset):
+class MultipleChoiceDataset(PerExampleClips, TaskDataset):
     """M option texts per video (question + option for TGIF, the caption alone for MSRVTT-MC)."""
 
     def __init__(self, task, split, cfg, tokenizer, norm):
@@ -641,9 +642,6 @@ class MultipleChoiceDataset(TaskDataset):
 
     def __getitem__(self, key) -> dict:
         return _own_text_in_evaluation(self, super().__getitem__(key))
-
-    def sample_key(self, index: int, epoch: int) -> int:  # each question its own clips
-        return self.clips_key(index, epoch)
 
     def load(self, index: int, epoch: int) -> dict:
         item = self.visual(self.video_of(index), self.sample_key(index, epoch))
