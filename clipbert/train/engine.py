@@ -53,9 +53,32 @@ def init_distributed(device: torch.device) -> None:
         launch_env.apply(os.environ)
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    align_accelerator(device)
     if device.type == "cpu":
         _skip_inference_shm_build()
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def align_accelerator(device: torch.device) -> None:
+    """Make DeepSpeed's accelerator the device this run trains on.
+
+    Why: DeepSpeed picks its accelerator once, at first import (DS_ACCELERATOR, else what it detects: MPS on
+    an Apple laptop, CUDA wherever a GPU is visible), and the engine sets that device and moves the model
+    there. A CPU run beside another accelerator (`make demo` on a Mac, train.device=cpu on a GPU node) then
+    failed in deepspeed.initialize or put the model where its batches are not. The env var is set too, for
+    processes this one starts."""
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    if device.type not in ("cpu", "cuda") or get_accelerator().device_name() == device.type:
+        return
+    before = get_accelerator().device_name()
+    if device.type == "cpu":
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator as Accelerator
+    else:
+        from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator
+    set_accelerator(Accelerator())
+    os.environ["DS_ACCELERATOR"] = device.type
+    get_logger().info("DeepSpeed's accelerator was %s; it runs on %s, as train.device", before, device.type)
 
 
 def close_distributed() -> None:
