@@ -10,6 +10,7 @@ import glob
 import os
 import re
 import subprocess
+import tempfile
 
 from setuptools import find_packages, setup
 
@@ -109,6 +110,31 @@ def _cpu_simd_flags():
     return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= set(flags) else []
 
 
+def _openmp_flags():
+    """-fopenmp where the C++ compiler that builds the kernels (torch's choice: $CXX, else c++) compiles and
+    links with it, else none: at::parallel_for then runs the CPU kernels on one thread, with the same results.
+    Why probe: Apple's clang (the macOS default) rejects -fopenmp, and an LLVM clang without libomp compiles
+    it but cannot link it, so a fixed flag failed the whole install on a Mac laptop."""
+    from torch.utils.cpp_extension import get_cxx_compiler
+
+    cxx = get_cxx_compiler()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint probe() { return omp_get_max_threads(); }\n")
+        cmd = [cxx, "-fopenmp", "-shared", "-fPIC", src, "-o", os.path.join(tmp, "probe.so")]
+        try:
+            ok = subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+    if not ok:
+        print(
+            f"clipbert: {cxx} does not build OpenMP code (-fopenmp), so the C++ CPU kernels run on one "
+            "thread; for threaded kernels install libomp, or build with GCC (CXX=g++)"
+        )
+    return ["-fopenmp"] if ok else []
+
+
 def _nvcc_flags(cuda_home, n_files):
     """-O3 and fast math, plus --split-compile where nvcc has it (11.8 and later) and the cores outnumber the
     .cu files that ninja compiles side by side: cicc and ptxas then optimize one file's kernels on several
@@ -132,6 +158,7 @@ def _extensions():
     exts = []
     cpu_src = _sources("csrc/ops/*.cpp", "csrc/ops/cpu/*.cpp")
     if cpu_src:
+        openmp = _openmp_flags()
         exts.append(
             CppExtension(
                 "clipbert._C",
@@ -140,9 +167,9 @@ def _extensions():
                 # -fno-trapping-math lets GCC if-convert the clamps/maxes of the exp loops and vectorize them
                 # (5x on CPU); results are unchanged, it only assumes FP exceptions are not trapped.
                 extra_compile_args={
-                    "cxx": cxx + ["-fopenmp", "-fno-trapping-math", "-fno-math-errno", *_cpu_simd_flags()]
+                    "cxx": cxx + [*openmp, "-fno-trapping-math", "-fno-math-errno", *_cpu_simd_flags()]
                 },
-                extra_link_args=["-fopenmp", *rpath],
+                extra_link_args=[*openmp, *rpath],
             )
         )
     cuda_src = _sources("csrc/ops/cuda/*.cu", "csrc/ops/cuda/*.cpp")
@@ -176,8 +203,14 @@ if __name__ == "__main__":
         description=(
             "ClipBERT: video-and-language learning via sparse sampling, with fused kernels and DeepSpeed"
         ),
-        packages=find_packages(include=["clipbert", "clipbert.*", "dali_pipelines", "dali_pipelines.*"]),
-        package_data={"clipbert": ["assets/*"]},
+        # configs/ ships as clipbert/configs (data only), so that a wheel finds a bare config name too
+        # (clipbert/train/config.py) and `python -m clipbert.demo` runs: a checkout keeps its own configs/.
+        packages=[
+            *find_packages(include=["clipbert", "clipbert.*", "dali_pipelines", "dali_pipelines.*"]),
+            "clipbert.configs",
+        ],
+        package_dir={"clipbert.configs": "configs"},
+        package_data={"clipbert": ["assets/*"], "clipbert.configs": ["*.json"]},
         python_requires=">=3.11",
         install_requires=[
             "torch>=2.4",

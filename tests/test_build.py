@@ -101,3 +101,25 @@ def test_the_makefile_and_setup_py_agree(setup_py):
     need = re.search(r'python_requires=">=([\d.]+)"', (ROOT / "setup.py").read_text()).group(1)
     assert _makefile_var("PY_MIN") == need
     assert sys.version_info >= tuple(map(int, need.split(".")))
+
+
+def _compiler_without_openmp(tmp_path) -> Path:
+    """A stand-in for Apple's clang: it rejects -fopenmp as that one does and compiles everything else."""
+    fake = tmp_path / "clang++"
+    fake.write_text(
+        '#!/bin/sh\nfor a in "$@"; do if [ "$a" = -fopenmp ]; then\n'
+        '  echo "clang: error: unsupported option \'-fopenmp\'" >&2; exit 1; fi; done\nexec c++ "$@"\n'
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def test_a_compiler_without_openmp_still_builds_the_cpu_kernels(setup_py, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLIPBERT_CUDA", "0")
+    monkeypatch.setenv("CXX", "c++")
+    assert setup_py._openmp_flags() == ["-fopenmp"]
+    monkeypatch.setenv("CXX", str(_compiler_without_openmp(tmp_path)))
+    (ext,) = setup_py._extensions()
+    assert ext.name == "clipbert._C"
+    assert "-fopenmp" not in ext.extra_compile_args["cxx"] + ext.extra_link_args
+    assert "does not build OpenMP code" in capsys.readouterr().out

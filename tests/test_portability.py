@@ -74,3 +74,14 @@ def test_the_linux_only_pins_are_marked_so_a_mac_installs_the_rest():
     on_linux = {r.name for r in pins if r.marker is None or r.marker.evaluate({"sys_platform": "linux"})}
     assert on_linux - on_mac == {"triton", "nvidia-dali-cuda130"}
     assert {"torch", "deepspeed", "transformers", "av", "h5py"} <= on_mac
+
+
+def test_jit_builds_stay_in_a_checkout_and_out_of_site_packages(tmp_path):
+    # In a wheel, the directory above the package is site-packages: DeepSpeed's JIT ops were to be built
+    # there (read-only in a shared environment). A checkout keeps them in its own .torch_extensions.
+    from clipbert.train.engine import REPO, extensions_dir
+
+    assert extensions_dir(REPO) == ROOT / ".torch_extensions"
+    site = tmp_path / "site-packages"
+    (site / "clipbert").mkdir(parents=True)
+    assert extensions_dir(site) is None

@@ -4,6 +4,8 @@ transformers load: `--help` and a mistyped flag answer at once instead of after 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 EPILOG = """examples:
   python train.py --config ds_synthetic.json                 # one process, CPU or one GPU
@@ -11,13 +13,21 @@ EPILOG = """examples:
   python train.py --config ds_msrvtt.json --set train.resume=auto
   python train.py --config ds_msrvtt.json --set eval.only=true --set eval.checkpoint=outputs/msrvtt_ret
   python train.py --config ds_msrvtt.json --set data.num_clips=4 --print-config   # check, then run
+  python -m clipbert.train --config ds_synthetic.json        # the same, from a pip-installed package
 
 exit codes: 0 done, 2 bad config or path, 3 diverged, 130 stopped by a signal (after its checkpoint).
 The config's own deepspeed section holds the engine settings (docs/TRAINING.md)."""
 
 
+def _prog(argv0: str) -> str:
+    """The command as typed: `python -m clipbert.train` (an installed package has no train.py) runs this as
+    clipbert/train/__main__.py, which argparse's default would print as `usage: __main__.py`."""
+    return "python -m clipbert.train" if os.path.basename(argv0) == "__main__.py" else os.path.basename(argv0)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog=_prog(sys.argv[0]),
         description="Train or evaluate ClipBERT with DeepSpeed.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

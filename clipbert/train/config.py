@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+def _config_dir(package: Path) -> Path:
+    """Where bare config names are looked up: the copy of configs/ that a wheel installs as clipbert/configs
+    (setup.py), else the checkout's configs/ next to the package (an editable install, or the repo on
+    sys.path). The copy comes first: next to an installed package is site-packages, whose configs/ (if any)
+    belongs to some other distribution."""
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+CONFIG_DIR = _config_dir(Path(__file__).resolve().parents[1])
 SECTIONS = ("task", "model", "data", "train", "eval", "deepspeed")
 TASK_KINDS = {
     "msrvtt_ret": "retrieval",
@@ -565,7 +575,7 @@ def resolve_path(name: str | Path) -> Path:
 def _shipped_hint(path: Path) -> str:
     """': did you mean ds_x.json? shipped: ...' for a config name not found: a typo then says what to type."""
     shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-    if not shipped:  # a non-editable install ships no configs/
+    if not shipped:  # a package copied without its configs
         return ""
     close = difflib.get_close_matches(path.name.removesuffix(".json"), shipped, n=1)  # stems: not ".json"
     guess = f" did you mean {close[0]}.json?" if close else ""

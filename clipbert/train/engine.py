@@ -24,8 +24,17 @@ CNN_PREFIX = "cnn."  # ClipBert.cnn: backbone + grid encoder + temporal fusion
 
 def setup_environment() -> None:
     """Env defaults that must be set before DeepSpeed builds or loads any extension."""
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    extensions = extensions_dir(REPO)
+    if extensions is not None:
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions))
+
+
+def extensions_dir(repo: Path) -> Path | None:
+    """Where DeepSpeed's JIT-built ops are cached: a checkout keeps them in its own .torch_extensions (as the
+    Makefile does); an installed package keeps torch's default (~/.cache/torch_extensions). Why not always
+    next to the package: there that is site-packages, read-only in a system or shared environment."""
+    return repo / ".torch_extensions" if (repo / "setup.py").is_file() else None
 
 
 def pick_device(choice: str) -> torch.device:
