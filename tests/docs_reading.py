@@ -75,6 +75,7 @@ LAUNCHER_FLAGS = {
     "--include",
     "--launcher",
     "--launcher_args",
+    "--module",
     "--nproc_per_node",
     "--nnodes",
     "--rdzv_backend",
