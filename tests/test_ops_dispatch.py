@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from ops_cases import TRITON, needs_triton
 
 from clipbert import ops
 from clipbert.ops import _backend
@@ -99,7 +100,7 @@ def test_unavailable_backend_raises(monkeypatch):
         ops.lse_aggregate(x, backend="gpu")
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "reference", TRITON])
 def test_bad_inputs_raise_naming_the_argument(backend):
     if backend == "cpu" and not ops.native_available("cpu"):
         pytest.skip("clipbert._C not built")
@@ -174,7 +175,7 @@ def _op_samples(ns):
     ]
 
 
-@pytest.mark.parametrize("ns", ["clipbert", "clipbert_triton"])
+@pytest.mark.parametrize("ns", ["clipbert", pytest.param("clipbert_triton", marks=needs_triton)])
 def test_opcheck_every_op(ns):
     from clipbert.ops import _triton_ops  # noqa: F401  (registers clipbert_triton)
 

@@ -4,7 +4,7 @@ float64 autograd reference, and against lse_aggregate_nll through autograd."""
 import pytest
 import torch
 import torch.nn.functional as F
-from ops_cases import CPU_BACKENDS, CUDA, device_for, extreme_logits
+from ops_cases import CPU_BACKENDS, CUDA, device_for, extreme_logits, needs_triton
 
 from clipbert import ops
 
@@ -117,7 +117,7 @@ def test_bad_inputs_raise_naming_the_argument(backend):
         vg([[1.0]], t, backend=backend)
 
 
-@pytest.mark.parametrize("ns", ["clipbert", "clipbert_triton"])
+@pytest.mark.parametrize("ns", ["clipbert", pytest.param("clipbert_triton", marks=needs_triton)])
 def test_opcheck(ns):
     from clipbert.ops import _triton_ops  # noqa: F401  (registers clipbert_triton)
 

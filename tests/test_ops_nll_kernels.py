@@ -4,6 +4,7 @@ its launch paths, against float64; and the switch itself, which needs no GPU."""
 import pytest
 import torch
 import torch.nn.functional as F
+from ops_cases import needs_triton
 
 from clipbert import ops
 from clipbert.ops import _backend
@@ -128,6 +129,7 @@ def test_the_compiled_switch_round_trips_and_rejects_unknown_codes():
         cuda_ext._set_nll_kernel(previous)
 
 
+@needs_triton
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_triton_nll_over_rows_longer_than_a_block(contiguous):
     # lse_nll.py reads a row as flat chunks of at most 4,096 logits (the backward: 2,048): a row of 4,500
@@ -159,6 +161,7 @@ def test_triton_nll_over_rows_longer_than_a_block(contiguous):
     torch.testing.assert_close(grad.double(), g_ref / B, rtol=2e-5, atol=2e-5)
 
 
+@needs_triton
 def test_triton_nll_kernels_compile_for_sm90_with_128_bit_loads():
     # The interpreter never lowers the kernels; compile them for an H100/H200 as a launch specializes them
     # (in a subprocess: TRITON_INTERPRET=1 is set for this test session) and check that the contiguous bf16
