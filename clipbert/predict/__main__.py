@@ -2,4 +2,5 @@
 
 from clipbert.predict.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # a spawned child process (macOS's default) imports this module again
+    raise SystemExit(main())
