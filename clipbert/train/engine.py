@@ -74,8 +74,10 @@ def align_accelerator(device: torch.device) -> None:
     Why: DeepSpeed picks its accelerator once, at first import (DS_ACCELERATOR, else what it detects: MPS on
     an Apple laptop, CUDA wherever a GPU is visible), and the engine sets that device and moves the model
     there. A CPU run beside another accelerator (`make demo` on a Mac, train.device=cpu on a GPU node) then
-    failed in deepspeed.initialize or put the model where its batches are not. The env var is set too, for
-    processes this one starts."""
+    failed in deepspeed.initialize or put the model where its batches are not. DS_ACCELERATOR is left as it
+    was: none of the run's own processes imports DeepSpeed, and set, it outlived the run in its process's
+    environment (a notebook's or a test session's) and made a later `deepspeed` launch there count its
+    NUMA nodes as its devices instead of its GPUs."""
     from deepspeed.accelerator import get_accelerator, set_accelerator
 
     if device.type not in ("cpu", "cuda") or get_accelerator().device_name() == device.type:
@@ -86,7 +88,6 @@ def align_accelerator(device: torch.device) -> None:
     else:
         from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator
     set_accelerator(Accelerator())
-    os.environ["DS_ACCELERATOR"] = device.type
     get_logger().info("DeepSpeed's accelerator was %s; it runs on %s, as train.device", before, device.type)
 
 
