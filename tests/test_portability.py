@@ -43,6 +43,7 @@ def _train(bench: Path, out: Path, env: dict, hide: str = "") -> subprocess.Comp
     )
 
 
+@pytest.mark.slow
 def test_a_cpu_run_trains_on_the_cpu_whatever_accelerator_deepspeed_picked(bench, tmp_path):
     # DS_ACCELERATOR=cuda stands in for DeepSpeed's detection of MPS on a Mac, or of a GPU beside a
     # train.device=cpu run: the engine set that device and moved the model there, and the run failed in
@@ -53,6 +54,7 @@ def test_a_cpu_run_trains_on_the_cpu_whatever_accelerator_deepspeed_picked(bench
     assert "eval test: t2v_r1=" in proc.stderr  # trained, then evaluated
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hide", ["triton,nvidia.dali"])
 def test_training_and_evaluation_need_neither_triton_nor_dali(bench, tmp_path, hide):
     proc = _train(bench, tmp_path / "run", {}, hide)

@@ -115,6 +115,7 @@ def summary(loader) -> list[dict]:
     ]
 
 
+@pytest.mark.slow
 def test_spawned_workers_see_the_data_and_bad_videos_of_a_single_process(bench, tmp_path):
     """The same seed gives every step the same data, and a corrupt video is still reported (by name, in the
     batch) when the worker that met it was spawned (macOS's default; forkserver's workers re-import alike)."""
