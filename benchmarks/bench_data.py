@@ -41,6 +41,7 @@ from clipbert.data.painted import write_painted_video  # noqa: E402
 from clipbert.data.preprocess import IMAGENET_RGB  # noqa: E402
 from clipbert.data.tokenizer import build_tokenizer  # noqa: E402
 from clipbert.data.transcode import transcode  # noqa: E402
+from clipbert.system import usable_cpus  # noqa: E402
 
 CLIPS, FRAMES = 4, 2
 
@@ -146,7 +147,7 @@ def make_videos(args, root: Path) -> dict[str, Path]:
         (v, root, frames, size, sources[v] if sources else None, args.device != "cuda", args.size)
         for v in range(args.num_videos)
     ]
-    workers = max(1, min(len(jobs), os.cpu_count() or 1, 16))
+    workers = max(1, min(len(jobs), usable_cpus(), 16))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         made = sorted(pool.map(_prepare_video, jobs))
     for v, h264, gop4, vp9 in made:
@@ -374,7 +375,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         sets = make_videos(args, root)
         store = root / "frames.h5"
-        workers = max(1, min(os.cpu_count() or 1, 16))
+        workers = max(1, min(usable_cpus(), 16))
         build_frame_store(sets["h264"], store, fps=args.store_fps, workers=workers, progress=False)
         print(f"prepared {len(list(sets['h264'].iterdir()))} video ids in {time.perf_counter() - t0:.1f} s")
         for name, overrides in variants(args, sets, store):

@@ -87,3 +87,41 @@ def test_jit_builds_stay_in_a_checkout_and_out_of_site_packages(tmp_path):
     site = tmp_path / "site-packages"
     (site / "clipbert").mkdir(parents=True)
     assert extensions_dir(site) is None
+
+
+def test_worker_defaults_count_the_cpus_this_process_may_use(monkeypatch):
+    # A SLURM job given 8 of a node's 128 cores (a cpuset) saw os.cpu_count() = 128: build_frame_store's
+    # default of one worker a core, less one, started 127 processes on 8 cores.
+    import shutil
+
+    from clipbert import system
+    from clipbert.data import build_frame_store as bfs
+
+    if shutil.which("taskset"):
+        pinned = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                "0",
+                sys.executable,
+                "-c",
+                "from clipbert.system import usable_cpus as u; print(u())",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert pinned.stdout.strip() == "1", pinned.stderr
+    monkeypatch.delattr(os, "process_cpu_count", raising=False)  # Python 3.13's name for the same count
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    assert system.usable_cpus() == 3
+    seen = {}
+
+    def fake_build(videos, out, fps, workers, *rest):
+        seen["workers"] = workers
+        return {"written": [], "skipped": [], "failed": []}
+
+    monkeypatch.setattr(bfs, "build_frame_store", fake_build)
+    assert bfs.main(["--videos", "v", "--out", "f.h5"]) == 0
+    assert seen["workers"] == 2

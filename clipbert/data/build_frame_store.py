@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from clipbert.progress import progress_bar
+from clipbert.system import usable_cpus
 
 from .decoders.base import VideoDecodeError
 from .decoders.pyav import PyAVDecoder
@@ -305,7 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", required=True, help="folder of videos")
     parser.add_argument("--fps", type=float, default=2.0, help="stored frames per second")
     parser.add_argument("--out", required=True, help="HDF5 file to create or resume")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, usable_cpus() - 1),
+        help="decoding processes (default: the CPUs this process may use, less one)",
+    )
     parser.add_argument("--max-side", type=int, default=0, help="downscale frames so the longer side fits")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
     args = parser.parse_args(argv)

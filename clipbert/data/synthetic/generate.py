@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ...progress import progress_bar
+from ...system import usable_cpus
 from . import annotations, text
 from .encode import CODECS
 from .scene import SIZE_PRESETS, sample_attributes
@@ -125,7 +126,7 @@ def _checked_args(num_videos: int | None, codec: str, size: str, workers: int | 
         raise ValueError(f"size {size!r} not one of {sorted(SIZE_PRESETS)}")
     num_videos = _num_videos(num_videos, size)
     split_sizes(num_videos)  # raises for fewer than 3
-    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
+    workers = min(2, usable_cpus()) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers={workers}: need at least 1")
     return num_videos, workers
