@@ -232,3 +232,32 @@ def test_evaluating_one_checkpoint_twice_gives_identical_metrics(model):
     assert model.training
     first.pop("eval_seconds"), second.pop("eval_seconds")
     assert first == second and first["num_videos"] == 5 and first["unscored_videos"] == 0
+
+
+def test_a_zero3_progress_bar_counts_to_the_longest_shards_forwards(monkeypatch):
+    # rank 0's bar counted to its own loader's length, then ran past it while it repeated its last batch for
+    # a rank with a longer shard
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(evaluate, "_Progress", Bar)
+    monkeypatch.setattr(evaluate, "_max_over_ranks", lambda value, device: value + 2)  # a longer shard
+    loader = [{"index": torch.tensor([i])} for i in range(3)]
+    records = evaluate.evaluate_examples(
+        lambda batch: {"score": batch["index"].float()}, loader, "cpu", torch.float32, True, progress="eval"
+    )
+    assert [r["index"] for r in records] == [0, 1, 2]
+    assert [(bar.total, bar.n) for bar in bars] == [(5, 5)]

@@ -40,15 +40,26 @@ def _max_over_ranks(value: int, device) -> int:
     return int(t.item())
 
 
-def balanced(loader, balance: bool, device):
+def forwards(loader, balance: bool, device) -> int:
+    """How many batches `balanced` yields here: with `balance` the most any rank's loader has (a collective),
+    else the loader's (less any whose every row was dropped). The progress bars count to it: with the
+    loader's length, a rank 0 with the shorter shard ran past its bar's total."""
+    return _max_over_ranks(len(loader), device) if balance else len(loader)
+
+
+def balanced(loader, balance: bool, device, count: int | None = None):
     """Yields (batch, real), never a batch without rows. With `balance` (ZeRO-3, whose forward is a
     collective) every rank runs the same number of forwards: a rank with a shorter shard, or with skipped
     batches, repeats its last batch as a discarded `real=False` one.
 
     Why skipped: the DALI loader drops the rows neither DALI nor PyAV can decode, and a batch of such videos
     only (eval.batch_size 1, a run of bad files) has B = 0, which the model refuses: the evaluation stopped,
-    where its examples are to be counted unscored (a retrieval video ranks last, a QA example is wrong)."""
-    count = _max_over_ranks(len(loader), device) if balance else None
+    where its examples are to be counted unscored (a retrieval video ranks last, a QA example is wrong).
+    `count`: forwards(loader, balance, device) where the caller has it (it is a collective: run it once)."""
+    if not balance:
+        count = None
+    elif count is None:
+        count = forwards(loader, balance, device)
     last, empty, ran = None, None, 0
     for batch in loader:
         index = batch.get("index")
@@ -121,8 +132,9 @@ class _Progress:
 def _visual_tokens(model, loader, device, dtype, balance, progress: str | None = None):
     """(video indices of this rank's shard, their visual tokens [V_local, N, Lv, H] on `device`, or None)."""
     indices, tokens, discarded = [], [], None
-    with _Progress(len(loader), progress) as bar:
-        for batch, real in balanced(loader, balance, device):
+    count = forwards(loader, balance, device)
+    with _Progress(count, progress) as bar:
+        for batch, real in balanced(loader, balance, device, count):
             batch = to_device(batch, device, dtype)
             visual = model.encode_visual(batch["frames"]).tokens
             if real:
@@ -274,8 +286,9 @@ def _records(batch: dict, out: dict) -> list[dict]:
 def evaluate_examples(model_fn: Callable, loader, device, dtype, balance, progress: str | None = None):
     """Per-example records of this rank, gathered from all ranks and deduplicated by index."""
     records = []
-    with _Progress(len(loader), progress) as bar:
-        for batch, real in balanced(loader, balance, device):
+    count = forwards(loader, balance, device)
+    with _Progress(count, progress) as bar:
+        for batch, real in balanced(loader, balance, device, count):
             bar.update()
             out = model_fn(to_device(batch, device, dtype))
             if real:
