@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_build import _compiler_without_openmp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,17 +35,6 @@ def setup_py():
     return module
 
 
-def _rejects_fopenmp(tmp_path) -> Path:
-    """A stand-in for Apple's clang: it rejects -fopenmp as that one does and compiles everything else."""
-    fake = tmp_path / "clang++"
-    fake.write_text(
-        '#!/bin/sh\nfor a in "$@"; do if [ "$a" = -fopenmp ]; then\n'
-        '  echo "clang: error: unsupported option \'-fopenmp\'" >&2; exit 1; fi; done\nexec c++ "$@"\n'
-    )
-    fake.chmod(0o755)
-    return fake
-
-
 def _sum(tmp_path, name: str, flags: list[str]) -> str:
     """SIMD_SUM built by c++ with `flags` (the kernels' compile flags), run: its printed sum."""
     src, exe = tmp_path / "sum.cpp", tmp_path / name
@@ -57,7 +47,7 @@ def test_without_openmp_the_kernels_simd_sums_round_as_the_openmp_build(setup_py
     # Before: without -fopenmp the build passed no OpenMP flag at all, so the kernels' `omp simd reduction`
     # loops were serial sums: slower, and rounded otherwise than the OpenMP build (README: "same results").
     monkeypatch.setenv("CLIPBERT_CUDA", "0")
-    monkeypatch.setenv("CXX", str(_rejects_fopenmp(tmp_path)))
+    monkeypatch.setenv("CXX", str(_compiler_without_openmp(tmp_path)))
     (ext,) = setup_py._extensions()
     flags = ext.extra_compile_args["cxx"]
     assert "-fopenmp" not in flags + ext.extra_link_args
