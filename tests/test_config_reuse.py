@@ -47,3 +47,18 @@ def test_an_edit_of_the_derived_model_section_is_refused_naming_it(tmp_path):
         C.load(path)
     # a --set of the model section changes the model on purpose: the old record is dropped
     assert C.load(path, ["model.hidden_dropout=0.2"]).model_config().hidden_dropout == 0.2
+
+
+def test_a_hand_edit_of_a_data_key_the_model_follows_says_what_to_do(tmp_path):
+    # the message said "change model.* instead" to a user who had edited data.image_size, not the model
+    _, path = _written(tmp_path)
+    raw = json.loads(path.read_text())
+    raw["data"]["image_size"] = 2 * raw["data"]["image_size"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(
+        C.ConfigError, match=r"built from model\.\*, task\.\*, .*data\.image_size.*remove the"
+    ):
+        C.load(path)
+    del raw["resolved_model"]
+    path.write_text(json.dumps(raw))
+    assert C.load(path).data.image_size == raw["data"]["image_size"]

@@ -662,9 +662,13 @@ def _check_derived_model(cfg: Config, name: str, section: Any) -> None:
     differ = [k for k in sorted(section) if section[k] != resolved.get(k)]
     if differ:
         shown = ", ".join(f"{k}={section.get(k)!r} (model: {resolved.get(k)!r})" for k in differ[:5])
+        # Why list the sources: a hand edit of data.image_size in the file changes what the model builds
+        # too, and "change model.* instead" sent that user after a key they had not touched.
+        sources = ", ".join(k.rstrip(".") + (".*" if k.endswith(".") else "") for k in MODEL_DERIVING_KEYS)
         raise ConfigError(
-            f"{name} is what the run built from the model section, and here it differs: {shown}. Change "
-            f"model.* instead (train.py --print-config shows what it builds), or remove the {name} section"
+            f"{name} is the model the run built from {sources}, and here it differs: {shown}. Edit those "
+            f"keys, not the record: after editing one in this file, remove the {name} section (a --set of "
+            "one drops it; train.py --print-config shows what they build)"
         )
 
 
