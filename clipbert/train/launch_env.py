@@ -58,9 +58,11 @@ def launch_env(environ: Mapping[str, str]) -> dict[str, str]:
 def _with_master(environ, *, rank, world, local_rank, local_world, master, port) -> dict[str, str]:
     addr = environ.get("MASTER_ADDR") or master
     if not addr:
+        # `deepspeed --launcher openmpi` is such a launch too: its mpirun exports no MASTER_ADDR
         raise ValueError(
             f"launched as rank {rank} of {world} without MASTER_ADDR: export MASTER_ADDR=<rank 0's host> "
-            "(and MASTER_PORT) for every process, or launch with deepspeed or torchrun"
+            "(and MASTER_PORT) for every process (mpirun -x MASTER_ADDR=<host>; deepspeed --launcher openmpi "
+            "--launcher_args '-x MASTER_ADDR=<host>'), or launch with torchrun or deepspeed's pdsh launcher"
         )
     return {
         "RANK": rank,
