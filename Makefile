@@ -25,6 +25,9 @@ EXT_SRC := setup.py $(shell find csrc -type f 2>/dev/null)
 BUILD_ENV := $(VENV)/.build-env
 DEMO_DIR ?= data/synthetic
 DEMO_OUT ?= outputs/demo
+# A value as one shell word, whatever it holds: `make demo DEMO_DIR="$HOME/My Research/data"` passed
+# ".../My" and "Research/data" as two arguments, and an apostrophe ("John's data") ends a plain '...' quote.
+quote = '$(subst ','\'',$(1))'
 
 .PHONY: setup test test-fast lint format demo bench clean FORCE
 
@@ -59,7 +62,7 @@ $(BUILD_ENV): FORCE | $(VENV)/.reqs-stamp
 	  && { [ -f $@ ] && [ "$$(cat $@)" = "$$new" ] || { echo "$$new" > $@ && echo "build settings:" $$new; }; }
 
 # The build's environment; CUDA_HOME only where set, so that torch's own search runs otherwise.
-BUILD_VARS = $(if $(CUDA_HOME),CUDA_HOME=$(CUDA_HOME)) \
+BUILD_VARS = $(if $(CUDA_HOME),CUDA_HOME=$(call quote,$(CUDA_HOME))) \
   CPATH="$(SITE)/nvidia/cu13/include$${CPATH:+:$$CPATH}" \
   CLIPBERT_CUDA=$(CLIPBERT_CUDA) CLIPBERT_CPU_SIMD=$(CLIPBERT_CPU_SIMD) \
   TORCH_CUDA_ARCH_LIST="$(TORCH_CUDA_ARCH_LIST)" MAX_JOBS=2
@@ -90,7 +93,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 demo: setup
-	$(PY) -m clipbert.demo --data $(DEMO_DIR) --out $(DEMO_OUT)
+	$(PY) -m clipbert.demo --data $(call quote,$(DEMO_DIR)) --out $(call quote,$(DEMO_OUT))
 
 bench: setup
 	$(PY) benchmarks/bench_ops.py --device cpu

@@ -26,7 +26,7 @@ from clipbert.system import usable_cpus
 
 from .decoders.base import VideoDecodeError
 from .decoders.pyav import PyAVDecoder
-from .frame_store import VERSION, encode_frames, stored_source_indices
+from .frame_store import VERSION, canonical_id, encode_frames, stored_source_indices
 from .preprocess import resize_frames
 from .video_source import VIDEO_SUFFIXES  # one list: a video training finds is one the store holds
 
@@ -128,6 +128,11 @@ def list_videos(video_dir: str | os.PathLike) -> list[Path]:
     return [p for p in entries if p.suffix.lower() in VIDEO_SUFFIXES]
 
 
+def _video_id(path: str | os.PathLike) -> str:
+    """The id a video file is stored under: its stem, in the NFC form annotations use (canonical_id)."""
+    return canonical_id(Path(path).stem)
+
+
 def _drop_shared_stems(videos: list[Path], result: dict[str, list[str]]) -> list[Path]:
     """The videos whose stem (their id in the store) no other video has; the others count as failed.
 
@@ -136,7 +141,7 @@ def _drop_shared_stems(videos: list[Path], result: dict[str, list[str]]) -> list
     """
     by_stem: dict[str, list[Path]] = {}
     for path in videos:
-        by_stem.setdefault(path.stem, []).append(path)
+        by_stem.setdefault(_video_id(path), []).append(path)
     for stem, paths in by_stem.items():
         if len(paths) > 1:
             log.warning(
@@ -145,7 +150,7 @@ def _drop_shared_stems(videos: list[Path], result: dict[str, list[str]]) -> list
                 stem,
             )
             result["failed"] += [stem] * len(paths)
-    return [path for path in videos if len(by_stem[path.stem]) == 1]
+    return [path for path in videos if len(by_stem[_video_id(path)]) == 1]
 
 
 def build_frame_store(
@@ -196,21 +201,22 @@ def build_frame_store(
         jobs = []
         for path in videos:
             # "..mp4": HDF5 reads "videos/." as /videos itself, whose delete below raised a bare KeyError
-            if path.stem == ".":
+            video_id = _video_id(path)
+            if video_id == ".":
                 log.warning("frame store: skipping %s: its video id '.' cannot name an HDF5 group", path)
-                result["failed"].append(path.stem)
+                result["failed"].append(video_id)
                 continue
-            group = done.get(path.stem)
+            group = done.get(video_id)
             if group is not None and group.attrs.get("complete", False):
-                result["skipped"].append(path.stem)
+                result["skipped"].append(video_id)
                 continue
             if group is not None:  # interrupted mid-write
-                del done[path.stem]
+                del done[video_id]
             jobs.append((str(path), fps, max_side, quality))
         results = _encoded(jobs, workers)
         try:
             for path, entry, error in progress_bar(results, total=len(jobs), disable=not progress):
-                video_id = Path(path).stem
+                video_id = _video_id(path)
                 if entry is None:
                     log.warning("frame store: skipping %s", error)
                     result["failed"].append(video_id)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 
 import h5py
 import numpy as np
@@ -36,6 +37,15 @@ log = logging.getLogger(__name__)
 # 2 (2026-11-29): a GIF's frame delays under 20 ms count as 100 ms, as browsers and FFmpeg show them. A
 # version-1 store timed such a GIF at up to 10x its rate, so a 1 s clip spanned up to 10 s of it.
 VERSION = 2
+
+
+def canonical_id(video_id: str) -> str:
+    """A video id in Unicode NFC, the form that names it in a frame store and keys a video folder's files.
+
+    Why: macOS (and zip archives made there) writes "é" in a file name as "e" + a combining accent (NFD),
+    while annotation files hold the composed "é" (NFC); byte for byte the id then named no file, and such a
+    video was a "missing file" in training, or absent from the frame store, though both name it alike."""
+    return unicodedata.normalize("NFC", video_id)
 
 
 def stored_source_indices(source_num_frames: int, source_fps: float, fps: float) -> np.ndarray:
@@ -103,7 +113,11 @@ class FrameStore:
         return [k for k in videos if videos[k].attrs.get("complete", False)] if videos is not None else []
 
     def _group(self, video_id: str) -> h5py.Group:
-        group = self._h5().get(f"videos/{video_id}")
+        h5 = self._h5()
+        # as stored (a store built before canonical ids may hold another form), else the canonical form
+        group = h5.get(f"videos/{video_id}")
+        if group is None:
+            group = h5.get(f"videos/{canonical_id(video_id)}")
         if group is None or not group.attrs.get("complete", False):
             raise VideoDecodeError(video_id, f"not in frame store {self.path}")
         return group

@@ -13,7 +13,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from .config import DataConfig
 from .decoders import VideoDecodeError, VideoInfo, build_decoder
-from .frame_store import nearest_stored_indices
+from .frame_store import canonical_id, nearest_stored_indices
 from .preprocess import Normalization, resize_pad
 from .sampling import sample_frame_indices
 
@@ -46,7 +46,7 @@ class VideoSource:
             return video_id
         if self._paths is None:
             self._paths = files_by_id(self.cfg.video_dir)
-        paths = self._paths.get(video_id) or [self._unlisted_path(video_id)]
+        paths = self._paths.get(canonical_id(video_id)) or [self._unlisted_path(video_id)]
         if len(paths) > 1:  # a.mp4 and a.webm: either could be the annotated video, so neither is taken
             raise VideoDecodeError(
                 str(Path(self.cfg.video_dir) / video_id),
@@ -109,11 +109,12 @@ class VideoSource:
 
 
 def files_by_id(video_dir: str | os.PathLike) -> dict[str, list[str]]:
-    """Video id (the file's stem) -> the video files in `video_dir` with that stem, sorted."""
+    """Video id (the file's stem, canonical_id's NFC form) -> the video files in `video_dir` with that stem,
+    sorted."""
     out: dict[str, list[str]] = {}
     for path in sorted(Path(video_dir).iterdir()):
         if path.suffix.lower() in VIDEO_SUFFIXES:
-            out.setdefault(path.stem, []).append(str(path))
+            out.setdefault(canonical_id(path.stem), []).append(str(path))
     return out
 
 

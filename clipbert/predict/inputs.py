@@ -63,7 +63,7 @@ def _expand_one(spec: str, unit: str) -> tuple[list[str], list[Skipped]]:
         return [spec], []
     else:
         # the folders a pattern matches are not inputs: `clips/**` matches each folder besides its files
-        entries = sorted(Path(p) for p in glob.glob(spec, recursive=True))
+        entries = sorted(Path(p) for p in glob.glob(_literal_folders(spec), recursive=True))
         empty = "no such file, and as a pattern it matches no file"
         folders = []
     files = [p for p in entries if not p.is_dir()]
@@ -76,6 +76,18 @@ def _expand_one(spec: str, unit: str) -> tuple[list[str], list[Skipped]]:
     article = "an" if unit == "image" else "a"
     why = f"not {article} {unit} suffix ({', '.join(suffixes)}); name the file itself to try it"
     return kept, folders + [Skipped(str(p), why) for p in files if p.suffix.lower() not in suffixes]
+
+
+def _literal_folders(pattern: str) -> str:
+    """`pattern` with its longest leading folder that exists escaped, so that "clips [HD]/*.mp4" matches the
+    .mp4 files of the folder "clips [HD]". Why: glob read "[HD]" as "H or D", and the pattern matched no
+    file; the existing folder is what the user named, as an existing file is (see _expand_one)."""
+    parts = Path(pattern).parts
+    for end in range(len(parts) - 1, 0, -1):
+        head = os.path.join(*parts[:end])
+        if any(ch in head for ch in "*?[") and os.path.isdir(head):
+            return os.path.join(glob.escape(head), *parts[end:])
+    return pattern
 
 
 # a directory's subfolders are not entered: a folder of outputs or of frames must not be scored by surprise

@@ -6,6 +6,7 @@ The keys name what was scored: "videos"/"video" for video models, "images"/"imag
 from __future__ import annotations
 
 import math
+import unicodedata
 from pathlib import Path
 
 import torch
@@ -146,6 +147,20 @@ def _names(videos: list[str]) -> dict[str, str]:
     return dict(zip(videos, names if len(set(names)) == len(names) else videos))
 
 
+def _columns(text: str) -> int:
+    """The terminal columns `text` takes: 2 for a wide (CJK) character, 0 for a combining accent."""
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
+
+
+def _pad(text: str, width: int) -> str:
+    """`text` padded to `width` terminal columns. Why not f"{text:<{width}}": it counts characters, so a row
+    named "数据 二.mp4" (or a macOS "e" + accent) pushed its scores out of their column."""
+    return text + " " * max(0, width - _columns(text))
+
+
 def _clip(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -181,14 +196,14 @@ def format_retrieval(out: dict) -> list[str]:
     tag = _text_tags(len(out["texts"]))
     lines += [f"  {tag[q]}  {_clip(t)}" for q, t in enumerate(out["texts"])]
     names = _names(out[f"{unit}s"])
-    width = max([len(n) for n in names.values()] + [5])
+    width = max([_columns(n) for n in names.values()] + [5])
     # Why blocks: one row of hundreds of texts is a line thousands of characters wide, which a terminal
     # wraps into an unreadable table; blocks of TABLE_TEXTS columns keep each line one screen wide.
     for q0 in range(0, len(out["texts"]), TABLE_TEXTS):
         columns = range(q0, min(q0 + TABLE_TEXTS, len(out["texts"])))
         lines += ["", f"{unit:<{width}}" + "".join(f"{f't{q + 1}':>10}" for q in columns)]
         for video, row in zip(out[f"{unit}s"], out["scores"]):
-            lines.append(f"{names[video]:<{width}}" + "".join(_cell(row[q]) for q in columns))
+            lines.append(_pad(names[video], width) + "".join(_cell(row[q]) for q in columns))
     lines += ["", f"best {unit} per text:"]
     lines += [
         f"  {tag[q]}  {names[b[unit]]}  ({_cell(b['score']).strip()})"
@@ -197,7 +212,7 @@ def format_retrieval(out: dict) -> list[str]:
     lines += [f"best text per {unit}:"]
     texts = {t: q for q, t in reversed(list(enumerate(out["texts"])))}
     lines += [
-        f"  {names[b[unit]]:<{width}}  t{texts[b['text']] + 1}  ({_cell(b['score']).strip()})"
+        f"  {_pad(names[b[unit]], width)}  t{texts[b['text']] + 1}  ({_cell(b['score']).strip()})"
         for b in out[f"best_text_per_{unit}"]
     ]
     if out.get("fill_mask"):
@@ -210,7 +225,7 @@ def format_retrieval(out: dict) -> list[str]:
                 )
                 for candidates in fill["masks"]
             )
-            lines.append(f"  {names[fill[unit]]:<{width}}  t{texts[fill['text']] + 1}  {masks}")
+            lines.append(f"  {_pad(names[fill[unit]], width)}  t{texts[fill['text']] + 1}  {masks}")
     return lines
 
 
@@ -226,9 +241,9 @@ def format_answers(out: dict) -> list[str]:
         lines.append("score = the predicted VQA accuracy of the answer (a sigmoid per answer, not a softmax)")
     for r in out["results"]:
         lines += ["", f"{names[r[unit]]}  Q: {r['question']}"]
-        width = max(len(a["answer"]) for a in r["top_answers"])
+        width = max(_columns(a["answer"]) for a in r["top_answers"])
         lines += [
-            f"  {i}. {a['answer']:<{width}}  {label}={_cell(a['prob']).strip()}"
+            f"  {i}. {_pad(a['answer'], width)}  {label}={_cell(a['prob']).strip()}"
             for i, a in enumerate(r["top_answers"], start=1)
         ]
     return lines
@@ -238,13 +253,13 @@ def format_options(out: dict) -> list[str]:
     names = _names(out["videos"])
     label = "p" if out["score"] == "log_prob" else "p(match)"
     lines = [] if out["question"] is None else ["", f"Q: {out['question']}"]
-    width = max(len(_clip(text)) for text in out["options"])
+    width = max(_columns(_clip(text)) for text in out["options"])
     for r in out["results"]:
         lines += ["", names[r["video"]]]
         for o, (text, score, p) in enumerate(zip(out["options"], r["scores"], r["probs"])):
             mark = "*" if o == r["chosen"] else " "
             numbers = f"log {label}={_cell(score, 4).strip()}  {label}={_cell(p).strip()}"
-            lines.append(f"  {mark} {o + 1}. {_clip(text):<{width}}  {numbers}")
+            lines.append(f"  {mark} {o + 1}. {_pad(_clip(text), width)}  {numbers}")
         if r["chosen"] is None:
             lines.append(f"  no option chosen: {r['no_choice']} (the evaluation counts it wrong)")
     return lines

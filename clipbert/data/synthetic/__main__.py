@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
         raise SystemExit(130) from None
     elapsed = time.perf_counter() - start
-    print(json.dumps({"out": args.out, "videos": meta["counts"]["videos"], "seconds": round(elapsed, 1)}))
+    summary = {"out": args.out, "videos": meta["counts"]["videos"], "seconds": round(elapsed, 1)}
+    # the folder as named (still one JSON line): "vidéos" was printed as "vid\u00e9os"
+    print(json.dumps(summary, ensure_ascii=False))
     return meta
 
 
