@@ -58,6 +58,18 @@ def bench(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def setup_py():
+    """setup.py as a module, for its build helpers: setup() runs only under __main__ (pip's backend and
+    `python setup.py` run it so)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("clipbert_setup_py", REPO / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """The shipped BERT vocabulary's tokenizer (reading it costs about 0.2 s: once per run); a module may

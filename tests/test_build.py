@@ -1,7 +1,6 @@
 """setup.py's CUDA decision: a laptop without the CUDA toolkit still installs (CPU kernels only), and a
 toolkit that torch cannot use is skipped with the reason. The Makefile and setup.py agree on defaults."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -13,15 +12,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CUDA_HOME = "/usr/local/cuda-13.0"
-
-
-@pytest.fixture(scope="module")
-def setup_py():
-    # setup() runs only under __main__ (pip's backend and `python setup.py` run it so): this loads the helpers
-    spec = importlib.util.spec_from_file_location("clipbert_setup_py", ROOT / "setup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _makefile_var(name: str) -> str:

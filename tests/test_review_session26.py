@@ -1,7 +1,6 @@
 """Review of the portability changes (session 26): a build without OpenMP, and what a run leaves behind in
 the caller's process."""
 
-import importlib.util
 import os
 import subprocess
 from pathlib import Path
@@ -25,14 +24,6 @@ int main() {
   std::printf("%.9g\\n", s);
 }
 """
-
-
-@pytest.fixture(scope="module")
-def setup_py():
-    spec = importlib.util.spec_from_file_location("clipbert_setup_py_review", ROOT / "setup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _sum(tmp_path, name: str, flags: list[str]) -> str:
