@@ -2,6 +2,7 @@
 frame store, predict's inputs. A name not in UTF-8 bytes is a documented limit and is not tested here."""
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -82,8 +83,21 @@ def test_frame_store_under_such_names_serves_either_unicode_form(video_dir, tmp_
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_demo_passes_folders_with_spaces_and_quotes_as_one_argument(tmp_path):
     data, out = tmp_path / "John's data" / "vidéos 数据", tmp_path / "demo out"
-    args = ["make", "-n", "-o", "setup", "demo", f"DEMO_DIR={data}", f"DEMO_OUT={out}"]
-    dry = subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    args = [
+        "make",
+        "-n",
+        "--no-print-directory",
+        "-o",
+        "setup",
+        "demo",
+        f"DEMO_DIR={data}",
+        f"DEMO_OUT={out}",
+    ]
+    # a make of its own: under `make test` the outer make's MAKEFLAGS and MAKELEVEL would reach this one
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+    }
+    dry = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
     command = shlex.split(dry.strip().splitlines()[-1])  # the recipe as the shell reads it
     assert command[-4:] == ["--data", str(data), "--out", str(out)]
 
