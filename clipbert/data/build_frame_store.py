@@ -139,9 +139,10 @@ def _drop_shared_stems(videos: list[Path], result: dict[str, list[str]]) -> list
     a.mp4 and a.webm would both be stored as "a": the second write met the first's HDF5 group (a bare
     h5py ValueError that stopped the build), and which file the id meant is unknown, so neither is stored.
     """
+    ids = {path: _video_id(path) for path in videos}
     by_stem: dict[str, list[Path]] = {}
     for path in videos:
-        by_stem.setdefault(_video_id(path), []).append(path)
+        by_stem.setdefault(ids[path], []).append(path)
     for stem, paths in by_stem.items():
         if len(paths) > 1:
             log.warning(
@@ -150,7 +151,7 @@ def _drop_shared_stems(videos: list[Path], result: dict[str, list[str]]) -> list
                 stem,
             )
             result["failed"] += [stem] * len(paths)
-    return [path for path in videos if len(by_stem[_video_id(path)]) == 1]
+    return [path for path in videos if len(by_stem[ids[path]]) == 1]
 
 
 def build_frame_store(

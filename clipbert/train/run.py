@@ -115,8 +115,9 @@ def check_shared_output_dir(out: Path) -> None:
         return
     box = [f".shared_check_{secrets.token_hex(8)}" if is_rank0() else None]
     dist.broadcast_object_list(box, src=0)
-    probe, created = out / box[0], not out.exists()
-    if is_rank0():
+    probe, created = out / box[0], False
+    if is_rank0():  # rank 0 alone looks at out first: a peer's early lookup would be a cached miss on NFS
+        created = not out.exists()
         with contextlib.suppress(OSError):  # an unwritable dir: rank 0 does not see it either (below)
             out.mkdir(parents=True, exist_ok=True)
             probe.write_text(socket.gethostname())
