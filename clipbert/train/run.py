@@ -11,8 +11,6 @@ import contextlib
 import datetime
 import json
 import os
-import secrets
-import socket
 import sys
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ from clipbert.train.engine import (
 from clipbert.train.logging import RunLog, get_logger, is_rank0
 from clipbert.train.loop import Trainer, TrainingDiverged, total_training_steps
 from clipbert.train.metrics import format_table
+from clipbert.train.rank_checks import check_inputs_on_every_rank, check_shared_output_dir
 
 STOPPED = 130  # exit code of a run stopped by SIGTERM or Ctrl-C after its checkpoint
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -103,58 +102,6 @@ def refuse_previous_run(cfg, out: Path) -> None:
         )
 
 
-def check_shared_output_dir(out: Path) -> None:
-    """Refuse a training run whose ranks do not share train.output_dir (a node-local disk per node).
-
-    Why: rank 0 alone writes the logs, `latest` and trainer_state.json, and every rank its own RNG and ZeRO
-    files into the checkpoint, so on node-local dirs no checkpoint was ever complete: days of training saved
-    none that resumes, and the end of the run failed on the nodes without rank 0's best_model/. Each rank
-    looks up a file of a new, random name that rank 0 has just written (never cached as missing, even on
-    NFS), and all raise together (no rank left waiting in a collective)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return
-    box = [f".shared_check_{secrets.token_hex(8)}" if is_rank0() else None]
-    dist.broadcast_object_list(box, src=0)
-    probe, created = out / box[0], False
-    if is_rank0():  # rank 0 alone looks at out first: a peer's early lookup would be a cached miss on NFS
-        created = not out.exists()
-        with contextlib.suppress(OSError):  # an unwritable dir: rank 0 does not see it either (below)
-            out.mkdir(parents=True, exist_ok=True)
-            probe.write_text(socket.gethostname())
-    dist.barrier()
-    seen = [None] * dist.get_world_size()
-    dist.all_gather_object(seen, (_sees(probe), socket.gethostname()))  # [(seen, host)] per rank
-    dist.barrier()  # every rank has looked before rank 0 removes it
-    if is_rank0():
-        probe.unlink(missing_ok=True)
-        if created:  # as before the check: a run that fails to start leaves no empty output_dir
-            with contextlib.suppress(OSError):
-                out.rmdir()
-    blind = [f"rank {r} on {host}" for r, (found, host) in enumerate(seen) if not found]
-    if not seen[0][0]:
-        raise C.ConfigError(f"train.output_dir={str(out)!r}: rank 0 cannot write a file there")
-    if blind:
-        raise C.ConfigError(
-            f"train.output_dir={str(out)!r} is not one directory shared by every rank: {', '.join(blind)} "
-            f"did not see the file rank 0 wrote there ({box[0]}). Each checkpoint holds files of every rank, "
-            "so put train.output_dir on a filesystem shared by all nodes (docs/TRAINING.md, Multi-node)"
-        )
-
-
-def _sees(probe: Path, tries: int = 3) -> bool:
-    """Whether this rank sees `probe`, looking again after listing its dirs: an NFS client keeps a cached
-    "no such file" of an output_dir looked up before rank 0 made it until it revalidates the parent dir,
-    which listing it does (open a dir, revalidate it)."""
-    for attempt in range(tries):
-        if probe.is_file():
-            return True
-        for directory in (probe.parent.parent, probe.parent):
-            with contextlib.suppress(OSError):
-                os.listdir(directory)
-        time.sleep(0.5 * attempt)
-    return probe.is_file()
-
-
 def run(cfg, device: torch.device, data_factory=None) -> dict:
     """Train (or evaluate, with eval.only) as configured; returns a summary dict (rank 0's view)."""
     from clipbert.train.data import TaskData
@@ -169,6 +116,7 @@ def run(cfg, device: torch.device, data_factory=None) -> dict:
     out = Path(cfg.train.output_dir)
     if not cfg.eval.only:  # before the data (minutes on a large set); eval.only writes rank 0's files alone
         check_shared_output_dir(out)
+    check_inputs_on_every_rank(cfg)
     data = (data_factory or TaskData)(cfg, cfg.model_config(), device)
     model_cfg = resolved_model_config(cfg, data)
     refuse_previous_run(cfg, out)

@@ -1,0 +1,111 @@
+"""Every rank must see the checkpoints and data it reads (clipbert/train/rank_checks.py).
+
+A run whose eval.checkpoint (or init_checkpoint, resume dir, annotation or video folder) was on one node's
+local disk failed on the other nodes mid-run, inside a collective, while the ranks that could read it waited
+there until the collective's timeout. One two-process launch (a rank-dependent path stands in for a second
+node's disk) checks that both ranks now stop at the start, together, naming the key, the path and the ranks
+that do not see it; the pure parts are checked here in-process.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from test_train_fakes import fake_factory, make_config
+from torchrun_helper import run_two_processes
+
+from clipbert.train.rank_checks import paths_every_rank_reads, unseen_paths
+
+
+def test_paths_every_rank_reads_follow_the_run_kind(tmp_path):
+    training = make_config(
+        tmp_path,
+        train={"init_checkpoint": "/w/init", "resume": "auto"},
+        data={"ann_dir": "/d/ann", "video_dir": "/d/videos"},
+    )
+    assert paths_every_rank_reads(training) == [
+        ("train.init_checkpoint", "/w/init"),  # resume=auto names no path: output_dir's own checkpoints
+        ("data.ann_dir", "/d/ann"),
+        ("data.video_dir", "/d/videos"),
+    ]
+    evaluating = make_config(
+        tmp_path,
+        eval={"only": True, "checkpoint": "/w/ckpt"},
+        data={"backend": "frame_store", "frame_store": "/d/frames.h5"},
+    )
+    assert paths_every_rank_reads(evaluating) == [
+        ("eval.checkpoint", "/w/ckpt"),
+        ("data.frame_store", "/d/frames.h5"),
+    ]
+
+
+def test_unseen_paths_names_the_blind_ranks_and_leaves_paths_nobody_sees_to_their_reader():
+    paths = [("eval.checkpoint", "/w/ckpt"), ("data.ann_dir", "/d/ann"), ("data.video_dir", "/typo")]
+    seen = [
+        ([True, True, False], "node-a"),
+        ([False, True, False], "node-b"),
+        ([False, True, False], "node-b"),
+    ]
+    assert unseen_paths(seen, paths) == [
+        "eval.checkpoint='/w/ckpt': not found by rank 1 on node-b, rank 2 on node-b"
+    ]
+    assert unseen_paths([([True], "a"), ([True], "b")], paths[:1]) == []
+
+
+CASES = {
+    "eval_checkpoint": lambda out, rank: make_config(
+        out / "eval",
+        eval={"only": True, "checkpoint": str(out / ("ckpt" if rank == 0 else "ckpt_on_node0_only"))},
+    ),
+    "ann_dir": lambda out, rank: make_config(
+        out / "train", data={"ann_dir": str(out / ("ann" if rank == 0 else "ann_on_node0_only"))}
+    ),
+}
+
+
+def worker(out: str) -> None:
+    import torch
+
+    from clipbert.train.config import ConfigError
+    from clipbert.train.engine import init_distributed
+    from clipbert.train.run import run
+
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    init_distributed(cpu)
+    out, rank, results = Path(out), int(os.environ["RANK"]), {}
+    for name, config in CASES.items():
+        try:
+            run(config(out, rank), cpu, fake_factory(train_size=4, eval_size=2))
+            results[name] = "ran"
+        except ConfigError as err:
+            results[name] = f"ConfigError: {err}"
+        except Exception as err:  # noqa: BLE001 - what the rank met instead, for the assertion's message
+            results[name] = f"{type(err).__name__}: {err}"
+    (out / f"rank{rank}.json").write_text(json.dumps(results))
+
+
+@pytest.mark.slow
+def test_a_path_only_rank_0_sees_stops_both_ranks_at_the_start(tmp_path):
+    (tmp_path / "ckpt").mkdir()  # an (empty) checkpoint dir and an annotation dir that rank 1 does not see
+    (tmp_path / "ann").mkdir()
+    proc = run_two_processes(__file__, [str(tmp_path)], timeout=240)  # a wait in a collective: TimeoutExpired
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for results in ranks:  # both ranks, the same message
+        assert results == ranks[0]
+    for name, key, path in (
+        ("eval_checkpoint", "eval.checkpoint", tmp_path / "ckpt"),
+        ("ann_dir", "data.ann_dir", tmp_path / "ann"),
+    ):
+        said = ranks[0][name]
+        assert said.startswith("ConfigError: "), said
+        assert f"{key}={str(path)!r}: not found by rank 1 on " in said
+        assert "rank 0" not in said.split("not found by")[1]
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "train" / "steps.jsonl").exists()
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
