@@ -4,7 +4,9 @@ A run whose eval.checkpoint (or init_checkpoint, resume dir, annotation or video
 local disk failed on the other nodes mid-run, inside a collective, while the ranks that could read it waited
 there until the collective's timeout. One two-process launch (a rank-dependent path stands in for a second
 node's disk) checks that both ranks now stop at the start, together, naming the key, the path and the ranks
-that do not see it; the pure parts are checked here in-process.
+that do not see it; the pure parts are checked here in-process. A second launch checks the same for a rank
+whose config fails to load (a weights file missing on its node): it used to exit before the process group
+formed, leaving the others at the rendezvous.
 """
 
 import json
@@ -65,6 +67,24 @@ CASES = {
 }
 
 
+def main_worker(out: str) -> None:
+    """train.py's main() on both ranks; rank 1's --set names a weights file that only "node 0" has."""
+    from clipbert.train.run import main
+
+    out, rank = Path(out), int(os.environ["RANK"])
+    weights = out / ("resnet.pth" if rank == 0 else "resnet_on_node0_only.pth")
+    argv = [
+        "--config",
+        "ds_synthetic.json",
+        "--set",
+        "train.device=cpu",
+        "--set",
+        f"train.output_dir={out}/run",
+    ]
+    code = main([*argv, "--set", f"model.init_cnn_from={weights}"])
+    (out / f"rank{rank}.json").write_text(json.dumps({"exit": code}))
+
+
 def worker(out: str) -> None:
     import torch
 
@@ -107,5 +127,23 @@ def test_a_path_only_rank_0_sees_stops_both_ranks_at_the_start(tmp_path):
     assert not (tmp_path / "eval").exists() and not (tmp_path / "train" / "steps.jsonl").exists()
 
 
+@pytest.mark.slow
+def test_a_rank_whose_config_fails_stops_the_others_at_the_start(tmp_path):
+    """Rank 1 used to exit before the process group formed, and rank 0 waited at the rendezvous until its
+    timeout (10 to 30 minutes; here the test's)."""
+    (tmp_path / "resnet.pth").write_bytes(b"")  # exists: the config check looks for the file only
+    proc = run_two_processes(__file__, [str(tmp_path), "main"], timeout=180)
+    said = proc.stdout + proc.stderr
+    exits = [
+        json.loads((tmp_path / f"rank{r}.json").read_text())["exit"]
+        for r in (0, 1)
+        if (tmp_path / f"rank{r}.json").is_file()
+    ]
+    assert exits == [2, 2], said[-3000:]
+    assert "not starting: rank 1 on " in said and "config error: model.init_cnn_from=" in said, said[-3000:]
+    assert "resnet_on_node0_only.pth" in said.split("not starting:")[1]
+    assert not (tmp_path / "run").exists()
+
+
 if __name__ == "__main__":
-    worker(sys.argv[1])
+    (main_worker if sys.argv[2:] == ["main"] else worker)(sys.argv[1])

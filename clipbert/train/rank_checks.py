@@ -120,3 +120,21 @@ def check_inputs_on_every_rank(cfg) -> None:
             "every rank reads these paths itself, so each must be on a filesystem all nodes share (or copied "
             "to the same path on every node): " + "; ".join(lines)
         )
+
+
+def agree_to_start(error: str | None) -> str | None:
+    """Every rank's start-up error (None: it is ready), gathered: what to stop with, naming the ranks and
+    hosts, or None when all are ready. Each rank calls it once, right after the process group forms.
+
+    Why: a rank whose config failed (a weights file or data folder on another node's disk) used to exit
+    before the process group formed, and the others waited at its rendezvous until the timeout (10 to 30
+    minutes), then failed without naming a file."""
+    if not _multi_rank():
+        return error
+    said = [None] * dist.get_world_size()
+    dist.all_gather_object(said, (error, socket.gethostname()))  # [(error or None, host)] per rank
+    ranks_by_error: dict[str, list[str]] = {}
+    for rank, (message, host) in enumerate(said):
+        if message:
+            ranks_by_error.setdefault(message, []).append(f"rank {rank} on {host}")
+    return "; ".join(f"{', '.join(ranks)}: {message}" for message, ranks in ranks_by_error.items()) or None

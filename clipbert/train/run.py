@@ -33,7 +33,7 @@ from clipbert.train.engine import (
 from clipbert.train.logging import RunLog, get_logger, is_rank0
 from clipbert.train.loop import Trainer, TrainingDiverged, total_training_steps
 from clipbert.train.metrics import format_table
-from clipbert.train.rank_checks import check_inputs_on_every_rank, check_shared_output_dir
+from clipbert.train.rank_checks import agree_to_start, check_inputs_on_every_rank, check_shared_output_dir
 
 STOPPED = 130  # exit code of a run stopped by SIGTERM or Ctrl-C after its checkpoint
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -420,6 +420,44 @@ def resolved_config(cfg) -> dict:
     return {**cfg.to_dict(), "model_config": cfg.model_config().to_dict()}
 
 
+def _stop_with_the_other_ranks(args, error: str) -> int:
+    """Exit code 2 for a rank whose config failed, after telling the other ranks of a multi-rank launch (they
+    stop at their start, in agree_to_start, instead of waiting for this rank until the rendezvous times out).
+    It joins their process group on the device its config names (read without the checks that failed),
+    else on what train.device=auto picks: the backend must match theirs."""
+    try:
+        launch_env.apply(os.environ)
+    except ValueError:
+        return 2
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 2
+    try:
+        device = pick_device(_unchecked_device(args))
+    except C.ConfigError:
+        device = torch.device("cpu")
+    try:
+        init_distributed(device)
+        agree_to_start(error)
+    except Exception as err:  # noqa: BLE001 - this rank exits 2 with its own error logged, whatever happens
+        get_logger().warning("could not tell the other ranks: %s", err)
+    finally:
+        close_distributed()
+    return 2
+
+
+def _unchecked_device(args) -> str:
+    """train.device as the config file and --set give it, "auto" where they cannot be read."""
+    try:
+        raw = json.loads(C.resolve_path(args.config).read_text(encoding="utf-8-sig"))
+        for assignment in args.set or []:
+            with contextlib.suppress(C.ConfigError, ValueError, KeyError, TypeError):
+                C.apply_override(raw, assignment)
+        device = raw.get("train", {}).get("device", "auto")
+        return device if device in ("auto", "cpu", "cuda") else "auto"
+    except (OSError, ValueError, AttributeError, C.ConfigError):
+        return "auto"
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_environment()
     args = parse_args(argv)
@@ -436,9 +474,14 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(cfg.train.device)
     except (C.ConfigError, FileNotFoundError, ValueError) as err:
         log.error("config error: %s", err)
-        return 2
+        return _stop_with_the_other_ranks(args, f"config error: {err}")
     init_distributed(device)
     try:
+        not_ready = agree_to_start(None)
+        if not_ready:
+            if is_rank0():
+                log.error("not starting: %s", not_ready)
+            return 2
         summary = run(cfg, device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.barrier()  # every rank done with its collectives before the group goes away
