@@ -155,3 +155,26 @@ def test_synthetic_generator_prints_its_folder_as_named(tmp_path, capsys):
     main(["--out", str(out), "--size", "tiny", "--num-videos", "3", "--workers", "1"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert f'"out": "{out}"' in last and json.loads(last)["out"] == str(out)
+
+
+def test_an_image_file_named_in_another_unicode_form_is_found(tmp_path):
+    """Image tasks name files by path ("file" entries, written NFC); macOS and its zips name them NFD."""
+    from PIL import Image
+
+    from clipbert.data.decoders import VideoDecodeError
+    from clipbert.data.video_source import load_image
+
+    def nfc(name):
+        return unicodedata.normalize("NFC", name)
+
+    def nfd(name):
+        return unicodedata.normalize("NFD", name)
+
+    # the whole tree unzipped from a Mac; an NFC folder holding an NFD file (each part is matched alone)
+    for folder in (tmp_path / "a" / nfd("imagés"), tmp_path / "b" / nfc("imagés")):
+        folder.mkdir(parents=True)
+        Image.new("RGB", (8, 6), (200, 10, 10)).save(folder / nfd("café.png"))
+        frames, hw = load_image(folder.parent / nfc("imagés") / nfc("café.png"), 16)
+        assert hw == (12, 16) and frames.shape == (1, 1, 3, 16, 16) and frames[0, 0, 0, 0, 0] == 200
+    with pytest.raises(VideoDecodeError, match="missing file"):
+        load_image(tmp_path / "b" / "imagés" / "thé.png", 16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -118,6 +119,26 @@ def files_by_id(video_dir: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
+def _existing_form(path: str) -> str:
+    """`path`, or the file it names with some parts in the other Unicode form (NFC or NFD), else itself.
+
+    Why: an image task's "file" entries are written composed ("é", NFC) while macOS, and zip archives made
+    there, name files and folders decomposed (e + accent, NFD); on Linux byte for byte such an image was a
+    "missing file". Each part is matched on its own: data.image_root is often typed (or tab-completed) in
+    one form and the entries written in the other. Videos are matched by id instead (canonical_id)."""
+    if path.isascii() or os.path.isfile(path):
+        return path
+    parts = Path(path).parts
+    found = Path(parts[0])
+    for part in parts[1:]:
+        forms = dict.fromkeys([part, unicodedata.normalize("NFC", part), unicodedata.normalize("NFD", part)])
+        match = next((found / form for form in forms if os.path.lexists(found / form)), None)
+        if match is None:
+            return path
+        found = match
+    return str(found)
+
+
 def load_image(
     path: str | os.PathLike, size: int, orientation: str = "stored"
 ) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -129,7 +150,7 @@ def load_image(
     is dropped (not blended), a palette or grey image comes out RGB."""
     if orientation not in ("stored", "exif"):
         raise ValueError(f"orientation must be 'stored' or 'exif', got {orientation!r}")
-    path = os.fspath(path)
+    path = _existing_form(os.fspath(path))
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "missing file")
     try:
