@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +28,10 @@ from .annotations import (
     TEXTS,
     AnnotationError,
     DataError,
+    PackedRecords,
     is_kind,
+    iter_jsonl_numbered,
     read_json,
-    read_jsonl_numbered,
 )
 from .collate import pad_token_lists
 from .config import SPLITS, TASKS, DataConfig
@@ -73,18 +75,27 @@ PARAGRAPH_KINDS = {"sentences": TEXTS, "caption": TEXT_OR_TEXTS}
 
 def read_task_lines(path: Path, task: str) -> list[tuple[int, dict]]:
     """A task's lines with their line numbers; every line checked (REQUIRED_KEYS, PARAGRAPH_KEYS)."""
+    return list(iter_task_lines(path, task))
+
+
+def iter_task_lines(path: Path, task: str) -> Iterator[tuple[int, dict]]:
+    """read_task_lines' (line number, record) pairs one at a time, as the file is read."""
     paragraphs = task in ("didemo_ret", "anet_ret")
     kinds = {**REQUIRED_KEYS[task], **(PARAGRAPH_KINDS if paragraphs else {})}
-    lines = read_jsonl_numbered(path, tuple(REQUIRED_KEYS[task]), kinds)
-    if not paragraphs:
-        return lines
-    for line_no, record in lines:
-        if not any(key in record for key in PARAGRAPH_KEYS):
+    for line_no, record in iter_jsonl_numbered(path, tuple(REQUIRED_KEYS[task]), kinds):
+        if paragraphs and not any(key in record for key in PARAGRAPH_KEYS):
             raise AnnotationError(
                 f"{path}:{line_no}: missing key sentences (a list of strings) or caption (the paragraph, "
                 "as the original release writes it)"
             )
-    return lines
+        yield line_no, record
+
+
+def _noting_line_numbers(lines: Iterable[tuple[int, dict]], line_numbers: list[int]) -> Iterator[dict]:
+    """The records of (line number, record) pairs, each one's line number appended to `line_numbers`."""
+    for line_no, record in lines:
+        line_numbers.append(line_no)
+        yield record
 
 
 def read_task_annotations(path: Path, task: str) -> list[dict]:
@@ -127,9 +138,11 @@ class TaskDataset(Dataset):
         self.train = split == "train"
         self.max_len = cfg.max_text_len[task]
         self.ann_path = Path(cfg.ann_dir) / f"{task}_{split}.jsonl"
-        lines = read_task_lines(self.ann_path, task)
-        self.examples = [record for _, record in lines]
-        self.line_numbers = [line_no for line_no, _ in lines]  # of each example in ann_path, for messages
+        self.line_numbers: list[int] = []  # of each example in ann_path, for messages
+        # Packed as read, never a list of dicts: the loader's forked workers share it (PackedRecords), and the
+        # dicts (about 6x the packed records' memory) are never all held at once.
+        lines = iter_task_lines(self.ann_path, task)
+        self.examples = PackedRecords(_noting_line_numbers(lines, self.line_numbers))
         if not self.examples:
             raise DataError(f"{self.ann_path}: no examples")
         self.source = VideoSource(cfg, norm, self.train) if task not in IMAGE_TASKS else None
@@ -565,7 +578,7 @@ class QADataset(PerExampleClips, TaskDataset):
         )
         if self.train:
             kept = [k for k, ex in enumerate(self.examples) if ex["answer"] in self.ans2label]
-            self.examples = [self.examples[k] for k in kept]
+            self.examples = PackedRecords(self.examples[k] for k in kept)
             self.line_numbers = [self.line_numbers[k] for k in kept]
 
     def video_of(self, index: int) -> str:
