@@ -78,6 +78,14 @@ def test_a_dataset_holds_no_python_object_per_example(tokenizer, tmp_path):
     assert large.line_numbers[3] == 5  # line 4 (k = 3) was dropped
 
 
+def test_the_clip_rank_table_is_built_before_the_workers_fork(tokenizer, tmp_path):
+    # built lazily, each forked worker made its own (a pass over every question: 0.3 s and its own memory)
+    data = build_dataset("msrvtt_qa", "train", _qa_set(tmp_path, 28), tokenizer, IMAGENET_RGB)
+    table = vars(data).get("_clip_ranks")
+    assert table is not None and table[0] is data.examples
+    assert data.sample_key(5, 1) == 1 * 4 + 2  # question k=6 (k=3 dropped): video1's third; 4 a video
+
+
 def test_a_file_is_read_a_line_at_a_time(tmp_path):
     # the datasets pack each record as it is read: a 5.6M-line file was first held whole as dicts (5.2 GB)
     from clipbert.data.datasets import iter_task_lines

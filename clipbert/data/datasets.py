@@ -541,7 +541,14 @@ class PerExampleClips:
     _clip_ranks: tuple = (None,)  # (examples, rank [n] int64, rounds), per examples list
 
     def sample_key(self, index: int, epoch: int) -> int:
-        if self._clip_ranks[0] is not self.examples:  # built once; again for a test's edited list
+        rank, rounds = self.clip_ranks()
+        return epoch * rounds + int(rank[index])
+
+    def clip_ranks(self) -> tuple[np.ndarray, int]:
+        """(each example's rank among its video's examples [n] int64, the most examples a video has). Built
+        once, by the dataset's __init__: before the loader forks its workers, which then share one table
+        instead of each building its own (a pass over every example); again for a test's edited list."""
+        if self._clip_ranks[0] is not self.examples:
             seen: dict[str, int] = {}
             rank = np.empty(len(self.examples), dtype=np.int64)
             for k in range(len(self.examples)):
@@ -549,8 +556,7 @@ class PerExampleClips:
                 rank[k] = seen.get(video, 0)
                 seen[video] = rank[k] + 1
             self._clip_ranks = (self.examples, rank, max(seen.values(), default=1))
-        _, rank, rounds = self._clip_ranks
-        return epoch * rounds + int(rank[index])
+        return self._clip_ranks[1:]
 
 
 class QADataset(PerExampleClips, TaskDataset):
@@ -563,6 +569,7 @@ class QADataset(PerExampleClips, TaskDataset):
         self.video_key = "video_id" if task == "msrvtt_qa" else "gif_name"
         self._report_unknown_answers()
         _say_counted_cuts(self, _Field(self.examples, "question"))  # the kept ones
+        self.clip_ranks()
 
     def _report_unknown_answers(self) -> None:
         """Questions whose answer is not in ans2label: counted and said; in training dropped, as the original
@@ -657,6 +664,7 @@ class MultipleChoiceDataset(PerExampleClips, TaskDataset):
                 ", ..." if len(twins) > 5 else "",
             )
         self._say_cuts()
+        self.clip_ranks()
 
     def _say_cuts(self) -> None:
         """Say the cuts of the texts as text_ids reads them: MSRVTT-MC's options, TGIF's question + option."""
