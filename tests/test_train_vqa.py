@@ -130,3 +130,30 @@ def test_fine_tuning_from_pretraining_starts_a_new_head_but_evaluation_refuses(t
         ValueError, match=r"another model \(model.intermediate_size: checkpoint 512, config 64\)"
     ):
         ckpt.load_pretrained_weights(wider, tmp_path / "model", "train.init_checkpoint", new_head=True)
+
+
+@pytest.mark.usefixtures("cpu_world")
+def test_the_best_weights_test_predictions_do_not_replace_the_final_ones(bench, tmp_path, monkeypatch):
+    """The final weights' test evaluation writes vqa_test_predictions.json; the best weights' (test_best)
+    wrote the same file over it, so the final weights' results file was lost."""
+    import shutil
+
+    from test_train_fakes import make_config
+
+    from clipbert.train import best
+    from clipbert.train.run import run
+
+    ann = tmp_path / "annotations"
+    shutil.copytree(bench / "annotations", ann)
+    train = ann / "vqa_train.jsonl"
+    train.write_text("".join(train.read_text().splitlines(keepends=True)[:8]))
+    data = {"ann_dir": str(ann), "video_dir": str(bench / "videos"), "image_root": str(bench)}
+    monkeypatch.setattr(best, "beats", lambda value, chosen, metric: not chosen)  # the first stays the best
+    cfg = make_config(tmp_path / "out", task="vqa", data=data, train={"epochs": 2})
+    summary = run(cfg, torch.device("cpu"))
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in rows] == ["val", "val", "test", "test_best"]
+    assert summary["best"]["step"] == rows[0]["step"] < rows[2]["step"]
+    final = json.loads((tmp_path / "out" / "vqa_test_predictions.json").read_text())
+    best = json.loads((tmp_path / "out" / "vqa_test_best_predictions.json").read_text())
+    assert len(final) == len(best) == rows[2]["num_examples"]

@@ -4,7 +4,8 @@ Retrieval: the full text x video score matrix. Each rank encodes the visual toke
 once, scores every text against them in (video_batch x text_batch) chunks, and the columns are gathered.
 QA / VQA / MC / pre-training: per-example predictions, gathered from every rank and deduplicated by
 example index, so each example counts exactly once whatever the world size. VQA also writes its predictions
-in the official results format (output_dir/vqa_<split>_predictions.json).
+in the official results format (output_dir/vqa_<split>_predictions.json; the best weights' test:
+vqa_<split>_best_predictions.json).
 """
 
 from __future__ import annotations
@@ -438,9 +439,11 @@ def _bad_video_fate(files: dict[str, str]) -> str:
     return f"{dropped} dropped (their examples unscored), the others' examples scored with a replacement"
 
 
-def evaluate(engine, cfg, eval_data, split: str, device, dtype, words=None) -> dict:
+def evaluate(engine, cfg, eval_data, split: str, device, dtype, words=None, name: str | None = None) -> dict:
     """Metrics of the task on `split`; eval_data is (dataset, loader) from the trainer's data builder;
-    words: the training set's tasks.VisualWords, for retrieval scored with the visual-word head too."""
+    words: the training set's tasks.VisualWords, for retrieval scored with the visual-word head too; name:
+    the evaluation's name in metrics.jsonl and in the files it writes (default: the split), e.g. test_best
+    for the best weights' test, whose VQA predictions replaced the final weights' under the split's name."""
     dataset, loader = eval_data
     loader = _BadVideoLog(loader)
     model = engine.module
@@ -467,7 +470,7 @@ def evaluate(engine, cfg, eval_data, split: str, device, dtype, words=None) -> d
                 if unscored is not None:
                     out["unscored_examples"] = unscored
                 if kind == "vqa" and is_rank0():
-                    path = Path(cfg.train.output_dir) / f"vqa_{split}_predictions.json"
+                    path = Path(cfg.train.output_dir) / f"vqa_{name or split}_predictions.json"
                     write_vqa_predictions(records, dataset.ans2label, path)
                     get_logger().info("eval %s: %d VQA predictions written to %s", split, len(records), path)
     finally:

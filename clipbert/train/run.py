@@ -180,7 +180,8 @@ def _best_eval(cfg, engine, data, runlog, device, dtype, state) -> dict | None:
         get_logger().warning("%s does not hold the selected step %d: no test_best", directory, chosen["step"])
         return chosen
     best.load_into(engine, directory)
-    metrics = evaluate(engine, cfg, data.eval(split), split, device, dtype, data.visual_words(device))
+    words = data.visual_words(device)
+    metrics = evaluate(engine, cfg, data.eval(split), split, device, dtype, words, name=f"{split}_best")
     runlog.evaluation(chosen["step"], "test_best", metrics)
     if is_rank0():
         title = (
