@@ -195,17 +195,20 @@ def test_whole_webm_videos_with_a_longer_audio_track_or_a_variable_rate_are_not_
 
 
 def test_probe_cache_is_lru_within_its_byte_budget(painted, tmp_path):
-    from clipbert.data.decoders.pyav import PyAVDecoder
+    from clipbert.data.decoders.pyav import PyAVDecoder, _entry_bytes
 
-    decoder = PyAVDecoder(probe_cache_bytes=2 * PyAVDecoder.ENTRY_BYTES)
+    # room for the H.264 and VP9 entries (each with its key frames' table), not for a third
+    sizes = [_entry_bytes(PyAVDecoder()._probe_cached(painted[codec])) for codec in ("h264", "vp9")]
+    decoder = PyAVDecoder(probe_cache_bytes=sum(sizes))
     decoder.probe(painted["h264"])
     decoder.probe(painted["vp9"])
     decoder.probe(painted["h264"])  # used again: now the most recent
     decoder.probe(painted["mjpeg"])
     assert list(decoder._probes) == [painted["h264"], painted["mjpeg"]]
-    vfr = write_vfr_video(tmp_path / "vfr", [50, 150] * 10, "gif")
+    vfr = write_vfr_video(tmp_path / "vfr", [50, 150] * 50, "gif")
     decoder.probe(vfr)  # its table alone exceeds the budget: it stays, alone
-    assert list(decoder._probes) == [vfr] and decoder._cache_bytes == PyAVDecoder.ENTRY_BYTES + 20 * 8
+    # its 100 timestamps and its one key frame (a GIF flags its first frame only)
+    assert list(decoder._probes) == [vfr] and decoder._cache_bytes == PyAVDecoder.ENTRY_BYTES + 100 * 8 + 8
 
 
 @pytest.mark.parametrize("codec", ["h264", "vp9"])
