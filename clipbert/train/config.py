@@ -673,6 +673,11 @@ def _check_derived_model(cfg: Config, name: str, section: Any) -> None:
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    return from_dict(read_raw(path, overrides))
+
+
+def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """The config file's JSON with the --set assignments applied, before any section is checked."""
     path = resolve_path(path)
     try:  # utf-8-sig: a config saved by a Windows editor starts with a BOM, which json.loads refuses
         raw = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -689,4 +694,4 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         if assignment.strip().startswith(MODEL_DERIVING_KEYS):
             for name in DERIVED_SECTIONS:
                 raw.pop(name, None)
-    return from_dict(raw)
+    return raw

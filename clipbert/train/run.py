@@ -449,14 +449,10 @@ def _stop_with_the_other_ranks(args, error: str) -> int:
 def _unchecked_device(args) -> str:
     """train.device as the config file and --set give it, "auto" where they cannot be read."""
     try:
-        raw = json.loads(C.resolve_path(args.config).read_text(encoding="utf-8-sig"))
-        for assignment in args.set or []:
-            with contextlib.suppress(C.ConfigError, ValueError, KeyError, TypeError):
-                C.apply_override(raw, assignment)
-        device = raw.get("train", {}).get("device", "auto")
-        return device if device in ("auto", "cpu", "cuda") else "auto"
-    except (OSError, ValueError, AttributeError, C.ConfigError):
+        device = C.read_raw(args.config, args.set).get("train", {}).get("device", "auto")
+    except (C.ConfigError, OSError, ValueError, AttributeError):
         return "auto"
+    return device if device in ("auto", "cpu", "cuda") else "auto"
 
 
 def main(argv: list[str] | None = None) -> int:
