@@ -91,24 +91,17 @@ def read_jsonl(
 ) -> list[dict[str, Any]]:
     """One JSON object per non-blank line; each must hold the `required` keys, and each key of `kinds`
     it holds must be of that kind (TEXT, TEXTS, INDEX, ID, TEXT_OR_TEXTS)."""
-    return [record for _, record in read_jsonl_numbered(path, required, kinds)]
-
-
-def read_jsonl_numbered(
-    path: str | os.PathLike, required: tuple[str, ...] = (), kinds: dict[str, str] | None = None
-) -> list[tuple[int, dict[str, Any]]]:
-    """read_jsonl's records, each with its line number in the file (1-based).
-
-    Why: checks made after reading (an answer index, the number of options) must name the line, and a
-    record's place among the non-blank lines is not its line once the file holds a blank line."""
-    return list(iter_jsonl_numbered(path, required, kinds))
+    return [record for _, record in iter_jsonl_numbered(path, required, kinds)]
 
 
 def iter_jsonl_numbered(
     path: str | os.PathLike, required: tuple[str, ...] = (), kinds: dict[str, str] | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """read_jsonl_numbered's (line number, record) pairs one at a time, as the file is read. Why: packed as
-    they come (PackedRecords), millions of records are never all held as dicts."""
+    """read_jsonl's records one at a time as the file is read, each with its line number (1-based).
+
+    Why the numbers: checks made after reading (an answer index, the number of options) must name the line,
+    and a record's place among the non-blank lines is not its line once the file holds a blank line. Why one
+    at a time: packed as they come (PackedRecords), millions of records are never all held as dicts."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")

@@ -73,13 +73,9 @@ PARAGRAPH_KEYS = ("sentences", "caption")
 PARAGRAPH_KINDS = {"sentences": TEXTS, "caption": TEXT_OR_TEXTS}
 
 
-def read_task_lines(path: Path, task: str) -> list[tuple[int, dict]]:
-    """A task's lines with their line numbers; every line checked (REQUIRED_KEYS, PARAGRAPH_KEYS)."""
-    return list(iter_task_lines(path, task))
-
-
 def iter_task_lines(path: Path, task: str) -> Iterator[tuple[int, dict]]:
-    """read_task_lines' (line number, record) pairs one at a time, as the file is read."""
+    """A task's lines with their line numbers, one at a time as the file is read; every line checked
+    (REQUIRED_KEYS, PARAGRAPH_KEYS)."""
     paragraphs = task in ("didemo_ret", "anet_ret")
     kinds = {**REQUIRED_KEYS[task], **(PARAGRAPH_KINDS if paragraphs else {})}
     for line_no, record in iter_jsonl_numbered(path, tuple(REQUIRED_KEYS[task]), kinds):
@@ -100,7 +96,7 @@ def _noting_line_numbers(lines: Iterable[tuple[int, dict]], line_numbers: list[i
 
 def read_task_annotations(path: Path, task: str) -> list[dict]:
     """A task's annotation lines, checked as the datasets check them (clipbert.predict reads them too)."""
-    return [record for _, record in read_task_lines(path, task)]
+    return [record for _, record in iter_task_lines(path, task)]
 
 
 def _check_image_root(root: Path, configured: str) -> None:
