@@ -42,7 +42,7 @@ from fig5_summary import TARGET_MAX_BATCH, write_summary  # noqa: E402
 from clipbert.models import ClipBertConfig  # noqa: E402
 from clipbert.perf import apply_memory_cap, device_peak  # noqa: E402
 from clipbert.perf.measure import Point, measure_max_batch, measure_time  # noqa: E402
-from clipbert.perf.memory import release_memory  # noqa: E402
+from clipbert.perf.memory import collect_only_new_objects, release_memory  # noqa: E402
 from clipbert.perf.paths import (  # noqa: E402
     EAGER,
     OPTIMIZED_MEMORY,
@@ -648,7 +648,7 @@ def main(argv=None) -> int:
         print("wrote " + ", ".join(files.values()))
         return 0
     try:
-        with _stop_signals():
+        with _stop_signals(), collect_only_new_objects():
             result = run(args)
     except KeyboardInterrupt as stop:  # Ctrl-C, or the caller's timeout (SIGTERM, then SIGKILL 10 s later)
         _write_stopped_outputs(args, stop)

@@ -9,7 +9,13 @@ import torch
 
 from clipbert.perf.devices import card_slug, mfu, peak_for_name
 from clipbert.perf.flops_count import StepFlops, counted_forward_flops
-from clipbert.perf.memory import LiveTensorBytes, PeakMemoryMeter, is_oom
+from clipbert.perf.memory import (
+    LiveTensorBytes,
+    PeakMemoryMeter,
+    collect_only_new_objects,
+    is_oom,
+    release_memory,
+)
 from clipbert.perf.search import Probe, find_max_batch
 from clipbert.perf.timing import time_steps
 
@@ -134,6 +140,28 @@ def test_live_tensor_bytes_sees_backward_and_resident():
     # weight + its gradient, at least; the saved output [16, 32] and square live during backward
     assert mode.peak >= 2 * 64 * 32 * 4 + 16 * 32 * 4
     assert mode.peak < 2 * 64 * 32 * 4 + 16 * 64 * 4 * 4
+
+
+def test_probes_collect_their_own_cycles_but_not_the_imported_objects():
+    import gc
+    import weakref
+
+    before = torch.zeros(4)
+    cycle = [before]
+    cycle.append(cycle)  # garbage made before: freed on entry, not frozen for the run
+    before_ref, cycle = weakref.ref(before), None
+    del before
+    with collect_only_new_objects():
+        assert before_ref() is None
+        assert gc.get_freeze_count() > 1000  # torch's modules and the rest: skipped by each collection
+        probe = torch.zeros(4)
+        cycle = [probe]
+        cycle.append(cycle)  # what an out-of-memory traceback's frames do
+        probe_ref, cycle = weakref.ref(probe), None
+        del probe
+        release_memory(torch.device("cpu"))
+        assert probe_ref() is None
+    assert gc.get_freeze_count() == 0
 
 
 def test_is_oom():
