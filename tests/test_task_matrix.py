@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_fakes import REAL_TEXT, make_config
+from test_train_fakes import make_config
 
 from clipbert.data.annotations import AnnotationError
 from clipbert.data.config import DataConfig
@@ -48,15 +48,12 @@ def test_an_empty_test_split_is_skipped_after_training_and_named_by_eval_only(be
     task = "tgif_transition"
     ann = _annotations_with(bench, tmp_path, f"{task}_test.jsonl", "\n")
     data = {"ann_dir": str(ann), "video_dir": str(bench / "videos")}
-    cfg = make_config(
-        tmp_path / "run", task, train={"max_steps": 1, "eval_every": -1}, data=data, model=REAL_TEXT
-    )
+    cfg = make_config(tmp_path / "run", task, train={"max_steps": 1, "eval_every": -1}, data=data)
     summary = run(cfg, CPU)
     assert summary["reason"] == "done" and summary["metrics"] is None
     assert f"no test split for {task}: skipping the final evaluation" in train_log.text
-    checkpoint = str(tmp_path / "run" / "model")
     only = make_config(
-        tmp_path / "eval", task, eval={"only": True, "checkpoint": checkpoint}, data=data, model=REAL_TEXT
+        tmp_path / "eval", task, eval={"only": True, "checkpoint": str(tmp_path / "run" / "model")}, data=data
     )
     with pytest.raises(FileNotFoundError, match=r"annotation file holds no example: .*tgif_transition_test"):
         run(only, CPU)
@@ -69,9 +66,7 @@ def test_a_bad_val_file_stops_training_before_its_first_step(bench, tmp_path):
     cut_short = '{"gif_name": "video0003", "question": "what\n'
     ann = _annotations_with(bench, tmp_path, f"{task}_val.jsonl", cut_short)
     data = {"ann_dir": str(ann), "video_dir": str(bench / "videos")}
-    cfg = make_config(
-        tmp_path / "run", task, data=data, model=REAL_TEXT
-    )  # evaluates val at every epoch's end
+    cfg = make_config(tmp_path / "run", task, data=data)  # evaluates val at every epoch's end
     with pytest.raises(AnnotationError, match=r"tgif_action_val\.jsonl:1: malformed JSON"):
         run(cfg, CPU)
     assert not (tmp_path / "run" / "steps.jsonl").exists()
@@ -84,9 +79,7 @@ def test_the_datasets_read_before_the_workers_fork_are_frozen_for_the_collector(
 
     from clipbert.train.data import TaskData
 
-    cfg = make_config(
-        tmp_path, task="msrvtt_qa", data={"ann_dir": str(bench / "annotations")}, model=REAL_TEXT
-    )
+    cfg = make_config(tmp_path, task="msrvtt_qa", data={"ann_dir": str(bench / "annotations")})
     data = TaskData(cfg, cfg.model_config(num_answers=3), CPU)
     gc.unfreeze()
     data.train()

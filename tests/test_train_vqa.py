@@ -138,7 +138,7 @@ def test_the_best_weights_test_predictions_do_not_replace_the_final_ones(bench, 
     wrote the same file over it, so the final weights' results file was lost."""
     import shutil
 
-    from test_train_fakes import REAL_TEXT, make_config
+    from test_train_fakes import make_config
 
     from clipbert.train import best
     from clipbert.train.run import run
@@ -149,7 +149,7 @@ def test_the_best_weights_test_predictions_do_not_replace_the_final_ones(bench, 
     train.write_text("".join(train.read_text().splitlines(keepends=True)[:8]))
     data = {"ann_dir": str(ann), "video_dir": str(bench / "videos"), "image_root": str(bench)}
     monkeypatch.setattr(best, "beats", lambda value, chosen, metric: not chosen)  # the first stays the best
-    cfg = make_config(tmp_path / "out", task="vqa", data=data, train={"epochs": 2}, model=REAL_TEXT)
+    cfg = make_config(tmp_path / "out", task="vqa", data=data, train={"epochs": 2})
     summary = run(cfg, torch.device("cpu"))
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["split"] for r in rows] == ["val", "val", "test", "test_best"]
