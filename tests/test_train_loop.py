@@ -638,12 +638,14 @@ def test_channels_last_cnn_trains_like_nchw_under_zero2(tmp_path):
 
 
 def test_a_slow_loader_shows_as_data_wait(tmp_path):
-    # Each example takes 0.15 s to load in the main process (no workers), which dwarfs the tiny model's
-    # step: most of the wall time is spent waiting for batches, and perf.json and the log say so.
+    # Each example takes 0.15 s to load in the main process (no workers), about as long as the tiny model's
+    # step: much of the wall time is spent waiting for batches, and perf.json and the log say so. Without the
+    # delay the share was 0.03, with it 0.86 (2026-11-30), and 0.44 on a host 3x slower than usual with a
+    # 3x larger model: the bound leaves room for the host's speed, not for a loop that stops counting waits.
     short = {"epochs": 1, "grad_accum": 1, "eval_every": -1, "plot": False}
     summary = run(make_config(tmp_path, train=short), CPU, fake_factory(delay_s=0.15))
     perf = json.loads((tmp_path / "perf.json").read_text())
-    assert summary["step"] == 4 and perf["data_wait_frac"] > 0.5
+    assert summary["step"] == 4 and perf["data_wait_frac"] > 0.3
 
 
 @pytest.mark.parametrize("train", [{"max_steps": 3}, {"epochs": 2}])
