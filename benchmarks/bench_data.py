@@ -123,6 +123,18 @@ def _prepare_video(job: tuple) -> tuple[int, str, str, str | None]:
     return v, str(h264), str(gop4), None if vp9 is None else str(vp9)
 
 
+# A spawned pool takes seconds to start (each worker imports torch), more than a small set takes to encode
+# here: 2 videos x 20 frames, the videos and the frame store, 10.4 s in pools against 0.4 s in this process
+# (2-core dev machine, 2026-11-30), about 6 ms a frame.
+IN_PROCESS_FRAMES = 1000
+
+
+def _encodes_in_process(args) -> bool:
+    """Whether the generated set is small enough to encode (videos and frame store) without a process pool.
+    Given videos (--videos) may be of any length: they always go to the pools."""
+    return not args.videos and args.num_videos * int(args.seconds * args.fps) <= IN_PROCESS_FRAMES
+
+
 def make_videos(args, root: Path) -> dict[str, Path]:
     """H.264 (and VP9 for DALI on CPU) videos plus a short-GOP copy, each repeated under distinct ids.
 
@@ -147,9 +159,12 @@ def make_videos(args, root: Path) -> dict[str, Path]:
         (v, root, frames, size, sources[v] if sources else None, args.device != "cuda", args.size)
         for v in range(args.num_videos)
     ]
-    workers = max(1, min(len(jobs), usable_cpus(), 16))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        made = sorted(pool.map(_prepare_video, jobs))
+    if _encodes_in_process(args):
+        made = sorted(map(_prepare_video, jobs))
+    else:
+        workers = max(1, min(len(jobs), usable_cpus(), 16))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            made = sorted(pool.map(_prepare_video, jobs))
     for v, h264, gop4, vp9 in made:
         for r in range(repeats):  # distinct ids -> distinct random clips; links cost no disk
             for name, src in (("h264", h264), ("h264_gop4", gop4), ("vp9", vp9)):
@@ -375,7 +390,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         sets = make_videos(args, root)
         store = root / "frames.h5"
-        workers = max(1, min(usable_cpus(), 16))
+        workers = 0 if _encodes_in_process(args) else max(1, min(usable_cpus(), 16))
         build_frame_store(sets["h264"], store, fps=args.store_fps, workers=workers, progress=False)
         print(f"prepared {len(list(sets['h264'].iterdir()))} video ids in {time.perf_counter() - t0:.1f} s")
         for name, overrides in variants(args, sets, store):
