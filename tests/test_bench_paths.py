@@ -1,6 +1,7 @@
 """The eager and optimized training paths compute the same function, and the Figure-5 script runs on CPU."""
 
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -386,7 +387,7 @@ def test_summary_shows_a_cut_search_as_a_range():
 def test_profile_compiles_the_parts_of_a_whole_loss_path(tmp_path, monkeypatch):
     # compile="full" compiles only the loss: the isolated CNN and transformer timings compile those parts
     # themselves (here torch.compile is recorded, not run), and the step's own encoder is put back.
-    from clipbert.perf import paths, profile
+    from clipbert.perf import paths, profile, profile_tables
 
     compiled = []
 
@@ -396,6 +397,11 @@ def test_profile_compiles_the_parts_of_a_whole_loss_path(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     monkeypatch.setattr(paths.torch, "compile", fake_compile)
+    # The table keeps the 20 slowest of about 48 rows: a fresh-clone CI run (2026-11-30) found no stem row,
+    # which ranks 2nd when run alone. The cut by time is the one part that depends on the host; what is
+    # checked here is the shapes, not the ranking.
+    every_row = functools.partial(profile_tables.heavy_ops_by_shape, limit=10_000)
+    monkeypatch.setattr(profile_tables, "heavy_ops_by_shape", every_row)
     cfg = _cfg()
     options = PathOptions("+compile_full", compile="full", unpadded_text=True, compile_mode="max-autotune")
     record = profile.profile_breakdown(
