@@ -125,7 +125,7 @@ def _prepare_video(job: tuple) -> tuple[int, str, str, str | None]:
 
 # A spawned pool takes seconds to start (each worker imports torch), more than a small set takes to encode
 # here: 2 videos x 20 frames, the videos and the frame store, 10.4 s in pools against 0.4 s in this process
-# (2-core dev machine, 2026-11-30), about 6 ms a frame.
+# (2-core dev machine, 2026-11-30), about 10 ms a frame: 1000 frames cost what two pools take to start.
 IN_PROCESS_FRAMES = 1000
 
 
