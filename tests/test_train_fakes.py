@@ -15,6 +15,7 @@ import torch
 
 from clipbert.data.loader import ShardedSampler
 from clipbert.data.visual_words import build_word_vocab
+from clipbert.models import ClipBertConfig
 from clipbert.train import config as C
 
 L = 64  # smallest image side the model accepts: one visual token per clip
@@ -192,7 +193,8 @@ def fake_factory(**kwargs):
     return lambda cfg, model_cfg, device: FakeData(cfg, model_cfg, device, **kwargs)
 
 
-REAL_TEXT = {"vocab_size": 30522}  # the bundled tokenizer's vocabulary, for runs that read real annotations
+# the model's default table, the bundled tokenizer's vocabulary: for runs that read real annotations
+REAL_TEXT = {"vocab_size": ClipBertConfig.__dataclass_fields__["vocab_size"].default}
 
 
 def make_config(output_dir, task="msrvtt_ret", train=None, eval=None, deepspeed=None, data=None, model=None):
