@@ -8,7 +8,7 @@ its tuning options (parallel pipelines, ascending frame order, short-GOP low-res
     python benchmarks/bench_data.py --device cpu --num-videos 4 --seconds 4 --batches 6
     python benchmarks/bench_data.py --device cuda            # 16 H.264 videos, 320x240, 30 fps, 10 s, GOP 30
 
-Prints a table and writes benchmarks/results/data_<device>_<date>.json.
+Prints a table and writes benchmarks/results/data_<device>_<date>.json (`_run2`, ... beside an earlier one).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from result_paths import unused_default  # noqa: E402  (beside this script)
 
 from clipbert.data.build_frame_store import build_frame_store  # noqa: E402
 from clipbert.data.config import DataConfig  # noqa: E402
@@ -367,13 +369,18 @@ def measure_shard(args, root: Path, overrides: dict, rank: int = 0, world: int =
     return {"frames_per_s": delivered / seconds, "frames": delivered, "seconds": seconds}
 
 
+def default_out(device: str) -> Path:
+    """benchmarks/results/data_<device>_<date>.json, or its first free `_run<N>` name (unused_default)."""
+    return unused_default(
+        REPO / "benchmarks" / "results" / f"data_{device}_{dt.date.today().isoformat()}.json"
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device")
-    out = Path(
-        args.out or REPO / "benchmarks" / "results" / f"data_{args.device}_{dt.date.today().isoformat()}.json"
-    )
+    out = Path(args.out) if args.out else default_out(args.device)
     report = {
         "benchmark": "data",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

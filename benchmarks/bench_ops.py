@@ -34,6 +34,8 @@ import torch.nn.functional as F
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from result_paths import unused_default  # noqa: E402  (beside this script)
+
 from clipbert import ops  # noqa: E402
 from clipbert.perf.devices import card_slug  # noqa: E402
 
@@ -451,7 +453,9 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     if args.out is None:
         tag = "cpu" if args.device == "cpu" else card_slug(device_name(args.device))
-        args.out = ROOT / "benchmarks" / "results" / f"ops_{tag}_{datetime.date.today().isoformat()}.json"
+        args.out = unused_default(
+            ROOT / "benchmarks" / "results" / f"ops_{tag}_{datetime.date.today().isoformat()}.json"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = run(args.device, args.reps or (100 if args.device == "cuda" else 10), out=args.out)
     report["targets"] = check_targets(report)

@@ -11,7 +11,8 @@ fraction; on the CPU by a byte budget against the live-tensor peak (see clipbert
   python benchmarks/memory_vs_ntrain.py --device cuda --time-budget-s 300        # the GPU run
   python benchmarks/memory_vs_ntrain.py --device cpu --small                     # tiny preset, minutes
 
-Writes <out-dir>/<tag>.{json,csv,md,png} (tag: fig5_<device>[_small]) and prints the table.
+Writes <out-dir>/<tag>.{json,csv,md,png} (tag: fig5_<device>[_small], then _run2, ... beside an earlier one)
+and prints the table.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fig5_plot import plot_figure5  # noqa: E402
 from fig5_summary import TARGET_MAX_BATCH, write_summary  # noqa: E402
+from result_paths import unused_default  # noqa: E402
 
 from clipbert.models import ClipBertConfig  # noqa: E402
 from clipbert.perf import apply_memory_cap, device_peak  # noqa: E402
@@ -108,7 +110,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 peak used for MFU")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
-    p.add_argument("--tag", default=None, help="file name stem (default fig5_<device>[_small])")
+    p.add_argument(
+        "--tag",
+        default=None,
+        help="file name stem (default fig5_<device>[_small], or _run2, ... after it: never over a result)",
+    )
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared, busy host)")
     p.add_argument(
@@ -639,6 +645,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.tag is None:
         args.tag = f"fig5_{torch.device(args.device).type}{'_small' if args.small else ''}"
+        args.tag = unused_default(Path(args.out_dir) / f"{args.tag}.json").stem
     if args.merge:
         result = merge_results(args.merge)
         args.mem_cap_gib = result.get("mem_cap_gib", args.mem_cap_gib)

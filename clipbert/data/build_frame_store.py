@@ -1,12 +1,15 @@
 """Build the frame store: `python -m clipbert.data.build_frame_store --videos DIR --fps F --out frames.h5`.
 
 Videos are decoded in parallel worker processes; the main process writes, shows progress, and skips videos
-that a previous (interrupted) run finished, so re-running resumes.
+that a previous (interrupted) run finished, so re-running resumes. A video replaced under the same name since
+its entry was written (another size, head or tail: `source_digest`) is encoded again; entries of videos no
+longer in --videos are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -33,6 +36,8 @@ from .video_source import VIDEO_SUFFIXES  # one list: a video training finds is 
 log = logging.getLogger(__name__)
 # Decoded frames a worker holds at once (_encode_entry): about 46 frames of 720p, 23 s of video at 2 fps.
 DECODE_CHUNK_BYTES = 128 << 20
+# Read from each end of a video for source_digest: 16 KiB a video, 1.6 GB for a resume of 100k videos.
+FINGERPRINT_BYTES = 8 << 10
 
 
 def _init_worker() -> None:
@@ -90,6 +95,23 @@ def _encode_entry(path: str, fps: float, max_side: int, quality: int) -> dict:
     }
 
 
+def source_digest(path: str | os.PathLike) -> str:
+    """A fingerprint of a video file: its size and a hash of its first and last FINGERPRINT_BYTES.
+
+    Stored with each entry so that a rerun re-encodes a video replaced under the same name (a re-download,
+    a fixed transcode), which was skipped as "already there" and trained on as the old video's frames.
+    Why not the modification time: a copy of the videos to another machine changes it, and would re-encode
+    them all. A container's head and tail (MP4's moov, WebM's cues) change with any re-encode."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        digest.update(str(size).encode())
+        digest.update(file.read(FINGERPRINT_BYTES))
+        file.seek(max(0, size - FINGERPRINT_BYTES))
+        digest.update(file.read(FINGERPRINT_BYTES))
+    return digest.hexdigest()
+
+
 def _write_entry(h5: h5py.File, video_id: str, entry: dict, fps: float) -> None:
     group = h5.require_group("videos").create_group(video_id)
     jpeg = group.create_dataset("jpeg", (len(entry["jpeg"]),), dtype=h5py.vlen_dtype(np.uint8))
@@ -99,6 +121,7 @@ def _write_entry(h5: h5py.File, video_id: str, entry: dict, fps: float) -> None:
     group.create_dataset("source_index", data=entry["source_index"])
     group.attrs.update(fps=fps, source_fps=entry["source_fps"], source_num_frames=entry["source_num_frames"])
     group.attrs.update(height=entry["height"], width=entry["width"])
+    group.attrs["source_digest"] = entry["source_digest"]
     group.attrs["complete"] = True  # last: a group without it is rewritten on resume
     h5.flush()
 
@@ -199,7 +222,7 @@ def build_frame_store(
         # On disk now: a build killed (SIGTERM, OOM) before its first entry's flush left a file whose header
         # was never written, which no later run could open to resume.
         h5.flush()
-        jobs = []
+        jobs, digests = [], {}  # digests: path -> source_digest, taken before its encoding
         for path in videos:
             # "..mp4": HDF5 reads "videos/." as /videos itself, whose delete below raised a bare KeyError
             video_id = _video_id(path)
@@ -207,11 +230,22 @@ def build_frame_store(
                 log.warning("frame store: skipping %s: its video id '.' cannot name an HDF5 group", path)
                 result["failed"].append(video_id)
                 continue
+            try:
+                digests[str(path)] = source_digest(path)
+            except OSError as err:  # unreadable (permissions, a dangling link): that file's failure alone
+                log.warning("frame store: skipping %s: cannot read it (%s)", path, err)
+                result["failed"].append(video_id)
+                continue
             group = done.get(video_id)
-            if group is not None and group.attrs.get("complete", False):
+            complete = group is not None and group.attrs.get("complete", False)
+            # an entry of a store built before source digests is taken as it is: it cannot be checked
+            stored = group.attrs.get("source_digest", digests[str(path)]) if complete else None
+            if complete and stored == digests[str(path)]:
                 result["skipped"].append(video_id)
                 continue
-            if group is not None:  # interrupted mid-write
+            if complete:
+                log.warning("frame store: %s changed since it was stored: encoding it again", path)
+            if group is not None:  # interrupted mid-write, or stale
                 del done[video_id]
             jobs.append((str(path), fps, max_side, quality))
         results = _encoded(jobs, workers)
@@ -222,6 +256,7 @@ def build_frame_store(
                     log.warning("frame store: skipping %s", error)
                     result["failed"].append(video_id)
                     continue
+                entry["source_digest"] = digests[path]  # of the file as it was before its encoding
                 _write_entry(h5, video_id, entry, fps)
                 result["written"].append(video_id)
         finally:

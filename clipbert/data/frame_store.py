@@ -3,7 +3,8 @@
 Layout (one group per video, written completely before its `complete` attribute is set, so an interrupted
 build resumes where it stopped):
     /                         attrs: fps (store frame rate), version
-    /videos/<video_id>/       attrs: fps, source_fps, source_num_frames, height, width, complete
+    /videos/<video_id>/       attrs: fps, source_fps, source_num_frames, height, width, source_digest,
+                              complete
         jpeg          vlen uint8 [F]   one JPEG per stored frame
         times         float64 [F]      k / fps: the stored frame's time on the video's frame-rank timeline
         source_index  int64 [F]        frame index in the source video

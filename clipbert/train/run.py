@@ -100,6 +100,12 @@ def refuse_previous_run(cfg, out: Path) -> None:
             f"train.output_dir={str(out)!r} holds a previous run ({', '.join(found)}): continue it with "
             "--set train.resume=auto, or give a new train.output_dir (or remove that one)"
         )
+    # eval.only's record alone (metrics.jsonl): this run's evaluations would join those of other weights
+    if (out / "metrics.jsonl").is_file():
+        raise C.ConfigError(
+            f"train.output_dir={str(out)!r} holds evaluations of other weights (metrics.jsonl, as eval.only "
+            "writes it), which this run's would join: give a new train.output_dir (or move the file away)"
+        )
 
 
 def run(cfg, device: torch.device, data_factory=None) -> dict:

@@ -21,6 +21,7 @@ from .video import dump_json, make_video
 # 2: tgif_transition's wrong options are answers drawn like the true one (were a fixed pool).
 VERSION = 2
 META = "meta.json"  # written last and removed first: its presence says a generation ran to its end
+GENERATING = ".generating"  # written first, removed once meta.json is there: marks a cut-off generation
 DEFAULT_NUM_VIDEOS = {"tiny": 12, "default": 260}
 MAX_TEST, MAX_VAL = 50, 25  # 50 test videos: R@1 chance 2%, small enough to evaluate in seconds
 
@@ -83,8 +84,10 @@ def generate(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out_dir {out} is a file, not a directory")
+    _refuse_foreign_files(out)
     for sub in ("videos", "images", "ground_truth", "annotations"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    (out / GENERATING).touch()  # before meta.json goes: the folder is always marked as the generator's
     (out / META).unlink(missing_ok=True)  # until the new one is written, the directory is not a benchmark
 
     rng = np.random.default_rng(seed)
@@ -115,7 +118,31 @@ def generate(
     tmp = out / f"{META}.partial"
     dump_json(tmp, meta)
     os.replace(tmp, out / META)  # atomic: a cut-off write leaves no meta.json, never a truncated one
+    (out / GENERATING).unlink()
     return meta
+
+
+def _refuse_foreign_files(out: Path) -> None:
+    """FileExistsError naming them if `out` holds files that generation would delete, overwrite or mix with
+    its own, and that no generation wrote (it holds neither META nor GENERATING).
+
+    Why: a real dataset's folder given as --out lost its videos without a word: MSR-VTT's are named
+    video0.mp4 ... video9999.mp4, which _remove_stale deletes, and its annotations/ were overwritten."""
+    if (out / META).exists() or (out / GENERATING).exists():
+        return
+    patterns = {
+        "videos": "video*.*",
+        "images": "video*_*.jpg",
+        "ground_truth": "video*.json",
+        "annotations": "*",
+    }
+    found = [p for sub, pattern in patterns.items() for p in sorted((out / sub).glob(pattern)) if p.is_file()]
+    if found:
+        named = ", ".join(str(p.relative_to(out)) for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise FileExistsError(
+            f"{out} holds {len(found)} files the generator did not write ({named}), which generating would "
+            "delete, overwrite or mix with its own: give an empty or new --out"
+        )
 
 
 def _checked_args(num_videos: int | None, codec: str, size: str, workers: int | None) -> tuple[int, int]:
