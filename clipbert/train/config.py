@@ -129,7 +129,7 @@ class TrainConfig:
     # than the compiled CNN alone (H100), and evaluation, which calls the model's parts, stays eager.
     compile: str = "none"
     # Time this many optimizer steps phase by phase (data wait, forward, backward, optimizer, ...) with
-    # torch.profiler, from the first step at or after profile_start; writes <output_dir>/profile/ and
+    # torch.profiler, those right after the first profile_start steps; writes <output_dir>/profile/ and
     # perf.json's step_profile (clipbert/train/step_profile.py). 0 = off: it syncs the device per phase.
     profile_steps: int = 0
     profile_start: int = 10

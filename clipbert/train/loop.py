@@ -573,15 +573,17 @@ class Trainer:
             self.save()
         return "done" if self.state.step >= self.total_steps else "continue"
 
-    def _bad_input_summary(self) -> None:
-        """The epoch's bad files of every rank, logged once by rank 0 and appended to bad_inputs.jsonl.
+    def _bad_input_summary(self, epoch: int | None = None) -> None:
+        """The epoch's bad files of every rank, logged once by rank 0 and appended to bad_inputs.jsonl; the
+        epoch that just ended unless `epoch` names the one a run ends inside.
 
         Why gather: each rank meets only its shard's files and only rank 0 logs warnings, so on 8 GPUs 7/8
         of the bad files went unreported and the summary could say "no bad input". The DALI loader's PyAV
         fallbacks are gathered the same way and given apart (BadInputTracker.summary)."""
         self.tracker.epoch = _bad_inputs_over_ranks(self.tracker)
         self.tracker.pyav = _fallbacks_over_ranks(self.tracker)
-        result = self.tracker.summary(self.state.epoch - 1)  # logs, then starts the next epoch's count
+        # logs, then starts the next epoch's count
+        result = self.tracker.summary(self.state.epoch - 1 if epoch is None else epoch)
         if is_rank0() and (result["bad_files"] or result.get("pyav_fallbacks")):
             with open(self.out / "bad_inputs.jsonl", "a") as f:
                 f.write(json.dumps({"step": self.state.step, **result}) + "\n")
@@ -898,11 +900,16 @@ class Trainer:
                     "n/a" if mfu is None else f"{100 * mfu:.1f}%",
                     100 * perf["data_wait_frac"],
                 )
+        epoch_ends = self.state.micro_in_epoch == self.epoch_batches
+        if step == self.total_steps and not epoch_ends and self.tracker is not None:
+            # The run ends inside this epoch (train.max_steps), whose summary _epoch never reaches: its bad
+            # files so far get their line now, before the final checkpoint, which then holds an epoch count
+            # of 0, so that a run continued from it does not count them again.
+            self._bad_input_summary(self.state.epoch)
         if t.eval_every > 0 and step % t.eval_every == 0:
             self.run_eval(self.cfg.eval.split)
         # Not on the epoch's last step: that checkpoint is written after the end-of-epoch work (_epoch).
         # Written here, a resume would find the epoch finished but not its evaluation, and run it again.
-        epoch_ends = self.state.micro_in_epoch == self.epoch_batches
         if t.save_every > 0 and step % t.save_every == 0 and not epoch_ends:
             self.save()
 
