@@ -58,6 +58,11 @@ def test_frame_store_rerun_adds_new_videos_and_keeps_entries_it_cannot_check(tmp
     assert _build(videos, out) == {"written": [], "skipped": ["a"], "failed": []}
     with h5py.File(out) as h5:
         assert sorted(h5["videos"]) == ["a", "b"] and h5["videos/b"].attrs["complete"]
+    # a file that cannot be read now (a dangling link) cannot be checked: its entry is kept, not deleted
+    (videos / "b.mp4").symlink_to(tmp_path / "gone.mp4")
+    assert _build(videos, out)["skipped"] == ["a", "b"]
+    with h5py.File(out) as h5:
+        assert h5["videos/b"].attrs["complete"] and len(h5["videos/b/jpeg"]) == 10
 
 
 @needs_av

@@ -68,7 +68,8 @@ def _encode_entry(path: str, fps: float, max_side: int, quality: int) -> dict:
     into one array first, F x H x W x 3 bytes and more while stacking them: over 3.3 GB for a 10-minute 720p
     video at 2 fps (ActivityNet has such videos) in every worker, which the machine's memory ran out of."""
     decoder = PyAVDecoder()
-    info = decoder.probe(path)
+    info = decoder.probe(path)  # missing or unreadable: VideoDecodeError, before the digest's open
+    digest = source_digest(path)  # of the file as it was before its encoding
     source_index = stored_source_indices(info.num_frames, info.fps, fps)
     step = max(1, DECODE_CHUNK_BYTES // max(1, info.height * info.width * 3))  # frames per chunk
     jpeg, decoded = [], None  # decoded: the first chunk's decoded (height, width)
@@ -92,6 +93,7 @@ def _encode_entry(path: str, fps: float, max_side: int, quality: int) -> dict:
         "source_num_frames": info.num_frames,
         "height": frames.shape[1],
         "width": frames.shape[2],
+        "source_digest": digest,
     }
 
 
@@ -110,6 +112,19 @@ def source_digest(path: str | os.PathLike) -> str:
         file.seek(max(0, size - FINGERPRINT_BYTES))
         digest.update(file.read(FINGERPRINT_BYTES))
     return digest.hexdigest()
+
+
+def _unchanged(path: Path, group) -> bool:
+    """Whether a complete entry still holds `path`'s video: its source_digest matches the file's. An entry of
+    a store built before source digests cannot be checked and is kept, and so is the entry of a file that
+    cannot be read now (permissions, a dangling link), with a warning, as that of a video no longer listed."""
+    if "source_digest" not in group.attrs:
+        return True
+    try:
+        return group.attrs["source_digest"] == source_digest(path)
+    except OSError as err:
+        log.warning("frame store: cannot read %s to check its entry (%s): keeping the entry", path, err)
+        return True
 
 
 def _write_entry(h5: h5py.File, video_id: str, entry: dict, fps: float) -> None:
@@ -222,7 +237,7 @@ def build_frame_store(
         # On disk now: a build killed (SIGTERM, OOM) before its first entry's flush left a file whose header
         # was never written, which no later run could open to resume.
         h5.flush()
-        jobs, digests = [], {}  # digests: path -> source_digest, taken before its encoding
+        jobs = []
         for path in videos:
             # "..mp4": HDF5 reads "videos/." as /videos itself, whose delete below raised a bare KeyError
             video_id = _video_id(path)
@@ -230,17 +245,9 @@ def build_frame_store(
                 log.warning("frame store: skipping %s: its video id '.' cannot name an HDF5 group", path)
                 result["failed"].append(video_id)
                 continue
-            try:
-                digests[str(path)] = source_digest(path)
-            except OSError as err:  # unreadable (permissions, a dangling link): that file's failure alone
-                log.warning("frame store: skipping %s: cannot read it (%s)", path, err)
-                result["failed"].append(video_id)
-                continue
             group = done.get(video_id)
             complete = group is not None and group.attrs.get("complete", False)
-            # an entry of a store built before source digests is taken as it is: it cannot be checked
-            stored = group.attrs.get("source_digest", digests[str(path)]) if complete else None
-            if complete and stored == digests[str(path)]:
+            if complete and _unchanged(path, group):
                 result["skipped"].append(video_id)
                 continue
             if complete:
@@ -256,7 +263,6 @@ def build_frame_store(
                     log.warning("frame store: skipping %s", error)
                     result["failed"].append(video_id)
                     continue
-                entry["source_digest"] = digests[path]  # of the file as it was before its encoding
                 _write_entry(h5, video_id, entry, fps)
                 result["written"].append(video_id)
         finally:
