@@ -295,6 +295,9 @@ class Trainer:
     RUN_DATA_KEYS = ("num_clips", "frames_per_clip", "image_size", "clip_seconds", "train_sampling")
     RUN_DATA_KEYS += ("itm_neg_size", "mlm_prob", "itm_neg_prob", "mlm_on_swapped")
     RUN_DATA_KEYS += ("image_orientation",)
+    # the decoder: another one gives other frames (a frame store's nearest stored ones, another codec's
+    # rounding), and a resume through it went on without a word
+    RUN_DATA_KEYS += ("backend",)
     # the model's keys that change its training but not its weights' shapes (WEIGHT_KEYS are refused)
     RUN_MODEL_KEYS = ("frozen_bn", "freeze_at", "pixel_random_sampling_size", "hidden_dropout")
     RUN_MODEL_KEYS += ("attention_dropout", "mlm_loss_norm")
