@@ -80,10 +80,14 @@ def test_synthetic_refuses_to_delete_or_overwrite_files_it_did_not_write(tmp_pat
         generate(tmp_path, num_videos=3, seed=0, size="tiny", workers=1)
     with pytest.raises(SystemExit) as stop:
         main(["--out", str(tmp_path), "--num-videos", "3", "--size", "tiny", "--workers", "1"])
-    assert stop.value.code == 2 and "files the generator did not write" in capsys.readouterr().err
+    assert stop.value.code == 2 and "files that no generation marked as its own" in capsys.readouterr().err
     assert (tmp_path / "videos" / "video7.mp4").read_bytes() == b"a real video"
     assert (tmp_path / "annotations" / "msrvtt_ret_train.jsonl").read_text() == '{"caption": "mine"}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations", "videos"]
+    # another tool's meta.json is no mark of the generator's
+    (tmp_path / "meta.json").write_text('{"dataset": "MSR-VTT"}')
+    with pytest.raises(FileExistsError, match=r"videos/video7.mp4"):
+        generate(tmp_path, num_videos=3, seed=0, size="tiny", workers=1)
 
 
 @needs_av

@@ -82,7 +82,7 @@ def paths_every_rank_reads(cfg) -> list[tuple[str, str]]:
     shard reads (each rank builds its own datasets and loaders). train.output_dir is
     check_shared_output_dir's, and model.init_cnn_from / init_bert_from are checked as the config loads."""
     keys = ["eval.checkpoint"] if cfg.eval.only else ["train.init_checkpoint", "train.resume"]
-    keys += ["data.ann_dir", "data.video_dir", "data.image_root", "data.frame_store"]
+    keys += ["data.ann_dir", *_media_keys(cfg)]
     found = []
     for key in keys:
         section, name = key.split(".")
@@ -90,6 +90,17 @@ def paths_every_rank_reads(cfg) -> list[tuple[str, str]]:
         if value and not (key == "train.resume" and value == "auto"):  # auto: a checkpoint of output_dir
             found.append((key, value))
     return found
+
+
+def _media_keys(cfg) -> list[str]:
+    """The data keys of the folders and files this run's task and backend read its pixels from. Why not all:
+    a config keeps the keys of the other backends (a task config's video_dir under a frame store built on
+    one node from its local videos), and a path no rank reads must not refuse the run."""
+    from clipbert.data.datasets import IMAGE_TASKS
+
+    if cfg.task.name in IMAGE_TASKS:
+        return ["data.image_root"]
+    return ["data.frame_store"] if cfg.data.backend == "frame_store" else ["data.video_dir"]
 
 
 def unseen_paths(seen: list[tuple[list[bool], str]], paths: list[tuple[str, str]]) -> list[str]:

@@ -87,14 +87,22 @@ def write_resolved_config(cfg, model_cfg, out: Path) -> None:
 
 def refuse_previous_run(cfg, out: Path) -> None:
     """A fresh training run into an output_dir that holds another run's steps or checkpoints would interleave
-    its logs, checkpoints and exported model with that run's: an error, which says how to continue it."""
+    its logs, checkpoints and exported model with that run's: an error, which says how to continue it. Into
+    eval.only's record alone (metrics.jsonl), a fresh run and a resume=auto are refused too."""
     # (resume=auto without a checkpoint starts over a run that saved none: _train drops its logs)
-    if cfg.eval.only or cfg.train.resume:
+    if cfg.eval.only or cfg.train.resume not in ("", "auto"):
         return
     found = ["steps.jsonl"] if (out / "steps.jsonl").is_file() else []
     tags = sorted(p.name for p in ckpt.checkpoint_root(out).glob("step_*"))
     if tags:
         found.append(f"checkpoints up to {tags[-1]}")
+    if cfg.train.resume == "auto":
+        # no training run wrote here (it writes config.json at its start, before any evaluation), so
+        # metrics.jsonl is eval.only's: resume=auto would start over, and its rewind to step 0 dropped the
+        # rows of evaluated checkpoints (step > 0) without a word, while an exported model's joined its own
+        if not found and (out / "metrics.jsonl").is_file() and not (out / "config.json").is_file():
+            raise C.ConfigError(_evaluations_of_other_weights(out))
+        return
     if found:
         raise C.ConfigError(
             f"train.output_dir={str(out)!r} holds a previous run ({', '.join(found)}): continue it with "
@@ -102,10 +110,14 @@ def refuse_previous_run(cfg, out: Path) -> None:
         )
     # eval.only's record alone (metrics.jsonl): this run's evaluations would join those of other weights
     if (out / "metrics.jsonl").is_file():
-        raise C.ConfigError(
-            f"train.output_dir={str(out)!r} holds evaluations of other weights (metrics.jsonl, as eval.only "
-            "writes it), which this run's would join: give a new train.output_dir (or move the file away)"
-        )
+        raise C.ConfigError(_evaluations_of_other_weights(out))
+
+
+def _evaluations_of_other_weights(out: Path) -> str:
+    return (
+        f"train.output_dir={str(out)!r} holds evaluations of other weights (metrics.jsonl, as eval.only "
+        "writes it), which this run's would join: give a new train.output_dir (or move the file away)"
+    )
 
 
 def run(cfg, device: torch.device, data_factory=None) -> dict:

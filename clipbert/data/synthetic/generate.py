@@ -21,6 +21,7 @@ from .video import dump_json, make_video
 # 2: tgif_transition's wrong options are answers drawn like the true one (were a fixed pool).
 VERSION = 2
 META = "meta.json"  # written last and removed first: its presence says a generation ran to its end
+GENERATOR = "clipbert.data.synthetic"  # META's "generator": whose meta.json it is
 GENERATING = ".generating"  # written first, removed once meta.json is there: marks a cut-off generation
 DEFAULT_NUM_VIDEOS = {"tiny": 12, "default": 260}
 MAX_TEST, MAX_VAL = 50, 25  # 50 test videos: R@1 chance 2%, small enough to evaluate in seconds
@@ -107,7 +108,7 @@ def generate(
     counts["videos"] = {s: len(scenes[s]) for s in annotations.SPLITS}
     counts["images"] = {s: len(images[s]) for s in images}
     meta = {
-        "generator": "clipbert.data.synthetic",
+        "generator": GENERATOR,
         "version": VERSION,
         "args": {"num_videos": num_videos, "seed": seed, "codec": codec, "size": size},
         "counts": counts,
@@ -124,11 +125,13 @@ def generate(
 
 def _refuse_foreign_files(out: Path) -> None:
     """FileExistsError naming them if `out` holds files that generation would delete, overwrite or mix with
-    its own, and that no generation wrote (it holds neither META nor GENERATING).
+    its own, and that no generation marked as its own (it holds neither this generator's META nor GENERATING).
 
     Why: a real dataset's folder given as --out lost its videos without a word: MSR-VTT's are named
-    video0.mp4 ... video9999.mp4, which _remove_stale deletes, and its annotations/ were overwritten."""
-    if (out / META).exists() or (out / GENERATING).exists():
+    video0.mp4 ... video9999.mp4, which _remove_stale deletes, and its annotations/ were overwritten. A
+    META counts only with the generator's name in it: another tool's meta.json says nothing of the files."""
+    meta, _ = _read_meta(out / META)
+    if (meta or {}).get("generator") == GENERATOR or (out / GENERATING).exists():
         return
     patterns = {
         "videos": "video*.*",
@@ -140,8 +143,9 @@ def _refuse_foreign_files(out: Path) -> None:
     if found:
         named = ", ".join(str(p.relative_to(out)) for p in found[:3]) + (", ..." if len(found) > 3 else "")
         raise FileExistsError(
-            f"{out} holds {len(found)} files the generator did not write ({named}), which generating would "
-            "delete, overwrite or mix with its own: give an empty or new --out"
+            f"{out} holds {len(found)} files that no generation marked as its own ({named}), which "
+            "generating would delete, overwrite or mix with its own: give an empty or new --out (a "
+            "generation cut off before 2026-11-30 left no mark: remove its folder)"
         )
 
 
