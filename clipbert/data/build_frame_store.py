@@ -363,7 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-side", type=int, default=0, help="downscale frames so the longer side fits")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    # the trainer's format: a build of thousands of videos takes hours, and each line now says when it came
+    # (the default format, "WARNING:__main__:...", had no time)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s [%(levelname)s] %(message)s", datefmt="%H:%M:%S"
+    )
     try:
         result = build_frame_store(args.videos, args.out, args.fps, args.workers, args.max_side, args.quality)
     except (ValueError, FileNotFoundError) as err:

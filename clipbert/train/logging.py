@@ -49,16 +49,31 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _rank_handler() -> logging.Handler:
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
+    handler.addFilter(_RankFilter())
+    return handler
+
+
 def get_logger() -> logging.Logger:
     logger = logging.getLogger(_LOGGER_NAME)
     if not logger.handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
-        handler.addFilter(_RankFilter())
-        logger.addHandler(handler)
+        logger.addHandler(_rank_handler())
         logger.setLevel(logging.INFO)
         logger.propagate = False
+        _cover_package_loggers()
     return logger
+
+
+def _cover_package_loggers() -> None:
+    """The same handler for the package's other loggers (clipbert.data.*, clipbert.models.*), unless the
+    program configured logging itself. Why: with no handler their warnings (a text cut, no ITM negatives)
+    reached Python's last-resort handler: once from every rank, with no time or level. Their level stays
+    the root's (WARNING), and they still propagate to the root (where pytest's caplog listens)."""
+    package = logging.getLogger(_LOGGER_NAME.partition(".")[0])
+    if not package.handlers and not logging.getLogger().handlers:
+        package.addHandler(_rank_handler())
 
 
 def warn_once(message: str) -> None:
