@@ -13,7 +13,7 @@ import pytest
 # PyAV is a hard dependency, but the GPU test machine runs `-m needs_cuda` without it: skip, not error.
 pytest.importorskip("av", reason="PyAV is not installed")
 
-from clipbert.data.annotations import AnnotationError, read_jsonl  # noqa: E402
+from clipbert.data.annotations import AnnotationError, DataError, read_jsonl  # noqa: E402
 from clipbert.data.bad_input import BadInputTracker  # noqa: E402
 from clipbert.data.build_frame_store import build_frame_store  # noqa: E402
 from clipbert.data.config import DataConfig  # noqa: E402
@@ -78,7 +78,7 @@ def test_each_bad_video_is_replaced_by_the_next_good_example(data):
 
 def test_everything_bad_is_a_clear_error_not_a_loop(data):
     ds = dataset(data, max_bad_retries=1)
-    with pytest.raises(RuntimeError, match="max_bad_retries=1"):
+    with pytest.raises(DataError, match="max_bad_retries=1"):
         ds[(0, 1)]  # missing, then empty
 
 
@@ -124,7 +124,7 @@ def test_replacement_wraps_around_and_all_bad_is_a_clear_error(data, tmp_path):
     assert ds[(0, 2)]["source_index"] == 0 and len(ds[(0, 2)]["bad_videos"]) == 1
     # fewer distinct videos than max_bad_retries, all bad: an error at once, not a lap per retry
     ds = shared_video_dataset(data, tmp_path, ["missing", "missing", "empty"], max_bad_retries=8)
-    with pytest.raises(RuntimeError, match=r"msrvtt_qa/val: example 1: every example's video is bad"):
+    with pytest.raises(DataError, match=r"msrvtt_qa/val: example 1: every example's video is bad"):
         ds[(0, 1)]
 
 

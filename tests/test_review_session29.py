@@ -6,6 +6,7 @@ import json
 import pytest
 from test_train_fakes import make_config
 
+from clipbert.data.annotations import DataError
 from clipbert.train.config import ConfigError
 from clipbert.train.rank_checks import paths_every_rank_reads
 from clipbert.train.run import refuse_previous_run
@@ -62,3 +63,33 @@ def test_resume_auto_still_starts_over_a_run_that_stopped_before_its_first_check
     (out / "config.json").write_text("{}\n")  # a training run wrote it at its start, before any evaluation
     (out / "steps.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
     refuse_previous_run(make_config(out, train={"resume": "auto"}), out)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_video_dir_without_the_runs_videos_exits_2_in_one_line(tmp_path, capfd, workers):
+    # A data.video_dir that exists but holds none of the annotated videos (another dataset's folder, a
+    # download not finished): every example's video is bad. That ended the run with an uncaught
+    # RuntimeError (rc 1), and from a DataLoader worker with a page of the worker's traceback.
+    from clipbert.train.run import main, own_message
+
+    ann, videos = tmp_path / "annotations", tmp_path / "videos"
+    ann.mkdir()
+    videos.mkdir()
+    lines = [json.dumps({"caption": f"a video {i}", "clip_name": f"v{i}"}) for i in range(10)]
+    for split in ("train", "val", "test"):
+        (ann / f"msrvtt_ret_{split}.jsonl").write_text("\n".join(lines) + "\n")
+    argv = ["--config", "ds_synthetic", "--set", f"data.ann_dir={ann}", "--set", f"data.video_dir={videos}"]
+    argv += ["--set", f"data.num_workers={workers}", "--set", f"train.output_dir={tmp_path}/out"]
+    assert main(argv) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "too many bad videos (9 tried, max_bad_retries=8)" in err
+    assert f"{videos / 'v0.mp4'}: missing file" in err
+    if workers:
+        assert "(in DataLoader worker process" in err
+    # a message of several lines comes back whole
+    wrapped = DataError(
+        "Caught DataError in DataLoader worker process 1.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 1\nclipbert.data.annotations.DataError: a\nb\n'
+    )
+    assert own_message(wrapped) == "a\nb (in DataLoader worker process 1)"
+    assert own_message(DataError("plain")) == "plain"

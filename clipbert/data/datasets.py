@@ -190,7 +190,8 @@ class TaskDataset(Dataset):
             item["index"], item["source_index"], item["bad_videos"] = index, current, bad
             return item
         why = "every example's video is bad" if current is None else "too many bad videos"
-        raise RuntimeError(
+        # DataError: train.py names it in one line (each file's reason is in the message), not a traceback
+        raise DataError(
             f"{self.task}/{self.split}: example {index}: {why} ({len(bad)} tried, "
             f"max_bad_retries={self.cfg.max_bad_retries}): {'; '.join(bad)}"
         )

@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -473,6 +474,19 @@ def _unchecked_device(args) -> str:
     return device if device in ("auto", "cpu", "cuda") else "auto"
 
 
+def own_message(err: BaseException) -> str:
+    """The error's own message. Raised in a DataLoader worker, an error comes back to the main process as its
+    type with torch's message "Caught X in DataLoader worker process N.\nOriginal Traceback ...": a page of
+    the worker's frames around the line that names the file. That line is kept, and where it was raised."""
+    text = str(err)
+    if "\nOriginal Traceback (most recent call last):" not in text:
+        return text
+    where = text.split("\n", 1)[0].removeprefix(f"Caught {type(err).__name__} ").rstrip(".")
+    # the traceback's last entry: "clipbert.data.annotations.DataError: <message, maybe of several lines>"
+    last = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(type(err).__name__)}: ", text, re.MULTILINE))
+    return f"{text[last[-1].end() :].strip()} ({where})" if last else text
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_environment()
     args = parse_args(argv)
@@ -506,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return STOPPED
     except (C.ConfigError, FileNotFoundError, DataError) as err:  # a bad key, path or file found later
-        log.error("%s", err)  # no traceback: the message names the key or file
+        log.error("%s", own_message(err))  # no traceback: the message names the key or file
         return 2
     except TrainingDiverged as err:
         log.error("%s", err)
