@@ -39,7 +39,7 @@ from .decoders import VideoDecodeError
 from .preprocess import Normalization
 from .sampling import rng_for
 from .text import count_cuts, mask_tokens, tokenize, tokenize_and_count_cuts
-from .video_source import VideoSource, load_image
+from .video_source import VideoSource, load_image, missing_images, missing_videos
 from .visual_words import WordVocab, build_word_vocab
 from .vqa_answers import answer_scores, normalize_answer
 
@@ -977,8 +977,26 @@ def _paragraph(example: dict) -> str:
     return " ".join(s.strip() for s in ([text] if isinstance(text, str) else text))
 
 
-def build_dataset(task: str, split: str, data_cfg: DataConfig, tokenizer, model_norm: Normalization):
-    """The dataset of a task and split; retrieval val/test gives a RetrievalEvalData instead."""
+def build_dataset(
+    task: str,
+    split: str,
+    data_cfg: DataConfig,
+    tokenizer,
+    model_norm: Normalization,
+    check_source: bool = False,
+):
+    """The dataset of a task and split; retrieval val/test gives a RetrievalEvalData instead.
+
+    `check_source`: say which of the split's videos (images) the source lacks, and refuse a source that
+    holds none (check_source_coverage). The trainer's TaskData asks for it; off by default for datasets
+    whose frames are never read (a text-only test, a tool reading annotations)."""
+    dataset = _build_dataset(task, split, data_cfg, tokenizer, model_norm)
+    if check_source:
+        check_source_coverage(dataset.videos if isinstance(dataset, RetrievalEvalData) else dataset)
+    return dataset
+
+
+def _build_dataset(task: str, split: str, data_cfg: DataConfig, tokenizer, model_norm: Normalization):
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     if split not in SPLITS:
@@ -994,6 +1012,48 @@ def build_dataset(task: str, split: str, data_cfg: DataConfig, tokenizer, model_
     if task == "vqa":
         return VQADataset(task, split, data_cfg, tokenizer, model_norm)
     return PretrainDataset(task, split, data_cfg, tokenizer, model_norm)
+
+
+def check_source_coverage(dataset: TaskDataset) -> None:
+    """Say at start-up how many of the split's distinct videos (images) its source lacks: a warning naming
+    the key, the count and a few ids if some; a DataError if all.
+
+    Why: a data.video_dir pointed at another dataset's folder or a half-finished download, or a frame store
+    built from another split's videos, made each missing video a bad input replaced by another example's;
+    the run trained on the few that exist, said only by per-video warnings and the epoch summary, and with
+    none at all stopped steps in with "too many bad videos". One listing, not a probe of each file."""
+    wanted = {dataset.video_of(i) for i in range(len(dataset))}
+    cfg = dataset.cfg
+    if dataset.source is None:  # an image task
+        missing = missing_images(dataset.image_root, wanted)
+        what, where = "images", f"data.image_root={str(dataset.image_root)!r}"
+    else:
+        missing = missing_videos(dataset.source, wanted)
+        what = "videos"
+        where = (
+            f"data.frame_store={cfg.frame_store!r}"
+            if cfg.backend == "frame_store"
+            else f"data.video_dir={cfg.video_dir!r}"
+        )
+    if not missing:
+        return
+    name = f"{dataset.task}/{dataset.split}"
+    if len(missing) == len(wanted):
+        raise DataError(
+            f"none of the {len(wanted):,} {what} of {name} ({dataset.ann_path}) is in {where}, e.g. "
+            f"{missing[0]!r}: point the key at the split's {what}"
+        )
+    examples = ", ".join(repr(v) for v in missing[:3])
+    log.warning(
+        "%s of %s %s of %s are not in %s (e.g. %s): their examples are bad inputs, each replaced by "
+        "another example's",
+        f"{len(missing):,}",
+        f"{len(wanted):,}",
+        what,
+        name,
+        where,
+        examples,
+    )
 
 
 def _is_score(value) -> bool:

@@ -113,6 +113,12 @@ class FrameStore:
         videos = self._h5().get("videos")
         return [k for k in videos if videos[k].attrs.get("complete", False)] if videos is not None else []
 
+    def listed_ids(self) -> set[str]:
+        """The ids under /videos, complete or not, from a handle closed again: the start-up coverage check
+        (datasets.py) lists them in the main process, whose open handle a forked worker must not share."""
+        with h5py.File(self.path, "r") as h5:
+            return set(h5["videos"].keys())
+
     def _group(self, video_id: str) -> h5py.Group:
         h5 = self._h5()
         # as stored (a store built before canonical ids may hold another form), else the canonical form

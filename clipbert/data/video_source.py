@@ -119,6 +119,46 @@ def files_by_id(video_dir: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
+def missing_videos(source: VideoSource, video_ids: set[str]) -> list[str]:
+    """The ids of `video_ids` that `source` does not hold, sorted: by one listing of data.video_dir
+    (VideoSource.key's lookup: canonical stems, an id written with its suffix) or of the frame store's
+    /videos keys, never a probe of each file. An incomplete stored video counts as held: it is a bad
+    input, said as such."""
+    cfg = source.cfg
+    if cfg.backend == "frame_store":
+        held = source.decoder.store.listed_ids()
+        return sorted(v for v in video_ids if v not in held and canonical_id(v) not in held)
+    listed = files_by_id(cfg.video_dir)
+
+    def present(video_id: str) -> bool:
+        if canonical_id(video_id) in listed:
+            return True
+        exact = Path(cfg.video_dir) / video_id  # "video7.mp4": _unlisted_path's file
+        return exact.suffix.lower() in VIDEO_SUFFIXES and exact.is_file()
+
+    return sorted(v for v in video_ids if not present(v))
+
+
+def missing_images(root: Path, files: set[str]) -> list[str]:
+    """The files of `files` (relative to `root`) not in their folder, sorted: one listing per folder, names
+    compared in NFC (as load_image's _existing_form matches either form)."""
+    listings: dict[str, set[str]] = {}
+
+    def listing(folder: str) -> set[str]:
+        if folder not in listings:
+            found = _existing_form(str(root / folder)) if folder else str(root)
+            names = os.listdir(found) if os.path.isdir(found) else []
+            listings[folder] = {unicodedata.normalize("NFC", name) for name in names}
+        return listings[folder]
+
+    missing = []
+    for file in files:
+        folder, _, name = unicodedata.normalize("NFC", file).rpartition("/")
+        if name not in listing(folder):
+            missing.append(file)
+    return sorted(missing)
+
+
 def _existing_form(path: str) -> str:
     """`path`, or the file it names with some parts in the other Unicode form (NFC or NFD), else itself.
 

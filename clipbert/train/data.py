@@ -39,7 +39,7 @@ class TaskData:
         if split not in self._cache:
             check_ann_dir(self.cfg.data.ann_dir, f"{self.cfg.task.name}_{split}.jsonl")
             self._cache[split] = build_dataset(
-                self.cfg.task.name, split, self.cfg.data, self.tokenizer, self.norm
+                self.cfg.task.name, split, self.cfg.data, self.tokenizer, self.norm, check_source=True
             )
         return self._cache[split]
 
