@@ -375,11 +375,15 @@ def test_retrieval_eval_adds_the_weighted_word_score(monkeypatch, weight, r1):
     assert out["t2v_r1"] == r1
 
 
-def test_evaluation_shows_progress_bars_when_asked(capsys):
+def test_evaluation_shows_progress_bars_when_asked(capsys, monkeypatch):
     # a full retrieval evaluation can take minutes: rank 0 shows its videos and its score matrix advance
     from types import SimpleNamespace
 
+    from clipbert import progress
     from clipbert.train import evaluate
+
+    # as on a terminal: in a log file these bars show only once they last a minute (tests/test_log_files.py)
+    monkeypatch.setattr(progress, "_is_terminal", lambda stream: True)
 
     class Stub:
         def encode_visual(self, frames):  # [B, N, T, 3, L, L] -> tokens [B, N, 1, 1]

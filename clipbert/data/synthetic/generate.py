@@ -129,9 +129,10 @@ def _refuse_foreign_files(out: Path) -> None:
 
     Why: a real dataset's folder given as --out lost its videos without a word: MSR-VTT's are named
     video0.mp4 ... video9999.mp4, which _remove_stale deletes, and its annotations/ were overwritten. A
-    META counts only with the generator's name in it: another tool's meta.json says nothing of the files."""
+    META that reads as another tool's (JSON without the generator's name) is no mark; a cut-off one is."""
     meta, _ = _read_meta(out / META)
-    if (meta or {}).get("generator") == GENERATOR or (out / GENERATING).exists():
+    ours = (out / META).is_file() and (meta is None or meta.get("generator") == GENERATOR)
+    if ours or (out / GENERATING).exists():
         return
     patterns = {
         "videos": "video*.*",
