@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from test_predict import retrieval_bench
 from test_train_fakes import make_config
 
 from clipbert.data.annotations import read_jsonl
@@ -44,16 +45,7 @@ QA_OPTIONS = {
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    from clipbert.data import synthetic
-
-    out = tmp_path_factory.mktemp("synthetic")
-    synthetic.generate(out, 8, 0, size="tiny", workers=1)
-    # the generated test split has 2 videos: take training videos' first two captions instead
-    ann = out / "annotations"
-    groups = group_texts("msrvtt_ret", read_jsonl(ann / "msrvtt_ret_train.jsonl"))[:RET_VIDEOS]
-    lines = [{"caption": c, "clip_name": video} for video, captions in groups for c in captions[:2]]
-    (ann / "msrvtt_ret_test.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return out
+    return retrieval_bench(tmp_path_factory.mktemp("synthetic"), 8, RET_VIDEOS)
 
 
 def _export(root, bench, task, options, **train):

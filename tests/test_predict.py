@@ -26,13 +26,17 @@ RET_VIDEOS = 5  # the retrieval test split is rewritten to this many videos, two
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
+    return retrieval_bench(tmp_path_factory.mktemp("synthetic"), 12)
+
+
+def retrieval_bench(out, num_videos: int, ret_videos: int = RET_VIDEOS):
+    """A tiny synthetic benchmark in `out` whose retrieval test split is `ret_videos` training videos."""
     from clipbert.data import synthetic
 
-    out = tmp_path_factory.mktemp("synthetic")
-    synthetic.generate(out, 12, 0, size="tiny", workers=1)
-    # the generated test split has 2 videos: take 5 training videos' first two captions instead
+    synthetic.generate(out, num_videos, 0, size="tiny", workers=1)
+    # the generated test split has 2 videos: take `ret_videos` training videos' first two captions instead
     ann = out / "annotations"
-    groups = group_texts("msrvtt_ret", read_jsonl(ann / "msrvtt_ret_train.jsonl"))[:RET_VIDEOS]
+    groups = group_texts("msrvtt_ret", read_jsonl(ann / "msrvtt_ret_train.jsonl"))[:ret_videos]
     lines = [{"caption": c, "clip_name": video} for video, captions in groups for c in captions[:2]]
     (ann / "msrvtt_ret_test.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return out
