@@ -40,6 +40,13 @@ def _cfg(ann, **overrides):
     return DataConfig(**{**dict(ann_dir=str(ann), image_size=32, num_workers=0), **overrides})
 
 
+def _checked_train_split(ann, tokenizer, **overrides):
+    """The msrvtt_ret train split over `ann`, built with the source check on."""
+    return build_dataset(
+        "msrvtt_ret", "train", _cfg(ann, **overrides), tokenizer, IMAGENET_RGB, check_source=True
+    )
+
+
 def _coverage_warnings(caplog):
     return [r.getMessage() for r in caplog.records if r.name == LOGGER and "are not in" in r.getMessage()]
 
@@ -48,14 +55,7 @@ def test_some_videos_missing_is_one_warning_naming_key_count_and_ids(tmp_path, t
     ids = [f"v{i}" for i in range(6)] * 2  # 6 distinct videos, each captioned twice
     ann, videos = _ann(tmp_path, ids), _video_dir(tmp_path, ["v0.mp4", "v1.webm"])
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        ds = build_dataset(
-            "msrvtt_ret",
-            "train",
-            _cfg(ann, video_dir=str(videos)),
-            tokenizer,
-            IMAGENET_RGB,
-            check_source=True,
-        )
+        ds = _checked_train_split(ann, tokenizer, video_dir=str(videos))
     assert len(ds) == 12
     [message] = _coverage_warnings(caplog)
     assert f"4 of 6 videos of msrvtt_ret/train are not in data.video_dir={str(videos)!r}" in message
@@ -82,14 +82,7 @@ def test_nfd_file_names_and_ids_with_suffix_count_as_present(tmp_path, tokenizer
     ann = _ann(tmp_path, [nfc, "video7.mp4", "plain"])
     videos = _video_dir(tmp_path, [f"{nfd}.mp4", "video7.mp4", "plain.MOV"])
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        build_dataset(
-            "msrvtt_ret",
-            "train",
-            _cfg(ann, video_dir=str(videos)),
-            tokenizer,
-            IMAGENET_RGB,
-            check_source=True,
-        )
+        _checked_train_split(ann, tokenizer, video_dir=str(videos))
     assert _coverage_warnings(caplog) == []
 
 

@@ -39,7 +39,7 @@ from .decoders import VideoDecodeError
 from .preprocess import Normalization
 from .sampling import rng_for
 from .text import count_cuts, mask_tokens, tokenize, tokenize_and_count_cuts
-from .video_source import VideoSource, load_image, missing_images, missing_videos
+from .video_source import VideoSource, load_image, missing_images
 from .visual_words import WordVocab, build_word_vocab
 from .vqa_answers import answer_scores, normalize_answer
 
@@ -1028,7 +1028,7 @@ def check_source_coverage(dataset: TaskDataset) -> None:
         missing = missing_images(dataset.image_root, wanted)
         what, where = "images", f"data.image_root={str(dataset.image_root)!r}"
     else:
-        missing = missing_videos(dataset.source, wanted)
+        missing = dataset.source.missing(wanted)
         what = "videos"
         where = (
             f"data.frame_store={cfg.frame_store!r}"

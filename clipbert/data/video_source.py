@@ -45,15 +45,29 @@ class VideoSource:
         """The decoder's key: the file path for video backends, the id itself for the frame store."""
         if self.cfg.backend == "frame_store":
             return video_id
-        if self._paths is None:
-            self._paths = files_by_id(self.cfg.video_dir)
-        paths = self._paths.get(canonical_id(video_id)) or [self._unlisted_path(video_id)]
+        paths = self._listing().get(canonical_id(video_id)) or [self._unlisted_path(video_id)]
         if len(paths) > 1:  # a.mp4 and a.webm: either could be the annotated video, so neither is taken
             raise VideoDecodeError(
                 str(Path(self.cfg.video_dir) / video_id),
                 f"ambiguous video id {video_id!r}: {' and '.join(paths)} both match; keep one",
             )
         return paths[0]
+
+    def missing(self, video_ids: set[str]) -> list[str]:
+        """The ids of `video_ids` this source does not hold, sorted, by key()'s own lookup in one listing of
+        data.video_dir (kept, so forked workers inherit it), or of the frame store's /videos keys: never a
+        probe of each file. An incomplete stored video counts as held: it is a bad input, said as such."""
+        if self.cfg.backend == "frame_store":
+            held = self.decoder.store.listed_ids()
+            return sorted(v for v in video_ids if v not in held and canonical_id(v) not in held)
+        listed = self._listing()
+        present = lambda v: canonical_id(v) in listed or Path(self._unlisted_path(v)).is_file()  # noqa: E731
+        return sorted(v for v in video_ids if not present(v))
+
+    def _listing(self) -> dict[str, list[str]]:
+        if self._paths is None:
+            self._paths = files_by_id(self.cfg.video_dir)
+        return self._paths
 
     def _unlisted_path(self, video_id: str) -> str:
         # An id written with its file's extension ("video7.mp4", as some annotation files write them) is that
@@ -117,26 +131,6 @@ def files_by_id(video_dir: str | os.PathLike) -> dict[str, list[str]]:
         if path.suffix.lower() in VIDEO_SUFFIXES:
             out.setdefault(canonical_id(path.stem), []).append(str(path))
     return out
-
-
-def missing_videos(source: VideoSource, video_ids: set[str]) -> list[str]:
-    """The ids of `video_ids` that `source` does not hold, sorted: by one listing of data.video_dir
-    (VideoSource.key's lookup: canonical stems, an id written with its suffix) or of the frame store's
-    /videos keys, never a probe of each file. An incomplete stored video counts as held: it is a bad
-    input, said as such."""
-    cfg = source.cfg
-    if cfg.backend == "frame_store":
-        held = source.decoder.store.listed_ids()
-        return sorted(v for v in video_ids if v not in held and canonical_id(v) not in held)
-    listed = files_by_id(cfg.video_dir)
-
-    def present(video_id: str) -> bool:
-        if canonical_id(video_id) in listed:
-            return True
-        exact = Path(cfg.video_dir) / video_id  # "video7.mp4": _unlisted_path's file
-        return exact.suffix.lower() in VIDEO_SUFFIXES and exact.is_file()
-
-    return sorted(v for v in video_ids if not present(v))
 
 
 def missing_images(root: Path, files: set[str]) -> list[str]:
