@@ -26,6 +26,7 @@ import torch
 
 from clipbert.progress import progress_bar
 from clipbert.system import usable_cpus
+from clipbert.train.logging import LOG_DATEFMT, LOG_FORMAT
 
 from .decoders.base import VideoDecodeError
 from .decoders.pyav import PyAVDecoder
@@ -365,9 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # the trainer's format: a build of thousands of videos takes hours, and each line now says when it came
     # (the default format, "WARNING:__main__:...", had no time)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s [%(levelname)s] %(message)s", datefmt="%H:%M:%S"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATEFMT)
     try:
         result = build_frame_store(args.videos, args.out, args.fps, args.workers, args.max_side, args.quality)
     except (ValueError, FileNotFoundError) as err:

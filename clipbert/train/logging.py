@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 _LOGGER_NAME = "clipbert.train"
+# with the date: a training run lasts days, and a log line of 03:12:40 alone could be any of them
+LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
+LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 _warned: set[str] = set()
 
 
@@ -51,7 +54,7 @@ class _StderrHandler(logging.StreamHandler):
 
 def _rank_handler() -> logging.Handler:
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
     handler.addFilter(_RankFilter())
     return handler
 

@@ -923,7 +923,3 @@ def steps_per_epoch(num_batches: int, grad_accum: int) -> int:
 
 def total_training_steps(train_cfg, num_batches: int) -> int:
     return train_cfg.max_steps or train_cfg.epochs * steps_per_epoch(num_batches, train_cfg.grad_accum)
-
-
-def elapsed(start: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(time.time() - start))
