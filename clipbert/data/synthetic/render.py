@@ -141,13 +141,6 @@ def _paint(
     frames[idx[f], ys[f, i], xs[f, j]] = values[idx][f]
 
 
-def iter_video(scene: dict, chunk: int = CHUNK):
-    """Yield the frames of the whole video in RGB chunks [<=chunk, H, W, 3] uint8."""
-    bg = painted_background(scene)
-    for start in range(0, scene["num_frames"], chunk):
-        yield render_frames(scene, np.arange(start, min(start + chunk, scene["num_frames"])), bg)
-
-
 def iter_video_yuv420(scene: dict, full_range: bool, chunk: int = CHUNK):
     """Yield the whole video as planar YUV 4:2:0 chunks [<=chunk, H * 3 / 2, W] uint8."""
     planes = background_yuv420(scene, full_range)
