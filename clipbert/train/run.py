@@ -34,6 +34,7 @@ from clipbert.train.engine import (
 from clipbert.train.logging import RunLog, get_logger, is_rank0
 from clipbert.train.loop import Trainer, TrainingDiverged, total_training_steps
 from clipbert.train.metrics import format_table
+from clipbert.train.output_lock import exclusive_output_dir
 from clipbert.train.rank_checks import agree_to_start, check_inputs_on_every_rank, check_shared_output_dir
 
 STOPPED = 130  # exit code of a run stopped by SIGTERM or Ctrl-C after its checkpoint
@@ -123,8 +124,6 @@ def _evaluations_of_other_weights(out: Path) -> str:
 
 def run(cfg, device: torch.device, data_factory=None) -> dict:
     """Train (or evaluate, with eval.only) as configured; returns a summary dict (rank 0's view)."""
-    from clipbert.train.data import TaskData
-
     start = time.time()
     ckpt.seed_everything(cfg.train.seed)
     if cfg.task.kind == "mc_itm" and not cfg.eval.only:
@@ -135,6 +134,13 @@ def run(cfg, device: torch.device, data_factory=None) -> dict:
     out = Path(cfg.train.output_dir)
     if not cfg.eval.only:  # before the data (minutes on a large set); eval.only writes rank 0's files alone
         check_shared_output_dir(out)
+    with exclusive_output_dir(out, enabled=not cfg.eval.only):  # a second run into `out` stops here
+        return _run(cfg, device, data_factory, out, start)
+
+
+def _run(cfg, device: torch.device, data_factory, out: Path, start: float) -> dict:
+    from clipbert.train.data import TaskData
+
     check_inputs_on_every_rank(cfg)
     data = (data_factory or TaskData)(cfg, cfg.model_config(), device)
     model_cfg = resolved_model_config(cfg, data)
