@@ -9,6 +9,7 @@ whose config fails to load (a weights file missing on its node): it used to exit
 formed, leaving the others at the rendezvous.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -64,6 +65,8 @@ CASES = {
     "ann_dir": lambda out, rank: make_config(
         out / "train", data={"ann_dir": str(out / ("ann" if rank == 0 else "ann_on_node0_only"))}
     ),
+    # another training run holds the folder (worker: rank 0's own lock): both ranks stop at the start
+    "held_output_dir": lambda out, rank: make_config(out / "held"),
 }
 
 
@@ -96,6 +99,9 @@ def worker(out: str) -> None:
     cpu = torch.device("cpu")
     init_distributed(cpu)
     out, rank, results = Path(out), int(os.environ["RANK"]), {}
+    held = contextlib.ExitStack()
+    if rank == 0:  # as another run would: the lock alone, no collective
+        held.enter_context(contextlib.closing(open_locked(out / "held")))
     for name, config in CASES.items():
         try:
             run(config(out, rank), cpu, fake_factory(train_size=4, eval_size=2))
@@ -104,7 +110,17 @@ def worker(out: str) -> None:
             results[name] = f"ConfigError: {err}"
         except Exception as err:  # noqa: BLE001 - what the rank met instead, for the assertion's message
             results[name] = f"{type(err).__name__}: {err}"
+    held.close()
     (out / f"rank{rank}.json").write_text(json.dumps(results))
+
+
+def open_locked(folder: Path):
+    import fcntl
+
+    folder.mkdir()
+    lock = open(folder / ".run.lock", "w")  # noqa: SIM115 - held open for the worker's cases
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lock
 
 
 @pytest.mark.slow
@@ -124,6 +140,8 @@ def test_a_path_only_rank_0_sees_stops_both_ranks_at_the_start(tmp_path):
         assert said.startswith("ConfigError: "), said
         assert f"{key}={str(path)!r}: not found by rank 1 on " in said
         assert "rank 0" not in said.split("not found by")[1]
+    said = ranks[0]["held_output_dir"]
+    assert said.startswith("ConfigError: rank 0 on ") and "is in use by another training run" in said, said
     assert not (tmp_path / "eval").exists() and not (tmp_path / "train" / "steps.jsonl").exists()
 
 
