@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from clipbert.perf import profile_tables
 from clipbert.perf.memory import release_memory
-from clipbert.perf.paths import Batch, PathOptions, build_train_step, make_batch
+from clipbert.perf.paths import Batch, PathOptions, build_train_step, cudnn_benchmark, make_batch
 from clipbert.perf.timing import time_steps
 
 
@@ -42,7 +42,10 @@ def _part_timings(step, cfg, data: Batch, raw: torch.Tensor, warmup: int, steps:
     ms = {}
 
     def timed(fn) -> float:
-        return 1e3 * time_steps(fn, device, warmup=warmup, steps=steps).median_s
+        # The parts run with the step's cuDNN algorithm choice (TrainStep.forward_backward sets it for the
+        # step): with cuDNN's heuristics the CNN part timed other convolution kernels than the step runs.
+        with cudnn_benchmark(step.options.cudnn_benchmark):
+            return 1e3 * time_steps(fn, device, warmup=warmup, steps=steps).median_s
 
     ms["data"] = timed(lambda: to_model_input(cfg, raw, device))
     # With the whole loss compiled (compile="full") the parts' own entry points would run eager: compile each

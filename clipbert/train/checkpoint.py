@@ -53,7 +53,9 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process saw: a resume that sees fewer (a checkpoint of an 8-GPU node
+        # resumed on one GPU) restores the GPUs it has; set_rng_state_all raised IndexError past them.
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
 def seed_everything(seed: int) -> None:
