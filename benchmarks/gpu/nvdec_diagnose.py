@@ -181,6 +181,9 @@ def raw_checks(root: Path, device: str, codec: str) -> list[dict]:
             )
         except Exception as err:
             rows.append(dict(size=f"{width}x{height}", gop=gop, error=f"{type(err).__name__}: {err}"))
+            # a new pipeline for the next size: a failed run may leave this one's decoder or queue broken,
+            # and the later sizes (HEVC below NVDEC's minimum fails first) would report its error, not theirs
+            pipe = build_pipeline(graph, 1, 2, device, 0)
     return rows
 
 
