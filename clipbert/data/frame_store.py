@@ -40,6 +40,23 @@ log = logging.getLogger(__name__)
 VERSION = 2
 
 
+def open_h5(path: str | os.PathLike, mode: str) -> h5py.File:
+    """h5py.File with HDF5's file lock where the filesystem has locks, and none where it has not.
+
+    Why: HDF5 locks every file it opens and, by default, fails to open one on a filesystem without locks
+    (Lustre mounted without flock, NFS without a lock manager: "unable to lock file, errno = 38"), a cluster's
+    usual home for a store. The lock still keeps a build and a run from opening one store at once."""
+    return h5py.File(path, mode, locking="best-effort")
+
+
+def in_use_elsewhere(err: OSError) -> bool:
+    """An open refused because another process holds the file (HDF5's lock: a build writing it, or runs
+    reading it while a build wants to write), not because the file is damaged."""
+    return isinstance(err, BlockingIOError) or (
+        "unable to lock file" in str(err) and "errno = 11" in str(err)
+    )
+
+
 def canonical_id(video_id: str) -> str:
     """A video id in Unicode NFC, the form that names it in a frame store and keys a video folder's files.
 
@@ -81,10 +98,15 @@ class FrameStore:
         # Opened once at start-up (and closed: handles do not survive fork), so that a truncated, foreign or
         # non-HDF5 file is one error naming it, not every sample of the run failing as a bad video.
         try:
-            with h5py.File(self.path, "r") as h5:
+            with open_h5(self.path, "r") as h5:
                 is_store = isinstance(h5.get("videos"), h5py.Group)
                 version = int(h5.attrs.get("version", 0))
         except OSError as err:
+            if in_use_elsewhere(err):
+                raise DataError(
+                    f"frame store {self.path} is being written by another process (a build_frame_store still "
+                    "running?): start once it has finished"
+                ) from err
             raise DataError(
                 f"frame store {self.path} is not a readable HDF5 file ({err}); rebuild it"
             ) from err
@@ -103,7 +125,7 @@ class FrameStore:
 
     def _h5(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
-            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+            self._file, self._pid = open_h5(self.path, "r"), os.getpid()
         return self._file
 
     def __getstate__(self):
@@ -116,7 +138,7 @@ class FrameStore:
     def listed_ids(self) -> set[str]:
         """The ids under /videos, complete or not, from a handle closed again: the start-up coverage check
         (datasets.py) lists them in the main process, whose open handle a forked worker must not share."""
-        with h5py.File(self.path, "r") as h5:
+        with open_h5(self.path, "r") as h5:
             return set(h5["videos"].keys())
 
     def _group(self, video_id: str) -> h5py.Group:
