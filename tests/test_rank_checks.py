@@ -112,6 +112,10 @@ def worker(out: str) -> None:
             results[name] = f"{type(err).__name__}: {err}"
     held.close()
     (out / f"rank{rank}.json").write_text(json.dumps(results))
+    # both done, then the group closed: a rank that exits while its peer's gloo pair is open aborted it
+    # (exit -6) now and then on a loaded machine
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def open_locked(folder: Path):
