@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_environment()
     from clipbert.train import config as C
+    from clipbert.train.logging import WriteError
     from clipbert.train.loop import TrainingDiverged
 
     try:
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"[demo] the training diverged: {err}", file=sys.stderr, flush=True)
         return 3
+    except WriteError as err:  # a full disk: the message names the file; a rerun resumes (train.py's 4)
+        print(f"[demo] error: {err}. Free space, then rerun: it continues", file=sys.stderr, flush=True)
+        return 4
 
 
 def _demo(args: argparse.Namespace) -> int:

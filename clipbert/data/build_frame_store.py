@@ -9,10 +9,12 @@ longer in --videos are kept.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import multiprocessing as mp
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -142,6 +144,74 @@ def _write_entry(h5: h5py.File, video_id: str, entry: dict, fps: float) -> None:
     h5.flush()
 
 
+class StoreWriteError(OSError):
+    """The store could not be written (a full disk, a quota, an I/O error): main exits 4 with the message."""
+
+
+def _write_failure(err: Exception) -> str:
+    """The OS error in HDF5's message ("... file write failed: time = ..., errno = 28, error message = 'No
+    space left on device', buf = ..."), else the message."""
+    found = re.search(r"errno = (\d+), error message = '([^']*)'", str(err))
+    return f"{found[2]} (errno {found[1]})" if found else str(err)
+
+
+def _close_after_failure(h5: h5py.File) -> None:
+    """Close a store whose write failed, quietly. Why: HDF5 flushes it again on close, failing the same way,
+    and that error replaced the first; a second File.close (the `with`'s) crashed the process in HDF5.
+    HDF5's complaints about each object it cannot flush say the same as the error: they are not printed."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        h5.close()
+    except (OSError, RuntimeError) as err:
+        log.debug("frame store: closing after the failed write: %s", err)
+        with contextlib.suppress(OSError, RuntimeError):
+            h5.id.close()  # the file alone: File.close is not tried again
+    finally:
+        sys.unraisablehook = hook
+
+
+def _unreadable_entries(h5: h5py.File) -> list[str]:
+    """The /videos entries whose group cannot be opened: a write that failed (a full disk) left their link
+    on disk but not the group it names, and no HDF5 call can delete or move such a link."""
+    videos = h5.get("videos")
+    return [key for key in videos if videos.get(key) is None] if videos is not None else []
+
+
+def _rewrite_readable(h5: h5py.File, out: str | os.PathLike) -> h5py.File:
+    """Copy the store's readable entries to a new file that replaces it, and open that one.
+
+    Why: an entry whose write failed can be neither deleted nor written again ("name already exists"), so the
+    rerun that should resume the build failed; the store's readers do not read it either (not complete)."""
+    broken = _unreadable_entries(h5)
+    log.warning(
+        "frame store: %s holds %d entr(ies) a failed write left unreadable (%s): copying its complete "
+        "entries to a new file, which replaces it",
+        out,
+        len(broken),
+        ", ".join(broken[:5]),
+    )
+    tmp = Path(f"{out}.rewrite")
+    try:
+        with h5py.File(tmp, "w") as new:
+            new.attrs.update(dict(h5.attrs))
+            videos = h5["videos"]
+            target = new.create_group("videos")
+            for key in videos:
+                group = videos.get(key)
+                if group is not None and group.attrs.get("complete", False):
+                    h5.copy(group, target, name=key)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        raise StoreWriteError(
+            f"cannot rewrite the frame store {out} to {tmp}: {_write_failure(err)}"
+        ) from err
+    finally:
+        h5.close()  # read only: nothing to flush
+    os.replace(tmp, out)
+    return h5py.File(out, "a")
+
+
 def list_videos(video_dir: str | os.PathLike) -> list[Path]:
     """The video files of `video_dir`, sorted; the other files are counted by suffix in a warning.
 
@@ -224,6 +294,8 @@ def build_frame_store(
             f"cannot open {out} to build or resume a frame store ({err}); if it is a damaged store, move it "
             "away and build again"
         ) from err
+    if _unreadable_entries(h5):
+        h5 = _rewrite_readable(h5, out)
     with h5:
         # a resume must encode as the store was built: one store, one fps, size and JPEG quality
         for name, value in (("fps", fps), ("max_side", max_side), ("quality", quality)):
@@ -264,7 +336,15 @@ def build_frame_store(
                     log.warning("frame store: skipping %s", error)
                     result["failed"].append(video_id)
                     continue
-                _write_entry(h5, video_id, entry, fps)
+                try:
+                    _write_entry(h5, video_id, entry, fps)
+                except (OSError, RuntimeError) as err:  # HDF5 says a full disk with a RuntimeError
+                    _close_after_failure(h5)
+                    raise StoreWriteError(
+                        f"cannot write the frame store {out} (entry {video_id}): {_write_failure(err)}. "
+                        "The entries written before it are kept: free space, then rerun the same command "
+                        "to resume"
+                    ) from err
                 result["written"].append(video_id)
         finally:
             results.close()  # a stopped build ends its workers now
@@ -347,8 +427,8 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 built, 1 some videos failed (named in the log, the rest built), 2 bad arguments or
-    settings (a folder without videos, an --out that cannot be opened), 130 interrupted (rerun the same
-    command to resume)."""
+    settings (a folder without videos, an --out that cannot be opened), 4 the store could not be written (a
+    full disk), 130 interrupted (rerun the same command to resume)."""
     parser = argparse.ArgumentParser(
         prog="python -m clipbert.data.build_frame_store", description=__doc__.splitlines()[0]
     )
@@ -372,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StoreWriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         print(f"interrupted: complete videos are kept in {args.out}; rerun to resume", file=sys.stderr)
         return 130

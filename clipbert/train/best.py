@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from clipbert.train.config import ConfigError
-from clipbert.train.logging import get_logger, is_rank0
+from clipbert.train.logging import get_logger, is_rank0, writing
 
 BEST_DIR = "best_model"
 RECORD = "best.json"  # in BEST_DIR: {"metric", "value", "step", "split"}
@@ -65,18 +65,32 @@ def beats(value: float, best: dict, metric: str) -> bool:
 
 
 def export_best(export, directory: Path, record: dict) -> None:
-    """Replace `directory` by the weights `export(path)` writes, with `record` as best.json.
+    """Replace `directory` by the weights `export(path)` writes, with `record` as best.json."""
 
-    A stop while writing must not leave half a model: the new one is written beside the old one and
-    renamed over it; `export` is collective (ZeRO-3 gathers), the file moves are rank 0's."""
+    def write(staging: Path) -> None:
+        export(staging)
+        if is_rank0():
+            (staging / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+
+    replace_dir(write, directory)
+
+
+def replace_dir(write, directory: Path) -> None:
+    """Replace `directory` by what `write(path)` writes there: best_model/ and the final model/.
+
+    A stop or a failed write (a full disk) must not leave half a model, which predict would load: the new one
+    is written beside the old one and renamed over it; `write` is collective (ZeRO-3 gathers), the file moves
+    are rank 0's. A failed write raises WriteError naming `directory`."""
     staging = directory.with_name(directory.name + ".tmp")
     if is_rank0() and staging.exists():
         shutil.rmtree(staging)
     _barrier()
-    export(staging)
+    with writing(staging, f"{directory} (through {staging.name})", then=f"; {directory} is left as it was"):
+        write(staging)
     if is_rank0():
-        (staging / RECORD).write_text(json.dumps(record, indent=1) + "\n")
         old = directory.with_name(directory.name + ".old")
+        if old.exists():  # left by a stop during an earlier swap's clean-up: the rename below needs its name
+            shutil.rmtree(old)
         if directory.exists():
             directory.rename(old)
         staging.rename(directory)

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from clipbert.train.config import ConfigError
-from clipbert.train.logging import get_logger, is_rank0, rank
+from clipbert.train.logging import get_logger, is_rank0, rank, writing
 
 LATEST = "latest"
 STATE_FILE = "trainer_state.json"
@@ -74,22 +74,26 @@ def save(engine, output_dir: str | Path, trainer_state: dict, keep: int) -> Path
     if (root / LATEST).is_file() and (root / LATEST).read_text().strip() == tag:
         get_logger().info("checkpoint %s already exists; not rewriting it", tag_dir)
         return tag_dir
-    tag_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(), tag_dir / f"rng_rank{rank()}.pt")
-    if is_rank0():
-        (tag_dir / STATE_FILE).write_text(json.dumps(trainer_state, indent=1, sort_keys=True))
+    # a failed write names the checkpoint and what is left: `latest` still names the last complete one
+    left = _untouched(root)
+    with writing(tag_dir, f"checkpoint {tag_dir}", then=left):
+        tag_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), tag_dir / f"rng_rank{rank()}.pt")
+        if is_rank0():
+            (tag_dir / STATE_FILE).write_text(json.dumps(trainer_state, indent=1, sort_keys=True))
     if dist.is_initialized():
         dist.barrier()
     # Why save_latest=False: DeepSpeed's rank 0 writes `latest` when its own files are done and only then
     # waits at a barrier, so other ranks may still be writing their ZeRO shards; a kill in that window
     # (the SIGKILL after a SIGTERM) left `latest` naming a tag that cannot be loaded.
-    engine.save_checkpoint(
-        str(root), tag=tag, client_state={"trainer_state": trainer_state}, save_latest=False
-    )
+    with writing(tag_dir, f"checkpoint {tag_dir}", then=left):
+        engine.save_checkpoint(
+            str(root), tag=tag, client_state={"trainer_state": trainer_state}, save_latest=False
+        )
     if dist.is_initialized():  # every rank has written its files (DeepSpeed's own barrier, said again)
         dist.barrier()
     if is_rank0():
-        write_latest(root, tag)
+        write_latest(root, tag, then=left)
         _prune(root, keep)
     if dist.is_initialized():
         dist.barrier()
@@ -97,14 +101,22 @@ def save(engine, output_dir: str | Path, trainer_state: dict, keep: int) -> Path
     return tag_dir
 
 
-def write_latest(root: Path, tag: str) -> None:
-    """Point `latest` at tag atomically: a kill mid-write must leave the old name, not an empty file."""
+def _untouched(root: Path) -> str:
+    """What a failed save leaves to resume from, for its error message."""
+    named = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else ""
+    return f"; the last complete checkpoint, {named}, is untouched" if named else f"; {LATEST} names none yet"
+
+
+def write_latest(root: Path, tag: str, then: str = "") -> None:
+    """Point `latest` at tag atomically: a kill mid-write must leave the old name, not an empty file. A failed
+    write raises WriteError (`then` says what it leaves)."""
     tmp = root / f"{LATEST}.tmp"
-    with open(tmp, "w") as f:
-        f.write(tag)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / LATEST)
+    with writing(root / LATEST, f"{root / LATEST} (naming {tag})", then=then):
+        with open(tmp, "w") as f:
+            f.write(tag)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / LATEST)
 
 
 def _prune(root: Path, keep: int) -> None:

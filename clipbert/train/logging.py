@@ -7,10 +7,13 @@ a run resumes.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -85,6 +88,53 @@ def warn_once(message: str) -> None:
         get_logger().warning(message)
 
 
+class WriteError(OSError):
+    """A file of the run that could not be written (a full disk, a quota, an I/O error of a network file
+    system): run.main ends the run with this one message, which names the file, and exit code 4."""
+
+
+# what a write fails with when the disk is full or fails (errno), and the RuntimeError torch.save gives then
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
+_TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, what: str = "", then: str = ""):
+    """Turn a failed write under this block into a WriteError naming `path` and the OS error.
+
+    Why: a write() or flush() that fails says "[Errno 28] No space left on device" without the file, and
+    torch.save (DeepSpeed's checkpoint files) says only "[enforce fail at inline_container.cc] unexpected
+    pos", so a run on a full disk ended in a page of traceback that named neither the file nor the cause."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        raise WriteError(f"cannot write {what or path}: {_os_error(err, path)}{then}") from err
+    except RuntimeError as err:
+        if not any(text in str(err) for text in _TORCH_WRITE_FAILURES):
+            raise
+        raise WriteError(f"cannot write {what or path}: {err} ({_free_space(path)}){then}") from err
+
+
+def _os_error(err: OSError, path: str | Path) -> str:
+    reason = err.strerror or str(err)
+    if err.filename is not None and str(err.filename) != str(path):
+        reason += f" ({err.filename})"
+    return f"{reason} ({_free_space(path)})" if err.errno in (errno.ENOSPC, errno.EDQUOT) else reason
+
+
+def _free_space(path: str | Path) -> str:
+    """How much room is left where `path` is (a torch.save failure does not say it was the disk)."""
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        return f"{shutil.disk_usage(where).free / 2**20:.0f} MiB free on its file system"
+    except OSError:
+        return "free space unknown"
+
+
 def _jsonable(value):
     if hasattr(value, "item"):
         value = value.item()
@@ -107,8 +157,9 @@ def _replace_text(path: Path, text: str) -> None:
     """Write `text` under a temporary name, then rename it over `path`. Why: a rewrite in place truncates the
     file first, so a run killed during a resume's rewind (a preemption) lost every line of the log."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    with writing(path):
+        partial.write_text(text)
+        os.replace(partial, path)
 
 
 def _line_break_if_cut(path: Path) -> str:
@@ -135,7 +186,8 @@ class RunLog:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
 
-                    self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+                    with writing(self.dir / "tensorboard"):
+                        self.tb = SummaryWriter(str(self.dir / "tensorboard"))
                 except ImportError:
                     warn_once("tensorboard is not installed; no TensorBoard scalars will be written")
 
@@ -166,16 +218,19 @@ class RunLog:
         if self.tb is not None:  # events at step > `step` go
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb.close()
-            self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=step + 1)
+            with writing(self.dir / "tensorboard"):
+                self.tb.close()
+                self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=step + 1)
 
     def scalars(self, step: int, values: dict, prefix: str = "train") -> None:
         if self.tb is None:
             return
-        for key, value in values.items():
-            value = _jsonable(value)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.tb.add_scalar(f"{prefix}/{key}", value, step)
+        # TensorBoard writes in a thread of its own: its failure is raised at a later call, as a bare OSError
+        with writing(self.dir / "tensorboard"):
+            for key, value in values.items():
+                value = _jsonable(value)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, step)
 
     def evaluation(self, step: int, split: str, metrics: dict) -> None:
         """Append one line to metrics.jsonl and mirror the numbers to TensorBoard."""
@@ -183,11 +238,20 @@ class RunLog:
             return
         record = {"step": step, "split": split, **{k: _jsonable(v) for k, v in metrics.items()}}
         path = self.dir / "metrics.jsonl"
-        with open(path, "a") as f:
+        with writing(path), open(path, "a") as f:
             f.write(_line_break_if_cut(path) + json.dumps(record) + "\n")
         self.scalars(step, metrics, prefix=split)
 
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+    def close(self, after_error: bool = False) -> None:
+        """after_error: the run is already ending on an error, which a failure here (the same full disk, seen
+        by TensorBoard's last flush) must not replace: it is a warning then."""
+        if self.tb is None:
+            return
+        tb, self.tb = self.tb, None
+        try:
+            with writing(self.dir / "tensorboard"):
+                tb.close()
+        except WriteError as err:
+            if not after_error:
+                raise
+            get_logger().warning("%s", err)

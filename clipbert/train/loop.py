@@ -26,7 +26,7 @@ from clipbert.train.config import ConfigError
 from clipbert.train.engine import apply_hyperparameters, replan_schedule
 from clipbert.train.evaluate import all_gather_objects, evaluate
 from clipbert.train.export import export_model
-from clipbert.train.logging import get_logger, is_rank0
+from clipbert.train.logging import get_logger, is_rank0, writing
 from clipbert.train.perf import Throughput
 from clipbert.train.step_profile import StepProfiler
 from clipbert.train.tasks import VisualWords, to_device, training_loss
@@ -489,7 +489,8 @@ class Trainer:
 
     def _write_step(self, record: dict) -> None:
         if is_rank0():
-            with open(self.out / "steps.jsonl", "a") as f:
+            path = self.out / "steps.jsonl"
+            with writing(path), open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ the loop
@@ -588,7 +589,8 @@ class Trainer:
         # logs, then starts the next epoch's count
         result = self.tracker.summary(self.state.epoch - 1 if epoch is None else epoch)
         if is_rank0() and (result["bad_files"] or result.get("pyav_fallbacks")):
-            with open(self.out / "bad_inputs.jsonl", "a") as f:
+            path = self.out / "bad_inputs.jsonl"
+            with writing(path), open(path, "a") as f:
                 f.write(json.dumps({"step": self.state.step, **result}) + "\n")
 
     def _restore_bad_inputs(self) -> None:

@@ -31,13 +31,14 @@ from clipbert.train.engine import (
     pick_device,
     setup_environment,
 )
-from clipbert.train.logging import RunLog, get_logger, is_rank0
+from clipbert.train.logging import WRITE_ERRNOS, RunLog, WriteError, get_logger, is_rank0, writing
 from clipbert.train.loop import Trainer, TrainingDiverged, total_training_steps
 from clipbert.train.metrics import format_table
 from clipbert.train.output_lock import exclusive_output_dir
 from clipbert.train.rank_checks import agree_to_start, check_inputs_on_every_rank, check_shared_output_dir
 
 STOPPED = 130  # exit code of a run stopped by SIGTERM or Ctrl-C after its checkpoint
+WRITE_FAILED = 4  # exit code of a run stopped by a write that failed (a full disk, an I/O error)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -84,7 +85,8 @@ def write_resolved_config(cfg, model_cfg, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         resolved = {**cfg.to_dict(), "resolved_model": model_cfg.to_dict()}
         name = "eval_config.json" if cfg.eval.only else "config.json"
-        (out / name).write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        with writing(out / name):
+            (out / name).write_text(json.dumps(resolved, indent=2, default=str) + "\n")
 
 
 def refuse_previous_run(cfg, out: Path) -> None:
@@ -157,10 +159,14 @@ def _run(cfg, device: torch.device, data_factory, out: Path, start: float) -> di
             if engine_init:
                 ckpt.load_module_only(engine, engine_init, init_key)
             step = ckpt.step_of(cfg.eval.checkpoint)  # metrics.jsonl: the evaluated checkpoint's step
-            return {"metrics": _final_eval(cfg, engine, data, runlog, device, dtype, step=step)}
-        return _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, dtype, start)
-    finally:
-        runlog.close()
+            summary = {"metrics": _final_eval(cfg, engine, data, runlog, device, dtype, step=step)}
+        else:
+            summary = _train(cfg, model, model_cfg, data, engine_init, init_key, runlog, device, dtype, start)
+    except BaseException:
+        runlog.close(after_error=True)  # a failure of its last write must not hide the run's own error
+        raise
+    runlog.close()
+    return summary
 
 
 def _final_eval(cfg, engine, data, runlog, device, dtype, step: int | None) -> dict | None:
@@ -339,7 +345,11 @@ def _export(cfg, engine, model_cfg, data) -> None:
     """<output_dir>/model: the weights, and predict.json so that the dir predicts without the run's files."""
     from clipbert.train.export import export_model
 
-    export_model(cfg, engine, model_cfg, data, Path(cfg.train.output_dir) / "model")
+    def write(directory: Path) -> None:
+        export_model(cfg, engine, model_cfg, data, directory)
+
+    # through a staging dir: a failed write (a full disk) left a model/ of a config and cut-short weights
+    best.replace_dir(write, Path(cfg.train.output_dir) / "model")
 
 
 def _recorded_run(cfg, step: int) -> dict:
@@ -412,8 +422,9 @@ def _write_perf(cfg, trainer, engine, model_cfg, start: float, resumed_at: int |
     if is_rank0():  # through a temporary file: a kill mid-write must not leave a cut perf.json
         path = Path(cfg.train.output_dir) / "perf.json"
         tmp = path.with_name("perf.json.partial")
-        tmp.write_text(json.dumps(perf, indent=2) + "\n")
-        os.replace(tmp, path)
+        with writing(path):
+            tmp.write_text(json.dumps(perf, indent=2) + "\n")
+            os.replace(tmp, path)
     return perf
 
 
@@ -531,6 +542,17 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         log.error("%s", err)
         return 3
+    except OSError as err:
+        if not isinstance(err, WriteError) and err.errno not in WRITE_ERRNOS:
+            raise  # not a write that failed: unexpected, its traceback is wanted
+        # a full disk or a failing file system: the message names the file (WriteError); the checkpoints
+        # only ever move `latest` to a complete one, so a rerun goes on from the last one
+        log.error(
+            "%s. Free space (or fix the file system), then rerun: with --set train.resume=auto a training "
+            "run continues",
+            err,
+        )
+        return WRITE_FAILED
     finally:
         close_distributed()
     return 0
