@@ -10,7 +10,9 @@ import h5py
 import pytest
 
 from clipbert.data.annotations import DataError
+from clipbert.data.build_frame_store import build_frame_store
 from clipbert.data.frame_store import VERSION, FrameStore
+from clipbert.data.painted import write_painted_video
 
 HOLDER = """
 import sys, h5py
@@ -62,3 +64,19 @@ def test_readers_share_a_store(tmp_path):
         assert FrameStore(path).listed_ids() == set()
     finally:
         proc.communicate("\n", timeout=30)
+
+
+def test_building_a_store_that_a_run_reads_is_said_so_not_called_damaged(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_painted_video(videos / "v0", 4, fps=10, codec="mjpeg")
+    path = _store(tmp_path / "frames.h5")
+    proc = _held(path, "r")  # a training run's reader
+    try:
+        with pytest.raises(ValueError) as err:
+            build_frame_store(videos, path, fps=2.0, workers=1)
+    finally:
+        proc.communicate("\n", timeout=30)
+    said = str(err.value)
+    assert f"{path} is open in another process" in said and "damaged" not in said
+    assert build_frame_store(videos, path, fps=2.0, workers=1)["written"] == ["v0"]  # once it has let go

@@ -32,7 +32,14 @@ from clipbert.train.logging import LOG_DATEFMT, LOG_FORMAT
 
 from .decoders.base import VideoDecodeError
 from .decoders.pyav import PyAVDecoder
-from .frame_store import VERSION, canonical_id, encode_frames, stored_source_indices
+from .frame_store import (
+    VERSION,
+    canonical_id,
+    encode_frames,
+    in_use_elsewhere,
+    open_h5,
+    stored_source_indices,
+)
 from .preprocess import resize_frames
 from .video_source import VIDEO_SUFFIXES  # one list: a video training finds is one the store holds
 
@@ -193,7 +200,7 @@ def _rewrite_readable(h5: h5py.File, out: str | os.PathLike) -> h5py.File:
     )
     tmp = Path(f"{out}.rewrite")
     try:
-        with h5py.File(tmp, "w") as new:
+        with open_h5(tmp, "w") as new:
             new.attrs.update(dict(h5.attrs))
             videos = h5["videos"]
             target = new.create_group("videos")
@@ -209,7 +216,7 @@ def _rewrite_readable(h5: h5py.File, out: str | os.PathLike) -> h5py.File:
     finally:
         h5.close()  # read only: nothing to flush
     os.replace(tmp, out)
-    return h5py.File(out, "a")
+    return open_h5(out, "a")
 
 
 def list_videos(video_dir: str | os.PathLike) -> list[Path]:
@@ -288,8 +295,13 @@ def build_frame_store(
         )
     videos = _drop_shared_stems(videos, result)
     try:
-        h5 = h5py.File(out, "a")
+        h5 = open_h5(out, "a")
     except OSError as err:  # missing folder, a directory, a truncated or non-HDF5 file: not a traceback
+        if in_use_elsewhere(err):  # not damage: moving it away would throw away a good store
+            raise ValueError(
+                f"{out} is open in another process (another build of it, or a training run reading it): "
+                "build it once that has finished"
+            ) from err
         raise ValueError(
             f"cannot open {out} to build or resume a frame store ({err}); if it is a damaged store, move it "
             "away and build again"
