@@ -4,33 +4,10 @@ branch itself does not need a GPU: what the GPU session would have measured wron
 import random
 
 import numpy as np
-import pytest
 import torch
+from test_bench_paths import _cfg, _one_thread  # noqa: F401 - the same tiny config, one thread (autouse)
 
-import clipbert.models as models
 from clipbert.perf.paths import PathOptions, build_train_step, make_batch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _cfg(**kw):
-    base = dict(
-        image_size=64,
-        vocab_size=2048,
-        backbone_style="msra",
-        frozen_bn=True,
-        freeze_at=2,
-        pretrain_heads=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-    )
-    return models.ClipBertConfig.from_preset("tiny", **{**base, **kw})
 
 
 def test_profile_parts_run_with_the_steps_cudnn_choice(monkeypatch):
