@@ -205,10 +205,13 @@ def test_vqa_soft_targets_are_the_human_answers_scores(bench, tokenizer):
     for row, index in enumerate(batch["index"].tolist()):
         example = dataset.examples[index]
         assert batch["question_ids"][row] == example["question_id"]
-        want = {dataset.ans2label[a]: v for a, v in answer_scores(example["answers"]).items()}
+        # the answers in the vocabulary (the others cannot be predicted): which examples come first is the
+        # sampler's choice, and one of them may hold a rare answer
+        scored = answer_scores(example["answers"]).items()
+        want = {dataset.ans2label[a]: v for a, v in scored if a in dataset.ans2label}
         labels, scores = batch["answer_labels"][row], batch["answer_scores"][row]
         got = {int(a): float(v) for a, v in zip(labels, scores) if a != -100}
-        assert got == pytest.approx(want) and max(got.values()) >= 0.9
+        assert got == pytest.approx(want) and max(got.values(), default=1.0) >= 0.9
         assert (scores[labels == -100] == 0).all()  # padding carries no score
 
 
