@@ -10,7 +10,8 @@ training, val and test stay 25 and 50), generated once: a finished one of this g
 same arguments is reused. `--set` applies to both stages. A rerun resumes each stage only if it was trained by
 the same config from the same inputs (the benchmark, and for stage 2 the stage-1 model).
 
-Exit status: 0 done, 2 a bad config, flag or missing file, 3 the training diverged, 130 stopped (Ctrl-C).
+Exit status: 0 done, 2 a bad config, flag or missing file, 3 the training diverged, 4 a write failed (a full
+disk: free space, then rerun), 130 stopped (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def set_aside_if_changed(cfg, inputs: dict | None = None) -> None:
     out = Path(cfg.train.output_dir)
     reason = _why_stale(out, cfg, inputs)
     if reason:
+        _refuse_if_running(out, reason)
         previous = out.with_name(out.name + ".previous")
         shutil.rmtree(previous, ignore_errors=True)
         out.rename(previous)
@@ -84,6 +86,21 @@ def set_aside_if_changed(cfg, inputs: dict | None = None) -> None:
     if inputs is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / INPUTS).write_text(json.dumps(inputs, indent=2, sort_keys=True) + "\n")
+
+
+def _refuse_if_running(out: Path, reason: str) -> None:
+    """A stale dir that a training run still holds (another `make demo`, with other --set values) stays. Why:
+    moved away, that run went on writing by its paths into the new run's dir, and the two runs' logs and
+    checkpoints mixed, which the output-dir lock of train.run exists to prevent."""
+    from clipbert.train import config as C
+    from clipbert.train.output_lock import holder
+
+    running = holder(out)
+    if running:
+        raise C.ConfigError(
+            f"{out} holds a run {reason}, and that run is still going ({running}): wait for it to end, or "
+            "give another --out"
+        )
 
 
 def _why_stale(out: Path, cfg, inputs: dict | None) -> str | None:
@@ -142,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_environment()
     from clipbert.train import config as C
-    from clipbert.train.logging import WriteError
+    from clipbert.train.logging import WRITE_ERRNOS, WriteError
     from clipbert.train.loop import TrainingDiverged
 
     try:
@@ -153,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"[demo] the training diverged: {err}", file=sys.stderr, flush=True)
         return 3
-    except WriteError as err:  # a full disk: the message names the file; a rerun resumes (train.py's 4)
+    except OSError as err:
+        # a full disk: the message names the file; a rerun resumes (train.py's 4). Also a bare OSError, as
+        # train.py: the benchmark's generation and the demo's own files write without WriteError
+        if not isinstance(err, WriteError) and err.errno not in WRITE_ERRNOS:
+            raise
         print(f"[demo] error: {err}. Free space, then rerun: it continues", file=sys.stderr, flush=True)
         return 4
 

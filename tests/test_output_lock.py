@@ -79,7 +79,19 @@ def test_a_filesystem_without_locks_warns_and_runs(tmp_path, monkeypatch, train_
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(output_lock.fcntl, "flock", no_locks)
-    with exclusive_output_dir(tmp_path):
+    out = tmp_path / "run"
+    with exclusive_output_dir(out):
         pass
     [said] = [r.getMessage() for r in train_log.records if "cannot be locked" in r.getMessage()]
-    assert str(tmp_path) in said and "would not be stopped" in said
+    assert str(out) in said and "would not be stopped" in said
+    assert not out.exists()  # no lock file left, nor the folder made for it
+
+
+def test_an_io_error_at_the_lock_stops_the_run_with_one_message(tmp_path, monkeypatch):
+    def failing(fd, op):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(output_lock.fcntl, "flock", failing)
+    locking = exclusive_output_dir(tmp_path)
+    with pytest.raises(ConfigError, match=r"cannot lock \.run\.lock \(Input/output error\)"), locking:
+        pass

@@ -183,7 +183,11 @@ def raw_checks(root: Path, device: str, codec: str) -> list[dict]:
             rows.append(dict(size=f"{width}x{height}", gop=gop, error=f"{type(err).__name__}: {err}"))
             # a new pipeline for the next size: a failed run may leave this one's decoder or queue broken,
             # and the later sizes (HEVC below NVDEC's minimum fails first) would report its error, not theirs
-            pipe = build_pipeline(graph, 1, 2, device, 0)
+            try:
+                pipe = build_pipeline(graph, 1, 2, device, 0)
+            except Exception as build_err:  # keep the rows so far: the diagnosis is what this run is for
+                rows.append(dict(error=f"no new pipeline: {type(build_err).__name__}: {build_err}"))
+                break
     return rows
 
 

@@ -210,11 +210,14 @@ def _rewrite_readable(h5: h5py.File, out: str | os.PathLike) -> h5py.File:
                     h5.copy(group, target, name=key)
     except (OSError, RuntimeError) as err:
         tmp.unlink(missing_ok=True)
+        # the rerun after a full disk comes here: say how much room the copy takes, as "free space" alone
+        # does not tell that it needs about the store's own size
         raise StoreWriteError(
-            f"cannot rewrite the frame store {out} to {tmp}: {_write_failure(err)}"
+            f"cannot rewrite the frame store {out} to {tmp}: {_write_failure(err)}. The rewrite copies the "
+            f"store's complete entries, and needs up to {os.path.getsize(out) / 2**30:.1f} GiB free beside it"
         ) from err
     finally:
-        h5.close()  # read only: nothing to flush
+        h5.close()  # the copy's source; nothing of it was changed
     os.replace(tmp, out)
     return open_h5(out, "a")
 

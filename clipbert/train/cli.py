@@ -15,7 +15,8 @@ EPILOG = """examples:
   python train.py --config ds_msrvtt.json --set data.num_clips=4 --print-config   # check, then run
   python -m clipbert.train --config ds_synthetic.json        # the same, from a pip-installed package
 
-exit codes: 0 done, 2 bad config or path, 3 diverged, 130 stopped by a signal (after its checkpoint).
+exit codes: 0 done, 2 bad config or path, 3 diverged, 4 a write failed (a full disk: free space, then
+resume), 130 stopped by a signal (after its checkpoint).
 The config's own deepspeed section holds the engine settings (docs/TRAINING.md)."""
 
 

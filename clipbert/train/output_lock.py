@@ -36,9 +36,12 @@ class _Held:
         # unlink while still holding it: a run that opened the old file then finds it unlinked and retries
         with contextlib.suppress(OSError):
             self.path.unlink()
-        # LOCK_UN as well as close: forked DataLoader workers share the open file, which close leaves locked
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        # LOCK_UN as well as close: forked DataLoader workers share the open file, which close leaves locked.
+        # Quietly: this runs in the run's `finally`, where an NFS hiccup must not replace the run's own error
+        with contextlib.suppress(OSError):
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
         if self.created_dir:  # as before the lock: a run that fails to start leaves no empty output_dir
             with contextlib.suppress(OSError):
                 self.path.parent.rmdir()
@@ -68,22 +71,61 @@ def _take(out: Path) -> tuple[_Held | None, str | None]:
             )
         except OSError as err:
             os.close(fd)
-            if err.errno in _NO_LOCKS:
-                get_logger().warning(
-                    "train.output_dir=%r cannot be locked (%s): a second run started into it would not be "
-                    "stopped",
-                    str(out),
-                    os.strerror(err.errno),
-                )
-                return None, None
-            raise
+            if err.errno not in _NO_LOCKS:  # an I/O error: said by every rank together, not raised by rank 0
+                return None, f"train.output_dir={str(out)!r}: cannot lock {LOCK_NAME} ({err.strerror or err})"
+            get_logger().warning(
+                "train.output_dir=%r cannot be locked (%s): a second run started into it would not be "
+                "stopped",
+                str(out),
+                os.strerror(err.errno),
+            )
+            _remove_unused(path, created)
+            return None, None
         if _same_file(fd, path):
-            os.ftruncate(fd, 0)
-            started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
+            _say_holder(fd)
             return _Held(fd, path, created), None
         os.close(fd)
     return None, None
+
+
+def _remove_unused(path: Path, created_dir: bool) -> None:
+    """The lock file that could not be locked, if empty (ours, or another unlocked run's), and the folder made
+    for it: a run that fails at start leaves no output_dir, as on a filesystem with locks."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            path.unlink()
+        if created_dir:
+            path.parent.rmdir()
+
+
+def _say_holder(fd: int) -> None:
+    """Write who holds the lock, for a refused run's message. A failed write (a full disk, a quota) leaves it
+    unsaid ("holder unknown"): the lock is held all the same, and the run's first file names the full disk.
+    Why: raised here, it left the descriptor open and the file locked (a second run() of the process was
+    refused as "in use"), and rank 0 stopped before agreeing, so the other ranks waited for it."""
+    started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
+
+
+def holder(out: Path) -> str | None:
+    """Who holds `out` now (the holder's line, or "holder unknown"), None when no run does. Only for a process
+    that holds no lock on `out` itself: it opens and closes the lock file, and on NFS (flock done as a POSIX
+    lock) that close would drop the process's own lock."""
+    try:
+        fd = os.open(out / LOCK_NAME, os.O_RDWR)
+    except OSError:  # no lock file: no run holds it (a holder removes its file only as it lets go)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read(fd) or "holder unknown"
+    except OSError:  # a filesystem without locks: nothing is known
+        return None
+    finally:
+        os.close(fd)
+    return None
 
 
 def _same_file(fd: int, path: Path) -> bool:
