@@ -76,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", required=True, help="an exported model dir (<output_dir>/model) or a run's output dir")
     add("--config", help="the run's config.json (default: the model dir's predict.json, else the run's)")
     add("--ann-dir", help="the run's annotations, where its data.ann_dir is not (QA answers, word score)")
-    add("--video", action="append", default=[], metavar="PATH", help="a file, directory or quoted glob")
-    add("--image", action="append", default=[], metavar="PATH", help="vqa, pretrain: as --video, for images")
+    # nargs="+": an unquoted glob (`--video clips/*.mp4`), expanded by the shell, was "unrecognized arguments"
+    paths = {"action": "extend", "nargs": "+", "default": [], "metavar": "PATH"}
+    add("--video", **paths, help="files, directories or quoted globs")
+    add("--image", **paths, help="vqa, pretrain: as --video, for images")
     add("--text", action="append", default=[], help="retrieval, pretrain: a text scored against every input")
     add("--texts-file", metavar="FILE", help="retrieval, pretrain: texts, one per line")
     add("--question", action="append", default=[], help="QA, VQA: a question; multiple choice: the question")

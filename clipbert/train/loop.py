@@ -841,10 +841,17 @@ class Trainer:
         if self.state.bad_streak >= t.max_bad_steps:
             raise TrainingDiverged(
                 f"{self.state.bad_streak} non-finite losses in a row (train.max_bad_steps={t.max_bad_steps}) "
-                f"at step {self.state.step}; stopping. The last good checkpoint is left untouched in "
-                f"{ckpt.checkpoint_root(self.out)}. Lower train.lr, enable train.grad_clip, or check the "
-                "data."
+                f"at step {self.state.step}; stopping. {self._last_checkpoint_said()} Lower train.lr, enable "
+                "train.grad_clip, or check the data."
             )
+
+    def _last_checkpoint_said(self) -> str:
+        """Where a stopped run's last good state is. Why: a learning rate far too high diverges within the
+        first steps, and the message named a checkpoints/ folder that no step had written yet."""
+        root = ckpt.checkpoint_root(self.out)
+        if (root / ckpt.LATEST).is_file():
+            return f"The last good checkpoint is left untouched in {root}."
+        return "No checkpoint was saved before it: a rerun starts over."
 
     def _skip_empty(self, window, ranks: int) -> None:
         """A micro batch whose every sample was dropped as bad input on `ranks` rank(s) (the DALI loader drops

@@ -143,7 +143,8 @@ def run(cfg, device: torch.device, data_factory=None) -> dict:
 def _run(cfg, device: torch.device, data_factory, out: Path, start: float) -> dict:
     from clipbert.train.data import TaskData
 
-    check_inputs_on_every_rank(cfg)
+    check_inputs_on_every_rank(cfg)  # multi-rank: every rank sees the start weights, so all stop alike below
+    _check_start_weights(cfg)
     data = (data_factory or TaskData)(cfg, cfg.model_config(), device)
     model_cfg = resolved_model_config(cfg, data)
     refuse_previous_run(cfg, out)
@@ -167,6 +168,15 @@ def _run(cfg, device: torch.device, data_factory, out: Path, start: float) -> di
         raise
     runlog.close()
     return summary
+
+
+def _check_start_weights(cfg) -> None:
+    """Find the trainer checkpoint a run starts from (train.init_checkpoint, eval.checkpoint with eval.only)
+    before the data. Why: a missing one (stage 2 started before stage 1, a typo) was found only once the data,
+    the model and the engine were built, and the run left its output dir behind with a tensorboard/ file."""
+    init = cfg.eval.checkpoint if cfg.eval.only else cfg.train.init_checkpoint
+    if init and not ckpt.is_pretrained_dir(init):  # an exported model/ is read in build_model
+        ckpt.locate(init, "eval.checkpoint" if cfg.eval.only else "train.init_checkpoint")
 
 
 def _final_eval(cfg, engine, data, runlog, device, dtype, step: int | None) -> dict | None:
