@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m clipbert.data.build_frame_store", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--videos", required=True, help="folder of videos")
-    parser.add_argument("--fps", type=float, default=2.0, help="stored frames per second")
+    parser.add_argument("--fps", type=float, default=2.0, help="stored frames per second (default: 2)")
     parser.add_argument("--out", required=True, help="HDF5 file to create or resume")
     parser.add_argument(
         "--workers",
@@ -456,8 +456,13 @@ def main(argv: list[str] | None = None) -> int:
         default=max(1, usable_cpus() - 1),
         help="decoding processes (default: the CPUs this process may use, less one)",
     )
-    parser.add_argument("--max-side", type=int, default=0, help="downscale frames so the longer side fits")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=0,
+        help="downscale frames so the longer side fits (default: 0, keep the size)",
+    )
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default: 90)")
     args = parser.parse_args(argv)
     # the trainer's format: a build of thousands of videos takes hours, and each line now says when it came
     # (the default format, "WARNING:__main__:...", had no time)

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", required=True, help="folder of source videos")
     parser.add_argument("--out", required=True, help="folder for the copies, <stem>.mp4 (H.264)")
     parser.add_argument("--max-side", type=int, default=0, help="longer side at most this (0: keep the size)")
-    parser.add_argument("--gop", type=int, default=4, help="key frame every this many frames")
+    parser.add_argument("--gop", type=int, default=4, help="key frame every this many frames (default: 4)")
     args = parser.parse_args(argv)
     # A negative --max-side failed every video with a bare IndexError; a --gop below 1 was passed to x264,
     # which then used its own long GOP: a silent success that defeats the purpose of the copy.

@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-pretrain-heads", action="store_true", help="drop cls.* (fine-tuned checkpoints)"
     )
-    parser.add_argument("--head", default="itm", choices=("itm", "mc", "qa"), help="task head")
+    parser.add_argument("--head", default="itm", choices=("itm", "mc", "qa"), help="task head (default: itm)")
     args = parser.parse_args(argv)
     try:
         cfg = ClipBertConfig.from_preset(
