@@ -64,7 +64,7 @@ FILE_SUFFIXES = {
 RUN_ALL = "benchmarks/gpu/run_all.sh"
 
 
-# Flags of the launchers and tools the docs use around this repo's programs (deepspeed, torchrun, pip,
+# Flags of the launchers and tools the docs use around this repo's programs (deepspeed, torchrun, srun, pip,
 # tensorboard, nvcc, cuobjdump, setup.py), parsed by none of them.
 LAUNCHER_FLAGS = {
     "--num_gpus",
@@ -80,6 +80,7 @@ LAUNCHER_FLAGS = {
     "--nnodes",
     "--rdzv_backend",
     "--rdzv_endpoint",
+    "--kill-on-bad-exit",
     "--logdir",
     "--no-build-isolation",
     "--no-deps",
