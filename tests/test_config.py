@@ -161,6 +161,12 @@ def test_unknown_key_names_the_full_key_and_the_allowed_ones():
         ('data.max_text_len="40"', r"max_text_len must be an int or an object of task -> int, got '40'"),
         ("model.head=qa", r"model\.head='qa' disagrees"),
         ("model.hidden_size=100", r"model: hidden_size 100 must be divisible"),
+        # Adam divides by sqrt(v) + eps: eps is open at 0, where lr may be 0 (a frozen group)
+        ("train.eps=0", r"train\.eps must be > 0, got 0"),
+        ("train.peak_tflops=0", r"train\.peak_tflops must be > 0, got 0"),
+        # JSON true is a Python int subclass: it passed as grad_accum 1
+        ("train.grad_accum=true", r"train\.grad_accum must be an int, got True"),
+        ("train.lr=true", r"train\.lr must be a number, got True"),
     ],
 )
 def test_bad_values_fail_at_start_up(override, pattern):

@@ -67,22 +67,6 @@ def test_set_of_a_whole_section_is_refused():
         C.apply_override({}, "train=3")
 
 
-@pytest.mark.parametrize(
-    "override, pattern",
-    [
-        # Adam divides by sqrt(v) + eps: eps is open at 0, where lr may be 0 (a frozen group)
-        ("train.eps=0", r"train\.eps must be > 0, got 0"),
-        ("train.peak_tflops=0", r"train\.peak_tflops must be > 0, got 0"),
-        # JSON true is a Python int subclass: it passed as grad_accum 1
-        ("train.grad_accum=true", r"train\.grad_accum must be an int, got True"),
-        ("train.lr=true", r"train\.lr must be a number, got True"),
-    ],
-)
-def test_train_numbers_reject_booleans_and_open_lower_bounds(override, pattern):
-    with pytest.raises(C.ConfigError, match=pattern):
-        C.load("ds_msrvtt", [override])
-
-
 def test_train_lr_of_zero_is_allowed():
     # a frozen part: only eps is open at 0 (built directly: a whole load imports DeepSpeed to check it)
     assert C.TrainConfig(lr=0, cnn_lr=0).cnn_lr == 0
