@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_environment()
     from clipbert.train import config as C
-    from clipbert.train.logging import WRITE_ERRNOS, WriteError
+    from clipbert.train.logging import is_write_failure
     from clipbert.train.loop import TrainingDiverged
 
     try:
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         # a full disk: the message names the file; a rerun resumes (train.py's 4). Also a bare OSError, as
         # train.py: the benchmark's generation and the demo's own files write without WriteError
-        if not isinstance(err, WriteError) and err.errno not in WRITE_ERRNOS:
+        if not is_write_failure(err):
             raise
         print(f"[demo] error: {err}. Free space, then rerun: it continues", file=sys.stderr, flush=True)
         return 4

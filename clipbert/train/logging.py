@@ -117,6 +117,11 @@ def writing(path: str | Path, what: str = "", then: str = ""):
         raise WriteError(f"cannot write {what or path}: {err} ({_free_space(path)}){then}") from err
 
 
+def is_write_failure(err: OSError) -> bool:
+    """A write that failed (train.py's and the demo's exit 4), not an OSError to show with its traceback."""
+    return isinstance(err, WriteError) or err.errno in WRITE_ERRNOS
+
+
 def _os_error(err: OSError, path: str | Path) -> str:
     reason = err.strerror or str(err)
     if err.filename is not None and str(err.filename) != str(path):
@@ -153,7 +158,7 @@ def _step_of(line: str) -> float:
     return -math.inf if step is None else step
 
 
-def _replace_text(path: Path, text: str) -> None:
+def replace_text(path: Path, text: str) -> None:
     """Write `text` under a temporary name, then rename it over `path`. Why: a rewrite in place truncates the
     file first, so a run killed during a resume's rewind (a preemption) lost every line of the log."""
     partial = path.with_name(path.name + ".partial")
@@ -207,7 +212,7 @@ class RunLog:
             lines = text.splitlines()
             kept = [line for line in lines if _step_of(line) <= step]
             if len(kept) < len(lines) or (text and not text.endswith("\n")):
-                _replace_text(path, "".join(line + "\n" for line in kept))
+                replace_text(path, "".join(line + "\n" for line in kept))
             if len(kept) < len(lines):
                 get_logger().info(
                     "resume from step %d: dropped %d line(s) of %s logged after it",

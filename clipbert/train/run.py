@@ -31,7 +31,7 @@ from clipbert.train.engine import (
     pick_device,
     setup_environment,
 )
-from clipbert.train.logging import WRITE_ERRNOS, RunLog, WriteError, get_logger, is_rank0, writing
+from clipbert.train.logging import RunLog, get_logger, is_rank0, is_write_failure, replace_text
 from clipbert.train.loop import Trainer, TrainingDiverged, total_training_steps
 from clipbert.train.metrics import format_table
 from clipbert.train.output_lock import exclusive_output_dir
@@ -85,8 +85,7 @@ def write_resolved_config(cfg, model_cfg, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         resolved = {**cfg.to_dict(), "resolved_model": model_cfg.to_dict()}
         name = "eval_config.json" if cfg.eval.only else "config.json"
-        with writing(out / name):
-            (out / name).write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        replace_text(out / name, json.dumps(resolved, indent=2, default=str) + "\n")
 
 
 def refuse_previous_run(cfg, out: Path) -> None:
@@ -430,11 +429,7 @@ def _write_perf(cfg, trainer, engine, model_cfg, start: float, resumed_at: int |
     if is_rank0():
         _chain_sessions(perf, Path(cfg.train.output_dir) / "perf.json", resumed_at)
     if is_rank0():  # through a temporary file: a kill mid-write must not leave a cut perf.json
-        path = Path(cfg.train.output_dir) / "perf.json"
-        tmp = path.with_name("perf.json.partial")
-        with writing(path):
-            tmp.write_text(json.dumps(perf, indent=2) + "\n")
-            os.replace(tmp, path)
+        replace_text(Path(cfg.train.output_dir) / "perf.json", json.dumps(perf, indent=2) + "\n")
     return perf
 
 
@@ -553,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 3
     except OSError as err:
-        if not isinstance(err, WriteError) and err.errno not in WRITE_ERRNOS:
+        if not is_write_failure(err):
             raise  # not a write that failed: unexpected, its traceback is wanted
         # a full disk or a failing file system: the message names the file (WriteError); the checkpoints
         # only ever move `latest` to a complete one, so a rerun goes on from the last one
